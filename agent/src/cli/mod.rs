@@ -1,0 +1,1 @@
+//! The `tdx-agent` subcommands.

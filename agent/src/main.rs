@@ -1,0 +1,3 @@
+//! The `tdx-agent` binary.
+#![forbid(unsafe_code)]
+fn main() {}

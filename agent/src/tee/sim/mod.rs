@@ -1,0 +1,1 @@
+//! The simulated TD and its test PKI. TODO(helper)
