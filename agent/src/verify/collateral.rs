@@ -22,3 +22,20 @@ pub struct Collateral {
     /// Raw 64-byte ECDSA P-256 r||s over `qe_identity`.
     pub qe_identity_signature: Vec<u8>,
 }
+
+impl From<&Collateral> for dcap_qvl::QuoteCollateralV3 {
+    fn from(c: &Collateral) -> Self {
+        dcap_qvl::QuoteCollateralV3 {
+            pck_crl_issuer_chain: c.pck_crl_issuer_chain.clone(),
+            root_ca_crl: c.root_ca_crl.clone(),
+            pck_crl: c.pck_crl.clone(),
+            tcb_info_issuer_chain: c.tcb_info_issuer_chain.clone(),
+            tcb_info: c.tcb_info.clone(),
+            tcb_info_signature: c.tcb_info_signature.clone(),
+            qe_identity_issuer_chain: c.qe_identity_issuer_chain.clone(),
+            qe_identity: c.qe_identity.clone(),
+            qe_identity_signature: c.qe_identity_signature.clone(),
+            pck_certificate_chain: None,
+        }
+    }
+}
