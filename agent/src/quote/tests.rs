@@ -1,0 +1,114 @@
+use proptest::prelude::*;
+
+use super::*;
+
+pub(crate) fn vector(path: &str) -> Vec<u8> {
+    let full = format!("{}/../tests/vectors/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+#[test]
+fn parses_real_v4_quote() {
+    let bytes = vector("phala-dcap-qvl/tdx_quote");
+    let q = Quote::parse(&bytes).unwrap();
+    assert_eq!(q.header.version, 4);
+    assert_eq!(q.header.qe_vendor_id, INTEL_QE_VENDOR_ID);
+    assert_eq!(q.body.kind, BodyKind::Td10);
+    assert_eq!(q.ranges.body, 48..48 + 584);
+    assert!(q.body.sept_ve_disabled());
+    assert!(!q.body.is_debug());
+    assert_eq!(q.pck_chain_der().unwrap().len(), 3);
+    assert_eq!(q.qe_auth_data.len(), 32);
+}
+
+#[test]
+fn parses_real_v5_td15_quote() {
+    let bytes = vector("phala-dcap-qvl/tdx_quote_outdated");
+    let q = Quote::parse(&bytes).unwrap();
+    assert_eq!(q.header.version, 5);
+    assert_eq!(q.body.kind, BodyKind::Td15);
+    assert_eq!(q.ranges.body, 54..54 + 648);
+    assert!(q.body.mrservicetd.is_some());
+}
+
+#[test]
+fn trailing_padding_is_cut_by_declared_length() {
+    let bytes = vector("google-go-tdx-guest/tdx_prod_quote_SPR_E4.dat");
+    let q = Quote::parse(&bytes).unwrap();
+    assert_eq!(bytes.len() - q.raw.len(), 39);
+    assert!(!q.body.sept_ve_disabled());
+}
+
+#[test]
+fn sgx_quote_is_not_tdx() {
+    let bytes = vector("phala-dcap-qvl/sgx_quote");
+    let err = Quote::parse(&bytes).unwrap_err();
+    assert!(matches!(err, QuoteError::NotTdx { tee_type: 0, .. }), "{err}");
+    assert!(err.to_string().contains("not a TDX quote"));
+}
+
+#[test]
+fn every_truncation_is_an_error() {
+    let bytes = vector("phala-dcap-qvl/tdx_quote");
+    let full = Quote::parse(&bytes).unwrap().raw.len();
+    for n in 0..full {
+        assert!(Quote::parse(&bytes[..n]).is_err(), "prefix of {n} bytes parsed");
+    }
+}
+
+#[test]
+fn inconsistent_lengths_and_types_are_refused() {
+    let bytes = vector("phala-dcap-qvl/tdx_quote");
+    let q = Quote::parse(&bytes).unwrap();
+    let sig = q.ranges.signature_data.start;
+    let raw = q.raw.to_vec();
+
+    // Outer certification data type 6 -> 7.
+    let mut bad = raw.clone();
+    bad[sig + 128] = 7;
+    assert!(matches!(
+        Quote::parse(&bad),
+        Err(QuoteError::CertDataType { level: "outer", found: 7, .. })
+    ));
+
+    // Outer declared size one too large.
+    let mut bad = raw.clone();
+    bad[sig + 130] = bad[sig + 130].wrapping_add(1);
+    assert!(matches!(Quote::parse(&bad), Err(QuoteError::LengthMismatch { .. })));
+
+    // Inner type 5 -> 4.
+    let inner_type_at = q.ranges.qe_auth_data.end;
+    let mut bad = raw.clone();
+    bad[inner_type_at] = 4;
+    assert!(matches!(
+        Quote::parse(&bad),
+        Err(QuoteError::CertDataType { level: "inner", found: 4, .. })
+    ));
+
+    // Inner declared size one smaller.
+    let mut bad = raw.clone();
+    bad[inner_type_at + 2] = bad[inner_type_at + 2].wrapping_sub(1);
+    assert!(matches!(Quote::parse(&bad), Err(QuoteError::LengthMismatch { .. })));
+
+    // Signature data length one larger than what follows is truncation.
+    let mut bad = raw.clone();
+    let len_at = q.ranges.body.end;
+    bad[len_at] = bad[len_at].wrapping_add(1);
+    assert!(Quote::parse(&bad).is_err());
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+        let _ = Quote::parse(&bytes);
+    }
+
+    #[test]
+    fn mutations_never_panic(idx in 0usize..5006, val in any::<u8>()) {
+        let mut bytes = vector("phala-dcap-qvl/tdx_quote");
+        if let Some(b) = bytes.get_mut(idx) { *b = val; }
+        if let Ok(q) = Quote::parse(&bytes) {
+            let _ = q.pck_chain_der();
+        }
+    }
+}
