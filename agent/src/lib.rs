@@ -9,3 +9,6 @@ pub mod encoding;
 pub mod quote;
 pub mod tee;
 pub mod verify;
+
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -2,14 +2,18 @@
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuoteError {
-    #[error("quote truncated: {field} at offset {offset} needs {needed} bytes, {available} available")]
+    #[error(
+        "quote truncated: {field} at offset {offset} needs {needed} bytes, {available} available"
+    )]
     Truncated {
         field: &'static str,
         offset: usize,
         needed: usize,
         available: usize,
     },
-    #[error("not a TDX quote: it is {what} (TEE type 0x{tee_type:08x}, quote version {version}); tdx-agent verifies TDX quotes only")]
+    #[error(
+        "not a TDX quote: it is {what} (TEE type 0x{tee_type:08x}, quote version {version}); tdx-agent verifies TDX quotes only"
+    )]
     NotTdx {
         tee_type: u32,
         version: u16,

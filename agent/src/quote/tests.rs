@@ -1,11 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-
-pub(crate) fn vector(path: &str) -> Vec<u8> {
-    let full = format!("{}/../tests/vectors/{path}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
-}
+use crate::test_support::vector;
 
 #[test]
 fn parses_real_v4_quote() {
@@ -43,7 +39,10 @@ fn trailing_padding_is_cut_by_declared_length() {
 fn sgx_quote_is_not_tdx() {
     let bytes = vector("phala-dcap-qvl/sgx_quote");
     let err = Quote::parse(&bytes).unwrap_err();
-    assert!(matches!(err, QuoteError::NotTdx { tee_type: 0, .. }), "{err}");
+    assert!(
+        matches!(err, QuoteError::NotTdx { tee_type: 0, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("not a TDX quote"));
 }
 
@@ -52,7 +51,10 @@ fn every_truncation_is_an_error() {
     let bytes = vector("phala-dcap-qvl/tdx_quote");
     let full = Quote::parse(&bytes).unwrap().raw.len();
     for n in 0..full {
-        assert!(Quote::parse(&bytes[..n]).is_err(), "prefix of {n} bytes parsed");
+        assert!(
+            Quote::parse(&bytes[..n]).is_err(),
+            "prefix of {n} bytes parsed"
+        );
     }
 }
 
@@ -68,13 +70,20 @@ fn inconsistent_lengths_and_types_are_refused() {
     bad[sig + 128] = 7;
     assert!(matches!(
         Quote::parse(&bad),
-        Err(QuoteError::CertDataType { level: "outer", found: 7, .. })
+        Err(QuoteError::CertDataType {
+            level: "outer",
+            found: 7,
+            ..
+        })
     ));
 
     // Outer declared size one too large.
     let mut bad = raw.clone();
     bad[sig + 130] = bad[sig + 130].wrapping_add(1);
-    assert!(matches!(Quote::parse(&bad), Err(QuoteError::LengthMismatch { .. })));
+    assert!(matches!(
+        Quote::parse(&bad),
+        Err(QuoteError::LengthMismatch { .. })
+    ));
 
     // Inner type 5 -> 4.
     let inner_type_at = q.ranges.qe_auth_data.end;
@@ -82,13 +91,20 @@ fn inconsistent_lengths_and_types_are_refused() {
     bad[inner_type_at] = 4;
     assert!(matches!(
         Quote::parse(&bad),
-        Err(QuoteError::CertDataType { level: "inner", found: 4, .. })
+        Err(QuoteError::CertDataType {
+            level: "inner",
+            found: 4,
+            ..
+        })
     ));
 
     // Inner declared size one smaller.
     let mut bad = raw.clone();
     bad[inner_type_at + 2] = bad[inner_type_at + 2].wrapping_sub(1);
-    assert!(matches!(Quote::parse(&bad), Err(QuoteError::LengthMismatch { .. })));
+    assert!(matches!(
+        Quote::parse(&bad),
+        Err(QuoteError::LengthMismatch { .. })
+    ));
 
     // Signature data length one larger than what follows is truncation.
     let mut bad = raw.clone();
