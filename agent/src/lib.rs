@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod encoding;
+pub mod fsutil;
 pub mod quote;
 pub mod tee;
 pub mod verify;
