@@ -1,1 +1,111 @@
-//! The `tdx-agent` subcommands.
+//! The `tdx-agent` subcommands, and the exit status every verifying command shares:
+//! 0 accepted, 1 rejected (malformed evidence included), 2 usage, I/O or network error.
+
+mod eventlog;
+mod measure;
+mod sim;
+mod tee_args;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tdx-agent",
+    version,
+    about = "Intel TDX attestation for confidential LLM inference",
+    long_about = "Produces and verifies Intel TDX quotes. Inside a Trust Domain it reads the \
+measurement registers through configfs-tsm and sysfs; anywhere it verifies quotes against \
+Intel's collateral and a policy.\n\nExit status of verifying commands: 0 accepted, 1 rejected \
+(including malformed evidence), 2 usage, I/O or network error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify a quote file offline against collateral and a policy.
+    Verify(verify::VerifyArgs),
+    /// Produce a TD quote over 64 bytes of REPORTDATA.
+    Quote(measure::QuoteArgs),
+    /// Print the TD's measurement registers (MRTD, RTMR0-3, owner registers).
+    Measurements(measure::MeasurementsArgs),
+    /// Work with the CCEL boot event log.
+    #[command(subcommand)]
+    Eventlog(eventlog::EventlogCommand),
+    /// The simulated TD and its test PKI (development, CI, demos; never production).
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
+}
+
+/// Why a command failed, and so its exit status.
+#[derive(Debug)]
+pub enum Failure {
+    /// The evidence was appraised and refused, or could not be read as evidence (exit 1).
+    Rejected(String),
+    /// The command could not do its work: bad arguments, files, network (exit 2).
+    Error(String),
+}
+
+impl Failure {
+    pub fn error(e: impl std::fmt::Display) -> Self {
+        Failure::Error(e.to_string())
+    }
+
+    pub fn rejected(e: impl std::fmt::Display) -> Self {
+        Failure::Rejected(e.to_string())
+    }
+}
+
+pub type CliResult = Result<(), Failure>;
+
+pub const EXIT_REJECTED: u8 = 1;
+pub const EXIT_ERROR: u8 = 2;
+
+/// Run the parsed command line to completion.
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Verify(a) => verify::run(a).await,
+        Command::Quote(a) => measure::quote(a).await,
+        Command::Measurements(a) => measure::measurements(a).await,
+        Command::Eventlog(c) => eventlog::run(c).await,
+        Command::Sim(c) => sim::run(c).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Rejected(msg)) => {
+            eprintln!("tdx-agent: {msg}");
+            ExitCode::from(EXIT_REJECTED)
+        }
+        Err(Failure::Error(msg)) => {
+            eprintln!("tdx-agent: error: {msg}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// Read a file off the runtime, naming it in the error.
+pub async fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Failure> {
+    let p = path.to_path_buf();
+    let what = what.to_string();
+    tokio::task::spawn_blocking(move || {
+        std::fs::read(&p).map_err(|e| Failure::Error(format!("{what} {}: {e}", p.display())))
+    })
+    .await
+    .map_err(Failure::error)?
+}
+
+/// Write a file atomically off the runtime, naming it in the error.
+pub async fn write_file(path: &std::path::Path, data: Vec<u8>) -> CliResult {
+    let p = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        crate::fsutil::write_atomic(&p, &data)
+            .map_err(|e| Failure::Error(format!("writing {}: {e}", p.display())))
+    })
+    .await
+    .map_err(Failure::error)?
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing tdx-agent needs on Debian 12 (idempotent, root or sudo).
+set -euo pipefail
+
+need_apt=()
+command -v cc >/dev/null || need_apt+=(build-essential)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found: install Rust 1.95+ (rustup) first" >&2
+  exit 2
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+echo "setup: ok ($(cargo --version))"
