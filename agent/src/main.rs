@@ -1,3 +1,28 @@
-//! The `tdx-agent` binary.
+//! The `tdx-agent` binary: parse the command line, run it on a tokio runtime.
 #![forbid(unsafe_code)]
-fn main() {}
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = tdx_agent::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TDX_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tdx-agent: error: cannot start the async runtime: {e}");
+            return ExitCode::from(tdx_agent::cli::EXIT_ERROR);
+        }
+    };
+    runtime.block_on(tdx_agent::cli::run(cli))
+}

@@ -64,7 +64,10 @@ pub async fn run(a: VerifyArgs) -> CliResult {
         (Some(path), _) => {
             let text = read_file(path, "collateral bundle").await?;
             let text = String::from_utf8(text).map_err(|_| {
-                Failure::rejected(format!("collateral bundle {}: not UTF-8 text", path.display()))
+                Failure::rejected(format!(
+                    "collateral bundle {}: not UTF-8 text",
+                    path.display()
+                ))
             })?;
             Collateral::from_bundle_json(&text, &path.display().to_string())
                 .map_err(Failure::rejected)?
@@ -77,19 +80,28 @@ pub async fn run(a: VerifyArgs) -> CliResult {
             if let Err(e) = crate::verify::pccs::CollateralKey::for_quote(&quote) {
                 return report_malformed(&verifier, &quote, now, &policy, &expect, a.json, e);
             }
-            let (c, provenance) = source.for_quote(&quote, now).await.map_err(Failure::error)?;
+            let (c, provenance) = source
+                .for_quote(&quote, now)
+                .await
+                .map_err(Failure::error)?;
             if let Provenance::StaleFallback(why) = provenance {
                 eprintln!("tdx-agent: warning: PCCS unreachable ({why}); using cached collateral");
             }
             c
         }
-        (None, None) => return Err(Failure::Error("give --collateral FILE or --pccs URL".into())),
+        (None, None) => {
+            return Err(Failure::Error(
+                "give --collateral FILE or --pccs URL".into(),
+            ));
+        }
     };
 
     let report = verifier.appraise(&quote, &collateral, now, &policy, &expect);
     print_report(&report, a.json);
     if a.policy.is_none() {
-        eprintln!("tdx-agent: warning: no --policy given: no measurement is pinned, so any genuine TD on an accepted platform passes");
+        eprintln!(
+            "tdx-agent: warning: no --policy given: no measurement is pinned, so any genuine TD on an accepted platform passes"
+        );
     }
     if report.accepted() {
         Ok(())
@@ -168,7 +180,10 @@ mod tests {
 
     #[test]
     fn hex_and_binary_quotes() {
-        assert_eq!(decode_quote(b"0x0a0B\n 0c".to_vec()), vec![0x0a, 0x0b, 0x0c]);
+        assert_eq!(
+            decode_quote(b"0x0a0B\n 0c".to_vec()),
+            vec![0x0a, 0x0b, 0x0c]
+        );
         let binary = vec![0x04, 0x00, 0x02, 0x00, 0x81];
         assert_eq!(decode_quote(binary.clone()), binary);
     }

@@ -39,8 +39,12 @@ pub enum CollateralError {
         field: &'static str,
         detail: String,
     },
-    #[error("collateral {item}: {detail}")]
-    Item { item: &'static str, detail: String },
+    #[error("collateral {item} (field {field}): {detail}")]
+    Item {
+        item: &'static str,
+        field: &'static str,
+        detail: String,
+    },
 }
 
 /// The bundle's on-disk shape.
@@ -138,10 +142,10 @@ impl Collateral {
     /// The validity of each dated item; the collateral is usable in
     /// `[latest issue, earliest next update)`.
     pub fn window(&self) -> Result<Window, CollateralError> {
-        let tcb = signed_json_dates(&self.tcb_info, "TCB info")?;
-        let qe = signed_json_dates(&self.qe_identity, "QE identity")?;
-        let root_crl = crl_dates(&self.root_ca_crl, "root CA CRL")?;
-        let pck_crl = crl_dates(&self.pck_crl, "PCK CRL")?;
+        let tcb = signed_json_dates(&self.tcb_info, TCB_INFO)?;
+        let qe = signed_json_dates(&self.qe_identity, QE_IDENTITY)?;
+        let root_crl = crl_dates(&self.root_ca_crl, ("root CA CRL", "root_ca_crl"))?;
+        let pck_crl = crl_dates(&self.pck_crl, ("PCK CRL", "pck_crl"))?;
         Ok(Window {
             items: vec![tcb, qe, root_crl, pck_crl],
         })
@@ -149,8 +153,8 @@ impl Collateral {
 
     /// `tcbEvaluationDataNumber` of the TCB info and the QE identity, the smaller of the two.
     pub fn tcb_evaluation_data_number(&self) -> Result<u32, CollateralError> {
-        let tcb = json_u32(&self.tcb_info, "TCB info", "tcbEvaluationDataNumber")?;
-        let qe = json_u32(&self.qe_identity, "QE identity", "tcbEvaluationDataNumber")?;
+        let tcb = json_u32(&self.tcb_info, TCB_INFO, "tcbEvaluationDataNumber")?;
+        let qe = json_u32(&self.qe_identity, QE_IDENTITY, "tcbEvaluationDataNumber")?;
         Ok(tcb.min(qe))
     }
 }
@@ -212,60 +216,56 @@ impl Window {
     }
 }
 
-fn json_value(text: &str, item: &'static str) -> Result<serde_json::Value, CollateralError> {
-    serde_json::from_str(text).map_err(|e| CollateralError::Item {
+/// (what people call it, the bundle field that holds it)
+type ItemName = (&'static str, &'static str);
+const TCB_INFO: ItemName = ("TCB info", "tcb_info");
+const QE_IDENTITY: ItemName = ("QE identity", "qe_identity");
+
+fn item_error((item, field): ItemName, detail: String) -> CollateralError {
+    CollateralError::Item {
         item,
-        detail: format!("not JSON: {e}"),
-    })
+        field,
+        detail,
+    }
 }
 
-fn json_u32(text: &str, item: &'static str, key: &str) -> Result<u32, CollateralError> {
+fn json_value(text: &str, item: ItemName) -> Result<serde_json::Value, CollateralError> {
+    serde_json::from_str(text).map_err(|e| item_error(item, format!("not JSON: {e}")))
+}
+
+fn json_u32(text: &str, item: ItemName, key: &str) -> Result<u32, CollateralError> {
     json_value(text, item)?
         .get(key)
         .and_then(|v| v.as_u64())
         .and_then(|v| u32::try_from(v).ok())
-        .ok_or_else(|| CollateralError::Item {
-            item,
-            detail: format!("{key} is missing or not a 32-bit number"),
-        })
+        .ok_or_else(|| item_error(item, format!("{key} is missing or not a 32-bit number")))
 }
 
-fn signed_json_dates(text: &str, item: &'static str) -> Result<Dated, CollateralError> {
+fn signed_json_dates(text: &str, item: ItemName) -> Result<Dated, CollateralError> {
     let v = json_value(text, item)?;
     let date = |key: &str| {
         let s = v
             .get(key)
             .and_then(|d| d.as_str())
-            .ok_or_else(|| CollateralError::Item {
-                item,
-                detail: format!("{key} is missing"),
-            })?;
-        crate::verify::time::parse_rfc3339(s).map_err(|e| CollateralError::Item {
-            item,
-            detail: format!("{key} {s:?}: {e}"),
-        })
+            .ok_or_else(|| item_error(item, format!("{key} is missing")))?;
+        crate::verify::time::parse_rfc3339(s)
+            .map_err(|e| item_error(item, format!("{key} {s:?}: {e}")))
     };
     Ok(Dated {
-        item,
+        item: item.0,
         issued: date("issueDate")?,
         next_update: date("nextUpdate")?,
     })
 }
 
-fn crl_dates(der: &[u8], item: &'static str) -> Result<Dated, CollateralError> {
-    let (_, crl) =
-        x509_parser::revocation_list::CertificateRevocationList::from_der(der).map_err(|e| {
-            CollateralError::Item {
-                item,
-                detail: format!("not a DER CRL: {e}"),
-            }
-        })?;
-    let next = crl.next_update().ok_or_else(|| CollateralError::Item {
-        item,
-        detail: "has no nextUpdate".into(),
-    })?;
+fn crl_dates(der: &[u8], item: ItemName) -> Result<Dated, CollateralError> {
+    let (_, crl) = x509_parser::revocation_list::CertificateRevocationList::from_der(der)
+        .map_err(|e| item_error(item, format!("not a DER CRL: {e}")))?;
+    let next = crl
+        .next_update()
+        .ok_or_else(|| item_error(item, "has no nextUpdate".into()))?;
     Ok(Dated {
-        item,
+        item: item.0,
         issued: crl.last_update().timestamp(),
         next_update: next.timestamp(),
     })

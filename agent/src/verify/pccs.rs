@@ -334,10 +334,8 @@ impl CollateralSource {
             Some(p) => read_cache(p).await,
             None => None,
         };
-        if let Some(c) = &cached {
-            if fresh(c, now) {
-                return Ok((c.clone(), Provenance::Cached));
-            }
+        if let Some(c) = cached.as_ref().filter(|c| fresh(c, now)) {
+            return Ok((c.clone(), Provenance::Cached));
         }
         match self.client.fetch(key).await {
             Ok(c) => {
