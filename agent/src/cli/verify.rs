@@ -78,7 +78,9 @@ pub async fn run(a: VerifyArgs) -> CliResult {
             let source = CollateralSource::new(client, cache);
             // A quote we cannot even read the PCK certificate of is malformed evidence.
             if let Err(e) = crate::verify::pccs::CollateralKey::for_quote(&quote) {
-                return report_malformed(&verifier, &quote, now, &policy, &expect, a.json, e);
+                let report = verifier.appraise_without_collateral(&quote, now, &e.to_string());
+                print_report(&report, a.json);
+                return Err(Failure::Rejected(report.summary()));
             }
             let (c, provenance) = source
                 .for_quote(&quote, now)
@@ -96,6 +98,7 @@ pub async fn run(a: VerifyArgs) -> CliResult {
         }
     };
 
+    let collateral = collateral.prepare().map_err(Failure::rejected)?;
     let report = verifier.appraise(&quote, &collateral, now, &policy, &expect);
     print_report(&report, a.json);
     if a.policy.is_none() {
@@ -108,32 +111,6 @@ pub async fn run(a: VerifyArgs) -> CliResult {
     } else {
         Err(Failure::Rejected(report.summary()))
     }
-}
-
-fn report_malformed(
-    verifier: &Verifier,
-    quote: &[u8],
-    now: i64,
-    policy: &Policy,
-    expect: &Expectations,
-    json: bool,
-    e: impl std::fmt::Display,
-) -> CliResult {
-    // Appraise with empty collateral: the structural checks name what is wrong.
-    let empty = Collateral {
-        pck_crl_issuer_chain: String::new(),
-        root_ca_crl: Vec::new(),
-        pck_crl: Vec::new(),
-        tcb_info_issuer_chain: String::new(),
-        tcb_info: String::new(),
-        tcb_info_signature: Vec::new(),
-        qe_identity_issuer_chain: String::new(),
-        qe_identity: String::new(),
-        qe_identity_signature: Vec::new(),
-    };
-    let report = verifier.appraise(quote, &empty, now, policy, expect);
-    print_report(&report, json);
-    Err(Failure::Rejected(format!("rejected: {e}")))
 }
 
 pub(super) fn print_report(report: &crate::verify::Report, json: bool) {

@@ -104,10 +104,12 @@ impl Collateral {
             qe_identity: b.qe_identity,
         };
         // Catch a malformed field now, naming it, rather than deep inside verification.
-        c.window().map_err(|e| CollateralError::Bundle {
-            source_name: source_name.to_string(),
-            detail: e.to_string(),
-        })?;
+        c.window()
+            .and_then(|_| c.tcb_evaluation_data_number())
+            .map_err(|e| CollateralError::Bundle {
+                source_name: source_name.to_string(),
+                detail: e.to_string(),
+            })?;
         for (field, pem) in [
             ("pck_crl_issuer_chain", &c.pck_crl_issuer_chain),
             ("tcb_info_issuer_chain", &c.tcb_info_issuer_chain),
@@ -156,6 +158,50 @@ impl Collateral {
         let tcb = json_u32(&self.tcb_info, TCB_INFO, "tcbEvaluationDataNumber")?;
         let qe = json_u32(&self.qe_identity, QE_IDENTITY, "tcbEvaluationDataNumber")?;
         Ok(tcb.min(qe))
+    }
+}
+
+/// Collateral read once and kept ready for repeated appraisals: its window, evaluation data
+/// number and dcap-qvl form are computed when it is prepared, not per quote.
+#[derive(Clone, Debug)]
+pub struct PreparedCollateral {
+    raw: Collateral,
+    dcap: dcap_qvl::QuoteCollateralV3,
+    window: Window,
+    tcb_evaluation_data_number: u32,
+}
+
+impl PreparedCollateral {
+    pub fn new(raw: Collateral) -> Result<Self, CollateralError> {
+        Ok(Self {
+            dcap: (&raw).into(),
+            window: raw.window()?,
+            tcb_evaluation_data_number: raw.tcb_evaluation_data_number()?,
+            raw,
+        })
+    }
+
+    pub fn raw(&self) -> &Collateral {
+        &self.raw
+    }
+
+    pub fn dcap(&self) -> &dcap_qvl::QuoteCollateralV3 {
+        &self.dcap
+    }
+
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+
+    pub fn tcb_evaluation_data_number(&self) -> u32 {
+        self.tcb_evaluation_data_number
+    }
+}
+
+impl Collateral {
+    /// Compute everything an appraisal needs once; fails, naming the field, on malformed dates.
+    pub fn prepare(self) -> Result<PreparedCollateral, CollateralError> {
+        PreparedCollateral::new(self)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-use super::collateral::Collateral;
+use super::collateral::{Collateral, PreparedCollateral};
 
 /// dcap-qvl's steps, in the order it runs them, as our report names them.
 pub const STEPS: [&str; 11] = [
@@ -121,14 +121,14 @@ pub enum Outcome {
     },
 }
 
-pub fn run(raw_quote: &[u8], collateral: &Collateral, now: i64, root_der: &[u8]) -> Outcome {
+pub fn run(raw_quote: &[u8], prepared: &PreparedCollateral, now: i64, root_der: &[u8]) -> Outcome {
     // Debug TDs and service-TD bindings are decided by our policy layer, so the report
     // names that check instead of a generic verifier error.
     let verifier = dcap_qvl::verify::QuoteVerifier::new(root_der.to_vec())
         .allow_debug(true)
         .allow_service_td(true);
     let now = u64::try_from(now).unwrap_or(0);
-    match verifier.verify(raw_quote, &collateral.into(), now) {
+    match verifier.verify(raw_quote, prepared.dcap(), now) {
         Ok(r) => Outcome::Verified {
             tcb_status: r.status,
             advisory_ids: r.advisory_ids,
@@ -136,7 +136,7 @@ pub fn run(raw_quote: &[u8], collateral: &Collateral, now: i64, root_der: &[u8])
         Err(e) => {
             let message = format!("{e:#}");
             Outcome::Failed {
-                check: classify(&message, collateral, root_der, now),
+                check: classify(&message, prepared.raw(), root_der, now),
                 message,
             }
         }

@@ -14,7 +14,7 @@ pub mod time;
 
 use sha2::{Digest as _, Sha256};
 
-pub use collateral::{Collateral, CollateralError};
+pub use collateral::{Collateral, CollateralError, PreparedCollateral};
 pub use policy::{Policy, PolicyError, TcbStatus};
 pub use report::{Check, Report, Verdict};
 
@@ -94,7 +94,34 @@ impl Verifier {
     pub fn appraise(
         &self,
         quote: &[u8],
-        collateral: &Collateral,
+        collateral: &PreparedCollateral,
+        now: i64,
+        policy: &Policy,
+        expect: &Expectations,
+    ) -> Report {
+        self.appraise_with(quote, Some(collateral), now, policy, expect)
+    }
+
+    /// A report for a quote no collateral could be found for: the structural checks still
+    /// name what is wrong with the quote itself, and the collateral check fails.
+    pub fn appraise_without_collateral(&self, quote: &[u8], now: i64, why: &str) -> Report {
+        let mut report = self.appraise_with(
+            quote,
+            None,
+            now,
+            &Policy::default(),
+            &Expectations::default(),
+        );
+        if let Some(c) = report.checks.iter_mut().find(|c| c.name == CHECK_WINDOW) {
+            c.found = why.to_string();
+        }
+        report
+    }
+
+    fn appraise_with(
+        &self,
+        quote: &[u8],
+        collateral: Option<&PreparedCollateral>,
         now: i64,
         policy: &Policy,
         expect: &Expectations,
@@ -125,9 +152,8 @@ impl Verifier {
                 .warnings
                 .push("verified against a root other than Intel's production SGX Root CA".into());
         }
-        let window = collateral.window().ok();
-        let eval_number = collateral.tcb_evaluation_data_number().ok();
-        if let Some(w) = &window {
+        let eval_number = collateral.map(|c| c.tcb_evaluation_data_number());
+        if let Some(w) = collateral.map(|c| c.window()) {
             report.collateral = Some(CollateralView {
                 not_before: time::format_unix(w.not_before()),
                 next_update: time::format_unix(w.next_update()),
@@ -175,8 +201,13 @@ impl Verifier {
                 None => "no readable root certificate in the quote's PCK chain".into(),
             },
         );
-        match &window {
-            Some(w) => {
+        let Some(collateral) = collateral else {
+            b.fail(CHECK_WINDOW, "collateral for this quote's platform", "none");
+            return b.finish(report, true);
+        };
+        let w = collateral.window();
+        {
+            {
                 let expected = format!(
                     "now ({}) inside every item's [issue, nextUpdate) window",
                     time::format_unix(now)
@@ -210,15 +241,6 @@ impl Verifier {
                     }
                 }
             }
-            None => b.fail(
-                CHECK_WINDOW,
-                "readable issue and nextUpdate dates",
-                collateral
-                    .window()
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default(),
-            ),
         }
         if b.failed() {
             return b.finish(report, true);

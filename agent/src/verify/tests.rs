@@ -3,8 +3,11 @@
 use super::*;
 use crate::test_support::{vector, vector_text};
 
-fn collateral(path: &str) -> Collateral {
-    Collateral::from_bundle_json(&vector_text(path), path).unwrap()
+fn collateral(path: &str) -> PreparedCollateral {
+    Collateral::from_bundle_json(&vector_text(path), path)
+        .unwrap()
+        .prepare()
+        .unwrap()
 }
 
 fn appraise(quote: &[u8], coll: &str, at: i64) -> Report {
