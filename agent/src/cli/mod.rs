@@ -1,6 +1,7 @@
 //! The `tdx-agent` subcommands, and the exit status every verifying command shares:
 //! 0 accepted, 1 rejected (malformed evidence included), 2 usage, I/O or network error.
 
+mod eventlog;
 mod verify;
 
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ pub struct Cli {
 enum Command {
     /// Verify a quote file offline against collateral and a policy.
     Verify(verify::VerifyArgs),
+    /// Work with the CCEL boot event log.
+    #[command(subcommand)]
+    Eventlog(eventlog::EventlogCommand),
 }
 
 /// Why a command failed, and so its exit status.
@@ -56,6 +60,7 @@ pub const EXIT_ERROR: u8 = 2;
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Verify(a) => verify::run(a).await,
+        Command::Eventlog(c) => eventlog::run(c).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
