@@ -9,23 +9,35 @@ pub enum TeeError {
         "no TSM provider is registered ({path}: mkdir failed with ENXIO); is this a TDX guest with the tdx_guest driver loaded (CONFIG_TDX_GUEST_DRIVER, CONFIG_TSM_REPORTS)?"
     )]
     NoProvider { path: PathBuf },
-    #[error("the TSM report directory {path} does not exist; configfs-tsm needs Linux 6.7+ with configfs mounted at /sys/kernel/config")]
+    #[error(
+        "the TSM report directory {path} does not exist; configfs-tsm needs Linux 6.7+ with configfs mounted at /sys/kernel/config"
+    )]
     NoReportDir { path: PathBuf },
     #[error("{path}: provider is {found:?}, expected \"tdx_guest\"")]
     WrongProvider { path: PathBuf, found: String },
     #[error("{path}: the kernel refused the REPORTDATA (EFBIG: more than 64 bytes)")]
     ReportDataTooLarge { path: PathBuf },
-    #[error("{path}: the kernel refused to make a quote (EINVAL: inblob was not written or was not exactly 64 bytes)")]
+    #[error(
+        "{path}: the kernel refused to make a quote (EINVAL: inblob was not written or was not exactly 64 bytes)"
+    )]
     InvalidReportData { path: PathBuf },
-    #[error("{path}: the host's GetQuote call failed (EIO); check the quote generation service (QGS) on the host")]
+    #[error(
+        "{path}: the host's GetQuote call failed (EIO); check the quote generation service (QGS) on the host"
+    )]
     QuoteFailed { path: PathBuf },
-    #[error("{path}: no quote arrived from the host within the kernel's timeout (ETIMEDOUT); check the host's QGS")]
+    #[error(
+        "{path}: no quote arrived from the host within the kernel's timeout (ETIMEDOUT); check the host's QGS"
+    )]
     QuoteTimeout { path: PathBuf },
     #[error("{path}: quote request interrupted (EINTR)")]
     Interrupted { path: PathBuf },
-    #[error("{path}: the quote buffer is still held by the host after an earlier timed-out or interrupted request (EBUSY); retry later")]
+    #[error(
+        "{path}: the quote buffer is still held by the host after an earlier timed-out or interrupted request (EBUSY); retry later"
+    )]
     Busy { path: PathBuf },
-    #[error("{path}: another writer changed the report entry {attempts} times in a row (generation moved from {before} to {after}, expected {expected})")]
+    #[error(
+        "{path}: another writer changed the report entry {attempts} times in a row (generation moved from {before} to {after}, expected {expected})"
+    )]
     GenerationRace {
         path: PathBuf,
         attempts: u32,
