@@ -111,47 +111,8 @@ impl<'a> Quote<'a> {
     /// everything inside it must be accounted for exactly.
     pub fn parse(bytes: &'a [u8]) -> Result<Quote<'a>, QuoteError> {
         let mut r = Reader::new(bytes);
-        let header_bytes = r.take(HEADER_LEN, "header")?;
-        let header = parse_header(header_bytes)?;
-
-        let body_kind = match header.version {
-            4 => BodyKind::Td10,
-            5 => {
-                let body_type = r.u16("v5 body type")?;
-                let body_size = r.u32("v5 body size")?;
-                let (kind, expected) = match body_type {
-                    V5_BODY_TD10 => (BodyKind::Td10, TD10_BODY_LEN),
-                    V5_BODY_TD15 => (BodyKind::Td15, TD15_BODY_LEN),
-                    other => {
-                        return Err(QuoteError::Unsupported {
-                            field: "v5 body type",
-                            found: format!("{other} (expected 2 = TD 1.0 or 3 = TD 1.5)"),
-                        });
-                    }
-                };
-                if body_size as usize != expected {
-                    return Err(QuoteError::LengthMismatch {
-                        field: "v5 body size",
-                        declared: body_size as usize,
-                        expected,
-                    });
-                }
-                kind
-            }
-            other => {
-                return Err(QuoteError::Unsupported {
-                    field: "quote version",
-                    found: other.to_string(),
-                });
-            }
-        };
-        let body_len = match body_kind {
-            BodyKind::Td10 => TD10_BODY_LEN,
-            BodyKind::Td15 => TD15_BODY_LEN,
-        };
-        let body_start = r.pos();
-        let body_bytes = r.take(body_len, "TD report body")?;
-        let body = parse_body(body_kind, body_bytes);
+        let (header, body, body_range) = parse_head(&mut r)?;
+        let (body_start, body_len) = (body_range.start, body_range.len());
 
         let sig_len = r.u32("signature data length")? as usize;
         let sig_start = r.pos();
@@ -232,6 +193,55 @@ impl<'a> Quote<'a> {
     pub fn pck_chain_der(&self) -> Result<Vec<Vec<u8>>, QuoteError> {
         pem_certificates(self.pck_chain_pem)
     }
+}
+
+/// Header and TD report body of a quote, without its signature data. For reading the
+/// registers out of a quote the kernel just produced; never a substitute for verification.
+pub fn parse_head_only(bytes: &[u8]) -> Result<(Header, TdBody), QuoteError> {
+    let mut r = Reader::new(bytes);
+    parse_head(&mut r).map(|(h, b, _)| (h, b))
+}
+
+fn parse_head(r: &mut Reader<'_>) -> Result<(Header, TdBody, Range<usize>), QuoteError> {
+    let header = parse_header(r.take(HEADER_LEN, "header")?)?;
+    let kind = match header.version {
+        4 => BodyKind::Td10,
+        5 => {
+            let body_type = r.u16("v5 body type")?;
+            let body_size = r.u32("v5 body size")?;
+            let (kind, expected) = match body_type {
+                V5_BODY_TD10 => (BodyKind::Td10, TD10_BODY_LEN),
+                V5_BODY_TD15 => (BodyKind::Td15, TD15_BODY_LEN),
+                other => {
+                    return Err(QuoteError::Unsupported {
+                        field: "v5 body type",
+                        found: format!("{other} (expected 2 = TD 1.0 or 3 = TD 1.5)"),
+                    });
+                }
+            };
+            if body_size as usize != expected {
+                return Err(QuoteError::LengthMismatch {
+                    field: "v5 body size",
+                    declared: body_size as usize,
+                    expected,
+                });
+            }
+            kind
+        }
+        other => {
+            return Err(QuoteError::Unsupported {
+                field: "quote version",
+                found: other.to_string(),
+            });
+        }
+    };
+    let len = match kind {
+        BodyKind::Td10 => TD10_BODY_LEN,
+        BodyKind::Td15 => TD15_BODY_LEN,
+    };
+    let start = r.pos();
+    let body = parse_body(kind, r.take(len, "TD report body")?);
+    Ok((header, body, start..start + len))
 }
 
 fn parse_header(h: &[u8]) -> Result<Header, QuoteError> {

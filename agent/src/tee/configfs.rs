@@ -36,16 +36,7 @@ const MAX_ATTEMPTS: u32 = 3;
 /// The smallest possible TD quote: 48-byte header, 584-byte v4 TD body, u32 signature length.
 pub const MIN_QUOTE_LEN: usize = HEADER_LEN + TD_BODY_LEN + 4;
 
-const HEADER_LEN: usize = 48;
-const TD_BODY_LEN: usize = 584;
-const TEE_TYPE_TDX: u32 = 0x81;
-
-// Offsets inside the TD report body.
-const MRTD: usize = 136;
-const MRCONFIGID: usize = 184;
-const MROWNER: usize = 232;
-const MROWNERCONFIG: usize = 280;
-const RTMR0: usize = 328;
+use crate::quote::layout::{HEADER_LEN, TD10_BODY_LEN as TD_BODY_LEN};
 
 /// The kernel paths the provider uses. Overridable for the FUSE emulator and tests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,6 +177,20 @@ impl<F: TsmFs> TsmReport<F> {
             return Err(TeeError::ShortQuote {
                 path: outblob,
                 len: quote.len(),
+            });
+        }
+        // Belt and braces on top of the generation check: a quote over any other REPORTDATA
+        // would bind someone else's key or nonce.
+        let (_, body) = crate::quote::parse_head_only(&quote).map_err(|e| TeeError::Malformed {
+            path: outblob.clone(),
+            what: "quote",
+            detail: e.to_string(),
+        })?;
+        if &body.report_data != report_data {
+            return Err(TeeError::Malformed {
+                path: outblob,
+                what: "quote",
+                detail: "its REPORTDATA is not the one written to inblob".into(),
             });
         }
         Ok(Attempt::Quote(quote))
@@ -394,68 +399,19 @@ impl<F: TsmFs> Tee for ConfigfsTee<F> {
     }
 }
 
-/// The registers in a v4 or v5 TD quote. Stand-in until the shared quote parser lands.
+/// The registers in a v4 or v5 TD quote the kernel just produced.
 fn registers_from_quote(quote: &[u8], source: &Path) -> Result<Measurements, TeeError> {
-    let malformed = |detail: String| TeeError::Malformed {
+    let (_, body) = crate::quote::parse_head_only(quote).map_err(|e| TeeError::Malformed {
         path: source.to_owned(),
         what: "quote",
-        detail,
-    };
-    let u16_at = |at: usize| -> Option<u16> {
-        Some(u16::from_le_bytes(quote.get(at..at + 2)?.try_into().ok()?))
-    };
-    let u32_at = |at: usize| -> Option<u32> {
-        Some(u32::from_le_bytes(quote.get(at..at + 4)?.try_into().ok()?))
-    };
-
-    let version = u16_at(0).ok_or_else(|| malformed(format!("{} bytes", quote.len())))?;
-    let tee_type = u32_at(4).ok_or_else(|| malformed(format!("{} bytes", quote.len())))?;
-    if tee_type != TEE_TYPE_TDX {
-        return Err(malformed(format!(
-            "TEE type {tee_type:#x} is not TDX (0x81)"
-        )));
-    }
-    let (body_at, body_len) = match version {
-        4 => (HEADER_LEN, TD_BODY_LEN),
-        5 => {
-            let size = u32_at(HEADER_LEN + 2)
-                .ok_or_else(|| malformed("v5 body header truncated".to_owned()))?;
-            let size = usize::try_from(size)
-                .map_err(|_| malformed(format!("v5 body size {size} too large")))?;
-            (HEADER_LEN + 6, size)
-        }
-        other => return Err(malformed(format!("unsupported quote version {other}"))),
-    };
-    if body_len < TD_BODY_LEN {
-        return Err(malformed(format!(
-            "TD body of {body_len} bytes, expected at least {TD_BODY_LEN}"
-        )));
-    }
-    let body = body_at
-        .checked_add(body_len)
-        .and_then(|end| quote.get(body_at..end))
-        .ok_or_else(|| {
-            malformed(format!(
-                "{} bytes cannot hold a {body_len}-byte body at offset {body_at}",
-                quote.len()
-            ))
-        })?;
-    let reg = |at: usize| -> Sha384 {
-        let mut r = [0u8; 48];
-        r.copy_from_slice(&body[at..at + 48]);
-        r
-    };
+        detail: e.to_string(),
+    })?;
     Ok(Measurements {
-        mrtd: reg(MRTD),
-        rtmr: [
-            reg(RTMR0),
-            reg(RTMR0 + 48),
-            reg(RTMR0 + 96),
-            reg(RTMR0 + 144),
-        ],
-        mrconfigid: reg(MRCONFIGID),
-        mrowner: reg(MROWNER),
-        mrownerconfig: reg(MROWNERCONFIG),
+        mrtd: body.mrtd,
+        rtmr: body.rtmr,
+        mrconfigid: body.mrconfigid,
+        mrowner: body.mrowner,
+        mrownerconfig: body.mrownerconfig,
     })
 }
 
@@ -466,6 +422,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::quote::layout::{
+        OFF_MRCONFIGID as MRCONFIGID, OFF_MROWNER as MROWNER, OFF_MROWNERCONFIG as MROWNERCONFIG,
+        OFF_MRTD as MRTD, OFF_RTMR0 as RTMR0, TEE_TYPE_TDX,
+    };
 
     const REPORT_DIR: &str = "/fake/tsm/report";
 
@@ -1081,6 +1041,7 @@ mod tests {
         let body_len = 648usize;
         let mut q = vec![0u8; HEADER_LEN + 6 + body_len + 4];
         q[0..2].copy_from_slice(&5u16.to_le_bytes());
+        q[2..4].copy_from_slice(&2u16.to_le_bytes());
         q[4..8].copy_from_slice(&TEE_TYPE_TDX.to_le_bytes());
         q[48..50].copy_from_slice(&3u16.to_le_bytes());
         q[50..54].copy_from_slice(&(body_len as u32).to_le_bytes());
