@@ -378,3 +378,37 @@ fn pck_certificate_carries_the_sgx_extension() {
         "{cn}"
     );
 }
+
+#[test]
+fn concurrent_creators_share_one_pki() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("sim");
+    let roots: Vec<Vec<u8>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| SimDir::open_or_create(&path).unwrap().root_der().unwrap()))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(roots.windows(2).all(|w| w[0] == w[1]));
+    let pki = SimPki::load(&SimDir::open(&path).unwrap()).unwrap();
+    assert_eq!(pki.root_der(), roots[0].as_slice());
+    // No temp files or dirs left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn malformed_td_state_names_the_file() {
+    let (_t, fx) = fixture(SimSettings::default());
+    std::fs::write(fx.dir.td_state_path(), "{\"mrtd\": 1}").unwrap();
+    let e = fx.td.measurements().unwrap_err().to_string();
+    assert!(e.contains("td-state.json"), "{e}");
+    assert!(fx.quote(&rd(11)).is_err());
+    // A reboot repairs it.
+    fx.td.reset().unwrap();
+    fx.td.measurements().unwrap();
+}
