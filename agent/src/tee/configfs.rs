@@ -422,10 +422,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::quote::layout::{
-        OFF_MRCONFIGID as MRCONFIGID, OFF_MROWNER as MROWNER, OFF_MROWNERCONFIG as MROWNERCONFIG,
-        OFF_MRTD as MRTD, OFF_RTMR0 as RTMR0, TEE_TYPE_TDX,
-    };
+    use crate::quote::layout::TEE_TYPE_TDX;
 
     const REPORT_DIR: &str = "/fake/tsm/report";
 
