@@ -2,6 +2,9 @@
 //! 0 accepted, 1 rejected (malformed evidence included), 2 usage, I/O or network error.
 
 mod eventlog;
+mod measure;
+mod sim;
+mod tee_args;
 mod verify;
 
 use std::process::ExitCode;
@@ -27,9 +30,16 @@ pub struct Cli {
 enum Command {
     /// Verify a quote file offline against collateral and a policy.
     Verify(verify::VerifyArgs),
+    /// Produce a TD quote over 64 bytes of REPORTDATA.
+    Quote(measure::QuoteArgs),
+    /// Print the TD's measurement registers (MRTD, RTMR0-3, owner registers).
+    Measurements(measure::MeasurementsArgs),
     /// Work with the CCEL boot event log.
     #[command(subcommand)]
     Eventlog(eventlog::EventlogCommand),
+    /// The simulated TD and its test PKI (development, CI, demos; never production).
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
 }
 
 /// Why a command failed, and so its exit status.
@@ -61,6 +71,9 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Verify(a) => verify::run(a).await,
         Command::Eventlog(c) => eventlog::run(c).await,
+        Command::Quote(a) => measure::quote(a).await,
+        Command::Measurements(a) => measure::measurements(a).await,
+        Command::Sim(c) => sim::run(c).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,99 @@
+//! `tdx-agent quote` and `tdx-agent measurements`: what the TD itself reports.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::tee_args::TeeArgs;
+use super::{CliResult, Failure, write_file};
+use crate::encoding::hex;
+
+#[derive(Debug, Args)]
+pub struct QuoteArgs {
+    /// The 64 bytes of REPORTDATA, as 128 hex digits.
+    #[arg(long, value_name = "HEX")]
+    pub report_data: String,
+    #[command(flatten)]
+    pub tee: TeeArgs,
+    /// Write the binary quote here instead of printing it as hex.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+pub async fn quote(a: QuoteArgs) -> CliResult {
+    let report_data = crate::encoding::hex_array::<64>(&a.report_data)
+        .map_err(|e| Failure::Error(format!("--report-data: {e}")))?;
+    let tee = a.tee.open().await?;
+    let quote = tee.quote(report_data).await.map_err(Failure::error)?;
+    match a.out {
+        Some(path) => {
+            write_file(&path, quote.clone()).await?;
+            eprintln!("wrote a {}-byte quote to {}", quote.len(), path.display());
+        }
+        None => println!("{}", hex(&quote)),
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct MeasurementsArgs {
+    #[command(flatten)]
+    pub tee: TeeArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct MeasurementsJson {
+    tee: &'static str,
+    mrtd: String,
+    rtmr0: String,
+    rtmr1: String,
+    rtmr2: String,
+    rtmr3: String,
+    mrconfigid: String,
+    mrowner: String,
+    mrownerconfig: String,
+}
+
+pub async fn measurements(a: MeasurementsArgs) -> CliResult {
+    let tee = a.tee.open().await?;
+    let m = tee.measurements().await.map_err(Failure::error)?;
+    let out = MeasurementsJson {
+        tee: match tee.kind() {
+            crate::tee::TeeKind::Configfs => "configfs",
+            crate::tee::TeeKind::Simulated => "simulated",
+        },
+        mrtd: hex(&m.mrtd),
+        rtmr0: hex(&m.rtmr[0]),
+        rtmr1: hex(&m.rtmr[1]),
+        rtmr2: hex(&m.rtmr[2]),
+        rtmr3: hex(&m.rtmr[3]),
+        mrconfigid: hex(&m.mrconfigid),
+        mrowner: hex(&m.mrowner),
+        mrownerconfig: hex(&m.mrownerconfig),
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(Failure::error)?
+        );
+    } else {
+        println!("tee            {}", out.tee);
+        for (k, v) in [
+            ("MRTD", &out.mrtd),
+            ("RTMR0", &out.rtmr0),
+            ("RTMR1", &out.rtmr1),
+            ("RTMR2", &out.rtmr2),
+            ("RTMR3", &out.rtmr3),
+            ("MRCONFIGID", &out.mrconfigid),
+            ("MROWNER", &out.mrowner),
+            ("MROWNERCONFIG", &out.mrownerconfig),
+        ] {
+            println!("{k:<14} {v}");
+        }
+    }
+    Ok(())
+}

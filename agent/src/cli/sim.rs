@@ -1,0 +1,238 @@
+//! `tdx-agent sim ...`: create and serve the simulated TD's PKI, reset its registers.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use sha2::{Digest as _, Sha256};
+
+use super::{CliResult, Failure, write_file};
+use crate::encoding::hex;
+use crate::tee::sim::{SimDir, SimPki, SimSettings, SimTd, pccs};
+use crate::tee::{Tee as _, TeeKind};
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Create (or show) the simulated PKI and TD in DIR; write root.der, a sample quote and
+    /// its collateral bundle.
+    Pki(PkiArgs),
+    /// Serve the PCCS v4 API from the simulated PKI (fresh collateral on every request).
+    Pccs(PccsArgs),
+    /// Reboot the simulated TD: registers back to their boot values, RTMR3 zero.
+    Reset(DirArg),
+}
+
+#[derive(Debug, Args)]
+pub struct DirArg {
+    /// The simulation directory, shared by every command that simulates.
+    #[arg(long, value_name = "DIR")]
+    pub sim_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PkiArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// Lifetime of generated collateral (CRLs, TCB info, QE identity), in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub collateral_lifetime: Option<u64>,
+    /// Lifetime of the RA-TLS certificates the agent issues on this TD, in seconds.
+    #[arg(long, value_name = "SECS")]
+    pub cert_lifetime: Option<u64>,
+    /// Delay per quote in milliseconds (1000 mimics today's kernels).
+    #[arg(long, value_name = "MS")]
+    pub quote_delay_ms: Option<u64>,
+    /// Quote version the simulated TD produces (4, or 5 for a TD 1.5 body).
+    #[arg(long)]
+    pub quote_version: Option<u16>,
+    /// MRTD of the simulated TD (96 hex digits).
+    #[arg(long, value_name = "HEX")]
+    pub mrtd: Option<String>,
+    /// TCB status the simulated collateral gives the platform (e.g. OutOfDate).
+    #[arg(long)]
+    pub tcb_status: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PccsArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+}
+
+pub async fn run(c: SimCommand) -> CliResult {
+    match c {
+        SimCommand::Pki(a) => pki(a).await,
+        SimCommand::Pccs(a) => serve_pccs(a).await,
+        SimCommand::Reset(a) => {
+            let path = a.sim_dir.clone();
+            blocking(move || {
+                let dir = SimDir::open(&path)?;
+                crate::tee::sim::reset(&dir)
+            })
+            .await?;
+            println!("simulated TD in {} reset (rebooted)", a.sim_dir.display());
+            Ok(())
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::tee::sim::SimError> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(Failure::error)?
+        .map_err(Failure::error)
+}
+
+async fn pki(a: PkiArgs) -> CliResult {
+    let path = a.dir.sim_dir.clone();
+    let mrtd = a
+        .mrtd
+        .as_deref()
+        .map(crate::encoding::hex_array::<48>)
+        .transpose()
+        .map_err(|e| Failure::Error(format!("--mrtd: {e}")))?;
+    let changes = (
+        a.collateral_lifetime,
+        a.cert_lifetime,
+        a.quote_delay_ms,
+        a.quote_version,
+        mrtd,
+        a.tcb_status.clone(),
+    );
+    let td = blocking(move || {
+        let (lifetime, cert, delay, version, mrtd, status) = changes;
+        let existing = SimDir::open(&path).ok().and_then(|d| d.settings().ok());
+        let mut settings = existing.clone().unwrap_or_default();
+        if let Some(v) = lifetime {
+            settings.collateral_lifetime_secs = v;
+        }
+        if let Some(v) = cert {
+            settings.cert_lifetime_secs = v;
+        }
+        if let Some(v) = delay {
+            settings.quote_delay_ms = v;
+        }
+        if let Some(v) = version {
+            settings.quote_version = v;
+        }
+        if let Some(v) = mrtd {
+            settings.mrtd = v;
+        }
+        if let Some(v) = status {
+            settings.tcb_status = v;
+        }
+        let dir = if existing.as_ref() == Some(&settings) {
+            SimDir::open_or_create(&path)?
+        } else {
+            SimDir::open_or_create_with(&path, &settings)?
+        };
+        SimPki::load_or_create(&dir)?;
+        SimTd::open(&dir)
+    })
+    .await?;
+    debug_assert_eq!(td.kind(), TeeKind::Simulated);
+
+    let dir = a.dir.sim_dir.clone();
+    let report_data = sample_report_data();
+    let now = crate::verify::time::now_unix();
+    let td = Arc::new(td);
+    let td2 = Arc::clone(&td);
+    let (quote, collateral) = tokio::task::spawn_blocking(move || {
+        let q = td2.quote(&report_data).map_err(Failure::error)?;
+        let c = td2
+            .pki()
+            .collateral(u64::try_from(now).unwrap_or(0))
+            .map_err(Failure::error)?;
+        Ok::<_, Failure>((q, c))
+    })
+    .await
+    .map_err(Failure::error)??;
+    let quote_path = dir.join("sample-quote.dat");
+    let coll_path = dir.join("sample-collateral.json");
+    write_file(&quote_path, quote).await?;
+    write_file(&coll_path, collateral.to_bundle_json().into_bytes()).await?;
+
+    let settings: &SimSettings = td.settings();
+    let root = td.pki().root_der();
+    println!("simulated TD and PKI in {}", dir.display());
+    println!(
+        "  root CA          {} (sha256 {})",
+        rel(&dir, "root.der"),
+        hex(&Sha256::digest(root))
+    );
+    println!("  FMSPC            {}", hex::encode_upper(td.pki().fmspc()));
+    println!("  quote version    {}", settings.quote_version);
+    println!("  quote delay      {} ms", settings.quote_delay_ms);
+    println!("  collateral life  {} s", settings.collateral_lifetime_secs);
+    println!("  certificate life {} s", settings.cert_lifetime_secs);
+    println!("  TCB status       {}", settings.tcb_status);
+    println!("  sample quote     {}", quote_path.display());
+    println!("  its collateral   {}", coll_path.display());
+    println!("verify it with:");
+    println!(
+        "  tdx-agent verify {} --collateral {} --insecure-root {}",
+        quote_path.display(),
+        coll_path.display(),
+        rel(&dir, "root.der")
+    );
+    Ok(())
+}
+
+fn rel(dir: &Path, name: &str) -> String {
+    dir.join(name).display().to_string()
+}
+
+/// A recognisable REPORTDATA for the sample quote.
+fn sample_report_data() -> [u8; 64] {
+    let mut rd = [0u8; 64];
+    rd[..32].copy_from_slice(&Sha256::digest(b"tdx-agent simulated sample quote"));
+    rd
+}
+
+async fn serve_pccs(a: PccsArgs) -> CliResult {
+    let path = a.dir.sim_dir.clone();
+    let pki = blocking(move || {
+        let dir = SimDir::open(&path)?;
+        SimPki::load(&dir)
+    })
+    .await?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .map_err(|e| Failure::Error(format!("--listen {}: {e}", a.listen)))?;
+    let addr = listener.local_addr().map_err(Failure::error)?;
+    println!("simulated PCCS listening on http://{addr}");
+    let app = pccs::router(Arc::new(pki));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(Failure::error)
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
