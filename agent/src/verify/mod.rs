@@ -526,4 +526,6 @@ impl Builder {
 }
 
 #[cfg(test)]
+mod sim_tests;
+#[cfg(test)]
 mod tests;
