@@ -13,3 +13,9 @@ pub mod verify;
 
 #[cfg(test)]
 pub(crate) mod test_support;
+
+/// Generated gRPC code for proto/tdx_agent/v1.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("tdx_agent.v1");
+}
