@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Benchmarks. Each prints its own baseline from the same run and the ratio to it, because
+# these machines are noisy: compare ratios, not absolute times.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo bench --locked --bench verify
