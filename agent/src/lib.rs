@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod encoding;
 pub mod fsutil;
 pub mod quote;

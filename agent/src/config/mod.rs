@@ -1,0 +1,309 @@
+//! The daemon's configuration: TOML parsed into typed values and validated before any port
+//! is bound. Command-line flags override the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `tdx-agent serve` configuration. Every field is documented in docs/configuration.md.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The one TLS listener serving HTTPS and gRPC.
+    pub listen: SocketAddr,
+    pub tee: TeeConfig,
+    pub collateral: CollateralConfig,
+    /// Appraisal policy file (TOML). Absent: the default policy (pins no measurement).
+    pub policy: Option<PathBuf>,
+    pub tls: TlsConfig,
+    pub audit: AuditConfig,
+    pub challenge: ChallengeConfig,
+    pub limits: LimitsConfig,
+    /// Runtime state (tmpfs: vanishes at reboot, exactly when the RTMRs reset).
+    pub state_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            tee: TeeConfig::default(),
+            collateral: CollateralConfig::default(),
+            policy: None,
+            tls: TlsConfig::default(),
+            audit: AuditConfig::default(),
+            challenge: ChallengeConfig::default(),
+            limits: LimitsConfig::default(),
+            state_dir: PathBuf::from("/run/tdx-agent"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeKindConfig {
+    Configfs,
+    Sim,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeeConfig {
+    pub kind: TeeKindConfig,
+    /// With kind = "sim": the simulation directory (`tdx-agent sim pki --sim-dir DIR`).
+    pub sim_dir: Option<PathBuf>,
+    /// With kind = "sim": overrides the simulation's quote delay.
+    pub sim_quote_delay_ms: Option<u64>,
+    pub tsm_report_dir: PathBuf,
+    pub measurements_dir: PathBuf,
+    pub ccel_data: PathBuf,
+}
+
+impl Default for TeeConfig {
+    fn default() -> Self {
+        Self {
+            kind: TeeKindConfig::Configfs,
+            sim_dir: None,
+            sim_quote_delay_ms: None,
+            tsm_report_dir: PathBuf::from(crate::tee::configfs::DEFAULT_REPORT_DIR),
+            measurements_dir: PathBuf::from(crate::tee::sysfs::DEFAULT_MEASUREMENTS_DIR),
+            ccel_data: PathBuf::from(crate::tee::configfs::DEFAULT_CCEL_DATA),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollateralConfig {
+    /// PCCS (v4 API) to fetch collateral from. Required on real hardware; with the simulated
+    /// TD, absent means "take it from the simulated PKI directly".
+    pub pccs_url: Option<String>,
+    /// On-disk cache of fetched collateral.
+    pub cache_dir: PathBuf,
+    /// Root CA (DER) to verify our own evidence against instead of Intel's production root.
+    /// Only for the simulated TD and test PKIs.
+    pub insecure_root: Option<PathBuf>,
+}
+
+impl Default for CollateralConfig {
+    fn default() -> Self {
+        Self {
+            pccs_url: None,
+            cache_dir: PathBuf::from("/var/cache/tdx-agent/collateral"),
+            insecure_root: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// RA-TLS certificate lifetime; at most 24 h.
+    pub cert_lifetime_secs: u64,
+    /// Re-issue this long before the certificate expires.
+    pub renew_before_secs: u64,
+    /// DNS names and IP addresses for the certificate's subjectAltName.
+    pub subject_alt_names: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_lifetime_secs: 86_400,
+            renew_before_secs: 3_600,
+            subject_alt_names: vec!["localhost".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Directory of the hash-chained audit log.
+    pub dir: PathBuf,
+    /// Rotate the active file past this size.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/tdx-agent/audit"),
+            max_bytes: 64 << 20,
+            keep: 16,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChallengeConfig {
+    /// Most nonces in one quote's Merkle tree.
+    pub max_batch: usize,
+    /// Most callers waiting for a quote; more get 503.
+    pub max_waiting: usize,
+}
+
+impl Default for ChallengeConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 4096,
+            max_waiting: 100_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Time allowed for a client to finish the TLS handshake and send request headers.
+    pub header_read_timeout_secs: u64,
+    /// Largest request body accepted on the attestation routes.
+    pub max_request_body_bytes: usize,
+    /// Most concurrent connections; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Grace period for in-flight requests on SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            max_request_body_bytes: 64 << 10,
+            max_connections: 10_000,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {source_name}: {detail}")]
+    Parse { source_name: String, detail: String },
+    #[error("config {source_name}: {field}: {detail}")]
+    Invalid {
+        source_name: String,
+        field: &'static str,
+        detail: String,
+    },
+}
+
+/// The most an RA-TLS certificate may live (DESIGN §5).
+pub const MAX_CERT_LIFETIME_SECS: u64 = 86_400;
+
+impl Config {
+    pub fn from_toml(text: &str, source_name: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            source_name: source_name.to_string(),
+            detail: e.to_string(),
+        })?;
+        c.validate(source_name)?;
+        Ok(c)
+    }
+
+    /// Everything that can be checked without touching the TEE or the network.
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, detail: String| {
+            Err(ConfigError::Invalid {
+                source_name: source_name.to_string(),
+                field,
+                detail,
+            })
+        };
+        match self.tee.kind {
+            TeeKindConfig::Sim if self.tee.sim_dir.is_none() => {
+                return invalid(
+                    "tee.sim_dir",
+                    "kind = \"sim\" needs sim_dir (create it with `tdx-agent sim pki --sim-dir DIR`)".into(),
+                );
+            }
+            TeeKindConfig::Configfs if self.tee.sim_dir.is_some() => {
+                return invalid("tee.sim_dir", "only meaningful with kind = \"sim\"".into());
+            }
+            TeeKindConfig::Configfs if self.collateral.pccs_url.is_none() => {
+                return invalid(
+                    "collateral.pccs_url",
+                    "is required on real hardware: without collateral no client can verify this TD"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.collateral.pccs_url {
+            if let Err(e) = crate::verify::pccs::PccsClient::new(url) {
+                return invalid("collateral.pccs_url", e.to_string());
+            }
+        }
+        if self.tls.cert_lifetime_secs == 0 || self.tls.cert_lifetime_secs > MAX_CERT_LIFETIME_SECS
+        {
+            return invalid(
+                "tls.cert_lifetime_secs",
+                format!(
+                    "{} is outside 1..={MAX_CERT_LIFETIME_SECS}",
+                    self.tls.cert_lifetime_secs
+                ),
+            );
+        }
+        if self.tls.renew_before_secs >= self.tls.cert_lifetime_secs {
+            return invalid(
+                "tls.renew_before_secs",
+                "must be shorter than tls.cert_lifetime_secs".into(),
+            );
+        }
+        if self.tls.subject_alt_names.is_empty() {
+            return invalid("tls.subject_alt_names", "list at least one name".into());
+        }
+        if self.challenge.max_batch == 0 || self.challenge.max_waiting == 0 {
+            return invalid(
+                "challenge",
+                "max_batch and max_waiting must be positive".into(),
+            );
+        }
+        if self.limits.max_connections == 0 || self.limits.header_read_timeout_secs == 0 {
+            return invalid(
+                "limits",
+                "max_connections and header_read_timeout_secs must be positive".into(),
+            );
+        }
+        if self.audit.max_bytes < 4096 {
+            return invalid("audit.max_bytes", "must be at least 4096".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_a_pccs_on_real_hardware() {
+        let err = Config::from_toml("", "c.toml").unwrap_err().to_string();
+        assert!(err.contains("pccs_url"), "{err}");
+        let c =
+            Config::from_toml("[collateral]\npccs_url = \"https://pccs:8081\"", "c.toml").unwrap();
+        assert_eq!(c.listen.port(), 8443);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_field() {
+        for (text, needle) in [
+            ("surprise = 1", "surprise"),
+            ("[tee]\nkind = \"sgx\"", "sgx"),
+            ("[tee]\nkind = \"sim\"", "sim_dir"),
+            ("[collateral]\npccs_url = \"ftp://x\"", "pccs_url"),
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n[tls]\ncert_lifetime_secs = 90000",
+                "cert_lifetime_secs",
+            ),
+            ("listen = \"nope\"", "listen"),
+        ] {
+            let err = Config::from_toml(text, "c.toml").unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+}
