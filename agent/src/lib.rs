@@ -9,6 +9,7 @@ pub mod config;
 pub mod encoding;
 pub mod fsutil;
 pub mod quote;
+pub mod server;
 pub mod tee;
 pub mod verify;
 

@@ -1,0 +1,108 @@
+//! Readiness stages, shown by /readyz and the gRPC health service. Probes read these flags;
+//! they never generate a quote.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// What must hold before the agent serves: each stage with why it does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Runtime measurements extended into RTMR3 (or replayed after a restart).
+    Measured,
+    /// Collateral for our own quote is inside its validity window.
+    CollateralFresh,
+    /// An RA-TLS certificate with valid evidence is being served.
+    CertificateIssued,
+    /// The configured upstream answers its health check (only when one is configured).
+    UpstreamHealthy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StageState {
+    pub stage: Stage,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug)]
+pub struct Readiness {
+    stages: Mutex<Vec<StageState>>,
+}
+
+impl Readiness {
+    /// The stages that apply; `upstream` adds the upstream stage.
+    pub fn new(upstream: bool) -> Self {
+        let mut stages = vec![
+            Stage::Measured,
+            Stage::CollateralFresh,
+            Stage::CertificateIssued,
+        ];
+        if upstream {
+            stages.push(Stage::UpstreamHealthy);
+        }
+        Readiness {
+            stages: Mutex::new(
+                stages
+                    .into_iter()
+                    .map(|stage| StageState {
+                        stage,
+                        ok: false,
+                        detail: "not yet checked".into(),
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    pub fn set(&self, stage: Stage, ok: bool, detail: impl Into<String>) {
+        let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = stages.iter_mut().find(|s| s.stage == stage) {
+            s.ok = ok;
+            s.detail = detail.into();
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<StageState> {
+        self.stages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.snapshot().iter().all(|s| s.ok)
+    }
+
+    /// The first stage that does not hold.
+    pub fn first_missing(&self) -> Option<StageState> {
+        self.snapshot().into_iter().find(|s| !s.ok)
+    }
+
+    pub fn is_ok(&self, stage: Stage) -> bool {
+        self.snapshot().iter().any(|s| s.stage == stage && s.ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_stage_holds() {
+        let r = Readiness::new(false);
+        assert!(!r.ready());
+        r.set(Stage::Measured, true, "ok");
+        r.set(Stage::CollateralFresh, true, "ok");
+        assert_eq!(r.first_missing().unwrap().stage, Stage::CertificateIssued);
+        r.set(Stage::CertificateIssued, true, "ok");
+        assert!(r.ready());
+        // Setting a stage that does not apply changes nothing.
+        r.set(Stage::UpstreamHealthy, false, "down");
+        assert!(r.ready());
+        r.set(Stage::CollateralFresh, false, "expired");
+        assert!(!r.ready());
+        assert_eq!(r.first_missing().unwrap().detail, "expired");
+    }
+}
