@@ -14,6 +14,8 @@ pub mod tee;
 pub mod verify;
 
 #[cfg(test)]
+mod docs_tests;
+#[cfg(test)]
 pub(crate) mod test_support;
 
 /// Generated gRPC code for proto/tdx_agent/v1.
