@@ -312,7 +312,10 @@ async fn run_batch(shared: &Shared, batch: Vec<Waiter>) {
             c.quotes_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(leaves = leaves.len(), error = %msg, "challenge quote failed");
             for w in batch {
-                if w.reply.send(Err(ChallengeError::Quote(msg.clone()))).is_ok() {
+                if w.reply
+                    .send(Err(ChallengeError::Quote(msg.clone())))
+                    .is_ok()
+                {
                     c.failed.fetch_add(1, Ordering::Relaxed);
                 } else {
                     c.gone.fetch_add(1, Ordering::Relaxed);

@@ -9,8 +9,8 @@ use tokio::sync::Semaphore;
 
 use super::merkle::Hash;
 use super::{
-    BatchReport, Batcher, BatcherConfig, BoxFuture, ChallengeError, ChallengeQuoter,
-    IssuedQuote, verify_challenge,
+    BatchReport, Batcher, BatcherConfig, BoxFuture, ChallengeError, ChallengeQuoter, IssuedQuote,
+    verify_challenge,
 };
 
 const HEAD: Hash = [0xab; 32];
@@ -169,7 +169,10 @@ async fn two_thousand_concurrent_challengers_share_few_quotes() {
         *sizes.entry(answer.proof.tree_size).or_insert(0u64) += 1;
     }
     let quotes = quoter.calls.load(Ordering::SeqCst);
-    println!("{quotes} quotes for 2000 callers in {:?}, trees {sizes:?}", started.elapsed());
+    println!(
+        "{quotes} quotes for 2000 callers in {:?}, trees {sizes:?}",
+        started.elapsed()
+    );
     assert!(quotes <= 3, "{quotes} quotes");
     // Everyone in a tree of size s got an answer from that tree.
     for (size, count) in &sizes {
@@ -241,7 +244,10 @@ async fn a_panicking_quoter_fails_its_batch_and_the_next_one_works() {
     let b = Batcher::new(quoter.clone(), BatcherConfig::default());
     quoter.release();
     let err = b.challenge(&nonce(0), spki()).await.unwrap_err();
-    assert!(matches!(err, ChallengeError::Quote(ref m) if m.contains("panic")), "{err}");
+    assert!(
+        matches!(err, ChallengeError::Quote(ref m) if m.contains("panic")),
+        "{err}"
+    );
     quoter.release();
     check(1, &b.challenge(&nonce(1), spki()).await.unwrap());
 }
@@ -252,7 +258,10 @@ async fn a_quote_that_does_not_commit_to_the_root_is_refused() {
     let b = Batcher::new(quoter.clone(), BatcherConfig::default());
     quoter.release();
     let err = b.challenge(&nonce(0), spki()).await.unwrap_err();
-    assert!(matches!(err, ChallengeError::Quote(ref m) if m.contains("root")), "{err}");
+    assert!(
+        matches!(err, ChallengeError::Quote(ref m) if m.contains("root")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -266,7 +275,10 @@ async fn a_hung_quote_times_out() {
         },
     );
     let err = b.challenge(&nonce(0), spki()).await.unwrap_err();
-    assert!(matches!(err, ChallengeError::Quote(ref m) if m.contains("longer")), "{err}");
+    assert!(
+        matches!(err, ChallengeError::Quote(ref m) if m.contains("longer")),
+        "{err}"
+    );
     quoter.release();
     check(1, &b.challenge(&nonce(1), spki()).await.unwrap());
 }

@@ -63,7 +63,10 @@ impl TryFrom<ProofJson> for Proof {
             .audit_path
             .iter()
             .enumerate()
-            .map(|(i, text)| decode_hash(text).map_err(|e| ChallengeError::MalformedProof(format!("audit_path[{i}]: {e}"))))
+            .map(|(i, text)| {
+                decode_hash(text)
+                    .map_err(|e| ChallengeError::MalformedProof(format!("audit_path[{i}]: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             leaf_index: j.leaf_index,
@@ -78,7 +81,10 @@ fn decode_hash(text: &str) -> Result<Hash, String> {
     if text.len() != 64 {
         return Err(format!("{} characters, expected 64 hex digits", text.len()));
     }
-    if !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         return Err("not lowercase hex".into());
     }
     let mut out = [0u8; 32];
@@ -91,7 +97,8 @@ pub fn leaf_hash(nonce: &[u8], spki_sha256: &Hash) -> Result<Hash, ChallengeErro
     if nonce.is_empty() || nonce.len() > MAX_NONCE_LEN {
         return Err(ChallengeError::NonceLength { len: nonce.len() });
     }
-    let len = u8::try_from(nonce.len()).map_err(|_| ChallengeError::NonceLength { len: nonce.len() })?;
+    let len =
+        u8::try_from(nonce.len()).map_err(|_| ChallengeError::NonceLength { len: nonce.len() })?;
     let mut h = Sha256::new();
     h.update([0x00]);
     h.update(LEAF_PREFIX);

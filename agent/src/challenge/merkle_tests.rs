@@ -155,17 +155,16 @@ fn matches_certificate_transparency_vectors() {
 #[test]
 fn worked_vector() {
     let spki = spki();
-    let ls: Vec<Hash> = (0..3).map(|i| leaf_hash(&nonce(i), &spki).unwrap()).collect();
+    let ls: Vec<Hash> = (0..3)
+        .map(|i| leaf_hash(&nonce(i), &spki).unwrap())
+        .collect();
     let r = root(&ls);
     println!("spki_sha256 = {}", hex::encode(spki));
     for (i, l) in ls.iter().enumerate() {
         println!("n{i} = {}", hex::encode(nonce(i)));
         println!("leaf{i} = {}", hex::encode(l));
         let p = proof(&ls, i).unwrap();
-        println!(
-            "proof{i} = {}",
-            serde_json::to_string(&p).unwrap()
-        );
+        println!("proof{i} = {}", serde_json::to_string(&p).unwrap());
     }
     println!("root = {}", hex::encode(r));
     assert_eq!(ls, leaves(3));
@@ -291,7 +290,10 @@ fn leaf_rules() {
         leaf_hash(&[1, 2], &s).unwrap(),
         leaf_hash(&[1, 2, 0], &s).unwrap()
     );
-    assert_ne!(leaf_hash(&[1], &s).unwrap(), leaf_hash(&[1], &[0; 32]).unwrap());
+    assert_ne!(
+        leaf_hash(&[1], &s).unwrap(),
+        leaf_hash(&[1], &[0; 32]).unwrap()
+    );
     assert!(matches!(
         proof(&leaves(3), 3),
         Err(ChallengeError::IndexOutOfRange { index: 3, size: 3 })
