@@ -8,6 +8,7 @@ pub mod cli;
 pub mod encoding;
 pub mod fsutil;
 pub mod quote;
+pub mod ratls;
 pub mod tee;
 pub mod verify;
 
