@@ -272,7 +272,7 @@ pub fn server_config(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use x509_parser::prelude::*;
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
 
     fn fake_evidence(key: &KeyPair) -> Evidence {
         let (claims, _) = claims_for(key);

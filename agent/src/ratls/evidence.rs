@@ -345,10 +345,10 @@ mod tests {
     #[test]
     fn report_data_forms() {
         let rd = report_data_sha256(b"x");
-        assert_eq!(&rd[..32], Sha256::digest(b"x").as_slice());
+        assert_eq!(&rd[..32], &Sha256::digest(b"x")[..]);
         assert_eq!(rd[32..], [0u8; 32]);
         let rd = report_data_sha384(b"x");
-        assert_eq!(&rd[..48], Sha384::digest(b"x").as_slice());
+        assert_eq!(&rd[..48], &Sha384::digest(b"x")[..]);
         assert_eq!(rd[48..], [0u8; 16]);
         // Not a quote: the SHA-256 form is what the verifier then expects.
         assert_eq!(expected_report_data(b"x", b""), report_data_sha256(b"x"));
