@@ -187,14 +187,16 @@ impl<'a> Decoder<'a> {
 
     fn take(&mut self, n: u64, what: &'static str) -> Result<&'a [u8], CborError> {
         let available = self.remaining();
-        let n_usize = usize::try_from(n).ok().filter(|n| *n <= available).ok_or(
-            CborError::Truncated {
-                offset: self.pos,
-                what,
-                needed: n,
-                available,
-            },
-        )?;
+        let n_usize =
+            usize::try_from(n)
+                .ok()
+                .filter(|n| *n <= available)
+                .ok_or(CborError::Truncated {
+                    offset: self.pos,
+                    what,
+                    needed: n,
+                    available,
+                })?;
         let start = self.pos;
         self.pos += n_usize;
         Ok(&self.bytes[start..self.pos])
@@ -345,7 +347,10 @@ mod tests {
             (&[0xf5][..], "simple"),
             (&[0x1c][..], "reserved"),
             (&[0x42, 0x00][..], "ends early"),
-            (&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..], "elements"),
+            (
+                &[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+                "elements",
+            ),
             (&[0xa1, 0x01, 0x01][..], "only text keys"),
             (&[0xa2, 0x61, b'a', 0x00, 0x61, b'a', 0x00][..], "repeats"),
             (&[0x61, 0xff][..], "UTF-8"),

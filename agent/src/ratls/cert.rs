@@ -317,7 +317,10 @@ mod tests {
         assert_eq!(x.validity().not_after.timestamp(), 1_751_328_000 + 3600);
         let sans = x.subject_alternative_name().unwrap().unwrap();
         assert_eq!(sans.value.general_names.len(), 2);
-        assert_eq!(c.spki_sha256, <[u8; 32]>::from(Sha256::digest(x.public_key().raw)));
+        assert_eq!(
+            c.spki_sha256,
+            <[u8; 32]>::from(Sha256::digest(x.public_key().raw))
+        );
     }
 
     #[test]

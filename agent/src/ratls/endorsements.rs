@@ -88,9 +88,12 @@ pub fn decode(bytes: &[u8]) -> Result<Endorsements, RaTlsError> {
     }
     let mut raw: [&[u8]; 8] = [&[]; 8];
     for ((slot, item), name) in raw.iter_mut().zip(rest).zip(names) {
-        *slot = item
-            .as_bytes()
-            .ok_or_else(|| bad(format!("{name} is a {}, expected a byte string", item.kind())))?;
+        *slot = item.as_bytes().ok_or_else(|| {
+            bad(format!(
+                "{name} is a {}, expected a byte string",
+                item.kind()
+            ))
+        })?;
     }
     let [
         tcb_body,
@@ -108,11 +111,10 @@ pub fn decode(bytes: &[u8]) -> Result<Endorsements, RaTlsError> {
     let created = text(created, "creation_time")?;
     let creation_time = match created.trim() {
         "" => None,
-        t => Some(t.parse::<i64>().map_err(|_| {
-            bad(format!(
-                "creation_time {t:?} is not decimal unix seconds"
-            ))
-        })?),
+        t => Some(
+            t.parse::<i64>()
+                .map_err(|_| bad(format!("creation_time {t:?} is not decimal unix seconds")))?,
+        ),
     };
     let collateral = Collateral {
         pck_crl_issuer_chain: chain(pck_chain, "pck_crl_issuer_chain")?,
@@ -229,9 +231,8 @@ fn crl(item: &[u8], name: &str) -> Result<Vec<u8>, RaTlsError> {
     }
     // Raw DER: its own length says where it ends, so a NUL after it (or none) is told apart
     // from a final zero byte of the signature.
-    let len = der_len(item).ok_or_else(|| {
-        bad("neither a PEM CRL, hex text, nor a DER SEQUENCE".into())
-    })?;
+    let len = der_len(item)
+        .ok_or_else(|| bad("neither a PEM CRL, hex text, nor a DER SEQUENCE".into()))?;
     match &item[len..] {
         [] | [0] => Ok(item[..len].to_vec()),
         rest => Err(bad(format!("{} bytes after the DER CRL", rest.len()))),
@@ -252,7 +253,9 @@ fn der_len(b: &[u8]) -> Option<usize> {
             return None;
         }
         let bytes = b.get(2..2 + n)?;
-        let len = bytes.iter().fold(0usize, |acc, x| (acc << 8) | usize::from(*x));
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, x| (acc << 8) | usize::from(*x));
         (len, 2 + n)
     };
     let total = header.checked_add(len)?;
@@ -267,7 +270,8 @@ mod tests {
     fn sim_collateral() -> Collateral {
         let tmp = tempfile::tempdir().unwrap();
         let fx = SimFixture::create(tmp.path(), SimSettings::default()).unwrap();
-        fx.collateral(crate::verify::time::now_unix() as u64).unwrap()
+        fx.collateral(crate::verify::time::now_unix() as u64)
+            .unwrap()
     }
 
     fn items(bytes: &[u8]) -> Vec<Value> {
@@ -284,7 +288,10 @@ mod tests {
         let c = sim_collateral();
         let bytes = encode(&c, 1_751_328_000);
         // Tag 60000, array of 9, version 32 bits wide.
-        assert_eq!(&bytes[..9], &[0xd9, 0xea, 0x60, 0x89, 0x1a, 0x00, 0x01, 0x00, 0x03]);
+        assert_eq!(
+            &bytes[..9],
+            &[0xd9, 0xea, 0x60, 0x89, 0x1a, 0x00, 0x01, 0x00, 0x03]
+        );
         let e = decode(&bytes).unwrap();
         assert_eq!(e.collateral, c);
         assert_eq!(e.version, ENDORSEMENTS_VERSION);
@@ -300,7 +307,10 @@ mod tests {
         let tcb = std::str::from_utf8(items[1].as_bytes().unwrap()).unwrap();
         assert!(tcb.starts_with("{\"tcbInfo\":{"), "{tcb}");
         assert!(tcb.contains(&c.tcb_info));
-        assert!(tcb.contains(&format!("\"signature\":\"{}\"", hex::encode(&c.tcb_info_signature))));
+        assert!(tcb.contains(&format!(
+            "\"signature\":\"{}\"",
+            hex::encode(&c.tcb_info_signature)
+        )));
         let qe = std::str::from_utf8(items[6].as_bytes().unwrap()).unwrap();
         assert!(qe.starts_with("{\"enclaveIdentity\":{"), "{qe}");
         for i in [3, 4] {
@@ -316,8 +326,7 @@ mod tests {
     fn reads_crls_as_pem_hex_or_der_and_signed_bodies_with_whitespace() {
         let c = sim_collateral();
         let mut v = items(&encode(&c, 1));
-        let hexed = |der: &[u8]| Value::Bytes(nul_text(&hex::encode(der)));
-        v[3] = hexed(&c.pck_crl);
+        v[3] = Value::Bytes(nul_text(&hex::encode(&c.pck_crl)));
         v[4] = Value::Bytes(c.root_ca_crl.clone());
         // Intel serves the body pretty-printed sometimes; only the signed member's text counts.
         v[1] = Value::Bytes(

@@ -51,7 +51,7 @@ impl HashAlg {
         }
     }
 
-    pub fn len(self) -> usize {
+    pub fn digest_len(self) -> usize {
         match self {
             HashAlg::Sha256 => 32,
             HashAlg::Sha384 => 48,
@@ -139,12 +139,12 @@ impl Claims {
                 "pubkey-hash uses hash algorithm id {id}; accepted: 1 (SHA-256), 7 (SHA-384), 8 (SHA-512)"
             ))
         })?;
-        if digest.len() != alg.len() {
+        if digest.len() != alg.digest_len() {
             return Err(bad(format!(
                 "pubkey-hash {} digest is {} bytes, expected {}",
                 alg.name(),
                 digest.len(),
-                alg.len()
+                alg.digest_len()
             )));
         }
         Ok(Claims {

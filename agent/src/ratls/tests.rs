@@ -178,7 +178,11 @@ async fn handshake_fails_closed_on_a_rejected_quote() {
     let key = generate_key().unwrap();
     let c = e.issue(&key);
     let server = tokio_rustls::TlsAcceptor::from(Arc::new(
-        server_config(Arc::new(CertResolver::new(c.rustls_certified_key())), vec![]).unwrap(),
+        server_config(
+            Arc::new(CertResolver::new(c.rustls_certified_key())),
+            vec![],
+        )
+        .unwrap(),
     ));
     let mut policy = Policy::default();
     policy.measurements.mrtd = vec![HexBytes([0xab; 48])];
@@ -193,7 +197,10 @@ async fn handshake_fails_closed_on_a_rejected_quote() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("MRTD check failed"), "{err}");
-    assert!(serve.await.unwrap(), "the server sees the handshake fail too");
+    assert!(
+        serve.await.unwrap(),
+        "the server sees the handshake fail too"
+    );
 }
 
 #[test]
@@ -243,7 +250,8 @@ fn pubkey_hash_ids_7_and_8_and_the_sha384_report_data_are_accepted() {
         let key = generate_key().unwrap();
         let claims = Claims::for_spki(alg, &spki_der(&key), None).to_cbor();
         let c = e.issue_raw(&key, claims.clone(), evidence::report_data_sha256(&claims));
-        e.verify(&v, &c).unwrap_or_else(|err| panic!("{alg:?}: {err}"));
+        e.verify(&v, &c)
+            .unwrap_or_else(|err| panic!("{alg:?}: {err}"));
         accepted(&v);
     }
     // Intel TDX ttls: REPORTDATA = SHA-384(claims) || 16 zeros.
@@ -273,7 +281,9 @@ fn unknown_pubkey_hash_id_is_rejected() {
         Value::Bytes(hash),
     )]));
     let rd = evidence::report_data_sha256(&claims);
-    let err = e.verify(&e.verifier(), &e.issue_raw(&key, claims, rd)).unwrap_err();
+    let err = e
+        .verify(&e.verifier(), &e.issue_raw(&key, claims, rd))
+        .unwrap_err();
     assert!(err.contains("hash algorithm id 2"), "{err}");
 }
 
@@ -283,7 +293,10 @@ fn policy_pinning_other_registers_rejects_naming_the_register() {
     let c = e.issue(&generate_key().unwrap());
     let pinned = HexBytes([0xab; 48]);
     for (name, set) in [
-        ("RTMR2", (|p: &mut Policy, v| p.measurements.rtmr2 = v) as fn(&mut Policy, _)),
+        (
+            "RTMR2",
+            (|p: &mut Policy, v| p.measurements.rtmr2 = v) as fn(&mut Policy, _),
+        ),
         ("MRTD", |p: &mut Policy, v| p.measurements.mrtd = v),
     ] {
         let mut policy = Policy::default();
@@ -358,7 +371,9 @@ fn certificate_validity_and_missing_evidence() {
         .unwrap();
     let err = v.verify_certificate(plain.der(), e.now).unwrap_err();
     assert!(matches!(err, RaTlsError::NoEvidence), "{err}");
-    let err = v.verify_certificate(b"not a certificate", e.now).unwrap_err();
+    let err = v
+        .verify_certificate(b"not a certificate", e.now)
+        .unwrap_err();
     assert!(err.to_string().contains("X.509"), "{err}");
 }
 
@@ -376,7 +391,11 @@ fn extensions_in_the_issued_certificate() {
     };
     let ev = ext("2.23.133.5.4.9");
     assert!(!ev.critical);
-    assert_eq!(&ev.value[..3], &[0xd9, 0xea, 0x60], "CBOR tag 60000 directly");
+    assert_eq!(
+        &ev.value[..3],
+        &[0xd9, 0xea, 0x60],
+        "CBOR tag 60000 directly"
+    );
     let evidence = Evidence::from_cbor(ev.value).unwrap();
     let parsed = crate::quote::Quote::parse(&evidence.quote).unwrap();
     assert_eq!(parsed.raw.len(), evidence.quote.len(), "quote trimmed");
@@ -424,7 +443,11 @@ fn cache_skips_the_appraisal_and_keys_on_the_policy() {
     let v1 = make(Policy::default());
     e.verify(&v1, &c).unwrap();
     e.verify(&v1, &c).unwrap();
-    assert_eq!(v1.appraisals(), 1, "second verification came from the cache");
+    assert_eq!(
+        v1.appraisals(),
+        1,
+        "second verification came from the cache"
+    );
     accepted(&v1);
 
     let same = make(Policy::default());
