@@ -237,6 +237,25 @@ impl Evidence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn hostile_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Claims::from_cbor(&bytes);
+            let _ = Evidence::from_cbor(&bytes);
+            let _ = super::super::endorsements::decode(&bytes);
+            let _ = expected_report_data(&bytes, &bytes);
+        }
+
+        #[test]
+        fn a_flipped_byte_in_claims_never_panics(at in 0usize..200, bit in 0u8..8) {
+            let mut bytes = Claims::for_spki(HashAlg::Sha256, b"spki", Some(b"n")).to_cbor();
+            let at = at % bytes.len();
+            bytes[at] ^= 1 << bit;
+            let _ = Claims::from_cbor(&bytes);
+        }
+    }
 
     fn claims_value(entries: Vec<(&str, Value)>) -> Vec<u8> {
         cbor::encode(&Value::Map(

@@ -62,6 +62,8 @@ pub enum RaTlsError {
     QuoteRejected(Box<Report>),
     #[error("issuing the certificate: {0}")]
     Issue(String),
+    #[error("verifier setup: {0}")]
+    Config(String),
     #[error("TLS setup: {0}")]
     Tls(#[from] rustls::Error),
 }

@@ -530,3 +530,25 @@ const WORKED_CLAIMS_NONCE: &str = "a2656e6f6e636558187464782d6167656e7420776f726
 const WORKED_REPORT_DATA_NONCE: &str = "e09af26b7e3dc1b51e2b71e4292ca5eb3b58280d45f99bb7e48bcb9965c8ffbb0000000000000000000000000000000000000000000000000000000000000000";
 const WORKED_CLAIMS: &str = "a16b7075626b65792d68617368582482015820f1d59449b727165de732bf283338122b99628a615918fedc67d878fffcf47da7";
 const WORKED_REPORT_DATA: &str = "943c6c8288e300d072695af3aec8c4fe066609a5ebe76d7729d73fead86bd92d0000000000000000000000000000000000000000000000000000000000000000";
+
+#[test]
+fn two_evidence_extensions_are_refused() {
+    let e = env();
+    let key = generate_key().unwrap();
+    let (claims, rd) = claims_for(&key);
+    let quote = e.fx.quote(&rd).unwrap();
+    let ev = Evidence { quote, claims }.to_cbor();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.custom_extensions = vec![
+        rcgen::CustomExtension::from_oid_content(EVIDENCE_OID, ev.clone()),
+        rcgen::CustomExtension::from_oid_content(EVIDENCE_OID, ev),
+    ];
+    let cert = params.self_signed(&key).unwrap();
+    let v = e.verifier_with(Policy::default(), CollateralSource::Fixed(e.prepared()));
+    let err = v.verify_certificate(cert.der(), e.now).unwrap_err();
+    assert!(
+        err.to_string().contains("more than one evidence extension"),
+        "{err}"
+    );
+    assert_eq!(v.appraisals(), 0);
+}

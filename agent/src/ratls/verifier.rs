@@ -165,7 +165,7 @@ impl RaTlsVerifier {
         cache: Arc<VerificationCache>,
     ) -> Result<Self, RaTlsError> {
         let policy_json = serde_json::to_vec(&policy)
-            .map_err(|e| RaTlsError::Issue(format!("serialising the policy: {e}")))?;
+            .map_err(|e| RaTlsError::Config(format!("serialising the policy: {e}")))?;
         Ok(RaTlsVerifier {
             policy_digest: Sha256::digest(&policy_json).into(),
             root_sha256: Sha256::digest(verifier.root_der()).into(),
@@ -254,10 +254,18 @@ impl RaTlsVerifier {
                 Some(arcs) => arcs.collect(),
                 None => continue,
             };
-            if oid == EVIDENCE_OID {
-                evidence_ext = Some(ext.value);
+            let (slot, what) = if oid == EVIDENCE_OID {
+                (&mut evidence_ext, "evidence")
             } else if oid == ENDORSEMENTS_OID {
-                endorsements_ext = Some(ext.value);
+                (&mut endorsements_ext, "endorsements")
+            } else {
+                continue;
+            };
+            // Two candidates would leave the choice to us; no honest issuer writes that.
+            if slot.replace(ext.value).is_some() {
+                return Err(RaTlsError::Certificate(format!(
+                    "more than one {what} extension"
+                )));
             }
         }
         let evidence = Evidence::from_cbor(evidence_ext.ok_or(RaTlsError::NoEvidence)?)?;
