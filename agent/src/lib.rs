@@ -10,6 +10,7 @@ pub mod config;
 pub mod encoding;
 pub mod fsutil;
 pub mod quote;
+pub mod ratls;
 pub mod server;
 pub mod tee;
 pub mod verify;
