@@ -92,7 +92,11 @@ pub(crate) enum Kind {
 impl AuditEvent {
     /// A quote left the agent. `batch_size` is the number of challenge nonces in the Merkle
     /// tree the REPORTDATA commits to, when there is one.
-    pub fn quote_issued(purpose: QuotePurpose, report_data: &[u8; 64], batch_size: Option<u32>) -> Self {
+    pub fn quote_issued(
+        purpose: QuotePurpose,
+        report_data: &[u8; 64],
+        batch_size: Option<u32>,
+    ) -> Self {
         Self::new(Kind::QuoteIssued {
             purpose: text(purpose.as_str()),
             report_data: hex::encode(report_data),
@@ -101,7 +105,11 @@ impl AuditEvent {
     }
 
     /// A new RA-TLS certificate is in use.
-    pub fn certificate_rotated(reason: &str, spki_sha256: &[u8; 32], not_after: OffsetDateTime) -> Self {
+    pub fn certificate_rotated(
+        reason: &str,
+        spki_sha256: &[u8; 32],
+        not_after: OffsetDateTime,
+    ) -> Self {
         Self::new(Kind::CertificateRotated {
             reason: text(reason),
             spki_sha256: hex::encode(spki_sha256),
@@ -137,11 +145,15 @@ impl AuditEvent {
     }
 
     pub fn agent_started(version: &str) -> Self {
-        Self::new(Kind::AgentStarted { version: text(version) })
+        Self::new(Kind::AgentStarted {
+            version: text(version),
+        })
     }
 
     pub fn agent_stopped(reason: &str) -> Self {
-        Self::new(Kind::AgentStopped { reason: text(reason) })
+        Self::new(Kind::AgentStopped {
+            reason: text(reason),
+        })
     }
 
     /// Anything else worth an auditor's attention, as a short `kind` and a short message.
@@ -152,7 +164,12 @@ impl AuditEvent {
         })
     }
 
-    pub(crate) fn suppressed(event_type: &str, count: u64, first: OffsetDateTime, last: OffsetDateTime) -> Self {
+    pub(crate) fn suppressed(
+        event_type: &str,
+        count: u64,
+        first: OffsetDateTime,
+        last: OffsetDateTime,
+    ) -> Self {
         Self::new(Kind::Suppressed {
             event_type: text(event_type),
             count,
@@ -234,7 +251,9 @@ mod tests {
     fn event_json_has_type_first_and_stable_keys() {
         let e = AuditEvent::quote_issued(QuotePurpose::Challenge, &[0xab; 64], Some(3));
         let json = e.to_json();
-        assert!(json.starts_with(r#"{"type":"quote_issued","purpose":"challenge","report_data":"abab"#));
+        assert!(
+            json.starts_with(r#"{"type":"quote_issued","purpose":"challenge","report_data":"abab"#)
+        );
         assert!(json.ends_with(r#","batch_size":3}"#));
         let e = AuditEvent::verification_result("10.0.0.7:8443", "rejected", None);
         assert_eq!(
@@ -245,7 +264,10 @@ mod tests {
 
     #[test]
     fn security_classification() {
-        assert!(AuditEvent::quote_issued(QuotePurpose::Certificate, &[0; 64], None).is_security_relevant());
+        assert!(
+            AuditEvent::quote_issued(QuotePurpose::Certificate, &[0; 64], None)
+                .is_security_relevant()
+        );
         assert!(AuditEvent::rtmr_extended(3, &[0; 48], "x").is_security_relevant());
         assert!(AuditEvent::policy_loaded(&[0; 32]).is_security_relevant());
         assert!(!AuditEvent::notice("a", "b").is_security_relevant());

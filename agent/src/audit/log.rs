@@ -1,8 +1,8 @@
 //! The async face of the audit log: a dedicated thread owns the [`AuditWriter`], so fsyncs
 //! never block the runtime and appends from many tasks are serialised in arrival order.
 
-use super::writer::{Appended, AuditError, AuditOptions, AuditWriter};
 use super::AuditEvent;
+use super::writer::{Appended, AuditError, AuditOptions, AuditWriter};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -118,11 +118,20 @@ impl AuditLog {
     }
 
     fn chain(&self) -> Chain {
-        *self.inner.chain.lock().unwrap_or_else(PoisonError::into_inner)
+        *self
+            .inner
+            .chain
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-fn run(mut writer: AuditWriter, rx: mpsc::Receiver<Request>, chain: Arc<Mutex<Chain>>, interval: std::time::Duration) {
+fn run(
+    mut writer: AuditWriter,
+    rx: mpsc::Receiver<Request>,
+    chain: Arc<Mutex<Chain>>,
+    interval: std::time::Duration,
+) {
     let publish = |w: &AuditWriter| {
         *chain.lock().unwrap_or_else(PoisonError::into_inner) = Chain {
             head: w.head(),

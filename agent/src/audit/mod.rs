@@ -51,7 +51,9 @@ pub use event::{AuditEvent, QuotePurpose};
 pub use log::AuditLog;
 pub use ratelimit::RateLimit;
 pub use record::LineFault;
-pub use verify::{AuditVerifyError, HeadMatch, LineRef, VerifySummary, verify_against_head, verify_files};
+pub use verify::{
+    AuditVerifyError, HeadMatch, LineRef, VerifySummary, verify_against_head, verify_files,
+};
 pub use writer::{Appended, AuditError, AuditOptions, AuditWriter};
 
 use sha2::{Digest as _, Sha256};

@@ -113,15 +113,15 @@ impl Limiter {
                 continue;
             }
             bucket.refill(now);
-            if all || bucket.tokens >= 1.0 {
-                if let (Some(first), Some(last)) = (bucket.first, bucket.last) {
-                    out.push(Pending {
-                        event_type,
-                        count: bucket.suppressed,
-                        first,
-                        last,
-                    });
-                }
+            if (all || bucket.tokens >= 1.0)
+                && let (Some(first), Some(last)) = (bucket.first, bucket.last)
+            {
+                out.push(Pending {
+                    event_type,
+                    count: bucket.suppressed,
+                    first,
+                    last,
+                });
             }
         }
         out

@@ -49,11 +49,15 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Parsed, LineFault> {
     if line.is_empty() {
         return Err(LineFault::Empty);
     }
-    let value: Value = serde_json::from_slice(line).map_err(|e| LineFault::NotJson(e.to_string()))?;
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| LineFault::NotJson(e.to_string()))?;
     let Value::Object(map) = value else {
         return Err(LineFault::NotObject);
     };
-    if let Some(extra) = map.keys().find(|k| !matches!(k.as_str(), "seq" | "time" | "event" | "prev")) {
+    if let Some(extra) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "seq" | "time" | "event" | "prev"))
+    {
         return Err(LineFault::UnexpectedField(extra.chars().take(64).collect()));
     }
     let seq = map

@@ -30,11 +30,19 @@ fn quote(i: u8) -> AuditEvent {
 }
 
 fn lines(path: &std::path::Path) -> Vec<String> {
-    fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn write_lines(path: &std::path::Path, lines: &[String]) {
-    fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    fs::write(
+        path,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
 }
 
 /// A single-file log of `n` notices; returns the directory and the file.
@@ -77,7 +85,10 @@ fn exact_line_format_worked_example() {
         r#"{{"seq":2,"time":"2025-06-01T12:00:01.500000Z","event":{{"type":"agent_started","version":"0.1.0"}},"prev":"{H1}"}}"#
     );
     let path = dir.path().join("audit-00000001.log");
-    assert_eq!(fs::read_to_string(&path).unwrap(), format!("{line1}\n{line2}\n"));
+    assert_eq!(
+        fs::read_to_string(&path).unwrap(),
+        format!("{line1}\n{line2}\n")
+    );
     assert_eq!(a1.seq, 1);
     assert_eq!(hex::encode(a1.line_hash), H1);
     assert_eq!(a2.seq, 2);
@@ -93,7 +104,11 @@ fn time_is_utc_even_from_an_offset_clock() {
     let mut w = AuditWriter::open(dir.path(), opts(&c)).unwrap();
     w.append(notice(0)).unwrap();
     let l = lines(w.active_path());
-    assert!(l[0].contains(r#""time":"2025-06-01T12:00:00.250000Z""#), "{}", l[0]);
+    assert!(
+        l[0].contains(r#""time":"2025-06-01T12:00:00.250000Z""#),
+        "{}",
+        l[0]
+    );
 }
 
 #[test]
@@ -128,7 +143,10 @@ fn rotation_carries_the_chain_across_files() {
     let dir = TempDir::new().unwrap();
     let c = clock();
     let max = 700;
-    let o = AuditOptions { max_bytes: max, ..opts(&c) };
+    let o = AuditOptions {
+        max_bytes: max,
+        ..opts(&c)
+    };
     let mut w = AuditWriter::open(dir.path(), o.clone()).unwrap();
     for i in 0..20 {
         w.append(notice(i)).unwrap();
@@ -136,7 +154,10 @@ fn rotation_carries_the_chain_across_files() {
     let files = list_files(dir.path()).unwrap();
     assert!(files.len() >= 3, "{files:?}");
     for f in &files {
-        assert!(fs::metadata(f).unwrap().len() <= max, "{f:?} over max_bytes");
+        assert!(
+            fs::metadata(f).unwrap().len() <= max,
+            "{f:?} over max_bytes"
+        );
     }
     // Names are numbered from 1 and sorted chronologically.
     assert!(files[0].ends_with("audit-00000001.log"));
@@ -212,7 +233,11 @@ fn torn_last_line_is_refused_at_open_and_left_alone() {
     assert!(msg.contains("audit-00000001.log"), "{msg}");
     assert!(msg.contains("damaged"), "{msg}");
     assert!(msg.contains(&format!("truncate -s {good_len} ")), "{msg}");
-    assert_eq!(fs::read(&path).unwrap(), bytes, "open must not repair the file");
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        bytes,
+        "open must not repair the file"
+    );
 
     // Following the advice recovers the chain.
     fs::write(&path, &bytes[..good_len as usize]).unwrap();
@@ -226,7 +251,9 @@ fn garbage_last_line_is_refused_at_open() {
     let mut l = lines(&path);
     l.push("not json".into());
     write_lines(&path, &l);
-    let msg = AuditWriter::open(dir.path(), opts(&clock())).unwrap_err().to_string();
+    let msg = AuditWriter::open(dir.path(), opts(&clock()))
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("last line is not a valid record"), "{msg}");
 }
 
@@ -237,7 +264,10 @@ fn verify_detects_an_edited_line() {
     l[3] = l[3].replace("record 3", "record X");
     write_lines(&path, &l);
     let msg = verify_err(&[path]);
-    assert!(msg.contains("audit-00000001.log line 5: prev does not match the hash of line 4"), "{msg}");
+    assert!(
+        msg.contains("audit-00000001.log line 5: prev does not match the hash of line 4"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -247,7 +277,10 @@ fn verify_detects_a_deleted_middle_line() {
     l.remove(3);
     write_lines(&path, &l);
     let msg = verify_err(&[path]);
-    assert!(msg.contains("audit-00000001.log line 4: seq is 5, expected 4"), "{msg}");
+    assert!(
+        msg.contains("audit-00000001.log line 4: seq is 5, expected 4"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -257,7 +290,10 @@ fn verify_detects_reordered_lines() {
     l.swap(6, 7);
     write_lines(&path, &l);
     let msg = verify_err(&[path]);
-    assert!(msg.contains("audit-00000001.log line 7: seq is 8, expected 7"), "{msg}");
+    assert!(
+        msg.contains("audit-00000001.log line 7: seq is 8, expected 7"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -267,14 +303,24 @@ fn verify_detects_a_bad_seq() {
     l[5] = l[5].replace(r#"{"seq":6,"#, r#"{"seq":60,"#);
     write_lines(&path, &l);
     let msg = verify_err(&[path]);
-    assert!(msg.contains("audit-00000001.log line 6: seq is 60, expected 6"), "{msg}");
+    assert!(
+        msg.contains("audit-00000001.log line 6: seq is 60, expected 6"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn verify_names_the_file_across_a_rotation() {
     let dir = TempDir::new().unwrap();
     let c = clock();
-    let mut w = AuditWriter::open(dir.path(), AuditOptions { max_bytes: 700, ..opts(&c) }).unwrap();
+    let mut w = AuditWriter::open(
+        dir.path(),
+        AuditOptions {
+            max_bytes: 700,
+            ..opts(&c)
+        },
+    )
+    .unwrap();
     for i in 0..12 {
         w.append(notice(i)).unwrap();
     }
@@ -293,7 +339,6 @@ fn verify_names_the_file_across_a_rotation() {
     assert!(msg.contains(&expected), "{msg}\nexpected: {expected}");
 
     // Files given in the wrong order are caught too.
-    let (_d, _p) = (dir.path(), ());
     let mut reversed = files.clone();
     reversed.swap(0, 1);
     assert!(verify_files(&reversed).is_err());
@@ -306,7 +351,10 @@ fn verify_reports_field_problems_and_torn_lines() {
     l[1] = l[1].replace(r#""time":"2025-06-01T"#, r#""time":"2025/06/01T"#);
     write_lines(&path, &l);
     let msg = verify_err(std::slice::from_ref(&path));
-    assert!(msg.contains("line 2: field time: expected an RFC 3339 timestamp"), "{msg}");
+    assert!(
+        msg.contains("line 2: field time: expected an RFC 3339 timestamp"),
+        "{msg}"
+    );
 
     let (_dir2, path2) = log_of(3);
     let mut bytes = fs::read(&path2).unwrap();
@@ -325,7 +373,10 @@ fn verify_reports_field_problems_and_torn_lines() {
     let empty = TempDir::new().unwrap();
     let p = empty.path().join("audit-00000001.log");
     fs::write(&p, b"").unwrap();
-    assert!(matches!(verify_files(&[p]), Err(AuditVerifyError::NoRecords { files: 1 })));
+    assert!(matches!(
+        verify_files(&[p]),
+        Err(AuditVerifyError::NoRecords { files: 1 })
+    ));
 }
 
 #[test]
@@ -365,7 +416,10 @@ fn deleting_the_tail_is_detected_against_a_later_head() {
     write_lines(&path, &l);
     assert_eq!(verify_files(&files).unwrap().records, 8);
     let err = verify_against_head(&files, head).unwrap_err();
-    assert!(matches!(err, AuditVerifyError::HeadNotFound { .. }), "{err}");
+    assert!(
+        matches!(err, AuditVerifyError::HeadNotFound { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains(&hex::encode(head)), "{err}");
 }
 
@@ -376,7 +430,8 @@ fn rate_limit_drops_then_writes_one_summary_and_never_drops_security_records() {
     let mut o = opts(&c);
     o.default_rate = Some(RateLimit::new(1.0, 2.0));
     // Even a zero-rate override cannot touch security records.
-    o.rate_limits.insert("quote_issued".into(), Some(RateLimit::new(0.0, 0.0)));
+    o.rate_limits
+        .insert("quote_issued".into(), Some(RateLimit::new(0.0, 0.0)));
     let mut w = AuditWriter::open(dir.path(), o).unwrap();
 
     let results: Vec<_> = (0..5).map(|i| w.append(notice(i))).collect();
@@ -387,9 +442,14 @@ fn rate_limit_drops_then_writes_one_summary_and_never_drops_security_records() {
     for i in 0..50 {
         w.append(quote(i)).unwrap();
     }
-    w.append(AuditEvent::rtmr_extended(3, &[7; 48], "model_manifest")).unwrap();
-    w.append(AuditEvent::certificate_rotated("expiry", &[1; 32], datetime!(2025-06-02 00:00 UTC)))
+    w.append(AuditEvent::rtmr_extended(3, &[7; 48], "model_manifest"))
         .unwrap();
+    w.append(AuditEvent::certificate_rotated(
+        "expiry",
+        &[1; 32],
+        datetime!(2025-06-02 00:00 UTC),
+    ))
+    .unwrap();
     w.append(AuditEvent::policy_loaded(&[2; 32])).unwrap();
     assert_eq!(w.last_seq(), 2 + 53);
 
@@ -403,7 +463,12 @@ fn rate_limit_drops_then_writes_one_summary_and_never_drops_security_records() {
         summary.contains(r#""event":{"type":"suppressed","event_type":"notice","count":3,"#),
         "{summary}"
     );
-    assert_eq!(l.iter().filter(|x| x.contains(r#""type":"suppressed""#)).count(), 1);
+    assert_eq!(
+        l.iter()
+            .filter(|x| x.contains(r#""type":"suppressed""#))
+            .count(),
+        1
+    );
     assert_eq!(a.seq, 57);
 
     // A flood that stops: the summary is written by the periodic flush once a token is back.
@@ -414,7 +479,11 @@ fn rate_limit_drops_then_writes_one_summary_and_never_drops_security_records() {
     assert_eq!(w.flush_suppressed().unwrap(), 1);
     assert_eq!(w.flush_suppressed().unwrap(), 0, "one summary per flood");
     let l = lines(w.active_path());
-    assert!(l.last().unwrap().contains(r#""count":2,"#), "{}", l.last().unwrap());
+    assert!(
+        l.last().unwrap().contains(r#""count":2,"#),
+        "{}",
+        l.last().unwrap()
+    );
 
     // Shutdown writes what is pending even without a token.
     c.advance(Duration::from_secs(5));
@@ -422,7 +491,12 @@ fn rate_limit_drops_then_writes_one_summary_and_never_drops_security_records() {
         let _ = w.append(notice(200 + i));
     }
     w.finish().unwrap();
-    assert!(lines(w.active_path()).last().unwrap().contains(r#""count":2,"#));
+    assert!(
+        lines(w.active_path())
+            .last()
+            .unwrap()
+            .contains(r#""count":2,"#)
+    );
     verify_files(&list_files(dir.path()).unwrap()).unwrap();
 }
 
@@ -438,7 +512,11 @@ fn a_failed_write_is_an_error_and_leaves_no_half_line() {
         let err = w.append(quote(1)).unwrap_err();
         assert!(matches!(err, AuditError::Write { seq: 4, .. }), "{err}");
         assert!(err.to_string().contains("audit-00000001.log"), "{err}");
-        assert_eq!(fs::read(&path).unwrap(), before, "{fault:?}: file must be as before");
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            before,
+            "{fault:?}: file must be as before"
+        );
         assert_eq!((w.head(), w.last_seq()), (head, 3));
         // The log stays usable and the chain continues without a gap.
         assert_eq!(w.append(quote(2)).unwrap().seq, 4);
@@ -451,7 +529,14 @@ fn a_rotation_that_cannot_create_its_file_is_an_error() {
     let dir = TempDir::new().unwrap();
     let logdir = dir.path().join("log");
     let c = clock();
-    let mut w = AuditWriter::open(&logdir, AuditOptions { max_bytes: 100, ..opts(&c) }).unwrap();
+    let mut w = AuditWriter::open(
+        &logdir,
+        AuditOptions {
+            max_bytes: 100,
+            ..opts(&c)
+        },
+    )
+    .unwrap();
     w.append(quote(0)).unwrap();
     let head = w.head();
     fs::remove_dir_all(&logdir).unwrap();
@@ -482,9 +567,13 @@ async fn concurrent_appends_keep_one_valid_chain() {
         let log = log.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..100u8 {
-                log.append(AuditEvent::quote_issued(QuotePurpose::Challenge, &[t ^ i; 64], None))
-                    .await
-                    .unwrap();
+                log.append(AuditEvent::quote_issued(
+                    QuotePurpose::Challenge,
+                    &[t ^ i; 64],
+                    None,
+                ))
+                .await
+                .unwrap();
             }
         }));
     }
@@ -498,7 +587,10 @@ async fn concurrent_appends_keep_one_valid_chain() {
     assert_eq!(s.head, log.head());
     assert_eq!(log.last_seq(), 800);
     log.close().await.unwrap();
-    assert!(matches!(log.append(quote(0)).await, Err(AuditError::WriterGone)));
+    assert!(matches!(
+        log.append(quote(0)).await,
+        Err(AuditError::WriterGone)
+    ));
 }
 
 #[tokio::test]
@@ -506,7 +598,8 @@ async fn async_log_writes_due_summaries_on_its_own_and_resumes() {
     let dir = TempDir::new().unwrap();
     let c = clock();
     let mut o = opts(&c);
-    o.rate_limits.insert("notice".into(), Some(RateLimit::new(1.0, 1.0)));
+    o.rate_limits
+        .insert("notice".into(), Some(RateLimit::new(1.0, 1.0)));
     o.flush_interval = Duration::from_millis(10);
     let log = AuditLog::open(dir.path(), o.clone()).await.unwrap();
     assert_eq!(log.head(), GENESIS);
@@ -518,7 +611,11 @@ async fn async_log_writes_due_summaries_on_its_own_and_resumes() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         waited += 1;
     }
-    assert_eq!(log.last_seq(), 2, "the writer thread should write the summary by itself");
+    assert_eq!(
+        log.last_seq(),
+        2,
+        "the writer thread should write the summary by itself"
+    );
     let head = log.head();
     drop(log);
 
@@ -534,7 +631,9 @@ async fn async_open_reports_a_damaged_log() {
     let mut bytes = fs::read(&path).unwrap();
     bytes.extend_from_slice(b"{");
     fs::write(&path, bytes).unwrap();
-    let err = AuditLog::open(dir.path(), opts(&clock())).await.unwrap_err();
+    let err = AuditLog::open(dir.path(), opts(&clock()))
+        .await
+        .unwrap_err();
     assert!(matches!(err, AuditError::Damaged { .. }), "{err}");
 }
 

@@ -81,7 +81,10 @@ pub fn verify_files(paths: &[PathBuf]) -> Result<VerifySummary, AuditVerifyError
 /// [`verify_files`], and also require that some line hashes to `head` (a chain head taken
 /// from a challenge quote's REPORTDATA). A log cut back to before that head fails here even
 /// though what is left is a valid chain.
-pub fn verify_against_head(paths: &[PathBuf], head: [u8; 32]) -> Result<HeadMatch, AuditVerifyError> {
+pub fn verify_against_head(
+    paths: &[PathBuf],
+    head: [u8; 32],
+) -> Result<HeadMatch, AuditVerifyError> {
     let mut found: Option<(u64, LineRef)> = None;
     let summary = walk(paths, |hash, seq, at| {
         if found.is_none() && *hash == head {
@@ -96,7 +99,11 @@ pub fn verify_against_head(paths: &[PathBuf], head: [u8; 32]) -> Result<HeadMatc
         });
     }
     if head == GENESIS && summary.from_genesis {
-        return Ok(HeadMatch { summary, seq: 0, at: None });
+        return Ok(HeadMatch {
+            summary,
+            seq: 0,
+            at: None,
+        });
     }
     Err(AuditVerifyError::HeadNotFound {
         head: hex::encode(head),

@@ -92,7 +92,9 @@ pub enum AuditError {
         len: usize,
         max: usize,
     },
-    #[error("audit event of type {event_type} rate limited: counted, and reported in a summary record later")]
+    #[error(
+        "audit event of type {event_type} rate limited: counted, and reported in a summary record later"
+    )]
     RateLimited { event_type: &'static str },
     #[error("audit log: the clock gave a time that cannot be written as RFC 3339: {0}")]
     Time(String),
@@ -252,7 +254,12 @@ impl AuditWriter {
         self.usable()?;
         let due: Vec<Pending> = self.limiter.due(self.options.clock.monotonic(), all);
         for pending in &due {
-            let event = AuditEvent::suppressed(pending.event_type, pending.count, pending.first, pending.last);
+            let event = AuditEvent::suppressed(
+                pending.event_type,
+                pending.count,
+                pending.first,
+                pending.last,
+            );
             self.write_record(&event)?;
             self.limiter.written(pending);
         }
@@ -289,7 +296,10 @@ impl AuditWriter {
     }
 
     fn write_record(&mut self, event: &AuditEvent) -> Result<Appended, AuditError> {
-        let seq = self.last_seq.checked_add(1).ok_or(AuditError::SeqExhausted)?;
+        let seq = self
+            .last_seq
+            .checked_add(1)
+            .ok_or(AuditError::SeqExhausted)?;
         let now = self.options.clock.now();
         // RFC 3339 has four-digit years only.
         if !(0..=9999).contains(&now.year()) {
@@ -314,7 +324,10 @@ impl AuditWriter {
             // length: the file then ends at a record boundary, exactly as before. fsync errors
             // are treated the same (after a failed fsync the kernel may have dropped the
             // dirty pages, so the line's durability is unknown; it must not count as logged).
-            let undo = self.file.set_len(before).and_then(|()| self.file.sync_data());
+            let undo = self
+                .file
+                .set_len(before)
+                .and_then(|()| self.file.sync_data());
             if let Err(undo_err) = undo {
                 self.broken = Some(format!(
                     "a failed write ({source}) could not be undone ({undo_err}); the file may end in a partial record"
@@ -330,7 +343,10 @@ impl AuditWriter {
         self.len = before + line.len() as u64;
         self.last_seq = seq;
         self.head = hash;
-        Ok(Appended { seq, line_hash: hash })
+        Ok(Appended {
+            seq,
+            line_hash: hash,
+        })
     }
 
     fn write_and_sync(&mut self, line: &[u8]) -> std::io::Result<()> {
@@ -473,7 +489,9 @@ fn read_last_record(path: &Path) -> Result<Option<(u64, [u8; 32])>, AuditError> 
         None => {
             return Err(AuditError::Damaged {
                 path: path.to_path_buf(),
-                detail: format!("its last line is longer than {MAX_VERIFY_LINE_BYTES} bytes, not a record this agent wrote"),
+                detail: format!(
+                    "its last line is longer than {MAX_VERIFY_LINE_BYTES} bytes, not a record this agent wrote"
+                ),
             });
         }
     };
