@@ -525,6 +525,25 @@ fn a_failed_write_is_an_error_and_leaves_no_half_line() {
 }
 
 #[test]
+fn a_failure_that_cannot_be_undone_stops_the_writer_and_is_caught_at_open() {
+    let (dir, path) = log_of(2);
+    let c = clock();
+    let mut w = AuditWriter::open(dir.path(), opts(&c)).unwrap();
+    w.fault = Some(Fault::ShortWriteNoUndo(9));
+    let err = w.append(quote(1)).unwrap_err();
+    assert!(matches!(err, AuditError::Broken { .. }), "{err}");
+    assert!(err.to_string().contains("record seq 3 failed"), "{err}");
+    let err = w.append(quote(2)).unwrap_err();
+    assert!(matches!(err, AuditError::Broken { .. }), "{err}");
+    assert!(err.to_string().contains("partial record"), "{err}");
+    drop(w);
+    // The partial line is still there; the next start refuses it rather than chaining on it.
+    let err = AuditWriter::open(dir.path(), opts(&c)).unwrap_err();
+    assert!(matches!(err, AuditError::Damaged { .. }), "{err}");
+    assert!(verify_err(&[path]).contains("line 3: no trailing newline"));
+}
+
+#[test]
 fn a_rotation_that_cannot_create_its_file_is_an_error() {
     let dir = TempDir::new().unwrap();
     let logdir = dir.path().join("log");

@@ -143,6 +143,10 @@ pub(crate) enum Fault {
     ShortWrite(usize),
     /// Write the line, then fail the fsync.
     Sync,
+    /// Write this many bytes, fail, and fail the undo as well.
+    ShortWriteNoUndo(usize),
+    /// Set by `ShortWriteNoUndo`: the undo fails.
+    Undo,
 }
 
 /// The synchronous writer. Not shareable: put it behind [`super::AuditLog`] (or a mutex).
@@ -324,14 +328,16 @@ impl AuditWriter {
             // length: the file then ends at a record boundary, exactly as before. fsync errors
             // are treated the same (after a failed fsync the kernel may have dropped the
             // dirty pages, so the line's durability is unknown; it must not count as logged).
-            let undo = self
-                .file
-                .set_len(before)
-                .and_then(|()| self.file.sync_data());
-            if let Err(undo_err) = undo {
-                self.broken = Some(format!(
-                    "a failed write ({source}) could not be undone ({undo_err}); the file may end in a partial record"
-                ));
+            if let Err(undo_err) = self.cut_back(before) {
+                let detail = format!(
+                    "writing record seq {seq} failed ({source}) and cutting the file back to {before} bytes failed too \
+                     ({undo_err}), so the file may end in a partial record"
+                );
+                self.broken = Some(detail.clone());
+                return Err(AuditError::Broken {
+                    path: self.path.clone(),
+                    detail,
+                });
             }
             return Err(AuditError::Write {
                 path: self.path.clone(),
@@ -349,6 +355,15 @@ impl AuditWriter {
         })
     }
 
+    fn cut_back(&mut self, len: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(Fault::Undo) = self.fault.take() {
+            return Err(std::io::Error::other("injected truncate failure"));
+        }
+        self.file.set_len(len)?;
+        self.file.sync_data()
+    }
+
     fn write_and_sync(&mut self, line: &[u8]) -> std::io::Result<()> {
         #[cfg(test)]
         match self.fault.take() {
@@ -356,11 +371,16 @@ impl AuditWriter {
                 self.file.write_all(&line[..n.min(line.len())])?;
                 return Err(std::io::Error::other("injected short write"));
             }
+            Some(Fault::ShortWriteNoUndo(n)) => {
+                self.file.write_all(&line[..n.min(line.len())])?;
+                self.fault = Some(Fault::Undo);
+                return Err(std::io::Error::other("injected short write"));
+            }
             Some(Fault::Sync) => {
                 self.file.write_all(line)?;
                 return Err(std::io::Error::other("injected fsync failure"));
             }
-            None => {}
+            Some(Fault::Undo) | None => {}
         }
         self.file.write_all(line)?;
         self.file.sync_data()
