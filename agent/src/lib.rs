@@ -4,6 +4,7 @@
 //! tests) can reuse the verifier, the TEE providers and the simulated TD.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod challenge;
 pub mod cli;
 pub mod config;
