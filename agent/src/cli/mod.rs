@@ -1,8 +1,11 @@
 //! The `tdx-agent` subcommands, and the exit status every verifying command shares:
 //! 0 accepted, 1 rejected (malformed evidence included), 2 usage, I/O or network error.
 
+mod attest;
+mod audit;
 mod eventlog;
 mod measure;
+mod serve;
 mod sim;
 mod tee_args;
 mod verify;
@@ -28,6 +31,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the attestation daemon (HTTPS and gRPC with an RA-TLS certificate).
+    Serve(serve::ServeArgs),
+    /// Verify a running agent over RA-TLS and print the report.
+    Attest(attest::AttestArgs),
+    /// Validate configuration files.
+    #[command(subcommand)]
+    Config(serve::ConfigCommand),
+    /// Check audit logs offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Verify a quote file offline against collateral and a policy.
     Verify(verify::VerifyArgs),
     /// Produce a TD quote over 64 bytes of REPORTDATA.
@@ -69,6 +82,10 @@ pub const EXIT_ERROR: u8 = 2;
 /// Run the parsed command line to completion.
 pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        Command::Serve(a) => serve::serve(a).await,
+        Command::Attest(a) => attest::run(a).await,
+        Command::Config(c) => serve::config(c).await,
+        Command::Audit(c) => audit::run(c).await,
         Command::Verify(a) => verify::run(a).await,
         Command::Eventlog(c) => eventlog::run(c).await,
         Command::Quote(a) => measure::quote(a).await,
@@ -108,4 +125,27 @@ pub async fn write_file(path: &std::path::Path, data: Vec<u8>) -> CliResult {
     })
     .await
     .map_err(Failure::error)?
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
 }

@@ -233,10 +233,13 @@ impl Config {
             }
             _ => {}
         }
-        if let Some(url) = &self.collateral.pccs_url {
-            if let Err(e) = crate::verify::pccs::PccsClient::new(url) {
-                return invalid("collateral.pccs_url", e.to_string());
-            }
+        if let Some(Err(e)) = self
+            .collateral
+            .pccs_url
+            .as_deref()
+            .map(crate::verify::pccs::PccsClient::new)
+        {
+            return invalid("collateral.pccs_url", e.to_string());
         }
         if self.tls.cert_lifetime_secs == 0 || self.tls.cert_lifetime_secs > MAX_CERT_LIFETIME_SECS
         {

@@ -254,11 +254,20 @@ impl Window {
             .unwrap_or(i64::MIN)
     }
 
-    /// The first item whose window does not contain `now`.
+    /// The item that puts `now` outside the window: the earliest to expire, or else the
+    /// latest to be issued.
     pub fn violation(&self, now: i64) -> Option<&Dated> {
-        self.items
+        let expired = self
+            .items
             .iter()
-            .find(|d| now < d.issued || now >= d.next_update)
+            .filter(|d| now >= d.next_update)
+            .min_by_key(|d| d.next_update);
+        expired.or_else(|| {
+            self.items
+                .iter()
+                .filter(|d| now < d.issued)
+                .max_by_key(|d| d.issued)
+        })
     }
 }
 
@@ -342,7 +351,13 @@ mod tests {
         let w = c.window().unwrap();
         assert_eq!(w.next_update(), 1_752_919_235);
         assert!(w.violation(1_752_919_234).is_none());
-        assert!(w.violation(1_752_919_235).is_some());
+        // The earliest item to expire is named, whatever the order of the items.
+        let first = w.violation(1_752_919_235).unwrap();
+        assert_eq!(first.next_update, w.next_update());
+        assert_eq!(
+            w.violation(1_785_888_000).unwrap().next_update,
+            w.next_update()
+        );
         assert!(w.violation(w.not_before() - 1).is_some());
     }
 

@@ -368,7 +368,7 @@ impl CollateralSource {
 }
 
 /// Inside the window and not yet within the refresh margin before nextUpdate.
-fn fresh(c: &Collateral, now: i64) -> bool {
+pub fn fresh(c: &Collateral, now: i64) -> bool {
     let Ok(w) = c.window() else { return false };
     let margin = ((w.next_update() - w.not_before()) / 4).clamp(0, MAX_REFRESH_MARGIN);
     w.violation(now).is_none() && now < w.next_update() - margin

@@ -1,0 +1,91 @@
+//! What every request handler shares: the TEE, the served evidence, readiness and metrics.
+
+use std::sync::{Arc, RwLock};
+
+use super::collateral::CollateralProvider;
+use super::metrics::Metrics;
+use super::readiness::Readiness;
+use crate::audit::AuditLog;
+use crate::challenge::Batcher;
+use crate::config::Config;
+use crate::ratls::{CertResolver, RaTlsCertifiedKey};
+use crate::tee::TeeHandle;
+use crate::verify::{PreparedCollateral, Report, Verifier, policy::Policy};
+
+/// The evidence behind the certificate currently served.
+pub struct Served {
+    pub cert: RaTlsCertifiedKey,
+    /// The quote in the certificate (REPORTDATA binds the certificate's key).
+    pub quote: Vec<u8>,
+    pub collateral: PreparedCollateral,
+    /// The collateral as a bundle (docs/formats.md), ready to send.
+    pub collateral_json: String,
+    /// RTMR3 when the quote was made; a change means re-issue.
+    pub rtmr3: [u8; 48],
+    /// The agent's appraisal of its own evidence against its own policy.
+    pub self_check: Report,
+    pub issued_at: i64,
+}
+
+pub struct AppState {
+    pub config: Config,
+    pub tee: TeeHandle,
+    pub verifier: Verifier,
+    pub policy: Policy,
+    pub collateral: CollateralProvider,
+    pub resolver: Arc<CertResolver>,
+    served: RwLock<Arc<Served>>,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+    pub audit: AuditLog,
+    pub batcher: Batcher,
+}
+
+impl AppState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        tee: TeeHandle,
+        verifier: Verifier,
+        policy: Policy,
+        collateral: CollateralProvider,
+        first: Served,
+        readiness: Arc<Readiness>,
+        metrics: Arc<Metrics>,
+        audit: AuditLog,
+        batcher: Batcher,
+    ) -> Self {
+        let resolver = Arc::new(CertResolver::new(first.cert.rustls_certified_key()));
+        AppState {
+            config,
+            tee,
+            verifier,
+            policy,
+            collateral,
+            resolver,
+            served: RwLock::new(Arc::new(first)),
+            readiness,
+            metrics,
+            audit,
+            batcher,
+        }
+    }
+
+    /// Whether reading the registers is cheap (sysfs or the simulation) rather than a quote.
+    pub fn registers_readable_without_quote(&self) -> bool {
+        match self.tee.kind() {
+            crate::tee::TeeKind::Simulated => true,
+            crate::tee::TeeKind::Configfs => self.config.tee.measurements_dir.is_dir(),
+        }
+    }
+
+    pub fn served(&self) -> Arc<Served> {
+        Arc::clone(&self.served.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Serve `next` from now on; connections already established keep their certificate.
+    pub fn replace(&self, next: Served) {
+        self.resolver.replace(next.cert.rustls_certified_key());
+        *self.served.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+    }
+}
