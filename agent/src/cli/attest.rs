@@ -161,6 +161,11 @@ async fn request<T: serde::de::DeserializeOwned>(
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(Failure::error)?;
+    // An HTTP/1 connection takes one request at a time: wait until the previous one is done.
+    sender
+        .ready()
+        .await
+        .map_err(|e| Failure::Error(format!("{method} {path}: connection: {e}")))?;
     let resp = sender
         .send_request(req)
         .await
