@@ -218,3 +218,143 @@ fn documented_bundle_example_has_the_nine_fields() {
         assert!(real.get(f).is_some(), "the vector bundle lacks {f}");
     }
 }
+
+/// Sections 6, 8 and 9 of docs/formats.md: every worked value recomputed from the code.
+#[test]
+fn formats_worked_vectors() {
+    use p256::pkcs8::EncodePrivateKey as _;
+    use sha2::{Digest as _, Sha256};
+    let text = doc("formats.md");
+    let must = |value: &str, what: &str| {
+        assert!(
+            text.contains(value),
+            "docs/formats.md lacks the {what} {value}"
+        );
+    };
+
+    // 6. Claims and REPORTDATA for a fixed key.
+    let scalar: Vec<u8> = (1u8..=32).collect();
+    let sk = p256::SecretKey::from_slice(&scalar).unwrap();
+    let pkcs8 = sk.to_pkcs8_der().unwrap();
+    let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+        &rustls::pki_types::PrivatePkcs8KeyDer::from(pkcs8.as_bytes()),
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    )
+    .unwrap();
+    must(&hex::encode(crate::ratls::spki_der(&key)), "SPKI");
+    let (claims, rd) = crate::ratls::claims_for(&key);
+    must(&format!("claims      {}", hex::encode(&claims)), "claims");
+    must(&format!("reportdata  {}", hex::encode(rd)), "REPORTDATA");
+    let (claims, rd) = crate::ratls::claims_with_nonce(&key, Some(b"tdx-agent worked example"));
+    must(
+        &format!("claims      {}", hex::encode(&claims)),
+        "claims with nonce",
+    );
+    must(
+        &format!("reportdata  {}", hex::encode(rd)),
+        "REPORTDATA with nonce",
+    );
+
+    // 8. The Merkle tree of three nonces.
+    use crate::challenge::merkle;
+    let spki: [u8; 32] = Sha256::digest(b"spki").into();
+    must(&hex::encode(spki), "SPKI hash");
+    let leaves: Vec<[u8; 32]> = (0u8..3)
+        .map(|i| {
+            let nonce: Vec<u8> = (32 * i..32 * i + 32).collect();
+            merkle::leaf_hash(&nonce, &spki).unwrap()
+        })
+        .collect();
+    for (i, leaf) in leaves.iter().enumerate() {
+        must(&format!("leaf{i}  {}", hex::encode(leaf)), "leaf");
+    }
+    must(
+        &format!(
+            "node01 {}",
+            hex::encode(merkle::node_hash(&leaves[0], &leaves[1]))
+        ),
+        "node",
+    );
+    let root = merkle::root(&leaves);
+    must(&format!("root   {}", hex::encode(root)), "root");
+    let p2 = merkle::proof(&leaves, 2).unwrap();
+    assert!(merkle::verify_inclusion(&leaves[2], &p2, &root));
+
+    // 9. Audit lines written by the real writer with a fixed clock.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = std::sync::Arc::new(crate::audit::ManualClock::new(time::macros::datetime!(
+        2025-06-01 12:00:00 UTC
+    )));
+    let mut w = crate::audit::AuditWriter::open(
+        dir.path(),
+        crate::audit::AuditOptions {
+            clock: clock.clone(),
+            default_rate: None,
+            ..crate::audit::AuditOptions::default()
+        },
+    )
+    .unwrap();
+    w.append(crate::audit::AuditEvent::policy_loaded(&[0x11; 32]))
+        .unwrap();
+    clock.advance(std::time::Duration::from_millis(1500));
+    w.append(crate::audit::AuditEvent::agent_started("0.1.0"))
+        .unwrap();
+    let written = std::fs::read_to_string(dir.path().join("audit-00000001.log")).unwrap();
+    for line in written.lines() {
+        must(line, "audit line");
+    }
+    must(&hex::encode(w.head()), "chain head");
+}
+
+/// Sections 7 and 8: the documented JSON shapes have exactly the keys the server sends.
+#[test]
+fn evidence_and_challenge_examples_match_the_server_types() {
+    use crate::server::http::{ChallengeResponseJson, EvidenceJson};
+    let text = doc("formats.md");
+    let blocks: Vec<serde_json::Value> = fenced(&text, "json")
+        .iter()
+        .filter_map(|b| serde_json::from_str(b).ok())
+        .collect();
+    let keys = |v: &serde_json::Value| -> BTreeSet<String> {
+        v.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let evidence = serde_json::to_value(EvidenceJson {
+        version: 1,
+        tee: String::new(),
+        certificate: String::new(),
+        quote: String::new(),
+        spki_sha256: String::new(),
+        not_before: String::new(),
+        not_after: String::new(),
+        collateral: serde_json::Value::Null,
+        event_log: String::new(),
+        tcb_status: None,
+    })
+    .unwrap();
+    assert!(
+        blocks.iter().any(|b| keys(b) == keys(&evidence)),
+        "no evidence JSON example with keys {:?}",
+        keys(&evidence)
+    );
+    let challenge = serde_json::to_value(ChallengeResponseJson {
+        quote: String::new(),
+        report_data: String::new(),
+        audit_head: String::new(),
+        root: String::new(),
+        leaf_hash: String::new(),
+        proof: crate::challenge::merkle::ProofJson {
+            leaf_index: 0,
+            tree_size: 1,
+            audit_path: Vec::new(),
+        },
+        spki_sha256: String::new(),
+    })
+    .unwrap();
+    assert!(
+        blocks.iter().any(|b| keys(b) == keys(&challenge)),
+        "no challenge response example with keys {:?}",
+        keys(&challenge)
+    );
+}
