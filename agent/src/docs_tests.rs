@@ -358,3 +358,19 @@ fn evidence_and_challenge_examples_match_the_server_types() {
         keys(&challenge)
     );
 }
+
+/// docs/configuration.md: the "every key" example is a valid configuration whose values are
+/// the code's defaults (apart from the PCCS URL, which has none).
+#[test]
+fn configuration_doc_lists_the_defaults() {
+    let text = doc("configuration.md");
+    let blocks = fenced(&text, "toml");
+    let example = blocks
+        .first()
+        .expect("a toml block in docs/configuration.md");
+    let parsed = crate::config::Config::from_toml(example, "docs/configuration.md").unwrap();
+    let mut expected = crate::config::Config::default();
+    expected.collateral.pccs_url = parsed.collateral.pccs_url.clone();
+    assert!(parsed.collateral.pccs_url.is_some());
+    assert_eq!(parsed, expected);
+}
