@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod encoding;
 pub mod fsutil;
+pub mod measure;
 pub mod quote;
 pub mod ratls;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The `tdx-agent` subcommands, and the exit status every verifying command shares:
 //! 0 accepted, 1 rejected (malformed evidence included), 2 usage, I/O or network error.
 
+mod admin;
 mod attest;
 mod audit;
 mod eventlog;
@@ -35,6 +36,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Verify a running agent over RA-TLS and print the report.
     Attest(attest::AttestArgs),
+    /// Operate a running agent through its admin socket.
+    Admin(admin::AdminArgs),
     /// Validate configuration files.
     #[command(subcommand)]
     Config(serve::ConfigCommand),
@@ -84,6 +87,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => serve::serve(a).await,
         Command::Attest(a) => attest::run(a).await,
+        Command::Admin(a) => admin::run(a).await,
         Command::Config(c) => serve::config(c).await,
         Command::Audit(c) => audit::run(c).await,
         Command::Verify(a) => verify::run(a).await,

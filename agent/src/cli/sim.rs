@@ -71,7 +71,15 @@ pub async fn run(c: SimCommand) -> CliResult {
             let path = a.sim_dir.clone();
             blocking(move || {
                 let dir = SimDir::open(&path)?;
-                crate::tee::sim::reset(&dir)
+                crate::tee::sim::reset(&dir)?;
+                // A reboot also empties /run: the demo agent's RTMR3 log lives in DIR/run.
+                match std::fs::remove_file(path.join("run").join("rtmr3-events.jsonl")) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(crate::tee::sim::SimError::Other(format!(
+                        "removing the RTMR3 event log: {e}"
+                    ))),
+                }
             })
             .await?;
             println!("simulated TD in {} reset (rebooted)", a.sim_dir.display());

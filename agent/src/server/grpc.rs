@@ -22,11 +22,12 @@ impl Attestation for AttestationService {
     ) -> Result<Response<proto::Evidence>, Status> {
         let nonce = request.into_inner().nonce;
         let served = self.state.served();
+        let event_log = self.state.rtmr3_log.lock().await.jsonl();
         let mut out = proto::Evidence {
             certificate: served.cert.cert_der.to_vec(),
             certificate_quote: served.quote.clone(),
             collateral_json: served.collateral_json.clone(),
-            event_log: String::new(),
+            event_log,
             challenge_quote: Vec::new(),
             proof: None,
             audit_chain_head: Vec::new(),
@@ -71,7 +72,7 @@ impl Attestation for AttestationService {
         _request: Request<proto::GetEventLogRequest>,
     ) -> Result<Response<proto::EventLog>, Status> {
         Ok(Response::new(proto::EventLog {
-            jsonl: String::new(),
+            jsonl: self.state.rtmr3_log.lock().await.jsonl(),
         }))
     }
 

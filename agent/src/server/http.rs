@@ -50,7 +50,8 @@ pub struct EvidenceJson {
     pub tcb_status: Option<String>,
 }
 
-pub fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
+pub async fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
+    let event_log = state.rtmr3_log.lock().await.jsonl();
     let served = state.served();
     Ok(EvidenceJson {
         version: 1,
@@ -65,13 +66,13 @@ pub fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
         not_after: format_unix(served.cert.not_after),
         collateral: serde_json::from_str(&served.collateral_json)
             .map_err(|e| ApiError::Internal(format!("collateral bundle: {e}")))?,
-        event_log: String::new(),
+        event_log,
         tcb_status: served.self_check.tcb_status.clone(),
     })
 }
 
 async fn evidence(State(state): State<Arc<AppState>>) -> Result<Json<EvidenceJson>, ApiError> {
-    evidence_json(&state).map(Json)
+    evidence_json(&state).await.map(Json)
 }
 
 #[derive(Debug, Serialize, Deserialize)]

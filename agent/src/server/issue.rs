@@ -240,32 +240,79 @@ pub async fn maintain(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Re
         let Some(reason) = reason_to_reissue(&state, &served, now).await else {
             continue;
         };
-        let issuer = Issuer {
-            tee: &state.tee,
-            collateral: &state.collateral,
-            verifier: &state.verifier,
-            policy: &state.policy,
-            audit: &state.audit,
-            metrics: &state.metrics,
-            lifetime_secs: state.config.tls.cert_lifetime_secs,
-            sans: &state.config.tls.subject_alt_names,
-        };
-        match issuer.issue(reason).await {
-            Ok(next) => {
-                mark_issued(&state.readiness, &next);
-                state.replace(next);
-            }
-            Err(e) => {
-                tracing::error!(reason, error = %e, "certificate re-issue failed");
-                state.readiness.set(
-                    Stage::CertificateIssued,
-                    false,
-                    format!(
-                        "re-issue ({reason}) failed: {e}; the previous certificate serves until {}",
-                        format_unix(served.cert.not_after)
-                    ),
-                );
-            }
+        let _ = reissue(&state, reason).await;
+    }
+}
+
+/// Issue a new certificate and serve it; on failure keep the old one and say so in /readyz.
+pub async fn reissue(state: &AppState, reason: &str) -> Result<(), String> {
+    let _one_at_a_time = state.issuing.lock().await;
+    let served = state.served();
+    let issuer = Issuer {
+        tee: &state.tee,
+        collateral: &state.collateral,
+        verifier: &state.verifier,
+        policy: &state.policy,
+        audit: &state.audit,
+        metrics: &state.metrics,
+        lifetime_secs: state.config.tls.cert_lifetime_secs,
+        sans: &state.config.tls.subject_alt_names,
+    };
+    match issuer.issue(reason).await {
+        Ok(next) => {
+            mark_issued(&state.readiness, &next);
+            check_measured(state, &next).await;
+            state.replace(next);
+            Ok(())
         }
+        Err(e) => {
+            tracing::error!(reason, error = %e, "certificate re-issue failed");
+            state.readiness.set(
+                Stage::CertificateIssued,
+                false,
+                format!(
+                    "re-issue ({reason}) failed: {e}; the previous certificate serves until {}",
+                    format_unix(served.cert.not_after)
+                ),
+            );
+            Err(e)
+        }
+    }
+}
+
+/// The Measured stage: RTMR3 in our newest quote must be what the event log replays to.
+/// Anything else means RTMR3 moved behind the agent's back (or the log was edited).
+pub async fn check_measured(state: &AppState, served: &Served) {
+    let expected = state.rtmr3_log.lock().await.expected_rtmr3();
+    match expected {
+        Ok(e) if e == served.rtmr3 => {
+            state.readiness.set(
+                Stage::Measured,
+                true,
+                format!(
+                    "RTMR3 matches the event log ({} events)",
+                    state.rtmr3_log.lock().await.lines.len()
+                ),
+            );
+        }
+        Ok(e) => {
+            let why = format!(
+                "RTMR3 is {} but the event log {} replays to {}: RTMR3 changed without the agent, refusing to report ready",
+                hex(&served.rtmr3),
+                state.rtmr3_log_path.display(),
+                hex(&e)
+            );
+            if state.readiness.is_ok(Stage::Measured) {
+                let _ = state
+                    .audit
+                    .append(AuditEvent::notice("rtmr3_mismatch", &why))
+                    .await;
+            }
+            tracing::error!("{why}");
+            state.readiness.set(Stage::Measured, false, why);
+        }
+        Err(e) => state
+            .readiness
+            .set(Stage::Measured, false, format!("RTMR3 event log: {e}")),
     }
 }

@@ -4,6 +4,7 @@
 //! log opened and the first certificate issued and self-checked, all before the port is
 //! bound; READY=1 follows once measured and certified.
 
+pub mod admin;
 pub mod collateral;
 pub mod error;
 pub mod grpc;
@@ -167,9 +168,16 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
 
     let metrics = Arc::new(metrics::Metrics::new());
     let readiness = Arc::new(Readiness::new(false));
-    // Runtime measurement of config, policy and model into RTMR3 arrives with the front
-    // door; until then there is nothing this agent extends.
-    readiness.set(Stage::Measured, true, "no runtime measurements configured");
+    let rtmr3_log_path = config.state_dir.join("rtmr3-events.jsonl");
+    let rtmr3_log = {
+        let path = rtmr3_log_path.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::measure::rtmr3_log::Rtmr3Log::open(&path, &crate::measure::rtmr3_log::boot_id())
+        })
+        .await
+        .map_err(setup)?
+        .map_err(|e| setup(format!("RTMR3 event log: {e}")))?
+    };
 
     let first = issue::Issuer {
         tee: &tee,
@@ -213,7 +221,14 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         Arc::clone(&metrics),
         audit.clone(),
         batcher,
+        rtmr3_log,
+        rtmr3_log_path,
     ));
+    // A restart in the same boot: the log must explain RTMR3, or we refuse to report ready.
+    issue::check_measured(&state, &state.served()).await;
+    let admin_path = config.state_dir.join("admin.sock");
+    let admin = admin::bind(&admin_path)
+        .map_err(|e| setup(format!("admin socket {}: {e}", admin_path.display())))?;
 
     let tls = listener::server_config(state.resolver.clone()).map_err(setup)?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -240,13 +255,18 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(issue::maintain(Arc::clone(&state), shutdown_rx.clone()));
     tokio::spawn(systemd::watchdog(shutdown_rx.clone()));
+    tokio::spawn(admin::serve(admin, Arc::clone(&state), shutdown_rx.clone()));
     tokio::spawn(health_loop(
         Arc::clone(&readiness),
         health_reporter,
         shutdown_rx.clone(),
     ));
     // READY=1 means measured and certified; the upstream is not waited for (DESIGN §8).
-    systemd::notify("READY=1");
+    if readiness.is_ok(Stage::Measured) && readiness.is_ok(Stage::CertificateIssued) {
+        systemd::notify("READY=1");
+    } else if let Some(missing) = readiness.first_missing() {
+        tracing::error!(stage = ?missing.stage, detail = %missing.detail, "not ready: READY=1 withheld");
+    }
 
     let limits = listener::ListenerLimits {
         header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_secs),

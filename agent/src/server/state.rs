@@ -8,6 +8,7 @@ use super::readiness::Readiness;
 use crate::audit::AuditLog;
 use crate::challenge::Batcher;
 use crate::config::Config;
+use crate::measure::rtmr3_log::Rtmr3Log;
 use crate::ratls::{CertResolver, RaTlsCertifiedKey};
 use crate::tee::TeeHandle;
 use crate::verify::{PreparedCollateral, Report, Verifier, policy::Policy};
@@ -39,6 +40,11 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub audit: AuditLog,
     pub batcher: Batcher,
+    /// The RTMR3 event log; held while extending so log and register move together.
+    pub rtmr3_log: tokio::sync::Mutex<Rtmr3Log>,
+    pub rtmr3_log_path: std::path::PathBuf,
+    /// Serialises certificate issuance (rotation loop and admin socket).
+    pub issuing: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -54,6 +60,8 @@ impl AppState {
         metrics: Arc<Metrics>,
         audit: AuditLog,
         batcher: Batcher,
+        rtmr3_log: Rtmr3Log,
+        rtmr3_log_path: std::path::PathBuf,
     ) -> Self {
         let resolver = Arc::new(CertResolver::new(first.cert.rustls_certified_key()));
         AppState {
@@ -68,6 +76,9 @@ impl AppState {
             metrics,
             audit,
             batcher,
+            rtmr3_log: tokio::sync::Mutex::new(rtmr3_log),
+            rtmr3_log_path,
+            issuing: tokio::sync::Mutex::new(()),
         }
     }
 

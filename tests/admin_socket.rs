@@ -1,0 +1,185 @@
+//! The admin socket and the RTMR3 event log through real processes: an extend is logged,
+//! applied and shows up in new handshakes; an edited log stops the agent from serving.
+
+mod support;
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{bin, tdx_agent};
+use tdx_agent::measure::rtmr3_log::{Event, LogLine, replay};
+
+struct Agent {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &str) -> Result<Agent, String> {
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            dir,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.is_empty() {
+        let out = child.wait_with_output().unwrap();
+        return Err(format!(
+            "exit {:?}: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    Ok(Agent { child, addr })
+}
+
+fn attest_rtmr3(addr: &str, root: &str) -> String {
+    let r = tdx_agent(&[
+        "attest",
+        &format!("https://{addr}"),
+        "--insecure-root",
+        root,
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    v["measurements"]["rtmr3"].as_str().unwrap().to_string()
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<LogLine> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap().to_string();
+    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
+    let root = format!("{d}/root.der");
+    let socket = format!("{d}/run/admin.sock");
+    let log = tmp.path().join("run/rtmr3-events.jsonl");
+
+    let agent = start(&d).unwrap();
+    assert_eq!(attest_rtmr3(&agent.addr, &root), "00".repeat(48));
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    for (kind, data) in [
+        ("model", r#"{"digest":"ab12","name":"tiny"}"#),
+        ("cmdline", r#"{"argv":["vllm","serve"]}"#),
+    ] {
+        let r = tdx_agent(&[
+            "admin", "--socket", &socket, "extend", "--type", kind, "--data", data,
+        ]);
+        assert_eq!(r.code, 0, "{r}");
+    }
+    // The log replays to the live register, and new handshakes carry it.
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 2);
+    let digests: Vec<[u8; 48]> = lines.iter().map(|l| l.event.digest().unwrap()).collect();
+    let expected = hex::encode(replay(digests.iter()));
+    assert_eq!(attest_rtmr3(&agent.addr, &root), expected);
+    let m = tdx_agent(&["measurements", "--tee", "sim", "--sim-dir", &d, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
+    assert_eq!(v["rtmr3"], expected);
+
+    // Malformed requests are refused without touching anything.
+    let r = tdx_agent(&[
+        "admin", "--socket", &socket, "extend", "--type", "x", "--data", "[1.5]",
+    ]);
+    assert_eq!(r.code, 2, "{r}");
+    assert_eq!(log_lines(&log).len(), 2);
+
+    // A restart in the same boot replays the log and does not extend again.
+    drop(agent);
+    let agent = start(&d).unwrap();
+    assert_eq!(attest_rtmr3(&agent.addr, &root), expected);
+    drop(agent);
+
+    // Edited consistently (event and digest): the log no longer explains RTMR3: not ready.
+    let mut lines = log_lines(&log);
+    lines[0].event = Event {
+        kind: "model".into(),
+        data: serde_json::json!({"digest": "ffff", "name": "other"}),
+    };
+    lines[0].digest = hex::encode(lines[0].event.digest().unwrap());
+    let header = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let body: String = lines
+        .iter()
+        .map(|l| serde_json::to_string(l).unwrap() + "\n")
+        .collect();
+    std::fs::write(&log, format!("{header}\n{body}")).unwrap();
+    let agent = start(&d).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let readyz = loop {
+        let out = Command::new("curl")
+            .args(["-sk", &format!("https://{}/readyz", agent.addr)])
+            .output()
+            .expect("curl is needed for this test (apt-get install curl)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !text.is_empty() || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let v: serde_json::Value = serde_json::from_str(&readyz).unwrap();
+    assert_eq!(v["ready"], false, "{readyz}");
+    let measured = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "measured")
+        .unwrap();
+    assert_eq!(measured["ok"], false);
+    assert!(
+        measured["detail"].as_str().unwrap().contains("RTMR3"),
+        "{readyz}"
+    );
+    drop(agent);
+
+    // Edited inconsistently (digest no longer that of the event): refuses to start.
+    let text = std::fs::read_to_string(&log)
+        .unwrap()
+        .replace("other", "third");
+    std::fs::write(&log, text).unwrap();
+    let err = start(&d)
+        .err()
+        .expect("the agent must refuse an edited log");
+    assert!(err.contains("rtmr3-events.jsonl"), "{err}");
+
+    // `sim reset` is a reboot: registers and the log start over.
+    assert_eq!(tdx_agent(&["sim", "reset", "--sim-dir", &d]).code, 0);
+    let agent = start(&d).unwrap();
+    assert_eq!(attest_rtmr3(&agent.addr, &root), "00".repeat(48));
+}
