@@ -183,3 +183,122 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
     let agent = start(&d).unwrap();
     assert_eq!(attest_rtmr3(&agent.addr, &root), "00".repeat(48));
 }
+
+fn readyz(addr: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sk", &format!("https://{addr}/readyz")])
+        .output()
+        .expect("curl is needed for this test (apt-get install curl)");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn stage_ok(v: &serde_json::Value, stage: &str) -> Option<bool> {
+    v["stages"]
+        .as_array()?
+        .iter()
+        .find(|s| s["stage"] == stage)
+        .and_then(|s| s["ok"].as_bool())
+}
+
+struct Pccs(Child);
+
+impl Drop for Pccs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_pccs(dir: &str, listen: &str) -> Pccs {
+    let mut child = Command::new(bin())
+        .args(["sim", "pccs", "--sim-dir", dir, "--listen", listen])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    Pccs(child)
+}
+
+/// PCCS unreachable: the cached collateral serves until its nextUpdate, then the agent is
+/// not ready (naming the stage); when the PCCS is back, it recovers.
+#[test]
+fn pccs_outage_degrades_only_after_next_update_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap().to_string();
+    assert_eq!(
+        tdx_agent(&["sim", "pki", "--sim-dir", &d, "--collateral-lifetime", "8"]).code,
+        0
+    );
+    // A fixed port so the PCCS can come back at the same address.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let pccs = start_pccs(&d, &listen);
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            &d,
+            "--listen",
+            "127.0.0.1:0",
+            "--pccs",
+            &format!("http://{listen}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let agent = Agent {
+        addr: line.trim().rsplit(' ').next().unwrap().to_string(),
+        child,
+    };
+    assert_eq!(
+        stage_ok(&readyz(&agent.addr), "collateral_fresh"),
+        Some(true)
+    );
+    let started = Instant::now();
+    drop(pccs);
+
+    // Still ready while the cached collateral is valid (issued 60 s back, valid 8 s more).
+    std::thread::sleep(Duration::from_secs(3));
+    let v = readyz(&agent.addr);
+    if started.elapsed() < Duration::from_secs(7) {
+        assert_eq!(stage_ok(&v, "collateral_fresh"), Some(true), "{v}");
+    }
+    // Then not ready, naming the stage.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let v = readyz(&agent.addr);
+        if stage_ok(&v, "collateral_fresh") == Some(false) || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(v["ready"], false, "{v}");
+    assert_eq!(stage_ok(&v, "collateral_fresh"), Some(false), "{v}");
+
+    // The PCCS is back: fresh collateral, a new certificate, ready again.
+    let _pccs = start_pccs(&d, &listen);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let v = readyz(&agent.addr);
+        if v["ready"] == true || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(v["ready"], true, "{v}");
+}

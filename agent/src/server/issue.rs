@@ -219,8 +219,11 @@ pub async fn maintain(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Re
     loop {
         let served = state.served();
         // Check often enough for short (test) lifetimes, rarely enough to cost nothing.
-        let lifetime = served.cert.not_after - served.cert.not_before;
-        let tick = Duration::from_secs(u64::try_from((lifetime / 20).clamp(1, 30)).unwrap_or(30));
+        let cert_life = served.cert.not_after - served.cert.not_before;
+        let w = served.collateral.window();
+        let collateral_life = w.next_update() - w.not_before();
+        let tick = (cert_life.min(collateral_life) / 20).clamp(1, 30);
+        let tick = Duration::from_secs(u64::try_from(tick).unwrap_or(30));
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => return,
