@@ -9,8 +9,6 @@
 //! trailing NUL.
 
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use super::cbor::{self, Value};
 use super::{CBOR_TAG_RATLS, RaTlsError};
@@ -179,34 +177,10 @@ fn chain(item: &[u8], name: &str) -> Result<String, RaTlsError> {
     Ok(t.to_string())
 }
 
-/// Cut `{"<key>": {...}, "signature": "hex"}` into the exact signed text and the signature.
+/// The exact signed text and signature out of a stapled signed body.
 fn read_signed_body(item: &[u8], name: &str, key: &str) -> Result<(String, Vec<u8>), RaTlsError> {
-    #[derive(Deserialize)]
-    struct Signed<'a> {
-        #[serde(borrow, rename = "tcbInfo")]
-        tcb_info: Option<&'a RawValue>,
-        #[serde(borrow, rename = "enclaveIdentity")]
-        enclave_identity: Option<&'a RawValue>,
-        signature: String,
-    }
-    let bad = |d: String| RaTlsError::Endorsements(format!("{name}: {d}"));
-    let t = text(item, name)?;
-    let signed: Signed<'_> =
-        serde_json::from_str(t).map_err(|e| bad(format!("not the signed JSON body: {e}")))?;
-    let raw = match key {
-        "tcbInfo" => signed.tcb_info,
-        _ => signed.enclave_identity,
-    }
-    .ok_or_else(|| bad(format!("no {key:?} member")))?;
-    let sig = hex::decode(signed.signature.trim())
-        .map_err(|e| bad(format!("signature is not hex: {e}")))?;
-    if sig.len() != 64 {
-        return Err(bad(format!(
-            "signature is {} bytes, expected a 64-byte r||s",
-            sig.len()
-        )));
-    }
-    Ok((raw.get().to_string(), sig))
+    crate::verify::collateral::split_signed_body(text(item, name)?, key)
+        .map_err(|d| RaTlsError::Endorsements(format!("{name}: {d}")))
 }
 
 /// A CRL as any stack staples it: PEM, hex text of the DER (what a PCCS serves), or raw DER.

@@ -222,6 +222,37 @@ impl From<&Collateral> for dcap_qvl::QuoteCollateralV3 {
     }
 }
 
+/// Cut a signed collateral body `{"<key>": {...}, "signature": "<hex r||s>"}` (as a PCCS
+/// serves it and DCAP staples it) into the exact signed text of `<key>` and the 64-byte
+/// signature. `key` is `"tcbInfo"` or `"enclaveIdentity"`.
+pub fn split_signed_body(text: &str, key: &str) -> Result<(String, Vec<u8>), String> {
+    #[derive(Deserialize)]
+    struct Signed<'a> {
+        #[serde(borrow, rename = "tcbInfo")]
+        tcb_info: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow, rename = "enclaveIdentity")]
+        enclave_identity: Option<&'a serde_json::value::RawValue>,
+        signature: String,
+    }
+    let signed: Signed<'_> =
+        serde_json::from_str(text).map_err(|e| format!("not the signed JSON body: {e}"))?;
+    let raw = match key {
+        "tcbInfo" => signed.tcb_info,
+        _ => signed.enclave_identity,
+    }
+    .ok_or_else(|| format!("no {key:?} member"))?;
+    let sig =
+        hex::decode(signed.signature.trim()).map_err(|e| format!("signature is not hex: {e}"))?;
+    if sig.len() != 64 {
+        return Err(format!(
+            "signature is {} bytes, expected a 64-byte r||s",
+            sig.len()
+        ));
+    }
+    // The signature covers these exact bytes: never re-serialise them.
+    Ok((raw.get().to_string(), sig))
+}
+
 /// One dated collateral item.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Dated {

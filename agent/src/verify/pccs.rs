@@ -14,8 +14,6 @@ use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 
 use super::collateral::Collateral;
@@ -223,42 +221,19 @@ impl PccsClient {
         Ok((body, chain))
     }
 
-    /// Cut `{"<key>": {...}, "signature": "hex"}` into the exact signed text and the signature.
+    /// The exact signed text and signature out of a PCCS response body.
     fn signed_json(
         &self,
         body: &[u8],
         key: &str,
         path: &str,
     ) -> Result<(String, Vec<u8>), PccsError> {
-        #[derive(Deserialize)]
-        struct Signed<'a> {
-            #[serde(borrow, rename = "tcbInfo")]
-            tcb_info: Option<&'a RawValue>,
-            #[serde(borrow, rename = "enclaveIdentity")]
-            enclave_identity: Option<&'a RawValue>,
-            signature: String,
-        }
         let malformed = |detail: String| PccsError::Malformed {
             url: format!("{}{path}", self.base),
             detail,
         };
         let text = std::str::from_utf8(body).map_err(|_| malformed("body is not UTF-8".into()))?;
-        let signed: Signed<'_> =
-            serde_json::from_str(text).map_err(|e| malformed(format!("JSON: {e}")))?;
-        let raw = match key {
-            "tcbInfo" => signed.tcb_info,
-            _ => signed.enclave_identity,
-        }
-        .ok_or_else(|| malformed(format!("no {key:?} member")))?;
-        let sig = hex::decode(signed.signature.trim())
-            .map_err(|e| malformed(format!("signature is not hex: {e}")))?;
-        if sig.len() != 64 {
-            return Err(malformed(format!(
-                "signature is {} bytes, expected 64",
-                sig.len()
-            )));
-        }
-        Ok((raw.get().to_string(), sig))
+        super::collateral::split_signed_body(text, key).map_err(malformed)
     }
 }
 
