@@ -128,3 +128,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn tdreport_and_synthetic_inputs_are_refused_cleanly() {
+    // A 1024-byte TDREPORT (random bytes in the TDREPORT layout) is not a quote.
+    let report = vector("google-go-tdx-guest/report.dat");
+    assert_eq!(report.len(), 1024);
+    assert!(Quote::parse(&report).is_err());
+    // Intel QVL's synthetic sample parses (its trust is refused by the verifier, elsewhere).
+    let sample = vector("intel-qvl-sample-tdx/quote.dat");
+    let _ = Quote::parse(&sample);
+    // The CCEL quote from the GCE guest is a well-formed v4 quote.
+    let q = vector("google-go-tdx-guest/ccel/cos-113-tdx-quote.dat");
+    assert_eq!(Quote::parse(&q).unwrap().header.version, 4);
+}
