@@ -302,3 +302,58 @@ fn pccs_outage_degrades_only_after_next_update_and_recovers() {
     };
     assert_eq!(v["ready"], true, "{v}");
 }
+
+/// The quote provider fails: challenges get a clear 503, a re-issue fails and /readyz names
+/// the certificate stage, the previous certificate keeps serving, and the agent recovers when
+/// the provider does.
+#[test]
+fn failing_quote_provider_degrades_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap().to_string();
+    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
+    let root = format!("{d}/root.der");
+    let socket = format!("{d}/run/admin.sock");
+    let agent = start(&d).unwrap();
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+
+    // Break the simulated TD: its register state no longer parses, so no quote can be made.
+    let state = tmp.path().join("td-state.json");
+    let good = std::fs::read(&state).unwrap();
+    std::fs::write(&state, b"{ not json").unwrap();
+
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"nonce":"AAECAw=="}"#,
+            &format!("https://{}/attestation/v1/challenge", agent.addr),
+        ])
+        .output()
+        .expect("curl is needed for this test (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    assert_eq!(code, "503", "{text}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("quote"),
+        "{body}"
+    );
+
+    let r = tdx_agent(&["admin", "--socket", &socket, "rotate"]);
+    assert_eq!(r.code, 2, "{r}");
+    let v = readyz(&agent.addr);
+    assert_eq!(v["ready"], false, "{v}");
+    assert_eq!(stage_ok(&v, "certificate_issued"), Some(false), "{v}");
+    // The previous certificate still serves and still verifies.
+    assert_eq!(attest_rtmr3(&agent.addr, &root), "00".repeat(48));
+
+    // The provider is back: a rotation succeeds and the agent is ready again.
+    std::fs::write(&state, good).unwrap();
+    let r = tdx_agent(&["admin", "--socket", &socket, "rotate"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+}
