@@ -357,3 +357,101 @@ fn failing_quote_provider_degrades_and_recovers() {
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(readyz(&agent.addr)["ready"], true);
 }
+
+/// systemd: READY=1 only once measured and certified (after the first quote), watchdog pings
+/// at half of WATCHDOG_USEC, STOPPING=1 and exit status 0 on SIGTERM.
+#[test]
+fn systemd_notify_ready_watchdog_and_clean_stop() {
+    use std::os::unix::net::UnixDatagram;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("sim");
+    let d = d.to_str().unwrap().to_string();
+    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
+    let sock_path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+
+    let started = Instant::now();
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            &d,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--sim-quote-delay-ms", "1500"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let recv = |sock: &UnixDatagram| -> String {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // Watchdog pings may come first: wait for READY=1 among the first few messages.
+    let mut ready_after = None;
+    for _ in 0..10 {
+        if recv(&sock).contains("READY=1") {
+            ready_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let ready_after = ready_after.expect("READY=1");
+    // The first certificate needs a quote, and quotes take 1.5 s here.
+    assert!(
+        ready_after >= Duration::from_millis(1500),
+        "READY=1 after {ready_after:?}"
+    );
+    // By READY=1 the listener is up and serving the certificate.
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert_eq!(readyz(&addr)["ready"], true);
+
+    let mut pings = 0;
+    while pings < 2 {
+        if recv(&sock).contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut stopping = false;
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    for _ in 0..50 {
+        if recv(&sock).contains("STOPPING=1") {
+            stopping = true;
+            break;
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "serve did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
