@@ -1,5 +1,6 @@
-//! The admin socket and the RTMR3 event log through real processes: an extend is logged,
-//! applied and shows up in new handshakes; an edited log stops the agent from serving.
+//! The daemon's life through real processes: the admin socket and the RTMR3 event log, PCCS
+//! and quote-provider faults, systemd notifications and shutdown, and the audit chain against
+//! challenge quotes.
 
 mod support;
 
@@ -454,4 +455,59 @@ fn systemd_notify_ready_watchdog_and_clean_stop() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(0));
+}
+
+/// The audit chain head a challenge quote commits to (REPORTDATA[32..64]) is in the log;
+/// deleting the log's tail is detected against it.
+#[test]
+fn deleting_the_audit_tail_is_detected_against_a_later_challenge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap().to_string();
+    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
+    let agent = start(&d).unwrap();
+    let challenge = |nonce: &str| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sk", "-H", "content-type: application/json", "-d"])
+            .arg(format!(r#"{{"nonce":"{nonce}"}}"#))
+            .arg(format!("https://{}/attestation/v1/challenge", agent.addr))
+            .output()
+            .expect("curl is needed for this test (apt-get install curl)");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = challenge("AQID");
+    let later = challenge("BAUG");
+    let head = later["audit_head"].as_str().unwrap().to_string();
+    assert_eq!(&later["report_data"].as_str().unwrap()[64..], head);
+    assert_ne!(first["audit_head"], later["audit_head"]);
+    drop(agent);
+
+    let files: Vec<String> = {
+        let mut f: Vec<_> = std::fs::read_dir(tmp.path().join("audit"))
+            .unwrap()
+            .map(|e| e.unwrap().path().to_str().unwrap().to_string())
+            .collect();
+        f.sort();
+        f
+    };
+    let mut args = vec!["audit", "verify"];
+    args.extend(files.iter().map(String::as_str));
+    assert_eq!(tdx_agent(&args).code, 0);
+    let mut with_head = args.clone();
+    with_head.extend(["--head", head.as_str()]);
+    let r = tdx_agent(&with_head);
+    assert_eq!(r.code, 0, "{r}");
+
+    // Cut the log back to before the later challenge: the chain still verifies on its own,
+    // but the head that a quote signed is gone.
+    let last = files.last().unwrap();
+    let text = std::fs::read_to_string(last).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let keep = lines
+        .iter()
+        .position(|l| hex::encode(tdx_agent::audit::line_hash(l.as_bytes())) == head)
+        .expect("the committed head is a line of the log");
+    std::fs::write(last, lines[..keep].join("\n") + "\n").unwrap();
+    assert_eq!(tdx_agent(&args).code, 0);
+    let r = tdx_agent(&with_head);
+    assert_eq!(r.code, 1, "{r}");
 }
