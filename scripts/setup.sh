@@ -7,6 +7,13 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
+# The Python gRPC/probe clients of the end-to-end tests need a python3 that can make venvs
+# (Debian ships venv/ensurepip separately, in python3-venv); scripts/python-env.sh builds it.
+if ! command -v python3 >/dev/null; then
+  need_apt+=(python3 python3-venv python3-pip)
+elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  need_apt+=(python3-venv python3-pip)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

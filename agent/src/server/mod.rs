@@ -232,6 +232,12 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
 
     let tls = listener::server_config(state.resolver.clone()).map_err(setup)?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health starts "" at SERVING; nothing is serving until readiness says so.
+    for name in ["", "tdx_agent.v1.Attestation"] {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     let grpc = tonic::service::Routes::new(
         crate::proto::attestation_server::AttestationServer::new(grpc::AttestationService {
             state: Arc::clone(&state),
