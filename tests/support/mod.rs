@@ -286,8 +286,11 @@ pub fn ratls_client_config(root_der: Vec<u8>, alpn: &[&[u8]]) -> rustls::ClientC
         CollateralSource::Stapled,
     )
     .expect("RA-TLS verifier");
-    client_config(Arc::new(verifier), alpn.iter().map(|a| a.to_vec()).collect())
-        .expect("client config")
+    client_config(
+        Arc::new(verifier),
+        alpn.iter().map(|a| a.to_vec()).collect(),
+    )
+    .expect("client config")
 }
 
 /// TCP + RA-TLS handshake with `addr` (HOST:PORT).
