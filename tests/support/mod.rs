@@ -41,3 +41,380 @@ pub fn tdx_agent(args: &[&str]) -> Run {
 pub fn vector_path(rel: &str) -> String {
     format!("{}/../tests/vectors/{rel}", env!("CARGO_MANIFEST_DIR"))
 }
+
+// ---------------------------------------------------------------------------------------------
+// The daemon: a simulated TD, `serve` as a child process, and an RA-TLS HTTPS client.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+
+/// A simulated TD and PKI in a temporary directory (`sim pki`).
+pub struct SimTd {
+    pub tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub root: PathBuf,
+}
+
+impl SimTd {
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let dir = tmp.path().join("sim");
+        let r = tdx_agent(&["sim", "pki", "--sim-dir", dir.to_str().expect("UTF-8 path")]);
+        assert_eq!(r.code, 0, "sim pki: {r}");
+        let root = dir.join("root.der");
+        SimTd { tmp, dir, root }
+    }
+
+    pub fn dir_str(&self) -> &str {
+        self.dir.to_str().expect("UTF-8 path")
+    }
+
+    pub fn root_str(&self) -> &str {
+        self.root.to_str().expect("UTF-8 path")
+    }
+
+    pub fn root_der(&self) -> Vec<u8> {
+        std::fs::read(&self.root).expect("reading root.der")
+    }
+
+    /// The audit files a sim `serve` without `--config` writes (SIMDIR/audit), oldest first.
+    pub fn audit_files(&self) -> Vec<PathBuf> {
+        tdx_agent::audit::list_files(&self.dir.join("audit")).expect("listing the audit dir")
+    }
+}
+
+impl Default for SimTd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `tdx-agent serve` as a child process; killed (and reaped) on drop.
+pub struct Daemon {
+    pub child: Child,
+    /// HOST:PORT of the listener, from the `tdx-agent listening on ADDR` line.
+    pub addr: String,
+    /// When the process was spawned.
+    pub spawned: Instant,
+    stderr_path: PathBuf,
+    _stderr_dir: tempfile::TempDir,
+}
+
+/// How long a daemon may take to print its listening line (debug build, busy machine).
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Daemon {
+    /// `serve --tee sim --sim-dir DIR --listen 127.0.0.1:0 EXTRA...`.
+    pub fn sim(sim: &SimTd, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            sim.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args, &[], &[])
+    }
+
+    /// Spawn `tdx-agent ARGS` with extra environment variables (and some removed), and wait
+    /// for the listening line.
+    pub fn start(args: &[&str], env: &[(&str, &str)], env_remove: &[&str]) -> Self {
+        let stderr_dir = tempfile::tempdir().expect("temporary directory");
+        let stderr_path = stderr_dir.path().join("serve.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("creating the stderr file");
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        for k in env_remove {
+            cmd.env_remove(k);
+        }
+        let spawned = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the daemon never writes into a closed pipe.
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            addr: String::new(),
+            spawned,
+            stderr_path,
+            _stderr_dir: stderr_dir,
+        };
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(l) => l,
+            Err(_) => panic!(
+                "serve printed no listening line within {START_TIMEOUT:?}\n{}",
+                daemon.stderr()
+            ),
+        };
+        let Some(addr) = line.trim().strip_prefix("tdx-agent listening on ") else {
+            let status = daemon.child.try_wait();
+            panic!(
+                "serve did not start (status {status:?}); stdout {line:?}\n--- stderr\n{}",
+                daemon.stderr()
+            );
+        };
+        daemon.addr = addr.to_string();
+        daemon
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// None while the process runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waiting for serve")
+    }
+
+    /// `kill -TERM PID`.
+    pub fn sigterm(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(st.success(), "kill -TERM {}: {st}", self.pid());
+    }
+
+    /// Poll until the process exits, or `timeout` passes (None).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.exited() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (status 0).
+    pub fn stop(&mut self) {
+        self.sigterm();
+        let st = self.wait_exit(Duration::from_secs(20));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "serve did not exit cleanly after SIGTERM: {st:?}\n{}",
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP/2 connection over RA-TLS, verified against the simulated root (default policy).
+#[derive(Clone)]
+pub struct Https {
+    pub sender: hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    /// The certificate the server presented (DER).
+    pub peer_cert: Vec<u8>,
+    authority: String,
+}
+
+/// An HTTP response, body collected.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {}: not JSON ({e}): {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A rustls client config that accepts only agents whose evidence verifies against `root_der`.
+pub fn ratls_client_config(root_der: Vec<u8>, alpn: &[&[u8]]) -> rustls::ClientConfig {
+    use tdx_agent::ratls::{CollateralSource, RaTlsVerifier, client_config};
+    let verifier = RaTlsVerifier::new(
+        tdx_agent::verify::Verifier::with_insecure_root(root_der),
+        tdx_agent::verify::Policy::default(),
+        CollateralSource::Stapled,
+    )
+    .expect("RA-TLS verifier");
+    client_config(
+        Arc::new(verifier),
+        alpn.iter().map(|a| a.to_vec()).collect(),
+    )
+    .expect("client config")
+}
+
+/// TCP + RA-TLS handshake with `addr` (HOST:PORT).
+pub async fn ratls_connect(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("server name");
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("RA-TLS handshake with {addr}: {e}"))
+}
+
+impl Https {
+    pub async fn connect(addr: &str, root_der: Vec<u8>) -> Result<Self, String> {
+        let config = Arc::new(ratls_client_config(root_der, &[b"h2"]));
+        Self::connect_with(addr, config).await
+    }
+
+    pub async fn connect_with(
+        addr: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, String> {
+        let tls = ratls_connect(addr, config).await?;
+        let peer_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .ok_or("no peer certificate")?;
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Https {
+            sender,
+            peer_cert,
+            authority: addr.to_string(),
+        })
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Resp, String> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("https://{}{path}", self.authority))
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body.into()))
+            .map_err(|e| e.to_string())?;
+        let mut sender = self.sender.clone();
+        sender
+            .ready()
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), 16 << 20)
+            .collect()
+            .await
+            .map_err(|e| format!("{method} {path}: body: {e}"))?
+            .to_bytes();
+        Ok(Resp { status, body })
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, Bytes::new())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn post(&self, path: &str, body: impl Into<Bytes>) -> Resp {
+        self.request("POST", path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// SHA-256 of the peer certificate's SubjectPublicKeyInfo.
+    pub fn spki_sha256(&self) -> [u8; 32] {
+        spki_sha256(&self.peer_cert)
+    }
+}
+
+pub fn spki_sha256(cert_der: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der)
+        .expect("peer certificate parses");
+    sha2::Sha256::digest(cert.public_key().raw).into()
+}
+
+/// The value of the sample `name` (exact, labels included) in a Prometheus exposition.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The sum over every series of a counter family (`tdx_agent_quotes_total`).
+pub fn metric_sum(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}

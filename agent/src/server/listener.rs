@@ -8,6 +8,7 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncBufReadExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -106,6 +107,18 @@ async fn connection(
             return;
         }
     };
+    // A client that completes the handshake and then says nothing must not hold a slot:
+    // hyper's header timeout starts only once bytes arrive (and HTTP/2 has none), so the
+    // first bytes must come within the same limit.
+    let mut io = tokio::io::BufReader::new(tls);
+    match tokio::time::timeout(limits.header_read_timeout, io.fill_buf()).await {
+        Ok(Ok(first)) if !first.is_empty() => {}
+        Ok(Ok(_)) | Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!(%peer, "no request within the header timeout");
+            return;
+        }
+    }
     let service = TowerToHyperService::new(router);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -120,7 +133,7 @@ async fn connection(
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {

@@ -136,6 +136,9 @@ async fn load_policy(config: &Config) -> Result<(Policy, Vec<u8>), ServeError> {
 
 /// Run the daemon until SIGTERM or Ctrl-C.
 pub async fn run(config: Config) -> Result<(), ServeError> {
+    // Listen for SIGTERM from the start: one arriving during start-up (a slow first quote)
+    // must still end in a clean stop, not the default kill.
+    let mut terminate = tokio::spawn(crate::cli::shutdown_signal());
     config.validate("configuration").map_err(setup)?;
     let (policy, policy_bytes) = load_policy(&config).await?;
     if !policy.measurements.pins_anything() {
@@ -268,7 +271,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         shutdown_rx.clone(),
     ));
     // READY=1 means measured and certified; the upstream is not waited for (DESIGN §8).
-    if readiness.is_ok(Stage::Measured) && readiness.is_ok(Stage::CertificateIssued) {
+    if terminate.is_finished() {
+        tracing::info!("asked to stop during start-up");
+    } else if readiness.is_ok(Stage::Measured) && readiness.is_ok(Stage::CertificateIssued) {
         systemd::notify("READY=1");
     } else if let Some(missing) = readiness.first_missing() {
         tracing::error!(stage = ?missing.stage, detail = %missing.detail, "not ready: READY=1 withheld");
@@ -286,7 +291,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         limits,
         shutdown_rx,
     ));
-    crate::cli::shutdown_signal().await;
+    let _ = (&mut terminate).await;
     tracing::info!("shutting down");
     systemd::notify("STOPPING=1");
     let _ = shutdown_tx.send(true);

@@ -1,0 +1,855 @@
+//! The daemon end to end through real processes: `serve` on the simulated TD, `attest`, the
+//! served certificate read by openssl, probes and metrics, systemd notify, fresh challenges
+//! and the audit chain they sign, challenge batching under load, and hostile clients.
+
+mod support;
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{Daemon, Https, SimTd, metric, metric_sum, path_str, tdx_agent};
+use tdx_agent::challenge::{Proof, ProofJson, verify_challenge};
+use tdx_agent::encoding::{b64, from_b64, hex_array};
+use tdx_agent::verify::{self as v, Collateral, Expectations, Policy, Verifier};
+
+const CHALLENGE: &str = "/attestation/v1/challenge";
+const WELL_KNOWN: &str = "/.well-known/attestation";
+
+fn random_nonce() -> [u8; 32] {
+    let mut n = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut n);
+    n
+}
+
+fn challenge_body(nonce: &[u8]) -> String {
+    serde_json::json!({ "nonce": b64(nonce) }).to_string()
+}
+
+/// Checks every appraisal of the simulated TD's evidence must name (default policy).
+const APPRAISAL_CHECKS: &[&str] = &[
+    v::CHECK_STRUCTURE,
+    v::CHECK_QE_VENDOR,
+    v::CHECK_EMBEDDED_ROOT,
+    v::CHECK_WINDOW,
+    v::CHECK_CRLS,
+    v::CHECK_TCB_INFO,
+    v::CHECK_QE_IDENTITY_SIG,
+    v::CHECK_PCK_CHAIN,
+    v::CHECK_QE_REPORT_SIG,
+    v::CHECK_AK_BINDING,
+    v::CHECK_QE_IDENTITY,
+    v::CHECK_QUOTE_SIG,
+    v::CHECK_TCB_LEVEL,
+    v::CHECK_MODULE_IDENTITY,
+    v::CHECK_TD_ATTRIBUTES,
+    v::CHECK_TCB_STATUS,
+    v::CHECK_DEBUG,
+    v::CHECK_SEPT,
+    v::CHECK_SERVICETD,
+    v::CHECK_REPORT_DATA,
+];
+
+const CHALLENGE_CHECKS: &[&str] = &[
+    "challenge key",
+    "challenge proof",
+    "challenge quote",
+    "challenge from the same TD",
+];
+
+fn checks(report: &serde_json::Value) -> Vec<(String, bool)> {
+    report["checks"]
+        .as_array()
+        .expect("checks array")
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().expect("check name").to_string(),
+                c["ok"].as_bool().expect("check ok"),
+            )
+        })
+        .collect()
+}
+
+fn attest(d: &Daemon, extra: &[&str]) -> support::Run {
+    let url = d.url();
+    let mut args = vec!["attest", url.as_str()];
+    args.extend_from_slice(extra);
+    tdx_agent(&args)
+}
+
+/// `attest ... --nonce`.
+fn attest_nonce(d: &Daemon, extra: &[&str]) -> support::Run {
+    let mut args = extra.to_vec();
+    args.push("--nonce");
+    attest(d, &args)
+}
+
+// 1 ------------------------------------------------------------------------------------------
+
+#[test]
+fn attest_accepts_the_simulated_td_and_names_every_check() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+
+    let r = attest(&d, &["--insecure-root", sim.root_str(), "--json"]);
+    assert_eq!(r.code, 0, "{r}");
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("report JSON");
+    assert_eq!(report["verdict"], "accepted", "{r}");
+    assert_eq!(report["root"]["kind"], "insecure");
+    let got = checks(&report);
+    for name in APPRAISAL_CHECKS {
+        assert!(
+            got.iter().any(|(n, ok)| n == name && *ok),
+            "check {name:?} missing or failed in {got:?}"
+        );
+    }
+    for name in CHALLENGE_CHECKS {
+        assert!(
+            !got.iter().any(|(n, _)| n == name),
+            "{name:?} without --nonce"
+        );
+    }
+    assert!(got.iter().all(|(_, ok)| *ok), "{got:?}");
+
+    let r = attest_nonce(&d, &["--insecure-root", sim.root_str(), "--json"]);
+    assert_eq!(r.code, 0, "{r}");
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("report JSON");
+    assert_eq!(report["verdict"], "accepted", "{r}");
+    let got = checks(&report);
+    for name in APPRAISAL_CHECKS.iter().chain(CHALLENGE_CHECKS) {
+        assert!(
+            got.iter().any(|(n, ok)| n == name && *ok),
+            "check {name:?} missing or failed in {got:?}"
+        );
+    }
+}
+
+#[test]
+fn attest_nonce_never_loses_the_http1_readiness_race() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    for i in 0..40 {
+        let r = attest(&d, &["--insecure-root", sim.root_str(), "--nonce"]);
+        assert_eq!(r.code, 0, "run {i}: {r}");
+    }
+}
+
+// 2 ------------------------------------------------------------------------------------------
+
+#[test]
+fn policy_pins_decide_the_verdict() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let m = tdx_agent(&[
+        "measurements",
+        "--tee",
+        "sim",
+        "--sim-dir",
+        sim.dir_str(),
+        "--json",
+    ]);
+    assert_eq!(m.code, 0, "{m}");
+    let m: serde_json::Value = serde_json::from_str(&m.stdout).expect("measurements JSON");
+    let reg = |k: &str| m[k].as_str().expect(k).to_string();
+    let other = |hex: &str| {
+        // Same length, one nibble different.
+        let mut s = hex.to_string();
+        let c = if s.starts_with('0') { "1" } else { "0" };
+        s.replace_range(0..1, c);
+        s
+    };
+
+    let write = |name: &str, text: String| {
+        let p = sim.tmp.path().join(name);
+        std::fs::write(&p, text).expect("writing a policy");
+        p
+    };
+    let run = |policy: &std::path::Path| {
+        attest(
+            &d,
+            &[
+                "--insecure-root",
+                sim.root_str(),
+                "--policy",
+                path_str(policy),
+                "--json",
+            ],
+        )
+    };
+
+    let p = write(
+        "wrong-mrtd.toml",
+        format!("[measurements]\nmrtd = [\"{}\"]\n", other(&reg("mrtd"))),
+    );
+    let r = run(&p);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("MRTD"), "{r}");
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("report JSON");
+    assert!(
+        checks(&report).contains(&("MRTD".to_string(), false)),
+        "{r}"
+    );
+
+    let p = write(
+        "wrong-rtmr2.toml",
+        format!("[measurements]\nrtmr2 = [\"{}\"]\n", other(&reg("rtmr2"))),
+    );
+    let r = run(&p);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("RTMR2"), "{r}");
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("report JSON");
+    assert!(
+        checks(&report).contains(&("RTMR2".to_string(), false)),
+        "{r}"
+    );
+
+    let p = write(
+        "right.toml",
+        format!(
+            "[measurements]\nmrtd = [\"{}\"]\nrtmr0 = [\"{}\"]\nrtmr1 = [\"{}\"]\nrtmr2 = [\"{}\"]\nrtmr3 = [\"{}\"]\n",
+            reg("mrtd"),
+            reg("rtmr0"),
+            reg("rtmr1"),
+            reg("rtmr2"),
+            reg("rtmr3"),
+        ),
+    );
+    let r = run(&p);
+    assert_eq!(r.code, 0, "{r}");
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("report JSON");
+    for name in ["MRTD", "RTMR0", "RTMR1", "RTMR2", "RTMR3"] {
+        assert!(
+            checks(&report).contains(&(name.to_string(), true)),
+            "{name} not checked: {r}"
+        );
+    }
+}
+
+// 3 ------------------------------------------------------------------------------------------
+
+#[test]
+fn the_production_root_refuses_simulated_evidence() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let r = attest(&d, &["--json"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains(v::CHECK_EMBEDDED_ROOT), "{r}");
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("report JSON");
+    assert_eq!(report["verdict"], "rejected");
+    assert_eq!(report["root"]["kind"], "production");
+    assert!(
+        checks(&report).contains(&(v::CHECK_EMBEDDED_ROOT.to_string(), false)),
+        "{r}"
+    );
+}
+
+// 4 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openssl_reads_both_ratls_extensions_from_the_served_certificate() {
+    let openssl = std::process::Command::new("openssl")
+        .arg("version")
+        .output();
+    assert!(
+        openssl.is_ok_and(|o| o.status.success()),
+        "openssl is needed for this test (apt-get install openssl)"
+    );
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let c = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("connect");
+    let ev = c.get(WELL_KNOWN).await;
+    assert_eq!(ev.status, 200, "{}", ev.text());
+    let ev = ev.json();
+    let der = from_b64(ev["certificate"].as_str().expect("certificate")).expect("base64");
+    // The evidence document describes the certificate this very connection was served.
+    assert_eq!(der, c.peer_cert);
+
+    let path = sim.tmp.path().join("served.der");
+    std::fs::write(&path, &der).expect("writing the certificate");
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-inform", "der", "-noout", "-text", "-in"])
+        .arg(&path)
+        .output()
+        .expect("running openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "openssl x509: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("2.23.133.5.4.9"), "{text}");
+    assert!(text.contains("2.23.133.5.4.2"), "{text}");
+    assert!(text.contains("ecdsa-with-SHA256"), "{text}");
+}
+
+// 5 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_and_metrics_never_make_quotes() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let c = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("connect");
+
+    let live = c.get("/livez").await;
+    assert_eq!(live.status, 200, "{}", live.text());
+    let ready = c.get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let ready = ready.json();
+    assert_eq!(ready["ready"], true, "{ready}");
+    for stage in ["measured", "collateral_fresh", "certificate_issued"] {
+        let s = ready["stages"]
+            .as_array()
+            .expect("stages")
+            .iter()
+            .find(|s| s["stage"] == stage)
+            .unwrap_or_else(|| panic!("stage {stage} missing: {ready}"));
+        assert_eq!(s["ok"], true, "{stage}: {ready}");
+    }
+
+    // One challenge so the per-purpose and batch families have samples.
+    let ch = c.post(CHALLENGE, challenge_body(&random_nonce())).await;
+    assert_eq!(ch.status, 200, "{}", ch.text());
+
+    let text = c.get("/metrics").await.text();
+    for name in [
+        "tdx_agent_quote_duration_seconds_bucket",
+        "tdx_agent_quote_duration_seconds_count",
+        "tdx_agent_quotes_total{purpose=\"certificate\"}",
+        "tdx_agent_quotes_total{purpose=\"challenge\"}",
+        "tdx_agent_challenge_batch_size_bucket",
+        "tdx_agent_verifications_total{result=\"accepted\"}",
+        "tdx_agent_certificate_rotations_total{reason=\"startup\"}",
+        "tdx_agent_tcb_status{status=\"UpToDate\"}",
+        "tdx_agent_collateral_next_update_timestamp_seconds",
+        "tdx_agent_certificate_not_after_timestamp_seconds",
+        "tdx_agent_uptime_seconds",
+    ] {
+        assert!(text.contains(name), "missing {name} in\n{text}");
+    }
+    assert_eq!(
+        metric(&text, "tdx_agent_tcb_status{status=\"UpToDate\"}"),
+        Some(1.0)
+    );
+    let now = tdx_agent::verify::time::now_unix() as f64;
+    for gauge in [
+        "tdx_agent_collateral_next_update_timestamp_seconds",
+        "tdx_agent_certificate_not_after_timestamp_seconds",
+    ] {
+        let t = metric(&text, gauge).unwrap_or_else(|| panic!("{gauge} in\n{text}"));
+        assert!(t > now, "{gauge} {t} is not in the future (now {now})");
+    }
+
+    let before = metric_sum(&text, "tdx_agent_quotes_total");
+    assert!(before >= 2.0, "{text}");
+    for _ in 0..50 {
+        assert_eq!(c.get("/metrics").await.status, 200);
+        assert_eq!(c.get("/readyz").await.status, 200);
+        assert_eq!(c.get("/livez").await.status, 200);
+    }
+    let text = c.get("/metrics").await.text();
+    assert_eq!(
+        metric_sum(&text, "tdx_agent_quotes_total"),
+        before,
+        "probes made quotes:\n{text}"
+    );
+}
+
+// 6 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn systemd_ready_after_the_certificate_then_watchdog_and_clean_stop() {
+    let sim = SimTd::new();
+    let sock_path = sim.tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("binding the notify socket");
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    // Collect every datagram with its arrival time on a thread.
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let _ = tx.send((
+                    Instant::now(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ));
+            }
+        }
+    });
+
+    let mut d = Daemon::start(
+        &[
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            sim.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+            "--sim-quote-delay-ms",
+            "1500",
+        ],
+        &[
+            ("NOTIFY_SOCKET", path_str(&sock_path)),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+        &["WATCHDOG_PID"],
+    );
+    let recv_until = |what: &str, deadline: Duration| -> Vec<(Instant, String)> {
+        let end = Instant::now() + deadline;
+        let mut got = Vec::new();
+        while Instant::now() < end {
+            if let Ok(m) = rx.recv_timeout(Duration::from_millis(50)) {
+                let done = m.1 == what;
+                got.push(m);
+                if done {
+                    break;
+                }
+            }
+        }
+        got
+    };
+
+    let msgs = recv_until("READY=1", Duration::from_secs(30));
+    let (ready_at, _) = msgs
+        .iter()
+        .find(|(_, m)| m == "READY=1")
+        .unwrap_or_else(|| panic!("no READY=1; got {msgs:?}\n{}", d.stderr()));
+    let waited = ready_at.duration_since(d.spawned);
+    assert!(
+        waited >= Duration::from_millis(1400),
+        "READY=1 after {waited:?}, before the 1.5 s certificate quote could be done"
+    );
+    // Ready means certified: a verified RA-TLS handshake works right now.
+    let c = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("RA-TLS connect right after READY=1");
+    assert_eq!(c.get("/livez").await.status, 200);
+
+    let later = recv_until("never", Duration::from_millis(700));
+    let pings = later.iter().filter(|(_, m)| m == "WATCHDOG=1").count();
+    assert!(pings >= 2, "{pings} watchdog pings in 700 ms: {later:?}");
+
+    d.sigterm();
+    let st = d.wait_exit(Duration::from_secs(12));
+    let tail = recv_until("STOPPING=1", Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = reader.join();
+    assert!(
+        st.is_some_and(|s| s.code() == Some(0)),
+        "exit after SIGTERM: {st:?}\n{}",
+        d.stderr()
+    );
+    assert!(
+        tail.iter().any(|(_, m)| m == "STOPPING=1"),
+        "no STOPPING=1: {tail:?}"
+    );
+    let unknown: Vec<_> = msgs
+        .iter()
+        .chain(&later)
+        .chain(&tail)
+        .filter(|(_, m)| !["READY=1", "WATCHDOG=1", "STOPPING=1"].contains(&m.as_str()))
+        .collect();
+    assert!(unknown.is_empty(), "unexpected notifications {unknown:?}");
+}
+
+// 7 ------------------------------------------------------------------------------------------
+
+struct Challenged {
+    report_data: [u8; 64],
+    head: String,
+}
+
+/// One challenge over HTTPS, checked the way a client must: the proof for our nonce and the
+/// connection's key, the quote against the simulated root and the served collateral.
+async fn challenge_and_verify(c: &Https, root: &[u8]) -> Challenged {
+    let ev = c.get(WELL_KNOWN).await;
+    assert_eq!(ev.status, 200, "{}", ev.text());
+    let ev = ev.json();
+    let collateral = Collateral::from_bundle_json(&ev["collateral"].to_string(), "evidence")
+        .and_then(Collateral::prepare)
+        .expect("served collateral");
+
+    let nonce = random_nonce();
+    let r = c.post(CHALLENGE, challenge_body(&nonce)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = r.json();
+    let spki = c.spki_sha256();
+    assert_eq!(r["spki_sha256"], hex::encode(spki));
+    let report_data: [u8; 64] =
+        hex_array(r["report_data"].as_str().expect("report_data")).expect("64 bytes hex");
+    let proof: ProofJson = serde_json::from_value(r["proof"].clone()).expect("proof JSON");
+    let proof = Proof::try_from(proof).expect("proof");
+    verify_challenge(&nonce, &spki, &report_data, &proof).expect("proof for our nonce");
+    // A different nonce is not under that root.
+    assert!(verify_challenge(&[1; 32], &spki, &report_data, &proof).is_err());
+
+    let quote = from_b64(r["quote"].as_str().expect("quote")).expect("base64");
+    let report = Verifier::with_insecure_root(root.to_vec()).appraise(
+        &quote,
+        &collateral,
+        tdx_agent::verify::time::now_unix(),
+        &Policy::default(),
+        &Expectations {
+            report_data: Some(report_data),
+        },
+    );
+    assert!(report.accepted(), "{}", report.summary());
+    assert!(report.check(v::CHECK_REPORT_DATA).is_some_and(|c| c.ok));
+
+    let head = r["audit_head"].as_str().expect("audit_head").to_string();
+    assert_eq!(hex::encode(&report_data[32..]), head);
+    assert_eq!(hex::encode(&report_data[..32]), r["root"]);
+    Challenged { report_data, head }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn challenges_sign_the_audit_head_and_expose_a_deleted_tail() {
+    let sim = SimTd::new();
+    let mut d = Daemon::sim(&sim, &[]);
+    let root = sim.root_der();
+    let c = Https::connect(&d.addr, root.clone())
+        .await
+        .expect("connect");
+    let first = challenge_and_verify(&c, &root).await;
+    let second = challenge_and_verify(&c, &root).await;
+    assert_ne!(first.report_data, second.report_data);
+    assert_ne!(
+        first.head, second.head,
+        "the first challenge was not logged"
+    );
+    drop(c);
+    d.stop();
+
+    let files = sim.audit_files();
+    assert!(!files.is_empty(), "no audit files in {:?}", sim.dir);
+    let names: Vec<&str> = files.iter().map(|p| path_str(p)).collect();
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify"];
+        args.extend_from_slice(&names);
+        args.extend_from_slice(extra);
+        tdx_agent(&args)
+    };
+    let r = verify(&[]);
+    assert_eq!(r.code, 0, "{r}");
+    for head in [&first.head, &second.head] {
+        let r = verify(&["--head", head]);
+        assert_eq!(r.code, 0, "--head {head}: {r}");
+    }
+
+    // Delete the tail from the record the second challenge's head names onwards: what is
+    // left is a valid chain, but no longer contains the head the hardware signed.
+    let last = files.last().expect("a file");
+    let text = std::fs::read_to_string(last).expect("reading the audit log");
+    let lines: Vec<&str> = text.lines().collect();
+    let cut = lines
+        .iter()
+        .position(|l| {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(l.as_bytes())) == second.head
+        })
+        .expect("the second head is a line of the last file");
+    assert!(cut > 0, "{text}");
+    let kept: String = lines[..cut].iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(last, kept).expect("truncating the audit log");
+
+    let r = verify(&[]);
+    assert_eq!(r.code, 0, "a truncated chain is still a chain: {r}");
+    let r = verify(&["--head", &second.head]);
+    assert_eq!(r.code, 1, "the deleted tail went unnoticed: {r}");
+    assert!(r.stderr.contains(&second.head), "{r}");
+    let r = verify(&["--head", &first.head]);
+    assert_eq!(r.code, 0, "the first head is still in the kept part: {r}");
+}
+
+// 8 ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_thousand_concurrent_challenges_share_a_few_quotes() {
+    const CONNECTIONS: usize = 20;
+    const PER_CONNECTION: usize = 100;
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &["--sim-quote-delay-ms", "1000"]);
+    let root = sim.root_der();
+    let config = Arc::new(support::ratls_client_config(root.clone(), &[b"h2"]));
+    let mut conns = Vec::new();
+    for _ in 0..CONNECTIONS {
+        conns.push(
+            Https::connect_with(&d.addr, Arc::clone(&config))
+                .await
+                .expect("connect"),
+        );
+    }
+    let spki = conns[0].spki_sha256();
+    let before = {
+        let t = conns[0].get("/metrics").await.text();
+        metric(&t, "tdx_agent_quotes_total{purpose=\"challenge\"}").unwrap_or(0.0)
+    };
+
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in &conns {
+        for _ in 0..PER_CONNECTION {
+            let c = c.clone();
+            tasks.spawn(async move {
+                let nonce = random_nonce();
+                let r = c.request("POST", CHALLENGE, challenge_body(&nonce)).await?;
+                if r.status != 200 {
+                    return Err(format!("HTTP {}: {}", r.status, r.text()));
+                }
+                Ok::<_, String>((nonce, r.json()))
+            });
+        }
+    }
+    let mut answers = Vec::new();
+    let all = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(r) = tasks.join_next().await {
+            answers.push(r.expect("task").expect("challenge"));
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    assert!(
+        all.is_ok(),
+        "only {} of 2000 answered in 30 s",
+        answers.len()
+    );
+    let n = answers.len();
+    assert_eq!(n, CONNECTIONS * PER_CONNECTION);
+    println!(
+        "{n} challenges in {:.2} s: {:.0} challenges/s",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    assert!(
+        elapsed < Duration::from_secs(12),
+        "2000 challenges took {elapsed:?}: batching is not working"
+    );
+
+    let mut quotes = std::collections::HashMap::new();
+    for (nonce, r) in &answers {
+        assert_eq!(r["spki_sha256"], hex::encode(spki));
+        let rd: [u8; 64] = hex_array(r["report_data"].as_str().expect("report_data")).unwrap();
+        let proof: ProofJson = serde_json::from_value(r["proof"].clone()).expect("proof");
+        let proof = Proof::try_from(proof).expect("proof");
+        verify_challenge(nonce, &spki, &rd, &proof)
+            .unwrap_or_else(|e| panic!("proof for nonce {}: {e}", hex::encode(nonce)));
+        quotes
+            .entry(rd)
+            .or_insert_with(|| r["quote"].as_str().expect("quote").to_string());
+    }
+    // Each distinct quote verifies and carries the root its proofs end at.
+    let ev = conns[0].get(WELL_KNOWN).await.json();
+    let collateral = Collateral::from_bundle_json(&ev["collateral"].to_string(), "evidence")
+        .and_then(Collateral::prepare)
+        .expect("served collateral");
+    let verifier = Verifier::with_insecure_root(root);
+    for (rd, q) in &quotes {
+        let report = verifier.appraise(
+            &from_b64(q).expect("base64"),
+            &collateral,
+            tdx_agent::verify::time::now_unix(),
+            &Policy::default(),
+            &Expectations {
+                report_data: Some(*rd),
+            },
+        );
+        assert!(report.accepted(), "{}", report.summary());
+    }
+
+    let text = conns[0].get("/metrics").await.text();
+    let made =
+        metric(&text, "tdx_agent_quotes_total{purpose=\"challenge\"}").unwrap_or(0.0) - before;
+    println!(
+        "{} distinct quotes, {made} challenge quotes made",
+        quotes.len()
+    );
+    assert!(
+        (1.0..=5.0).contains(&made),
+        "{made} challenge quotes:\n{text}"
+    );
+    assert!(quotes.len() as f64 <= made);
+}
+
+// 9 ------------------------------------------------------------------------------------------
+
+/// A daemon started from a configuration file only, with a 1 s header timeout.
+fn daemon_from_config(sim: &SimTd) -> Daemon {
+    let base = sim.tmp.path();
+    let config = base.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+state_dir = "{state}"
+
+[tee]
+kind = "sim"
+sim_dir = "{sim}"
+
+[collateral]
+cache_dir = "{cache}"
+
+[audit]
+dir = "{audit}"
+
+[limits]
+header_read_timeout_secs = 1
+"#,
+            state = path_str(&base.join("run")),
+            sim = sim.dir_str(),
+            cache = path_str(&base.join("cache")),
+            audit = path_str(&base.join("audit")),
+        ),
+    )
+    .expect("writing the config");
+    Daemon::start(&["serve", "--config", path_str(&config)], &[], &[])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_get_json_errors_and_the_daemon_stays_up() {
+    let sim = SimTd::new();
+    let mut d = daemon_from_config(&sim);
+    assert!(
+        sim.tmp
+            .path()
+            .join("audit")
+            .join("audit-00000001.log")
+            .exists(),
+        "the configured audit dir is not used"
+    );
+    let c = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("connect");
+
+    let big = format!("{{\"nonce\":\"{}\"}}", "A".repeat(1 << 20));
+    let cases: Vec<(&str, String)> = vec![
+        ("malformed JSON", "{\"nonce\": ".into()),
+        ("not JSON at all", "nonce=abc".into()),
+        (
+            "unknown field",
+            format!("{{\"nonce\":\"{}\",\"extra\":1}}", b64(&[7; 16])),
+        ),
+        ("missing nonce", "{}".into()),
+        ("oversized nonce", challenge_body(&[7; 65])),
+        ("empty nonce", challenge_body(&[])),
+        ("nonce not base64", "{\"nonce\":\"***\"}".into()),
+        ("1 MiB body", big),
+    ];
+    for (what, body) in cases {
+        let r = c.request("POST", CHALLENGE, body).await;
+        let r = r.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            (400..500).contains(&r.status),
+            "{what}: HTTP {} {}",
+            r.status,
+            r.text()
+        );
+        let j: serde_json::Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("{what}: HTTP {}: not JSON ({e}): {}", r.status, r.text()));
+        let msg = j["error"]["message"].as_str().unwrap_or_default();
+        assert!(!msg.is_empty(), "{what}: {j}");
+        if what.contains("nonce") && what != "missing nonce" {
+            assert!(msg.contains("nonce"), "{what}: {msg}");
+        }
+    }
+    // A 64-byte nonce is the largest accepted.
+    let ok = c.post(CHALLENGE, challenge_body(&[7; 64])).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
+    let c = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("reconnect");
+    assert_eq!(c.get("/livez").await.status, 200);
+}
+
+/// Read until EOF or error; the time it took, or None if still open at `limit`.
+async fn closed_within(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Option<Duration> {
+    use tokio::io::AsyncReadExt as _;
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let r = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    r.ok().map(|_| started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_clients_are_dropped_after_the_header_timeout() {
+    let sim = SimTd::new();
+    let d = daemon_from_config(&sim);
+
+    // TCP only: no TLS ClientHello.
+    let mut tcp = tokio::net::TcpStream::connect(&d.addr)
+        .await
+        .expect("connect");
+    let t = closed_within(&mut tcp, Duration::from_secs(5)).await;
+    let t = t.expect("a silent TCP client was not dropped within 5 s (timeout is 1 s)");
+    assert!(
+        t >= Duration::from_millis(900),
+        "dropped after {t:?}, before the timeout"
+    );
+    println!("silent TCP client dropped after {t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_silent_after_the_tls_handshake_are_dropped_after_the_header_timeout() {
+    let sim = SimTd::new();
+    let d = daemon_from_config(&sim);
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let config = Arc::new(support::ratls_client_config(sim.root_der(), &[alpn]));
+        let mut tls = support::ratls_connect(&d.addr, config)
+            .await
+            .expect("RA-TLS");
+        let t = closed_within(&mut tls, Duration::from_secs(5)).await;
+        let alpn = String::from_utf8_lossy(alpn);
+        let t = t.unwrap_or_else(|| {
+            panic!("a client silent after the handshake (ALPN {alpn}) was still connected after 5 s (timeout 1 s)")
+        });
+        println!("silent TLS client (ALPN {alpn}) dropped after {t:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_do_not_lock_out_a_new_client() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let mut idle = Vec::new();
+    for i in 0..500 {
+        idle.push(
+            tokio::net::TcpStream::connect(&d.addr)
+                .await
+                .unwrap_or_else(|e| panic!("idle connection {i}: {e}")),
+        );
+    }
+    let started = Instant::now();
+    // Blocking is fine here: nothing in this test needs the runtime meanwhile.
+    let r = attest_nonce(&d, &["--insecure-root", sim.root_str()]);
+    assert_eq!(r.code, 0, "{r}");
+    println!(
+        "attest with 500 idle connections open: {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+    let c = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("connect");
+    assert_eq!(c.get("/livez").await.status, 200);
+}
