@@ -3,45 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-
-use support::{bin, tdx_agent};
-
-struct Pccs {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Pccs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_pccs(sim_dir: &str) -> Pccs {
-    let mut child = Command::new(bin())
-        .args([
-            "sim",
-            "pccs",
-            "--sim-dir",
-            sim_dir,
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-    Pccs { child, url }
-}
+use support::tdx_agent;
 
 #[test]
 fn sample_quote_verifies_against_the_sim_root_only() {
@@ -104,7 +66,7 @@ fn quotes_verify_through_the_simulated_pccs_and_its_cache() {
     ]);
     assert_eq!(r.code, 0, "{r}");
 
-    let pccs = start_pccs(d);
+    let pccs = support::SimPccs::start(d, "127.0.0.1:0");
     let args = |extra: &[&str]| {
         let mut a = vec![
             "verify",

@@ -201,29 +201,6 @@ fn stage_ok(v: &serde_json::Value, stage: &str) -> Option<bool> {
         .and_then(|s| s["ok"].as_bool())
 }
 
-struct Pccs(Child);
-
-impl Drop for Pccs {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_pccs(dir: &str, listen: &str) -> Pccs {
-    let mut child = Command::new(bin())
-        .args(["sim", "pccs", "--sim-dir", dir, "--listen", listen])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening"), "{line}");
-    Pccs(child)
-}
-
 /// PCCS unreachable: the cached collateral serves until its nextUpdate, then the agent is
 /// not ready (naming the stage); when the PCCS is back, it recovers.
 #[test]
@@ -241,7 +218,7 @@ fn pccs_outage_degrades_only_after_next_update_and_recovers() {
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let pccs = start_pccs(&d, &listen);
+    let pccs = support::SimPccs::start(&d, &listen);
     let mut child = Command::new(bin())
         .args([
             "serve",
@@ -292,7 +269,7 @@ fn pccs_outage_degrades_only_after_next_update_and_recovers() {
     assert_eq!(stage_ok(&v, "collateral_fresh"), Some(false), "{v}");
 
     // The PCCS is back: fresh collateral, a new certificate, ready again.
-    let _pccs = start_pccs(&d, &listen);
+    let _pccs = support::SimPccs::start(&d, &listen);
     let deadline = Instant::now() + Duration::from_secs(30);
     let v = loop {
         let v = readyz(&agent.addr);

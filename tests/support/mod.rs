@@ -418,3 +418,45 @@ pub fn metric_sum(text: &str, family: &str) -> f64 {
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
+
+/// A `tdx-agent sim pccs` process, killed on drop.
+pub struct SimPccs {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+}
+
+impl SimPccs {
+    /// Serve `sim_dir`'s PKI on `listen` (`127.0.0.1:0` for any port).
+    pub fn start(sim_dir: &str, listen: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new(bin())
+            .args(["sim", "pccs", "--sim-dir", sim_dir, "--listen", listen])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting sim pccs: {e}"));
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("sim pccs prints its address");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "sim pccs said {line:?}"
+        );
+        SimPccs { child, url }
+    }
+}
+
+impl Drop for SimPccs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
