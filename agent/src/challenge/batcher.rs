@@ -68,6 +68,10 @@ pub struct BatcherConfig {
     pub max_waiting: usize,
     /// A quote that takes longer fails its batch, so a wedged TEE cannot hang every caller.
     pub quote_timeout: Duration,
+    /// When a challenge arrives at an idle batcher, wait this long before the first quote so
+    /// a burst shares it instead of its first caller taking a quote alone. Small against a
+    /// quote's ~1 s; zero turns it off.
+    pub gather: Duration,
     pub observer: Option<BatchObserver>,
 }
 
@@ -77,6 +81,7 @@ impl Default for BatcherConfig {
             max_leaves: 4096,
             max_waiting: 100_000,
             quote_timeout: Duration::from_secs(30),
+            gather: Duration::ZERO,
             observer: None,
         }
     }
@@ -88,6 +93,7 @@ impl std::fmt::Debug for BatcherConfig {
             .field("max_leaves", &self.max_leaves)
             .field("max_waiting", &self.max_waiting)
             .field("quote_timeout", &self.quote_timeout)
+            .field("gather", &self.gather)
             .field("observer", &self.observer.is_some())
             .finish()
     }
@@ -253,6 +259,10 @@ async fn drive(shared: Arc<Shared>) {
         shared: Arc::clone(&shared),
         armed: true,
     };
+    // Started from idle: let the rest of a burst join the first tree.
+    if !shared.config.gather.is_zero() {
+        tokio::time::sleep(shared.config.gather).await;
+    }
     loop {
         let batch = {
             let mut st = shared.lock();

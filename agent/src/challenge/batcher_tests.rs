@@ -364,3 +364,41 @@ async fn overload_is_refused_and_batches_are_bounded() {
     assert_eq!(sizes, [1, 2, 2, 1], "at most max_leaves per tree");
     assert_eq!(b.stats().largest_batch, 2);
 }
+
+/// With a gathering window, a burst that arrives over a few milliseconds shares the first
+/// quote; without one, its first caller takes a quote alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathering_window_lets_a_burst_share_the_first_quote() {
+    for (gather, max_quotes, min_quotes) in
+        [(Duration::from_millis(150), 1, 1), (Duration::ZERO, 2, 2)]
+    {
+        let quoter = Arc::new(SlowQuoter {
+            delay: Duration::from_millis(200),
+            calls: AtomicUsize::new(0),
+        });
+        let batcher = Batcher::new(
+            quoter.clone(),
+            BatcherConfig {
+                gather,
+                ..BatcherConfig::default()
+            },
+        );
+        let mut tasks = Vec::new();
+        for i in 0..20u8 {
+            let b = batcher.clone();
+            tasks.push(tokio::spawn(
+                async move { b.challenge(&[i + 1], spki()).await },
+            ));
+            // The burst trickles in over ~40 ms, well inside the 150 ms window.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let calls = quoter.calls.load(Ordering::SeqCst);
+        assert!(
+            (min_quotes..=max_quotes).contains(&calls),
+            "gather {gather:?}: {calls} quotes"
+        );
+    }
+}

@@ -145,6 +145,8 @@ pub struct ChallengeConfig {
     pub max_batch: usize,
     /// Most callers waiting for a quote; more get 503.
     pub max_waiting: usize,
+    /// Milliseconds an idle agent waits after a first challenge so a burst shares one quote.
+    pub gather_ms: u64,
 }
 
 impl Default for ChallengeConfig {
@@ -152,6 +154,7 @@ impl Default for ChallengeConfig {
         Self {
             max_batch: 4096,
             max_waiting: 100_000,
+            gather_ms: 20,
         }
     }
 }
@@ -259,6 +262,15 @@ impl Config {
         }
         if self.tls.subject_alt_names.is_empty() {
             return invalid("tls.subject_alt_names", "list at least one name".into());
+        }
+        if self.challenge.gather_ms > 1000 {
+            return invalid(
+                "challenge.gather_ms",
+                format!(
+                    "{} ms delays every first challenge; at most 1000",
+                    self.challenge.gather_ms
+                ),
+            );
         }
         if self.challenge.max_batch == 0 || self.challenge.max_waiting == 0 {
             return invalid(

@@ -208,6 +208,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             max_leaves: config.challenge.max_batch,
             max_waiting: config.challenge.max_waiting,
             quote_timeout: issue::QUOTE_TIMEOUT,
+            gather: Duration::from_millis(config.challenge.gather_ms),
             observer: Some(Arc::new(move |b: &crate::challenge::BatchReport| {
                 batch_metrics.challenge_batch_size.observe(b.leaves as f64);
             })),
