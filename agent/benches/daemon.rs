@@ -227,6 +227,13 @@ async fn main() {
                 .build::<_, http_body_util::Full<bytes::Bytes>>(connector)
         })
         .collect();
+    // Connect first: the challengers are concurrent clients already talking to the agent.
+    for c in &clients {
+        let req = hyper::Request::get(format!("https://localhost:{}/livez", addr.port()))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let _ = c.request(req).await;
+    }
     let n = 2000;
     let t = Instant::now();
     let mut tasks = Vec::new();

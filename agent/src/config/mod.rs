@@ -154,7 +154,7 @@ impl Default for ChallengeConfig {
         Self {
             max_batch: 4096,
             max_waiting: 100_000,
-            gather_ms: 20,
+            gather_ms: 50,
         }
     }
 }
