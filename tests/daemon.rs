@@ -853,3 +853,42 @@ async fn idle_connections_do_not_lock_out_a_new_client() {
         .expect("connect");
     assert_eq!(c.get("/livez").await.status, 200);
 }
+
+/// Malformed gRPC: garbage framing and a frame that is not a protobuf message each get a
+/// gRPC error status, never a crash; the daemon keeps answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_grpc_bodies_get_error_statuses() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let c = Https::connect(&d.addr, sim.root_der())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let path = "/tdx_agent.v1.Attestation/GetEvidence";
+    // A length-prefixed frame of bytes that do not decode as GetEvidenceRequest (field 1 is
+    // declared as a 2-GiB length-delimited value), and a frame cut short.
+    let not_protobuf: &[u8] = &[0, 0, 0, 0, 6, 0x0a, 0xff, 0xff, 0xff, 0xff, 0x07];
+    let truncated: &[u8] = &[0, 0, 0, 0, 50, 0x0a, 0x02];
+    for body in [not_protobuf, truncated, b"hello".as_slice()] {
+        let r = c
+            .request_typed(
+                "POST",
+                path,
+                "application/grpc",
+                bytes::Bytes::copy_from_slice(body),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status = r
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        assert!(
+            matches!(status.as_deref(), Some(s) if s != "0"),
+            "body {body:?}: HTTP {} grpc-status {status:?}",
+            r.status
+        );
+    }
+    let live = c.get("/livez").await;
+    assert_eq!(live.status, 200);
+}

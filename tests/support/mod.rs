@@ -258,6 +258,8 @@ pub struct Https {
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
+    /// Response headers (for gRPC: `grpc-status` of a trailers-only error response).
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -346,10 +348,22 @@ impl Https {
         path: &str,
         body: impl Into<Bytes>,
     ) -> Result<Resp, String> {
+        self.request_typed(method, path, "application/json", body)
+            .await
+    }
+
+    /// A request with the given content type (e.g. `application/grpc`).
+    pub async fn request_typed(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<Resp, String> {
         let req = hyper::Request::builder()
             .method(method)
             .uri(format!("https://{}{path}", self.authority))
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONTENT_TYPE, content_type)
             .body(Full::new(body.into()))
             .map_err(|e| e.to_string())?;
         let mut sender = self.sender.clone();
@@ -362,12 +376,17 @@ impl Https {
             .await
             .map_err(|e| format!("{method} {path}: {e}"))?;
         let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
         let body = Limited::new(resp.into_body(), 16 << 20)
             .collect()
             .await
             .map_err(|e| format!("{method} {path}: body: {e}"))?
             .to_bytes();
-        Ok(Resp { status, body })
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
     }
 
     pub async fn get(&self, path: &str) -> Resp {
