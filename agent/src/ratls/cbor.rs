@@ -57,6 +57,14 @@ impl Value {
     }
 
     /// The content of tag `tag`, if this is that tag.
+    /// Decode `bytes` and take the item out of tag `tag`; the error names what stood there.
+    pub fn decode_tagged(bytes: &[u8], tag: u64) -> Result<Value, String> {
+        match decode(bytes).map_err(|e| e.to_string())? {
+            Value::Tag(t, inner) if t == tag => Ok(*inner),
+            other => Err(format!("a {} where CBOR tag {tag} belongs", other.kind())),
+        }
+    }
+
     pub fn untag(&self, tag: u64) -> Option<&Value> {
         match self {
             Value::Tag(t, v) if *t == tag => Some(v),

@@ -50,13 +50,7 @@ pub fn encode(c: &Collateral, creation_time: i64) -> Vec<u8> {
 /// Read the extension another stack (or we) wrote.
 pub fn decode(bytes: &[u8]) -> Result<Endorsements, RaTlsError> {
     let bad = |d: String| RaTlsError::Endorsements(d);
-    let v = cbor::decode(bytes).map_err(|e| bad(e.to_string()))?;
-    let inner = v.untag(CBOR_TAG_RATLS).ok_or_else(|| {
-        bad(format!(
-            "a {} where CBOR tag {CBOR_TAG_RATLS} belongs",
-            v.kind()
-        ))
-    })?;
+    let inner = Value::decode_tagged(bytes, CBOR_TAG_RATLS).map_err(bad)?;
     let items = inner
         .as_array()
         .ok_or_else(|| bad(format!("tag {CBOR_TAG_RATLS} holds a {}", inner.kind())))?;

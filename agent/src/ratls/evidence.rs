@@ -214,13 +214,7 @@ impl Evidence {
 
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, RaTlsError> {
         let bad = |d: String| RaTlsError::Evidence(d);
-        let v = cbor::decode(bytes).map_err(|e| bad(e.to_string()))?;
-        let inner = v.untag(CBOR_TAG_RATLS).ok_or_else(|| {
-            bad(format!(
-                "a {} where CBOR tag {CBOR_TAG_RATLS} belongs",
-                v.kind()
-            ))
-        })?;
+        let inner = Value::decode_tagged(bytes, CBOR_TAG_RATLS).map_err(bad)?;
         match inner.as_array() {
             Some([Value::Bytes(quote), Value::Bytes(claims)]) => Ok(Evidence {
                 quote: quote.clone(),

@@ -12,19 +12,14 @@ use super::settings::{TD_ATTR_DEBUG, TD_ATTR_SEPT_VE_DISABLE};
 use super::{SimError, SimSettings};
 use crate::tee::{Measurements, ReportData, Sha384};
 
-/// Intel's QE vendor ID; dcap-qvl rejects any other.
-pub const QE_VENDOR_ID: [u8; 16] = [
-    0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07,
-];
-pub const HEADER_LEN: usize = 48;
-pub const TD10_BODY_LEN: usize = 584;
-pub const TD15_BODY_LEN: usize = 648;
-const ATT_KEY_TYPE_ECDSA_P256: u16 = 2;
-const TEE_TYPE_TDX: u32 = 0x81;
-const BODY_TYPE_TD15: u16 = 3;
-const CERT_DATA_QE_REPORT: u16 = 6;
-const CERT_DATA_PCK_CHAIN: u16 = 5;
-const QE_REPORT_LEN: usize = 384;
+// The layout is the one the strict parser reads: one set of constants for writer and reader.
+use crate::quote::layout::{
+    ATTESTATION_KEY_ECDSA_P256 as ATT_KEY_TYPE_ECDSA_P256, CERT_DATA_PCK_CHAIN,
+    CERT_DATA_QE_REPORT, QE_REPORT_LEN, TEE_TYPE_TDX, V5_BODY_TD15 as BODY_TYPE_TD15,
+};
+pub use crate::quote::layout::{
+    HEADER_LEN, INTEL_QE_VENDOR_ID as QE_VENDOR_ID, TD10_BODY_LEN, TD15_BODY_LEN,
+};
 
 /// Every field of a simulated quote. Start from [`QuoteBuilder::new`] (what the simulated TD
 /// would produce) and change what a test needs.
