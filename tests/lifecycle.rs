@@ -23,7 +23,7 @@ impl Drop for Agent {
     }
 }
 
-fn start(dir: &str) -> Result<Agent, String> {
+fn start(dir: &str, extra: &[&str]) -> Result<Agent, String> {
     let mut child = Command::new(bin())
         .args([
             "serve",
@@ -34,6 +34,7 @@ fn start(dir: &str) -> Result<Agent, String> {
             "--listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -85,7 +86,7 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
     let socket = format!("{d}/run/admin.sock");
     let log = tmp.path().join("run/rtmr3-events.jsonl");
 
-    let agent = start(&d).unwrap();
+    let agent = start(&d, &[]).unwrap();
     assert_eq!(attest_rtmr3(&agent.addr, &root), "00".repeat(48));
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
@@ -119,7 +120,7 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
 
     // A restart in the same boot replays the log and does not extend again.
     drop(agent);
-    let agent = start(&d).unwrap();
+    let agent = start(&d, &[]).unwrap();
     assert_eq!(attest_rtmr3(&agent.addr, &root), expected);
     drop(agent);
 
@@ -141,7 +142,7 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
         .map(|l| serde_json::to_string(l).unwrap() + "\n")
         .collect();
     std::fs::write(&log, format!("{header}\n{body}")).unwrap();
-    let agent = start(&d).unwrap();
+    let agent = start(&d, &[]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let readyz = loop {
         let out = Command::new("curl")
@@ -174,14 +175,14 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
         .unwrap()
         .replace("other", "third");
     std::fs::write(&log, text).unwrap();
-    let err = start(&d)
+    let err = start(&d, &[])
         .err()
         .expect("the agent must refuse an edited log");
     assert!(err.contains("rtmr3-events.jsonl"), "{err}");
 
     // `sim reset` is a reboot: registers and the log start over.
     assert_eq!(tdx_agent(&["sim", "reset", "--sim-dir", &d]).code, 0);
-    let agent = start(&d).unwrap();
+    let agent = start(&d, &[]).unwrap();
     assert_eq!(attest_rtmr3(&agent.addr, &root), "00".repeat(48));
 }
 
@@ -219,30 +220,8 @@ fn pccs_outage_degrades_only_after_next_update_and_recovers() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let pccs = support::SimPccs::start(&d, &listen);
-    let mut child = Command::new(bin())
-        .args([
-            "serve",
-            "--tee",
-            "sim",
-            "--sim-dir",
-            &d,
-            "--listen",
-            "127.0.0.1:0",
-            "--pccs",
-            &format!("http://{listen}"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let agent = Agent {
-        addr: line.trim().rsplit(' ').next().unwrap().to_string(),
-        child,
-    };
+    let pccs_url = format!("http://{listen}");
+    let agent = start(&d, &["--pccs", &pccs_url]).unwrap();
     assert_eq!(
         stage_ok(&readyz(&agent.addr), "collateral_fresh"),
         Some(true)
@@ -291,7 +270,7 @@ fn failing_quote_provider_degrades_and_recovers() {
     assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
     let root = format!("{d}/root.der");
     let socket = format!("{d}/run/admin.sock");
-    let agent = start(&d).unwrap();
+    let agent = start(&d, &[]).unwrap();
     assert_eq!(readyz(&agent.addr)["ready"], true);
 
     // Break the simulated TD: its register state no longer parses, so no quote can be made.
