@@ -292,12 +292,17 @@ fn check_challenge(
         .as_ref()
         .zip(fresh.measurements.as_ref())
         .map(|(a, b)| {
-            a.mrtd == b.mrtd && a.rtmr0 == b.rtmr0 && a.rtmr1 == b.rtmr1 && a.rtmr2 == b.rtmr2
+            // RTMR3 too: the certificate's events were appraised for its RTMR3 only.
+            a.mrtd == b.mrtd
+                && a.rtmr0 == b.rtmr0
+                && a.rtmr1 == b.rtmr1
+                && a.rtmr2 == b.rtmr2
+                && a.rtmr3 == b.rtmr3
         });
     push(
         "challenge from the same TD",
         same_td == Some(true),
-        "MRTD and RTMR0-2 equal to the certificate's quote".into(),
+        "MRTD and RTMR0-3 equal to the certificate's quote".into(),
         match same_td {
             Some(true) => "equal".into(),
             Some(false) => "different".into(),

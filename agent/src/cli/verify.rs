@@ -32,6 +32,10 @@ pub struct VerifyArgs {
     /// or test PKIs: a quote that verifies this way proves nothing about real hardware.
     #[arg(long, value_name = "DER")]
     pub insecure_root: Option<PathBuf>,
+    /// The RTMR3 event log (JSON lines, as the agent serves it): it must replay to the
+    /// quote's RTMR3, and the policy's `rtmr3_events` pins are applied to it.
+    #[arg(long, value_name = "FILE")]
+    pub event_log: Option<PathBuf>,
     /// Require this exact REPORTDATA (128 hex digits).
     #[arg(long, value_name = "HEX")]
     pub expect_report_data: Option<String>,
@@ -59,6 +63,14 @@ pub async fn run(a: VerifyArgs) -> CliResult {
         None => Verifier::production(),
     };
     let quote = decode_quote(read_file(&a.quote, "quote").await?);
+    let event_log = match &a.event_log {
+        Some(p) => Some(
+            String::from_utf8(read_file(p, "event log").await?).map_err(|_| {
+                Failure::rejected(format!("event log {}: not UTF-8 text", p.display()))
+            })?,
+        ),
+        None => None,
+    };
 
     let collateral = match (&a.collateral, &a.pccs) {
         (Some(path), _) => {
@@ -99,7 +111,8 @@ pub async fn run(a: VerifyArgs) -> CliResult {
     };
 
     let collateral = collateral.prepare().map_err(Failure::rejected)?;
-    let report = verifier.appraise(&quote, &collateral, now, &policy, &expect);
+    let mut report = verifier.appraise(&quote, &collateral, now, &policy, &expect);
+    crate::verify::events::appraise_events(&mut report, event_log.as_deref(), &policy.rtmr3_events);
     print_report(&report, a.json);
     if a.policy.is_none() {
         eprintln!(

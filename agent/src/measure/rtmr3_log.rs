@@ -88,6 +88,39 @@ pub fn replay<'a>(digests: impl IntoIterator<Item = &'a [u8; 48]>) -> [u8; 48] {
     r
 }
 
+/// Parse event lines (the log without its header, as served to clients), checking that the
+/// sequence numbers count from 1 and each digest is its event's. `first_line` numbers the
+/// first line in errors, which are `(line number, what is wrong)`.
+pub fn parse_lines<'a>(
+    lines: impl IntoIterator<Item = &'a str>,
+    first_line: usize,
+) -> Result<Vec<LogLine>, (usize, String)> {
+    let mut parsed: Vec<LogLine> = Vec::new();
+    for (i, l) in lines.into_iter().enumerate() {
+        let n = first_line + i;
+        let line: LogLine = serde_json::from_str(l).map_err(|e| (n, e.to_string()))?;
+        let expect = parsed.len() as u64 + 1;
+        let digest = line.event.digest().map_err(|e| (n, e.to_string()))?;
+        if line.seq != expect || line.rtmr != 3 || line.digest != hex::encode(digest) {
+            return Err((
+                n,
+                format!(
+                    "expected seq {expect}, rtmr 3 and digest {} of its event",
+                    hex::encode(digest)
+                ),
+            ));
+        }
+        parsed.push(line);
+    }
+    Ok(parsed)
+}
+
+/// The digests of `lines` replayed from zero: what RTMR3 holds if exactly these were extended.
+pub fn replay_lines(lines: &[LogLine]) -> Result<[u8; 48], Rtmr3LogError> {
+    let digests: Result<Vec<[u8; 48]>, _> = lines.iter().map(|l| l.event.digest()).collect();
+    Ok(replay(digests?.iter()))
+}
+
 impl Rtmr3Log {
     /// Open (or start) the log at `path` for the boot `boot_id`. A log from another boot is
     /// moved aside: its registers no longer exist.
@@ -115,27 +148,11 @@ impl Rtmr3Log {
             std::fs::rename(path, &aside).map_err(io)?;
             return Self::start(path, boot_id);
         }
-        let mut parsed = Vec::new();
-        for (i, l) in lines.enumerate() {
-            let line: LogLine = serde_json::from_str(l).map_err(|e| Rtmr3LogError::Malformed {
-                path: path.to_path_buf(),
-                line: i + 2,
-                detail: e.to_string(),
-            })?;
-            let expect = parsed.len() as u64 + 1;
-            let digest = line.event.digest()?;
-            if line.seq != expect || line.rtmr != 3 || line.digest != hex::encode(digest) {
-                return Err(Rtmr3LogError::Malformed {
-                    path: path.to_path_buf(),
-                    line: i + 2,
-                    detail: format!(
-                        "expected seq {expect}, rtmr 3 and digest {} of its event",
-                        hex::encode(digest)
-                    ),
-                });
-            }
-            parsed.push(line);
-        }
+        let parsed = parse_lines(lines, 2).map_err(|(line, detail)| Rtmr3LogError::Malformed {
+            path: path.to_path_buf(),
+            line,
+            detail,
+        })?;
         Ok(Rtmr3Log {
             path: path.to_path_buf(),
             lines: parsed,
@@ -161,9 +178,7 @@ impl Rtmr3Log {
 
     /// What RTMR3 must be if every logged event was extended.
     pub fn expected_rtmr3(&self) -> Result<[u8; 48], Rtmr3LogError> {
-        let digests: Result<Vec<[u8; 48]>, _> =
-            self.lines.iter().map(|l| l.event.digest()).collect();
-        Ok(replay(digests?.iter()))
+        replay_lines(&self.lines)
     }
 
     /// Record `event` durably (written and fsynced) and return its digest; the caller

@@ -40,6 +40,15 @@ pub fn claims_for(key: &KeyPair) -> (Vec<u8>, [u8; 64]) {
     claims_with_nonce(key, None)
 }
 
+/// As [`claims_for`], also carrying the RTMR3 event log (JSON lines) in its own claim.
+pub fn claims_with_event_log(key: &KeyPair, log: &[u8]) -> (Vec<u8>, [u8; 64]) {
+    let claims = Claims::for_spki(HashAlg::Sha256, &spki_der(key), None)
+        .with_event_log(log)
+        .to_cbor();
+    let rd = evidence::report_data_sha256(&claims);
+    (claims, rd)
+}
+
 /// As [`claims_for`], with a `nonce` claim (e.g. a client's challenge) included.
 pub fn claims_with_nonce(key: &KeyPair, nonce: Option<&[u8]>) -> (Vec<u8>, [u8; 64]) {
     let claims = Claims::for_spki(HashAlg::Sha256, &spki_der(key), nonce).to_cbor();

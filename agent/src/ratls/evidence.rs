@@ -3,7 +3,7 @@
 //! extnValue = the CBOR bytes themselves (no inner OCTET STRING):
 //! `tag 60000([bstr quote, bstr claims])`, claims = a CBOR map with text keys and byte-string
 //! values: `"pubkey-hash"` = bstr(CBOR `[hash-alg-id, hash of the SubjectPublicKeyInfo DER]`)
-//! and optionally `"nonce"`. The quote's REPORTDATA is SHA-256(claims) followed by 32 zero
+//! and optionally `"nonce"` and (ours) `"rtmr3-event-log"`. The quote's REPORTDATA is SHA-256(claims) followed by 32 zero
 //! bytes; Intel's TDX ttls uses SHA-384(claims) followed by 16 zeros, which we also read.
 
 use sha2::{Digest as _, Sha256, Sha384, Sha512};
@@ -15,6 +15,9 @@ use crate::encoding::hex;
 pub const EVIDENCE_OID: &[u64] = &[2, 23, 133, 5, 4, 9];
 pub const CLAIM_PUBKEY_HASH: &str = "pubkey-hash";
 pub const CLAIM_NONCE: &str = "nonce";
+/// tdx-agent's own claim: the RTMR3 event log (JSON lines) the quote's RTMR3 replays from, so
+/// a client can appraise runtime events during the handshake. Other stacks ignore it.
+pub const CLAIM_EVENT_LOG: &str = "rtmr3-event-log";
 
 /// The hash algorithms of a pubkey-hash, by their IANA "Named Information Hash Algorithm"
 /// identifiers, which is what the claim carries.
@@ -74,6 +77,7 @@ pub struct Claims {
     pub pubkey_hash_alg: HashAlg,
     pub pubkey_hash: Vec<u8>,
     pub nonce: Option<Vec<u8>>,
+    pub event_log: Option<Vec<u8>>,
 }
 
 impl Claims {
@@ -83,7 +87,14 @@ impl Claims {
             pubkey_hash_alg: alg,
             pubkey_hash: alg.digest(spki_der),
             nonce: nonce.map(<[u8]>::to_vec),
+            event_log: None,
         }
+    }
+
+    /// The same claims, also carrying the RTMR3 event log.
+    pub fn with_event_log(mut self, log: &[u8]) -> Self {
+        self.event_log = Some(log.to_vec());
+        self
     }
 
     /// The claims map in deterministic CBOR (RFC 8949 §4.2.1: keys ordered by their encoded
@@ -98,6 +109,9 @@ impl Claims {
             entries.push((CLAIM_NONCE.to_string(), Value::Bytes(n.clone())));
         }
         entries.push((CLAIM_PUBKEY_HASH.to_string(), Value::Bytes(hash)));
+        if let Some(log) = &self.event_log {
+            entries.push((CLAIM_EVENT_LOG.to_string(), Value::Bytes(log.clone())));
+        }
         cbor::encode(&Value::Map(entries))
     }
 
@@ -110,6 +124,7 @@ impl Claims {
             .ok_or_else(|| bad(format!("a {} where a map belongs", v.kind())))?;
         let mut hash = None;
         let mut nonce = None;
+        let mut event_log = None;
         for (key, value) in map {
             let b = value.as_bytes().ok_or_else(|| {
                 bad(format!(
@@ -120,6 +135,7 @@ impl Claims {
             match key.as_str() {
                 CLAIM_PUBKEY_HASH => hash = Some(b),
                 CLAIM_NONCE => nonce = Some(b.to_vec()),
+                CLAIM_EVENT_LOG => event_log = Some(b.to_vec()),
                 _ => {}
             }
         }
@@ -151,6 +167,7 @@ impl Claims {
             pubkey_hash_alg: alg,
             pubkey_hash: digest.to_vec(),
             nonce,
+            event_log,
         })
     }
 

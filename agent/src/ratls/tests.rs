@@ -552,3 +552,70 @@ fn two_evidence_extensions_are_refused() {
     );
     assert_eq!(v.appraisals(), 0);
 }
+
+/// The certificate carries the RTMR3 event log: the handshake verifier replays it against
+/// the quote's RTMR3 and applies the policy's event pins, naming the event that fails.
+#[test]
+fn event_log_claim_is_replayed_and_pinned() {
+    use crate::measure::rtmr3_log::Rtmr3Log;
+    let e = env();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = Rtmr3Log::open(&tmp.path().join("log"), "boot").unwrap();
+    let model = crate::measure::rtmr3_log::Event {
+        kind: "model".into(),
+        data: serde_json::json!({"manifest_sha256": "aa"}),
+    };
+    let digest = log.append(model).unwrap();
+    e.fx.td.extend(crate::tee::Rtmr::R3, &digest).unwrap();
+    let issue_with_log = |text: &str| {
+        let key = generate_key().unwrap();
+        let (claims, rd) = claims_with_event_log(&key, text.as_bytes());
+        let quote = e.fx.quote(&rd).unwrap();
+        build_certificate(
+            &key,
+            &claims,
+            &quote,
+            Some(&e.collateral()),
+            e.validity(),
+            &["localhost".into()],
+        )
+        .unwrap()
+    };
+    let honest = issue_with_log(&log.jsonl());
+    let pin = |value: &str| {
+        Policy::from_toml(
+            &format!(
+                "[[rtmr3_events.pin]]\ntype = \"model\"\nallowed = [{{ manifest_sha256 = \"{value}\" }}]\n"
+            ),
+            "p.toml",
+        )
+        .unwrap()
+    };
+    let ok = e.verifier_with(pin("aa"), CollateralSource::Stapled);
+    e.verify(&ok, &honest).unwrap();
+    let report = ok.last_report().unwrap();
+    assert!(report.check("RTMR3 event log").unwrap().ok);
+
+    let other = e.verifier_with(pin("bb"), CollateralSource::Stapled);
+    let err = e.verify(&other, &honest).unwrap_err();
+    let report = other.last_report().unwrap();
+    let failed: Vec<_> = report.failures().map(|c| c.name.clone()).collect();
+    assert_eq!(failed, vec!["RTMR3 event \"model\""], "{err}");
+
+    // A log that does not explain RTMR3 (an event left out) fails the replay, whatever it says.
+    let lying = issue_with_log("");
+    let err = e.verify(&ok, &lying).unwrap_err();
+    let report = ok.last_report().unwrap();
+    assert!(!report.check("RTMR3 event log").unwrap().ok, "{err}");
+    // A certificate without the claim fails a policy that pins events.
+    let plain = e.issue(&generate_key().unwrap());
+    assert!(e.verify(&ok, &plain).is_err());
+    assert!(
+        ok.last_report()
+            .unwrap()
+            .check("RTMR3 event log")
+            .unwrap()
+            .found
+            .contains("no event log")
+    );
+}

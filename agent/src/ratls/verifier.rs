@@ -18,8 +18,9 @@ use sha2::{Digest as _, Sha256};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::endorsements::{self, ENDORSEMENTS_OID};
-use super::evidence::{self, Claims, EVIDENCE_OID, Evidence};
+use super::evidence::{self, CLAIM_EVENT_LOG, Claims, EVIDENCE_OID, Evidence};
 use super::{RaTlsError, ring_provider};
+use crate::verify::events::{CHECK_EVENT_LOG, appraise_events};
 use crate::verify::{Expectations, Policy, PreparedCollateral, Report, Verifier};
 
 /// How far a certificate's notBefore may be ahead of our clock: issuers stamp it with their
@@ -290,7 +291,7 @@ impl RaTlsVerifier {
         };
 
         self.appraisals.fetch_add(1, Ordering::Relaxed);
-        let report = self.verifier.appraise(
+        let mut report = self.verifier.appraise(
             &evidence.quote,
             &collateral,
             now,
@@ -299,6 +300,20 @@ impl RaTlsVerifier {
                 report_data: Some(expected_rd),
             },
         );
+        match claims
+            .event_log
+            .as_deref()
+            .map(std::str::from_utf8)
+            .transpose()
+        {
+            Ok(log) => appraise_events(&mut report, log, &self.policy.rtmr3_events),
+            Err(e) => report.push_check(
+                CHECK_EVENT_LOG,
+                false,
+                "a UTF-8 JSON-lines event log".into(),
+                format!("the {CLAIM_EVENT_LOG:?} claim is not UTF-8: {e}"),
+            ),
+        }
         self.remember(&report);
         if !report.accepted() {
             return Err(RaTlsError::QuoteRejected(Box::new(report)));

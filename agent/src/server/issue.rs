@@ -11,6 +11,7 @@ use super::readiness::{Readiness, Stage};
 use super::state::{AppState, Served};
 use crate::audit::{AuditEvent, AuditLog, QuotePurpose};
 use crate::encoding::hex;
+use crate::measure::rtmr3_log::Rtmr3Log;
 use crate::ratls::{self, Validity};
 use crate::tee::TeeHandle;
 use crate::verify::time::{format_unix, now_unix};
@@ -29,6 +30,8 @@ pub struct Issuer<'a> {
     pub metrics: &'a Metrics,
     pub lifetime_secs: u64,
     pub sans: &'a [String],
+    /// The RTMR3 event log; the certificate carries it so clients can appraise the events.
+    pub rtmr3_log: &'a tokio::sync::Mutex<Rtmr3Log>,
 }
 
 impl Issuer<'_> {
@@ -36,8 +39,11 @@ impl Issuer<'_> {
     /// of its own evidence. Refuses (never serves) evidence its own policy rejects.
     pub async fn issue(&self, reason: &str) -> Result<Served, String> {
         let key = ratls::generate_key().map_err(|e| format!("key generation: {e}"))?;
-        let (claims, report_data) = ratls::claims_for(&key);
-        // RTMR3 is read from the quote itself below, so no extra register read is needed.
+        // Held until the quote is made: no extend can slip between the log we certify and
+        // the RTMR3 the quote shows. RTMR3 is read from the quote itself below.
+        let log_guard = self.rtmr3_log.lock().await;
+        let event_log = log_guard.jsonl();
+        let (claims, report_data) = ratls::claims_with_event_log(&key, event_log.as_bytes());
 
         let started = Instant::now();
         let quote = match tokio::time::timeout(QUOTE_TIMEOUT, self.tee.quote(report_data)).await {
@@ -54,6 +60,7 @@ impl Issuer<'_> {
                 ));
             }
         };
+        drop(log_guard);
         self.metrics
             .count_quote("certificate", true, started.elapsed().as_secs_f64());
         // Logged before anything is served: no evidence leaves the agent unlogged.
@@ -84,7 +91,7 @@ impl Issuer<'_> {
         )
         .map_err(|e| format!("certificate: {e}"))?;
 
-        let self_check = self.verifier.appraise(
+        let mut self_check = self.verifier.appraise(
             &quote,
             &prepared,
             now,
@@ -92,6 +99,11 @@ impl Issuer<'_> {
             &Expectations {
                 report_data: Some(report_data),
             },
+        );
+        crate::verify::events::appraise_events(
+            &mut self_check,
+            Some(&event_log),
+            &self.policy.rtmr3_events,
         );
         self.metrics.count(
             &self.metrics.verifications,
@@ -260,6 +272,7 @@ pub async fn reissue(state: &AppState, reason: &str) -> Result<(), String> {
         metrics: &state.metrics,
         lifetime_secs: state.config.tls.cert_lifetime_secs,
         sans: &state.config.tls.subject_alt_names,
+        rtmr3_log: &state.rtmr3_log,
     };
     match issuer.issue(reason).await {
         Ok(next) => {

@@ -181,6 +181,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         .map_err(setup)?
         .map_err(|e| setup(format!("RTMR3 event log: {e}")))?
     };
+    let rtmr3_log = tokio::sync::Mutex::new(rtmr3_log);
 
     let first = issue::Issuer {
         tee: &tee,
@@ -191,6 +192,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         metrics: &metrics,
         lifetime_secs: config.tls.cert_lifetime_secs,
         sans: &config.tls.subject_alt_names,
+        rtmr3_log: &rtmr3_log,
     }
     .issue("startup")
     .await

@@ -60,7 +60,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         audit: AuditLog,
         batcher: Batcher,
-        rtmr3_log: Rtmr3Log,
+        rtmr3_log: tokio::sync::Mutex<Rtmr3Log>,
         rtmr3_log_path: std::path::PathBuf,
     ) -> Self {
         let resolver = Arc::new(CertResolver::new(first.cert.rustls_certified_key()));
@@ -76,7 +76,7 @@ impl AppState {
             metrics,
             audit,
             batcher,
-            rtmr3_log: tokio::sync::Mutex::new(rtmr3_log),
+            rtmr3_log,
             rtmr3_log_path,
             issuing: tokio::sync::Mutex::new(()),
         }

@@ -7,6 +7,7 @@
 
 pub mod collateral;
 mod dcap;
+pub mod events;
 pub mod pccs;
 pub mod policy;
 pub mod report;

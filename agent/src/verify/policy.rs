@@ -98,6 +98,7 @@ pub struct Policy {
     pub tcb: TcbPolicy,
     pub td: TdPolicy,
     pub measurements: MeasurementPolicy,
+    pub rtmr3_events: EventPolicy,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -187,6 +188,39 @@ impl MeasurementPolicy {
     }
 }
 
+/// Which runtime events (the RTMR3 event log, DESIGN §7) are acceptable. With no pins the log
+/// is only replayed against RTMR3; with pins, every logged event must be one they allow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventPolicy {
+    pub pin: Vec<EventPin>,
+    /// With pins: also accept event types no pin names. Default false: an event nobody
+    /// anticipated means the TD runs something the policy author did not review.
+    pub insecure_allow_unlisted: bool,
+}
+
+impl EventPolicy {
+    pub fn pins_anything(&self) -> bool {
+        !self.pin.is_empty()
+    }
+}
+
+/// One event type and the `data` values accepted for it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventPin {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Accepted `data`, each matched as a subset: every key it gives must be equal in the
+    /// event (so `{ manifest_sha256 = "..." }` pins the model and ignores the file count).
+    /// Absent or empty: any data.
+    #[serde(default)]
+    pub allowed: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// The log need not contain this type. Default false: a pinned event must be present.
+    #[serde(default)]
+    pub optional: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     #[error("policy {source_name}: {detail}")]
@@ -238,6 +272,32 @@ impl Policy {
                 "td.allowed_mrservicetd",
                 "is empty, so no quote could ever pass; leave it out to allow only all zeros",
             ));
+        }
+        let mut seen = BTreeSet::new();
+        for pin in &self.rtmr3_events.pin {
+            if pin.kind.is_empty() {
+                return Err(invalid("rtmr3_events.pin.type", "is empty"));
+            }
+            if !seen.insert(pin.kind.as_str()) {
+                return Err(PolicyError::Invalid {
+                    source_name: source_name.to_string(),
+                    field: "rtmr3_events.pin.type",
+                    detail: format!(
+                        "{:?} is pinned twice; list every accepted value under one pin",
+                        pin.kind
+                    ),
+                });
+            }
+            if pin.allowed.iter().any(|a| a.is_empty()) {
+                return Err(PolicyError::Invalid {
+                    source_name: source_name.to_string(),
+                    field: "rtmr3_events.pin.allowed",
+                    detail: format!(
+                        "an empty table under {:?} would accept anything; leave `allowed` out to say that",
+                        pin.kind
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -301,6 +361,16 @@ rtmr3 = ["{h}", "{z}"]
             ("[tcb]\naccepted_statuses = [\"Revoked\"]", "Revoked"),
             ("[td]\nrequire_sept_ve_disable = false", "SEPT_VE_DISABLE"),
             ("[td]\nallowed_mrservicetd = []", "allowed_mrservicetd"),
+            ("[[rtmr3_events.pin]]\ntype = \"\"", "empty"),
+            (
+                "[[rtmr3_events.pin]]\ntype = \"m\"\n[[rtmr3_events.pin]]\ntype = \"m\"",
+                "twice",
+            ),
+            (
+                "[[rtmr3_events.pin]]\ntype = \"m\"\nallowed = [{}]",
+                "accept anything",
+            ),
+            ("[[rtmr3_events.pin]]\ntype = \"m\"\nalowed = []", "alowed"),
         ] {
             let err = Policy::from_toml(text, "p.toml").unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err}");

@@ -96,6 +96,20 @@ impl Report {
         self.verdict == Verdict::Accepted
     }
 
+    /// Add a check made outside the quote appraisal (event log, challenge); a failing one
+    /// rejects the whole report.
+    pub fn push_check(&mut self, name: &str, ok: bool, expected: String, found: String) {
+        self.checks.push(Check {
+            name: name.to_string(),
+            ok,
+            expected,
+            found,
+        });
+        if !ok {
+            self.verdict = Verdict::Rejected;
+        }
+    }
+
     pub fn failures(&self) -> impl Iterator<Item = &Check> {
         self.checks.iter().filter(|c| !c.ok)
     }

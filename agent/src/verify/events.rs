@@ -1,0 +1,343 @@
+//! Appraise an RTMR3 event log: it must replay to the quote's RTMR3, and the policy's event
+//! pins must hold. The quote proves RTMR3; only the replay ties the readable events to it.
+
+use serde_json::Value;
+
+use super::policy::{EventPin, EventPolicy};
+use super::report::Report;
+use crate::encoding::hex;
+use crate::measure::rtmr3_log::{self, LogLine};
+
+/// The check that the log replays to the quote's RTMR3.
+pub const CHECK_EVENT_LOG: &str = "RTMR3 event log";
+
+/// The check for one event type, e.g. `RTMR3 event "model"`.
+pub fn event_check_name(kind: &str) -> String {
+    format!("RTMR3 event {kind:?}")
+}
+
+/// Add the event-log checks to `report`. `log` is the JSON-lines log as served (no header);
+/// `None` means the evidence carried none, which only matters when the policy pins events.
+pub fn appraise_events(report: &mut Report, log: Option<&str>, policy: &EventPolicy) {
+    if log.is_none() && !policy.pins_anything() {
+        return;
+    }
+    let Some(rtmr3) = report.measurements.as_ref().map(|m| m.rtmr3.clone()) else {
+        // The quote itself did not parse: there is no RTMR3 to replay against.
+        report.not_evaluated.push(CHECK_EVENT_LOG.to_string());
+        return;
+    };
+    let expected = format!("events that replay to RTMR3 {rtmr3}");
+    let Some(text) = log else {
+        report.push_check(
+            CHECK_EVENT_LOG,
+            false,
+            expected,
+            "no event log in the evidence, but the policy pins runtime events".into(),
+        );
+        return;
+    };
+    let lines = match rtmr3_log::parse_lines(text.lines().filter(|l| !l.is_empty()), 1) {
+        Ok(l) => l,
+        Err((line, detail)) => {
+            report.push_check(
+                CHECK_EVENT_LOG,
+                false,
+                expected,
+                format!("malformed at line {line}: {detail}"),
+            );
+            return;
+        }
+    };
+    let replayed = match rtmr3_log::replay_lines(&lines) {
+        Ok(r) => hex(&r),
+        Err(e) => {
+            report.push_check(CHECK_EVENT_LOG, false, expected, e.to_string());
+            return;
+        }
+    };
+    let ok = replayed == rtmr3;
+    report.push_check(
+        CHECK_EVENT_LOG,
+        ok,
+        expected,
+        if ok {
+            format!("{} events replay to it", lines.len())
+        } else {
+            format!("{} events replay to {replayed}", lines.len())
+        },
+    );
+    if !ok {
+        // Events that do not explain RTMR3 say nothing about what ran: do not judge them.
+        for pin in &policy.pin {
+            report.not_evaluated.push(event_check_name(&pin.kind));
+        }
+        return;
+    }
+    for pin in &policy.pin {
+        check_pin(report, &lines, pin);
+    }
+    if policy.pins_anything() && !policy.insecure_allow_unlisted {
+        for line in &lines {
+            let kind = &line.event.kind;
+            if !policy.pin.iter().any(|p| &p.kind == kind) {
+                report.push_check(
+                    &event_check_name(kind),
+                    false,
+                    "only event types the policy pins (rtmr3_events.pin)".into(),
+                    format!(
+                        "unlisted event #{}: {}",
+                        line.seq,
+                        compact(&line.event.data)
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn check_pin(report: &mut Report, lines: &[LogLine], pin: &EventPin) {
+    let name = event_check_name(&pin.kind);
+    let expected = if pin.allowed.is_empty() {
+        "present (any data)".to_string()
+    } else {
+        format!(
+            "data matching one of {}",
+            pin.allowed
+                .iter()
+                .map(|a| compact(&Value::Object(a.clone())))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )
+    };
+    let of_kind: Vec<&LogLine> = lines.iter().filter(|l| l.event.kind == pin.kind).collect();
+    if of_kind.is_empty() {
+        if !pin.optional {
+            report.push_check(&name, false, expected, "no such event in the log".into());
+        }
+        return;
+    }
+    let refused = of_kind.iter().find(|l| {
+        !pin.allowed.is_empty() && !pin.allowed.iter().any(|a| matches(&l.event.data, a))
+    });
+    match refused {
+        Some(l) => report.push_check(
+            &name,
+            false,
+            expected,
+            format!("event #{}: {}", l.seq, compact(&l.event.data)),
+        ),
+        None => report.push_check(
+            &name,
+            true,
+            expected,
+            format!("{} matching event(s)", of_kind.len()),
+        ),
+    }
+}
+
+/// Every key of `want` is in `data` with an equal value.
+fn matches(data: &Value, want: &serde_json::Map<String, Value>) -> bool {
+    let Some(have) = data.as_object() else {
+        return false;
+    };
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+/// Short one-line JSON for reports; long values are cut so a hostile log cannot flood them.
+fn compact(v: &Value) -> String {
+    let s = v.to_string();
+    if s.len() <= 300 {
+        return s;
+    }
+    let mut end = 300;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::rtmr3_log::{Event, replay};
+    use crate::verify::policy::Policy;
+    use crate::verify::report::{MeasurementsView, RootView, Verdict};
+    use serde_json::json;
+
+    fn line(seq: u64, kind: &str, data: Value) -> LogLine {
+        let event = Event {
+            kind: kind.into(),
+            data,
+        };
+        LogLine {
+            seq,
+            rtmr: 3,
+            digest: hex(&event.digest().unwrap()),
+            event,
+        }
+    }
+
+    fn log() -> (String, [u8; 48]) {
+        let lines = [
+            line(1, "agent-config", json!({"config_sha256": "aa"})),
+            line(
+                2,
+                "model",
+                json!({"manifest_sha256": "m1", "files": 3, "bytes": 10}),
+            ),
+        ];
+        let digests: Vec<[u8; 48]> = lines.iter().map(|l| l.event.digest().unwrap()).collect();
+        let text = lines
+            .iter()
+            .map(|l| serde_json::to_string(l).unwrap() + "\n")
+            .collect();
+        (text, replay(digests.iter()))
+    }
+
+    fn report(rtmr3: [u8; 48]) -> Report {
+        let z = hex(&[0u8; 48]);
+        let m = MeasurementsView {
+            mrtd: z.clone(),
+            rtmr0: z.clone(),
+            rtmr1: z.clone(),
+            rtmr2: z.clone(),
+            rtmr3: hex(&rtmr3),
+            mrconfigid: z.clone(),
+            mrowner: z.clone(),
+            mrownerconfig: z.clone(),
+            mrseam: z.clone(),
+            report_data: z.clone(),
+            td_attributes: String::new(),
+            xfam: String::new(),
+            tee_tcb_svn: String::new(),
+            mrservicetd: z,
+        };
+        Report {
+            verdict: Verdict::Accepted,
+            tcb_status: None,
+            advisory_ids: vec![],
+            checks: vec![],
+            not_evaluated: vec![],
+            measurements: Some(m),
+            quote_version: Some(4),
+            root: RootView {
+                kind: "insecure",
+                sha256: String::new(),
+            },
+            collateral: None,
+            verified_at: String::new(),
+            warnings: vec![],
+        }
+    }
+
+    fn policy(text: &str) -> EventPolicy {
+        Policy::from_toml(text, "p.toml").unwrap().rtmr3_events
+    }
+
+    #[test]
+    fn a_log_that_replays_passes_and_pins_match_as_subsets() {
+        let (text, rtmr3) = log();
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &policy(""));
+        assert!(r.accepted(), "{r:?}");
+        assert!(r.check(CHECK_EVENT_LOG).unwrap().ok);
+
+        let p = policy(
+            "[[rtmr3_events.pin]]\ntype = \"model\"\nallowed = [{ manifest_sha256 = \"m0\" }, { manifest_sha256 = \"m1\" }]\n\
+             [[rtmr3_events.pin]]\ntype = \"agent-config\"\n",
+        );
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &p);
+        assert!(r.accepted(), "{:?}", r.failures().collect::<Vec<_>>());
+        assert!(r.check("RTMR3 event \"model\"").unwrap().ok);
+    }
+
+    #[test]
+    fn each_failure_names_its_event() {
+        let (text, rtmr3) = log();
+        // A different model digest.
+        let p = policy(
+            "[[rtmr3_events.pin]]\ntype = \"model\"\nallowed = [{ manifest_sha256 = \"other\" }]\n\
+             [[rtmr3_events.pin]]\ntype = \"agent-config\"\n",
+        );
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &p);
+        let failed: Vec<_> = r.failures().map(|c| c.name.clone()).collect();
+        assert_eq!(failed, vec!["RTMR3 event \"model\""]);
+        assert!(
+            r.check("RTMR3 event \"model\"")
+                .unwrap()
+                .found
+                .contains("m1")
+        );
+
+        // An unlisted type is refused unless explicitly allowed.
+        let only_model = "[[rtmr3_events.pin]]\ntype = \"model\"\n";
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &policy(only_model));
+        let failed: Vec<_> = r.failures().map(|c| c.name.clone()).collect();
+        assert_eq!(failed, vec!["RTMR3 event \"agent-config\""]);
+        let mut r = report(rtmr3);
+        let lenient = format!("[rtmr3_events]\ninsecure_allow_unlisted = true\n{only_model}");
+        appraise_events(&mut r, Some(&text), &policy(&lenient));
+        assert!(r.accepted());
+
+        // A required pin with no event, and an optional one.
+        let mut r = report(rtmr3);
+        let p = policy(&format!(
+            "{only_model}[[rtmr3_events.pin]]\ntype = \"agent-config\"\n[[rtmr3_events.pin]]\ntype = \"vllm-cmdline\"\n"
+        ));
+        appraise_events(&mut r, Some(&text), &p);
+        let failed: Vec<_> = r.failures().map(|c| c.name.clone()).collect();
+        assert_eq!(failed, vec!["RTMR3 event \"vllm-cmdline\""]);
+        let mut r = report(rtmr3);
+        let p = policy(&format!(
+            "{only_model}[[rtmr3_events.pin]]\ntype = \"agent-config\"\n[[rtmr3_events.pin]]\ntype = \"vllm-cmdline\"\noptional = true\n"
+        ));
+        appraise_events(&mut r, Some(&text), &p);
+        assert!(r.accepted());
+    }
+
+    #[test]
+    fn a_log_that_does_not_replay_or_is_missing_fails_the_log_check() {
+        let (text, _) = log();
+        let mut r = report([7; 48]);
+        let p = policy("[[rtmr3_events.pin]]\ntype = \"model\"\n");
+        appraise_events(&mut r, Some(&text), &p);
+        let failed: Vec<_> = r.failures().map(|c| c.name.clone()).collect();
+        assert_eq!(failed, vec![CHECK_EVENT_LOG]);
+        assert!(
+            r.not_evaluated
+                .contains(&"RTMR3 event \"model\"".to_string())
+        );
+
+        let mut r = report([0; 48]);
+        appraise_events(&mut r, None, &p);
+        assert!(!r.accepted());
+        assert!(
+            r.check(CHECK_EVENT_LOG)
+                .unwrap()
+                .found
+                .contains("no event log")
+        );
+        // No log and no pins: nothing to say.
+        let mut r = report([0; 48]);
+        appraise_events(&mut r, None, &policy(""));
+        assert!(r.checks.is_empty() && r.accepted());
+
+        // An edited line is named.
+        let (text, rtmr3) = log();
+        let edited = text.replace("\"m1\"", "\"m2\"");
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&edited), &policy(""));
+        let c = r.check(CHECK_EVENT_LOG).unwrap();
+        assert!(!c.ok && c.found.contains("line 2"), "{c:?}");
+        // Junk never panics.
+        for junk in ["{", "null", "[]\n[]", "\u{0}", "{\"seq\":1}"] {
+            let mut r = report(rtmr3);
+            appraise_events(&mut r, Some(junk), &policy(""));
+            assert!(!r.accepted(), "{junk:?}");
+        }
+    }
+}
