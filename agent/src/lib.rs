@@ -9,6 +9,7 @@ pub mod challenge;
 pub mod cli;
 pub mod config;
 pub mod encoding;
+pub mod forward;
 pub mod fsutil;
 pub mod measure;
 pub mod quote;
