@@ -1,6 +1,8 @@
 //! Shared helpers for the end-to-end tests: run the real binary, find the vendored vectors.
 #![allow(dead_code)]
 
+pub mod upstream;
+
 use std::fmt;
 use std::process::Command;
 

@@ -44,12 +44,20 @@ pub struct ServeArgs {
     /// Collateral cache directory.
     #[arg(long, value_name = "DIR")]
     pub collateral_cache: Option<PathBuf>,
+    /// The model server to front, e.g. http://127.0.0.1:8000: `/v1/` is forwarded to it.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// The model directory to measure into RTMR3 before reporting ready.
+    #[arg(long, value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate a configuration file (and the policy it names) without starting anything.
     Check { file: PathBuf },
+    /// Read an API key from stdin and print the SHA-256 to list in upstream.api_key_sha256.
+    HashApiKey,
 }
 
 pub async fn load(path: &std::path::Path) -> Result<Config, Failure> {
@@ -106,6 +114,15 @@ pub async fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
     if let Some(d) = &a.collateral_cache {
         c.collateral.cache_dir = d.clone();
     }
+    if let Some(u) = &a.upstream {
+        c.upstream.url = Some(
+            crate::config::UpstreamUrl::parse(u)
+                .map_err(|e| Failure::Error(format!("--upstream: {e}")))?,
+        );
+    }
+    if let Some(d) = &a.model_dir {
+        c.model.dir = Some(d.clone());
+    }
     let source = a
         .config
         .as_ref()
@@ -131,6 +148,27 @@ pub async fn config(c: ConfigCommand) -> CliResult {
                 super::verify::load_policy(Some(p)).await?;
             }
             println!("{}: ok", file.display());
+            Ok(())
+        }
+        ConfigCommand::HashApiKey => {
+            use sha2::Digest as _;
+            let key = tokio::task::spawn_blocking(|| {
+                use std::io::Read as _;
+                let mut key = String::new();
+                std::io::stdin()
+                    .take(4096)
+                    .read_to_string(&mut key)
+                    .map(|_| key)
+            })
+            .await
+            .map_err(Failure::error)?
+            .map_err(|e| Failure::Error(format!("stdin: {e}")))?;
+            // A key typed or echoed in ends with a newline that is not part of it.
+            let key = key.trim_end_matches(['\n', '\r']);
+            if key.is_empty() {
+                return Err(Failure::Error("stdin: no API key given".into()));
+            }
+            println!("{}", hex::encode(sha2::Sha256::digest(key.as_bytes())));
             Ok(())
         }
     }

@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// `tdx-agent serve` configuration. Every field is documented in docs/configuration.md.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The one TLS listener serving HTTPS and gRPC.
@@ -20,6 +20,10 @@ pub struct Config {
     pub audit: AuditConfig,
     pub challenge: ChallengeConfig,
     pub limits: LimitsConfig,
+    /// The model server the front door forwards `/v1/` to. Absent: attestation only.
+    pub upstream: UpstreamConfig,
+    /// What is measured into RTMR3 before the agent reports ready.
+    pub model: ModelConfig,
     /// Runtime state (tmpfs: vanishes at reboot, exactly when the RTMRs reset).
     pub state_dir: PathBuf,
 }
@@ -35,19 +39,21 @@ impl Default for Config {
             audit: AuditConfig::default(),
             challenge: ChallengeConfig::default(),
             limits: LimitsConfig::default(),
+            upstream: UpstreamConfig::default(),
+            model: ModelConfig::default(),
             state_dir: PathBuf::from("/run/tdx-agent"),
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TeeKindConfig {
     Configfs,
     Sim,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TeeConfig {
     pub kind: TeeKindConfig,
@@ -73,7 +79,7 @@ impl Default for TeeConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CollateralConfig {
     /// PCCS (v4 API) to fetch collateral from. Required on real hardware; with the simulated
@@ -96,7 +102,7 @@ impl Default for CollateralConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     /// RA-TLS certificate lifetime; at most 24 h.
@@ -117,7 +123,7 @@ impl Default for TlsConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// Directory of the hash-chained audit log.
@@ -138,7 +144,7 @@ impl Default for AuditConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChallengeConfig {
     /// Most nonces in one quote's Merkle tree.
@@ -159,7 +165,7 @@ impl Default for ChallengeConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Time allowed for a client to finish the TLS handshake and send request headers.
@@ -181,6 +187,129 @@ impl Default for LimitsConfig {
             shutdown_grace_secs: 10,
         }
     }
+}
+
+/// The model server's base URL: plain `http://HOST:PORT` (it is reached over loopback inside
+/// the TD; TLS to it would protect nothing the TD boundary does not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub authority: String,
+    text: String,
+}
+
+impl UpstreamUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let uri: axum::http::Uri = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "{s:?}: expected http://HOST:PORT (the model server listens on loopback inside the TD)"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .filter(|a| a.port_u16().is_some())
+            .ok_or_else(|| format!("{s:?}: expected http://HOST:PORT with an explicit port"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "{s:?}: give only scheme, host and port; request paths are forwarded as they come"
+            ));
+        }
+        Ok(UpstreamUrl {
+            authority: authority.to_string(),
+            text: format!("http://{authority}"),
+        })
+    }
+
+    /// `http://HOST:PORT`, no trailing slash.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UpstreamUrl::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for UpstreamUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+/// SHA-256 of an API key, hex in the file: the config never holds a usable key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ApiKeyHash(pub [u8; 32]);
+
+impl<'de> Deserialize<'de> for ApiKeyHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::encoding::hex_array::<32>(&s)
+            .map(ApiKeyHash)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "an API key hash is 64 hex digits (`tdx-agent config hash-api-key`): {e}"
+                ))
+            })
+    }
+}
+
+impl Serialize for ApiKeyHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// The model server, e.g. `http://127.0.0.1:8000`. Absent: no front door, and readiness
+    /// has no upstream stage.
+    pub url: Option<UpstreamUrl>,
+    /// Polled to decide the `upstream_healthy` readiness stage (vLLM: `/health`).
+    pub health_path: String,
+    pub health_interval_ms: u64,
+    /// Time allowed to open a connection to the upstream.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the upstream to start its answer (a long prompt's prefill counts).
+    pub response_header_timeout_secs: u64,
+    /// A request or response body that moves no byte for this long is cut. A stream that
+    /// keeps sending is never cut, however long it lasts.
+    pub idle_timeout_secs: u64,
+    /// Largest request body forwarded (413 beyond).
+    pub max_request_body_bytes: u64,
+    /// Most requests forwarded at once; more get 503.
+    pub max_concurrent_requests: usize,
+    /// SHA-256 (hex) of each accepted API key, sent as `Authorization: Bearer KEY`. Empty:
+    /// no key needed (the attestation is the gate). The header is not forwarded when set.
+    pub api_key_sha256: Vec<ApiKeyHash>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            health_path: "/health".into(),
+            health_interval_ms: 2_000,
+            connect_timeout_ms: 2_000,
+            response_header_timeout_secs: 300,
+            idle_timeout_secs: 300,
+            max_request_body_bytes: 32 << 20,
+            max_concurrent_requests: 1_024,
+            api_key_sha256: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// The model directory; its manifest digest is extended into RTMR3 (docs/formats.md).
+    pub dir: Option<PathBuf>,
+    /// The model server's command line as its unit runs it; extended into RTMR3 as given.
+    pub vllm_cmdline: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +413,30 @@ impl Config {
                 "max_connections and header_read_timeout_secs must be positive".into(),
             );
         }
+        let u = &self.upstream;
+        if !u.health_path.starts_with('/') {
+            return invalid("upstream.health_path", "must start with /".into());
+        }
+        if u.health_interval_ms == 0
+            || u.connect_timeout_ms == 0
+            || u.response_header_timeout_secs == 0
+            || u.idle_timeout_secs == 0
+            || u.max_concurrent_requests == 0
+        {
+            return invalid(
+                "upstream",
+                "intervals, timeouts and max_concurrent_requests must be positive".into(),
+            );
+        }
+        if u.url.is_none() && !u.api_key_sha256.is_empty() {
+            return invalid(
+                "upstream.api_key_sha256",
+                "API keys guard the model routes, which need upstream.url".into(),
+            );
+        }
+        if self.model.vllm_cmdline.iter().any(|a| a.contains('\0')) {
+            return invalid("model.vllm_cmdline", "an argument contains NUL".into());
+        }
         if self.audit.max_bytes < 4096 {
             return invalid("audit.max_bytes", "must be at least 4096".into());
         }
@@ -316,6 +469,18 @@ mod tests {
                 "cert_lifetime_secs",
             ),
             ("listen = \"nope\"", "listen"),
+            (
+                "[upstream]\nurl = \"https://127.0.0.1:8000\"",
+                "http://HOST:PORT",
+            ),
+            ("[upstream]\nurl = \"http://127.0.0.1\"", "explicit port"),
+            (
+                "[upstream]\nurl = \"http://127.0.0.1:8000/v1\"",
+                "only scheme",
+            ),
+            ("[upstream]\napi_key_sha256 = [\"ab\"]", "64 hex"),
+            ("[upstream]\nhealth_path = \"health\"", "health_path"),
+            ("[model]\ndirr = \"/m\"", "dirr"),
         ] {
             let err = Config::from_toml(text, "c.toml").unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");

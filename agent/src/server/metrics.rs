@@ -45,6 +45,13 @@ pub struct Metrics {
     pub cert_not_after: Gauge<i64, AtomicI64Compat>,
     pub uptime_seconds: Gauge<i64, AtomicI64Compat>,
     pub ready: Gauge,
+    /// Model requests by outcome: the upstream's status class (`2xx`..) or the agent's own
+    /// refusal (`503-agent`, `401-agent`, ...).
+    pub proxy_requests: Family<ResultLabel, Counter>,
+    /// Time until the model server's response headers.
+    pub proxy_upstream_seconds: Histogram,
+    /// Model responses still streaming.
+    pub proxy_in_flight: Gauge,
 }
 
 pub type AtomicI64Compat = std::sync::atomic::AtomicI64;
@@ -68,6 +75,9 @@ impl Metrics {
             cert_not_after: Gauge::default(),
             uptime_seconds: Gauge::default(),
             ready: Gauge::default(),
+            proxy_requests: Family::default(),
+            proxy_upstream_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
+            proxy_in_flight: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -125,6 +135,21 @@ impl Metrics {
             "ready",
             "1 when every readiness stage holds",
             m.ready.clone(),
+        );
+        registry.register(
+            "model_requests",
+            "Requests to the model routes, by outcome",
+            m.proxy_requests.clone(),
+        );
+        registry.register(
+            "model_upstream_header_seconds",
+            "Time until the model server's response headers",
+            m.proxy_upstream_seconds.clone(),
+        );
+        registry.register(
+            "model_responses_in_flight",
+            "Model responses still streaming",
+            m.proxy_in_flight.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod issue;
 pub mod listener;
 pub mod metrics;
+pub mod proxy;
 pub mod quoter;
 pub mod readiness;
 pub mod state;
@@ -170,7 +171,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     }
 
     let metrics = Arc::new(metrics::Metrics::new());
-    let readiness = Arc::new(Readiness::new(false));
+    let readiness = Arc::new(Readiness::new(config.upstream.url.is_some()));
     let rtmr3_log_path = config.state_dir.join("rtmr3-events.jsonl");
     let rtmr3_log = {
         let path = rtmr3_log_path.clone();
@@ -216,20 +217,29 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             })),
         },
     );
-    let state = Arc::new(state::AppState::new(
-        config.clone(),
-        tee,
-        verifier,
-        policy,
-        collateral,
-        first,
-        Arc::clone(&readiness),
-        Arc::clone(&metrics),
-        audit.clone(),
-        batcher,
-        rtmr3_log,
-        rtmr3_log_path,
-    ));
+    let state = Arc::new(
+        state::AppState::new(
+            config.clone(),
+            tee,
+            verifier,
+            policy,
+            collateral,
+            first,
+            Arc::clone(&readiness),
+            Arc::clone(&metrics),
+            audit.clone(),
+            batcher,
+            rtmr3_log,
+            rtmr3_log_path,
+        )
+        .with_proxy(
+            config
+                .upstream
+                .url
+                .clone()
+                .map(|u| Arc::new(proxy::Proxy::new(u, config.upstream.clone()))),
+        ),
+    );
     // A restart in the same boot: the log must explain RTMR3, or we refuse to report ready.
     issue::check_measured(&state, &state.served()).await;
     let admin_path = config.state_dir.join("admin.sock");
@@ -267,6 +277,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(issue::maintain(Arc::clone(&state), shutdown_rx.clone()));
     tokio::spawn(systemd::watchdog(shutdown_rx.clone()));
+    if let Some(p) = &state.proxy {
+        tokio::spawn(proxy::health::watch_upstream(
+            Arc::clone(p),
+            Arc::clone(&readiness),
+            shutdown_rx.clone(),
+        ));
+    }
     tokio::spawn(admin::serve(admin, Arc::clone(&state), shutdown_rx.clone()));
     tokio::spawn(health_loop(
         Arc::clone(&readiness),

@@ -19,6 +19,18 @@ pub enum Stage {
     UpstreamHealthy,
 }
 
+impl Stage {
+    /// The name /readyz and errors use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Measured => "measured",
+            Stage::CollateralFresh => "collateral_fresh",
+            Stage::CertificateIssued => "certificate_issued",
+            Stage::UpstreamHealthy => "upstream_healthy",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StageState {
     pub stage: Stage,

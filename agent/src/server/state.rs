@@ -43,6 +43,8 @@ pub struct AppState {
     /// The RTMR3 event log; held while extending so log and register move together.
     pub rtmr3_log: tokio::sync::Mutex<Rtmr3Log>,
     pub rtmr3_log_path: std::path::PathBuf,
+    /// The front door to the model server, when one is configured.
+    pub proxy: Option<Arc<super::proxy::Proxy>>,
     /// Serialises certificate issuance (rotation loop and admin socket).
     pub issuing: tokio::sync::Mutex<()>,
 }
@@ -78,8 +80,15 @@ impl AppState {
             batcher,
             rtmr3_log,
             rtmr3_log_path,
+            proxy: None,
             issuing: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Put the front door in place (before the state is shared).
+    pub fn with_proxy(mut self, proxy: Option<Arc<super::proxy::Proxy>>) -> Self {
+        self.proxy = proxy;
+        self
     }
 
     /// Whether reading the registers is cheap (sysfs or the simulation) rather than a quote.

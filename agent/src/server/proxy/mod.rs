@@ -1,0 +1,227 @@
+//! The front door (DESIGN §9): everything under `/v1/` is forwarded to the model server, only
+//! while every readiness stage holds. Bodies stream both ways without buffering (SSE arrives
+//! event by event), backpressure is kept because nothing is read ahead, and a client that goes
+//! away drops the upstream request, which closes its connection and so cancels the generation.
+
+pub mod auth;
+pub mod body;
+pub mod health;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Uri, Version, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{LengthLimitError, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+
+use super::error::ApiError;
+use super::readiness::Stage;
+use super::state::AppState;
+use crate::config::{UpstreamConfig, UpstreamUrl};
+use crate::forward::headers::strip_hop_by_hop;
+use body::{IdleBody, boxed};
+
+/// The configured upstream and the one connection pool to it.
+pub struct Proxy {
+    pub upstream: UpstreamUrl,
+    pub config: UpstreamConfig,
+    client: Client<HttpConnector, Body>,
+    permits: Arc<Semaphore>,
+}
+
+impl Proxy {
+    pub fn new(upstream: UpstreamUrl, config: UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Proxy {
+            upstream,
+            permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            config,
+            client,
+        }
+    }
+
+    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, ApiError> {
+        format!("{}{path_and_query}", self.upstream.as_str())
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("request target: {e}")))
+    }
+
+    /// One health probe: (healthy, what was seen).
+    pub async fn probe(&self) -> (bool, String) {
+        let url = format!("{}{}", self.upstream.as_str(), self.config.health_path);
+        let Ok(uri) = url.parse::<Uri>() else {
+            return (false, format!("{url}: not a valid URL"));
+        };
+        let mut req = hyper::Request::new(Body::empty());
+        *req.uri_mut() = uri;
+        let wait = Duration::from_millis(self.config.connect_timeout_ms) + Duration::from_secs(5);
+        match tokio::time::timeout(wait, self.client.request(req)).await {
+            Err(_) => (false, format!("GET {url}: no answer within {wait:?}")),
+            Ok(Err(e)) => (false, format!("GET {url}: {}", error_chain(&e))),
+            Ok(Ok(r)) if r.status().is_success() => (true, format!("GET {url}: {}", r.status())),
+            Ok(Ok(r)) => (false, format!("GET {url}: {}", r.status())),
+        }
+    }
+
+    async fn forward(&self, state: &AppState, req: Request) -> Result<Response, ApiError> {
+        if let Some(missing) = state.readiness.first_missing() {
+            return Err(ApiError::NotReady {
+                stage: missing.stage.name(),
+                detail: missing.detail,
+            });
+        }
+        auth::check(req.headers(), &self.config.api_key_sha256)
+            .map_err(|m| ApiError::Unauthorized(m.to_string()))?;
+        let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+            ApiError::Overloaded(format!(
+                "{} model requests in flight (upstream.max_concurrent_requests)",
+                self.config.max_concurrent_requests
+            ))
+        })?;
+        let limit = self.config.max_request_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(ApiError::TooLarge { limit });
+        }
+
+        let (mut parts, body) = req.into_parts();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        parts.uri = self.upstream_uri(&target)?;
+        // vLLM speaks HTTP/1.1; an HTTP/2 request passed on as such would get a 502.
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        if !self.config.api_key_sha256.is_empty() {
+            // The key was for us; the model server never sees it.
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.upstream.authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+        let idle = Duration::from_secs(self.config.idle_timeout_secs);
+        let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+        let body = boxed(IdleBody::new(Limited::new(body, limit_usize), idle));
+        let upstream_req = hyper::Request::from_parts(parts, body);
+
+        let started = Instant::now();
+        let wait = Duration::from_secs(self.config.response_header_timeout_secs);
+        let resp = match tokio::time::timeout(wait, self.client.request(upstream_req)).await {
+            Err(_) => {
+                return Err(ApiError::UpstreamTimeout {
+                    upstream: self.upstream.as_str().to_string(),
+                    secs: wait.as_secs(),
+                });
+            }
+            Ok(Err(e)) => return Err(self.classify(state, &e)),
+            Ok(Ok(r)) => r,
+        };
+        state
+            .metrics
+            .proxy_upstream_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let in_flight = InFlight::new(state);
+        let body = boxed(IdleBody::new(body, idle).holding((permit, in_flight)));
+        Ok(Response::from_parts(parts, body))
+    }
+
+    fn classify(&self, state: &AppState, e: &hyper_util::client::legacy::Error) -> ApiError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = source {
+            if s.is::<LengthLimitError>() {
+                return ApiError::TooLarge {
+                    limit: self.config.max_request_body_bytes,
+                };
+            }
+            source = s.source();
+        }
+        let detail = error_chain(e);
+        if e.is_connect() {
+            // Say so at once rather than at the next health poll.
+            state.readiness.set(
+                Stage::UpstreamHealthy,
+                false,
+                format!("{}: {detail}", self.upstream.as_str()),
+            );
+        }
+        ApiError::UpstreamUnavailable {
+            upstream: self.upstream.as_str().to_string(),
+            detail,
+        }
+    }
+}
+
+/// Counts a response body in the in-flight gauge until it is dropped.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn new(state: &AppState) -> Self {
+        let g = state.metrics.proxy_in_flight.clone();
+        g.inc();
+        InFlight(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `e` and its causes on one line: hyper's outer messages alone ("client error (Connect)")
+/// do not say what happened.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The `/v1/` handler.
+pub async fn handler(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let Some(proxy) = state.proxy.as_ref() else {
+        return ApiError::NotFound(
+            "no model server is configured on this agent (upstream.url): it serves attestation only"
+                .into(),
+        )
+        .into_response();
+    };
+    let result = proxy.forward(&state, req).await;
+    let outcome = match &result {
+        Ok(r) => format!("{}xx", r.status().as_u16() / 100),
+        Err(e) => e.status().as_u16().to_string() + "-agent",
+    };
+    state.metrics.count(&state.metrics.proxy_requests, &outcome);
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "model request refused");
+            e.into_response()
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The front door end to end: `serve` on the simulated TD forwarding `/v1/` to a scripted
+//! model server. SSE is streamed event by event, a client that leaves cancels the upstream
+//! request, a slow reader of 1 GiB keeps the agent's memory bounded, a model server that dies
+//! mid-stream ends the stream with an error and turns readiness, and the agent's refusals
+//! (not ready, API key, size, timeout) come back in OpenAI's error shape.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use support::upstream::{Upstream, http1, read_until};
+use support::{Daemon, Https, SimTd};
+
+/// Poll /readyz until it answers `want`, or panic after `within`.
+async fn wait_readyz(c: &Https, want: u16, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = c.get("/readyz").await;
+        if r.status == want {
+            return r.json();
+        }
+        if Instant::now() > deadline {
+            panic!("/readyz stayed {} ({}), wanted {want}", r.status, r.text());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn agent_for(sim: &SimTd, up: &Upstream, extra: &[&str]) -> (Daemon, Https) {
+    let url = up.url();
+    let mut args = vec!["--upstream", url.as_str()];
+    args.extend_from_slice(extra);
+    let d = Daemon::sim(sim, &args);
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    wait_readyz(&c, 200, Duration::from_secs(30)).await;
+    (d, c)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_arrives_event_by_event_and_requests_are_cleaned() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (_d, c) = agent_for(&sim, &up, &[]).await;
+
+    // The upstream holds event 2 back until we have event 1: a buffering proxy would
+    // deliver nothing and this would time out.
+    let resp = c
+        .open(
+            "POST",
+            "/v1/sse",
+            &[("content-type", "application/json")],
+            "{}",
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let first = read_until(&mut body, "\"n\":1", Duration::from_secs(10)).await;
+    assert!(
+        first.as_deref().is_some_and(|s| !s.contains("\"n\":2")),
+        "{first:?}"
+    );
+    up.script.release_event2.notify_one();
+    let rest = read_until(&mut body, "[DONE]", Duration::from_secs(10)).await;
+    assert!(rest.is_some_and(|s| s.contains("\"n\":2")));
+
+    // HTTP/1.1 client: hop-by-hop headers (and those Connection names) are not passed on.
+    let mut h1 = http1(&_d.addr, sim.root_der()).await;
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions?x=1")
+        .header("host", "localhost")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("authorization", "Bearer passthrough")
+        .header("x-end-to-end", "kept")
+        .body(Full::new(Bytes::from_static(b"{\"model\":\"tiny\"}")))
+        .unwrap();
+    let resp = h1.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let headers = &echo["headers"];
+    for gone in ["x-hop", "keep-alive", "te"] {
+        assert!(headers.get(gone).is_none(), "{gone} forwarded: {echo}");
+    }
+    assert_eq!(headers["x-end-to-end"], "kept");
+    // Without configured API keys the Authorization header is the model server's business.
+    assert_eq!(headers["authorization"], "Bearer passthrough");
+    assert_eq!(echo["path"], "/v1/chat/completions");
+    assert_eq!(echo["query"], "x=1");
+    assert_eq!(echo["body_len"], 16);
+
+    // An HTTP/2 request reaches the HTTP/1.1-only model server as HTTP/1.1.
+    let echo = c.get("/v1/models").await.json();
+    assert_eq!(echo["version"], "HTTP/1.1", "{echo}");
+
+    // The model server's own errors pass through untouched.
+    let r = c.get("/v1/status/500").await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["message"], "upstream says no");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_cancels_the_upstream_request() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (_d, c) = agent_for(&sim, &up, &[]).await;
+    let resp = c.open("GET", "/v1/drip", &[], Bytes::new()).await.unwrap();
+    let mut body = resp.into_body();
+    assert!(
+        read_until(&mut body, "tick", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    assert!(!up.script.stream_closed.load(Ordering::SeqCst));
+    // Dropping the body resets the HTTP/2 stream: the agent must drop the upstream request,
+    // which closes its connection, which is how vLLM learns to stop generating.
+    drop(body);
+    assert!(
+        up.wait_stream_closed(Duration::from_secs(10)).await,
+        "the model server never saw the client leave"
+    );
+    // The agent is fine afterwards.
+    assert_eq!(c.get("/v1/models").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_of_1_gib_keeps_the_agent_small() {
+    const TOTAL: u64 = 1 << 30;
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (d, c) = agent_for(&sim, &up, &[]).await;
+    let before = rss_kib(d.pid());
+    let resp = c
+        .open("GET", &format!("/v1/bytes/{TOTAL}"), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    let mut max_rss = before;
+    let mut next_pause = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("the stream broke");
+        got += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0);
+        if got >= next_pause {
+            // A slow reader: stop for a while. Without backpressure the agent would read
+            // ahead from the fast upstream into memory while we sleep.
+            next_pause += 128 << 20;
+            let upstream_before = up.script.streamed_bytes.load(Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            let upstream_after = up.script.streamed_bytes.load(Ordering::SeqCst);
+            // What the upstream could push while we slept is bounded by buffers, not 1 GiB.
+            assert!(
+                upstream_after - upstream_before < 64 << 20,
+                "the upstream pushed {} MiB while the client read nothing",
+                (upstream_after - upstream_before) >> 20
+            );
+            max_rss = max_rss.max(rss_kib(d.pid()));
+        }
+    }
+    assert_eq!(got, TOTAL);
+    eprintln!(
+        "agent RSS: {} MiB before, at most {} MiB while streaming 1 GiB",
+        before / 1024,
+        max_rss / 1024
+    );
+    assert!(
+        max_rss < before + 64 * 1024,
+        "RSS grew from {before} KiB to {max_rss} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dying_model_server_ends_the_stream_and_readiness_follows_it() {
+    let sim = SimTd::new();
+    let mut up = Upstream::start().await;
+    let (d, c) = agent_for(&sim, &up, &["--sim-quote-delay-ms", "0"]).await;
+    let resp = c.open("GET", "/v1/drip", &[], Bytes::new()).await.unwrap();
+    let mut body = resp.into_body();
+    assert!(
+        read_until(&mut body, "tick", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    up.kill().await;
+    // The stream ends with an error, not a clean end that would pass for a full answer.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Ok(()),
+            }
+        }
+    })
+    .await
+    .expect("the stream did not end after the model server died");
+    assert!(end.is_err(), "the stream ended cleanly");
+
+    let ready = wait_readyz(&c, 503, Duration::from_secs(10)).await;
+    let stage = ready["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "upstream_healthy")
+        .unwrap()
+        .clone();
+    assert_eq!(stage["ok"], false);
+    assert!(
+        stage["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&up.addr.to_string()),
+        "{stage}"
+    );
+    // Model routes say why, in OpenAI's shape.
+    let r = c.get("/v1/models").await;
+    assert_eq!(r.status, 503);
+    let e = r.json();
+    assert_eq!(e["error"]["type"], "not_ready", "{e}");
+    assert_eq!(e["error"]["code"], "upstream_healthy", "{e}");
+    // The agent itself is up: attestation and probes still answer.
+    assert_eq!(c.get("/livez").await.status, 200);
+    assert_eq!(c.get("/.well-known/attestation").await.status, 200);
+
+    up.restart().await;
+    wait_readyz(&c, 200, Duration::from_secs(15)).await;
+    assert_eq!(c.get("/v1/models").await.status, 200);
+    assert!(d.stderr().contains("upstream unhealthy"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_come_in_openai_shape() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    // A config file: API keys are stored hashed, with small limits for the test.
+    let key_hash = tdx_agent::encoding::hex(&<[u8; 32]>::from(
+        <sha2::Sha256 as sha2::Digest>::digest(b"s3cret"),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+state_dir = "{d}/run"
+[tee]
+kind = "sim"
+sim_dir = "{sim}"
+[audit]
+dir = "{d}/audit"
+[collateral]
+cache_dir = "{d}/cache"
+[upstream]
+url = "{url}"
+api_key_sha256 = ["{key_hash}"]
+max_request_body_bytes = 1024
+response_header_timeout_secs = 1
+"#,
+            d = dir.path().display(),
+            sim = sim.dir_str(),
+            url = up.url(),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["serve", "--config", config.to_str().unwrap()], &[], &[]);
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    wait_readyz(&c, 200, Duration::from_secs(30)).await;
+
+    let err = |r: &support::Resp| r.json()["error"].clone();
+    let r = c.get("/v1/models").await;
+    assert_eq!(r.status, 401);
+    assert_eq!(err(&r)["code"], "invalid_api_key");
+    assert_eq!(r.headers["www-authenticate"], "Bearer");
+    let r = c
+        .open(
+            "GET",
+            "/v1/models",
+            &[("authorization", "Bearer nope")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let auth = [("authorization", "Bearer s3cret")];
+    let r = c
+        .open("GET", "/v1/models", &auth, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert!(
+        echo["headers"].get("authorization").is_none(),
+        "the agent's API key reached the model server: {echo}"
+    );
+    let before = up.script.model_requests.load(Ordering::SeqCst);
+
+    // Too large, declared up front.
+    let r = c
+        .open("POST", "/v1/completions", &auth, vec![b'x'; 2048])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], "request_too_large");
+    assert_eq!(up.script.model_requests.load(Ordering::SeqCst), before);
+
+    // The model server does not start answering in time: 504, its fault.
+    let r = c
+        .open("GET", "/v1/slow-headers", &auth, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let body: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["type"], "upstream_timeout");
+
+    // Everything else under /v1 that is not configured answers in OpenAI's shape too, and
+    // the agent counted each outcome.
+    let m = c.get("/metrics").await.text();
+    for outcome in ["401-agent", "413-agent", "504-agent", "2xx"] {
+        assert!(
+            m.contains(&format!(
+                "tdx_agent_model_requests_total{{result=\"{outcome}\"}}"
+            )),
+            "{outcome} missing from\n{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_model_server_model_routes_are_not_found_and_unready_ones_say_why() {
+    let sim = SimTd::new();
+    // No upstream at all: attestation only.
+    let d = Daemon::sim(&sim, &[]);
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    let r = c.get("/v1/models").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["type"], "not_found");
+    drop(c);
+    drop(d);
+
+    // An upstream that is down from the start: ready never holds, and /v1 says which stage.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let d = Daemon::sim(&sim, &["--upstream", &url]);
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    // The first health probe may still be on its way: give it a moment to name the address.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = c.get("/v1/models").await;
+        assert_eq!(r.status, 503);
+        let e = r.json();
+        assert_eq!(e["error"]["code"], "upstream_healthy", "{e}");
+        if e["error"]["message"].as_str().unwrap().contains(&url[7..]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
