@@ -7,3 +7,4 @@ cargo build --release --locked
 export TDX_AGENT_BIN="$PWD/target/release/tdx-agent"
 cargo bench --locked --bench verify
 cargo bench --locked --bench daemon
+cargo bench --locked --bench model_hash

@@ -374,3 +374,63 @@ fn configuration_doc_lists_the_defaults() {
     assert!(parsed.collateral.pccs_url.is_some());
     assert_eq!(parsed, expected);
 }
+
+/// Section 10: the worked model tree is built from the doc's own `printf` lines, measured, and
+/// its manifest and digest must be the doc's; the doc's coreutils one-liners must agree.
+#[test]
+fn model_manifest_worked_vector() {
+    let text = doc("formats.md");
+    let section = text
+        .split("## 10. Model manifest")
+        .nth(1)
+        .expect("docs/formats.md has section 10, Model manifest");
+    let sh = fenced(section, "sh").join("");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let mut written = 0;
+    for line in sh.lines() {
+        let Some(rest) = line.strip_prefix("printf '") else {
+            continue;
+        };
+        let (content, target) = rest.split_once("' > ").expect("printf 'X' > FILE");
+        assert!(
+            !content.contains(['%', '\\']),
+            "keep printf contents literal: {content}"
+        );
+        let path = root.join(target.trim());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        written += 1;
+    }
+    assert_eq!(written, 3, "the worked example writes three files");
+
+    let m = crate::measure::model::manifest(&root).unwrap();
+    let manifest = m.text();
+    let digest = hex::encode(m.digest());
+    assert!(
+        fenced(section, "text").contains(&manifest),
+        "docs/formats.md §10 lacks the manifest\n{manifest}"
+    );
+    assert!(
+        section.contains(&format!("manifest digest `{digest}`")),
+        "docs/formats.md §10 lacks the digest {digest}"
+    );
+
+    let one_liners: Vec<&str> = sh
+        .lines()
+        .filter(|l| l.starts_with("(cd DIR &&"))
+        .map(|l| l.split(" #").next().unwrap_or(l).trim_end())
+        .collect();
+    assert_eq!(one_liners.len(), 2, "the manifest and digest one-liners");
+    for (cmd, want) in one_liners.iter().zip([manifest, format!("{digest}  -\n")]) {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd.replace("cd DIR", "cd \"$1\""))
+            .arg("sh")
+            .arg(&root)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}");
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), want, "{cmd}");
+    }
+}

@@ -6,6 +6,7 @@ mod attest;
 mod audit;
 mod eventlog;
 mod measure;
+mod measure_model;
 mod serve;
 mod sim;
 mod tee_args;
@@ -50,6 +51,8 @@ enum Command {
     Quote(measure::QuoteArgs),
     /// Print the TD's measurement registers (MRTD, RTMR0-3, owner registers).
     Measurements(measure::MeasurementsArgs),
+    /// Measure a model directory: the sha256sum manifest of its files and that manifest's digest.
+    MeasureModel(measure_model::MeasureModelArgs),
     /// Work with the CCEL boot event log.
     #[command(subcommand)]
     Eventlog(eventlog::EventlogCommand),
@@ -94,6 +97,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Eventlog(c) => eventlog::run(c).await,
         Command::Quote(a) => measure::quote(a).await,
         Command::Measurements(a) => measure::measurements(a).await,
+        Command::MeasureModel(a) => measure_model::run(a).await,
         Command::Sim(c) => sim::run(c).await,
     };
     match result {

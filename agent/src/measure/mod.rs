@@ -1,4 +1,8 @@
-//! Runtime measurements: the RTMR3 event log (and, with the front door, the model digest).
+//! Runtime measurements: the RTMR3 event log and the model manifest.
 
 pub mod jcs;
+pub mod model;
 pub mod rtmr3_log;
+
+#[cfg(test)]
+mod model_tests;
