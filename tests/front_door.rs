@@ -363,6 +363,8 @@ async fn without_a_model_server_model_routes_are_not_found_and_unready_ones_say_
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
+    // Another configuration is another measurement: it needs a fresh (simulated) boot.
+    let sim = SimTd::new();
     let d = Daemon::sim(&sim, &["--upstream", &url]);
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     // The first health probe may still be on its way: give it a moment to name the address.

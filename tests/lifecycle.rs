@@ -87,7 +87,13 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
     let log = tmp.path().join("run/rtmr3-events.jsonl");
 
     let agent = start(&d, &[]).unwrap();
-    assert_eq!(attest_rtmr3(&agent.addr, &root), "00".repeat(48));
+    // Before reporting ready the agent measured its own configuration, and nothing else
+    // (no model directory, no command line configured).
+    let boot = log_lines(&log);
+    assert_eq!(boot.len(), 1);
+    assert_eq!(boot[0].event.kind, "agent-config");
+    let boot_rtmr3 = hex::encode(replay([&boot[0].event.digest().unwrap()]));
+    assert_eq!(attest_rtmr3(&agent.addr, &root), boot_rtmr3);
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
@@ -103,7 +109,7 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
     }
     // The log replays to the live register, and new handshakes carry it.
     let lines = log_lines(&log);
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     let digests: Vec<[u8; 48]> = lines.iter().map(|l| l.event.digest().unwrap()).collect();
     let expected = hex::encode(replay(digests.iter()));
     assert_eq!(attest_rtmr3(&agent.addr, &root), expected);
@@ -116,7 +122,7 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
         "admin", "--socket", &socket, "extend", "--type", "x", "--data", "[1.5]",
     ]);
     assert_eq!(r.code, 2, "{r}");
-    assert_eq!(log_lines(&log).len(), 2);
+    assert_eq!(log_lines(&log).len(), 3);
 
     // A restart in the same boot replays the log and does not extend again.
     drop(agent);
@@ -124,13 +130,14 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
     assert_eq!(attest_rtmr3(&agent.addr, &root), expected);
     drop(agent);
 
-    // Edited consistently (event and digest): the log no longer explains RTMR3: not ready.
+    // Edited consistently (event and digest): the log no longer explains RTMR3, so the
+    // agent refuses to serve, says why, and leaves a record in the audit log.
     let mut lines = log_lines(&log);
-    lines[0].event = Event {
+    lines[1].event = Event {
         kind: "model".into(),
         data: serde_json::json!({"digest": "ffff", "name": "other"}),
     };
-    lines[0].digest = hex::encode(lines[0].event.digest().unwrap());
+    lines[1].digest = hex::encode(lines[1].event.digest().unwrap());
     let header = std::fs::read_to_string(&log)
         .unwrap()
         .lines()
@@ -142,33 +149,18 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
         .map(|l| serde_json::to_string(l).unwrap() + "\n")
         .collect();
     std::fs::write(&log, format!("{header}\n{body}")).unwrap();
-    let agent = start(&d, &[]).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let readyz = loop {
-        let out = Command::new("curl")
-            .args(["-sk", &format!("https://{}/readyz", agent.addr)])
-            .output()
-            .expect("curl is needed for this test (apt-get install curl)");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !text.is_empty() || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let v: serde_json::Value = serde_json::from_str(&readyz).unwrap();
-    assert_eq!(v["ready"], false, "{readyz}");
-    let measured = v["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage"] == "measured")
-        .unwrap();
-    assert_eq!(measured["ok"], false);
+    let err = start(&d, &[])
+        .err()
+        .expect("the agent must refuse a log that does not explain RTMR3");
     assert!(
-        measured["detail"].as_str().unwrap().contains("RTMR3"),
-        "{readyz}"
+        err.contains("replays to") && err.contains("refusing to serve"),
+        "{err}"
     );
-    drop(agent);
+    let audit: String = std::fs::read_dir(tmp.path().join("audit"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(audit.contains("startup_measurement_refused"), "{audit}");
 
     // Edited inconsistently (digest no longer that of the event): refuses to start.
     let text = std::fs::read_to_string(&log)
@@ -183,7 +175,9 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
     // `sim reset` is a reboot: registers and the log start over.
     assert_eq!(tdx_agent(&["sim", "reset", "--sim-dir", &d]).code, 0);
     let agent = start(&d, &[]).unwrap();
-    assert_eq!(attest_rtmr3(&agent.addr, &root), "00".repeat(48));
+    // The same configuration measures to the same RTMR3 in the new boot.
+    assert_eq!(log_lines(&log).len(), 1);
+    assert_eq!(attest_rtmr3(&agent.addr, &root), boot_rtmr3);
 }
 
 fn readyz(addr: &str) -> serde_json::Value {
@@ -272,6 +266,7 @@ fn failing_quote_provider_degrades_and_recovers() {
     let socket = format!("{d}/run/admin.sock");
     let agent = start(&d, &[]).unwrap();
     assert_eq!(readyz(&agent.addr)["ready"], true);
+    let rtmr3 = attest_rtmr3(&agent.addr, &root);
 
     // Break the simulated TD: its register state no longer parses, so no quote can be made.
     let state = tmp.path().join("td-state.json");
@@ -306,7 +301,7 @@ fn failing_quote_provider_degrades_and_recovers() {
     assert_eq!(v["ready"], false, "{v}");
     assert_eq!(stage_ok(&v, "certificate_issued"), Some(false), "{v}");
     // The previous certificate still serves and still verifies.
-    assert_eq!(attest_rtmr3(&agent.addr, &root), "00".repeat(48));
+    assert_eq!(attest_rtmr3(&agent.addr, &root), rtmr3);
 
     // The provider is back: a rotation succeeds and the agent is ready again.
     std::fs::write(&state, good).unwrap();

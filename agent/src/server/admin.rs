@@ -115,9 +115,10 @@ async fn run(req: Request, state: &AppState) -> Result<serde_json::Value, String
             let digest = {
                 let mut log = state.rtmr3_log.lock().await;
                 let path: PathBuf = state.rtmr3_log_path.clone();
-                let digest = log.append(event).map_err(|e| {
-                    format!("RTMR3 event log {}: {e}; nothing extended", path.display())
-                })?;
+                let digest =
+                    crate::fsutil::blocking_in_place(|| log.append(event)).map_err(|e| {
+                        format!("RTMR3 event log {}: {e}; nothing extended", path.display())
+                    })?;
                 if let Err(e) = state.tee.extend_rtmr(crate::tee::Rtmr::R3, digest).await {
                     let why = format!(
                         "extending RTMR3 failed after the event was logged: {e}; the log no longer explains RTMR3"

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod quoter;
 pub mod readiness;
+pub mod startup_events;
 pub mod state;
 pub mod systemd;
 
@@ -173,16 +174,24 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let metrics = Arc::new(metrics::Metrics::new());
     let readiness = Arc::new(Readiness::new(config.upstream.url.is_some()));
     let rtmr3_log_path = config.state_dir.join("rtmr3-events.jsonl");
+    let boot_id = tee.boot_id().await.map_err(setup)?;
     let rtmr3_log = {
         let path = rtmr3_log_path.clone();
         tokio::task::spawn_blocking(move || {
-            crate::measure::rtmr3_log::Rtmr3Log::open(&path, &crate::measure::rtmr3_log::boot_id())
+            crate::measure::rtmr3_log::Rtmr3Log::open(&path, &boot_id)
         })
         .await
         .map_err(setup)?
         .map_err(|e| setup(format!("RTMR3 event log: {e}")))?
     };
     let rtmr3_log = tokio::sync::Mutex::new(rtmr3_log);
+    // Runtime measurements come before the first certificate, so its evidence carries them.
+    let planned = startup_events::plan(&config, &policy_bytes)
+        .await
+        .map_err(setup)?;
+    startup_events::apply(planned, &tee, &rtmr3_log, &rtmr3_log_path, &audit)
+        .await
+        .map_err(setup)?;
 
     let first = issue::Issuer {
         tee: &tee,

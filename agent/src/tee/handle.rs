@@ -43,6 +43,10 @@ impl TeeHandle {
         self.run(move |tee| tee.extend_rtmr(rtmr, &digest)).await
     }
 
+    pub async fn boot_id(&self) -> Result<String, TeeError> {
+        self.run(|tee| Ok(tee.boot_id())).await
+    }
+
     pub async fn boot_event_log(&self) -> Result<Vec<u8>, TeeError> {
         self.run(|tee| tee.boot_event_log()).await
     }

@@ -83,4 +83,10 @@ pub trait Tee: Send + Sync {
 
     /// The raw TCG2 boot event log (CCEL data), for replay against RTMR0-2.
     fn boot_event_log(&self) -> Result<Vec<u8>, TeeError>;
+
+    /// Names the current boot: the RTMRs reset exactly when it changes, so the RTMR3 event
+    /// log of another boot explains nothing.
+    fn boot_id(&self) -> String {
+        crate::measure::rtmr3_log::boot_id()
+    }
 }

@@ -32,6 +32,15 @@ pub struct TdState {
     pub mrowner: Sha384,
     #[serde(with = "hex48")]
     pub mrownerconfig: Sha384,
+    /// Changes at every (simulated) reboot. Empty in files from before it existed.
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+fn new_boot_id() -> String {
+    let mut b = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    format!("sim-{}", hex::encode(b))
 }
 
 impl TdState {
@@ -47,6 +56,7 @@ impl TdState {
             mrconfigid: s.mrconfigid,
             mrowner: s.mrowner,
             mrownerconfig: s.mrownerconfig,
+            boot_id: new_boot_id(),
         }
     }
 
@@ -196,6 +206,13 @@ impl Tee for SimTd {
     fn extend_rtmr(&self, rtmr: Rtmr, digest: &Sha384) -> Result<(), TeeError> {
         self.extend(rtmr, digest)?;
         Ok(())
+    }
+
+    fn boot_id(&self) -> String {
+        match self.state() {
+            Ok(s) if !s.boot_id.is_empty() => s.boot_id,
+            _ => "sim-unknown-boot".into(),
+        }
     }
 
     fn boot_event_log(&self) -> Result<Vec<u8>, TeeError> {
