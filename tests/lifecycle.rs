@@ -309,3 +309,122 @@ fn failing_quote_provider_degrades_and_recovers() {
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(readyz(&agent.addr)["ready"], true);
 }
+
+/// Fetch `/.well-known/attestation` with curl (the agent's certificate is self-signed).
+fn evidence(addr: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sk", &format!("https://{addr}/.well-known/attestation")])
+        .output()
+        .expect("curl is needed for this test (apt-get install curl)");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn model_policy(dir: &std::path::Path, name: &str, digest: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "[[rtmr3_events.pin]]\ntype = \"model\"\nallowed = [{{ manifest_sha256 = \"{digest}\" }}]\n\
+             [[rtmr3_events.pin]]\ntype = \"agent-config\"\n"
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// The model directory is measured before ready; clients (online and offline) appraise the
+/// model event against a pinned digest; a changed model in the same boot is refused.
+#[test]
+fn the_model_is_measured_pinned_and_a_changed_model_needs_a_reboot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap().to_string();
+    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
+    let root = format!("{d}/root.der");
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(model.join("sub")).unwrap();
+    std::fs::write(model.join("config.json"), b"{\"layers\": 2}\n").unwrap();
+    std::fs::write(model.join("sub/weights.bin"), vec![7u8; 100_000]).unwrap();
+    let model_str = model.to_str().unwrap();
+
+    let m = tdx_agent(&["measure-model", model_str, "--json"]);
+    assert_eq!(m.code, 0, "{m}");
+    let digest = serde_json::from_str::<serde_json::Value>(&m.stdout).unwrap()["manifest_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let agent = start(&d, &["--model-dir", model_str]).unwrap();
+    let log = log_lines(&tmp.path().join("run/rtmr3-events.jsonl"));
+    let kinds: Vec<_> = log.iter().map(|l| l.event.kind.as_str()).collect();
+    assert_eq!(kinds, ["agent-config", "model"]);
+    assert_eq!(log[1].event.data["manifest_sha256"], digest);
+    assert_eq!(log[1].event.data["files"], 2);
+
+    // Online: attest with a policy pinning this model passes; another digest fails naming
+    // the event.
+    let good = model_policy(tmp.path(), "good.toml", &digest);
+    let bad = model_policy(tmp.path(), "bad.toml", &"00".repeat(32));
+    let url = format!("https://{}", agent.addr);
+    let r = tdx_agent(&["attest", &url, "--insecure-root", &root, "--policy", &good]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("RTMR3 event \"model\""), "{r}");
+    let r = tdx_agent(&["attest", &url, "--insecure-root", &root, "--policy", &bad]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("RTMR3 event \"model\""), "{r}");
+
+    // Offline: the served evidence, verified with --event-log.
+    let ev = evidence(&agent.addr);
+    let quote = tdx_agent::encoding::from_b64(ev["quote"].as_str().unwrap()).unwrap();
+    std::fs::write(tmp.path().join("q.bin"), quote).unwrap();
+    std::fs::write(tmp.path().join("c.json"), ev["collateral"].to_string()).unwrap();
+    std::fs::write(
+        tmp.path().join("log.jsonl"),
+        ev["event_log"].as_str().unwrap(),
+    )
+    .unwrap();
+    let offline = |policy: &str, log: &str| {
+        tdx_agent(&[
+            "verify",
+            &format!("{d}/q.bin"),
+            "--collateral",
+            &format!("{d}/c.json"),
+            "--insecure-root",
+            &root,
+            "--policy",
+            policy,
+            "--event-log",
+            log,
+        ])
+    };
+    let r = offline(&good, &format!("{d}/log.jsonl"));
+    assert_eq!(r.code, 0, "{r}");
+    let r = offline(&bad, &format!("{d}/log.jsonl"));
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("RTMR3 event \"model\""), "{r}");
+    // A log with the model event left out no longer replays to RTMR3.
+    let first_line = ev["event_log"].as_str().unwrap().lines().next().unwrap();
+    std::fs::write(tmp.path().join("short.jsonl"), format!("{first_line}\n")).unwrap();
+    let r = offline(&good, &format!("{d}/short.jsonl"));
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("RTMR3 event log"), "{r}");
+    drop(agent);
+
+    // The model changes on disk: this boot already measured the old one.
+    std::fs::write(model.join("config.json"), b"{\"layers\": 3}\n").unwrap();
+    let err = start(&d, &["--model-dir", model_str])
+        .err()
+        .expect("a changed model in the same boot must be refused");
+    assert!(err.contains("\"model\"") && err.contains("reboot"), "{err}");
+    // After a (simulated) reboot the new model is measured.
+    assert_eq!(tdx_agent(&["sim", "reset", "--sim-dir", &d]).code, 0);
+    let agent = start(&d, &["--model-dir", model_str]).unwrap();
+    let r = tdx_agent(&[
+        "attest",
+        &format!("https://{}", agent.addr),
+        "--insecure-root",
+        &root,
+        "--policy",
+        &good,
+    ]);
+    assert_eq!(r.code, 1, "the old pin must not match the new model: {r}");
+}

@@ -479,7 +479,10 @@ mod tests {
                 "only scheme",
             ),
             ("[upstream]\napi_key_sha256 = [\"ab\"]", "64 hex"),
-            ("[collateral]\npccs_url = \"https://p:1\"\n[upstream]\nhealth_path = \"health\"", "health_path"),
+            (
+                "[collateral]\npccs_url = \"https://p:1\"\n[upstream]\nhealth_path = \"health\"",
+                "health_path",
+            ),
             ("[model]\ndirr = \"/m\"", "dirr"),
         ] {
             let err = Config::from_toml(text, "c.toml").unwrap_err().to_string();
