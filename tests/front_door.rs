@@ -381,3 +381,59 @@ async fn without_a_model_server_model_routes_are_not_found_and_unready_ones_say_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rtmr3_change_sends_old_connections_away_after_their_requests() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (_d, c) = agent_for(&sim, &up, &[]).await;
+    let old_cert = c.peer_cert.clone();
+    let resp = c.open("GET", "/v1/drip", &[], Bytes::new()).await.unwrap();
+    let mut stream = resp.into_body();
+    assert!(
+        read_until(&mut stream, "tick", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+
+    let socket = format!("{}/run/admin.sock", sim.dir_str());
+    let r = support::tdx_agent(&[
+        "admin",
+        "--socket",
+        &socket,
+        "extend",
+        "--type",
+        "model",
+        "--data",
+        r#"{"v":2}"#,
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+
+    // The request in flight keeps streaming...
+    for _ in 0..3 {
+        assert!(
+            read_until(&mut stream, "tick", Duration::from_secs(10))
+                .await
+                .is_some(),
+            "the in-flight stream was cut"
+        );
+    }
+    // ...but the connection takes no new requests: clients must re-handshake.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match c.open("GET", "/v1/models", &[], Bytes::new()).await {
+            Err(_) => break,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Ok(_) => panic!("the old connection still takes new requests"),
+        }
+    }
+    let fresh = Https::connect(&_d.addr, sim.root_der()).await.unwrap();
+    assert_ne!(
+        fresh.peer_cert, old_cert,
+        "a new handshake must get the new certificate"
+    );
+    assert_eq!(fresh.get("/v1/models").await.status, 200);
+    drop(stream);
+}

@@ -38,12 +38,16 @@ pub fn server_config(
 }
 
 /// Serve `router` on `listener` until `shutdown` turns true, then drain for the grace period.
+/// When `measured` changes (RTMR3 moved and a new certificate carries it), established
+/// connections are asked to close once their in-flight requests finish, so clients
+/// re-handshake and see the new measurements instead of riding on evidence that is stale.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: axum::Router,
     limits: ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
+    measured: watch::Receiver<u64>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -74,9 +78,20 @@ pub async fn serve(
         let router = router.clone();
         let limits = limits.clone();
         let mut drain = drain_rx.clone();
+        let mut measured = measured.clone();
+        measured.borrow_and_update();
         tokio::spawn(async move {
             let _permit = permit;
-            connection(stream, peer, acceptor, router, &limits, &mut drain).await;
+            connection(
+                stream,
+                peer,
+                acceptor,
+                router,
+                &limits,
+                &mut drain,
+                &mut measured,
+            )
+            .await;
         });
     }
     // Stop accepting; tell live connections to finish their in-flight requests.
@@ -93,6 +108,7 @@ async fn connection(
     router: axum::Router,
     limits: &ListenerLimits,
     drain: &mut watch::Receiver<bool>,
+    measured: &mut watch::Receiver<u64>,
 ) {
     let _ = stream.set_nodelay(true);
     let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
@@ -142,6 +158,11 @@ async fn connection(
             }
         }
         _ = drain.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+        Ok(()) = measured.changed() => {
+            tracing::debug!(%peer, "measurements changed: closing the connection after its requests");
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

@@ -319,6 +319,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         router,
         limits,
         shutdown_rx,
+        state.measured_epoch.subscribe(),
     ));
     let _ = (&mut terminate).await;
     tracing::info!("shutting down");

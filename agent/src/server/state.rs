@@ -45,6 +45,9 @@ pub struct AppState {
     pub rtmr3_log_path: std::path::PathBuf,
     /// The front door to the model server, when one is configured.
     pub proxy: Option<Arc<super::proxy::Proxy>>,
+    /// Bumped when a certificate with new RTMR3 is served; the listener then closes older
+    /// connections gracefully.
+    pub measured_epoch: tokio::sync::watch::Sender<u64>,
     /// Serialises certificate issuance (rotation loop and admin socket).
     pub issuing: tokio::sync::Mutex<()>,
 }
@@ -81,6 +84,7 @@ impl AppState {
             rtmr3_log,
             rtmr3_log_path,
             proxy: None,
+            measured_epoch: tokio::sync::watch::Sender::new(0),
             issuing: tokio::sync::Mutex::new(()),
         }
     }
@@ -105,7 +109,11 @@ impl AppState {
 
     /// Serve `next` from now on; connections already established keep their certificate.
     pub fn replace(&self, next: Served) {
+        let rtmr3_changed = next.rtmr3 != self.served().rtmr3;
         self.resolver.replace(next.cert.rustls_certified_key());
         *self.served.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        if rtmr3_changed {
+            self.measured_epoch.send_modify(|e| *e += 1);
+        }
     }
 }
