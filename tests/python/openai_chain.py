@@ -2,6 +2,10 @@
 """Drives an OpenAI-compatible server with the official openai SDK, as a real client would.
 
 Usage: openai_chain.py BASE_URL        e.g. http://127.0.0.1:9000/v1
+       openai_chain.py BASE_URL --stream-until-error
+         one long streamed chat completion; prints {"event": "first-chunk"} on its own line
+         as soon as the first chunk arrives (so a test can kill the model server then), and
+         finally the usual error object (exit 1) or {"ended": "clean", "chunks": N} (exit 0).
 The API key comes from $OPENAI_API_KEY ("unused" if unset). Expects a model named "tiny"
 (scripts/vllm.sh serves one). Run it with the python that `scripts/vllm.sh python` prints.
 
@@ -50,14 +54,31 @@ def chain(client):
     }
 
 
+def stream_until_error(client):
+    # ignore_eos: random weights may emit EOS at once; the stream must outlive the kill.
+    stream = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=200, stream=True,
+        extra_body={"ignore_eos": True})
+    chunks = 0
+    for _ in stream:
+        chunks += 1
+        if chunks == 1:
+            print(json.dumps({"event": "first-chunk"}), flush=True)
+    return {"ended": "clean", "chunks": chunks}
+
+
 def main():
-    if len(sys.argv) != 2:
+    if len(sys.argv) == 3 and sys.argv[2] == "--stream-until-error":
+        run = stream_until_error
+    elif len(sys.argv) == 2:
+        run = chain
+    else:
         sys.exit(__doc__)
     # No retries and a bounded wait: a test wants the first failure, not a slow success.
     client = openai.OpenAI(base_url=sys.argv[1], api_key=os.environ.get("OPENAI_API_KEY", "unused"),
                            timeout=120, max_retries=0)
     try:
-        result = chain(client)
+        result = run(client)
     except Exception as e:  # noqa: BLE001  (every failure becomes the JSON error object)
         print(json.dumps({"error": {
             "type": type(e).__name__,
