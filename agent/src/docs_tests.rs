@@ -79,6 +79,17 @@ fn code_check_names() -> BTreeSet<String> {
     // verify/mod.rs and dcap.rs's name for a dcap-qvl error it cannot classify.
     names.insert("TCB advisories".into());
     names.insert("DCAP verification".into());
+    names.insert(verify::events::CHECK_EVENT_LOG.into());
+    names.insert(verify::events::event_check_name("<type>").replace('\\', ""));
+    // The fresh-challenge checks `attest --nonce` and `connect` add (cli/attest.rs).
+    for c in [
+        "challenge key",
+        "challenge proof",
+        "challenge quote",
+        "challenge from the same TD",
+    ] {
+        names.insert(c.into());
+    }
     names
 }
 
@@ -433,4 +444,38 @@ fn model_manifest_worked_vector() {
         assert!(out.status.success(), "{cmd}");
         assert_eq!(String::from_utf8(out.stdout).unwrap(), want, "{cmd}");
     }
+}
+
+/// Section 11: each worked event's JCS bytes are as printed, its SHA-384 is the digest shown,
+/// and folding the digests gives each RTMR3 shown.
+#[test]
+fn rtmr3_events_worked_vector() {
+    use crate::measure::rtmr3_log::{Event, replay};
+    let text = doc("formats.md");
+    let section = text
+        .split("## 11. RTMR3 runtime events")
+        .nth(1)
+        .expect("docs/formats.md has section 11");
+    let block = fenced(section, "text").join("");
+    let mut digests: Vec<[u8; 48]> = Vec::new();
+    let mut checked = 0;
+    for line in block.lines() {
+        let (tag, value) = line.split_once(' ').expect("TAG VALUE");
+        let value = value.trim();
+        match tag {
+            "event" => {
+                let event: Event = serde_json::from_str(value).unwrap();
+                let v = serde_json::to_value(&event).unwrap();
+                assert_eq!(crate::measure::jcs::canonicalize(&v).unwrap(), value);
+                digests.push(event.digest().unwrap());
+            }
+            "digest" => assert_eq!(hex::encode(digests.last().unwrap()), value),
+            "rtmr3" => {
+                assert_eq!(hex::encode(replay(digests.iter())), value);
+                checked += 1;
+            }
+            other => panic!("unexpected line {other}"),
+        }
+    }
+    assert_eq!(checked, 3);
 }
