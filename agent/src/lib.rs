@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod challenge;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod encoding;
 pub mod forward;

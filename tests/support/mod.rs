@@ -481,3 +481,186 @@ impl Drop for SimPccs {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `tdx-agent connect`: the client-side proxy as a child process, and a plain HTTP client for
+// its local endpoint.
+
+/// `tdx-agent connect` as a child process; killed (and reaped) on drop.
+pub struct ConnectProc {
+    pub child: Child,
+    /// HOST:PORT of the local plain-HTTP listener, from `tdx-agent connect listening on ADDR`.
+    pub addr: String,
+    stderr_path: PathBuf,
+    _stderr_dir: tempfile::TempDir,
+}
+
+impl ConnectProc {
+    /// `tdx-agent connect URL --listen 127.0.0.1:0 EXTRA...`, waiting for the listening line.
+    pub fn start(url: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["connect", url, "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::start_args(&args)
+    }
+
+    /// Spawn `tdx-agent ARGS` and wait for connect's listening line.
+    pub fn start_args(args: &[&str]) -> Self {
+        let stderr_dir = tempfile::tempdir().expect("temporary directory");
+        let stderr_path = stderr_dir.path().join("connect.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("creating the stderr file");
+        let mut child = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .env("TDX_AGENT_LOG", "info")
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let mut sink = String::new();
+            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
+        let mut proc = ConnectProc {
+            child,
+            addr: String::new(),
+            stderr_path,
+            _stderr_dir: stderr_dir,
+        };
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(l) => l,
+            Err(_) => panic!(
+                "connect printed no listening line within {START_TIMEOUT:?}\n{}",
+                proc.stderr()
+            ),
+        };
+        let Some(addr) = line.trim().strip_prefix("tdx-agent connect listening on ") else {
+            let status = proc.child.try_wait();
+            panic!(
+                "connect did not start (status {status:?}); stdout {line:?}\n--- stderr\n{}",
+                proc.stderr()
+            );
+        };
+        proc.addr = addr.to_string();
+        proc
+    }
+
+    /// What connect wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// None while the process runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("waiting for connect")
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit status.
+    pub fn sigterm_and_wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(st.success(), "kill -TERM {}: {st}", self.child.id());
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.exited() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ConnectProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `tdx-agent ARGS` to completion, killing it after `timeout` (code -1 then).
+pub fn tdx_agent_within(args: &[&str], timeout: Duration) -> Run {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin()));
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("waiting").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("collecting output");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// One plain HTTP/1.1 request to `addr` (HOST:PORT) on a fresh connection.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Resp, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("HTTP/1.1 handshake with {addr}: {e}"))?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(body.into()))
+        .map_err(|e| e.to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = Limited::new(resp.into_body(), 16 << 20)
+        .collect()
+        .await
+        .map_err(|e| format!("{method} {path}: body: {e}"))?
+        .to_bytes();
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// `GET path` over plain HTTP; panics on transport errors.
+pub async fn http_get(addr: &str, path: &str) -> Resp {
+    http_request(addr, "GET", path, &[], Bytes::new())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}

@@ -4,6 +4,7 @@
 mod admin;
 mod attest;
 mod audit;
+mod connect;
 mod eventlog;
 mod measure;
 mod measure_model;
@@ -37,6 +38,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Verify a running agent over RA-TLS and print the report.
     Attest(attest::AttestArgs),
+    /// A local plain-HTTP endpoint for OpenAI SDKs that forwards only to a verified agent.
+    Connect(connect::ConnectArgs),
     /// Operate a running agent through its admin socket.
     Admin(admin::AdminArgs),
     /// Validate configuration files.
@@ -90,6 +93,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(a) => serve::serve(a).await,
         Command::Attest(a) => attest::run(a).await,
+        Command::Connect(a) => connect::run(a).await,
         Command::Admin(a) => admin::run(a).await,
         Command::Config(c) => serve::config(c).await,
         Command::Audit(c) => audit::run(c).await,

@@ -1,0 +1,525 @@
+//! `tdx-agent connect` end to end through real processes: `serve` on the simulated TD and
+//! `connect` in front of it. Requests are forwarded only to a server that passed the policy
+//! and a fresh challenge; failed checks and unreachable servers get 502s in OpenAI's error
+//! shape; connect recovers when the server comes back and challenges every new connection.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::{
+    ConnectProc, Daemon, Https, SimTd, http_get, http_request, metric, path_str, tdx_agent,
+    tdx_agent_within,
+};
+
+const WELL_KNOWN: &str = "/.well-known/attestation";
+const CHALLENGE: &str = "/attestation/v1/challenge";
+const CHALLENGES_OK: &str = "tdx_agent_challenges_total{result=\"ok\"}";
+
+fn measurements(sim: &SimTd) -> serde_json::Value {
+    let m = tdx_agent(&[
+        "measurements",
+        "--tee",
+        "sim",
+        "--sim-dir",
+        sim.dir_str(),
+        "--json",
+    ]);
+    assert_eq!(m.code, 0, "{m}");
+    serde_json::from_str(&m.stdout).expect("measurements JSON")
+}
+
+fn write_policy(sim: &SimTd, name: &str, text: &str) -> PathBuf {
+    let p = sim.tmp.path().join(name);
+    std::fs::write(&p, text).expect("writing a policy");
+    p
+}
+
+/// A policy pinning the simulated TD's MRTD and RTMR0-2.
+fn accepting_policy(sim: &SimTd) -> PathBuf {
+    let m = measurements(sim);
+    let reg = |k: &str| m[k].as_str().expect(k).to_string();
+    write_policy(
+        sim,
+        "accept.toml",
+        &format!(
+            "[measurements]\nmrtd = [\"{}\"]\nrtmr0 = [\"{}\"]\nrtmr1 = [\"{}\"]\nrtmr2 = [\"{}\"]\n",
+            reg("mrtd"),
+            reg("rtmr0"),
+            reg("rtmr1"),
+            reg("rtmr2")
+        ),
+    )
+}
+
+/// `connect` in front of `d`, trusting the simulated root, with `policy`.
+fn connect(d: &Daemon, sim: &SimTd, policy: &std::path::Path, extra: &[&str]) -> ConnectProc {
+    let url = d.url();
+    let mut args = vec![
+        "--insecure-root",
+        sim.root_str(),
+        "--policy",
+        path_str(policy),
+    ];
+    args.extend_from_slice(extra);
+    ConnectProc::start(&url, &args)
+}
+
+fn challenge_body() -> String {
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    serde_json::json!({ "nonce": tdx_agent::encoding::b64(&nonce) }).to_string()
+}
+
+/// The error object of an OpenAI-shaped error answer.
+fn openai_error(r: &support::Resp) -> serde_json::Value {
+    let j = r.json();
+    let e = j["error"].clone();
+    assert!(e.is_object(), "not an OpenAI error: {j}");
+    for key in ["message", "type", "param", "code"] {
+        assert!(e.get(key).is_some(), "{key} missing in {j}");
+    }
+    e
+}
+
+async fn challenges_ok(direct: &Https) -> f64 {
+    metric(&direct.get("/metrics").await.text(), CHALLENGES_OK).unwrap_or(0.0)
+}
+
+// (a) ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verified_server_gets_requests_forwarded_and_healthz_is_200() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let policy = accepting_policy(&sim);
+    let mut c = connect(&d, &sim, &policy, &[]);
+    let direct = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("direct RA-TLS connection");
+
+    let h = http_get(&c.addr, "/healthz").await;
+    assert_eq!(h.status, 200, "{}\n{}", h.text(), c.stderr());
+    let h = h.json();
+    assert_eq!(h["verified"], true, "{h}");
+    assert_eq!(h["server"], d.url(), "{h}");
+    let last = h["last_challenge"].as_str().expect("last_challenge");
+    assert!(
+        time::OffsetDateTime::parse(last, &time::format_description::well_known::Rfc3339).is_ok(),
+        "{last} is not RFC 3339"
+    );
+    assert!(
+        h["report_summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("accepted")),
+        "{h}"
+    );
+    assert_eq!(h["spki_sha256"], hex::encode(direct.spki_sha256()), "{h}");
+
+    // The server's own answers come back unchanged.
+    let ready = http_get(&c.addr, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["ready"], true);
+    let ev = http_get(&c.addr, WELL_KNOWN).await;
+    assert_eq!(ev.status, 200, "{}", ev.text());
+    assert_eq!(
+        ev.json()["certificate"],
+        direct.get(WELL_KNOWN).await.json()["certificate"]
+    );
+    // A request body crosses too: a challenge through connect answers for the server's key.
+    let ch = http_request(
+        &c.addr,
+        "POST",
+        CHALLENGE,
+        &[("content-type", "application/json")],
+        challenge_body(),
+    )
+    .await
+    .expect("challenge through connect");
+    assert_eq!(ch.status, 200, "{}", ch.text());
+    assert_eq!(ch.json()["spki_sha256"], hex::encode(direct.spki_sha256()));
+    // The server's errors are the server's: a route it does not have, with a query string.
+    let missing = http_get(&c.addr, "/v1/models?limit=1").await;
+    assert_eq!(
+        missing.status,
+        direct.get("/v1/models?limit=1").await.status,
+        "{}",
+        missing.text()
+    );
+    // HTTP/1.1 hop-by-hop headers from the local client do not break forwarding.
+    let r = http_request(
+        &c.addr,
+        "GET",
+        "/livez",
+        &[
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+        ],
+        bytes::Bytes::new(),
+    )
+    .await
+    .expect("livez");
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let stderr = c.stderr();
+    assert!(
+        stderr.contains("verified"),
+        "no verification logged:\n{stderr}"
+    );
+    let st = c.sigterm_and_wait(Duration::from_secs(15));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "connect did not exit cleanly after SIGTERM: {st:?}\n{}",
+        c.stderr()
+    );
+}
+
+// (b) ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_failing_the_policy_gets_nothing_forwarded() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let direct = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("direct RA-TLS connection");
+    let mrtd = measurements(&sim)["mrtd"]
+        .as_str()
+        .expect("mrtd")
+        .to_string();
+    let other_mrtd = format!(
+        "{}{}",
+        if mrtd.starts_with('0') { "1" } else { "0" },
+        &mrtd[1..]
+    );
+    let cases = [
+        (
+            "wrong-mrtd.toml",
+            format!("[measurements]\nmrtd = [\"{other_mrtd}\"]\n"),
+            "MRTD",
+        ),
+        (
+            "model-pin.toml",
+            "[[rtmr3_events.pin]]\ntype = \"model\"\n".to_string(),
+            "RTMR3 event \"model\"",
+        ),
+    ];
+    for (name, text, check) in cases {
+        let policy = write_policy(&sim, name, &text);
+        let c = connect(&d, &sim, &policy, &[]);
+        for (method, path, body) in [
+            ("GET", "/readyz", ""),
+            ("GET", WELL_KNOWN, ""),
+            (
+                "POST",
+                "/v1/chat/completions",
+                "{\"model\":\"m\",\"messages\":[]}",
+            ),
+            ("GET", "/readyz", ""),
+        ] {
+            let r = http_request(
+                &c.addr,
+                method,
+                path,
+                &[("content-type", "application/json")],
+                body.to_string(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(r.status, 502, "{name} {method} {path}: {}", r.text());
+            let e = openai_error(&r);
+            assert_eq!(e["type"], "attestation_failed", "{name}: {e}");
+            assert_eq!(e["code"], check, "{name}: {e}");
+            let msg = e["message"].as_str().expect("message");
+            assert!(msg.contains(&d.url()), "{name}: {msg}");
+            assert!(msg.contains(check), "{name}: {msg}");
+            assert!(msg.contains("expected"), "{name}: {msg}");
+        }
+        let h = http_get(&c.addr, "/healthz").await;
+        assert_eq!(h.status, 503, "{name}: {}", h.text());
+        let h = h.json();
+        assert_eq!(h["verified"], false, "{h}");
+        assert_eq!(h["check"], check, "{h}");
+        assert!(
+            c.stderr().contains("verification failed"),
+            "{name}: failure not logged:\n{}",
+            c.stderr()
+        );
+    }
+    // The handshake refused the server each time: it was never even challenged.
+    assert_eq!(challenges_ok(&direct).await, 0.0);
+}
+
+// (c) ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_needs_a_policy_or_an_explicit_insecure_flag() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let url = d.url();
+    let limit = Duration::from_secs(30);
+
+    let r = tdx_agent_within(
+        &[
+            "connect",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-root",
+            sim.root_str(),
+        ],
+        limit,
+    );
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("--policy"), "{r}");
+    assert!(r.stderr.contains("--insecure-no-policy"), "{r}");
+    assert!(!r.stdout.contains("listening"), "{r}");
+
+    let policy = accepting_policy(&sim);
+    let r = tdx_agent_within(
+        &[
+            "connect",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+            "--policy",
+            path_str(&policy),
+            "--insecure-no-policy",
+        ],
+        limit,
+    );
+    assert_eq!(r.code, 2, "both flags: {r}");
+
+    let r = tdx_agent_within(
+        &[
+            "connect",
+            &format!("http://{}", d.addr),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-no-policy",
+        ],
+        limit,
+    );
+    assert_eq!(r.code, 2, "plain http upstream: {r}");
+
+    // Explicitly without a policy: it runs, forwards, and says loudly what that means.
+    let c = ConnectProc::start(
+        &url,
+        &["--insecure-root", sim.root_str(), "--insecure-no-policy"],
+    );
+    assert!(
+        c.stderr().contains("WARNING: --insecure-no-policy"),
+        "{}",
+        c.stderr()
+    );
+    let r = http_get(&c.addr, "/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // A non-loopback listener is allowed, with a warning; oversized bodies get 413.
+    let c = ConnectProc::start_args(&[
+        "connect",
+        &url,
+        "--listen",
+        "0.0.0.0:0",
+        "--insecure-root",
+        sim.root_str(),
+        "--policy",
+        path_str(&policy),
+        "--max-request-bytes",
+        "100",
+    ]);
+    assert!(
+        c.stderr().contains("not a loopback address"),
+        "{}",
+        c.stderr()
+    );
+    let port = c.addr.rsplit(':').next().expect("port");
+    let local = format!("127.0.0.1:{port}");
+    let r = http_request(&local, "POST", CHALLENGE, &[], "x".repeat(101))
+        .await
+        .expect("oversized request");
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(openai_error(&r)["code"], "request_too_large");
+    let r = http_request(
+        &local,
+        "POST",
+        CHALLENGE,
+        &[("content-type", "application/json")],
+        challenge_body(),
+    )
+    .await
+    .expect("small request");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+// (d) ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_production_root_rejects_the_simulated_td() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let policy = accepting_policy(&sim);
+    let c = ConnectProc::start(&d.url(), &["--policy", path_str(&policy)]);
+    let r = http_get(&c.addr, "/readyz").await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    let e = openai_error(&r);
+    assert_eq!(e["type"], "attestation_failed", "{e}");
+    assert_eq!(e["code"], tdx_agent::verify::CHECK_EMBEDDED_ROOT, "{e}");
+    let h = http_get(&c.addr, "/healthz").await;
+    assert_eq!(h.status, 503, "{}", h.text());
+}
+
+// (e) ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connect_survives_the_server_going_away_and_verifies_it_again_when_back() {
+    let sim = SimTd::new();
+    let mut d = Daemon::sim(&sim, &[]);
+    let addr = d.addr.clone();
+    let policy = accepting_policy(&sim);
+    let mut c = connect(&d, &sim, &policy, &[]);
+    let r = http_get(&c.addr, "/readyz").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first_key = http_get(&c.addr, "/healthz").await.json()["spki_sha256"].clone();
+
+    d.child.kill().expect("killing serve");
+    d.child.wait().expect("reaping serve");
+    for path in ["/readyz", "/v1/models", "/readyz"] {
+        let r = http_get(&c.addr, path).await;
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+        let e = openai_error(&r);
+        assert_eq!(e["type"], "upstream_unavailable", "{e}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| m.contains(&d.url())),
+            "{e}"
+        );
+    }
+    let h = http_get(&c.addr, "/healthz").await;
+    assert_eq!(h.status, 503, "{}", h.text());
+    assert_eq!(h.json()["type"], "upstream_unavailable");
+    assert!(c.exited().is_none(), "connect died:\n{}", c.stderr());
+
+    // The same TD comes back on the same port with a new key.
+    let d2 = Daemon::start(
+        &[
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            sim.dir_str(),
+            "--listen",
+            &addr,
+        ],
+        &[],
+        &[],
+    );
+    let r = http_get(&c.addr, "/readyz").await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), c.stderr());
+    let h = http_get(&c.addr, "/healthz").await;
+    assert_eq!(h.status, 200, "{}", h.text());
+    assert_ne!(
+        h.json()["spki_sha256"],
+        first_key,
+        "the old connection was reused"
+    );
+    // The new connection was challenged before use: exactly once.
+    let direct = Https::connect(&d2.addr, sim.root_der())
+        .await
+        .expect("direct RA-TLS connection");
+    assert_eq!(challenges_ok(&direct).await, 1.0);
+}
+
+// (f) ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_new_connection_is_challenged_and_old_challenges_are_renewed() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let policy = accepting_policy(&sim);
+    let direct = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("direct RA-TLS connection");
+    assert_eq!(challenges_ok(&direct).await, 0.0);
+
+    // One connection, one challenge, however many requests (concurrent ones included).
+    let c1 = connect(&d, &sim, &policy, &[]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let addr = c1.addr.clone();
+        tasks.spawn(async move { http_get(&addr, "/readyz").await.status });
+    }
+    while let Some(s) = tasks.join_next().await {
+        assert_eq!(s.expect("task"), 200);
+    }
+    assert_eq!(challenges_ok(&direct).await, 1.0);
+
+    // A second client process is a second connection: challenged on its own.
+    let c2 = connect(&d, &sim, &policy, &[]);
+    for _ in 0..5 {
+        assert_eq!(http_get(&c2.addr, "/readyz").await.status, 200);
+    }
+    assert_eq!(challenges_ok(&direct).await, 2.0);
+
+    // With a 1 s period the next request after a second re-challenges first, on the same
+    // connection.
+    let c3 = connect(&d, &sim, &policy, &["--rechallenge-secs", "1"]);
+    let key = |h: support::Resp| h.json()["spki_sha256"].clone();
+    let before = http_get(&c3.addr, "/healthz").await;
+    assert_eq!(before.status, 200, "{}", before.text());
+    let before_time = before.json()["last_challenge"].clone();
+    let before_key = key(before);
+    assert_eq!(challenges_ok(&direct).await, 3.0);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(http_get(&c3.addr, "/readyz").await.status, 200);
+    assert_eq!(challenges_ok(&direct).await, 4.0);
+    let after = http_get(&c3.addr, "/healthz").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_ne!(after.json()["last_challenge"], before_time);
+    assert_eq!(key(after), before_key);
+    assert!(
+        c3.stderr().contains("re-challenge passed"),
+        "{}",
+        c3.stderr()
+    );
+    drop((c1, c2));
+}
+
+// (g) ----------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_server_key_moves_connect_to_a_new_verified_connection() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let policy = accepting_policy(&sim);
+    let c = connect(&d, &sim, &policy, &["--rechallenge-secs", "1"]);
+    let before = http_get(&c.addr, "/healthz").await;
+    assert_eq!(before.status, 200, "{}", before.text());
+    let before = before.json()["spki_sha256"].clone();
+
+    // The server re-issues its certificate; the old connection stays open with the old key,
+    // so the next challenge on it commits to a key this connection does not have.
+    let socket = sim.dir.join("run").join("admin.sock");
+    let r = tdx_agent(&["admin", "--socket", path_str(&socket), "rotate"]);
+    assert_eq!(r.code, 0, "{r}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let r = http_get(&c.addr, "/readyz").await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), c.stderr());
+    let after = http_get(&c.addr, "/healthz").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    let after = after.json()["spki_sha256"].clone();
+    assert_ne!(after, before, "still on the old connection");
+    let direct = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("direct RA-TLS connection");
+    assert_eq!(after, hex::encode(direct.spki_sha256()));
+    assert!(
+        c.stderr()
+            .contains("key changed since this connection opened"),
+        "{}",
+        c.stderr()
+    );
+}
