@@ -377,8 +377,22 @@ async fn the_production_root_rejects_the_simulated_td() {
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_survives_the_server_going_away_and_verifies_it_again_when_back() {
     let sim = SimTd::new();
-    let mut d = Daemon::sim(&sim, &[]);
-    let addr = d.addr.clone();
+    // The restart must use the same configuration (the listen address is part of it, and
+    // this boot already measured it into RTMR3), so bind a fixed port both times.
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        probe.local_addr().expect("its address").to_string()
+    };
+    let serve_args = [
+        "serve",
+        "--tee",
+        "sim",
+        "--sim-dir",
+        sim.dir_str(),
+        "--listen",
+        addr.as_str(),
+    ];
+    let mut d = Daemon::start(&serve_args, &[], &[]);
     let policy = accepting_policy(&sim);
     let mut c = connect(&d, &sim, &policy, &[]);
     let r = http_get(&c.addr, "/readyz").await;
@@ -403,19 +417,7 @@ async fn connect_survives_the_server_going_away_and_verifies_it_again_when_back(
     assert!(c.exited().is_none(), "connect died:\n{}", c.stderr());
 
     // The same TD comes back on the same port with a new key.
-    let d2 = Daemon::start(
-        &[
-            "serve",
-            "--tee",
-            "sim",
-            "--sim-dir",
-            sim.dir_str(),
-            "--listen",
-            &addr,
-        ],
-        &[],
-        &[],
-    );
+    let d2 = Daemon::start(&serve_args, &[], &[]);
     let r = http_get(&c.addr, "/readyz").await;
     assert_eq!(r.status, 200, "{}\n{}", r.text(), c.stderr());
     let h = http_get(&c.addr, "/healthz").await;

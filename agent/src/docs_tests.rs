@@ -81,12 +81,15 @@ fn code_check_names() -> BTreeSet<String> {
     names.insert("DCAP verification".into());
     names.insert(verify::events::CHECK_EVENT_LOG.into());
     names.insert(verify::events::event_check_name("<type>"));
-    // The fresh-challenge checks `attest --nonce` and `connect` add (cli/attest.rs).
+    // What the client side adds: the fresh-challenge checks of `attest --nonce` and
+    // `connect`, and the names connect gives failures that are not a quote appraisal.
     for c in [
-        "challenge key",
-        "challenge proof",
-        "challenge quote",
-        "challenge from the same TD",
+        crate::client::challenge::CHECK_KEY,
+        crate::client::challenge::CHECK_PROOF,
+        crate::client::challenge::CHECK_QUOTE,
+        crate::client::challenge::CHECK_SAME_TD,
+        crate::client::CHECK_CERTIFICATE,
+        crate::client::CHECK_CHALLENGE,
     ] {
         names.insert(c.into());
     }
