@@ -143,7 +143,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let mut terminate = tokio::spawn(crate::cli::shutdown_signal());
     config.validate("configuration").map_err(setup)?;
     let (policy, policy_bytes) = load_policy(&config).await?;
-    if !policy.measurements.pins_anything() {
+    if !policy.pins_anything() {
         tracing::warn!("the policy pins no measurement: the self-check accepts any genuine TD");
     }
     let (tee, collateral, verifier) = open_tee(&config).await?;
