@@ -352,7 +352,7 @@ async fn quote(shared: &Shared, root: Hash) -> Result<IssuedQuote, String> {
         Err(_) => {
             task.abort();
             return Err(format!(
-                "quote took longer than {:?}",
+                "quote took longer than the quote timeout ({:?})",
                 shared.config.quote_timeout
             ));
         }
