@@ -82,7 +82,7 @@ impl Issuer<'_> {
                 None,
             ))
             .await
-            .map_err(|e| format!("audit log: {e}; refusing to serve unlogged evidence"))?;
+            .map_err(|e| format!("{e}; refusing to serve unlogged evidence"))?;
 
         let now = now_unix();
         let (collateral, provenance) = self.collateral.for_quote(&quote, now).await?;
@@ -147,7 +147,7 @@ impl Issuer<'_> {
                 not_after,
             ))
             .await
-            .map_err(|e| format!("audit log: {e}; refusing to serve unlogged evidence"))?;
+            .map_err(|e| format!("{e}; refusing to serve unlogged evidence"))?;
         self.metrics
             .cert_rotations
             .get_or_create(&ReasonLabel {
