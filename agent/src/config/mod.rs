@@ -155,7 +155,8 @@ pub struct ChallengeConfig {
     pub max_batch: usize,
     /// Most callers waiting for a quote; more get 503.
     pub max_waiting: usize,
-    /// Milliseconds an idle agent waits after a first challenge so a burst shares one quote.
+    /// Milliseconds an idle agent waits after a first challenge so a burst shares one quote
+    /// (longer while challenges keep arriving, at most four times this in all).
     pub gather_ms: u64,
 }
 
