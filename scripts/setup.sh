@@ -9,6 +9,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 # fusermount3 for the configfs-tsm emulator of tests/tsm_emulator.rs (tests/tsm-emulator).
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+# tests/systemd_units.rs checks the shipped units with systemd-analyze.
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # The Python gRPC/probe clients of the end-to-end tests need a python3 that can make venvs
 # (Debian ships venv/ensurepip separately, in python3-venv); scripts/python-env.sh builds it.
 if ! command -v python3 >/dev/null; then

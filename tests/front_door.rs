@@ -437,3 +437,53 @@ async fn an_rtmr3_change_sends_old_connections_away_after_their_requests() {
     assert_eq!(fresh.get("/v1/models").await.status, 200);
     drop(stream);
 }
+
+/// The same two properties through the whole chain, client -> connect -> serve -> model
+/// server: SSE is not buffered at either hop, and a client that leaves cancels upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_connect_sse_is_unbuffered_and_leaving_cancels() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (d, _c) = agent_for(&sim, &up, &[]).await;
+    // A policy that accepts this simulated TD's agent as it runs here.
+    let policy = sim.dir.join("chain-policy.toml");
+    std::fs::write(&policy, "[[rtmr3_events.pin]]\ntype = \"agent-config\"\n").unwrap();
+    let connect = support::ConnectProc::start(
+        &d.url(),
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--insecure-root",
+            sim.root_str(),
+        ],
+    );
+
+    let resp = support::upstream::plain_open(&connect.addr, "POST", "/v1/sse").await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = read_until(&mut body, "\"n\":1", Duration::from_secs(15)).await;
+    assert!(
+        first.as_deref().is_some_and(|s| !s.contains("\"n\":2")),
+        "event 1 did not arrive on its own: {first:?}\n{}",
+        connect.stderr()
+    );
+    up.script.release_event2.notify_one();
+    assert!(
+        read_until(&mut body, "[DONE]", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+
+    let resp = support::upstream::plain_open(&connect.addr, "GET", "/v1/drip").await;
+    let mut body = resp.into_body();
+    assert!(
+        read_until(&mut body, "tick", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    drop(body);
+    assert!(
+        up.wait_stream_closed(Duration::from_secs(10)).await,
+        "the model server never saw the client leave through connect and serve"
+    );
+}

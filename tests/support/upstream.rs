@@ -304,3 +304,27 @@ pub async fn http1(
     tokio::spawn(conn);
     sender
 }
+
+/// Open a plain HTTP/1.1 request to `addr` (e.g. `tdx-agent connect`'s local listener) and
+/// return the response with its body unread.
+pub async fn plain_open(addr: &str, method: &str, path: &str) -> Response<Incoming> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("request");
+    sender
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
