@@ -45,7 +45,8 @@ pub struct Switches {
     pub timeout_next: u64,
     /// The next N GetQuote calls are interrupted (EINTR) and leave the buffer with the host.
     pub interrupt_next: u64,
-    /// The host still holds the quote buffer: every GetQuote fails with EBUSY until cleared.
+    /// The host still holds the quote buffer (set only by a timed-out or interrupted
+    /// GetQuote): every GetQuote fails with EBUSY until cleared.
     pub host_busy: bool,
     /// The next N quote generations are preceded by another writer's inblob write.
     pub race_next: u64,
@@ -388,7 +389,14 @@ impl Kernel {
             Control::FailNext => sw.fail_next = n,
             Control::TimeoutNext => sw.timeout_next = n,
             Control::InterruptNext => sw.interrupt_next = n,
-            Control::HostBusy => sw.host_busy = flag()?,
+            // Only a timed-out or interrupted request hands the buffer to the host; the
+            // switch can only give it back.
+            Control::HostBusy => {
+                if flag()? {
+                    return Err(Errno::EINVAL);
+                }
+                sw.host_busy = false;
+            }
             Control::RaceNext => sw.race_next = n,
             Control::DelayMs => sw.delay_ms = n,
             Control::TimeoutMs => sw.timeout_ms = n,
@@ -544,6 +552,11 @@ mod tests {
         k.set_control(Control::Provider, b"1").unwrap();
         assert_eq!(k.provider().unwrap(), "tdx_guest\n");
 
+        assert_eq!(
+            k.set_control(Control::HostBusy, b"1").unwrap_err(),
+            Errno::EINVAL,
+            "EBUSY comes only after a timeout or an interruption"
+        );
         for bad in [&b"x"[..], b"-1", b"", b"2"] {
             assert_eq!(
                 k.set_control(Control::Provider, bad).unwrap_err(),
