@@ -8,7 +8,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{bin, tdx_agent};
+use support::{SimTd, bin, tdx_agent};
 use tdx_agent::measure::rtmr3_log::{Event, LogLine, replay};
 
 struct Agent {
@@ -79,12 +79,10 @@ fn log_lines(path: &std::path::Path) -> Vec<LogLine> {
 
 #[test]
 fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().to_str().unwrap().to_string();
-    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
-    let root = format!("{d}/root.der");
+    let sim = SimTd::new();
+    let (d, root) = (sim.dir_str().to_string(), sim.root_str().to_string());
     let socket = format!("{d}/run/admin.sock");
-    let log = tmp.path().join("run/rtmr3-events.jsonl");
+    let log = sim.dir.join("run/rtmr3-events.jsonl");
 
     let agent = start(&d, &[]).unwrap();
     // Before reporting ready the agent measured its own configuration, and nothing else
@@ -156,7 +154,7 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
         err.contains("replays to") && err.contains("refusing to serve"),
         "{err}"
     );
-    let audit: String = std::fs::read_dir(tmp.path().join("audit"))
+    let audit: String = std::fs::read_dir(sim.dir.join("audit"))
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
         .collect();
@@ -259,17 +257,15 @@ fn pccs_outage_degrades_only_after_next_update_and_recovers() {
 /// the provider does.
 #[test]
 fn failing_quote_provider_degrades_and_recovers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().to_str().unwrap().to_string();
-    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
-    let root = format!("{d}/root.der");
+    let sim = SimTd::new();
+    let (d, root) = (sim.dir_str().to_string(), sim.root_str().to_string());
     let socket = format!("{d}/run/admin.sock");
     let agent = start(&d, &[]).unwrap();
     assert_eq!(readyz(&agent.addr)["ready"], true);
     let rtmr3 = attest_rtmr3(&agent.addr, &root);
 
     // Break the simulated TD: its register state no longer parses, so no quote can be made.
-    let state = tmp.path().join("td-state.json");
+    let state = sim.dir.join("td-state.json");
     let good = std::fs::read(&state).unwrap();
     std::fs::write(&state, b"{ not json").unwrap();
 
@@ -371,10 +367,8 @@ fn stage_detail(v: &serde_json::Value, stage: &str) -> String {
 /// hung quote did not wedge the agent).
 #[test]
 fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().to_str().unwrap().to_string();
-    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
-    let root = format!("{d}/root.der");
+    let sim = SimTd::new();
+    let (d, root) = (sim.dir_str().to_string(), sim.root_str().to_string());
     let socket = format!("{d}/run/admin.sock");
     let config = sim_config(&d, "quote_timeout_secs = 2", "");
     let agent = support::Daemon::start(&["serve", "--config", &config], &[], &[]);
@@ -383,7 +377,7 @@ fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
     let (code, _, _) = curl_challenge(&agent.addr);
     assert_eq!(code, 200);
 
-    let switch = tmp.path().join(tdx_agent::tee::sim::QUOTE_HANG);
+    let switch = sim.dir.join(tdx_agent::tee::sim::QUOTE_HANG);
     std::fs::write(&switch, b"").unwrap();
 
     // A challenge: 503 after the 2 s quote timeout, not a hang.
@@ -437,11 +431,10 @@ fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
 /// verifies.
 #[test]
 fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().to_str().unwrap().to_string();
-    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
+    let sim = SimTd::new();
+    let d = sim.dir_str().to_string();
     let config = sim_config(&d, "", "max_bytes = 4096\n");
-    let audit_dir = tmp.path().join("audit");
+    let audit_dir = sim.dir.join("audit");
     let mut agent = support::Daemon::start(&["serve", "--config", &config], &[], &[]);
     assert_eq!(readyz(&agent.addr)["ready"], true);
 
@@ -565,11 +558,9 @@ fn model_policy(dir: &std::path::Path, name: &str, digest: &str) -> String {
 /// model event against a pinned digest; a changed model in the same boot is refused.
 #[test]
 fn the_model_is_measured_pinned_and_a_changed_model_needs_a_reboot() {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path().to_str().unwrap().to_string();
-    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
-    let root = format!("{d}/root.der");
-    let model = tmp.path().join("model");
+    let sim = SimTd::new();
+    let (d, root) = (sim.dir_str().to_string(), sim.root_str().to_string());
+    let model = sim.dir.join("model");
     std::fs::create_dir_all(model.join("sub")).unwrap();
     std::fs::write(model.join("config.json"), b"{\"layers\": 2}\n").unwrap();
     std::fs::write(model.join("sub/weights.bin"), vec![7u8; 100_000]).unwrap();
@@ -583,7 +574,7 @@ fn the_model_is_measured_pinned_and_a_changed_model_needs_a_reboot() {
         .to_string();
 
     let agent = start(&d, &["--model-dir", model_str]).unwrap();
-    let log = log_lines(&tmp.path().join("run/rtmr3-events.jsonl"));
+    let log = log_lines(&sim.dir.join("run/rtmr3-events.jsonl"));
     let kinds: Vec<_> = log.iter().map(|l| l.event.kind.as_str()).collect();
     assert_eq!(kinds, ["agent-config", "model"]);
     assert_eq!(log[1].event.data["manifest_sha256"], digest);
@@ -591,8 +582,8 @@ fn the_model_is_measured_pinned_and_a_changed_model_needs_a_reboot() {
 
     // Online: attest with a policy pinning this model passes; another digest fails naming
     // the event.
-    let good = model_policy(tmp.path(), "good.toml", &digest);
-    let bad = model_policy(tmp.path(), "bad.toml", &"00".repeat(32));
+    let good = model_policy(&sim.dir, "good.toml", &digest);
+    let bad = model_policy(&sim.dir, "bad.toml", &"00".repeat(32));
     let url = format!("https://{}", agent.addr);
     let r = tdx_agent(&["attest", &url, "--insecure-root", &root, "--policy", &good]);
     assert_eq!(r.code, 0, "{r}");
@@ -604,13 +595,9 @@ fn the_model_is_measured_pinned_and_a_changed_model_needs_a_reboot() {
     // Offline: the served evidence, verified with --event-log.
     let ev = evidence(&agent.addr);
     let quote = tdx_agent::encoding::from_b64(ev["quote"].as_str().unwrap()).unwrap();
-    std::fs::write(tmp.path().join("q.bin"), quote).unwrap();
-    std::fs::write(tmp.path().join("c.json"), ev["collateral"].to_string()).unwrap();
-    std::fs::write(
-        tmp.path().join("log.jsonl"),
-        ev["event_log"].as_str().unwrap(),
-    )
-    .unwrap();
+    std::fs::write(sim.dir.join("q.bin"), quote).unwrap();
+    std::fs::write(sim.dir.join("c.json"), ev["collateral"].to_string()).unwrap();
+    std::fs::write(sim.dir.join("log.jsonl"), ev["event_log"].as_str().unwrap()).unwrap();
     let offline = |policy: &str, log: &str| {
         tdx_agent(&[
             "verify",
@@ -632,7 +619,7 @@ fn the_model_is_measured_pinned_and_a_changed_model_needs_a_reboot() {
     assert!(r.stderr.contains("RTMR3 event \"model\""), "{r}");
     // A log with the model event left out no longer replays to RTMR3.
     let first_line = ev["event_log"].as_str().unwrap().lines().next().unwrap();
-    std::fs::write(tmp.path().join("short.jsonl"), format!("{first_line}\n")).unwrap();
+    std::fs::write(sim.dir.join("short.jsonl"), format!("{first_line}\n")).unwrap();
     let r = offline(&good, &format!("{d}/short.jsonl"));
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stderr.contains("RTMR3 event log"), "{r}");
