@@ -50,7 +50,10 @@ fn hint() -> &'static str {
 }
 
 fn preflight() {
-    let uid = Command::new("id").arg("-u").output().expect("running id -u");
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .expect("running id -u");
     assert_eq!(
         String::from_utf8_lossy(&uid.stdout).trim(),
         "0",
@@ -104,38 +107,40 @@ impl Guest {
         let kvm = std::env::var(KVM).is_ok_and(|v| v == "1");
         let (accel, cpu) = if kvm { ("kvm", "host") } else { ("tcg", "max") };
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-machine", "q35", "-accel", accel, "-cpu", cpu, "-smp", "2", "-m", "1024"])
-            .args(["-nodefaults", "-display", "none", "-no-reboot"])
-            .arg("-kernel")
-            .arg(dir.join("vmlinuz"))
-            .arg("-initrd")
-            .arg(dir.join("initrd.img"))
-            // panic=1 with -no-reboot: a guest that panics ends qemu instead of hanging.
-            .args(["-append", &format!("{} panic=1", cmdline.trim())])
-            .arg("-drive")
-            .arg(format!(
-                "file={},format=raw,if=virtio",
-                dir.join("disk.raw").display()
-            ))
-            // User-mode networking: the host reaches the guest only through these forwards,
-            // and inside the guest that traffic comes from 10.0.2.2, never from loopback.
-            .args([
-                "-netdev",
-                &format!(
-                    "user,id=n0,hostfwd=tcp:127.0.0.1:{agent_port}-:{AGENT_PORT},\
+        cmd.args([
+            "-machine", "q35", "-accel", accel, "-cpu", cpu, "-smp", "2", "-m", "1024",
+        ])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(dir.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(dir.join("initrd.img"))
+        // panic=1 with -no-reboot: a guest that panics ends qemu instead of hanging.
+        .args(["-append", &format!("{} panic=1", cmdline.trim())])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio",
+            dir.join("disk.raw").display()
+        ))
+        // User-mode networking: the host reaches the guest only through these forwards,
+        // and inside the guest that traffic comes from 10.0.2.2, never from loopback.
+        .args([
+            "-netdev",
+            &format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{agent_port}-:{AGENT_PORT},\
                      hostfwd=tcp:127.0.0.1:{vllm_port}-:{VLLM_PORT}"
-                ),
-                "-device",
-                "virtio-net-pci,netdev=n0",
-            ])
-            // ttyS0: the console (kernel, systemd, the journal); ttyS1: the probe only.
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-serial")
-            .arg(format!("file:{}", probe.display()))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("qemu.out")).expect("qemu.out"))
-            .stderr(std::fs::File::create(dir.join("qemu.err")).expect("qemu.err"));
+            ),
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ])
+        // ttyS0: the console (kernel, systemd, the journal); ttyS1: the probe only.
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", probe.display()))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("qemu.out")).expect("qemu.out"))
+        .stderr(std::fs::File::create(dir.join("qemu.err")).expect("qemu.err"));
         say(&format!(
             "booting with {accel} (KVM only with {KVM}=1); agent at 127.0.0.1:{agent_port}, \
              vLLM's port forwarded from 127.0.0.1:{vllm_port}"
@@ -175,7 +180,10 @@ impl Guest {
 
     fn check_running(&mut self) {
         if let Ok(Some(st)) = self.child.try_wait() {
-            panic!("qemu exited ({st}) before the test ended\n{}", self.diagnostics());
+            panic!(
+                "qemu exited ({st}) before the test ended\n{}",
+                self.diagnostics()
+            );
         }
     }
 
@@ -318,7 +326,14 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
     let build_log = dir.join("build.log");
     let st = Command::new("bash")
         .arg(repo().join("image/build.sh"))
-        .args(["--test-image", "--format", "raw", "--binary", bin(), "--out"])
+        .args([
+            "--test-image",
+            "--format",
+            "raw",
+            "--binary",
+            bin(),
+            "--out",
+        ])
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -399,7 +414,9 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
         |l| {
             field(l, "standin_loopback") == "ok"
                 && field(l, "standin_own_addr") == "ok"
-                && field(l, "listen").split(',').any(|a| a == format!("0.0.0.0:{VLLM_PORT}"))
+                && field(l, "listen")
+                    .split(',')
+                    .any(|a| a == format!("0.0.0.0:{VLLM_PORT}"))
                 && drops(l).is_some()
         },
     );
