@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The main job on the simulated TD: the agent serving RA-TLS evidence, verified by a client.
-#   1. a simulated TD and PKI, and a simulated PCCS serving its collateral;
-#   2. `tdx-agent serve` on the simulated TD: RA-TLS certificate, HTTPS + gRPC;
-#   3. `tdx-agent attest --nonce`: verify the certificate's quote, then a fresh challenge;
-#   4. the same server against Intel's production root: refused (exit 1);
-#   5. an offline `verify` of a fresh quote, and the audit log's hash chain.
+# The main job on the simulated TD: the agent measuring a model and fronting a model server,
+# verified by a client before anything reaches the model.
+#   1. a simulated TD and PKI, a simulated PCCS serving its collateral, a toy model directory
+#      and a stand-in model server (python's http.server with a canned /v1/models; the real
+#      vLLM run is tests/vllm_e2e.rs);
+#   2. `tdx-agent serve` on the simulated TD: measures its config and the model into RTMR3,
+#      then serves the RA-TLS certificate, HTTPS + gRPC, and /v1/ to the model server;
+#   3. `tdx-agent attest --nonce` with a policy pinning the model: every check, a fresh challenge;
+#   4. the same server against Intel's production root, and against a policy pinning another
+#      model: both refused (exit 1);
+#   5. `tdx-agent connect` in front: an OpenAI-style request through the verified chain;
+#   6. an offline `verify` of a fresh quote, and the audit log's hash chain.
 # Uses target/release/tdx-agent if built, else builds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +19,8 @@ BIN="${TDX_AGENT_BIN:-target/release/tdx-agent}"
 DIR="${SIM_DIR:-$(mktemp -d /tmp/tdx-agent-sim.XXXXXX)}"
 PCCS_PORT="${PCCS_PORT:-18081}"
 AGENT_PORT="${AGENT_PORT:-18443}"
+MODEL_PORT="${MODEL_PORT:-18000}"
+CONNECT_PORT="${CONNECT_PORT:-19000}"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -25,28 +33,58 @@ wait_port() {
   echo "demo: nothing listens on port $1" >&2; return 1
 }
 
-echo "== 1. simulated TD and PKI in $DIR"
+echo "== 1. simulated TD and PKI in $DIR, a simulated PCCS, a model and a stand-in model server"
 "$BIN" sim pki --sim-dir "$DIR"
 "$BIN" sim pccs --sim-dir "$DIR" --listen "127.0.0.1:$PCCS_PORT" & pids+=($!)
-wait_port "$PCCS_PORT"
+mkdir -p "$DIR/model" "$DIR/upstream/v1"
+printf '{"layers": 2}\n' > "$DIR/model/config.json"
+head -c 1048576 /dev/zero > "$DIR/model/weights.bin"
+printf 'ok\n' > "$DIR/upstream/health"
+printf '{"object":"list","data":[{"id":"demo","object":"model"}]}\n' > "$DIR/upstream/v1/models"
+python3 -m http.server "$MODEL_PORT" --bind 127.0.0.1 --directory "$DIR/upstream" \
+  >/dev/null 2>&1 & pids+=($!)
+wait_port "$PCCS_PORT"; wait_port "$MODEL_PORT"
+"$BIN" measure-model "$DIR/model"
+MANIFEST=$("$BIN" measure-model "$DIR/model" 2>&1 >/dev/null | sed -n 's/^manifest sha256: //p')
+cat > "$DIR/policy.toml" <<EOF
+# Accept this simulated TD only if it measured exactly this model (and its own config).
+[[rtmr3_events.pin]]
+type = "model"
+allowed = [{ manifest_sha256 = "$MANIFEST" }]
+[[rtmr3_events.pin]]
+type = "agent-config"
+EOF
+sed "s/$MANIFEST/$(printf '0%.0s' $(seq 64))/" "$DIR/policy.toml" > "$DIR/other-model.toml"
 
-echo "== 2. the agent on the simulated TD (collateral from the simulated PCCS)"
+echo "== 2. the agent on the simulated TD: model measured into RTMR3, fronting the model server"
 "$BIN" serve --tee sim --sim-dir "$DIR" --listen "127.0.0.1:$AGENT_PORT" \
-  --pccs "http://127.0.0.1:$PCCS_PORT" & pids+=($!)
+  --pccs "http://127.0.0.1:$PCCS_PORT" --upstream "http://127.0.0.1:$MODEL_PORT" \
+  --model-dir "$DIR/model" & pids+=($!)
 wait_port "$AGENT_PORT"
 
-echo "== 3. attest it: RA-TLS handshake verified against the simulated root, plus a fresh challenge"
-"$BIN" attest "https://127.0.0.1:$AGENT_PORT" --insecure-root "$DIR/root.der" --nonce
+echo "== 3. attest it with a policy pinning the model, plus a fresh challenge"
+"$BIN" attest "https://127.0.0.1:$AGENT_PORT" --insecure-root "$DIR/root.der" \
+  --policy "$DIR/policy.toml" --nonce
 
-echo "== 4. the same agent against Intel's production root (must be refused, exit 1)"
-set +e
-"$BIN" attest "https://127.0.0.1:$AGENT_PORT" >/dev/null 2>&1
-code=$?
-set -e
-if [ "$code" -ne 1 ]; then echo "demo: expected exit 1, got $code" >&2; exit 1; fi
-echo "refused as expected (exit 1)"
+echo "== 4. refused against Intel's production root, and against a policy pinning another model"
+for args in "" "--insecure-root $DIR/root.der --policy $DIR/other-model.toml"; do
+  set +e
+  # shellcheck disable=SC2086  # $args is a list of flags
+  "$BIN" attest "https://127.0.0.1:$AGENT_PORT" $args >/dev/null 2>"$DIR/refusal.txt"
+  code=$?
+  set -e
+  if [ "$code" -ne 1 ]; then echo "demo: expected exit 1, got $code" >&2; exit 1; fi
+  echo "refused as expected (exit 1): $(tail -1 "$DIR/refusal.txt")"
+done
 
-echo "== 5. offline: a fresh quote verified with collateral from the PCCS; the audit chain"
+echo "== 5. tdx-agent connect: a local endpoint that forwards only to a verified server"
+"$BIN" connect "https://127.0.0.1:$AGENT_PORT" --policy "$DIR/policy.toml" \
+  --insecure-root "$DIR/root.der" --listen "127.0.0.1:$CONNECT_PORT" >/dev/null & pids+=($!)
+wait_port "$CONNECT_PORT"
+curl -sf "http://127.0.0.1:$CONNECT_PORT/v1/models"; echo
+curl -sf "http://127.0.0.1:$CONNECT_PORT/healthz" | head -c 300; echo
+
+echo "== 6. offline: a fresh quote verified with collateral from the PCCS; the audit chain"
 NONCE=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 RD="${NONCE}$(printf '0%.0s' $(seq 64))"
 "$BIN" quote --tee sim --sim-dir "$DIR" --report-data "$RD" --out "$DIR/fresh-quote.dat"

@@ -7,6 +7,8 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
+# fusermount3 for the configfs-tsm emulator of tests/tsm_emulator.rs (tests/tsm-emulator).
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 # tests/systemd_units.rs checks the shipped units with systemd-analyze.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # The Python gRPC/probe clients of the end-to-end tests need a python3 that can make venvs

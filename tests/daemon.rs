@@ -682,6 +682,11 @@ async fn two_thousand_concurrent_challenges_share_a_few_quotes() {
 
 /// A daemon started from a configuration file only, with a 1 s header timeout.
 fn daemon_from_config(sim: &SimTd) -> Daemon {
+    daemon_with_limits(sim, "header_read_timeout_secs = 1\n")
+}
+
+/// A daemon started from a configuration file only, with these `[limits]` lines.
+fn daemon_with_limits(sim: &SimTd, limits: &str) -> Daemon {
     let base = sim.tmp.path();
     let config = base.join("agent.toml");
     std::fs::write(
@@ -701,8 +706,7 @@ cache_dir = "{cache}"
 dir = "{audit}"
 
 [limits]
-header_read_timeout_secs = 1
-"#,
+{limits}"#,
             state = path_str(&base.join("run")),
             sim = sim.dir_str(),
             cache = path_str(&base.join("cache")),
@@ -852,6 +856,360 @@ async fn idle_connections_do_not_lock_out_a_new_client() {
         .await
         .expect("connect");
     assert_eq!(c.get("/livez").await.status, 200);
+}
+
+/// This process's open-file limits (soft, hard), from /proc/self/limits.
+fn nofile_limits() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/self/limits").expect("reading /proc/self/limits");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut n = line["Max open files".len()..]
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(u64::MAX));
+    (n.next().unwrap_or(0), n.next().unwrap_or(0))
+}
+
+/// Raise this process's soft open-file limit towards `want` (the agent we spawn inherits it)
+/// and return the soft limit in force. The crate uses no libc, so util-linux `prlimit` does
+/// the setrlimit; if that is missing the limit stays and the caller scales down.
+fn raise_nofile_limit(want: u64) -> u64 {
+    let (soft, hard) = nofile_limits();
+    if soft < want && hard > soft {
+        let to = want.min(hard);
+        let _ = std::process::Command::new("prlimit")
+            .args([
+                "--pid",
+                &std::process::id().to_string(),
+                &format!("--nofile={to}:{hard}"),
+            ])
+            .status();
+    }
+    nofile_limits().0
+}
+
+/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+fn proc_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// Probe /readyz on a fresh RA-TLS connection every 200 ms until `stop`; each probe's
+/// (status, latency). A probe that fails to connect or answer is recorded as status 0.
+fn readyz_prober(
+    addr: String,
+    config: Arc<rustls::ClientConfig>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(u16, Duration)>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let started = Instant::now();
+            let status = tokio::time::timeout(Duration::from_secs(20), async {
+                let c = Https::connect_with(&addr, Arc::clone(&config)).await?;
+                c.request("GET", "/readyz", bytes::Bytes::new())
+                    .await
+                    .map(|r| r.status)
+            })
+            .await;
+            seen.push((
+                matches!(status, Ok(Ok(200))).then_some(200).unwrap_or(0),
+                started.elapsed(),
+            ));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    })
+}
+
+/// How an idle connection behaves: connects and says nothing, completes the TLS handshake
+/// and says nothing, or sends part of a request's headers and stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Idle {
+    Tcp,
+    Tls,
+    HalfRequest,
+}
+
+/// One idle connection of `kind`; returns it (as a readable stream) and when it was opened.
+async fn open_idle(
+    addr: &str,
+    kind: Idle,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(Box<dyn tokio::io::AsyncRead + Send + Unpin>, Instant), String> {
+    use tokio::io::AsyncWriteExt as _;
+    let opened = Instant::now();
+    match kind {
+        Idle::Tcp => {
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            Ok((Box::new(tcp), opened))
+        }
+        Idle::Tls | Idle::HalfRequest => {
+            let mut tls = support::ratls_connect(addr, config).await?;
+            let opened = Instant::now();
+            if kind == Idle::HalfRequest {
+                tls.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+                    .await
+                    .map_err(|e| format!("half request: {e}"))?;
+                tls.flush().await.map_err(|e| format!("flush: {e}"))?;
+            }
+            Ok((Box::new(tls), opened))
+        }
+    }
+}
+
+/// Thousands of idle connections (TCP only, TLS then silence, half a request): the agent's
+/// memory stays bounded, each is closed after the header timeout, /readyz answers throughout,
+/// and nothing panics.
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_idle_connections_use_bounded_memory_and_are_closed() {
+    const WANT: usize = 3000;
+    let limit = raise_nofile_limit(WANT as u64 + 1000);
+    // Leave room for the agent's own files and this process's other descriptors.
+    let total = WANT.min(
+        usize::try_from(limit)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(500),
+    );
+    assert!(
+        total >= 1000,
+        "open-file limit {limit} leaves room for only {total} connections; raise `ulimit -n`"
+    );
+    if total < WANT {
+        println!("open-file limit {limit}: opening {total} connections instead of {WANT}");
+    }
+    let sim = SimTd::new();
+    let mut d = daemon_with_limits(&sim, "header_read_timeout_secs = 2\n");
+    let pid = d.pid();
+    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"http/1.1"]));
+    let h2 = Arc::new(support::ratls_client_config(sim.root_der(), &[b"h2"]));
+    // Warm up (one verified connection), then the baseline.
+    let c = Https::connect_with(&d.addr, Arc::clone(&h2))
+        .await
+        .expect("connect");
+    assert_eq!(c.get("/readyz").await.status, 200);
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss_before, fds_before) = (proc_kib(pid, "VmRSS"), open_fds(pid));
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = readyz_prober(d.addr.clone(), Arc::clone(&h2), Arc::clone(&stop));
+
+    // A quarter complete TLS and go silent, a sixth also send half a request's headers, the
+    // rest only connect. TLS first (slower to open), a bounded number of handshakes at once.
+    let (n_tls, n_half) = (total / 4, total / 6);
+    let kinds: Vec<Idle> = (0..total)
+        .map(|i| match i {
+            i if i < n_tls => Idle::Tls,
+            i if i < n_tls + n_half => Idle::HalfRequest,
+            _ => Idle::Tcp,
+        })
+        .collect();
+    let started = Instant::now();
+    let gate = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut opening = tokio::task::JoinSet::new();
+    for (i, kind) in kinds.iter().copied().enumerate() {
+        let (addr, config, gate) = (d.addr.clone(), Arc::clone(&config), Arc::clone(&gate));
+        opening.spawn(async move {
+            let _slot = gate.acquire_owned().await.expect("semaphore");
+            let (stream, opened) = open_idle(&addr, kind, config)
+                .await
+                .unwrap_or_else(|e| panic!("idle connection {i} ({kind:?}): {e}"));
+            (kind, stream, opened)
+        });
+    }
+    let mut conns = Vec::new();
+    while let Some(r) = opening.join_next().await {
+        conns.push(r.expect("opening task"));
+    }
+    let opening_took = started.elapsed();
+    let (rss_open, fds_open) = (proc_kib(pid, "VmRSS"), open_fds(pid));
+
+    // Each must be closed by the agent: EOF (or a reset) within a generous bound.
+    let mut closing = tokio::task::JoinSet::new();
+    for (kind, mut stream, opened) in conns {
+        closing.spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = [0u8; 4096];
+            let r = tokio::time::timeout(Duration::from_secs(30), async {
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            (kind, r.ok().map(|_| opened.elapsed()))
+        });
+    }
+    let mut lifetimes: Vec<(Idle, Duration)> = Vec::new();
+    while let Some(r) = closing.join_next().await {
+        let (kind, t) = r.expect("closing task");
+        let t = t.unwrap_or_else(|| panic!("a {kind:?} idle connection was open after 30 s"));
+        lifetimes.push((kind, t));
+    }
+    let all_closed = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let probes = prober.await.expect("prober");
+    let (rss_after, rss_peak, fds_after) = (
+        proc_kib(pid, "VmRSS"),
+        proc_kib(pid, "VmHWM"),
+        open_fds(pid),
+    );
+
+    println!(
+        "{total} idle connections ({n_tls} TLS, {n_half} half a request, {} TCP) opened in {opening_took:.2?}; \
+         agent fds {fds_before} -> {fds_open} -> {fds_after}; all closed {all_closed:.2?} after the first was opened",
+        total - n_tls - n_half
+    );
+    println!(
+        "agent RSS: {:.1} MiB before, {:.1} MiB with the connections open, {:.1} MiB after, peak {:.1} MiB",
+        mib(rss_before),
+        mib(rss_open),
+        mib(rss_after),
+        mib(rss_peak)
+    );
+    for kind in [Idle::Tcp, Idle::Tls, Idle::HalfRequest] {
+        let mut t: Vec<Duration> = lifetimes
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, t)| *t)
+            .collect();
+        t.sort();
+        println!(
+            "{kind:?}: closed after {:.2?} .. {:.2?} (median {:.2?})",
+            t[0],
+            t[t.len() - 1],
+            t[t.len() / 2]
+        );
+        // Closed by the 2 s header timeout: not (much) before it, and not long after it.
+        // A TCP-only connection may wait in the accept queue for a moment before its timer
+        // starts, and a busy machine delays timers, hence the upper slack.
+        assert!(
+            t[0] >= Duration::from_millis(1500),
+            "{kind:?} closed after {:?}, before the 2 s header timeout",
+            t[0]
+        );
+        assert!(
+            t[t.len() - 1] < Duration::from_secs(15),
+            "{kind:?} still open after {:?}",
+            t[t.len() - 1]
+        );
+    }
+    let slowest = probes.iter().map(|p| p.1).max().unwrap_or_default();
+    println!(
+        "/readyz probed {} times meanwhile, slowest {slowest:.2?}",
+        probes.len()
+    );
+    assert!(probes.len() >= 3, "{probes:?}");
+    assert!(
+        probes.iter().all(|(status, _)| *status == 200),
+        "/readyz failed while connections were idle: {probes:?}"
+    );
+    assert!(
+        rss_peak < 150 * 1024,
+        "agent RSS peaked at {:.1} MiB with {total} idle connections",
+        mib(rss_peak)
+    );
+    assert!(
+        fds_after <= fds_before + 16,
+        "the agent still holds {fds_after} descriptors (had {fds_before} before)"
+    );
+    assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
+    assert!(!d.stderr().contains("panicked"), "{}", d.stderr());
+    let c = Https::connect_with(&d.addr, h2).await.expect("connect");
+    assert_eq!(c.get("/readyz").await.status, 200);
+}
+
+/// With more connections than `limits.max_connections`, the excess waits in the kernel's
+/// accept queue (costing the agent nothing) and is served as soon as slots free up.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_max_connections_wait_in_the_backlog_and_are_served() {
+    const SLOTS: usize = 200;
+    const EXCESS: usize = 100;
+    let sim = SimTd::new();
+    let mut d = daemon_with_limits(
+        &sim,
+        &format!("header_read_timeout_secs = 2\nmax_connections = {SLOTS}\n"),
+    );
+    let h2 = Arc::new(support::ratls_client_config(sim.root_der(), &[b"h2"]));
+    let c = Https::connect_with(&d.addr, Arc::clone(&h2))
+        .await
+        .expect("connect");
+    assert_eq!(c.get("/readyz").await.status, 200);
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Fill every slot, and queue more behind them; the kernel completes their TCP handshakes.
+    let mut idle = Vec::new();
+    for i in 0..SLOTS + EXCESS {
+        let tcp = tokio::net::TcpStream::connect(&d.addr)
+            .await
+            .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
+        idle.push((tcp, Instant::now()));
+    }
+    // A real client behind them all: it waits for a slot, then gets its answer.
+    let started = Instant::now();
+    let served = tokio::time::timeout(Duration::from_secs(30), async {
+        let c = Https::connect_with(&d.addr, Arc::clone(&h2)).await?;
+        c.request("GET", "/readyz", bytes::Bytes::new()).await
+    })
+    .await;
+    let waited = started.elapsed();
+    let r = served
+        .unwrap_or_else(|_| panic!("a queued client was not served within 30 s"))
+        .unwrap_or_else(|e| panic!("queued client: {e}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    println!(
+        "a client queued behind {} idle connections ({SLOTS} slots) was served after {waited:.2?}",
+        SLOTS + EXCESS
+    );
+    assert!(
+        waited >= Duration::from_millis(1500),
+        "served after {waited:?}: it cannot have waited for a slot"
+    );
+
+    // The queued idle connections got slots too, and were closed by the header timeout.
+    let mut closed = Vec::new();
+    for (mut tcp, opened) in idle {
+        let t = closed_within(&mut tcp, Duration::from_secs(20))
+            .await
+            .map(|_| opened.elapsed());
+        closed.push(t.expect("an idle connection still open after 20 s"));
+    }
+    closed.sort();
+    println!(
+        "idle connections closed after {:.2?} .. {:.2?}",
+        closed[0],
+        closed[closed.len() - 1]
+    );
+    // The last ones waited for a slot before their own 2 s started.
+    assert!(
+        closed[closed.len() - 1] >= Duration::from_millis(3500),
+        "{closed:?}"
+    );
+    assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
+    let c = Https::connect_with(&d.addr, h2).await.expect("connect");
+    assert_eq!(c.get("/readyz").await.status, 200);
 }
 
 /// Malformed gRPC: garbage framing and a frame that is not a protobuf message each get a

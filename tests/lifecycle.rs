@@ -310,6 +310,235 @@ fn failing_quote_provider_degrades_and_recovers() {
     assert_eq!(readyz(&agent.addr)["ready"], true);
 }
 
+/// A `serve --config` file for the simulated TD in `d` (state, audit log and collateral
+/// cache inside it, as the flag-only demo keeps them), with extra lines for `[tee]` and extra
+/// sections after it.
+fn sim_config(d: &str, tee_extra: &str, sections: &str) -> String {
+    let path = format!("{d}/agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = \"{d}/run\"\n\n[tee]\nkind = \"sim\"\nsim_dir = \"{d}\"\n{tee_extra}\n\
+             [collateral]\ncache_dir = \"{d}/collateral-cache\"\n\n[audit]\ndir = \"{d}/audit\"\n{sections}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// POST a challenge with curl: (HTTP status, JSON body, how long it took).
+fn curl_challenge(addr: &str) -> (u16, serde_json::Value, Duration) {
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-m",
+            "60",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"nonce":"AAECAw=="}"#,
+            &format!("https://{addr}/attestation/v1/challenge"),
+        ])
+        .output()
+        .expect("curl is needed for this test (apt-get install curl)");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let code = code.trim().parse().unwrap_or(0);
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        took,
+    )
+}
+
+fn stage_detail(v: &serde_json::Value, stage: &str) -> String {
+    v["stages"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["stage"] == stage))
+        .and_then(|s| s["detail"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The quote provider hangs (the simulated TD's fault-injection switch, DIR/quote-hang):
+/// challenges get a 503 naming the quote timeout within a few seconds instead of hanging, a
+/// rotation fails and /readyz names the certificate stage and the timeout, the previous
+/// certificate keeps serving, and once the provider answers again everything recovers (the
+/// hung quote did not wedge the agent).
+#[test]
+fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap().to_string();
+    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
+    let root = format!("{d}/root.der");
+    let socket = format!("{d}/run/admin.sock");
+    let config = sim_config(&d, "quote_timeout_secs = 2", "");
+    let agent = support::Daemon::start(&["serve", "--config", &config], &[], &[]);
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+    let rtmr3 = attest_rtmr3(&agent.addr, &root);
+    let (code, _, _) = curl_challenge(&agent.addr);
+    assert_eq!(code, 200);
+
+    let switch = tmp.path().join(tdx_agent::tee::sim::QUOTE_HANG);
+    std::fs::write(&switch, b"").unwrap();
+
+    // A challenge: 503 after the 2 s quote timeout, not a hang.
+    let (code, v, took) = curl_challenge(&agent.addr);
+    println!("challenge with a hung quote provider: HTTP {code} after {took:?}");
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(v["error"]["type"], "evidence_unavailable", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("quote timeout"), "{v}");
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(10),
+        "answered after {took:?} with a 2 s quote timeout"
+    );
+    // Another one while the first quote is still stuck: it queues behind it and times out too.
+    let (code, v, took) = curl_challenge(&agent.addr);
+    assert_eq!(code, 503, "{v}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+
+    // A rotation fails and says why; /readyz names the stage and the timeout.
+    let r = tdx_agent(&["admin", "--socket", &socket, "rotate"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("quote timeout"), "{r}");
+    let v = readyz(&agent.addr);
+    assert_eq!(v["ready"], false, "{v}");
+    assert_eq!(stage_ok(&v, "certificate_issued"), Some(false), "{v}");
+    let detail = stage_detail(&v, "certificate_issued");
+    assert!(
+        detail.contains("quote timeout") && detail.contains("previous certificate serves"),
+        "{v}"
+    );
+    // The previous certificate still serves and still verifies.
+    assert_eq!(attest_rtmr3(&agent.addr, &root), rtmr3);
+
+    // The provider answers again: the stuck quote finishes, a rotation succeeds, the agent is
+    // ready, and challenges work.
+    std::fs::remove_file(&switch).unwrap();
+    let r = tdx_agent(&["admin", "--socket", &socket, "rotate"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+    for _ in 0..2 {
+        let (code, v, _) = curl_challenge(&agent.addr);
+        assert_eq!(code, 200, "{v}");
+        assert!(v["quote"].is_string(), "{v}");
+    }
+    assert_eq!(attest_rtmr3(&agent.addr, &root), rtmr3);
+}
+
+/// The audit log cannot be written (its next file name is taken, so the size-based rotation
+/// fails): from then on challenges are refused with 503 and no quote leaves the agent
+/// unlogged; once the obstacle is gone challenges work again and the chain over all files
+/// verifies.
+#[test]
+fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap().to_string();
+    assert_eq!(tdx_agent(&["sim", "pki", "--sim-dir", &d]).code, 0);
+    let config = sim_config(&d, "", "max_bytes = 4096\n");
+    let audit_dir = tmp.path().join("audit");
+    let mut agent = support::Daemon::start(&["serve", "--config", &config], &[], &[]);
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+
+    // Take the name the next rotation will create (rotation opens with create_new, so it
+    // refuses to append to anything already there). A directory: nothing could write it.
+    let files = tdx_agent::audit::list_files(&audit_dir).unwrap();
+    let active = files.last().unwrap().clone();
+    let index: u64 = active.file_name().unwrap().to_str().unwrap()[6..14]
+        .parse()
+        .unwrap();
+    let next_name = format!("audit-{:08}.log", index + 1);
+    let obstacle = audit_dir.join(&next_name);
+    std::fs::create_dir(&obstacle).unwrap();
+    let before = std::fs::metadata(&active).unwrap().len();
+
+    // Challenges succeed until their record no longer fits the active file.
+    let mut logged = Vec::new();
+    let refused = loop {
+        let (code, v, _) = curl_challenge(&agent.addr);
+        if code != 200 {
+            break (code, v);
+        }
+        logged.push(v["report_data"].as_str().unwrap().to_string());
+        assert!(
+            logged.len() < 40,
+            "40 challenges fitted into a 4096-byte file that held {before} bytes"
+        );
+    };
+    println!(
+        "{} challenges fitted after the {before} bytes written at start; then: {}",
+        logged.len(),
+        refused.1
+    );
+    let (code, v) = refused;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(v["error"]["type"], "evidence_unavailable", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("audit log") && msg.contains(&next_name) && msg.contains("unlogged"),
+        "{v}"
+    );
+    assert!(v.get("quote").is_none(), "{v}");
+    // And it stays that way: no quote is handed out while nothing can be logged.
+    for _ in 0..3 {
+        let (code, v, _) = curl_challenge(&agent.addr);
+        assert_eq!(code, 503, "{v}");
+        assert!(v.get("quote").is_none(), "{v}");
+    }
+    // The certificate's evidence keeps being served: it is not new evidence. Its quote was
+    // recorded in the audit log when the certificate was issued (before it was ever served),
+    // so serving it again issues nothing unlogged.
+    let ev = evidence(&agent.addr);
+    let quote = tdx_agent::encoding::from_b64(ev["quote"].as_str().unwrap()).unwrap();
+    let (_, body) = tdx_agent::quote::parse_head_only(&quote).unwrap();
+    let cert_report_data = hex::encode(body.report_data);
+    let audit_text = || -> String {
+        tdx_agent::audit::list_files(&audit_dir)
+            .unwrap()
+            .iter()
+            .filter(|p| p.is_file())
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    };
+    let text = audit_text();
+    assert!(
+        text.contains(&format!(
+            "\"purpose\":\"certificate\",\"report_data\":\"{cert_report_data}\""
+        )),
+        "the served certificate's quote is not in the audit log:\n{text}"
+    );
+
+    // The log is writable again: challenges succeed (into the next file).
+    std::fs::remove_dir(&obstacle).unwrap();
+    let (code, v, _) = curl_challenge(&agent.addr);
+    assert_eq!(code, 200, "{v}");
+    logged.push(v["report_data"].as_str().unwrap().to_string());
+    assert!(audit_dir.join(&next_name).is_file());
+    agent.stop();
+
+    // Every quote that was handed out is in the log, and the chain holds over all files.
+    let text = audit_text();
+    for rd in &logged {
+        assert!(
+            text.contains(&format!(
+                "\"purpose\":\"challenge\",\"report_data\":\"{rd}\""
+            )),
+            "challenge quote {rd} was handed out unlogged"
+        );
+    }
+    let files = tdx_agent::audit::list_files(&audit_dir).unwrap();
+    let mut args = vec!["audit".to_string(), "verify".to_string()];
+    args.extend(files.iter().map(|p| p.to_str().unwrap().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = tdx_agent(&args);
+    assert_eq!(r.code, 0, "{r}");
+}
+
 /// Fetch `/.well-known/attestation` with curl (the agent's certificate is self-signed).
 fn evidence(addr: &str) -> serde_json::Value {
     let out = Command::new("curl")

@@ -402,3 +402,61 @@ async fn gathering_window_lets_a_burst_share_the_first_quote() {
         );
     }
 }
+
+/// A burst that keeps arriving for longer than the gathering window still shares the first
+/// quote (the window extends while challenges come in, up to four times its length), a lone
+/// challenge waits only about the window, and a stream that never pauses is cut at the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gathering_extends_while_a_burst_keeps_arriving() {
+    let gather = Duration::from_millis(50);
+    let run = |arrivals: usize| async move {
+        let quoter = Arc::new(SlowQuoter {
+            delay: Duration::from_millis(100),
+            calls: AtomicUsize::new(0),
+        });
+        let batcher = Batcher::new(
+            quoter.clone(),
+            BatcherConfig {
+                gather,
+                ..BatcherConfig::default()
+            },
+        );
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..arrivals {
+            let b = batcher.clone();
+            tasks.push(tokio::spawn(async move {
+                b.challenge(&nonce(i), spki())
+                    .await
+                    .map(|_| started.elapsed())
+            }));
+            // Gaps well under the 25 ms quiet interval (gather / 2).
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut answered = Vec::new();
+        for t in tasks {
+            answered.push(t.await.unwrap().unwrap());
+        }
+        (quoter.calls.load(Ordering::SeqCst), answered)
+    };
+
+    // One challenge: the window and the 100 ms quote, no more.
+    let (calls, answered) = run(1).await;
+    assert_eq!(calls, 1);
+    assert!(
+        answered[0] >= Duration::from_millis(150) && answered[0] < Duration::from_millis(250),
+        "a lone challenge answered after {:?}",
+        answered[0]
+    );
+    // About 25 arrivals over ~60-100 ms, past the 50 ms window: one quote for all.
+    let (calls, _) = run(25).await;
+    assert_eq!(calls, 1, "a burst longer than the window was split");
+    // A stream of ~400 ms: gathering stops at 200 ms, so the first quote is not held back.
+    let (calls, answered) = run(200).await;
+    assert!(calls >= 2, "{calls} quotes");
+    let first = answered.iter().min().unwrap();
+    assert!(
+        *first < Duration::from_millis(400),
+        "the first answer came after {first:?}: gathering did not stop at its limit"
+    );
+}

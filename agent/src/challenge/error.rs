@@ -14,7 +14,7 @@ pub enum ChallengeError {
     RootMismatch,
     #[error("too many challenges waiting for a quote; retry later")]
     Overloaded,
-    #[error("quote for the challenge batch failed: {0}")]
+    #[error("the challenge batch failed: {0}")]
     Quote(String),
     #[error("the challenge batcher stopped before answering")]
     Abandoned,

@@ -61,6 +61,9 @@ pub struct TeeConfig {
     pub sim_dir: Option<PathBuf>,
     /// With kind = "sim": overrides the simulation's quote delay.
     pub sim_quote_delay_ms: Option<u64>,
+    /// A quote that takes longer counts as a failed TEE: the certificate re-issue or the
+    /// challenge batch waiting for it fails with an error naming this limit.
+    pub quote_timeout_secs: u64,
     pub tsm_report_dir: PathBuf,
     pub measurements_dir: PathBuf,
     pub ccel_data: PathBuf,
@@ -72,6 +75,7 @@ impl Default for TeeConfig {
             kind: TeeKindConfig::Configfs,
             sim_dir: None,
             sim_quote_delay_ms: None,
+            quote_timeout_secs: DEFAULT_QUOTE_TIMEOUT_SECS,
             tsm_report_dir: PathBuf::from(crate::tee::configfs::DEFAULT_REPORT_DIR),
             measurements_dir: PathBuf::from(crate::tee::sysfs::DEFAULT_MEASUREMENTS_DIR),
             ccel_data: PathBuf::from(crate::tee::configfs::DEFAULT_CCEL_DATA),
@@ -151,7 +155,8 @@ pub struct ChallengeConfig {
     pub max_batch: usize,
     /// Most callers waiting for a quote; more get 503.
     pub max_waiting: usize,
-    /// Milliseconds an idle agent waits after a first challenge so a burst shares one quote.
+    /// Milliseconds an idle agent waits after a first challenge so a burst shares one quote
+    /// (longer while challenges keep arriving, at most four times this in all).
     pub gather_ms: u64,
 }
 
@@ -327,6 +332,13 @@ pub enum ConfigError {
 /// The most an RA-TLS certificate may live (DESIGN §5).
 pub const MAX_CERT_LIFETIME_SECS: u64 = 86_400;
 
+/// Default `tee.quote_timeout_secs`: above the kernel's own 30 s limit on a configfs-tsm
+/// quote, so a slow but working quoting enclave is never cut short.
+pub const DEFAULT_QUOTE_TIMEOUT_SECS: u64 = 45;
+/// Longest accepted `tee.quote_timeout_secs`: a caller waiting longer than ten minutes for
+/// evidence is better told the TEE is broken.
+pub const MAX_QUOTE_TIMEOUT_SECS: u64 = 600;
+
 impl Config {
     pub fn from_toml(text: &str, source_name: &str) -> Result<Self, ConfigError> {
         let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -364,6 +376,15 @@ impl Config {
                 );
             }
             _ => {}
+        }
+        if !(1..=MAX_QUOTE_TIMEOUT_SECS).contains(&self.tee.quote_timeout_secs) {
+            return invalid(
+                "tee.quote_timeout_secs",
+                format!(
+                    "{} is outside 1..={MAX_QUOTE_TIMEOUT_SECS}",
+                    self.tee.quote_timeout_secs
+                ),
+            );
         }
         if let Some(Err(e)) = self
             .collateral
@@ -455,6 +476,17 @@ mod tests {
         let c =
             Config::from_toml("[collateral]\npccs_url = \"https://pccs:8081\"", "c.toml").unwrap();
         assert_eq!(c.listen.port(), 8443);
+        assert_eq!(c.tee.quote_timeout_secs, 45);
+        for secs in [1, 600] {
+            let text = format!("[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\nquote_timeout_secs = {secs}");
+            assert_eq!(
+                Config::from_toml(&text, "c.toml")
+                    .unwrap()
+                    .tee
+                    .quote_timeout_secs,
+                secs
+            );
+        }
     }
 
     #[test]
@@ -484,6 +516,14 @@ mod tests {
                 "health_path",
             ),
             ("[model]\ndirr = \"/m\"", "dirr"),
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\nquote_timeout_secs = 0",
+                "quote_timeout_secs",
+            ),
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\nquote_timeout_secs = 601",
+                "quote_timeout_secs",
+            ),
         ] {
             let err = Config::from_toml(text, "c.toml").unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");

@@ -17,8 +17,19 @@ use crate::tee::TeeHandle;
 use crate::verify::time::{format_unix, now_unix};
 use crate::verify::{Expectations, Verifier, policy::Policy};
 
-/// A quote slower than this is treated as a failed TEE (the kernel's own limit is 30 s).
-pub const QUOTE_TIMEOUT: Duration = Duration::from_secs(45);
+/// How long a quote may take before it counts as a failed TEE (`tee.quote_timeout_secs`).
+pub fn quote_timeout(config: &crate::config::Config) -> Duration {
+    Duration::from_secs(config.tee.quote_timeout_secs)
+}
+
+/// The error for a quote that did not come back in time; names the setting so an operator
+/// knows which knob this is.
+pub fn quote_timeout_error(timeout: Duration) -> String {
+    format!(
+        "quote: no answer from the TEE within the quote timeout ({}s, tee.quote_timeout_secs)",
+        timeout.as_secs()
+    )
+}
 
 /// What issuing needs, without the state that exists only once something is served.
 pub struct Issuer<'a> {
@@ -32,6 +43,8 @@ pub struct Issuer<'a> {
     pub sans: &'a [String],
     /// The RTMR3 event log; the certificate carries it so clients can appraise the events.
     pub rtmr3_log: &'a tokio::sync::Mutex<Rtmr3Log>,
+    /// A quote slower than this fails the issue (the previous certificate keeps serving).
+    pub quote_timeout: Duration,
 }
 
 impl Issuer<'_> {
@@ -46,20 +59,18 @@ impl Issuer<'_> {
         let (claims, report_data) = ratls::claims_with_event_log(&key, event_log.as_bytes());
 
         let started = Instant::now();
-        let quote = match tokio::time::timeout(QUOTE_TIMEOUT, self.tee.quote(report_data)).await {
-            Ok(Ok(q)) => q,
-            Ok(Err(e)) => {
-                self.metrics.count_quote("certificate", false, 0.0);
-                return Err(format!("quote: {e}"));
-            }
-            Err(_) => {
-                self.metrics.count_quote("certificate", false, 0.0);
-                return Err(format!(
-                    "quote: no answer from the TEE within {}s",
-                    QUOTE_TIMEOUT.as_secs()
-                ));
-            }
-        };
+        let quote =
+            match tokio::time::timeout(self.quote_timeout, self.tee.quote(report_data)).await {
+                Ok(Ok(q)) => q,
+                Ok(Err(e)) => {
+                    self.metrics.count_quote("certificate", false, 0.0);
+                    return Err(format!("quote: {e}"));
+                }
+                Err(_) => {
+                    self.metrics.count_quote("certificate", false, 0.0);
+                    return Err(quote_timeout_error(self.quote_timeout));
+                }
+            };
         drop(log_guard);
         self.metrics
             .count_quote("certificate", true, started.elapsed().as_secs_f64());
@@ -71,7 +82,7 @@ impl Issuer<'_> {
                 None,
             ))
             .await
-            .map_err(|e| format!("audit log: {e}; refusing to serve unlogged evidence"))?;
+            .map_err(|e| format!("{e}; refusing to serve unlogged evidence"))?;
 
         let now = now_unix();
         let (collateral, provenance) = self.collateral.for_quote(&quote, now).await?;
@@ -136,7 +147,7 @@ impl Issuer<'_> {
                 not_after,
             ))
             .await
-            .map_err(|e| format!("audit log: {e}; refusing to serve unlogged evidence"))?;
+            .map_err(|e| format!("{e}; refusing to serve unlogged evidence"))?;
         self.metrics
             .cert_rotations
             .get_or_create(&ReasonLabel {
@@ -273,6 +284,7 @@ pub async fn reissue(state: &AppState, reason: &str) -> Result<(), String> {
         lifetime_secs: state.config.tls.cert_lifetime_secs,
         sans: &state.config.tls.subject_alt_names,
         rtmr3_log: &state.rtmr3_log,
+        quote_timeout: quote_timeout(&state.config),
     };
     match issuer.issue(reason).await {
         Ok(next) => {

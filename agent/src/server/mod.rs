@@ -143,7 +143,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     let mut terminate = tokio::spawn(crate::cli::shutdown_signal());
     config.validate("configuration").map_err(setup)?;
     let (policy, policy_bytes) = load_policy(&config).await?;
-    if !policy.measurements.pins_anything() {
+    if !policy.pins_anything() {
         tracing::warn!("the policy pins no measurement: the self-check accepts any genuine TD");
     }
     let (tee, collateral, verifier) = open_tee(&config).await?;
@@ -203,6 +203,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         lifetime_secs: config.tls.cert_lifetime_secs,
         sans: &config.tls.subject_alt_names,
         rtmr3_log: &rtmr3_log,
+        quote_timeout: issue::quote_timeout(&config),
     }
     .issue("startup")
     .await
@@ -219,7 +220,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         BatcherConfig {
             max_leaves: config.challenge.max_batch,
             max_waiting: config.challenge.max_waiting,
-            quote_timeout: issue::QUOTE_TIMEOUT,
+            quote_timeout: issue::quote_timeout(&config),
             gather: Duration::from_millis(config.challenge.gather_ms),
             observer: Some(Arc::new(move |b: &crate::challenge::BatchReport| {
                 batch_metrics.challenge_batch_size.observe(b.leaves as f64);

@@ -43,7 +43,7 @@ impl ChallengeQuoter for Quoter {
                     None,
                 ))
                 .await
-                .map_err(|e| format!("audit log: {e}; refusing to issue evidence unlogged"))?;
+                .map_err(|e| format!("{e}; refusing to issue evidence unlogged"))?;
             Ok(IssuedQuote {
                 quote,
                 report_data,

@@ -50,10 +50,18 @@ impl TsmFs for RealFs {
 
     fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
         // Attribute files report a size of 4096 or 0, so read to EOF rather than trusting it.
+        // Not read_to_end: it retries EINTR, and an interrupted quote request is not worth
+        // retrying (the host still holds the quote buffer, so the retry only sees EBUSY and
+        // the real cause is lost). EINTR goes to the caller, which maps it.
         let mut file = std::fs::File::open(path)?;
         let mut buf = Vec::new();
-        file.read_to_end(&mut buf)?;
-        Ok(buf)
+        let mut chunk = [0u8; 8192];
+        loop {
+            match file.read(&mut chunk)? {
+                0 => return Ok(buf),
+                n => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
     }
 }
 

@@ -30,9 +30,19 @@ impl TeeHandle {
         &self.tee
     }
 
+    /// A quote, one at a time. A caller may give up waiting (a timeout drops this future),
+    /// but the blocking call cannot be interrupted: the lock travels with it and is released
+    /// only when the provider really returns. So a hung provider holds one blocking thread,
+    /// later quotes queue behind it (and time out on their own) instead of piling up more
+    /// stuck threads, and the first quote after the provider recovers goes through.
     pub async fn quote(&self, report_data: ReportData) -> Result<Vec<u8>, TeeError> {
-        let _one_in_flight = self.quote_lock.lock().await;
-        self.run(move |tee| tee.quote(&report_data)).await
+        let one_in_flight = Arc::clone(&self.quote_lock).lock_owned().await;
+        self.run(move |tee| {
+            let result = tee.quote(&report_data);
+            drop(one_in_flight);
+            result
+        })
+        .await
     }
 
     pub async fn measurements(&self) -> Result<Measurements, TeeError> {

@@ -101,6 +101,14 @@ pub struct Policy {
     pub rtmr3_events: EventPolicy,
 }
 
+impl Policy {
+    /// Whether the policy pins anything about what runs: a register or a runtime event.
+    /// Without that, any genuine TD on an accepted platform passes.
+    pub fn pins_anything(&self) -> bool {
+        self.measurements.pins_anything() || self.rtmr3_events.pins_anything()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TcbPolicy {

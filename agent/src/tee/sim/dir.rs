@@ -5,6 +5,7 @@
 //! DIR/pki/            keys (PKCS#8 PEM, 0600) and certificates (DER)
 //! DIR/settings.json   SimSettings
 //! DIR/td-state.json   live registers of the simulated TD
+//! DIR/quote-hang      fault injection for tests: while it exists, quotes hang
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,10 @@ pub const ROOT_DER: &str = "root.der";
 pub const PKI_DIR: &str = "pki";
 pub const SETTINGS_JSON: &str = "settings.json";
 pub const TD_STATE_JSON: &str = "td-state.json";
+/// Fault-injection switch for tests: while a file (or anything) by this name exists in the
+/// simulation directory, [`super::SimTd`]'s quotes hang, and they finish once it is removed.
+/// It exercises the agent's quote timeout; the simulated TD is never used in production.
+pub const QUOTE_HANG: &str = "quote-hang";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SimDir {
@@ -136,6 +141,11 @@ impl SimDir {
 
     pub fn td_state_path(&self) -> PathBuf {
         self.path.join(TD_STATE_JSON)
+    }
+
+    /// The fault-injection switch ([`QUOTE_HANG`]).
+    pub fn quote_hang_path(&self) -> PathBuf {
+        self.path.join(QUOTE_HANG)
     }
 
     /// DER of the simulated root CA as published in DIR/root.der.

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use der::PckPlatform;
-pub use dir::{PKI_DIR, ROOT_DER, SETTINGS_JSON, SimDir, TD_STATE_JSON};
+pub use dir::{PKI_DIR, QUOTE_HANG, ROOT_DER, SETTINGS_JSON, SimDir, TD_STATE_JSON};
 pub use error::SimError;
 pub use pki::{
     SIM_CPU_SVN, SIM_FMSPC, SIM_MRSIGNERSEAM, SIM_PCE_ID, SIM_PCE_SVN, SIM_QE_ISVPRODID,

@@ -192,6 +192,18 @@ impl Tee for SimTd {
     }
 
     fn quote(&self, report_data: &ReportData) -> Result<Vec<u8>, TeeError> {
+        // Fault injection for tests (DIR/quote-hang): a quoting enclave that stops answering.
+        // Polled rather than watched: 50 ms is nothing against a quote's second, and a stat
+        // per poll costs nothing. Only the simulated TD has this; it is never production.
+        let hang = self.dir.quote_hang_path();
+        let mut announced = false;
+        while hang.exists() {
+            if !announced {
+                tracing::warn!(switch = %hang.display(), "simulated TD: quote hangs while the switch exists");
+                announced = true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let delay = self.pki.settings().quote_delay_ms;
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));

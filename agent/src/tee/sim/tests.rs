@@ -412,3 +412,26 @@ fn malformed_td_state_names_the_file() {
     fx.td.reset().unwrap();
     fx.td.measurements().unwrap();
 }
+
+/// The fault-injection switch: quotes hang while DIR/quote-hang exists. Through a
+/// [`crate::tee::TeeHandle`], callers that give up do not wedge it: later quotes queue behind
+/// the hung one and go through once the switch is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quote_hang_switch_hangs_quotes_until_removed() {
+    use std::time::Duration;
+    let (_t, fx) = fixture(SimSettings::default());
+    let handle = crate::tee::TeeHandle::new(fx.td.clone());
+    let switch = fx.dir.quote_hang_path();
+    assert_eq!(switch.file_name().unwrap(), QUOTE_HANG);
+    std::fs::write(&switch, b"").unwrap();
+    for i in 0..3 {
+        let r = tokio::time::timeout(Duration::from_millis(300), handle.quote(rd(i))).await;
+        assert!(r.is_err(), "quote {i} answered while the switch exists");
+    }
+    std::fs::remove_file(&switch).unwrap();
+    let quote = tokio::time::timeout(Duration::from_secs(10), handle.quote(rd(9)))
+        .await
+        .expect("a quote after the switch is removed")
+        .unwrap();
+    verify(&fx, &quote, now()).unwrap();
+}
