@@ -8,9 +8,9 @@
 # Boot it without a bootloader: qemu -kernel vmlinuz -initrd initrd.img -append "$(cat cmdline)".
 #
 # The base root filesystem, kernel and initrd are cached under
-# ${TDX_AGENT_IMAGE_CACHE:-~/.cache/tdx-agent}/image-<hash of this script, the package lists
-# and the options that change them>, so a rerun skips debootstrap; the agent binary, units,
-# configuration and firewall are layered on top on every run (seconds).
+# ${TDX_AGENT_IMAGE_CACHE:-~/.cache/tdx-agent}/image-<hash of image/base.sh, the package
+# lists and the options that change them>, so a rerun skips debootstrap; the agent binary,
+# units, configuration and firewall are layered on top on every run (seconds).
 #
 # Read docs/image.md first. Needs root (debootstrap, chroot), debootstrap, mkfs.ext4 from
 # e2fsprogs 1.43+ and, for qcow2, qemu-img (image/install-deps.sh installs them on Debian).
@@ -28,11 +28,19 @@ usage: image/build.sh --out DIR [options]
                        \$CARGO_TARGET_DIR/release/tdx-agent or target/release/tdx-agent)
   --config FILE        /etc/tdx-agent/config.toml (default: systemd/config.toml; test images
                        get a simulated-TD configuration instead)
-  --test-image         a test image: simulated TD ([tee] kind = "sim", its PKI made here), a
-                       stand-in listener on 0.0.0.0 at vLLM's port, root autologin on the serial
-                       console, a guest-side probe on the second serial port; also accepts a
-                       kernel without TDX guest support (never ship one)
+  --test-image         a test image: the agent runs under the shipped unit with [tee] kind =
+                       "configfs" against the FUSE emulator (tests/tsm-emulator) mounted at the
+                       kernel's paths, a simulated PCCS, a stand-in listener on 0.0.0.0 at
+                       vLLM's port, root autologin on the serial console, a guest-side probe on
+                       the second serial port; also accepts a kernel without TDX guest support
+                       (never ship one)
+  --tsm-emulator PATH  the emulator binary for --test-image (default: tsm-emulator next to
+                       --binary; cargo build -p tsm-emulator makes it)
   --ssh                install openssh-server and accept TCP 22 in the firewall
+  --uefi               also write disk-uefi.FORMAT: a GPT disk whose EFI system partition holds
+                       one unified kernel image (kernel, initrd and command line, booted by
+                       UEFI firmware such as TDVF with no bootloader) for clouds that boot
+                       disks, not kernels (docs/openstack.md)
   --enable-vllm        enable the example vllm.service (production images; vLLM itself is not
                        installed by this script)
   --agent-port N       the agent's TLS port the firewall accepts (default 8443; must match the
@@ -46,6 +54,8 @@ usage: image/build.sh --out DIR [options]
   --no-strip           install the binary as given (default: a stripped copy)
   --refresh            rebuild the cached base even if present (e.g. for a newer kernel)
   --print-cache-dir    print the cache directory these options use and exit
+  --check-kernel-config FILE  check a kernel config (e.g. /boot/config-\$(uname -r)) for what a
+                       TDX guest needs, print the result and exit 0 (all there) or 1
 EOF
 }
 
@@ -56,6 +66,7 @@ OUT=""
 BINARY=""
 CONFIG=""
 TEST_IMAGE=0
+EMULATOR=""
 SSH=0
 ENABLE_VLLM=0
 AGENT_PORT=8443
@@ -68,15 +79,40 @@ SECURITY_MIRROR=http://deb.debian.org/debian-security
 STRIP=1
 REFRESH=0
 PRINT_CACHE=0
-# The kernel: the metapackage, and the suites it may come from (all installable on the base
-# suite: the stable release, its point updates and security fixes, and its backports). The
-# newest version among them wins; docs/image.md says why testing/unstable are not considered.
-KERNEL_PKG=linux-image-amd64
-kernel_suites() { echo "$SUITE $SUITE-updates $SUITE-security $SUITE-backports"; }
 # What a production guest's kernel must have (docs/image.md): the TDX guest driver, configfs-tsm
 # reports (6.7+) and the RTMR sysfs files (6.16+).
-REQUIRED_KCONFIG="CONFIG_TDX_GUEST_DRIVER CONFIG_TSM_REPORTS CONFIG_TSM_MEASUREMENTS"
+REQUIRED_KCONFIG="CONFIG_INTEL_TDX_GUEST CONFIG_TDX_GUEST_DRIVER CONFIG_TSM_REPORTS CONFIG_TSM_MEASUREMENTS"
+MIN_KERNEL=6.16
+
+# check_kernel_config FILE: one line per requirement, then "missing: none" (status 0) or
+# "missing: WHAT..." (status 1). The version comes from the file's "Linux/x86 V Kernel
+# Configuration" header.
+check_kernel_config() {
+  local f="$1" sym v kv missing=""
+  for sym in $REQUIRED_KCONFIG; do
+    v="$(grep -E "^$sym=" "$f" | head -n1 | cut -d= -f2 || true)"
+    case "$v" in
+      y|m) echo "$sym=$v" ;;
+      *) echo "$sym is not set"; missing="$missing $sym" ;;
+    esac
+  done
+  kv="$(sed -n 's/^# Linux\/[^ ]* \([0-9][0-9.]*\)[^ ]* Kernel Configuration$/\1/p' "$f" | head -n1)"
+  if [ -z "$kv" ]; then
+    echo "no \"# Linux/ARCH VERSION Kernel Configuration\" header: version unknown"; missing="$missing version>=$MIN_KERNEL"
+  elif [ "$(printf '%s\n%s\n' "$MIN_KERNEL" "$kv" | sort -V | head -n1)" = "$MIN_KERNEL" ]; then
+    echo "version $kv >= $MIN_KERNEL (configfs-tsm reports since 6.7, RTMR sysfs files since 6.16)"
+  else
+    echo "version $kv < $MIN_KERNEL: no RTMR sysfs files"; missing="$missing version>=$MIN_KERNEL"
+  fi
+  echo "missing:${missing:- none}"
+  [ -z "$missing" ]
+}
 ROOT_LABEL=tdx-root
+# The kernel command line (docs/image.md: kernel command line notes). With --uefi it is sealed
+# into the unified kernel image; otherwise it is written to OUT/cmdline for -append.
+CMDLINE="root=LABEL=$ROOT_LABEL rw console=ttyS0"
+UEFI=0
+ESP_MB=128
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -84,8 +120,10 @@ while [ $# -gt 0 ]; do
     --binary) BINARY="${2:?--binary needs a path}"; shift 2 ;;
     --config) CONFIG="${2:?--config needs a file}"; shift 2 ;;
     --test-image) TEST_IMAGE=1; shift ;;
+    --tsm-emulator) EMULATOR="${2:?--tsm-emulator needs a path}"; shift 2 ;;
     --ssh) SSH=1; shift ;;
     --enable-vllm) ENABLE_VLLM=1; shift ;;
+    --uefi) UEFI=1; shift ;;
     --agent-port) AGENT_PORT="${2:?}"; shift 2 ;;
     --vllm-port) VLLM_PORT="${2:?}"; shift 2 ;;
     --format) FORMAT="${2:?}"; shift 2 ;;
@@ -96,6 +134,9 @@ while [ $# -gt 0 ]; do
     --no-strip) STRIP=0; shift ;;
     --refresh) REFRESH=1; shift ;;
     --print-cache-dir) PRINT_CACHE=1; shift ;;
+    --check-kernel-config)
+      [ -f "${2:-}" ] || die "--check-kernel-config needs a kernel config file (e.g. /boot/config-\$(uname -r))"
+      check_kernel_config "$2"; exit $? ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
@@ -107,28 +148,37 @@ for p in "$AGENT_PORT" "$VLLM_PORT"; do
 done
 [ "$AGENT_PORT" != "$VLLM_PORT" ] || die "--agent-port and --vllm-port must differ"
 
+# The base (build_base, its chroot helpers, the kernel's package and suites).
+# shellcheck source=image/base.sh
+. "$HERE/base.sh"
+
 # ------------------------------------------------------------------------------------------
-# The cache key: this script, the package lists it installs from, and every option that
+# The cache key: image/base.sh, the package lists it installs from, and every option that
 # changes the base root filesystem.
 
 package_lists() {
   echo "$HERE/packages.txt"
   [ "$TEST_IMAGE" = 1 ] && echo "$HERE/packages-test.txt"
   [ "$SSH" = 1 ] && echo "$HERE/packages-ssh.txt"
+  [ "$UEFI" = 1 ] && echo "$HERE/packages-uefi.txt"
   return 0
 }
 
+packages_in() { sed -e 's/#.*//' -e 's/[[:space:]]//g' "$1" | grep -v '^$'; }
+
 packages() {
-  # One name per line, comments and blank lines dropped.
-  package_lists | while read -r f; do sed -e 's/#.*//' -e 's/[[:space:]]//g' "$f"; done | grep -v '^$'
+  # What debootstrap installs: one name per line, comments and blank lines dropped. The --uefi
+  # tools are Python programs whose configuration debootstrap cannot order; base.sh installs
+  # them with apt afterwards.
+  package_lists | grep -v '/packages-uefi.txt$' | while read -r f; do packages_in "$f"; done
 }
 
 CACHE_ROOT="${TDX_AGENT_IMAGE_CACHE:-$HOME/.cache/tdx-agent}"
 KEY="$(
   {
-    sha256sum "$0"
+    sha256sum "$HERE/base.sh"
     package_lists | xargs sha256sum
-    echo "suite=$SUITE mirror=$MIRROR security=$SECURITY_MIRROR kernel=$KERNEL_PKG test=$TEST_IMAGE ssh=$SSH"
+    echo "suite=$SUITE mirror=$MIRROR security=$SECURITY_MIRROR kernel=$KERNEL_PKG test=$TEST_IMAGE ssh=$SSH uefi=$UEFI cmdline=$CMDLINE"
   } | sed 's|  .*/| |' | sha256sum | cut -c1-16
 )"
 CACHE="$CACHE_ROOT/image-$KEY"
@@ -139,6 +189,11 @@ if [ "$PRINT_CACHE" = 1 ]; then echo "$CACHE"; exit 0; fi
 for tool in debootstrap chroot mkfs.ext4 sha256sum mount; do
   command -v "$tool" >/dev/null || die "$tool not found: run image/install-deps.sh (Debian: apt-get install debootstrap e2fsprogs)"
 done
+if [ "$UEFI" = 1 ]; then
+  for tool in sfdisk mkfs.vfat mcopy; do
+    command -v "$tool" >/dev/null || die "$tool not found (--uefi): run image/install-deps.sh (Debian: apt-get install fdisk dosfstools mtools)"
+  done
+fi
 if [ "$FORMAT" = qcow2 ]; then
   command -v qemu-img >/dev/null || die "qemu-img not found (Debian: apt-get install qemu-utils), or use --format raw"
 fi
@@ -149,6 +204,12 @@ if [ -z "$BINARY" ]; then
 fi
 [ -x "$BINARY" ] || die "--binary $BINARY is not an executable file"
 if [ -z "$CONFIG" ] && [ "$TEST_IMAGE" = 0 ]; then CONFIG="$REPO/systemd/config.toml"; fi
+if [ "$TEST_IMAGE" = 1 ]; then
+  [ -n "$EMULATOR" ] || EMULATOR="$(dirname "$BINARY")/tsm-emulator"
+  [ -x "$EMULATOR" ] || die "no tsm-emulator at $EMULATOR: cargo build -p tsm-emulator (--release for a release --binary), or pass --tsm-emulator"
+elif [ -n "$EMULATOR" ]; then
+  die "--tsm-emulator is for --test-image only: production images use the kernel's configfs-tsm"
+fi
 if [ -n "$CONFIG" ]; then
   [ -f "$CONFIG" ] || die "--config $CONFIG: no such file"
   grep -Eq "^[[:space:]]*listen[[:space:]]*=[[:space:]]*\"[^\"]*:$AGENT_PORT\"" "$CONFIG" \
@@ -174,133 +235,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-chroot_mounts() {
-  local r="$1"
-  mount -t proc proc "$r/proc" && MOUNTS+=("$r/proc")
-  mount -t sysfs sysfs "$r/sys" && MOUNTS+=("$r/sys")
-  mount --bind /dev "$r/dev" && MOUNTS+=("$r/dev")
-  mount -t devpts devpts "$r/dev/pts" && MOUNTS+=("$r/dev/pts")
-}
-
-chroot_umounts() {
-  local i
-  for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
-    umount "${MOUNTS[$i]}" || umount -l "${MOUNTS[$i]}"
-  done
-  MOUNTS=()
-}
-
-in_root() {
-  local r="$1"; shift
-  chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
-    LC_ALL=C.UTF-8 HOME=/root "$@"
-}
-
-# ------------------------------------------------------------------------------------------
-# The base: debootstrap, the newest kernel, initrd, and what every image shares.
-
-build_base() {
-  local base="$1" r="$1/rootfs" pkgs
-  pkgs="$(packages | paste -sd, -)"
-  log "debootstrap $SUITE (minbase + $pkgs) from $MIRROR"
-  local t0=$SECONDS
-  debootstrap --variant=minbase --components=main --include="$pkgs" "$SUITE" "$r" "$MIRROR" >&2 \
-    || die "debootstrap failed (see above; is $MIRROR reachable?)"
-  log "debootstrap took $((SECONDS - t0)) s"
-
-  # apt inside the image: the base suite, its updates and security fixes, and its backports
-  # (for the kernel; backports are never preferred for anything else).
-  rm -f "$r/etc/apt/sources.list"
-  cat >"$r/etc/apt/sources.list.d/debian.sources" <<EOF
-Types: deb
-URIs: $MIRROR
-Suites: $SUITE $SUITE-updates $SUITE-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb
-URIs: $SECURITY_MIRROR
-Suites: $SUITE-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-EOF
-  # Nothing starts inside the chroot.
-  printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"
-  chmod 0755 "$r/usr/sbin/policy-rc.d"
-  # systemd-resolved pointed /etc/resolv.conf at its stub; the chroot needs the host's resolver.
-  rm -f "$r/etc/resolv.conf"
-  cp /etc/resolv.conf "$r/etc/resolv.conf"
-
-  chroot_mounts "$r"
-  in_root "$r" apt-get update -qq >&2 || die "apt-get update inside the image failed"
-
-  # The newest kernel any of the suites offers.
-  local best="" best_suite="" v s
-  while IFS='|' read -r _ v s; do
-    v="$(echo "$v" | tr -d ' ')"
-    s="$(echo "$s" | awk '{print $2}')"; s="${s%%/*}"
-    log "  $KERNEL_PKG $v in $s"
-    case " $(kernel_suites) " in *" $s "*) ;; *) continue ;; esac
-    if [ -z "$best" ] || dpkg --compare-versions "$v" gt "$best"; then best="$v"; best_suite="$s"; fi
-  done < <(in_root "$r" apt-cache madison "$KERNEL_PKG")
-  [ -n "$best" ] || die "no $KERNEL_PKG in any of: $(kernel_suites)"
-  log "kernel: $KERNEL_PKG $best from $best_suite (the newest of: $(kernel_suites))"
-  t0=$SECONDS
-  in_root "$r" apt-get install -y -qq --no-install-recommends -t "$best_suite" "$KERNEL_PKG=$best" >&2 \
-    || die "installing $KERNEL_PKG $best failed"
-  log "kernel and initramfs took $((SECONDS - t0)) s"
-  in_root "$r" apt-get clean
-  chroot_umounts
-  rm -rf "$r/var/lib/apt/lists/"* "$r/var/cache/apt/"*.bin "$r/usr/sbin/policy-rc.d"
-  ln -sf ../run/systemd/resolve/stub-resolv.conf "$r/etc/resolv.conf"
-
-  local kver
-  kver="$(basename "$(find "$r/boot" -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)")"
-  kver="${kver#vmlinuz-}"
-  if [ -z "$kver" ] || [ ! -f "$r/boot/initrd.img-$kver" ]; then die "no kernel and initrd in $r/boot"; fi
-  cp "$r/boot/vmlinuz-$kver" "$base/vmlinuz"
-  cp "$r/boot/initrd.img-$kver" "$base/initrd.img"
-  cp "$r/boot/config-$kver" "$base/kernel-config"
-  printf '%s\n' "$kver" >"$base/kernel-release"
-  printf '%s %s %s\n' "$KERNEL_PKG" "$best" "$best_suite" >"$base/kernel-package"
-
-  # What every image shares.
-  echo tdx-guest >"$r/etc/hostname"
-  printf '127.0.0.1\tlocalhost\n127.0.1.1\ttdx-guest\n::1\tlocalhost ip6-localhost ip6-loopback\n' >"$r/etc/hosts"
-  printf 'LABEL=%s\t/\text4\tdefaults,errors=remount-ro\t0\t1\n' "$ROOT_LABEL" >"$r/etc/fstab"
-  mkdir -p "$r/etc/systemd/network"
-  cat >"$r/etc/systemd/network/80-ethernet.network" <<'EOF'
-# Every Ethernet interface: DHCP (IPv4 and router advertisements).
-[Match]
-Type=ether
-
-[Network]
-DHCP=yes
-EOF
-  # A machine-id is made at first boot (each instance its own), without first-boot prompts.
-  : >"$r/etc/machine-id"
-  rm -f "$r/var/lib/dbus/machine-id"
-  local unit
-  for unit in systemd-firstboot.service apt-daily.timer apt-daily-upgrade.timer \
-    dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer; do
-    ln -sf /dev/null "$r/etc/systemd/system/$unit"
-  done
-  mkdir -p "$r/etc/systemd/system/multi-user.target.wants" "$r/etc/systemd/system/sysinit.target.wants" \
-    "$r/etc/systemd/system/sockets.target.wants" "$r/etc/systemd/system/network-online.target.wants"
-  ln -sf /usr/lib/systemd/system/systemd-networkd.service "$r/etc/systemd/system/multi-user.target.wants/"
-  ln -sf /usr/lib/systemd/system/systemd-networkd.socket "$r/etc/systemd/system/sockets.target.wants/"
-  ln -sf /usr/lib/systemd/system/systemd-networkd-wait-online.service "$r/etc/systemd/system/network-online.target.wants/"
-  ln -sf /usr/lib/systemd/system/systemd-resolved.service "$r/etc/systemd/system/multi-user.target.wants/"
-  ln -sf /usr/lib/systemd/system/nftables.service "$r/etc/systemd/system/sysinit.target.wants/"
-  ln -sf /usr/lib/systemd/system/multi-user.target "$r/etc/systemd/system/default.target"
-  # No password anywhere: root is locked (test images log in on the serial console only).
-  in_root "$r" passwd -l root >/dev/null
-  # What the first boot would otherwise redo (ConditionNeedsUpdate): the linker cache, the
-  # journal catalog, and the stamps that say both are current for this /usr.
-  in_root "$r" ldconfig
-  in_root "$r" journalctl --update-catalog
-  in_root "$r" /usr/lib/systemd/systemd-update-done
-}
 
 if [ "$REFRESH" = 1 ] && [ -d "$CACHE" ]; then
   log "--refresh: removing $CACHE"
@@ -334,18 +268,7 @@ OUT="$(cd "$OUT" && pwd)"
 KREL="$(cat "$CACHE/kernel-release")"
 {
   echo "kernel: $KREL ($(cat "$CACHE/kernel-package"))"
-  missing=""
-  for sym in $REQUIRED_KCONFIG; do
-    v="$(grep -E "^$sym=" "$CACHE/kernel-config" | cut -d= -f2 || true)"
-    case "$v" in
-      y|m) echo "$sym=$v" ;;
-      *) echo "$sym is not set"; missing="$missing $sym" ;;
-    esac
-  done
-  kv="${KREL%%-*}"
-  if dpkg --compare-versions "$kv" ge 6.16; then echo "version $kv >= 6.16 (RTMR sysfs files)"
-  else echo "version $kv < 6.16: no RTMR sysfs files"; missing="$missing version>=6.16"; fi
-  echo "missing:${missing:- none}"
+  check_kernel_config "$CACHE/kernel-config" || true
 } >"$OUT/kernel.txt"
 sed 's/^/image\/build.sh:   /' "$OUT/kernel.txt" >&2
 if ! grep -q '^missing: none$' "$OUT/kernel.txt"; then
@@ -424,17 +347,116 @@ EOF
 chmod 0755 "$R/etc/nftables.conf"
 
 if [ "$TEST_IMAGE" = 0 ]; then
+  # Load the TDX guest driver (and with it configfs-tsm) early, before the agent starts,
+  # rather than whenever udev gets to it.
+  put 0644 /etc/modules-load.d/tdx-guest.conf <<<'tdx_guest'
   put_file 0640 "$CONFIG" /etc/tdx-agent/config.toml
   put_file 0644 "$REPO/systemd/vllm.service" /etc/systemd/system/vllm.service
   if [ "$ENABLE_VLLM" = 1 ]; then enable_unit multi-user.target vllm.service; fi
 else
-  # The simulated TD and its PKI, made now; the host gets the root to verify against.
-  SIM=/var/lib/tdx-agent/sim
-  rm -rf "${R:?}/var/lib/tdx-agent"
-  mkdir -p "$R/var/lib/tdx-agent"
-  chmod 0700 "$R/var/lib/tdx-agent"
+  # The TEE: the production path, [tee] kind = "configfs" with the kernel's default paths,
+  # served by the configfs-tsm emulator (tests/tsm-emulator, docs/tsm-emulator.md) on FUSE,
+  # backed by a simulated TD whose PKI is made now; the host gets the root to verify against.
+  # The agent runs under the shipped, unmodified tdx-agent.service (no drop-in): whatever its
+  # sandbox blocks here, it would block on a real TD.
+  SIM=/var/lib/tdx-sim
+  PCCS_PORT=8081
+  rm -rf "${R:?}$SIM"
+  mkdir -p "$R$SIM"
+  chmod 0700 "$R$SIM"
   "$BINARY" sim pki --sim-dir "$R$SIM" >/dev/null || die "tdx-agent sim pki failed"
   cp "$R$SIM/root.der" "$OUT/root.der"
+  rm -f "$R/usr/local/bin/tsm-emulator"
+  mkdir -p "$R/usr/local/bin"
+  if [ "$STRIP" = 1 ] && command -v strip >/dev/null; then
+    strip -o "$R/usr/local/bin/tsm-emulator" "$EMULATOR"
+  else
+    cp "$EMULATOR" "$R/usr/local/bin/tsm-emulator"
+  fi
+  chmod 0755 "$R/usr/local/bin/tsm-emulator"
+
+  # Puts the emulator's report/ and measurements/ where the kernel's would be. configfs-tsm
+  # itself is real: loading tsm_report makes /sys/kernel/config/tsm/report (empty and useless
+  # without a TDX provider, which needs a TD), and the emulator's report/ is bound over it.
+  # sysfs cannot make /sys/class/misc/tdx_guest without the tdx_guest driver, so a tmpfs goes
+  # over /sys/class/misc holding the same relative symlinks (every other misc device resolves
+  # as before; devices registered later do not show there) plus tdx_guest/measurements with
+  # the emulator's registers bound on it.
+  put 0755 /usr/local/sbin/tsm-emulator-attach <<'SCRIPT'
+#!/bin/sh
+# Test images only (image/build.sh --test-image): ExecStartPost/ExecStop of tsm-emulator.service.
+set -eu
+m=/run/tsm-emulator
+report=/sys/kernel/config/tsm/report
+misc=/sys/class/misc
+meas=$misc/tdx_guest/measurements
+if [ "${1:-}" = --detach ]; then
+	for p in "$meas" "$misc" "$report"; do
+		if mountpoint -q "$p"; then umount "$p" || umount -l "$p"; fi
+	done
+	exit 0
+fi
+i=0
+until mountpoint -q "$m" && [ -d "$m/report" ] && [ -d "$m/measurements" ]; do
+	i=$((i + 1))
+	if [ "$i" -gt 300 ]; then echo "tsm-emulator did not mount $m within 30 s" >&2; exit 1; fi
+	sleep 0.1
+done
+modprobe tsm_report
+[ -d "$report" ] || { echo "no $report after modprobe tsm_report" >&2; exit 1; }
+mount --bind "$m/report" "$report"
+keep=$(mktemp -d)
+cp -a "$misc/." "$keep/"
+mount -t tmpfs -o mode=0755,nosuid,nodev,noexec tdx-test-misc "$misc"
+cp -a "$keep/." "$misc/"
+rm -rf "$keep"
+mkdir -p "$meas"
+mount --bind "$m/measurements" "$meas"
+echo "tsm-emulator attached at $report and $meas"
+SCRIPT
+  put 0644 /etc/systemd/system/tsm-emulator.service <<UNIT
+# Test images only: the configfs-tsm and measurement-register emulator at the kernel's paths.
+# tdx-agent.service requires it (linked into tdx-agent.service.requires/, not a drop-in).
+[Unit]
+Description=configfs-tsm emulator at the kernel's paths (test image)
+Requires=sys-kernel-config.mount
+After=sys-kernel-config.mount
+Before=tdx-agent.service
+
+[Service]
+Type=exec
+ExecStart=/usr/local/bin/tsm-emulator /run/tsm-emulator --sim-dir $SIM
+# Active (so tdx-agent.service may start) only once the paths are in place.
+ExecStartPost=/usr/local/sbin/tsm-emulator-attach
+# Unbind first, so that SIGTERM finds the emulator's mount unused and it unmounts cleanly.
+ExecStop=/usr/local/sbin/tsm-emulator-attach --detach
+
+[Install]
+RequiredBy=tdx-agent.service
+UNIT
+
+  # The simulated PCCS the agent fetches collateral from (configfs mode needs one).
+  put 0644 /etc/systemd/system/tdx-sim-pccs.service <<UNIT
+# Test images only: a PCCS for the simulated PKI, on loopback.
+[Unit]
+Description=simulated PCCS on 127.0.0.1:$PCCS_PORT (test image)
+Before=tdx-agent.service
+
+[Service]
+Type=exec
+ExecStart=/usr/bin/tdx-agent sim pccs --sim-dir $SIM --listen 127.0.0.1:$PCCS_PORT
+# Active only once it accepts connections, so that the agent's first fetch finds it.
+ExecStartPost=/bin/bash -c 'for _ in \$\$(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$PCCS_PORT) 2>/dev/null && exit 0; sleep 0.1; done; exit 1'
+
+[Install]
+RequiredBy=tdx-agent.service
+UNIT
+  # RequiredBy= as systemctl enable would link it: the shipped unit file stays untouched.
+  for unit in tsm-emulator.service tdx-sim-pccs.service; do
+    mkdir -p "$R/etc/systemd/system/tdx-agent.service.requires"
+    rm -f "$R/etc/systemd/system/tdx-agent.service.requires/$unit"
+    ln -s "/etc/systemd/system/$unit" "$R/etc/systemd/system/tdx-agent.service.requires/$unit"
+  done
 
   # A stand-in for vLLM that (unlike vllm.service) binds 0.0.0.0: the firewall must still keep
   # it unreachable from outside. busybox httpd answers /health (the agent's upstream probe).
@@ -459,16 +481,19 @@ EOF
 
   cmdline_toml="$(printf '"%s", ' "${standin[@]}")"
   put 0640 /etc/tdx-agent/config.toml <<EOF
-# Test image (image/build.sh --test-image): the simulated TD. Never for production.
+# Test image (image/build.sh --test-image): configfs mode on the emulator, a simulated PCCS.
+# Never for production.
 listen = "0.0.0.0:$AGENT_PORT"
 state_dir = "/run/tdx-agent"
 
 [tee]
-kind = "sim"
-sim_dir = "$SIM"
+# The kernel's default paths (tsm_report_dir, measurements_dir): the emulator sits there.
+kind = "configfs"
 
 [collateral]
+pccs_url = "http://127.0.0.1:$PCCS_PORT"
 cache_dir = "/var/cache/tdx-agent/collateral"
+insecure_root = "$SIM/root.der"
 
 [tls]
 subject_alt_names = ["localhost"]
@@ -486,8 +511,10 @@ vllm_cmdline = [${cmdline_toml%, }]
 EOF
 
   # The guest-side probe: on the second serial port (ttyS1, nothing else writes there), one
-  # line per change of: the agent's state, the stand-in answering on loopback and on the
-  # guest's own address, who listens on vLLM's port, and the firewall's drop counter.
+  # line per change of: the agent's state, restarts, unit file hash and drop-ins, the stand-in
+  # answering on loopback and on the guest's own address, who listens on vLLM's port, the
+  # firewall's drop counter, what is mounted at the kernel's TEE paths, RTMR3 as read there,
+  # and the emulator's quote and extend counts.
   put 0755 /usr/local/sbin/tdx-image-probe <<EOF
 #!/bin/sh
 # Test images only (image/build.sh --test-image): see tests/booted_image.rs.
@@ -501,7 +528,13 @@ while :; do
 	if [ -n "\$addr" ] && busybox wget -q -T 2 -O /dev/null "http://\$addr:\$port/health" 2>/dev/null; then own=ok; else own=fail; fi
 	listen=\$(ss -Hltn "sport = :\$port" | awk '{ printf "%s%s", sep, \$4; sep = "," }')
 	counter=\$(nft list counter inet tdx_agent vllm_drop 2>/dev/null | awk '\$1 == "packets" { print \$2 "/" \$4 }')
-	line="agent=\$agent addr=\${addr:-none} standin_loopback=\$lo standin_own_addr=\$own listen=\${listen:-none} vllm_drop=\${counter:-none}"
+	restarts=\$(systemctl show -P NRestarts tdx-agent.service)
+	unit=\$(sha256sum /etc/systemd/system/tdx-agent.service | cut -c1-16)
+	dropins=\$(systemctl show -P DropInPaths tdx-agent.service | tr ' ' ',')
+	tsm=\$(findmnt -n -o SOURCE -M /sys/kernel/config/tsm/report || echo none),\$(findmnt -n -o SOURCE -M /sys/class/misc/tdx_guest/measurements || echo none)
+	rtmr3=\$(od -An -v -tx1 /sys/class/misc/tdx_guest/measurements/rtmr3:sha384 2>/dev/null | tr -d ' \\n')
+	emu=\$(awk '\$1 == "quotes_ok" { q = \$2 } \$1 == "extends" { e = \$2 } END { print q "/" e }' /run/tsm-emulator/.control/stats 2>/dev/null)
+	line="agent=\$agent restarts=\${restarts:-none} unit=\$unit dropins=\${dropins:-none} addr=\${addr:-none} standin_loopback=\$lo standin_own_addr=\$own listen=\${listen:-none} vllm_drop=\${counter:-none} tsm=\$tsm rtmr3=\${rtmr3:-none} emu=\${emu:-none}"
 	if [ "\$line" != "\$prev" ]; then
 		printf 'TDXPROBE uptime=%s %s\n' "\$(cut -d' ' -f1 /proc/uptime)" "\$line" >"\$out"
 		prev=\$line
@@ -538,7 +571,6 @@ EOF
 fi
 
 # The command line (docs/image.md: kernel command line notes).
-CMDLINE="root=LABEL=$ROOT_LABEL rw console=ttyS0"
 printf '%s\n' "$CMDLINE" >"$OUT/cmdline"
 
 # ------------------------------------------------------------------------------------------
@@ -547,9 +579,33 @@ printf '%s\n' "$CMDLINE" >"$OUT/cmdline"
 rm -f "$OUT/disk.raw" "$OUT/disk.qcow2"
 truncate -s "$SIZE" "$OUT/disk.raw"
 mkfs.ext4 -q -F -L "$ROOT_LABEL" -d "$R" "$OUT/disk.raw" >&2 || die "mkfs.ext4 -d failed"
+rm -f "$OUT/disk-uefi.raw" "$OUT/disk-uefi.qcow2" "$OUT/uki.efi"
+if [ "$UEFI" = 1 ]; then
+  # GPT: an EFI system partition with EFI/BOOT/BOOTX64.EFI (the unified kernel image, the
+  # firmware's default boot path) and the root file system above, byte for byte. Built from
+  # files with sfdisk, mkfs.vfat, mtools and dd: no loop devices.
+  esp="$OUT/.esp.img"
+  rm -f "$esp"
+  mkfs.vfat -C -F 32 -n ESP "$esp" $((ESP_MB * 1024)) >/dev/null
+  MTOOLS_SKIP_CHECK=1 mmd -i "$esp" ::/EFI ::/EFI/BOOT
+  MTOOLS_SKIP_CHECK=1 mcopy -i "$esp" "$CACHE/uki.efi" ::/EFI/BOOT/BOOTX64.EFI
+  root_sectors=$(($(stat -c %s "$OUT/disk.raw") / 512))
+  truncate -s $(((1 + ESP_MB + 1) * 1024 * 1024 + root_sectors * 512)) "$OUT/disk-uefi.raw"
+  printf 'label: gpt\nstart=2048, size=%d, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="esp"\nstart=%d, size=%d, type=4F68BCE3-E8CD-4C31-B15A-1ED2E2F1A8F4, name="%s"\n' \
+    $((ESP_MB * 2048)) $((2048 + ESP_MB * 2048)) "$root_sectors" "$ROOT_LABEL" \
+    | sfdisk --quiet "$OUT/disk-uefi.raw" || die "sfdisk failed"
+  dd if="$esp" of="$OUT/disk-uefi.raw" bs=1M seek=1 conv=notrunc status=none
+  dd if="$OUT/disk.raw" of="$OUT/disk-uefi.raw" bs=1M seek=$((1 + ESP_MB)) conv=notrunc,sparse status=none
+  rm -f "$esp"
+  cp "$CACHE/uki.efi" "$OUT/uki.efi"
+fi
 if [ "$FORMAT" = qcow2 ]; then
   qemu-img convert -O qcow2 "$OUT/disk.raw" "$OUT/disk.qcow2"
   rm -f "$OUT/disk.raw"
+  if [ "$UEFI" = 1 ]; then
+    qemu-img convert -O qcow2 "$OUT/disk-uefi.raw" "$OUT/disk-uefi.qcow2"
+    rm -f "$OUT/disk-uefi.raw"
+  fi
 fi
 cp "$CACHE/vmlinuz" "$OUT/vmlinuz"
 cp "$CACHE/initrd.img" "$OUT/initrd.img"
@@ -561,5 +617,6 @@ cp "$CACHE/initrd.img" "$OUT/initrd.img"
   echo "agent: $(sha256sum "$BINARY" | cut -d' ' -f1)  $BINARY"
   echo "agent port: $AGENT_PORT; vLLM port (dropped from outside): $VLLM_PORT; ssh: $([ "$SSH" = 1 ] && echo yes || echo no)"
   echo "cmdline: $CMDLINE"
+  if [ "$UEFI" = 1 ]; then echo "uefi: disk-uefi.$FORMAT (EFI/BOOT/BOOTX64.EFI = uki.efi, sha256 $(sha256sum "$CACHE/uki.efi" | cut -d' ' -f1))"; fi
 } >"$OUT/build-info"
 log "done: $OUT/disk.$FORMAT, vmlinuz, initrd.img, cmdline"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what image/build.sh and tests/booted_image.rs need on a Debian 12+ host (idempotent,
 # root or sudo): debootstrap, e2fsprogs (mkfs.ext4 -d), qemu-utils (qemu-img),
-# qemu-system-x86 (the booted-image test), binutils (strip), curl and shellcheck.
+# qemu-system-x86 (the booted-image test), binutils (strip), curl, shellcheck, and for
+# build.sh --uefi fdisk (sfdisk), dosfstools and mtools.
 #
 # Debian 12 (bookworm): qemu and debootstrap come from bookworm-backports. Its qemu-utils and
 # qemu-system-x86 must come from the same suite (a bookworm-backports qemu-utils conflicts with
@@ -13,7 +14,8 @@ set -euo pipefail
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 need=()
 for c in debootstrap:debootstrap mkfs.ext4:e2fsprogs qemu-img:qemu-utils \
-  qemu-system-x86_64:qemu-system-x86 strip:binutils curl:curl shellcheck:shellcheck flock:util-linux; do
+  qemu-system-x86_64:qemu-system-x86 strip:binutils curl:curl shellcheck:shellcheck flock:util-linux \
+  sfdisk:fdisk mkfs.vfat:dosfstools mcopy:mtools; do
   command -v "${c%%:*}" >/dev/null || need+=("${c#*:}")
 done
 if [ ${#need[@]} -eq 0 ]; then

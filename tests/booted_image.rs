@@ -1,10 +1,17 @@
-//! The booted-image test (issue 5, docs/image.md): `image/build.sh --test-image` bakes this
-//! build's binary into a Debian guest image (the base, kernel and initrd cached under
-//! ~/.cache/tdx-agent), qemu boots it with TCG (KVM only with `TDX_AGENT_QEMU_KVM=1`), the
-//! agent runs from its systemd unit in simulated-TD mode, and from the host:
+//! The booted-image test (issues 5 and 6, docs/image.md): `image/build.sh --test-image` bakes
+//! this build's `tdx-agent` and `tsm-emulator` into a Debian guest image (the base, kernel and
+//! initrd cached under ~/.cache/tdx-agent), qemu boots it with TCG (KVM only with
+//! `TDX_AGENT_QEMU_KVM=1`), and the agent runs the production path, `[tee] kind = "configfs"`
+//! at the kernel's default paths, under the shipped hardened `systemd/tdx-agent.service`
+//! (byte for byte, no drop-in), against the configfs-tsm emulator mounted at
+//! /sys/kernel/config/tsm/report and /sys/class/misc/tdx_guest/measurements. So the unit's
+//! sandbox is shown to allow what production needs: creating report entries, reading quotes
+//! and extending RTMR3 through sysfs. From the host:
 //!
-//! - `tdx-agent attest --nonce` through the forwarded agent port verifies it (RA-TLS and a
-//!   fresh challenge, against the simulated root the build copied out);
+//! - `tdx-agent attest --nonce --json` through the forwarded agent port verifies it (RA-TLS
+//!   and a fresh challenge, against the simulated root the build copied out), and the RTMR3 it
+//!   attests is the one the guest reads from the emulator's register file, which the agent
+//!   extended (the emulator counts the extends and quotes);
 //! - `/readyz` answers 200 and the gRPC health probe (Python grpcio-health-checking) SERVING;
 //! - a stand-in listener on 0.0.0.0 at vLLM's port answers inside the guest (the guest-side
 //!   probe on the second serial port says so, and who listens) while the host's connection
@@ -26,11 +33,24 @@ use std::time::{Duration, Instant};
 
 use support::{Run, bin, tdx_agent};
 
+/// The emulator the image runs, built next to `tdx-agent` (`cargo build -p tsm-emulator`;
+/// scripts/test.sh does).
+fn emulator_bin() -> PathBuf {
+    Path::new(bin())
+        .parent()
+        .expect("tdx-agent has a parent directory")
+        .join("tsm-emulator")
+}
+
 const OPT_OUT: &str = "TDX_AGENT_SKIP_BOOTED_IMAGE";
 const KVM: &str = "TDX_AGENT_QEMU_KVM";
 const AGENT_PORT: u16 = 8443;
 const VLLM_PORT: u16 = 8000;
-/// Boot to a ready agent under TCG takes about 80 s on 2 cores; leave room for a slow runner.
+/// What the guest-side probe reports mounted at /sys/kernel/config/tsm/report and
+/// /sys/class/misc/tdx_guest/measurements: the emulator's file system (FUSE, fsname
+/// `tsm-emulator`), its `report/` and `measurements/` directories bound there.
+const TSM_MOUNTS: &str = "tsm-emulator[/report],tsm-emulator[/measurements]";
+/// Boot to a ready agent under TCG takes about 40 s on 2 busy cores; leave room for a slow runner.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn repo() -> PathBuf {
@@ -60,7 +80,18 @@ fn preflight() {
         "the booted-image test builds an image with debootstrap and chroot, which need root; {}",
         hint()
     );
-    for tool in ["debootstrap", "mkfs.ext4", "qemu-system-x86_64", "curl"] {
+    assert!(
+        emulator_bin().is_file(),
+        "{} is missing: build it first with `cargo build -p tsm-emulator` (scripts/test.sh does)",
+        emulator_bin().display()
+    );
+    for tool in [
+        "debootstrap",
+        "mkfs.ext4",
+        "qemu-system-x86_64",
+        "curl",
+        "sha256sum",
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -247,6 +278,25 @@ fn field<'a>(line: &'a [(String, String)], key: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// The emulator's (quotes_ok, extends) ("Q/E" in the probe line).
+fn emulator_counts(line: &[(String, String)]) -> Option<(u64, u64)> {
+    let (q, e) = field(line, "emu").split_once('/')?;
+    Some((q.parse().ok()?, e.parse().ok()?))
+}
+
+/// The first 16 hex digits of a file's SHA-256, as the guest-side probe reports its unit.
+fn sha256_prefix(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("running sha256sum");
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&out.stdout)
+        .chars()
+        .take(16)
+        .collect()
+}
+
 /// Packets counted by `vllm_drop` ("PACKETS/BYTES" in the probe line).
 fn drops(line: &[(String, String)]) -> Option<u64> {
     field(line, "vllm_drop").split('/').next()?.parse().ok()
@@ -332,8 +382,10 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
             "raw",
             "--binary",
             bin(),
-            "--out",
+            "--tsm-emulator",
         ])
+        .arg(emulator_bin())
+        .arg("--out")
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -378,13 +430,57 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
     ));
     say(&format!("/readyz: {}", readyz.trim()));
 
-    // 3. attest through the forwarded port: RA-TLS plus a fresh challenge.
+    // 3. The agent runs the shipped unit on the emulator at the kernel's paths, and has
+    //    extended RTMR3 through sysfs from inside its sandbox.
+    let unit_hash = sha256_prefix(&repo().join("systemd/tdx-agent.service"));
+    let tee = guest.wait_probe(
+        "the agent active on the emulator at the kernel's paths",
+        Duration::from_secs(60),
+        |l| {
+            field(l, "agent") == "active"
+                && field(l, "tsm") == TSM_MOUNTS
+                && emulator_counts(l).is_some_and(|(_, extends)| extends >= 1)
+                && field(l, "rtmr3").len() == 96
+        },
+    );
+    assert_eq!(
+        field(&tee, "unit"),
+        unit_hash,
+        "the image's tdx-agent.service is not systemd/tdx-agent.service: {tee:?}"
+    );
+    assert_eq!(
+        field(&tee, "dropins"),
+        "none",
+        "tdx-agent.service has drop-ins: the shipped unit must run as it is: {tee:?}"
+    );
+    assert_eq!(
+        field(&tee, "restarts"),
+        "0",
+        "tdx-agent.service restarted: {tee:?}\n{}",
+        guest.diagnostics()
+    );
+    assert_ne!(
+        field(&tee, "rtmr3"),
+        "0".repeat(96),
+        "RTMR3 was never extended"
+    );
+    say(&format!(
+        "inside the guest: tdx-agent.service (sha256 {unit_hash}.., no drop-ins, 0 restarts) on \
+         the emulator ({}), RTMR3 {}.., emulator quotes/extends {}",
+        field(&tee, "tsm"),
+        &field(&tee, "rtmr3")[..16],
+        field(&tee, "emu")
+    ));
+
+    // 4. attest through the forwarded port: RA-TLS plus a fresh challenge; the attested RTMR3
+    //    is the emulator's register.
     let r = tdx_agent(&[
         "attest",
         &guest.url(),
         "--insecure-root",
         root.to_str().expect("UTF-8 path"),
         "--nonce",
+        "--json",
     ]);
     assert_eq!(
         r.code,
@@ -392,12 +488,28 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
         "attest through the forwarded port: {r}\n{}",
         guest.diagnostics()
     );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("attest --json printed no JSON ({e}): {r}"));
+    assert_eq!(v["verdict"], "accepted", "{v}");
+    // The probe reports once a second or so: wait for it to see the challenge's quote.
+    let now = guest.wait_probe(
+        "the emulator's count including the challenge's quote",
+        Duration::from_secs(30),
+        |l| emulator_counts(l).is_some_and(|(quotes, _)| quotes >= 2),
+    );
+    assert_eq!(
+        v["measurements"]["rtmr3"].as_str(),
+        Some(field(&now, "rtmr3")),
+        "the attested RTMR3 is not the emulator's register file as the guest reads it: {now:?}"
+    );
     say(&format!(
-        "attest --nonce: exit 0 ({})",
-        r.stdout.lines().next().unwrap_or("").trim()
+        "attest --nonce: accepted; RTMR3 {}.. equals the emulator's rtmr3:sha384; emulator \
+         quotes/extends {}",
+        &field(&now, "rtmr3")[..16],
+        field(&now, "emu")
     ));
 
-    // 4. The third-party probes: /readyz over Python's ssl, gRPC health over grpcio.
+    // 5. The third-party probes: /readyz over Python's ssl, gRPC health over grpcio.
     let py = python();
     let r = grpc_client(&py, &guest.addr(), "readyz");
     assert_eq!(r.code, 0, "python /readyz: {r}\n{}", guest.diagnostics());
@@ -406,7 +518,7 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
     assert!(r.stdout.contains("SERVING"), "gRPC health: {r}");
     say(&format!("gRPC health: {}", r.stdout.trim()));
 
-    // 5. Inside the guest the stand-in answers, on loopback and on the guest's own address,
+    // 6. Inside the guest the stand-in answers, on loopback and on the guest's own address,
     //    and listens on 0.0.0.0 (as a misconfigured vLLM would).
     let inside = guest.wait_probe(
         "the stand-in answering on 0.0.0.0",
@@ -438,7 +550,7 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
         ));
     }
 
-    // 6. From the host, the same port gets nothing, and the drop counter goes up.
+    // 7. From the host, the same port gets nothing, and the drop counter goes up.
     let got = host_reaches_vllm_port(guest.vllm_port, Duration::from_secs(5));
     assert!(
         got.is_none(),
