@@ -247,7 +247,7 @@ flock 9
 if [ -f "$CACHE/complete" ]; then
   log "cached base: $CACHE ($(cat "$CACHE/kernel-package"))"
 else
-  log "no cached base at $CACHE: building it (about 3 minutes)"
+  log "no cached base at $CACHE: building it (about 2 minutes)"
   t_base=$SECONDS
   rm -rf "$CACHE"
   TMPBASE="$CACHE.tmp.$$"
