@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# Installs what building and testing tdx-agent needs on Debian 12 (idempotent, root or sudo).
+# Installs what building and running tdx-agent needs on Debian 12 (idempotent, root or sudo).
+#   scripts/setup.sh              the build, the demo and most tests
+#   scripts/setup.sh --for-tests  also debootstrap and qemu for the booted-image test
+#                                 (image/install-deps.sh), i.e. everything scripts/test.sh needs
 set -euo pipefail
+for_tests=0
+case "${1:-}" in
+  "") ;;
+  --for-tests) for_tests=1 ;;
+  *) echo "usage: scripts/setup.sh [--for-tests]" >&2; exit 2 ;;
+esac
 
 need_apt=()
 command -v cc >/dev/null || need_apt+=(build-essential)
@@ -29,4 +38,7 @@ if ! command -v cargo >/dev/null; then
   exit 2
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+if [ "$for_tests" = 1 ]; then
+  "$(dirname "$0")/../image/install-deps.sh"
+fi
 echo "setup: ok ($(cargo --version))"
