@@ -8,3 +8,4 @@ export TDX_AGENT_BIN="$PWD/target/release/tdx-agent"
 cargo bench --locked --bench verify
 cargo bench --locked --bench daemon
 cargo bench --locked --bench model_hash
+scripts/bench-deps.sh && cargo bench --locked --bench front_door

@@ -22,7 +22,10 @@ pub struct IdleTimeoutError(pub Duration);
 pub struct IdleBody<B> {
     inner: B,
     idle: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// Armed when a wait on `inner` begins, and only created then: a small body that is
+    /// already there never waits, and a timer per body and direction was a measurable part
+    /// of the front door's CPU per request (docs/benchmarks.md).
+    deadline: Option<Pin<Box<Sleep>>>,
     waiting: bool,
     _hold: Option<Box<dyn Send + Sync>>,
 }
@@ -32,7 +35,7 @@ impl<B> IdleBody<B> {
         IdleBody {
             inner,
             idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            deadline: None,
             waiting: false,
             _hold: None,
         }
@@ -58,20 +61,30 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if !this.waiting {
-            this.waiting = true;
-            let at = Instant::now() + this.idle;
-            this.deadline.as_mut().reset(at);
-        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
                 Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
-            Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeoutError(this.idle).into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let deadline = match (this.waiting, &mut this.deadline) {
+                    (true, Some(d)) => d,
+                    (_, slot) => {
+                        // A wait begins now.
+                        let at = Instant::now() + this.idle;
+                        match slot {
+                            Some(d) => d.as_mut().reset(at),
+                            None => *slot = Some(Box::pin(tokio::time::sleep_until(at))),
+                        }
+                        this.waiting = true;
+                        slot.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+                    }
+                };
+                match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeoutError(this.idle).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

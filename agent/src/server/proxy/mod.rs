@@ -6,18 +6,17 @@
 pub mod auth;
 pub mod body;
 pub mod health;
+pub mod pool;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderValue, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{LengthLimitError, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
@@ -26,35 +25,30 @@ use super::state::AppState;
 use crate::config::{UpstreamConfig, UpstreamUrl};
 use crate::forward::headers::strip_hop_by_hop;
 use body::{IdleBody, boxed};
+use pool::{Pool, PoolError};
 
 /// The configured upstream and the one connection pool to it.
 pub struct Proxy {
     pub upstream: UpstreamUrl,
     pub config: UpstreamConfig,
-    client: Client<HttpConnector, Body>,
+    pool: Arc<Pool>,
     permits: Arc<Semaphore>,
 }
 
 impl Proxy {
     pub fn new(upstream: UpstreamUrl, config: UpstreamConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let pool = Pool::new(
+            upstream.authority.clone(),
+            Duration::from_millis(config.connect_timeout_ms),
+            Duration::from_secs(30),
+            config.max_concurrent_requests,
+        );
         Proxy {
             upstream,
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             config,
-            client,
+            pool,
         }
-    }
-
-    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, ApiError> {
-        format!("{}{path_and_query}", self.upstream.as_str())
-            .parse()
-            .map_err(|e| ApiError::BadRequest(format!("request target: {e}")))
     }
 
     /// One health probe: (healthy, what was seen).
@@ -63,10 +57,18 @@ impl Proxy {
         let Ok(uri) = url.parse::<Uri>() else {
             return (false, format!("{url}: not a valid URL"));
         };
+        // Origin-form target and a Host header: the pool speaks HTTP/1.1 as it is written.
+        let target = uri
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
         let mut req = hyper::Request::new(Body::empty());
-        *req.uri_mut() = uri;
+        *req.uri_mut() = target;
+        if let Ok(v) = HeaderValue::from_str(&self.upstream.authority) {
+            req.headers_mut().insert(header::HOST, v);
+        }
         let wait = Duration::from_millis(self.config.connect_timeout_ms) + Duration::from_secs(5);
-        match tokio::time::timeout(wait, self.client.request(req)).await {
+        match tokio::time::timeout(wait, self.pool.send(req)).await {
             Err(_) => (false, format!("GET {url}: no answer within {wait:?}")),
             Ok(Err(e)) => (false, format!("GET {url}: {}", error_chain(&e))),
             Ok(Ok(r)) if r.status().is_success() => (true, format!("GET {url}: {}", r.status())),
@@ -100,13 +102,15 @@ impl Proxy {
         }
 
         let (mut parts, body) = req.into_parts();
-        let target = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-        parts.uri = self.upstream_uri(&target)?;
+        // Origin-form, as HTTP/1.1 sends it to an origin server (an HTTP/2 request arrives
+        // with scheme and authority); the path and query go on unchanged.
+        parts.uri = Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
         // vLLM speaks HTTP/1.1; an HTTP/2 request passed on as such would get a 502.
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
@@ -125,7 +129,7 @@ impl Proxy {
 
         let started = Instant::now();
         let wait = Duration::from_secs(self.config.response_header_timeout_secs);
-        let resp = match tokio::time::timeout(wait, self.client.request(upstream_req)).await {
+        let resp = match tokio::time::timeout(wait, self.pool.send(upstream_req)).await {
             Err(_) => {
                 return Err(ApiError::UpstreamTimeout {
                     upstream: self.upstream.as_str().to_string(),
@@ -146,7 +150,7 @@ impl Proxy {
         Ok(Response::from_parts(parts, body))
     }
 
-    fn classify(&self, state: &AppState, e: &hyper_util::client::legacy::Error) -> ApiError {
+    fn classify(&self, state: &AppState, e: &PoolError) -> ApiError {
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
         while let Some(s) = source {
             if s.is::<LengthLimitError>() {
