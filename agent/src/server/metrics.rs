@@ -1,5 +1,6 @@
 //! Prometheus metrics. Scrapes read counters and gauges only: nothing here makes a quote.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,7 +17,9 @@ pub struct PurposeLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
-    pub result: String,
+    // Static for every fixed outcome, so counting one allocates nothing (it runs per model
+    // request).
+    pub result: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -186,10 +189,14 @@ impl Metrics {
         }
     }
 
-    pub fn count(&self, family: &Family<ResultLabel, Counter>, result: &str) {
+    pub fn count(
+        &self,
+        family: &Family<ResultLabel, Counter>,
+        result: impl Into<Cow<'static, str>>,
+    ) {
         family
             .get_or_create(&ResultLabel {
-                result: result.to_string(),
+                result: result.into(),
             })
             .inc();
     }

@@ -69,7 +69,7 @@ impl Readiness {
     }
 
     pub fn set(&self, stage: Stage, ok: bool, detail: impl Into<String>) {
-        let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stages = self.lock();
         if let Some(s) = stages.iter_mut().find(|s| s.stage == stage) {
             s.ok = ok;
             s.detail = detail.into();
@@ -77,23 +77,26 @@ impl Readiness {
     }
 
     pub fn snapshot(&self) -> Vec<StageState> {
-        self.stages
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lock().clone()
     }
 
+    // These three run on every model request: they look under the lock rather than clone
+    // every stage's detail.
     pub fn ready(&self) -> bool {
-        self.snapshot().iter().all(|s| s.ok)
+        self.lock().iter().all(|s| s.ok)
     }
 
     /// The first stage that does not hold.
     pub fn first_missing(&self) -> Option<StageState> {
-        self.snapshot().into_iter().find(|s| !s.ok)
+        self.lock().iter().find(|s| !s.ok).cloned()
     }
 
     pub fn is_ok(&self, stage: Stage) -> bool {
-        self.snapshot().iter().any(|s| s.stage == stage && s.ok)
+        self.lock().iter().any(|s| s.stage == stage && s.ok)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<StageState>> {
+        self.stages.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod body;
 pub mod health;
 pub mod pool;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -216,11 +217,18 @@ pub async fn handler(State(state): State<Arc<AppState>>, req: Request) -> Respon
         .into_response();
     };
     let result = proxy.forward(&state, req).await;
-    let outcome = match &result {
-        Ok(r) => format!("{}xx", r.status().as_u16() / 100),
-        Err(e) => e.status().as_u16().to_string() + "-agent",
+    let outcome: Cow<'static, str> = match &result {
+        Ok(r) => match r.status().as_u16() / 100 {
+            1 => "1xx".into(),
+            2 => "2xx".into(),
+            3 => "3xx".into(),
+            4 => "4xx".into(),
+            5 => "5xx".into(),
+            n => format!("{n}xx").into(),
+        },
+        Err(e) => format!("{}-agent", e.status().as_u16()).into(),
     };
-    state.metrics.count(&state.metrics.proxy_requests, &outcome);
+    state.metrics.count(&state.metrics.proxy_requests, outcome);
     match result {
         Ok(r) => r,
         Err(e) => {
