@@ -461,9 +461,10 @@ impl ServerCertVerifier for ConnectionVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let now = i64::try_from(now.as_secs())
-            .map_err(|_| rustls::Error::General("RA-TLS: the clock is out of range".into()))?;
-        match self.ratls.verify_certificate(end_entity, now) {
+        match self
+            .ratls
+            .verify_certificate(end_entity, crate::ratls::verifier::unix_secs(now)?)
+        {
             Ok(report) => {
                 self.record(Appraisal::Accepted(report));
                 Ok(ServerCertVerified::assertion())

@@ -336,9 +336,7 @@ impl ServerCertVerifier for RaTlsVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let now = i64::try_from(now.as_secs())
-            .map_err(|_| rustls::Error::General("RA-TLS: the clock is out of range".into()))?;
-        self.verify_certificate(end_entity, now)?;
+        self.verify_certificate(end_entity, unix_secs(now)?)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -375,6 +373,12 @@ impl ServerCertVerifier for RaTlsVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// rustls's clock in the seconds [`RaTlsVerifier::verify_certificate`] takes.
+pub fn unix_secs(now: UnixTime) -> Result<i64, rustls::Error> {
+    i64::try_from(now.as_secs())
+        .map_err(|_| rustls::Error::General("RA-TLS: the clock is out of range".into()))
 }
 
 /// A rustls client config (ring provider) that verifies servers with `verifier`.

@@ -34,6 +34,8 @@ pub struct Proxy {
     pub config: UpstreamConfig,
     pool: Arc<Pool>,
     permits: Arc<Semaphore>,
+    /// The Host header every upstream request carries, parsed once.
+    host: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -45,6 +47,7 @@ impl Proxy {
             config.max_concurrent_requests,
         );
         Proxy {
+            host: HeaderValue::from_str(&upstream.authority).ok(),
             upstream,
             permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             config,
@@ -65,8 +68,8 @@ impl Proxy {
             .map_or_else(|| Uri::from_static("/"), Uri::from);
         let mut req = hyper::Request::new(Body::empty());
         *req.uri_mut() = target;
-        if let Ok(v) = HeaderValue::from_str(&self.upstream.authority) {
-            req.headers_mut().insert(header::HOST, v);
+        if let Some(v) = &self.host {
+            req.headers_mut().insert(header::HOST, v.clone());
         }
         let wait = Duration::from_millis(self.config.connect_timeout_ms) + Duration::from_secs(5);
         match tokio::time::timeout(wait, self.pool.send(req)).await {
@@ -120,8 +123,8 @@ impl Proxy {
             // The key was for us; the model server never sees it.
             parts.headers.remove(header::AUTHORIZATION);
         }
-        if let Ok(v) = HeaderValue::from_str(&self.upstream.authority) {
-            parts.headers.insert(header::HOST, v);
+        if let Some(v) = &self.host {
+            parts.headers.insert(header::HOST, v.clone());
         }
         let idle = Duration::from_secs(self.config.idle_timeout_secs);
         let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
