@@ -17,19 +17,6 @@ const WELL_KNOWN: &str = "/.well-known/attestation";
 const CHALLENGE: &str = "/attestation/v1/challenge";
 const CHALLENGES_OK: &str = "tdx_agent_challenges_total{result=\"ok\"}";
 
-fn measurements(sim: &SimTd) -> serde_json::Value {
-    let m = tdx_agent(&[
-        "measurements",
-        "--tee",
-        "sim",
-        "--sim-dir",
-        sim.dir_str(),
-        "--json",
-    ]);
-    assert_eq!(m.code, 0, "{m}");
-    serde_json::from_str(&m.stdout).expect("measurements JSON")
-}
-
 fn write_policy(sim: &SimTd, name: &str, text: &str) -> PathBuf {
     let p = sim.tmp.path().join(name);
     std::fs::write(&p, text).expect("writing a policy");
@@ -38,7 +25,7 @@ fn write_policy(sim: &SimTd, name: &str, text: &str) -> PathBuf {
 
 /// A policy pinning the simulated TD's MRTD and RTMR0-2.
 fn accepting_policy(sim: &SimTd) -> PathBuf {
-    let m = measurements(sim);
+    let m = sim.measurements();
     let reg = |k: &str| m[k].as_str().expect(k).to_string();
     write_policy(
         sim,
@@ -186,7 +173,7 @@ async fn a_server_failing_the_policy_gets_nothing_forwarded() {
     let direct = Https::connect(&d.addr, sim.root_der())
         .await
         .expect("direct RA-TLS connection");
-    let mrtd = measurements(&sim)["mrtd"]
+    let mrtd = sim.measurements()["mrtd"]
         .as_str()
         .expect("mrtd")
         .to_string();

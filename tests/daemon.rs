@@ -141,16 +141,7 @@ fn attest_nonce_never_loses_the_http1_readiness_race() {
 fn policy_pins_decide_the_verdict() {
     let sim = SimTd::new();
     let d = Daemon::sim(&sim, &[]);
-    let m = tdx_agent(&[
-        "measurements",
-        "--tee",
-        "sim",
-        "--sim-dir",
-        sim.dir_str(),
-        "--json",
-    ]);
-    assert_eq!(m.code, 0, "{m}");
-    let m: serde_json::Value = serde_json::from_str(&m.stdout).expect("measurements JSON");
+    let m = sim.measurements();
     let reg = |k: &str| m[k].as_str().expect(k).to_string();
     let other = |hex: &str| {
         // Same length, one nibble different.

@@ -39,6 +39,12 @@ async fn agent_for(sim: &SimTd, up: &Upstream, extra: &[&str]) -> (Daemon, Https
     (d, c)
 }
 
+/// A whole response body as JSON.
+async fn json_body(r: hyper::Response<hyper::body::Incoming>) -> serde_json::Value {
+    let bytes = r.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"))
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -93,8 +99,7 @@ async fn sse_arrives_event_by_event_and_requests_are_cleaned() {
         .unwrap();
     let resp = h1.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let echo: serde_json::Value =
-        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let echo = json_body(resp).await;
     let headers = &echo["headers"];
     for gone in ["x-hop", "keep-alive", "te"] {
         assert!(headers.get(gone).is_none(), "{gone} forwarded: {echo}");
@@ -305,8 +310,7 @@ response_header_timeout_secs = 1
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let echo: serde_json::Value =
-        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let echo = json_body(r).await;
     assert!(
         echo["headers"].get("authorization").is_none(),
         "the agent's API key reached the model server: {echo}"
@@ -319,8 +323,7 @@ response_header_timeout_secs = 1
         .await
         .unwrap();
     assert_eq!(r.status(), 413);
-    let body: serde_json::Value =
-        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let body = json_body(r).await;
     assert_eq!(body["error"]["code"], "request_too_large");
     assert_eq!(up.script.model_requests.load(Ordering::SeqCst), before);
 
@@ -330,8 +333,7 @@ response_header_timeout_secs = 1
         .await
         .unwrap();
     assert_eq!(r.status(), 504);
-    let body: serde_json::Value =
-        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let body = json_body(r).await;
     assert_eq!(body["error"]["type"], "upstream_timeout");
 
     // Everything else under /v1 that is not configured answers in OpenAI's shape too, and

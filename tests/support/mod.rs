@@ -85,6 +85,20 @@ impl SimTd {
         std::fs::read(&self.root).expect("reading root.der")
     }
 
+    /// `tdx-agent measurements --json` of this TD.
+    pub fn measurements(&self) -> serde_json::Value {
+        let m = tdx_agent(&[
+            "measurements",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            self.dir_str(),
+            "--json",
+        ]);
+        assert_eq!(m.code, 0, "{m}");
+        serde_json::from_str(&m.stdout).expect("measurements JSON")
+    }
+
     /// The audit files a sim `serve` without `--config` writes (SIMDIR/audit), oldest first.
     pub fn audit_files(&self) -> Vec<PathBuf> {
         tdx_agent::audit::list_files(&self.dir.join("audit")).expect("listing the audit dir")
@@ -97,13 +111,16 @@ impl Default for SimTd {
     }
 }
 
-/// `tdx-agent serve` as a child process; killed (and reaped) on drop.
-pub struct Daemon {
+/// A `tdx-agent` child process that announces its listener on stdout (`PREFIX ADDR` as its
+/// first line); killed (and reaped) on drop. `serve` and `connect` both run as one.
+pub struct Listening {
     pub child: Child,
-    /// HOST:PORT of the listener, from the `tdx-agent listening on ADDR` line.
+    /// HOST:PORT from the listening line.
     pub addr: String,
     /// When the process was spawned.
     pub spawned: Instant,
+    /// What it is, for messages (`serve`, `connect`).
+    what: &'static str,
     stderr_path: PathBuf,
     _stderr_dir: tempfile::TempDir,
 }
@@ -111,34 +128,24 @@ pub struct Daemon {
 /// How long a daemon may take to print its listening line (debug build, busy machine).
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-impl Daemon {
-    /// `serve --tee sim --sim-dir DIR --listen 127.0.0.1:0 EXTRA...`.
-    pub fn sim(sim: &SimTd, extra: &[&str]) -> Self {
-        let mut args = vec![
-            "serve",
-            "--tee",
-            "sim",
-            "--sim-dir",
-            sim.dir_str(),
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        Self::start(&args, &[], &[])
-    }
-
+impl Listening {
     /// Spawn `tdx-agent ARGS` with extra environment variables (and some removed), and wait
-    /// for the listening line.
-    pub fn start(args: &[&str], env: &[(&str, &str)], env_remove: &[&str]) -> Self {
+    /// for a first stdout line `PREFIX ADDR`.
+    fn spawn(
+        what: &'static str,
+        prefix: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        env_remove: &[&str],
+    ) -> Self {
         let stderr_dir = tempfile::tempdir().expect("temporary directory");
-        let stderr_path = stderr_dir.path().join("serve.stderr");
+        let stderr_path = stderr_dir.path().join(format!("{what}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).expect("creating the stderr file");
         let mut cmd = Command::new(bin());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr)
-            .env("RUST_LOG", "info");
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -156,53 +163,53 @@ impl Daemon {
             let mut line = String::new();
             let _ = reader.read_line(&mut line);
             let _ = tx.send(line);
-            // Keep draining so the daemon never writes into a closed pipe.
+            // Keep draining so the process never writes into a closed pipe.
             let mut sink = String::new();
             while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
                 sink.clear();
             }
         });
-        let mut daemon = Daemon {
+        let mut proc = Listening {
             child,
             addr: String::new(),
             spawned,
+            what,
             stderr_path,
             _stderr_dir: stderr_dir,
         };
         let line = match rx.recv_timeout(START_TIMEOUT) {
             Ok(l) => l,
             Err(_) => panic!(
-                "serve printed no listening line within {START_TIMEOUT:?}\n{}",
-                daemon.stderr()
+                "{what} printed no listening line within {START_TIMEOUT:?}\n{}",
+                proc.stderr()
             ),
         };
-        let Some(addr) = line.trim().strip_prefix("tdx-agent listening on ") else {
-            let status = daemon.child.try_wait();
+        let Some(addr) = line.trim().strip_prefix(prefix) else {
+            let status = proc.child.try_wait();
             panic!(
-                "serve did not start (status {status:?}); stdout {line:?}\n--- stderr\n{}",
-                daemon.stderr()
+                "{what} did not start (status {status:?}); stdout {line:?}\n--- stderr\n{}",
+                proc.stderr()
             );
         };
-        daemon.addr = addr.to_string();
-        daemon
-    }
-
-    pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
+        proc.addr = addr.to_string();
+        proc
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// What the daemon wrote to stderr so far.
+    /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
     /// None while the process runs.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("waiting for serve")
+        let what = self.what;
+        self.child
+            .try_wait()
+            .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
     }
 
     /// `kill -TERM PID`.
@@ -228,22 +235,77 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM, then wait up to `timeout` for the exit status.
+    pub fn sigterm_and_wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.sigterm();
+        self.wait_exit(timeout)
+    }
+
     /// SIGTERM and wait for a clean exit (status 0).
     pub fn stop(&mut self) {
-        self.sigterm();
-        let st = self.wait_exit(Duration::from_secs(20));
+        let st = self.sigterm_and_wait(Duration::from_secs(20));
         assert!(
             st.is_some_and(|s| s.success()),
-            "serve did not exit cleanly after SIGTERM: {st:?}\n{}",
+            "{} did not exit cleanly after SIGTERM: {st:?}\n{}",
+            self.what,
             self.stderr()
         );
     }
 }
 
-impl Drop for Daemon {
+impl Drop for Listening {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `tdx-agent serve` as a child process.
+pub struct Daemon(Listening);
+
+impl Daemon {
+    /// `serve --tee sim --sim-dir DIR --listen 127.0.0.1:0 EXTRA...`.
+    pub fn sim(sim: &SimTd, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            sim.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Self::start(&args, &[], &[])
+    }
+
+    /// Spawn `tdx-agent ARGS` with extra environment variables (and some removed), and wait
+    /// for the listening line.
+    pub fn start(args: &[&str], env: &[(&str, &str)], env_remove: &[&str]) -> Self {
+        Daemon(Listening::spawn(
+            "serve",
+            "tdx-agent listening on ",
+            args,
+            env,
+            env_remove,
+        ))
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Listening;
+    fn deref(&self) -> &Listening {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Listening {
+        &mut self.0
     }
 }
 
@@ -266,6 +328,26 @@ pub struct Resp {
 }
 
 impl Resp {
+    /// Status, headers and the whole body (at most 16 MiB) of `resp` to `method path`.
+    async fn collect(
+        resp: hyper::Response<hyper::body::Incoming>,
+        method: &str,
+        path: &str,
+    ) -> Result<Resp, String> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = Limited::new(resp.into_body(), 16 << 20)
+            .collect()
+            .await
+            .map_err(|e| format!("{method} {path}: body: {e}"))?
+            .to_bytes();
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
@@ -377,18 +459,7 @@ impl Https {
             .send_request(req)
             .await
             .map_err(|e| format!("{method} {path}: {e}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = Limited::new(resp.into_body(), 16 << 20)
-            .collect()
-            .await
-            .map_err(|e| format!("{method} {path}: body: {e}"))?
-            .to_bytes();
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        Resp::collect(resp, method, path).await
     }
 
     pub async fn get(&self, path: &str) -> Resp {
@@ -486,14 +557,8 @@ impl Drop for SimPccs {
 // `tdx-agent connect`: the client-side proxy as a child process, and a plain HTTP client for
 // its local endpoint.
 
-/// `tdx-agent connect` as a child process; killed (and reaped) on drop.
-pub struct ConnectProc {
-    pub child: Child,
-    /// HOST:PORT of the local plain-HTTP listener, from `tdx-agent connect listening on ADDR`.
-    pub addr: String,
-    stderr_path: PathBuf,
-    _stderr_dir: tempfile::TempDir,
-}
+/// `tdx-agent connect` as a child process.
+pub struct ConnectProc(Listening);
 
 impl ConnectProc {
     /// `tdx-agent connect URL --listen 127.0.0.1:0 EXTRA...`, waiting for the listening line.
@@ -505,87 +570,26 @@ impl ConnectProc {
 
     /// Spawn `tdx-agent ARGS` and wait for connect's listening line.
     pub fn start_args(args: &[&str]) -> Self {
-        let stderr_dir = tempfile::tempdir().expect("temporary directory");
-        let stderr_path = stderr_dir.path().join("connect.stderr");
-        let stderr = std::fs::File::create(&stderr_path).expect("creating the stderr file");
-        let mut child = Command::new(bin())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .env("TDX_AGENT_LOG", "info")
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let mut sink = String::new();
-            while reader.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
-                sink.clear();
-            }
-        });
-        let mut proc = ConnectProc {
-            child,
-            addr: String::new(),
-            stderr_path,
-            _stderr_dir: stderr_dir,
-        };
-        let line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(l) => l,
-            Err(_) => panic!(
-                "connect printed no listening line within {START_TIMEOUT:?}\n{}",
-                proc.stderr()
-            ),
-        };
-        let Some(addr) = line.trim().strip_prefix("tdx-agent connect listening on ") else {
-            let status = proc.child.try_wait();
-            panic!(
-                "connect did not start (status {status:?}); stdout {line:?}\n--- stderr\n{}",
-                proc.stderr()
-            );
-        };
-        proc.addr = addr.to_string();
-        proc
-    }
-
-    /// What connect wrote to stderr so far.
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    /// None while the process runs.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().expect("waiting for connect")
-    }
-
-    /// SIGTERM, then wait up to `timeout` for the exit status.
-    pub fn sigterm_and_wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(st.success(), "kill -TERM {}: {st}", self.child.id());
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.exited() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        ConnectProc(Listening::spawn(
+            "connect",
+            "tdx-agent connect listening on ",
+            args,
+            &[("TDX_AGENT_LOG", "info")],
+            &[],
+        ))
     }
 }
 
-impl Drop for ConnectProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for ConnectProc {
+    type Target = Listening;
+    fn deref(&self) -> &Listening {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ConnectProc {
+    fn deref_mut(&mut self) -> &mut Listening {
+        &mut self.0
     }
 }
 
@@ -644,18 +648,7 @@ pub async fn http_request(
         .send_request(req)
         .await
         .map_err(|e| format!("{method} {path}: {e}"))?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = Limited::new(resp.into_body(), 16 << 20)
-        .collect()
-        .await
-        .map_err(|e| format!("{method} {path}: body: {e}"))?
-        .to_bytes();
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
+    Resp::collect(resp, method, path).await
 }
 
 /// `GET path` over plain HTTP; panics on transport errors.

@@ -146,25 +146,9 @@ pub fn check_challenge(
 mod tests {
     use super::*;
     use crate::challenge::merkle::ProofJson;
-    use crate::verify::report::{RootView, Verdict};
 
     fn accepted() -> Report {
-        Report {
-            verdict: Verdict::Accepted,
-            tcb_status: Some("UpToDate".into()),
-            advisory_ids: vec![],
-            checks: vec![],
-            not_evaluated: vec![],
-            measurements: None,
-            quote_version: None,
-            root: RootView {
-                kind: "insecure",
-                sha256: String::new(),
-            },
-            collateral: None,
-            verified_at: String::new(),
-            warnings: vec![],
-        }
+        crate::client::tests::report_with(&[])
     }
 
     fn evidence() -> EvidenceJson {
