@@ -163,6 +163,10 @@ impl Shared {
 #[derive(Clone)]
 pub struct Batcher {
     shared: Arc<Shared>,
+    /// Where batches are driven: the runtime the batcher was made on (the agent's main one),
+    /// not the connection thread of whichever challenge happens to start a batch, whose
+    /// connections would wait behind the batch's work.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Batcher {
@@ -175,6 +179,7 @@ impl Batcher {
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
             }),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -210,7 +215,11 @@ impl Batcher {
             !std::mem::replace(&mut st.running, true)
         };
         if start_driver {
-            tokio::spawn(drive(Arc::clone(&self.shared)));
+            let driver = drive(Arc::clone(&self.shared));
+            match &self.runtime {
+                Some(rt) => rt.spawn(driver),
+                None => tokio::spawn(driver),
+            };
         }
         answer.await.map_err(|_| ChallengeError::Abandoned)?
     }

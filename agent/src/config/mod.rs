@@ -181,6 +181,20 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Grace period for in-flight requests on SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Threads that serve connections (each owns its connections from handshake to close).
+    /// Absent: one per CPU the agent may use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_threads: Option<std::num::NonZeroUsize>,
+}
+
+impl LimitsConfig {
+    /// `connection_threads`, or one per CPU the agent may use (its affinity and cgroup quota).
+    pub fn connection_threads(&self) -> usize {
+        self.connection_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            std::num::NonZeroUsize::get,
+        )
+    }
 }
 
 impl Default for LimitsConfig {
@@ -190,6 +204,7 @@ impl Default for LimitsConfig {
             max_request_body_bytes: 64 << 10,
             max_connections: 10_000,
             shutdown_grace_secs: 10,
+            connection_threads: None,
         }
     }
 }

@@ -19,17 +19,26 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Remove hop-by-hop headers and those listed in `Connection`, plus `Proxy-Connection`,
 /// which old clients still send.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    // One pass over the few names present, then a removal for each one found, rather than a
+    // hashed removal for every name that might be there: this runs twice per proxied request.
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| HOP_BY_HOP.contains(k) || k.as_str() == "proxy-connection")
+        .cloned()
         .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+    if doomed.contains(&header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        doomed.extend(named);
+    }
+    for name in &doomed {
         headers.remove(name);
     }
-    headers.remove("proxy-connection");
 }
 
 #[cfg(test)]

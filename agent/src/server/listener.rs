@@ -1,17 +1,23 @@
-//! The TLS listener: accept, handshake inside the connection's own task, serve HTTP/1.1 and
-//! HTTP/2 (gRPC) from one axum router, with bounded connections and header timeouts.
+//! The TLS listener: accept, hand the connection to a connection thread (`shards`), which
+//! does the handshake and serves HTTP/1.1 and HTTP/2 (gRPC) from one service, with bounded
+//! connections and header timeouts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncBufReadExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+
+use super::service::Service;
+use super::shards::Shards;
 
 /// Knobs of the listener.
 #[derive(Clone, Debug)]
@@ -37,14 +43,15 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Serve `router` on `listener` until `shutdown` turns true, then drain for the grace period.
+/// Serve `service` on `listener` until `shutdown` turns true, then drain for the grace period.
 /// When `measured` changes (RTMR3 moved and a new certificate carries it), established
 /// connections are asked to close once their in-flight requests finish, so clients
 /// re-handshake and see the new measurements instead of riding on evidence that is stale.
 pub async fn serve(
     listener: TcpListener,
+    shards: Shards,
     tls: Arc<rustls::ServerConfig>,
-    router: axum::Router,
+    service: Service,
     limits: ListenerLimits,
     mut shutdown: watch::Receiver<bool>,
     measured: watch::Receiver<u64>,
@@ -74,19 +81,34 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
+        // The socket moves to the connection thread's reactor.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "cannot hand the connection over");
+                continue;
+            }
+        };
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        let service = service.clone();
         let limits = limits.clone();
         let mut drain = drain_rx.clone();
         let mut measured = measured.clone();
         measured.borrow_and_update();
-        tokio::spawn(async move {
+        shards.spawn(move || async move {
             let _permit = permit;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot register the connection");
+                    return;
+                }
+            };
             connection(
                 stream,
                 peer,
                 acceptor,
-                router,
+                service,
                 &limits,
                 &mut drain,
                 &mut measured,
@@ -99,13 +121,15 @@ pub async fn serve(
     let _ = drain_tx.send(true);
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(limits.shutdown_grace, permits.acquire_many(all)).await;
+    // Whatever is still open after the grace period is dropped with its thread.
+    drop(shards);
 }
 
 async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
-    router: axum::Router,
+    service: Service,
     limits: &ListenerLimits,
     drain: &mut watch::Receiver<bool>,
     measured: &mut watch::Receiver<u64>,
@@ -123,48 +147,66 @@ async fn connection(
             return;
         }
     };
-    // A client that completes the handshake and then says nothing must not hold a slot:
-    // hyper's header timeout starts only once bytes arrive (and HTTP/2 has none), so the
-    // first bytes must come within the same limit.
-    let mut io = tokio::io::BufReader::new(tls);
-    match tokio::time::timeout(limits.header_read_timeout, io.fill_buf()).await {
-        Ok(Ok(first)) if !first.is_empty() => {}
-        Ok(Ok(_)) | Ok(Err(_)) => return,
-        Err(_) => {
-            tracing::debug!(%peer, "no request within the header timeout");
-            return;
-        }
-    }
-    let service = TowerToHyperService::new(router);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .max_header_list_size(64 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+    // HTTP/2 over TLS is negotiated with ALPN "h2" (RFC 9113 §3.2); everything else is
+    // HTTP/1.1. Deciding here, rather than sniffing the first bytes for the HTTP/2 preface,
+    // keeps a buffering layer off every read of every HTTP/1.1 connection.
+    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        // A client that completes the handshake and then says nothing must not hold a slot:
+        // HTTP/2 has no header timeout, so its preface must come within the same limit.
+        let mut io = tokio::io::BufReader::new(tls);
+        match tokio::time::timeout(limits.header_read_timeout, io.fill_buf()).await {
+            Ok(Ok(first)) if !first.is_empty() => {}
+            Ok(Ok(_)) | Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(%peer, "no HTTP/2 preface within the header timeout");
+                return;
             }
         }
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .serve_connection(TokioIo::new(io), service);
+        drive(conn, |c| c.graceful_shutdown(), peer, drain, measured).await;
+    } else {
+        // hyper's header timeout runs from the start of the connection and again from the
+        // end of each response, so a silent or idle client is let go after it.
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(tls), service);
+        drive(conn, |c| c.graceful_shutdown(), peer, drain, measured).await;
+    }
+}
+
+/// Serve `conn` to its end, or ask it to finish its in-flight requests and close when the
+/// agent drains or its measurements change.
+async fn drive<C>(
+    conn: C,
+    graceful: impl FnOnce(Pin<&mut C>),
+    peer: SocketAddr,
+    drain: &mut watch::Receiver<bool>,
+    measured: &mut watch::Receiver<u64>,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        res = conn.as_mut() => res,
         _ = drain.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            graceful(conn.as_mut());
+            conn.await
         }
         Ok(()) = measured.changed() => {
             tracing::debug!(%peer, "measurements changed: closing the connection after its requests");
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            graceful(conn.as_mut());
+            conn.await
         }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -15,6 +15,8 @@ pub mod metrics;
 pub mod proxy;
 pub mod quoter;
 pub mod readiness;
+pub mod service;
+pub mod shards;
 pub mod startup_events;
 pub mod state;
 pub mod systemd;
@@ -227,6 +229,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             })),
         },
     );
+    let connection_threads = config.limits.connection_threads();
     let state = Arc::new(
         state::AppState::new(
             config.clone(),
@@ -242,13 +245,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             rtmr3_log,
             rtmr3_log_path,
         )
-        .with_proxy(
-            config
-                .upstream
-                .url
-                .clone()
-                .map(|u| Arc::new(proxy::Proxy::new(u, config.upstream.clone()))),
-        ),
+        .with_proxy(config.upstream.url.clone().map(|u| {
+            Arc::new(proxy::Proxy::new(
+                u,
+                config.upstream.clone(),
+                connection_threads,
+            ))
+        })),
     );
     // A restart in the same boot: the log must explain RTMR3, or we refuse to report ready.
     issue::check_measured(&state, &state.served()).await;
@@ -273,6 +276,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     .into_axum_router();
     let router = http::router(Arc::clone(&state)).merge(grpc);
 
+    let shards = shards::Shards::start(connection_threads).map_err(setup)?;
     let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -316,8 +320,9 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
     };
     let server = tokio::spawn(listener::serve(
         tcp,
+        shards,
         Arc::new(tls),
-        router,
+        service::Service::new(Arc::clone(&state), router),
         limits,
         shutdown_rx,
         state.measured_epoch.subscribe(),

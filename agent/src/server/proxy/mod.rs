@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderValue, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{LengthLimitError, Limited};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
@@ -27,6 +27,10 @@ use crate::config::{UpstreamConfig, UpstreamUrl};
 use crate::forward::headers::strip_hop_by_hop;
 use body::{IdleBody, boxed};
 use pool::{Pool, PoolError};
+
+/// Request bodies up to this size (declared by Content-Length) are read whole before the
+/// request goes upstream; larger ones, and those of unknown length, stream.
+pub const BUFFERED_REQUEST_BODY: u64 = 64 * 1024;
 
 /// The configured upstream and the one connection pool to it.
 pub struct Proxy {
@@ -39,12 +43,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(upstream: UpstreamUrl, config: UpstreamConfig) -> Self {
+    /// `connection_threads`: how many the listener runs (`server::shards`); each gets its own
+    /// idle connections.
+    pub fn new(upstream: UpstreamUrl, config: UpstreamConfig, connection_threads: usize) -> Self {
         let pool = Pool::new(
             upstream.authority.clone(),
             Duration::from_millis(config.connect_timeout_ms),
             Duration::from_secs(30),
             config.max_concurrent_requests,
+            connection_threads,
         );
         Proxy {
             host: HeaderValue::from_str(&upstream.authority).ok(),
@@ -128,7 +135,21 @@ impl Proxy {
         }
         let idle = Duration::from_secs(self.config.idle_timeout_secs);
         let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-        let body = boxed(IdleBody::new(Limited::new(body, limit_usize), idle));
+        let body = IdleBody::new(Limited::new(body, limit_usize), idle);
+        let body = if declared.is_some_and(|n| n <= BUFFERED_REQUEST_BODY) {
+            // A small body (a chat request) is read whole before the upstream is asked, as
+            // nginx does: it is usually already in the buffer the headers came in, and the
+            // upstream connection then writes head and body at once instead of waiting on
+            // this connection for each piece.
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| self.body_error(e.as_ref()))?
+                .to_bytes();
+            Body::from(bytes)
+        } else {
+            boxed(body)
+        };
         let upstream_req = hyper::Request::from_parts(parts, body);
 
         let started = Instant::now();
@@ -154,15 +175,22 @@ impl Proxy {
         Ok(Response::from_parts(parts, body))
     }
 
+    /// The client's request body could not be read (it is the client's fault, not the
+    /// upstream's).
+    fn body_error(&self, e: &(dyn std::error::Error + 'static)) -> ApiError {
+        if is_length_limit(e) {
+            return ApiError::TooLarge {
+                limit: self.config.max_request_body_bytes,
+            };
+        }
+        ApiError::BadRequest(format!("request body: {}", error_chain(e)))
+    }
+
     fn classify(&self, state: &AppState, e: &PoolError) -> ApiError {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(s) = source {
-            if s.is::<LengthLimitError>() {
-                return ApiError::TooLarge {
-                    limit: self.config.max_request_body_bytes,
-                };
-            }
-            source = s.source();
+        if is_length_limit(e) {
+            return ApiError::TooLarge {
+                limit: self.config.max_request_body_bytes,
+            };
         }
         let detail = error_chain(e);
         if e.is_connect() {
@@ -197,6 +225,18 @@ impl Drop for InFlight {
     }
 }
 
+/// Whether `e` or one of its causes is the request body limit.
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.is::<LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// `e` and its causes on one line: hyper's outer messages alone ("client error (Connect)")
 /// do not say what happened.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -210,8 +250,8 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// The `/v1/` handler.
-pub async fn handler(State(state): State<Arc<AppState>>, req: Request) -> Response {
+/// Everything under `/v1/` (`server::service`).
+pub async fn handler(state: &AppState, req: Request) -> Response {
     let Some(proxy) = state.proxy.as_ref() else {
         return ApiError::NotFound(
             "no model server is configured on this agent (upstream.url): it serves attestation only"
@@ -219,7 +259,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, req: Request) -> Respon
         )
         .into_response();
     };
-    let result = proxy.forward(&state, req).await;
+    let result = proxy.forward(state, req).await;
     let outcome: Cow<'static, str> = match &result {
         Ok(r) => match r.status().as_u16() / 100 {
             1 => "1xx".into(),

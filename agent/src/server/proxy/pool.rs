@@ -10,6 +10,11 @@
 //!
 //! A response body dropped before its end (the client went away) does not go back: hyper then
 //! closes that connection, which is what cancels the generation on the model server.
+//!
+//! Each connection thread (`server::shards`) has its own idle stack, and everything else (the
+//! health probe) one more: an upstream connection is driven by a task on the thread that
+//! opened it, so handing it to a request on another thread would send every byte of that
+//! request across threads and back.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -65,10 +70,12 @@ pub struct Pool {
     connect_timeout: Duration,
     /// A connection idle for longer is closed instead of reused.
     idle_timeout: Duration,
-    /// More idle connections than requests that may run at once would never all be used.
+    /// More idle connections than requests that may run at once would never all be used
+    /// (per thread).
     max_idle: usize,
-    /// Oldest first: connections are pushed and taken at the end.
-    idle: Mutex<Vec<Idle>>,
+    /// One stack per connection thread, then one for every other thread. Oldest first:
+    /// connections are pushed and taken at the end.
+    idle: Box<[Mutex<Vec<Idle>>]>,
 }
 
 impl Pool {
@@ -77,20 +84,30 @@ impl Pool {
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
+        connection_threads: usize,
     ) -> Arc<Self> {
         Arc::new(Pool {
             authority,
             connect_timeout,
             idle_timeout,
             max_idle,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..=connection_threads)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
         })
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+    /// The idle stack of the caller's thread.
+    fn slot(&self) -> usize {
+        let other = self.idle.len() - 1;
+        crate::server::shards::current().map_or(other, |i| i.min(other))
+    }
+
+    fn idle(&self, slot: usize) -> MutexGuard<'_, Vec<Idle>> {
         // The lock is held for a push or a pop only, never across a panic that could leave the
-        // stack half-changed: a poisoned one is still consistent.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        // stack half-changed: a poisoned one is still consistent. Only its own thread takes
+        // it, so it is never contended.
+        self.idle[slot].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Send `req` (origin-form target, Host set by the caller) and return the response with
@@ -99,8 +116,9 @@ impl Pool {
         self: &Arc<Self>,
         mut req: hyper::Request<Body>,
     ) -> Result<hyper::Response<PooledBody>, PoolError> {
+        let slot = self.slot();
         loop {
-            let (mut sender, reused) = match self.take() {
+            let (mut sender, reused) = match self.take(slot) {
                 Some(s) => (s, true),
                 None => (self.connect().await?, false),
             };
@@ -114,7 +132,7 @@ impl Pool {
             }
             match sender.try_send_request(req).await {
                 Ok(resp) => {
-                    let back = Some((sender, Arc::clone(self)));
+                    let back = Some((sender, Arc::clone(self), slot));
                     return Ok(resp.map(|inner| PooledBody { inner, back }));
                 }
                 Err(mut e) => match e.take_message() {
@@ -135,8 +153,8 @@ impl Pool {
     }
 
     /// The most recently used idle connection that is still open and not idle for too long.
-    fn take(&self) -> Option<SendRequest<Body>> {
-        let mut idle = self.idle();
+    fn take(&self, slot: usize) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle(slot);
         while let Some(i) = idle.pop() {
             if !i.sender.is_closed() && i.since.elapsed() < self.idle_timeout {
                 return Some(i.sender);
@@ -145,12 +163,12 @@ impl Pool {
         None
     }
 
-    fn put(&self, sender: SendRequest<Body>) {
+    fn put(&self, slot: usize, sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle();
+        let mut idle = self.idle(slot);
         // Drop those idle for too long (at the front, the oldest); their tasks then end.
         let fresh = idle
             .iter()
@@ -196,13 +214,14 @@ impl Pool {
 /// A response body from the upstream; its connection goes back to the pool once it has ended.
 pub struct PooledBody {
     inner: Incoming,
-    back: Option<(SendRequest<Body>, Arc<Pool>)>,
+    /// The connection, and the pool and idle stack it goes back to.
+    back: Option<(SendRequest<Body>, Arc<Pool>, usize)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.back.take() {
-            pool.put(sender);
+        if let Some((sender, pool, slot)) = self.back.take() {
+            pool.put(slot, sender);
         }
     }
 }
