@@ -306,7 +306,7 @@ async fn the_certificate_is_sent_compressed_to_clients_that_offer_it() {
     static COUNTING: CountingZlib = CountingZlib;
     let sim = SimTd::new();
     let d = Daemon::sim(&sim, &[]);
-    let mut config = support::ratls_client_config(sim.root_der(), &[b"http/1.1"]);
+    let mut config = support::ratls_client_config(sim.root_der(), &[b"h2"]);
     config.cert_decompressors = vec![&COUNTING];
     let before = INFLATED.load(std::sync::atomic::Ordering::SeqCst);
     let c = Https::connect_with(&d.addr, Arc::new(config))
