@@ -12,12 +12,12 @@ use std::pin::Pin;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::AsyncBufReadExt as _;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::service::Service;
-use super::shards::Shards;
+use super::shards::{Shards, Threads};
 
 /// Knobs of the listener.
 #[derive(Clone, Debug)]
@@ -43,27 +43,88 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Serve `service` on `listener` until `shutdown` turns true, then drain for the grace period.
+/// Serve `service` until `shutdown` turns true, then drain for the grace period. Each
+/// connection thread accepts from its own handle on the one listening socket (`listeners`,
+/// one per thread), so a connection is handled where it was accepted, with no hand-over.
 /// When `measured` changes (RTMR3 moved and a new certificate carries it), established
 /// connections are asked to close once their in-flight requests finish, so clients
 /// re-handshake and see the new measurements instead of riding on evidence that is stale.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     shards: Shards,
     tls: Arc<rustls::ServerConfig>,
     service: Service,
     limits: ListenerLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     measured: watch::Receiver<u64>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (drain_tx, drain_rx) = watch::channel(false);
+    let ctx = Arc::new(Accept {
+        acceptor: TlsAcceptor::from(tls),
+        service,
+        limits: limits.clone(),
+        permits: Arc::clone(&permits),
+        drain: drain_rx,
+        measured,
+    });
+    let threads = Arc::clone(shards.threads());
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, listener)| {
+            let run = accept_loop(
+                i,
+                listener,
+                Arc::clone(&ctx),
+                Arc::clone(&threads),
+                shutdown.clone(),
+            );
+            threads.handle(i).map(|h| h.spawn(run))
+        })
+        .collect();
+    for l in loops {
+        let _ = l.await;
+    }
+    // Accepting has stopped; tell live connections to finish their in-flight requests.
+    let _ = drain_tx.send(true);
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(limits.shutdown_grace, permits.acquire_many(all)).await;
+    // Whatever is still open after the grace period is dropped with its thread.
+    drop(shards);
+}
+
+/// What every accepted connection needs.
+struct Accept {
+    acceptor: TlsAcceptor,
+    service: Service,
+    limits: ListenerLimits,
+    /// Shared by all threads: `max_connections` in all.
+    permits: Arc<Semaphore>,
+    drain: watch::Receiver<bool>,
+    measured: watch::Receiver<u64>,
+}
+
+/// One connection thread's accept loop; its connections run on that thread.
+async fn accept_loop(
+    thread: usize,
+    listener: std::net::TcpListener,
+    ctx: Arc<Accept>,
+    threads: Arc<Threads>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(thread, error = %e, "connection thread cannot watch the listening socket: it takes no connections");
+            return;
+        }
+    };
     loop {
         // Wait for a connection slot first, so excess clients queue in the kernel backlog
         // instead of costing us memory.
         let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => match p {
+            p = Arc::clone(&ctx.permits).acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break,
             },
@@ -81,52 +142,49 @@ pub async fn serve(
             },
             _ = shutdown.changed() => break,
         };
-        // The socket moves to the connection thread's reactor.
-        let stream = match stream.into_std() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "cannot hand the connection over");
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let service = service.clone();
-        let limits = limits.clone();
-        let mut drain = drain_rx.clone();
-        let mut measured = measured.clone();
-        measured.borrow_and_update();
-        shards.spawn(move || async move {
-            let _permit = permit;
-            let stream = match tokio::net::TcpStream::from_std(stream) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "cannot register the connection");
-                    return;
-                }
-            };
+        let target = threads.place(thread);
+        let live = threads.hold(target);
+        let ctx = Arc::clone(&ctx);
+        let run = move |stream| async move {
+            let _held = (permit, live);
+            let mut drain = ctx.drain.clone();
+            let mut measured = ctx.measured.clone();
+            measured.borrow_and_update();
             connection(
                 stream,
                 peer,
-                acceptor,
-                service,
-                &limits,
+                ctx.acceptor.clone(),
+                ctx.service.clone(),
+                &ctx.limits,
                 &mut drain,
                 &mut measured,
             )
             .await;
-        });
+        };
+        match threads.handle(target) {
+            Some(other) if target != thread => {
+                // The socket moves to the other thread's reactor.
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                other.spawn(async move {
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => run(stream).await,
+                        Err(e) => {
+                            tracing::debug!(%peer, error = %e, "cannot hand the connection over")
+                        }
+                    }
+                });
+            }
+            _ => {
+                tokio::spawn(run(stream));
+            }
+        }
     }
-    // Stop accepting; tell live connections to finish their in-flight requests.
-    drop(listener);
-    let _ = drain_tx.send(true);
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(limits.shutdown_grace, permits.acquire_many(all)).await;
-    // Whatever is still open after the grace period is dropped with its thread.
-    drop(shards);
 }
 
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     service: Service,

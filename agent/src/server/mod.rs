@@ -284,6 +284,13 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
             source,
         })?;
     let local = tcp.local_addr().map_err(setup)?;
+    // Every connection thread accepts from its own handle on the one socket.
+    let tcp = tcp.into_std().map_err(setup)?;
+    let listeners = (0..shards.threads().len())
+        .map(|_| tcp.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| setup(format!("listening socket {local}: {e}")))?;
+    drop(tcp);
     tracing::info!(%local, "listening (HTTPS and gRPC)");
     // Tests and scripts read the bound address from here (useful with port 0).
     println!("tdx-agent listening on {local}");
@@ -319,7 +326,7 @@ pub async fn run(config: Config) -> Result<(), ServeError> {
         shutdown_grace: Duration::from_secs(config.limits.shutdown_grace_secs),
     };
     let server = tokio::spawn(listener::serve(
-        tcp,
+        listeners,
         shards,
         Arc::new(tls),
         service::Service::new(Arc::clone(&state), router),

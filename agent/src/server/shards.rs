@@ -1,5 +1,5 @@
 //! Connection threads: each runs its own single-threaded tokio runtime and owns the
-//! connections handed to it, from the TLS handshake to the last byte, as nginx's workers do.
+//! connections it serves, from the TLS handshake to the last byte, as nginx's workers do.
 //!
 //! On the shared multi-thread runtime a proxied request crossed threads several times (the
 //! client connection's task, the upstream connection's task, work stealing between them), and
@@ -9,7 +9,6 @@
 //! batches, rotation, admin) stays on the main runtime.
 
 use std::cell::Cell;
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -43,24 +42,88 @@ pub enum ShardsError {
     },
 }
 
-struct Shard {
+struct Thread {
     handle: Handle,
-    /// Connections it holds now: new ones go to the least loaded thread.
-    live: Arc<AtomicUsize>,
-    /// Dropped (or sent) to stop the thread; it then drops the tasks it still has and exits
-    /// on its own, so stopping never blocks the caller.
-    _stop: oneshot::Sender<()>,
+    /// Connections it serves now.
+    live: AtomicUsize,
 }
 
-/// The running connection threads. Dropping this stops them: tasks still on them are dropped.
+/// The threads, shared with their accept loops.
+pub struct Threads(Box<[Thread]>);
+
+impl Threads {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn handle(&self, index: usize) -> Option<&Handle> {
+        self.0.get(index).map(|t| &t.handle)
+    }
+
+    /// Where a connection accepted on thread `here` should run: here, unless another thread
+    /// serves at least two fewer connections. Whichever thread wakes first wins an accept, so
+    /// a burst of connections (a load balancer opening its pool) would otherwise pile onto
+    /// one thread; a client that connects, talks and leaves stays where it landed, with no
+    /// hand-over on its handshake's path.
+    pub fn place(&self, here: usize) -> usize {
+        let load = |i: usize| {
+            self.0
+                .get(i)
+                .map_or(usize::MAX, |t| t.live.load(Ordering::Relaxed))
+        };
+        let (least, min) = (0..self.0.len())
+            .map(|i| (i, load(i)))
+            .min_by_key(|&(_, n)| n)
+            .unwrap_or((here, 0));
+        if load(here) >= min.saturating_add(2) {
+            least
+        } else {
+            here
+        }
+    }
+
+    /// Count a connection on thread `index` until the guard is dropped.
+    pub fn hold(self: &Arc<Self>, index: usize) -> Live {
+        if let Some(t) = self.0.get(index) {
+            t.live.fetch_add(1, Ordering::Relaxed);
+        }
+        Live {
+            threads: Arc::clone(self),
+            index,
+        }
+    }
+}
+
+/// A connection counted on its thread.
+pub struct Live {
+    threads: Arc<Threads>,
+    index: usize,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        if let Some(t) = self.threads.0.get(self.index) {
+            t.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The running connection threads. Dropping this stops them: the tasks still on them are
+/// dropped and the threads exit on their own, so stopping never blocks the caller.
 pub struct Shards {
-    shards: Vec<Shard>,
+    threads: Arc<Threads>,
+    _stop: Vec<oneshot::Sender<()>>,
 }
 
 impl Shards {
     /// Start `n` threads (at least one).
     pub fn start(n: usize) -> Result<Self, ShardsError> {
-        let mut shards = Vec::with_capacity(n.max(1));
+        let mut threads = Vec::with_capacity(n.max(1));
+        let mut stops = Vec::with_capacity(n.max(1));
         for index in 0..n.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -73,62 +136,68 @@ impl Shards {
                 .name(format!("tdx-agent-conn-{index}"))
                 .spawn(move || {
                     INDEX.with(|i| i.set(Some(index)));
-                    // Tasks run only while this thread is inside block_on.
+                    // Tasks run only while this thread is inside block_on; the sender's drop
+                    // ends it.
                     let _ = runtime.block_on(stopped);
                 })
                 .map_err(|source| ShardsError::Thread { index, source })?;
-            shards.push(Shard {
+            threads.push(Thread {
                 handle,
-                live: Arc::new(AtomicUsize::new(0)),
-                _stop: stop,
+                live: AtomicUsize::new(0),
             });
+            stops.push(stop);
         }
-        Ok(Shards { shards })
+        Ok(Shards {
+            threads: Arc::new(Threads(threads.into_boxed_slice())),
+            _stop: stops,
+        })
     }
 
-    pub fn len(&self) -> usize {
-        self.shards.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.shards.is_empty()
-    }
-
-    /// Run the future `make` builds on the least loaded connection thread. `make` runs there
-    /// too, so it can take what must be created inside that thread's runtime (a socket
-    /// registered with its reactor).
-    pub fn spawn<F, Fut>(&self, make: F)
-    where
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let Some(shard) = self
-            .shards
-            .iter()
-            .min_by_key(|s| s.live.load(Ordering::Relaxed))
-        else {
-            return;
-        };
-        let live = Live::enter(&shard.live);
-        shard.handle.spawn(async move {
-            let _live = live;
-            make().await;
-        });
+    pub fn threads(&self) -> &Arc<Threads> {
+        &self.threads
     }
 }
 
-/// Counts a connection on its thread until it ends.
-struct Live(Arc<AtomicUsize>);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Live {
-    fn enter(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Live(Arc::clone(count))
+    #[test]
+    fn a_connection_stays_where_it_was_accepted_unless_another_thread_is_two_lighter() {
+        let shards = Shards::start(3).unwrap();
+        let t = shards.threads();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.place(1), 1, "all idle");
+        let a = t.hold(1);
+        assert_eq!(t.place(1), 1, "one more than the others: stays");
+        let b = t.hold(1);
+        assert_eq!(
+            t.place(1),
+            0,
+            "two more than thread 0: moves to the least loaded"
+        );
+        let _c = t.hold(0);
+        let _d = t.hold(2);
+        assert_eq!(t.place(1), 1, "thread 1 has 2, the others 1");
+        drop((a, b));
+        assert_eq!(t.place(0), 0);
+        assert_eq!(t.place(1), 1);
     }
-}
 
-impl Drop for Live {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+    #[tokio::test]
+    async fn each_thread_knows_its_index_and_others_have_none() {
+        let shards = Shards::start(2).unwrap();
+        assert_eq!(current(), None);
+        for i in 0..2 {
+            let seen = shards
+                .threads()
+                .handle(i)
+                .unwrap()
+                .spawn(async { current() })
+                .await
+                .unwrap();
+            assert_eq!(seen, Some(i));
+        }
+        assert!(shards.threads().handle(2).is_none());
     }
 }
