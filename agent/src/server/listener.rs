@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -251,14 +254,48 @@ async fn drive<C>(
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
+    enum Event {
+        Ended(Result<(), hyper::Error>),
+        Drain,
+        Measured,
+    }
     tokio::pin!(conn);
-    let result = tokio::select! {
-        res = conn.as_mut() => res,
-        _ = drain.changed() => {
+    // The two watches are shared by every connection, and polling one takes its lock: they
+    // are polled only when they woke the task, not on each of a busy connection's wake-ups.
+    let signal = Arc::new(Signal::default());
+    let signal_waker = Waker::from(Arc::clone(&signal));
+    let mut drained = std::pin::pin!(drain.changed());
+    let mut remeasured = std::pin::pin!(measured.changed());
+    let mut remeasured_live = true;
+    let event = std::future::poll_fn(|cx| {
+        signal.follow(cx.waker());
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Event::Ended(result));
+        }
+        if signal.fired.swap(false, Ordering::AcqRel) {
+            let mut scx = Context::from_waker(&signal_waker);
+            if drained.as_mut().poll(&mut scx).is_ready() {
+                return Poll::Ready(Event::Drain);
+            }
+            if remeasured_live {
+                match remeasured.as_mut().poll(&mut scx) {
+                    Poll::Ready(Ok(())) => return Poll::Ready(Event::Measured),
+                    // The agent is stopping; the drain says so.
+                    Poll::Ready(Err(_)) => remeasured_live = false,
+                    Poll::Pending => {}
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    let result = match event {
+        Event::Ended(result) => result,
+        Event::Drain => {
             graceful(conn.as_mut());
             conn.await
         }
-        Ok(()) = measured.changed() => {
+        Event::Measured => {
             tracing::debug!(%peer, "measurements changed: closing the connection after its requests");
             graceful(conn.as_mut());
             conn.await
@@ -266,5 +303,46 @@ async fn drive<C>(
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The waker the drain and measurement watches get: it notes that one of them fired, then
+/// wakes the connection's task.
+struct Signal {
+    /// Starts set, so the first poll registers with both watches.
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Default for Signal {
+    fn default() -> Self {
+        Signal {
+            fired: AtomicBool::new(true),
+            task: Mutex::new(None),
+        }
+    }
+}
+
+impl Signal {
+    /// Wake `task` when a watch fires (it is the same waker on every poll but the first).
+    fn follow(&self, task: &Waker) {
+        let mut current = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if !current.as_ref().is_some_and(|w| w.will_wake(task)) {
+            *current = Some(task.clone());
+        }
+    }
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(w) = task.as_ref() {
+            w.wake_by_ref();
+        }
     }
 }
