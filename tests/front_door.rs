@@ -489,3 +489,66 @@ async fn through_connect_sse_is_unbuffered_and_leaving_cancels() {
         "the model server never saw the client leave through connect and serve"
     );
 }
+
+/// A request body fed from a channel, so a test decides when each piece is sent.
+struct ChanBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChanBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A small request body (declared by Content-Length) is read whole before the model server is
+/// asked: while half of it is still on its way, the model server has seen no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_request_body_is_read_whole_before_the_model_server_is_asked() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (d, _c) = agent_for(&sim, &up, &[]).await;
+    let config = std::sync::Arc::new(support::ratls_client_config(sim.root_der(), &[b"http/1.1"]));
+    let tls = support::ratls_connect(&d.addr, config).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri("/v1/echo")
+        .header("host", "agent")
+        .header("content-type", "application/json")
+        .header("content-length", "20")
+        .body(ChanBody(rx))
+        .unwrap();
+    let before = up.script.model_requests.load(Ordering::SeqCst);
+    let answer = tokio::spawn(async move { sender.send_request(req).await });
+    tx.send(Bytes::from_static(b"{\"half\":1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        up.script.model_requests.load(Ordering::SeqCst),
+        before,
+        "the model server saw the request before its body was complete"
+    );
+    tx.send(Bytes::from_static(b",\"rest\":2}\n"))
+        .await
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("an answer once the body is complete")
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let echo = json_body(resp).await;
+    assert_eq!(echo["body_len"], 20, "{echo}");
+    assert_eq!(echo["headers"]["content-length"], "20", "{echo}");
+    assert_eq!(up.script.model_requests.load(Ordering::SeqCst), before + 1);
+}
