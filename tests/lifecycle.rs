@@ -8,7 +8,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{SimTd, bin, tdx_agent};
+use support::{SimTd, tdx_agent};
 use tdx_agent::measure::rtmr3_log::{Event, LogLine, replay};
 
 struct Agent {
@@ -24,7 +24,7 @@ impl Drop for Agent {
 }
 
 fn start(dir: &str, extra: &[&str]) -> Result<Agent, String> {
-    let mut child = Command::new(bin())
+    let mut child = support::command()
         .args([
             "serve",
             "--tee",

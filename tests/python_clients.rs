@@ -92,7 +92,7 @@ impl Agent {
         let audit = tmp.path().join("audit");
         let state = tmp.path().join("state");
         let log = tmp.path().join("agent.log");
-        let mut child = Command::new(bin())
+        let mut child = support::command()
             .args([
                 "serve",
                 "--tee",

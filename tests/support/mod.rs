@@ -27,8 +27,17 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tdx-agent")
 }
 
+/// A command for the binary. Its default collateral cache (`$XDG_CACHE_HOME/tdx-agent`, used
+/// by `verify` and `attest`) goes under cargo's per-build temporary directory, not the
+/// user's ~/.cache: every simulated TD has new keys, so each run would add files there.
+pub fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env("XDG_CACHE_HOME", env!("CARGO_TARGET_TMPDIR"));
+    cmd
+}
+
 pub fn tdx_agent(args: &[&str]) -> Run {
-    let out = Command::new(bin())
+    let out = command()
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("starting {}: {e}", bin()));
@@ -141,7 +150,7 @@ impl Listening {
         let stderr_dir = tempfile::tempdir().expect("temporary directory");
         let stderr_path = stderr_dir.path().join(format!("{what}.stderr"));
         let stderr = std::fs::File::create(&stderr_path).expect("creating the stderr file");
-        let mut cmd = Command::new(bin());
+        let mut cmd = command();
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -522,7 +531,7 @@ impl SimPccs {
     /// Serve `sim_dir`'s PKI on `listen` (`127.0.0.1:0` for any port).
     pub fn start(sim_dir: &str, listen: &str) -> Self {
         use std::io::BufRead as _;
-        let mut child = Command::new(bin())
+        let mut child = command()
             .args(["sim", "pccs", "--sim-dir", sim_dir, "--listen", listen])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -595,7 +604,7 @@ impl std::ops::DerefMut for ConnectProc {
 
 /// Run `tdx-agent ARGS` to completion, killing it after `timeout` (code -1 then).
 pub fn tdx_agent_within(args: &[&str], timeout: Duration) -> Run {
-    let mut child = Command::new(bin())
+    let mut child = command()
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
