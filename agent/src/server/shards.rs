@@ -125,15 +125,16 @@ impl Shards {
         let mut threads = Vec::with_capacity(n.max(1));
         let mut stops = Vec::with_capacity(n.max(1));
         for index in 0..n.max(1) {
+            // Linux keeps 15 bytes of a thread's name: short enough to tell them apart in top.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .thread_name(format!("tdx-agent-conn-{index}-blocking"))
+                .thread_name(format!("conn-{index}-blocking"))
                 .build()
                 .map_err(|source| ShardsError::Runtime { index, source })?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             std::thread::Builder::new()
-                .name(format!("tdx-agent-conn-{index}"))
+                .name(format!("conn-{index}"))
                 .spawn(move || {
                     INDEX.with(|i| i.set(Some(index)));
                     // Tasks run only while this thread is inside block_on; the sender's drop
