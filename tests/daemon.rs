@@ -420,18 +420,9 @@ async fn systemd_ready_after_the_certificate_then_watchdog_and_clean_stop() {
         }
     });
 
-    let mut d = Daemon::start(
-        &[
-            "serve",
-            "--tee",
-            "sim",
-            "--sim-dir",
-            sim.dir_str(),
-            "--listen",
-            "127.0.0.1:0",
-            "--sim-quote-delay-ms",
-            "1500",
-        ],
+    let mut d = Daemon::sim_with_env(
+        &sim,
+        &["--sim-quote-delay-ms", "1500"],
         &[
             ("NOTIFY_SOCKET", path_str(&sock_path)),
             ("WATCHDOG_USEC", "200000"),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use support::upstream::{Upstream, http1, read_until};
+use support::upstream::{ChanBody, Upstream, http1, read_until};
 use support::{Daemon, Https, SimTd};
 
 /// Poll /readyz until it answers `want`, or panic after `within`.
@@ -490,22 +490,6 @@ async fn through_connect_sse_is_unbuffered_and_leaving_cancels() {
     );
 }
 
-/// A request body fed from a channel, so a test decides when each piece is sent.
-struct ChanBody(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChanBody {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
-}
-
 /// A small request body (declared by Content-Length) is read whole before the model server is
 /// asked: while half of it is still on its way, the model server has seen no request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,13 +497,7 @@ async fn a_small_request_body_is_read_whole_before_the_model_server_is_asked() {
     let sim = SimTd::new();
     let up = Upstream::start().await;
     let (d, _c) = agent_for(&sim, &up, &[]).await;
-    let config = std::sync::Arc::new(support::ratls_client_config(sim.root_der(), &[b"http/1.1"]));
-    let tls = support::ratls_connect(&d.addr, config).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .expect("HTTP/1.1 handshake");
-    tokio::spawn(conn);
+    let mut sender = http1(&d.addr, sim.root_der()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let req = hyper::Request::builder()
         .method("POST")

@@ -275,6 +275,16 @@ pub struct Daemon(Listening);
 impl Daemon {
     /// `serve --tee sim --sim-dir DIR --listen 127.0.0.1:0 EXTRA...`.
     pub fn sim(sim: &SimTd, extra: &[&str]) -> Self {
+        Self::sim_with_env(sim, extra, &[], &[])
+    }
+
+    /// [`Daemon::sim`] with extra environment variables (and some removed).
+    pub fn sim_with_env(
+        sim: &SimTd,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        env_remove: &[&str],
+    ) -> Self {
         let mut args = vec![
             "serve",
             "--tee",
@@ -285,7 +295,7 @@ impl Daemon {
             "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
-        Self::start(&args, &[], &[])
+        Self::start(&args, env, env_remove)
     }
 
     /// Spawn `tdx-agent ARGS` with extra environment variables (and some removed), and wait

@@ -42,8 +42,9 @@ pub struct Upstream {
     tasks: JoinSet<()>,
 }
 
-/// A response body fed from a channel; a failed send means the connection is gone.
-struct ChanBody(mpsc::Receiver<Bytes>);
+/// A body fed from a channel, so the sender decides when each piece goes; a failed send means
+/// the connection is gone. The scripted routes answer with it, and tests send requests with it.
+pub struct ChanBody(pub mpsc::Receiver<Bytes>);
 
 impl Body for ChanBody {
     type Data = Bytes;
@@ -290,10 +291,12 @@ pub async fn read_until(body: &mut Incoming, needle: &str, within: Duration) -> 
 
 /// An HTTP/1.1 client over RA-TLS (the front door also serves HTTP/1.1, and only HTTP/1.1
 /// can carry the hop-by-hop headers a proxy must strip).
-pub async fn http1(
-    addr: &str,
-    root_der: Vec<u8>,
-) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+pub async fn http1<B>(addr: &str, root_der: Vec<u8>) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let config = Arc::new(super::ratls_client_config(root_der, &[b"http/1.1"]));
     let tls = super::ratls_connect(addr, config)
         .await

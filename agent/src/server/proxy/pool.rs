@@ -105,8 +105,8 @@ impl Pool {
 
     fn idle(&self, slot: usize) -> MutexGuard<'_, Vec<Idle>> {
         // The lock is held for a push or a pop only, never across a panic that could leave the
-        // stack half-changed: a poisoned one is still consistent. Only its own thread takes
-        // it, so it is never contended.
+        // stack half-changed: a poisoned one is still consistent. A connection thread's stack
+        // is only taken by that thread; the last one by the main runtime's health probes.
         self.idle[slot].lock().unwrap_or_else(|p| p.into_inner())
     }
 
