@@ -162,7 +162,9 @@ async fn a_slow_reader_of_1_gib_keeps_the_agent_small() {
     let mut max_rss = before;
     let mut next_pause = 0u64;
     while let Some(frame) = body.frame().await {
-        let frame = frame.expect("the stream broke");
+        let frame = frame.unwrap_or_else(|e| {
+            panic!("the stream broke after {got} bytes: {e:?}\n{}", d.stderr())
+        });
         got += frame.data_ref().map(|d| d.len() as u64).unwrap_or(0);
         if got >= next_pause {
             // A slow reader: stop for a while. Without backpressure the agent would read
@@ -326,6 +328,12 @@ response_header_timeout_secs = 1
     let body = json_body(r).await;
     assert_eq!(body["error"]["code"], "request_too_large");
     assert_eq!(up.script.model_requests.load(Ordering::SeqCst), before);
+
+    // Too large, found while streaming (no length declared): 413 as well.
+    let r = stream_to_echo(&d, &sim, &[b'x'; 2800], false, &auth).await;
+    assert_eq!(r.status(), 413);
+    let body = json_body(r).await;
+    assert_eq!(body["error"]["code"], "request_too_large");
 
     // The model server does not start answering in time: 504, its fault.
     let r = c
@@ -529,4 +537,73 @@ async fn a_small_request_body_is_read_whole_before_the_model_server_is_asked() {
     assert_eq!(echo["body_len"], 20, "{echo}");
     assert_eq!(echo["headers"]["content-length"], "20", "{echo}");
     assert_eq!(up.script.model_requests.load(Ordering::SeqCst), before + 1);
+}
+
+/// Send `body` to `/v1/echo` in 7,000-byte pieces, with its length declared or not (then the
+/// client sends it chunked); the agent's answer.
+async fn stream_to_echo(
+    d: &Daemon,
+    sim: &SimTd,
+    body: &[u8],
+    declared: bool,
+    headers: &[(&str, &str)],
+) -> hyper::Response<hyper::body::Incoming> {
+    let mut sender = http1(&d.addr, sim.root_der()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut req = hyper::Request::builder()
+        .method("POST")
+        .uri("/v1/echo")
+        .header("host", "agent");
+    if declared {
+        req = req.header("content-length", body.len());
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(ChanBody(rx)).unwrap();
+    let answer = tokio::spawn(async move { sender.send_request(req).await });
+    for piece in body.chunks(7000) {
+        // The agent may refuse before it has read everything.
+        if tx.send(Bytes::copy_from_slice(piece)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    tokio::time::timeout(Duration::from_secs(20), answer)
+        .await
+        .expect("an answer")
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bodies_reach_the_model_server_intact_however_they_are_framed() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (d, c) = agent_for(&sim, &up, &[]).await;
+    // None: an HTTP/2 GET ends with its headers, and goes on with no body framing at all.
+    let r = c.open("GET", "/v1/echo", &[], Bytes::new()).await.unwrap();
+    let echo = json_body(r).await;
+    assert_eq!(echo["body_len"], 0, "{echo}");
+    for framing in ["content-length", "transfer-encoding"] {
+        assert!(
+            echo["headers"].get(framing).is_none(),
+            "{framing} sent: {echo}"
+        );
+    }
+    // Far above the size that is read whole first, so these stream.
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+    for declared in [true, false] {
+        let resp = stream_to_echo(&d, &sim, &body, declared, &[]).await;
+        assert_eq!(resp.status(), 200);
+        let echo = json_body(resp).await;
+        assert_eq!(echo["body_len"], body.len(), "{echo}");
+        assert_eq!(echo["body_sha256"], digest.as_str(), "{echo}");
+        if declared {
+            assert_eq!(echo["headers"]["content-length"], "300000", "{echo}");
+        } else {
+            assert_eq!(echo["headers"]["transfer-encoding"], "chunked", "{echo}");
+        }
+    }
 }

@@ -163,6 +163,7 @@ async fn route(script: Arc<Script>, req: Request<Incoming>) -> Resp {
                 "version": version,
                 "headers": headers,
                 "body_len": body.as_ref().map(|b| b.len()).unwrap_or(0),
+                "body_sha256": body.as_ref().map(|b| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b))).ok(),
                 "body_error": body.as_ref().err().map(|e| e.to_string()),
             });
             full(200, "application/json", echo.to_string())

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod h1;
 pub mod health;
 pub mod pool;
 
@@ -12,12 +13,12 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
 use axum::extract::Request;
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderValue, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use hyper::body::Body as _;
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
@@ -26,6 +27,8 @@ use super::state::AppState;
 use crate::config::{UpstreamConfig, UpstreamUrl};
 use crate::forward::headers::strip_hop_by_hop;
 use body::{IdleBody, boxed};
+use bytes::Bytes;
+use h1::RequestBody;
 use pool::{Pool, PoolError};
 
 /// Request bodies up to this size (declared by Content-Length) are read whole before the
@@ -73,7 +76,7 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .map_or_else(|| Uri::from_static("/"), Uri::from);
-        let mut req = hyper::Request::new(Body::empty());
+        let mut req = hyper::Request::new(RequestBody::Full(Bytes::new()));
         *req.uri_mut() = target;
         if let Some(v) = &self.host {
             req.headers_mut().insert(header::HOST, v.clone());
@@ -126,6 +129,8 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(header::HOST);
+        // The whole body goes at once (or streams); nothing waits for a 100 Continue.
+        parts.headers.remove(header::EXPECT);
         if !self.config.api_key_sha256.is_empty() {
             // The key was for us; the model server never sees it.
             parts.headers.remove(header::AUTHORIZATION);
@@ -136,7 +141,12 @@ impl Proxy {
         let idle = Duration::from_secs(self.config.idle_timeout_secs);
         let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
         let body = IdleBody::new(Limited::new(body, limit_usize), idle);
-        let body = if declared.is_some_and(|n| n <= BUFFERED_REQUEST_BODY) {
+        let body = if body.is_end_stream() {
+            // No body at all (an HTTP/2 GET ends its stream with the headers): none goes
+            // upstream either. Sent chunked, its empty end would sit unread on a server that
+            // does not expect a body, which then resets the connection under the response.
+            RequestBody::Full(Bytes::new())
+        } else if declared.is_some_and(|n| n <= BUFFERED_REQUEST_BODY) {
             // A small body (a chat request) is read whole before the upstream is asked, as
             // nginx does: it is usually already in the buffer the headers came in, and the
             // upstream connection then writes head and body at once instead of waiting on
@@ -146,9 +156,12 @@ impl Proxy {
                 .await
                 .map_err(|e| self.body_error(e.as_ref()))?
                 .to_bytes();
-            Body::from(bytes)
+            RequestBody::Full(bytes)
         } else {
-            boxed(body)
+            RequestBody::Stream {
+                body: boxed(body),
+                length: declared,
+            }
         };
         let upstream_req = hyper::Request::from_parts(parts, body);
 
@@ -187,10 +200,8 @@ impl Proxy {
     }
 
     fn classify(&self, state: &AppState, e: &PoolError) -> ApiError {
-        if is_length_limit(e) {
-            return ApiError::TooLarge {
-                limit: self.config.max_request_body_bytes,
-            };
+        if let Some(body) = e.request_body() {
+            return self.body_error(body);
         }
         let detail = error_chain(e);
         if e.is_connect() {

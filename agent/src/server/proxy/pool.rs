@@ -8,25 +8,23 @@
 //! on an idle stack when the response body it carried has ended, and a request takes the most
 //! recently used one (the warmest), or connects.
 //!
-//! A response body dropped before its end (the client went away) does not go back: hyper then
+//! A response body dropped before its end (the client went away) does not go back: dropping it
 //! closes that connection, which is what cancels the generation on the model server.
 //!
 //! Each connection thread (`server::shards`) has its own idle stack, and everything else (the
-//! health probe) one more: an upstream connection is driven by a task on the thread that
-//! opened it, so handing it to a request on another thread would send every byte of that
-//! request across threads and back.
+//! health probe) one more: a socket is registered with the runtime of the thread that opened
+//! it, so a request on another thread would have its every wake-up cross threads.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::http::{Request, Response};
 use bytes::Bytes;
-use hyper::body::Body as _;
-use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::body::{Frame, SizeHint};
+
+use super::h1::{self, Conn, Reader, RequestBody};
 
 /// Why a request did not get a response head from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -39,29 +37,34 @@ pub enum PoolError {
     },
     #[error("connect to {authority}: no connection within {after:?}")]
     ConnectTimeout { authority: String, after: Duration },
-    #[error("HTTP/1.1 with {authority}")]
-    Handshake {
-        authority: String,
-        #[source]
-        source: hyper::Error,
-    },
     #[error("request to {authority}")]
-    Send {
+    Exchange {
         authority: String,
         #[source]
-        source: hyper::Error,
+        source: h1::Error,
     },
 }
 
 impl PoolError {
     /// No connection could be made: the upstream is down (not a failed request on a live one).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, PoolError::Send { .. })
+        !matches!(self, PoolError::Exchange { .. })
+    }
+
+    /// The client's request body failed (too large, stalled, cut): the client's fault.
+    pub fn request_body(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PoolError::Exchange {
+                source: h1::Error::RequestBody(e),
+                ..
+            } => Some(e.as_ref()),
+            _ => None,
+        }
     }
 }
 
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -114,73 +117,62 @@ impl Pool {
     /// a body that puts the connection back when it ends.
     pub async fn send(
         self: &Arc<Self>,
-        mut req: hyper::Request<Body>,
-    ) -> Result<hyper::Response<PooledBody>, PoolError> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
         let slot = self.slot();
+        let (parts, mut body) = req.into_parts();
         loop {
-            let (mut sender, reused) = match self.take(slot) {
-                Some(s) => (s, true),
+            let (mut conn, reused) = match self.take(slot) {
+                Some(c) => (c, true),
                 None => (self.connect().await?, false),
             };
-            // A kept connection may still be finishing the end of its last response, or the
-            // upstream may just have closed it.
-            if let Err(e) = sender.ready().await {
-                if reused {
-                    continue;
+            match conn.send(&parts, &mut body).await {
+                Ok(head) => {
+                    let body = PooledBody::new(conn, &head, Arc::clone(self), slot);
+                    let mut resp = Response::new(body);
+                    *resp.status_mut() = head.status;
+                    *resp.headers_mut() = head.headers;
+                    return Ok(resp);
                 }
-                return Err(self.send_error(e));
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    let back = Some((sender, Arc::clone(self), slot));
-                    return Ok(resp.map(|inner| PooledBody { inner, back }));
+                // The upstream closed this kept-alive connection as we took it, and nothing
+                // reached it: send the same bytes on another.
+                Err(e) if reused && e.unsent() && body.is_full() => continue,
+                Err(source) => {
+                    return Err(PoolError::Exchange {
+                        authority: self.authority.clone(),
+                        source,
+                    });
                 }
-                Err(mut e) => match e.take_message() {
-                    // Never written: safe to send again, on another connection (the
-                    // upstream closed this kept-alive one as we took it).
-                    Some(r) if reused => req = r,
-                    _ => return Err(self.send_error(e.into_error())),
-                },
             }
-        }
-    }
-
-    fn send_error(&self, source: hyper::Error) -> PoolError {
-        PoolError::Send {
-            authority: self.authority.clone(),
-            source,
         }
     }
 
     /// The most recently used idle connection that is still open and not idle for too long.
-    fn take(&self, slot: usize) -> Option<SendRequest<Body>> {
+    fn take(&self, slot: usize) -> Option<Conn> {
         let mut idle = self.idle(slot);
-        while let Some(i) = idle.pop() {
-            if !i.sender.is_closed() && i.since.elapsed() < self.idle_timeout {
-                return Some(i.sender);
+        while let Some(mut i) = idle.pop() {
+            if i.since.elapsed() < self.idle_timeout && i.conn.is_reusable() {
+                return Some(i.conn);
             }
         }
         None
     }
 
-    fn put(&self, slot: usize, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(&self, slot: usize, conn: Conn) {
         let now = Instant::now();
         let mut idle = self.idle(slot);
-        // Drop those idle for too long (at the front, the oldest); their tasks then end.
+        // Close those idle for too long (at the front, the oldest).
         let fresh = idle
             .iter()
             .position(|i| now.duration_since(i.since) < self.idle_timeout)
             .unwrap_or(idle.len());
         idle.drain(..fresh);
         if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since: now });
+            idle.push(Idle { conn, since: now });
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, PoolError> {
+    async fn connect(&self) -> Result<Conn, PoolError> {
         let tcp = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect(self.authority.as_str()),
@@ -196,70 +188,84 @@ impl Pool {
         })?;
         // Small requests and SSE events must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|source| PoolError::Handshake {
-                authority: self.authority.clone(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(tcp))
     }
 }
 
-/// A response body from the upstream; its connection goes back to the pool once it has ended.
+/// A response body from the upstream; its connection goes back to the pool once the body has
+/// ended, and is closed if the body is dropped before (the client went away).
 pub struct PooledBody {
-    inner: Incoming,
-    /// The connection, and the pool and idle stack it goes back to.
-    back: Option<(SendRequest<Body>, Arc<Pool>, usize)>,
+    /// `None` once the body has ended or failed.
+    conn: Option<Conn>,
+    reader: Reader,
+    keep_alive: bool,
+    /// The pool and idle stack the connection goes back to.
+    pool: Arc<Pool>,
+    slot: usize,
 }
 
 impl PooledBody {
+    fn new(conn: Conn, head: &h1::Head, pool: Arc<Pool>, slot: usize) -> Self {
+        let mut body = PooledBody {
+            conn: Some(conn),
+            reader: Reader::new(head.framing),
+            keep_alive: head.keep_alive,
+            pool,
+            slot,
+        };
+        // No body at all (204, HEAD): nobody will poll for its end.
+        if body.reader.is_done() {
+            body.release();
+        }
+        body
+    }
+
     fn release(&mut self) {
-        if let Some((sender, pool, slot)) = self.back.take() {
-            pool.put(slot, sender);
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+        {
+            self.pool.put(self.slot, conn);
         }
     }
 }
 
 impl hyper::body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = h1::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, h1::Error>>> {
         let this = self.get_mut();
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
-        match &frame {
-            None => this.release(),
-            // A broken body leaves its connection unusable.
-            Some(Err(_)) => this.back = None,
-            Some(Ok(_)) => {}
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(this.reader.poll_data(conn, cx)) {
+            Ok(Some(data)) => {
+                if this.reader.is_done() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Ok(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                // A broken body leaves its connection unusable.
+                tracing::debug!(error = %e, "upstream response body failed");
+                this.conn = None;
+                Poll::Ready(Some(Err(e)))
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.reader.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // hyper stops polling a body whose declared length has arrived, so "ended" is
-        // is_end_stream, not only a None seen.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+        self.reader.size_hint()
     }
 }
