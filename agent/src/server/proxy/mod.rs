@@ -82,11 +82,18 @@ impl Proxy {
             req.headers_mut().insert(header::HOST, v.clone());
         }
         let wait = Duration::from_millis(self.config.connect_timeout_ms) + Duration::from_secs(5);
-        match tokio::time::timeout(wait, self.pool.send(req)).await {
+        let exchange = async {
+            let resp = self.pool.send(req).await?;
+            let status = resp.status();
+            // Read to the end (a few bytes) so that the connection is kept for the next probe;
+            // a body too long for that only costs the connection.
+            let _ = Limited::new(resp.into_body(), 64 * 1024).collect().await;
+            Ok::<_, PoolError>(status)
+        };
+        match tokio::time::timeout(wait, exchange).await {
             Err(_) => (false, format!("GET {url}: no answer within {wait:?}")),
             Ok(Err(e)) => (false, format!("GET {url}: {}", error_chain(&e))),
-            Ok(Ok(r)) if r.status().is_success() => (true, format!("GET {url}: {}", r.status())),
-            Ok(Ok(r)) => (false, format!("GET {url}: {}", r.status())),
+            Ok(Ok(status)) => (status.is_success(), format!("GET {url}: {status}")),
         }
     }
 

@@ -93,6 +93,8 @@ impl RequestBody {
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// Scratch space for parsing response heads.
+    fields: Vec<response::Field>,
 }
 
 impl Conn {
@@ -100,6 +102,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -190,7 +193,7 @@ impl Conn {
     async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = response::parse(&mut self.buf, method)? {
+                if let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)? {
                     return Ok(head);
                 }
                 if self.buf.len() > MAX_HEAD {
