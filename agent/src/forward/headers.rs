@@ -4,8 +4,10 @@
 use axum::http::HeaderMap;
 use axum::http::header::{self, HeaderName};
 
+const FIXED: usize = 8;
+
 /// Headers that never cross a proxy, whatever `Connection` says.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; FIXED] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -20,23 +22,32 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// which old clients still send.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the few names present, then a removal for each one found, rather than a
-    // hashed removal for every name that might be there: this runs twice per proxied request.
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| HOP_BY_HOP.contains(k) || k.as_str() == "proxy-connection")
-        .cloned()
-        .collect();
-    if doomed.contains(&header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        doomed.extend(named);
+    // hashed removal for every name that might be there; and no allocation unless
+    // `Connection` names some other header. This runs twice per proxied request.
+    let is_fixed = |k: &HeaderName| HOP_BY_HOP.contains(k) || k.as_str() == "proxy-connection";
+    let mut fixed: [Option<HeaderName>; FIXED + 1] = Default::default();
+    // `keys` yields each name once, so the fixed names found fit.
+    for (slot, k) in fixed.iter_mut().zip(headers.keys().filter(|k| is_fixed(k))) {
+        *slot = Some(k.clone());
     }
-    for name in &doomed {
+    if fixed[0].is_none() {
+        return;
+    }
+    // Names listed in `Connection` are matched against the names present, so no name is
+    // built from what the peer sent.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if let Some(k) = headers
+                .keys()
+                .find(|k| !is_fixed(k) && k.as_str().as_bytes().eq_ignore_ascii_case(token))
+            {
+                listed.push(k.clone());
+            }
+        }
+    }
+    for name in fixed.iter().flatten().chain(&listed) {
         headers.remove(name);
     }
 }

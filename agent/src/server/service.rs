@@ -40,12 +40,11 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
     type Future = Answer;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Answer {
-        let req = req.map(Body::new);
         if req.uri().path().starts_with(MODEL_PREFIX) {
             let state = Arc::clone(&self.state);
             Box::pin(async move { Ok(super::proxy::handler(&state, req).await) })
         } else {
-            Box::pin(self.router.clone().oneshot(req))
+            Box::pin(self.router.clone().oneshot(req.map(Body::new)))
         }
     }
 }

@@ -19,7 +19,7 @@ pub struct IdleTimeoutError(pub Duration);
 
 /// `inner` with an idle timeout. The clock only runs while we wait on `inner`: a slow reader
 /// on the other side (backpressure) does not count against the sender.
-pub struct IdleBody<B> {
+pub struct IdleBody<B, H = ()> {
     inner: B,
     idle: Duration,
     /// Armed when a wait on `inner` begins, and only created then: a small body that is
@@ -27,7 +27,7 @@ pub struct IdleBody<B> {
     /// of the front door's CPU per request (docs/benchmarks.md).
     deadline: Option<Pin<Box<Sleep>>>,
     waiting: bool,
-    _hold: Option<Box<dyn Send + Sync>>,
+    _hold: H,
 }
 
 impl<B> IdleBody<B> {
@@ -37,18 +37,23 @@ impl<B> IdleBody<B> {
             idle,
             deadline: None,
             waiting: false,
-            _hold: None,
+            _hold: (),
         }
     }
 
     /// Keep `guard` alive until this body is dropped (finished or abandoned).
-    pub fn holding(mut self, guard: impl Send + Sync + 'static) -> Self {
-        self._hold = Some(Box::new(guard));
-        self
+    pub fn holding<H>(self, guard: H) -> IdleBody<B, H> {
+        IdleBody {
+            inner: self.inner,
+            idle: self.idle,
+            deadline: self.deadline,
+            waiting: self.waiting,
+            _hold: guard,
+        }
     }
 }
 
-impl<B> Body for IdleBody<B>
+impl<B, H: Unpin> Body for IdleBody<B, H>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,

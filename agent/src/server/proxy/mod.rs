@@ -13,12 +13,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::Request;
 use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderValue, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use hyper::body::Body as _;
+use hyper::body::{Body as _, Incoming};
 use tokio::sync::Semaphore;
 
 use super::error::ApiError;
@@ -97,7 +96,11 @@ impl Proxy {
         }
     }
 
-    async fn forward(&self, state: &AppState, req: Request) -> Result<Response, ApiError> {
+    async fn forward(
+        &self,
+        state: &AppState,
+        req: hyper::Request<Incoming>,
+    ) -> Result<Response, ApiError> {
         if let Some(missing) = state.readiness.first_missing() {
             return Err(ApiError::NotReady {
                 stage: missing.stage.name(),
@@ -158,12 +161,11 @@ impl Proxy {
             // nginx does: it is usually already in the buffer the headers came in, and the
             // upstream connection then writes head and body at once instead of waiting on
             // this connection for each piece.
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| self.body_error(e.as_ref()))?
-                .to_bytes();
-            RequestBody::Full(bytes)
+            RequestBody::Full(
+                read_whole(body)
+                    .await
+                    .map_err(|e| self.body_error(e.as_ref()))?,
+            )
         } else {
             RequestBody::Stream {
                 body: boxed(body),
@@ -243,6 +245,35 @@ impl Drop for InFlight {
     }
 }
 
+/// A body read to its end. The usual small request arrives as one frame, which is passed on
+/// as it is rather than copied into a list and back (`BodyExt::collect`).
+async fn read_whole<B>(mut body: B) -> Result<Bytes, B::Error>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        match &first {
+            None => first = Some(data),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    })
+}
+
 /// Whether `e` or one of its causes is the request body limit.
 fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(e);
@@ -269,7 +300,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Everything under `/v1/` (`server::service`).
-pub async fn handler(state: &AppState, req: Request) -> Response {
+pub async fn handler(state: &AppState, req: hyper::Request<Incoming>) -> Response {
     let Some(proxy) = state.proxy.as_ref() else {
         return ApiError::NotFound(
             "no model server is configured on this agent (upstream.url): it serves attestation only"

@@ -93,6 +93,8 @@ impl RequestBody {
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The request head being written; kept so that a request allocates none of its own.
+    out: BytesMut,
     /// Scratch space for parsing response heads.
     fields: Vec<response::Field>,
 }
@@ -102,6 +104,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            out: BytesMut::new(),
             fields: Vec::new(),
         }
     }
@@ -128,25 +131,11 @@ impl Conn {
     /// Send a request and read the head of its final response (interim 1xx ones are skipped).
     /// The body stays on the connection, for a [`Reader`].
     pub async fn send(&mut self, parts: &Parts, body: &mut RequestBody) -> Result<Head, Error> {
-        let mut out = BytesMut::new();
-        match body {
-            RequestBody::Full(bytes) => {
-                let length = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-                request::encode(parts, request::Framing::Length(length), &mut out);
-                // One write for head and body: a chat request is a single segment.
-                out.extend_from_slice(bytes);
-                self.io.write_all(&out).await.map_err(Error::Write)?;
-            }
-            RequestBody::Stream { body, length } => {
-                let framing = length.map_or(request::Framing::Chunked, request::Framing::Length);
-                request::encode(parts, framing, &mut out);
-                self.io.write_all(&out).await.map_err(Error::Write)?;
-                // All of the body goes before the response is read. A server that answers
-                // early and stops reading would stall this until the response-header timeout;
-                // vLLM reads the whole request first.
-                self.write_body(body, length.is_none()).await?;
-            }
-        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let sent = self.write_request(parts, body, &mut out).await;
+        self.out = out;
+        sent?;
         loop {
             let head = self.read_head(&parts.method).await?;
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -156,6 +145,34 @@ impl Conn {
                 return Ok(head);
             }
         }
+    }
+
+    /// Write the head (encoded in `out`) and the body.
+    async fn write_request(
+        &mut self,
+        parts: &Parts,
+        body: &mut RequestBody,
+        out: &mut BytesMut,
+    ) -> Result<(), Error> {
+        match body {
+            RequestBody::Full(bytes) => {
+                let length = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+                request::encode(parts, request::Framing::Length(length), out);
+                // One write for head and body: a chat request is a single segment.
+                out.extend_from_slice(bytes);
+                self.io.write_all(out).await.map_err(Error::Write)?;
+            }
+            RequestBody::Stream { body, length } => {
+                let framing = length.map_or(request::Framing::Chunked, request::Framing::Length);
+                request::encode(parts, framing, out);
+                self.io.write_all(out).await.map_err(Error::Write)?;
+                // All of the body goes before the response is read. A server that answers
+                // early and stops reading would stall this until the response-header timeout;
+                // vLLM reads the whole request first.
+                self.write_body(body, length.is_none()).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn write_body(

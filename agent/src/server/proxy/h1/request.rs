@@ -4,6 +4,8 @@
 
 use axum::http::request::Parts;
 use axum::http::{Method, header};
+use std::fmt::Write as _;
+
 use bytes::{BufMut as _, BytesMut};
 
 /// How the request body is delimited on the wire.
@@ -41,9 +43,8 @@ pub fn encode(parts: &Parts, framing: Framing, out: &mut BytesMut) {
                 Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
             ) => {}
         Framing::Length(n) => {
-            out.put_slice(b"content-length: ");
-            out.put_slice(n.to_string().as_bytes());
-            out.put_slice(b"\r\n");
+            // Formatting into a BytesMut cannot fail: it grows.
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
     }
