@@ -5,12 +5,17 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// Without `TDX_AGENT_LOG`. rustls warns about what a peer did wrong (an IP address sent as
+/// SNI, as wrk does, on every handshake): those lines are the peer's business, and a client
+/// could fill the journal with them.
+const DEFAULT_LOG: &str = "warn,rustls=error";
+
 fn main() -> ExitCode {
     let cli = tdx_agent::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TDX_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();
