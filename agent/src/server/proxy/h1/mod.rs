@@ -333,6 +333,14 @@ mod tests {
         Ok(out)
     }
 
+    /// A connection to `addr` and the answer to `GET /` on it.
+    async fn get(addr: std::net::SocketAddr) -> (Conn, Result<Head, Error>) {
+        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let mut empty = RequestBody::Full(Bytes::new());
+        let head = conn.send(&parts(Method::GET, "/"), &mut empty).await;
+        (conn, head)
+    }
+
     /// A client body that yields one frame per piece.
     struct Pieces(VecDeque<&'static [u8]>);
 
@@ -414,12 +422,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         )])
         .await;
-        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        let mut empty = RequestBody::Full(Bytes::new());
-        let head = conn
-            .send(&parts(Method::GET, "/"), &mut empty)
-            .await
-            .unwrap();
+        let (mut conn, answer) = get(addr).await;
+        let head = answer.unwrap();
         assert_eq!(body(&mut conn, &head).await.unwrap(), b"ok");
         // The runtime sees the server's FIN while it waits.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -429,12 +433,7 @@ mod tests {
     #[tokio::test]
     async fn a_server_that_hangs_up_instead_of_answering_is_an_error() {
         let (addr, _seen) = scripted(vec![Step::Close]).await;
-        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        let mut empty = RequestBody::Full(Bytes::new());
-        let err = conn
-            .send(&parts(Method::GET, "/"), &mut empty)
-            .await
-            .unwrap_err();
+        let err = get(addr).await.1.unwrap_err();
         assert!(matches!(err, Error::ClosedBeforeHead), "{err}");
     }
 
@@ -444,12 +443,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf",
         )])
         .await;
-        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        let mut empty = RequestBody::Full(Bytes::new());
-        let head = conn
-            .send(&parts(Method::GET, "/"), &mut empty)
-            .await
-            .unwrap();
+        let (mut conn, answer) = get(addr).await;
+        let head = answer.unwrap();
         let err = body(&mut conn, &head).await.unwrap_err();
         assert!(matches!(err, Error::Truncated), "{err}");
     }
@@ -470,12 +465,7 @@ mod tests {
                 }
             }
         });
-        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        let mut empty = RequestBody::Full(Bytes::new());
-        let err = conn
-            .send(&parts(Method::GET, "/"), &mut empty)
-            .await
-            .unwrap_err();
+        let err = get(addr).await.1.unwrap_err();
         assert!(matches!(err, Error::HeadTooLarge), "{err}");
     }
 }
