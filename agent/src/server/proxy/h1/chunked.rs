@@ -20,6 +20,8 @@ pub enum ChunkedError {
     SizeLineTooLong,
     #[error("chunk data not followed by CRLF")]
     MissingCrlf,
+    #[error("a chunk extension holds a control character")]
+    BadExtension,
     #[error("trailer section longer than {MAX_TRAILERS} bytes")]
     TrailersTooLong,
 }
@@ -44,7 +46,12 @@ enum State {
         digits: bool,
         line: usize,
     },
-    /// After the size, up to CR: `;name=value` extensions or whitespace, ignored.
+    /// Whitespace after the size: more of it, an extension or CR may follow.
+    SizeWs {
+        value: u64,
+        line: usize,
+    },
+    /// `;name=value` extensions up to CR, ignored.
     Extension {
         value: u64,
         line: usize,
@@ -141,7 +148,11 @@ impl Decoder {
                 match b {
                     b'\r' if digits => State::SizeLf { value },
                     b'\n' => return Err(ChunkedError::MissingCrlf),
-                    b';' | b' ' | b'\t' if digits => State::Extension {
+                    b';' if digits => State::Extension {
+                        value,
+                        line: line + 1,
+                    },
+                    b' ' | b'\t' if digits => State::SizeWs {
                         value,
                         line: line + 1,
                     },
@@ -159,6 +170,25 @@ impl Decoder {
                     }
                 }
             }
+            State::SizeWs { value, line } => {
+                if line >= MAX_SIZE_LINE {
+                    return Err(ChunkedError::SizeLineTooLong);
+                }
+                match b {
+                    b'\r' => State::SizeLf { value },
+                    b';' => State::Extension {
+                        value,
+                        line: line + 1,
+                    },
+                    b' ' | b'\t' => State::SizeWs {
+                        value,
+                        line: line + 1,
+                    },
+                    b'\n' => return Err(ChunkedError::MissingCrlf),
+                    // "1 0": not one size.
+                    _ => return Err(ChunkedError::BadSize),
+                }
+            }
             State::Extension { value, line } => {
                 if line >= MAX_SIZE_LINE {
                     return Err(ChunkedError::SizeLineTooLong);
@@ -166,6 +196,11 @@ impl Decoder {
                 match b {
                     b'\r' => State::SizeLf { value },
                     b'\n' => return Err(ChunkedError::MissingCrlf),
+                    b'\t' => State::Extension {
+                        value,
+                        line: line + 1,
+                    },
+                    0..=0x1f | 0x7f => return Err(ChunkedError::BadExtension),
                     _ => State::Extension {
                         value,
                         line: line + 1,
@@ -193,6 +228,7 @@ impl Decoder {
                         empty: line == 0,
                         total: total + 1,
                     },
+                    b'\n' => return Err(ChunkedError::MissingCrlf),
                     _ => State::Trailer {
                         line: line + 1,
                         total: total + 1,
@@ -288,6 +324,9 @@ mod tests {
             (b"3\r\nabc\rX", ChunkedError::MissingCrlf),
             (b"3\nabc", ChunkedError::MissingCrlf),
             (b"0\r\nT: 1\rX", ChunkedError::MissingCrlf),
+            (b"0\r\n\n", ChunkedError::MissingCrlf),
+            (b"1 0\r\n", ChunkedError::BadSize),
+            (b"1;a\x01b\r\n", ChunkedError::BadExtension),
         ] {
             assert_eq!(
                 run(wire, &[]),

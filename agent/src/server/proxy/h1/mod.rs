@@ -16,6 +16,7 @@ pub mod chunked;
 pub mod request;
 pub mod response;
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -60,6 +61,21 @@ pub enum Error {
     Truncated,
     #[error("chunked response body: {0}")]
     Chunked(#[from] ChunkedError),
+}
+
+/// A streamed request body that did not match its `Content-Length`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the request body does not match its Content-Length of {declared} bytes ({sent} bytes seen)"
+)]
+struct LengthMismatch {
+    declared: u64,
+    sent: u64,
+}
+
+/// Whether `bytes` holds an empty line (the end of a head), with CRLF or bare LF endings.
+fn ends_a_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 impl Error {
@@ -116,12 +132,18 @@ impl Conn {
             return false;
         }
         // Only the readiness the runtime already recorded is looked at; the no-op waker is
-        // replaced by the request's own on its first read.
+        // replaced by the request's own on its first read. Unconstrained: with the task's
+        // cooperative budget spent, the check would say "not ready" without looking.
         let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
+        let ready = std::pin::pin!(tokio::task::unconstrained(
+            self.io.ready(tokio::io::Interest::READABLE)
+        ))
+        .poll(&mut cx);
+        match ready {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
+            Poll::Ready(Ok(r)) if r.is_read_closed() => false,
+            Poll::Ready(Ok(_)) => {
                 let mut probe = [0u8; 1];
                 matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
@@ -169,17 +191,21 @@ impl Conn {
                 // All of the body goes before the response is read. A server that answers
                 // early and stops reading would stall this until the response-header timeout;
                 // vLLM reads the whole request first.
-                self.write_body(body, length.is_none()).await?;
+                self.write_body(body, *length).await?;
             }
         }
         Ok(())
     }
 
+    /// Stream the body: as it is when `length` was declared (and held to it, so that a body
+    /// longer or shorter than declared can never be read by the server as the start of
+    /// another request), chunked otherwise.
     async fn write_body(
         &mut self,
         body: &mut axum::body::Body,
-        chunked: bool,
+        length: Option<u64>,
     ) -> Result<(), Error> {
+        let mut sent: u64 = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| Error::RequestBody(e.into_inner()))?;
             // Trailers are not passed on.
@@ -189,33 +215,50 @@ impl Conn {
             if data.is_empty() {
                 continue;
             }
-            if chunked {
-                let size = Bytes::from(format!("{:x}\r\n", data.len()));
-                let mut piece = size.chain(data).chain(&b"\r\n"[..]);
-                self.io.write_all_buf(&mut piece).await
-            } else {
-                self.io.write_all(&data).await
+            sent = sent.saturating_add(u64::try_from(data.len()).unwrap_or(u64::MAX));
+            match length {
+                Some(declared) if sent > declared => {
+                    return Err(Error::RequestBody(Box::new(LengthMismatch {
+                        declared,
+                        sent,
+                    })));
+                }
+                Some(_) => self.io.write_all(&data).await,
+                None => {
+                    let size = Bytes::from(format!("{:x}\r\n", data.len()));
+                    let mut piece = size.chain(data).chain(&b"\r\n"[..]);
+                    self.io.write_all_buf(&mut piece).await
+                }
             }
             .map_err(Error::Write)?;
         }
-        if chunked {
-            self.io
-                .write_all(b"0\r\n\r\n")
-                .await
-                .map_err(Error::Write)?;
+        match length {
+            Some(declared) if sent != declared => {
+                Err(Error::RequestBody(Box::new(LengthMismatch {
+                    declared,
+                    sent,
+                })))
+            }
+            Some(_) => Ok(()),
+            None => self.io.write_all(b"0\r\n\r\n").await.map_err(Error::Write),
         }
-        Ok(())
     }
 
     async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
+        // How far the buffer was searched for the blank line that ends a head: a head that
+        // trickles in is parsed again only once that line may have arrived, not on every
+        // read (byte by byte up to the limit would otherwise be quadratic).
+        let mut searched: usize = 0;
         loop {
-            if !self.buf.is_empty() {
-                if let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)? {
-                    return Ok(head);
-                }
-                if self.buf.len() > MAX_HEAD {
-                    return Err(Error::HeadTooLarge);
-                }
+            let from = searched.saturating_sub(2);
+            if self.buf.get(from..).is_some_and(ends_a_head)
+                && let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)?
+            {
+                return Ok(head);
+            }
+            searched = self.buf.len();
+            if self.buf.len() > MAX_HEAD {
+                return Err(Error::HeadTooLarge);
             }
             let n = std::future::poll_fn(|cx| self.poll_read(cx))
                 .await
@@ -414,6 +457,46 @@ mod tests {
             seen.recv().await.unwrap(),
             b"POST /s HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
         );
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_held_to_its_declared_length() {
+        for (pieces, declared) in [(vec![&b"abc"[..]], 5), (vec![&b"abc"[..], b"defg"], 5)] {
+            let (addr, _seen) = scripted(vec![]).await;
+            let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+            let mut body = RequestBody::Stream {
+                body: axum::body::Body::new(Pieces(VecDeque::from(pieces))),
+                length: Some(declared),
+            };
+            let err = conn
+                .send(&parts(Method::POST, "/"), &mut body)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::RequestBody(_)), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_that_trickles_in_byte_by_byte_is_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b).await;
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok" {
+                s.write_all(&[*byte]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Hold the connection open until the client is done.
+            let _ = s.read(&mut b).await;
+        });
+        let (mut conn, answer) = tokio::time::timeout(Duration::from_secs(10), get(addr))
+            .await
+            .expect("the head was never parsed");
+        let head = answer.unwrap();
+        assert_eq!(head.headers["x-a"], "1");
+        assert_eq!(body(&mut conn, &head).await.unwrap(), b"ok");
     }
 
     #[tokio::test]

@@ -95,6 +95,19 @@ pub fn parse(
         headers.append(name, value);
     }
     let (framing, keep_alive) = framing(status, version, method, &headers)?;
+    // What goes on to the client must describe the body it gets (RFC 9112 §6.3 rule 3): a
+    // Content-Length beside chunked coding is wrong for it, and a list of equal values
+    // becomes the one number.
+    match framing {
+        Framing::Chunked | Framing::UntilClose => {
+            headers.remove(header::CONTENT_LENGTH);
+        }
+        Framing::Length(n) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        // HEAD and 304 keep theirs: it tells the length of what a GET would have sent.
+        Framing::Empty => {}
+    }
     Ok(Some(Head {
         status,
         version,
@@ -249,6 +262,28 @@ mod tests {
         ] {
             assert_eq!(framed(wire, method), want, "{wire:?}");
         }
+    }
+
+    #[test]
+    fn content_length_is_passed_on_only_as_the_length_of_the_body_sent() {
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.headers.get(header::CONTENT_LENGTH).is_none());
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.headers[header::CONTENT_LENGTH], "7");
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", Method::HEAD)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.headers[header::CONTENT_LENGTH], "9");
     }
 
     #[test]
