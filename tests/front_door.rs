@@ -539,6 +539,59 @@ async fn a_small_request_body_is_read_whole_before_the_model_server_is_asked() {
     assert_eq!(up.script.model_requests.load(Ordering::SeqCst), before + 1);
 }
 
+#[tokio::test]
+async fn upstream_connections_are_kept_until_idle_past_the_limit() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+state_dir = "{d}/run"
+[tee]
+kind = "sim"
+sim_dir = "{sim}"
+[audit]
+dir = "{d}/audit"
+[collateral]
+cache_dir = "{d}/cache"
+[upstream]
+url = "{url}"
+health_interval_ms = 600000
+keepalive_idle_ms = 1500
+"#,
+            d = dir.path().display(),
+            sim = sim.dir_str(),
+            url = up.url(),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["serve", "--config", config.to_str().unwrap()], &[], &[]);
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    wait_readyz(&c, 200, Duration::from_secs(30)).await;
+    let opened = || up.script.connections.load(Ordering::SeqCst);
+    // One client connection: one connection thread, one idle stack.
+    assert_eq!(c.get("/v1/models").await.status, 200);
+    let before = opened();
+    for _ in 0..5 {
+        assert_eq!(c.get("/v1/models").await.status, 200);
+    }
+    assert_eq!(
+        opened(),
+        before,
+        "requests one after another share one connection"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(c.get("/v1/models").await.status, 200);
+    assert_eq!(
+        opened(),
+        before + 1,
+        "a connection idle past the limit is not reused"
+    );
+}
+
 /// Send `body` to `/v1/echo` in 7,000-byte pieces, with its length declared or not (then the
 /// client sends it chunked); the agent's answer.
 async fn stream_to_echo(

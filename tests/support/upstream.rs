@@ -34,6 +34,8 @@ pub struct Script {
     pub stream_closed_notify: Notify,
     /// Bytes a streaming route has handed to hyper so far.
     pub streamed_bytes: AtomicU64,
+    /// Connections accepted.
+    pub connections: AtomicU64,
 }
 
 pub struct Upstream {
@@ -188,6 +190,7 @@ impl Upstream {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = Arc::clone(&s);
                 conns.spawn(async move {
                     let service = hyper::service::service_fn(move |req| {

@@ -293,6 +293,11 @@ pub struct UpstreamConfig {
     pub health_interval_ms: u64,
     /// Time allowed to open a connection to the upstream.
     pub connect_timeout_ms: u64,
+    /// A kept-alive connection to the upstream idle for longer is closed instead of reused.
+    /// Below the upstream's own keep-alive (uvicorn, vLLM's server: 5 s), so that no request
+    /// goes out on a connection the upstream is closing at that moment. 0: a new connection
+    /// for every request.
+    pub keepalive_idle_ms: u64,
     /// Time allowed for the upstream to start its answer (a long prompt's prefill counts).
     pub response_header_timeout_secs: u64,
     /// A request or response body that moves no byte for this long is cut. A stream that
@@ -314,6 +319,7 @@ impl Default for UpstreamConfig {
             health_path: "/health".into(),
             health_interval_ms: 2_000,
             connect_timeout_ms: 2_000,
+            keepalive_idle_ms: 4_000,
             response_header_timeout_secs: 300,
             idle_timeout_secs: 300,
             max_request_body_bytes: 32 << 20,

@@ -34,11 +34,6 @@ use pool::{Pool, PoolError};
 /// request goes upstream; larger ones, and those of unknown length, stream.
 pub const BUFFERED_REQUEST_BODY: u64 = 64 * 1024;
 
-/// An upstream connection idle for longer is closed rather than reused. Below uvicorn's
-/// (vLLM's server's) own 5 s keep-alive, so that the agent never sends a request on a
-/// connection the model server is closing at that moment, which would fail with a 502.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(4);
-
 /// The configured upstream and the one connection pool to it.
 pub struct Proxy {
     pub upstream: UpstreamUrl,
@@ -56,7 +51,7 @@ impl Proxy {
         let pool = Pool::new(
             upstream.authority.clone(),
             Duration::from_millis(config.connect_timeout_ms),
-            UPSTREAM_IDLE,
+            Duration::from_millis(config.keepalive_idle_ms),
             config.max_concurrent_requests,
             connection_threads,
         );
