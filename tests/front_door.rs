@@ -39,6 +39,36 @@ async fn agent_for(sim: &SimTd, up: &Upstream, extra: &[&str]) -> (Daemon, Https
     (d, c)
 }
 
+/// An agent started from a configuration file only (it and the agent's state live in the
+/// returned directory), fronting `up`, with these extra `[upstream]` lines.
+fn agent_from_config(sim: &SimTd, up: &Upstream, upstream: &str) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+state_dir = "{d}/run"
+[tee]
+kind = "sim"
+sim_dir = "{sim}"
+[audit]
+dir = "{d}/audit"
+[collateral]
+cache_dir = "{d}/cache"
+[upstream]
+url = "{url}"
+{upstream}"#,
+            d = dir.path().display(),
+            sim = sim.dir_str(),
+            url = up.url(),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&["serve", "--config", config.to_str().unwrap()], &[], &[]);
+    (d, dir)
+}
+
 /// A whole response body as JSON.
 async fn json_body(r: hyper::Response<hyper::body::Incoming>) -> serde_json::Value {
     let bytes = r.into_body().collect().await.unwrap().to_bytes();
@@ -261,33 +291,13 @@ async fn refusals_come_in_openai_shape() {
     let key_hash = tdx_agent::encoding::hex(&<[u8; 32]>::from(
         <sha2::Sha256 as sha2::Digest>::digest(b"s3cret"),
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-state_dir = "{d}/run"
-[tee]
-kind = "sim"
-sim_dir = "{sim}"
-[audit]
-dir = "{d}/audit"
-[collateral]
-cache_dir = "{d}/cache"
-[upstream]
-url = "{url}"
-api_key_sha256 = ["{key_hash}"]
-max_request_body_bytes = 1024
-response_header_timeout_secs = 1
-"#,
-            d = dir.path().display(),
-            sim = sim.dir_str(),
-            url = up.url(),
+    let (d, _dir) = agent_from_config(
+        &sim,
+        &up,
+        &format!(
+            "api_key_sha256 = [\"{key_hash}\"]\nmax_request_body_bytes = 1024\nresponse_header_timeout_secs = 1\n"
         ),
-    )
-    .unwrap();
-    let d = Daemon::start(&["serve", "--config", config.to_str().unwrap()], &[], &[]);
+    );
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     wait_readyz(&c, 200, Duration::from_secs(30)).await;
 
@@ -543,32 +553,11 @@ async fn a_small_request_body_is_read_whole_before_the_model_server_is_asked() {
 async fn upstream_connections_are_kept_until_idle_past_the_limit() {
     let sim = SimTd::new();
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-state_dir = "{d}/run"
-[tee]
-kind = "sim"
-sim_dir = "{sim}"
-[audit]
-dir = "{d}/audit"
-[collateral]
-cache_dir = "{d}/cache"
-[upstream]
-url = "{url}"
-health_interval_ms = 600000
-keepalive_idle_ms = 1500
-"#,
-            d = dir.path().display(),
-            sim = sim.dir_str(),
-            url = up.url(),
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start(&["serve", "--config", config.to_str().unwrap()], &[], &[]);
+    let (d, _dir) = agent_from_config(
+        &sim,
+        &up,
+        "health_interval_ms = 600000\nkeepalive_idle_ms = 1500\n",
+    );
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     wait_readyz(&c, 200, Duration::from_secs(30)).await;
     let opened = || up.script.connections.load(Ordering::SeqCst);

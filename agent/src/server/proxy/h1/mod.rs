@@ -476,21 +476,35 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_head_that_trickles_in_byte_by_byte_is_read() {
+    /// A server for one connection: it reads the first request, then hands the connection
+    /// to `answer`.
+    async fn one_connection<F, Fut>(answer: F) -> std::net::SocketAddr
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut b = [0u8; 1024];
             let _ = s.read(&mut b).await;
+            answer(s).await;
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_head_that_trickles_in_byte_by_byte_is_read() {
+        let addr = one_connection(|mut s| async move {
             for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok" {
                 s.write_all(&[*byte]).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             // Hold the connection open until the client is done.
-            let _ = s.read(&mut b).await;
-        });
+            let _ = s.read(&mut [0u8; 1]).await;
+        })
+        .await;
         let (mut conn, answer) = tokio::time::timeout(Duration::from_secs(10), get(addr))
             .await
             .expect("the head was never parsed");
@@ -534,12 +548,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_endless_head_is_refused() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut b = [0u8; 1024];
-            let _ = s.read(&mut b).await;
+        let addr = one_connection(|mut s| async move {
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Filler: ").await;
             // One field value that never ends, far past the limit.
             for _ in 0..200 {
@@ -547,7 +556,8 @@ mod tests {
                     break;
                 }
             }
-        });
+        })
+        .await;
         let err = get(addr).await.1.unwrap_err();
         assert!(matches!(err, Error::HeadTooLarge), "{err}");
     }
