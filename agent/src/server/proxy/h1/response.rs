@@ -102,8 +102,15 @@ pub fn parse(
         Framing::Chunked | Framing::UntilClose => {
             headers.remove(header::CONTENT_LENGTH);
         }
+        // Rewritten only when it is not already the one number (the usual case costs nothing).
         Framing::Length(n) => {
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+            let single = values
+                .next()
+                .is_some_and(|v| v.as_bytes().iter().all(u8::is_ascii_digit));
+            if !single || values.next().is_some() {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
         }
         // HEAD and 304 keep theirs: it tells the length of what a GET would have sent.
         Framing::Empty => {}
