@@ -245,18 +245,23 @@ impl Conn {
     }
 
     async fn read_head(&mut self, method: &Method) -> Result<Head, Error> {
-        // How far the buffer was searched for the blank line that ends a head: a head that
-        // trickles in is parsed again only once that line may have arrived, not on every
-        // read (byte by byte up to the limit would otherwise be quadratic).
-        let mut searched: usize = 0;
+        // How far the buffer was searched for the blank line that ends a head. The first
+        // try parses at once (a head nearly always comes whole in one read); after that, a
+        // head that trickles in is parsed again only once that line may have arrived, not on
+        // every read (byte by byte up to the limit would otherwise be quadratic).
+        let mut searched: Option<usize> = None;
         loop {
-            let from = searched.saturating_sub(2);
-            if self.buf.get(from..).is_some_and(ends_a_head)
-                && let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)?
+            let may_end = match searched {
+                None => !self.buf.is_empty(),
+                Some(n) => self.buf.get(n.saturating_sub(2)..).is_some_and(ends_a_head),
+            };
+            if may_end && let Some(head) = response::parse(&mut self.buf, method, &mut self.fields)?
             {
                 return Ok(head);
             }
-            searched = self.buf.len();
+            if may_end || searched.is_some() {
+                searched = Some(self.buf.len());
+            }
             if self.buf.len() > MAX_HEAD {
                 return Err(Error::HeadTooLarge);
             }
