@@ -136,44 +136,42 @@ impl Decoder {
 
     /// The state after framing byte `b`.
     fn step(&self, b: u8) -> Result<State, ChunkedError> {
+        if let State::Size { line, .. } | State::SizeWs { line, .. } | State::Extension { line, .. } =
+            self.state
+            && line >= MAX_SIZE_LINE
+        {
+            return Err(ChunkedError::SizeLineTooLong);
+        }
         Ok(match self.state {
             State::Size {
                 value,
                 digits,
                 line,
-            } => {
-                if line >= MAX_SIZE_LINE {
-                    return Err(ChunkedError::SizeLineTooLong);
-                }
-                match b {
-                    b'\r' if digits => State::SizeLf { value },
-                    b'\n' => return Err(ChunkedError::MissingCrlf),
-                    b';' if digits => State::Extension {
+            } => match b {
+                b'\r' if digits => State::SizeLf { value },
+                b'\n' => return Err(ChunkedError::MissingCrlf),
+                b';' if digits => State::Extension {
+                    value,
+                    line: line + 1,
+                },
+                b' ' | b'\t' if digits => State::SizeWs {
+                    value,
+                    line: line + 1,
+                },
+                _ => {
+                    let d = (b as char).to_digit(16).ok_or(ChunkedError::BadSize)?;
+                    let value = value
+                        .checked_mul(16)
+                        .and_then(|v| v.checked_add(u64::from(d)))
+                        .ok_or(ChunkedError::SizeOverflow)?;
+                    State::Size {
                         value,
+                        digits: true,
                         line: line + 1,
-                    },
-                    b' ' | b'\t' if digits => State::SizeWs {
-                        value,
-                        line: line + 1,
-                    },
-                    _ => {
-                        let d = (b as char).to_digit(16).ok_or(ChunkedError::BadSize)?;
-                        let value = value
-                            .checked_mul(16)
-                            .and_then(|v| v.checked_add(u64::from(d)))
-                            .ok_or(ChunkedError::SizeOverflow)?;
-                        State::Size {
-                            value,
-                            digits: true,
-                            line: line + 1,
-                        }
                     }
                 }
-            }
+            },
             State::SizeWs { value, line } => {
-                if line >= MAX_SIZE_LINE {
-                    return Err(ChunkedError::SizeLineTooLong);
-                }
                 match b {
                     b'\r' => State::SizeLf { value },
                     b';' => State::Extension {
@@ -190,17 +188,11 @@ impl Decoder {
                 }
             }
             State::Extension { value, line } => {
-                if line >= MAX_SIZE_LINE {
-                    return Err(ChunkedError::SizeLineTooLong);
-                }
                 match b {
                     b'\r' => State::SizeLf { value },
                     b'\n' => return Err(ChunkedError::MissingCrlf),
-                    b'\t' => State::Extension {
-                        value,
-                        line: line + 1,
-                    },
-                    0..=0x1f | 0x7f => return Err(ChunkedError::BadExtension),
+                    // Control characters other than HTAB.
+                    0..=0x08 | 0x0a..=0x1f | 0x7f => return Err(ChunkedError::BadExtension),
                     _ => State::Extension {
                         value,
                         line: line + 1,

@@ -73,11 +73,6 @@ struct LengthMismatch {
     sent: u64,
 }
 
-/// Whether `bytes` holds an empty line (the end of a head), with CRLF or bare LF endings.
-fn ends_a_head(bytes: &[u8]) -> bool {
-    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
-}
-
 impl Error {
     /// Nothing of the request reached the server: it may be sent again elsewhere.
     pub fn unsent(&self) -> bool {
@@ -153,11 +148,7 @@ impl Conn {
     /// Send a request and read the head of its final response (interim 1xx ones are skipped).
     /// The body stays on the connection, for a [`Reader`].
     pub async fn send(&mut self, parts: &Parts, body: &mut RequestBody) -> Result<Head, Error> {
-        let mut out = std::mem::take(&mut self.out);
-        out.clear();
-        let sent = self.write_request(parts, body, &mut out).await;
-        self.out = out;
-        sent?;
+        self.write_request(parts, body).await?;
         loop {
             let head = self.read_head(&parts.method).await?;
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -169,25 +160,21 @@ impl Conn {
         }
     }
 
-    /// Write the head (encoded in `out`) and the body.
-    async fn write_request(
-        &mut self,
-        parts: &Parts,
-        body: &mut RequestBody,
-        out: &mut BytesMut,
-    ) -> Result<(), Error> {
+    /// Write the head (encoded in the connection's own buffer) and the body.
+    async fn write_request(&mut self, parts: &Parts, body: &mut RequestBody) -> Result<(), Error> {
+        self.out.clear();
         match body {
             RequestBody::Full(bytes) => {
                 let length = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
-                request::encode(parts, request::Framing::Length(length), out);
+                request::encode(parts, request::Framing::Length(length), &mut self.out);
                 // One write for head and body: a chat request is a single segment.
-                out.extend_from_slice(bytes);
-                self.io.write_all(out).await.map_err(Error::Write)?;
+                self.out.extend_from_slice(bytes);
+                self.io.write_all(&self.out).await.map_err(Error::Write)?;
             }
             RequestBody::Stream { body, length } => {
                 let framing = length.map_or(request::Framing::Chunked, request::Framing::Length);
-                request::encode(parts, framing, out);
-                self.io.write_all(out).await.map_err(Error::Write)?;
+                request::encode(parts, framing, &mut self.out);
+                self.io.write_all(&self.out).await.map_err(Error::Write)?;
                 // All of the body goes before the response is read. A server that answers
                 // early and stops reading would stall this until the response-header timeout;
                 // vLLM reads the whole request first.
@@ -259,7 +246,8 @@ impl Conn {
             {
                 return Ok(head);
             }
-            if may_end || searched.is_some() {
+            // Nothing is searched (or parsed) until some bytes have come.
+            if !self.buf.is_empty() {
                 searched = Some(self.buf.len());
             }
             if self.buf.len() > MAX_HEAD {
@@ -281,6 +269,11 @@ impl Conn {
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
+}
+
+/// Whether `bytes` holds an empty line (the end of a head), with CRLF or bare LF endings.
+fn ends_a_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
 }
 
 #[cfg(test)]

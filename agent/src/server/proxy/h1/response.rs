@@ -35,7 +35,6 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    pub version: Version,
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection may carry another request once this body has ended.
@@ -117,7 +116,6 @@ pub fn parse(
     }
     Ok(Some(Head {
         status,
-        version,
         headers,
         framing,
         keep_alive,
