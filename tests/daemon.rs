@@ -858,6 +858,44 @@ async fn clients_silent_after_the_tls_handshake_are_dropped_after_the_header_tim
     }
 }
 
+/// A request head that trickles in, a header line at a time and never finished, is cut at the
+/// header timeout like a silent one: bytes arriving do not restart the time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_head_trickling_in_is_cut_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let sim = SimTd::new();
+    let d = daemon_from_config(&sim);
+    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"http/1.1"]));
+    let mut tls = support::ratls_connect(&d.addr, config)
+        .await
+        .expect("RA-TLS");
+    let started = Instant::now();
+    let mut line: &[u8] = b"GET /readyz HTTP/1.1\r\n";
+    let mut buf = [0u8; 1024];
+    let cut = loop {
+        if tls.write_all(line).await.is_err() || tls.flush().await.is_err() {
+            break started.elapsed();
+        }
+        line = b"x-slow: a\r\n";
+        match tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break started.elapsed(),
+            Ok(Ok(n)) => panic!(
+                "answered an unfinished head: {}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(_) if started.elapsed() > Duration::from_secs(10) => {
+                panic!("a trickling head was still read after 10 s (timeout 1 s)")
+            }
+            Err(_) => {}
+        }
+    };
+    println!("a head trickling in was cut after {cut:?}");
+    assert!(
+        cut >= Duration::from_millis(900),
+        "cut after {cut:?}, before the timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_do_not_lock_out_a_new_client() {
     let sim = SimTd::new();

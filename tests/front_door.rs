@@ -581,6 +581,70 @@ async fn upstream_connections_are_kept_until_idle_past_the_limit() {
     );
 }
 
+/// The header timeout (1 s here) lets go of a client that is idle or slow to send its request,
+/// never of one waiting for its answer: a model may think before the first byte, or pause
+/// mid-stream, for longer than the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (mut d, _dir) = agent_from_config(
+        &sim,
+        &up,
+        "response_header_timeout_secs = 30\n[limits]\nheader_read_timeout_secs = 1\n",
+    );
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    wait_readyz(&c, 200, Duration::from_secs(30)).await;
+    let get = |path: &str| {
+        hyper::Request::get(path)
+            .header("host", "agent")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut h1 = http1::<Full<Bytes>>(&d.addr, sim.root_der()).await;
+
+    // 2.5 s before the answer's head: nothing at all goes to the client meanwhile.
+    let r = h1.send_request(get("/v1/delay/2500")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_body(r).await["object"], "delayed");
+
+    // Silent for 2.5 s between two events of a stream.
+    let mut r = h1.send_request(get("/v1/sse")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.body_mut();
+    assert!(
+        read_until(body, "\"n\":1", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    up.script.release_event2.notify_one();
+    let rest = read_until(body, "[DONE]", Duration::from_secs(10)).await;
+    assert!(
+        rest.as_deref().is_some_and(|t| t.contains("\"n\":2")),
+        "the stream was cut after a pause: {rest:?}"
+    );
+    while let Some(frame) = r.body_mut().frame().await {
+        frame.unwrap();
+    }
+
+    // Idle after its last answer, the connection is closed one timeout later.
+    let ended = Instant::now();
+    while !h1.is_closed() && ended.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = ended.elapsed();
+    assert!(
+        h1.is_closed(),
+        "an idle connection was still open after {after:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(800),
+        "an idle connection was closed after {after:?}, before the 1 s header timeout"
+    );
+    assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
+}
+
 /// Send `body` to `/v1/echo` in 7,000-byte pieces, with its length declared or not (then the
 /// client sends it chunked); the agent's answer.
 async fn stream_to_echo(

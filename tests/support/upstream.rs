@@ -139,6 +139,12 @@ async fn route(script: Arc<Script>, req: Request<Incoming>) -> Resp {
             });
             streaming("application/octet-stream", rx)
         }
+        p if p.starts_with("/v1/delay/") => {
+            // A model that thinks this many milliseconds before its answer's head.
+            let ms: u64 = p["/v1/delay/".len()..].parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(200, "application/json", r#"{"object":"delayed"}"#)
+        }
         "/v1/slow-headers" => {
             tokio::time::sleep(Duration::from_secs(30)).await;
             full(200, "application/json", "{}")

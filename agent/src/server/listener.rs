@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::head_timer::{Activity, Counted, HeadTimer, Timed};
 use super::service::Service;
 use super::shards::{Shards, Threads};
 
@@ -196,6 +197,10 @@ async fn connection(
     measured: &mut watch::Receiver<u64>,
 ) {
     let _ = stream.set_nodelay(true);
+    // Bytes are counted as the kernel takes them, below TLS, so a slow reader still taking
+    // the end of a response is not mistaken for an idle connection (`head_timer`).
+    let activity = Activity::new();
+    let stream = Counted::new(stream, Arc::clone(&activity));
     let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
     {
         Ok(Ok(tls)) => tls,
@@ -230,16 +235,24 @@ async fn connection(
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20))
             .serve_connection(TokioIo::new(io), service);
-        drive(conn, |c| c.graceful_shutdown(), peer, drain, measured).await;
+        drive(conn, |c| c.graceful_shutdown(), None, peer, drain, measured).await;
     } else {
-        // hyper's header timeout runs from the start of the connection and again from the
-        // end of each response, so a silent or idle client is let go after it.
+        // The header timeout runs from here and again from the end of each response, so a
+        // silent, idle or trickling client is let go after it; `head_timer` says why it is
+        // not hyper's.
+        let timer = HeadTimer::new(Arc::clone(&activity), limits.header_read_timeout);
         let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
             .max_buf_size(64 * 1024)
-            .serve_connection(TokioIo::new(tls), service);
-        drive(conn, |c| c.graceful_shutdown(), peer, drain, measured).await;
+            .serve_connection(TokioIo::new(tls), Timed::new(service, activity));
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            Some(timer),
+            peer,
+            drain,
+            measured,
+        )
+        .await;
     }
 }
 
@@ -248,6 +261,7 @@ async fn connection(
 async fn drive<C>(
     conn: C,
     graceful: impl FnOnce(Pin<&mut C>),
+    mut head_timer: Option<HeadTimer>,
     peer: SocketAddr,
     drain: &mut watch::Receiver<bool>,
     measured: &mut watch::Receiver<u64>,
@@ -256,6 +270,7 @@ async fn drive<C>(
 {
     enum Event {
         Ended(Result<(), hyper::Error>),
+        HeadTimeout,
         Drain,
         Measured,
     }
@@ -271,6 +286,11 @@ async fn drive<C>(
         signal.follow(cx.waker());
         if let Poll::Ready(result) = conn.as_mut().poll(cx) {
             return Poll::Ready(Event::Ended(result));
+        }
+        if let Some(timer) = head_timer.as_mut()
+            && timer.poll_expired(cx).is_ready()
+        {
+            return Poll::Ready(Event::HeadTimeout);
         }
         if signal.fired.swap(false, Ordering::AcqRel) {
             let mut scx = Context::from_waker(&signal_waker);
@@ -291,6 +311,10 @@ async fn drive<C>(
     .await;
     let result = match event {
         Event::Ended(result) => result,
+        Event::HeadTimeout => {
+            tracing::debug!(%peer, "no complete request head within the header timeout: closing");
+            return;
+        }
         Event::Drain => {
             graceful(conn.as_mut());
             conn.await

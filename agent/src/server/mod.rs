@@ -8,6 +8,7 @@ pub mod admin;
 pub mod collateral;
 pub mod error;
 pub mod grpc;
+pub mod head_timer;
 pub mod http;
 pub mod issue;
 pub mod listener;

@@ -1,0 +1,391 @@
+//! The HTTP/1.1 header timeout, kept with one timer per connection instead of one per request.
+//!
+//! hyper's own `header_read_timeout` arms a fresh boxed timer every time it starts reading a
+//! request head. On a busy keep-alive connection that is a timer-wheel insert and removal per
+//! request, and whenever the runtime had parked with no timer pending, the insert also writes
+//! the runtime's eventfd to wake a thread that is already awake: a system call, and one more
+//! pass through epoll, per request or so. Measured: docs/benchmarks.md (session 6).
+//!
+//! Here a connection instead keeps a little shared bookkeeping ([`Activity`]): how many
+//! requests are in flight, when the last one ended, and how many bytes have gone out. One
+//! timer per connection ([`HeadTimer`]) wakes when the connection could first have been idle
+//! for the whole timeout, reads that bookkeeping, and either ends the connection or sleeps
+//! again until the new earliest moment. The rule is hyper's: the time runs from the end of
+//! the handshake and again from the end of each response, a request in flight is never cut
+//! (a model may think for minutes before its first byte), and bytes a slow reader is still
+//! taking of the last response count as the response going on.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// What one connection's requests and writes tell its timer. Only the connection's own task
+/// touches it, so relaxed atomics are enough; they are atomics because hyper wants a `Send`
+/// service.
+#[derive(Debug)]
+pub struct Activity {
+    /// When the connection was set up; times below are nanoseconds after it.
+    base: Instant,
+    in_flight: AtomicU64,
+    /// When the last request ended (or the connection began), in nanoseconds after `base`.
+    idle_since: AtomicU64,
+    /// Bytes written to the client so far: a response still going out after its body ended.
+    written: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            base: Instant::now(),
+            in_flight: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        })
+    }
+
+    fn since_base(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A request head has arrived: until the returned guard is dropped (with the response's
+    /// body, or with the request if it never got one), the connection is not idle.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    fn wrote(&self, n: usize) {
+        // One writer (the connection's I/O), so no read-modify-write instruction is needed.
+        let before = self.written.load(Ordering::Relaxed);
+        self.written.store(
+            before.wrapping_add(u64::try_from(n).unwrap_or(u64::MAX)),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A request in flight; see [`Activity::begin`].
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_since
+            .store(a.since_base(Instant::now()), Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The one timer of a connection: [`HeadTimer::poll_expired`] is ready when the connection
+/// has been idle, or stuck in a request head, for the whole timeout.
+pub struct HeadTimer {
+    activity: Arc<Activity>,
+    timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// `activity.written` when the timer last looked, and when it first saw it there.
+    seen_written: u64,
+    seen_at: Instant,
+}
+
+impl HeadTimer {
+    pub fn new(activity: Arc<Activity>, timeout: Duration) -> Self {
+        let now = Instant::now();
+        HeadTimer {
+            seen_written: activity.written.load(Ordering::Relaxed),
+            activity,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep_until((now + timeout).into())),
+            seen_at: now,
+        }
+    }
+
+    /// Ready once the connection should be closed; otherwise the task is woken when that
+    /// could next be so.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            match self.verdict(Instant::now()) {
+                None => return Poll::Ready(()),
+                Some(next) => self.sleep.as_mut().reset(next.into()),
+            }
+        }
+    }
+
+    /// `None` when the time is up, or the next moment to look again.
+    fn verdict(&mut self, now: Instant) -> Option<Instant> {
+        let a = &self.activity;
+        if a.in_flight.load(Ordering::Relaxed) > 0 {
+            return Some(now + self.timeout);
+        }
+        let written = a.written.load(Ordering::Relaxed);
+        if written != self.seen_written {
+            self.seen_written = written;
+            self.seen_at = now;
+        }
+        let ended = a.base + Duration::from_nanos(a.idle_since.load(Ordering::Relaxed));
+        let deadline = ended.max(self.seen_at) + self.timeout;
+        (deadline > now).then_some(deadline)
+    }
+}
+
+/// `S`, with each request in flight from its head until hyper drops its response's body.
+#[derive(Clone)]
+pub struct Timed<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Timed<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Timed { inner, activity }
+    }
+}
+
+impl<S, R, B> hyper::service::Service<R> for Timed<S>
+where
+    S: hyper::service::Service<R, Response = hyper::Response<B>>,
+    S::Future: Unpin,
+{
+    type Response = hyper::Response<Tracked<B>>;
+    type Error = S::Error;
+    type Future = Timing<S::Future>;
+
+    fn call(&self, req: R) -> Self::Future {
+        Timing {
+            in_flight: Some(self.activity.begin()),
+            answer: self.inner.call(req),
+        }
+    }
+}
+
+/// The answer of [`Timed`]: the request stays in flight while it is awaited (a client that
+/// leaves mid-way drops it) and then with the response's body.
+pub struct Timing<F> {
+    answer: F,
+    in_flight: Option<InFlight>,
+}
+
+impl<F, B, E> Future for Timing<F>
+where
+    F: Future<Output = Result<hyper::Response<B>, E>> + Unpin,
+{
+    type Output = Result<hyper::Response<Tracked<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let answer = ready!(Pin::new(&mut self.answer).poll(cx));
+        let in_flight = self.in_flight.take();
+        Poll::Ready(answer.map(|r| {
+            r.map(|body| Tracked {
+                body,
+                _in_flight: in_flight,
+            })
+        }))
+    }
+}
+
+/// A response body that keeps its request in flight until hyper is done with it.
+pub struct Tracked<B> {
+    body: B,
+    _in_flight: Option<InFlight>,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The client's stream, counting what is written to it into [`Activity`].
+pub struct Counted<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Counted<T> {
+    pub fn new(io: T, activity: Arc<Activity>) -> Self {
+        Counted { io, activity }
+    }
+
+    fn count(&self, r: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r {
+            self.activity.wrote(*n);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.count(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.count(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_secs(10);
+    const EPS: Duration = Duration::from_millis(1);
+
+    #[tokio::test]
+    async fn an_idle_connection_has_one_timeout_from_when_it_was_last_busy() {
+        let activity = Activity::new();
+        let mut timer = HeadTimer::new(Arc::clone(&activity), T);
+        let start = timer.seen_at;
+        assert_eq!(timer.verdict(start + T / 2), Some(start + T));
+        assert_eq!(timer.verdict(start + T + EPS), None);
+
+        // A request and its answer: the time runs again from the answer's end.
+        let request = activity.begin();
+        assert!(
+            timer.verdict(start + 100 * T).is_some(),
+            "a request in flight was cut"
+        );
+        let before = Instant::now();
+        drop(request);
+        let after = Instant::now();
+        let deadline = timer
+            .verdict(after + T / 2)
+            .expect("cut right after an answer");
+        assert!(
+            deadline >= before + T && deadline <= after + T,
+            "{deadline:?}"
+        );
+        assert_eq!(timer.verdict(deadline + EPS), None);
+    }
+
+    #[tokio::test]
+    async fn the_end_of_an_answer_still_going_out_counts_as_busy() {
+        let activity = Activity::new();
+        let mut timer = HeadTimer::new(Arc::clone(&activity), T);
+        let start = timer.seen_at;
+        // The body has ended (nothing in flight) but the kernel is still taking its bytes.
+        activity.wrote(100);
+        let looked = start + T + EPS;
+        assert_eq!(timer.verdict(looked), Some(looked + T));
+        // No more bytes since: the time is up one timeout after they were last seen moving.
+        assert_eq!(timer.verdict(looked + T + EPS), None);
+    }
+
+    #[test]
+    fn requests_stay_in_flight_until_their_answers_body_is_dropped() {
+        let activity = Activity::new();
+        let inner = hyper::service::service_fn(
+            |_req: hyper::Request<http_body_util::Empty<bytes::Bytes>>| {
+                std::future::ready(Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                    http_body_util::Empty::<bytes::Bytes>::new(),
+                )))
+            },
+        );
+        let service = Timed::new(inner, Arc::clone(&activity));
+        let answer = hyper::service::Service::call(
+            &service,
+            hyper::Request::new(http_body_util::Empty::new()),
+        );
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1);
+        // A client that leaves before the answer drops it unanswered.
+        drop(answer);
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+
+        let answer = hyper::service::Service::call(
+            &service,
+            hyper::Request::new(http_body_util::Empty::new()),
+        );
+        let response = futures_now(answer).expect("infallible");
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1);
+        let idle_before = activity.idle_since.load(Ordering::Relaxed);
+        drop(response);
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+        assert!(activity.idle_since.load(Ordering::Relaxed) > idle_before);
+    }
+
+    /// Poll a future that is ready at once.
+    fn futures_now<F: Future + Unpin>(mut f: F) -> F::Output {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut f).poll(&mut cx) {
+            Poll::Ready(v) => v,
+            Poll::Pending => panic!("the future was not ready"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_timer_wakes_its_task_when_the_time_is_up_and_not_before() {
+        let t = Duration::from_millis(300);
+        let activity = Activity::new();
+        let mut timer = HeadTimer::new(Arc::clone(&activity), t);
+        let start = Instant::now();
+        // Busy for a while: the timer looks, sees a request, and sleeps again.
+        let request = activity.begin();
+        let early =
+            tokio::time::timeout(3 * t, std::future::poll_fn(|cx| timer.poll_expired(cx))).await;
+        assert!(early.is_err(), "expired while a request was in flight");
+        drop(request);
+        let ended = Instant::now();
+        std::future::poll_fn(|cx| timer.poll_expired(cx)).await;
+        assert!(
+            ended.elapsed() >= t,
+            "expired {:?} after the answer",
+            ended.elapsed()
+        );
+        assert!(start.elapsed() >= 4 * t);
+    }
+}
