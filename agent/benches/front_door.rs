@@ -2,8 +2,9 @@
 //! on the same machine (docs/benchmarks.md):
 //! - requests/s and p50/p99 latency with `wrk` (same threads, connections, duration, TLS 1.3
 //!   P-256) for POST /v1/chat/completions: the upstream direct, through nginx as a TLS
-//!   reverse proxy (`proxy_buffering off`, keep-alive upstream), and through `serve`, three
-//!   interleaved rounds, medians; targets: serve/nginx throughput >= 1, p99 <= nginx's;
+//!   reverse proxy (`proxy_buffering off`, keep-alive upstream), and through `serve`, five
+//!   interleaved rounds, medians (and serve/nginx round by round, and how idle the machine
+//!   was); targets: serve/nginx throughput >= 1, p99 <= nginx's;
 //! - time to the first body byte of an SSE response on a kept-alive connection, direct and
 //!   through nginx, `serve` and (when the binary has it) `connect` -> `serve`, interleaved;
 //!   target: serve's extra p99 over direct < 1 ms.
@@ -15,7 +16,7 @@
 //!
 //! Needs the release binary, nginx and wrk: run through scripts/bench.sh (which installs them
 //! with scripts/bench-deps.sh and sets TDX_AGENT_BIN). Knobs: TDX_AGENT_BENCH_SECS (10),
-//! TDX_AGENT_BENCH_CONNS (64), TDX_AGENT_BENCH_THREADS (1), TDX_AGENT_BENCH_ROUNDS (3),
+//! TDX_AGENT_BENCH_CONNS (64), TDX_AGENT_BENCH_THREADS (1), TDX_AGENT_BENCH_ROUNDS (5),
 //! TDX_AGENT_BENCH_SSE_N (2000).
 
 mod common;
@@ -534,6 +535,10 @@ struct WrkResult {
     /// CPU time (user + system) per request of the proxy, and of the upstream.
     proxy_cpu: Option<Duration>,
     upstream_cpu: Duration,
+    /// Share of the machine's CPU time that was idle during the run: with every core busy
+    /// the proxy's cost per request decides the throughput; with idle time left, how its
+    /// threads sleep and wake does.
+    idle: f64,
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
@@ -644,6 +649,21 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// The machine's (idle + iowait, all) CPU ticks so far, from /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (idle, f.iter().take(8).sum())
+}
+
 /// The 1-minute load average: above the core count, other work competed with the bench.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -736,7 +756,7 @@ async fn run() -> Setup<()> {
     let secs = env_num("TDX_AGENT_BENCH_SECS", 10).max(1);
     let conns = env_num("TDX_AGENT_BENCH_CONNS", 64).max(1);
     let threads = env_num("TDX_AGENT_BENCH_THREADS", 1).clamp(1, conns);
-    let rounds = env_num("TDX_AGENT_BENCH_ROUNDS", 3).max(1) as usize;
+    let rounds = env_num("TDX_AGENT_BENCH_ROUNDS", 5).max(1) as usize;
     let sse_n = env_num("TDX_AGENT_BENCH_SSE_N", 2000).max(1) as usize;
 
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -918,7 +938,11 @@ async fn run() -> Setup<()> {
             let i = (k + round) % targets.len();
             let (_, url, pids) = &targets[i];
             let before = (pids.as_deref().map(cpu_ticks), cpu_ticks(&up_workers));
+            let machine_before = machine_ticks();
             let mut r = wrk.run(url, secs)?;
+            let machine_after = machine_ticks();
+            r.idle = machine_after.0.saturating_sub(machine_before.0) as f64
+                / machine_after.1.saturating_sub(machine_before.1).max(1) as f64;
             let per_req =
                 |t: u64| Duration::from_secs_f64(t as f64 / ticks / r.requests.max(1) as f64);
             r.proxy_cpu = pids
@@ -929,8 +953,9 @@ async fn run() -> Setup<()> {
             results[i].push(r);
         }
     }
-    // Medians of the rounds: req/s, p50, p99, proxy CPU per request, upstream CPU per request.
-    let med: Vec<[f64; 5]> = results
+    // Medians of the rounds: req/s, p50, p99, proxy CPU per request, upstream CPU per request,
+    // machine idle.
+    let med: Vec<[f64; 6]> = results
         .iter()
         .map(|r| {
             [
@@ -939,15 +964,16 @@ async fn run() -> Setup<()> {
                 median_by(r, |x| x.p99.as_secs_f64()),
                 median_by(r, |x| x.proxy_cpu.map_or(0.0, |d| d.as_secs_f64())),
                 median_by(r, |x| x.upstream_cpu.as_secs_f64()),
+                median_by(r, |x| x.idle),
             ]
         })
         .collect();
     println!(
-        "  {:<24} {:>9} {:>10} {:>10} {:>13} {:>14}   per round req/s; errors",
-        "path", "req/s", "p50", "p99", "proxy CPU/req", "upstream CPU/req"
+        "  {:<24} {:>9} {:>10} {:>10} {:>13} {:>14} {:>6}   per round req/s; errors",
+        "path", "req/s", "p50", "p99", "proxy CPU/req", "upstream CPU/req", "idle"
     );
     for (i, (name, _, pids)) in targets.iter().enumerate() {
-        let [rps, p50, p99, cpu, up_cpu] = med[i];
+        let [rps, p50, p99, cpu, up_cpu, idle] = med[i];
         let per_round: Vec<String> = results[i].iter().map(|r| format!("{:.0}", r.rps)).collect();
         let errors: u64 = results[i].iter().map(|r| r.non_2xx + r.socket_errors).sum();
         let total: u64 = results[i].iter().map(|r| r.requests).sum();
@@ -957,10 +983,11 @@ async fn run() -> Setup<()> {
             "-".into()
         };
         println!(
-            "  {name:<24} {rps:>9.0} {:>10} {:>10} {cpu:>13} {:>14}   {}; {errors} of {total} non-2xx or socket errors",
+            "  {name:<24} {rps:>9.0} {:>10} {:>10} {cpu:>13} {:>14} {:>6}   {}; {errors} of {total} non-2xx or socket errors",
             ms(p50),
             ms(p99),
             format!("{:.1} us", up_cpu * 1e6),
+            format!("{:.1}%", idle * 100.0),
             per_round.join(" ")
         );
     }
@@ -972,6 +999,23 @@ async fn run() -> Setup<()> {
         "serve / nginx",
         s[1] / n[1],
         s[3] / n[3]
+    );
+    // Serve and nginx run next to each other in every round, so their ratio round by round
+    // is less exposed to the machine's drift than the ratio of medians.
+    let paired: Vec<f64> = results[2]
+        .iter()
+        .zip(&results[1])
+        .map(|(s, n)| s.rps / n.rps.max(1.0))
+        .collect();
+    println!(
+        "  serve / nginx round by round: {} ({} of {} rounds at or above 1)",
+        paired
+            .iter()
+            .map(|r| format!("{r:.3}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        paired.iter().filter(|r| **r >= 1.0).count(),
+        paired.len()
     );
     println!(
         "  (req/s: nginx / direct {:.3}, serve / direct {:.3})",
