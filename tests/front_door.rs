@@ -581,7 +581,7 @@ async fn upstream_connections_are_kept_until_idle_past_the_limit() {
     );
 }
 
-/// The header timeout (1 s here) lets go of a client that is idle or slow to send its request,
+/// The header timeout (2 s here) lets go of a client that is idle or slow to send its request,
 /// never of one waiting for its answer: a model may think before the first byte, or pause
 /// mid-stream, for longer than the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,7 +591,7 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
     let (mut d, _dir) = agent_from_config(
         &sim,
         &up,
-        "response_header_timeout_secs = 30\n[limits]\nheader_read_timeout_secs = 1\n",
+        "response_header_timeout_secs = 30\n[limits]\nheader_read_timeout_secs = 2\n",
     );
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     wait_readyz(&c, 200, Duration::from_secs(30)).await;
@@ -603,12 +603,12 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
     };
     let mut h1 = http1::<Full<Bytes>>(&d.addr, sim.root_der()).await;
 
-    // 2.5 s before the answer's head: nothing at all goes to the client meanwhile.
-    let r = h1.send_request(get("/v1/delay/2500")).await.unwrap();
+    // 3 s before the answer's head: nothing at all goes to the client meanwhile.
+    let r = h1.send_request(get("/v1/delay/3000")).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(json_body(r).await["object"], "delayed");
 
-    // Silent for 2.5 s between two events of a stream.
+    // Silent for 3 s between two events of a stream.
     let mut r = h1.send_request(get("/v1/sse")).await.unwrap();
     assert_eq!(r.status(), 200);
     let body = r.body_mut();
@@ -617,7 +617,7 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
             .await
             .is_some()
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(3000)).await;
     up.script.release_event2.notify_one();
     let rest = read_until(body, "[DONE]", Duration::from_secs(10)).await;
     assert!(
@@ -628,7 +628,8 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
         frame.unwrap();
     }
 
-    // Idle after its last answer, the connection is closed one timeout later.
+    // Idle after its last answer, the connection is closed one timeout later (not two: the
+    // answer's own bytes do not count as activity after it).
     let ended = Instant::now();
     while !h1.is_closed() && ended.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -639,8 +640,89 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
         "an idle connection was still open after {after:?}"
     );
     assert!(
-        after >= Duration::from_millis(800),
-        "an idle connection was closed after {after:?}, before the 1 s header timeout"
+        after >= Duration::from_millis(1600),
+        "an idle connection was closed after {after:?}, before the 2 s header timeout"
+    );
+    assert!(
+        after < Duration::from_millis(3600),
+        "an idle connection was closed only after {after:?}: the 2 s header timeout ran twice"
+    );
+    assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
+}
+
+/// A connection holding part of its first request head when the measurements change is told
+/// to close after its requests, and hyper waits for the rest of a head it has begun: the
+/// header timeout must still end it, or it would hold its slot until the agent restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_head_is_cut_at_the_header_timeout_after_a_measurement_change() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const TIMEOUT: Duration = Duration::from_secs(4);
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (mut d, dir) = agent_from_config(&sim, &up, "[limits]\nheader_read_timeout_secs = 4\n");
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    wait_readyz(&c, 200, Duration::from_secs(30)).await;
+
+    let config = std::sync::Arc::new(support::ratls_client_config(sim.root_der(), &[b"http/1.1"]));
+    let mut tls = support::ratls_connect(&d.addr, config)
+        .await
+        .expect("RA-TLS");
+    let opened = Instant::now();
+    tls.write_all(b"GET /v1/models HTTP/1.1\r\nhost: agent\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+
+    let socket = dir.path().join("run").join("admin.sock");
+    let r = support::tdx_agent(&[
+        "admin",
+        "--socket",
+        socket.to_str().unwrap(),
+        "extend",
+        "--type",
+        "model",
+        "--data",
+        r#"{"v":2}"#,
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    let changed = opened.elapsed();
+    assert!(
+        changed < TIMEOUT,
+        "the measurement changed only {changed:?} after the connection opened, after its \
+         header timeout: this test needs the change to come first"
+    );
+    // The agent rotates its certificate; a new handshake sees it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let old_cert = c.peer_cert.clone();
+    while Https::connect(&d.addr, sim.root_der())
+        .await
+        .unwrap()
+        .peer_cert
+        == old_cert
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the certificate was not re-issued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        match tls.read(&mut buf).await {
+            Ok(0) | Err(_) => opened.elapsed(),
+            Ok(n) => panic!(
+                "answered a half-sent head: {}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("a half-sent head held its connection 15 s (timeout 4 s)"));
+    println!("measurement change after {changed:?}; connection cut after {closed:?}");
+    assert!(
+        closed >= TIMEOUT - Duration::from_millis(500),
+        "cut after {closed:?}, before the header timeout"
     );
     assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
 }

@@ -7,13 +7,13 @@
 //! pass through epoll, per request or so. Measured: docs/benchmarks.md (session 6).
 //!
 //! Here a connection instead keeps a little shared bookkeeping ([`Activity`]): how many
-//! requests are in flight, when the last one ended, and how many bytes have gone out. One
-//! timer per connection ([`HeadTimer`]) wakes when the connection could first have been idle
-//! for the whole timeout, reads that bookkeeping, and either ends the connection or sleeps
-//! again until the new earliest moment. The rule is hyper's: the time runs from the end of
-//! the handshake and again from the end of each response, a request in flight is never cut
-//! (a model may think for minutes before its first byte), and bytes a slow reader is still
-//! taking of the last response count as the response going on.
+//! requests are in flight, when the last one ended, and when bytes last went out while none
+//! was. One timer per connection ([`HeadTimer`]) wakes when the connection could first have
+//! been idle for the whole timeout, reads that bookkeeping, and either ends the connection or
+//! sleeps again until the new earliest moment. The rule is hyper's: the time runs from the
+//! end of the handshake and again from the end of each answer (its last byte taken by the
+//! kernel, so a slow reader still taking the end of an answer is not idle), and a request in
+//! flight is never cut (a model may think for minutes before its first byte).
 
 use std::future::Future;
 use std::io;
@@ -34,10 +34,12 @@ pub struct Activity {
     /// When the connection was set up; times below are nanoseconds after it.
     base: Instant,
     in_flight: AtomicU64,
-    /// When the last request ended (or the connection began), in nanoseconds after `base`.
+    /// When the last request ended (or the handshake did).
     idle_since: AtomicU64,
-    /// Bytes written to the client so far: a response still going out after its body ended.
-    written: AtomicU64,
+    /// When bytes last went out with no request in flight: the end of an answer whose body
+    /// hyper has finished with, still being flushed. Writes during a request are not timed,
+    /// so the hot path reads no clock.
+    idle_write: AtomicU64,
 }
 
 impl Activity {
@@ -46,12 +48,12 @@ impl Activity {
             base: Instant::now(),
             in_flight: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
-            written: AtomicU64::new(0),
+            idle_write: AtomicU64::new(0),
         })
     }
 
-    fn since_base(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    fn now(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// A request head has arrived: until the returned guard is dropped (with the response's
@@ -61,13 +63,10 @@ impl Activity {
         InFlight(Arc::clone(self))
     }
 
-    fn wrote(&self, n: usize) {
-        // One writer (the connection's I/O), so no read-modify-write instruction is needed.
-        let before = self.written.load(Ordering::Relaxed);
-        self.written.store(
-            before.wrapping_add(u64::try_from(n).unwrap_or(u64::MAX)),
-            Ordering::Relaxed,
-        );
+    fn wrote(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            self.idle_write.store(self.now(), Ordering::Relaxed);
+        }
     }
 }
 
@@ -78,8 +77,7 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         let a = &self.0;
-        a.idle_since
-            .store(a.since_base(Instant::now()), Ordering::Relaxed);
+        a.idle_since.store(a.now(), Ordering::Relaxed);
         a.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -90,20 +88,16 @@ pub struct HeadTimer {
     activity: Arc<Activity>,
     timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
-    /// `activity.written` when the timer last looked, and when it first saw it there.
-    seen_written: u64,
-    seen_at: Instant,
 }
 
 impl HeadTimer {
+    /// Start the time now (the handshake is done).
     pub fn new(activity: Arc<Activity>, timeout: Duration) -> Self {
-        let now = Instant::now();
+        activity.idle_since.store(activity.now(), Ordering::Relaxed);
         HeadTimer {
-            seen_written: activity.written.load(Ordering::Relaxed),
             activity,
             timeout,
-            sleep: Box::pin(tokio::time::sleep_until((now + timeout).into())),
-            seen_at: now,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
         }
     }
 
@@ -120,18 +114,16 @@ impl HeadTimer {
     }
 
     /// `None` when the time is up, or the next moment to look again.
-    fn verdict(&mut self, now: Instant) -> Option<Instant> {
+    fn verdict(&self, now: Instant) -> Option<Instant> {
         let a = &self.activity;
         if a.in_flight.load(Ordering::Relaxed) > 0 {
             return Some(now + self.timeout);
         }
-        let written = a.written.load(Ordering::Relaxed);
-        if written != self.seen_written {
-            self.seen_written = written;
-            self.seen_at = now;
-        }
-        let ended = a.base + Duration::from_nanos(a.idle_since.load(Ordering::Relaxed));
-        let deadline = ended.max(self.seen_at) + self.timeout;
+        let last = a
+            .idle_since
+            .load(Ordering::Relaxed)
+            .max(a.idle_write.load(Ordering::Relaxed));
+        let deadline = a.base + Duration::from_nanos(last) + self.timeout;
         (deadline > now).then_some(deadline)
     }
 }
@@ -217,7 +209,7 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
-/// The client's stream, counting what is written to it into [`Activity`].
+/// The client's stream, telling [`Activity`] when bytes go out.
 pub struct Counted<T> {
     io: T,
     activity: Arc<Activity>,
@@ -229,8 +221,10 @@ impl<T> Counted<T> {
     }
 
     fn count(&self, r: &Poll<io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = r {
-            self.activity.wrote(*n);
+        if let Poll::Ready(Ok(n)) = r
+            && *n > 0
+        {
+            self.activity.wrote();
         }
     }
 }
@@ -286,11 +280,16 @@ mod tests {
     const T: Duration = Duration::from_secs(10);
     const EPS: Duration = Duration::from_millis(1);
 
+    /// The moment `activity` last recorded in `field`.
+    fn at(activity: &Activity, field: &AtomicU64) -> Instant {
+        activity.base + Duration::from_nanos(field.load(Ordering::Relaxed))
+    }
+
     #[tokio::test]
     async fn an_idle_connection_has_one_timeout_from_when_it_was_last_busy() {
         let activity = Activity::new();
-        let mut timer = HeadTimer::new(Arc::clone(&activity), T);
-        let start = timer.seen_at;
+        let timer = HeadTimer::new(Arc::clone(&activity), T);
+        let start = at(&activity, &activity.idle_since);
         assert_eq!(timer.verdict(start + T / 2), Some(start + T));
         assert_eq!(timer.verdict(start + T + EPS), None);
 
@@ -314,16 +313,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_end_of_an_answer_still_going_out_counts_as_busy() {
+    async fn an_answer_still_going_out_counts_as_busy_and_its_own_bytes_do_not() {
         let activity = Activity::new();
-        let mut timer = HeadTimer::new(Arc::clone(&activity), T);
-        let start = timer.seen_at;
-        // The body has ended (nothing in flight) but the kernel is still taking its bytes.
-        activity.wrote(100);
-        let looked = start + T + EPS;
-        assert_eq!(timer.verdict(looked), Some(looked + T));
-        // No more bytes since: the time is up one timeout after they were last seen moving.
-        assert_eq!(timer.verdict(looked + T + EPS), None);
+        let timer = HeadTimer::new(Arc::clone(&activity), T);
+        // Bytes of an answer while its request is in flight are not timed...
+        let request = activity.begin();
+        activity.wrote();
+        assert_eq!(activity.idle_write.load(Ordering::Relaxed), 0);
+        drop(request);
+        let ended = at(&activity, &activity.idle_since);
+        // ...so the time runs from the answer's end, once.
+        assert_eq!(timer.verdict(ended + T - EPS), Some(ended + T));
+        assert_eq!(timer.verdict(ended + T + EPS), None);
+
+        // The end of an answer still being taken by a slow reader after hyper finished with
+        // its body: the time runs from the last byte.
+        std::thread::sleep(Duration::from_millis(5));
+        activity.wrote();
+        let flushed = at(&activity, &activity.idle_write);
+        assert!(flushed > ended);
+        assert_eq!(timer.verdict(ended + T + EPS), Some(flushed + T));
+        assert_eq!(timer.verdict(flushed + T + EPS), None);
     }
 
     #[test]
@@ -350,16 +360,17 @@ mod tests {
             &service,
             hyper::Request::new(http_body_util::Empty::new()),
         );
-        let response = futures_now(answer).expect("infallible");
+        let response = ready_now(answer).expect("infallible");
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1);
         let idle_before = activity.idle_since.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1));
         drop(response);
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
         assert!(activity.idle_since.load(Ordering::Relaxed) > idle_before);
     }
 
     /// Poll a future that is ready at once.
-    fn futures_now<F: Future + Unpin>(mut f: F) -> F::Output {
+    fn ready_now<F: Future + Unpin>(mut f: F) -> F::Output {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match Pin::new(&mut f).poll(&mut cx) {
             Poll::Ready(v) => v,
@@ -378,9 +389,11 @@ mod tests {
         let early =
             tokio::time::timeout(3 * t, std::future::poll_fn(|cx| timer.poll_expired(cx))).await;
         assert!(early.is_err(), "expired while a request was in flight");
-        drop(request);
         let ended = Instant::now();
-        std::future::poll_fn(|cx| timer.poll_expired(cx)).await;
+        drop(request);
+        tokio::time::timeout(10 * t, std::future::poll_fn(|cx| timer.poll_expired(cx)))
+            .await
+            .expect("an idle connection's timer never fired");
         assert!(
             ended.elapsed() >= t,
             "expired {:?} after the answer",

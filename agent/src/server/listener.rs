@@ -197,7 +197,7 @@ async fn connection(
     measured: &mut watch::Receiver<u64>,
 ) {
     let _ = stream.set_nodelay(true);
-    // Bytes are counted as the kernel takes them, below TLS, so a slow reader still taking
+    // Writes are watched as the kernel takes them, below TLS, so a slow reader still taking
     // the end of a response is not mistaken for an idle connection (`head_timer`).
     let activity = Activity::new();
     let stream = Counted::new(stream, Arc::clone(&activity));
@@ -317,17 +317,49 @@ async fn drive<C>(
         }
         Event::Drain => {
             graceful(conn.as_mut());
-            conn.await
+            match finish(conn, head_timer).await {
+                Some(result) => result,
+                None => return,
+            }
         }
         Event::Measured => {
             tracing::debug!(%peer, "measurements changed: closing the connection after its requests");
             graceful(conn.as_mut());
-            conn.await
+            match finish(conn, head_timer).await {
+                Some(result) => result,
+                None => {
+                    tracing::debug!(%peer, "no complete request head within the header timeout: closing");
+                    return;
+                }
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// Let a connection told to close finish its requests; `None` if the header timeout ends it
+/// first. hyper closes at once only a connection that has received nothing since its last
+/// answer: one holding part of a request head keeps waiting for the rest, so the timer must
+/// go on running.
+async fn finish<C>(
+    mut conn: Pin<&mut C>,
+    mut head_timer: Option<HeadTimer>,
+) -> Option<Result<(), hyper::Error>>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        match head_timer.as_mut().map(|t| t.poll_expired(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// The waker the drain and measurement watches get: it notes that one of them fired, then
