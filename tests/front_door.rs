@@ -402,6 +402,21 @@ async fn without_a_model_server_model_routes_are_not_found_and_unready_ones_say_
     }
 }
 
+/// Extend RTMR3 through the agent's admin socket at `socket`: its measurements change.
+fn extend_rtmr3(socket: &str) {
+    let r = support::tdx_agent(&[
+        "admin",
+        "--socket",
+        socket,
+        "extend",
+        "--type",
+        "model",
+        "--data",
+        r#"{"v":2}"#,
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rtmr3_change_sends_old_connections_away_after_their_requests() {
     let sim = SimTd::new();
@@ -416,18 +431,7 @@ async fn an_rtmr3_change_sends_old_connections_away_after_their_requests() {
             .is_some()
     );
 
-    let socket = format!("{}/run/admin.sock", sim.dir_str());
-    let r = support::tdx_agent(&[
-        "admin",
-        "--socket",
-        &socket,
-        "extend",
-        "--type",
-        "model",
-        "--data",
-        r#"{"v":2}"#,
-    ]);
-    assert_eq!(r.code, 0, "{r}");
+    extend_rtmr3(&format!("{}/run/admin.sock", sim.dir_str()));
 
     // The request in flight keeps streaming...
     for _ in 0..3 {
@@ -673,18 +677,7 @@ async fn a_half_sent_head_is_cut_at_the_header_timeout_after_a_measurement_chang
         .unwrap();
     tls.flush().await.unwrap();
 
-    let socket = dir.path().join("run").join("admin.sock");
-    let r = support::tdx_agent(&[
-        "admin",
-        "--socket",
-        socket.to_str().unwrap(),
-        "extend",
-        "--type",
-        "model",
-        "--data",
-        r#"{"v":2}"#,
-    ]);
-    assert_eq!(r.code, 0, "{r}");
+    extend_rtmr3(dir.path().join("run").join("admin.sock").to_str().unwrap());
     let changed = opened.elapsed();
     assert!(
         changed < TIMEOUT,
