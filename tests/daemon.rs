@@ -714,33 +714,7 @@ fn daemon_from_config(sim: &SimTd) -> Daemon {
 
 /// A daemon started from a configuration file only, with these `[limits]` lines.
 fn daemon_with_limits(sim: &SimTd, limits: &str) -> Daemon {
-    let base = sim.tmp.path();
-    let config = base.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-state_dir = "{state}"
-
-[tee]
-kind = "sim"
-sim_dir = "{sim}"
-
-[collateral]
-cache_dir = "{cache}"
-
-[audit]
-dir = "{audit}"
-
-[limits]
-{limits}"#,
-            state = path_str(&base.join("run")),
-            sim = sim.dir_str(),
-            cache = path_str(&base.join("cache")),
-            audit = path_str(&base.join("audit")),
-        ),
-    )
-    .expect("writing the config");
+    let config = support::sim_config(sim, sim.tmp.path(), "", &format!("[limits]\n{limits}"));
     Daemon::start(&["serve", "--config", path_str(&config)], &[], &[])
 }
 

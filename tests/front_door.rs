@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use support::upstream::{ChanBody, Upstream, http1, read_until};
-use support::{Daemon, Https, SimTd};
+use support::{Daemon, Https, SimTd, path_str};
 
 /// Poll /readyz until it answers `want`, or panic after `within`.
 async fn wait_readyz(c: &Https, want: u16, within: Duration) -> serde_json::Value {
@@ -43,29 +43,13 @@ async fn agent_for(sim: &SimTd, up: &Upstream, extra: &[&str]) -> (Daemon, Https
 /// returned directory), fronting `up`, with these extra `[upstream]` lines.
 fn agent_from_config(sim: &SimTd, up: &Upstream, upstream: &str) -> (Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:0"
-state_dir = "{d}/run"
-[tee]
-kind = "sim"
-sim_dir = "{sim}"
-[audit]
-dir = "{d}/audit"
-[collateral]
-cache_dir = "{d}/cache"
-[upstream]
-url = "{url}"
-{upstream}"#,
-            d = dir.path().display(),
-            sim = sim.dir_str(),
-            url = up.url(),
-        ),
-    )
-    .unwrap();
-    let d = Daemon::start(&["serve", "--config", config.to_str().unwrap()], &[], &[]);
+    let config = support::sim_config(
+        sim,
+        dir.path(),
+        "",
+        &format!("[upstream]\nurl = \"{}\"\n{upstream}", up.url()),
+    );
+    let d = Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
     (d, dir)
 }
 

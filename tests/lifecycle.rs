@@ -8,7 +8,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{SimTd, tdx_agent};
+use support::{SimTd, path_str, tdx_agent};
 use tdx_agent::measure::rtmr3_log::{Event, LogLine, replay};
 
 struct Agent {
@@ -304,22 +304,6 @@ fn failing_quote_provider_degrades_and_recovers() {
     assert_eq!(readyz(&agent.addr)["ready"], true);
 }
 
-/// A `serve --config` file for the simulated TD in `d` (state, audit log and collateral
-/// cache inside it, as the flag-only demo keeps them), with extra lines for `[tee]` and extra
-/// sections after it.
-fn sim_config(d: &str, tee_extra: &str, sections: &str) -> String {
-    let path = format!("{d}/agent.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "listen = \"127.0.0.1:0\"\nstate_dir = \"{d}/run\"\n\n[tee]\nkind = \"sim\"\nsim_dir = \"{d}\"\n{tee_extra}\n\
-             [collateral]\ncache_dir = \"{d}/collateral-cache\"\n\n[audit]\ndir = \"{d}/audit\"\n{sections}"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 /// POST a challenge with curl: (HTTP status, JSON body, how long it took).
 fn curl_challenge(addr: &str) -> (u16, serde_json::Value, Duration) {
     let started = Instant::now();
@@ -368,8 +352,8 @@ fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
     let sim = SimTd::new();
     let (d, root) = (sim.dir_str().to_string(), sim.root_str().to_string());
     let socket = format!("{d}/run/admin.sock");
-    let config = sim_config(&d, "quote_timeout_secs = 2", "");
-    let agent = support::Daemon::start(&["serve", "--config", &config], &[], &[]);
+    let config = support::sim_config(&sim, &sim.dir, "quote_timeout_secs = 2", "");
+    let agent = support::Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
     assert_eq!(readyz(&agent.addr)["ready"], true);
     let rtmr3 = attest_rtmr3(&agent.addr, &root);
     let (code, _, _) = curl_challenge(&agent.addr);
@@ -430,10 +414,9 @@ fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
 #[test]
 fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
     let sim = SimTd::new();
-    let d = sim.dir_str().to_string();
-    let config = sim_config(&d, "", "max_bytes = 4096\n");
+    let config = support::sim_config(&sim, &sim.dir, "", "max_bytes = 4096\n");
     let audit_dir = sim.dir.join("audit");
-    let mut agent = support::Daemon::start(&["serve", "--config", &config], &[], &[]);
+    let mut agent = support::Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
     assert_eq!(readyz(&agent.addr)["ready"], true);
 
     // Take the name the next rotation will create (rotation opens with create_new, so it

@@ -526,6 +526,36 @@ pub fn metric_sum(text: &str, family: &str) -> f64 {
         .sum()
 }
 
+/// A `serve --config` file for the simulated TD `sim`, written to DIR/agent.toml with the
+/// agent's state, audit log and collateral cache inside DIR: `tee_extra` lines go in `[tee]`,
+/// and `after` follows the `[audit]` section (more of its lines, or further sections).
+pub fn sim_config(sim: &SimTd, dir: &Path, tee_extra: &str, after: &str) -> PathBuf {
+    let path = dir.join("agent.toml");
+    let d = path_str(dir);
+    std::fs::write(
+        &path,
+        format!(
+            r#"listen = "127.0.0.1:0"
+state_dir = "{d}/run"
+
+[tee]
+kind = "sim"
+sim_dir = "{sim}"
+{tee_extra}
+
+[collateral]
+cache_dir = "{d}/cache"
+
+[audit]
+dir = "{d}/audit"
+{after}"#,
+            sim = sim.dir_str(),
+        ),
+    )
+    .expect("writing the config");
+    path
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
