@@ -210,17 +210,17 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 }
 
 /// The client's stream, telling [`Activity`] when bytes go out.
-pub struct Counted<T> {
+pub struct Watched<T> {
     io: T,
     activity: Arc<Activity>,
 }
 
-impl<T> Counted<T> {
+impl<T> Watched<T> {
     pub fn new(io: T, activity: Arc<Activity>) -> Self {
-        Counted { io, activity }
+        Watched { io, activity }
     }
 
-    fn count(&self, r: &Poll<io::Result<usize>>) {
+    fn note(&self, r: &Poll<io::Result<usize>>) {
         if let Poll::Ready(Ok(n)) = r
             && *n > 0
         {
@@ -229,7 +229,7 @@ impl<T> Counted<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -239,14 +239,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.count(&r);
+        self.note(&r);
         r
     }
 
@@ -256,7 +256,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.count(&r);
+        self.note(&r);
         r
     }
 

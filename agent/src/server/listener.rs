@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use super::head_timer::{Activity, Counted, HeadTimer, Timed};
+use super::head_timer::{Activity, HeadTimer, Timed, Watched};
 use super::service::Service;
 use super::shards::{Shards, Threads};
 
@@ -200,7 +200,7 @@ async fn connection(
     // Writes are watched as the kernel takes them, below TLS, so a slow reader still taking
     // the end of a response is not mistaken for an idle connection (`head_timer`).
     let activity = Activity::new();
-    let stream = Counted::new(stream, Arc::clone(&activity));
+    let stream = Watched::new(stream, Arc::clone(&activity));
     let tls = match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
     {
         Ok(Ok(tls)) => tls,
@@ -309,33 +309,26 @@ async fn drive<C>(
         Poll::Pending
     })
     .await;
-    let result = match event {
-        Event::Ended(result) => result,
-        Event::HeadTimeout => {
-            tracing::debug!(%peer, "no complete request head within the header timeout: closing");
-            return;
-        }
+    // `None`: the header timeout ended the connection, before or after it was asked to close.
+    let ended = match event {
+        Event::Ended(result) => Some(result),
+        Event::HeadTimeout => None,
         Event::Drain => {
             graceful(conn.as_mut());
-            match finish(conn, head_timer).await {
-                Some(result) => result,
-                None => return,
-            }
+            finish(conn, head_timer).await
         }
         Event::Measured => {
             tracing::debug!(%peer, "measurements changed: closing the connection after its requests");
             graceful(conn.as_mut());
-            match finish(conn, head_timer).await {
-                Some(result) => result,
-                None => {
-                    tracing::debug!(%peer, "no complete request head within the header timeout: closing");
-                    return;
-                }
-            }
+            finish(conn, head_timer).await
         }
     };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    match ended {
+        None => {
+            tracing::debug!(%peer, "no complete request head within the header timeout: closing")
+        }
+        Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        Some(Ok(())) => {}
     }
 }
 
