@@ -596,10 +596,13 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
     assert_eq!(r.status(), 200);
     assert_eq!(json_body(r).await["object"], "delayed");
 
-    // Silent for 3 s between two events of a stream.
     // The client's connection task must have seen the first answer's end before it takes
     // another request (hyper's client contract), or the send fails on our side.
-    h1.ready().await.expect("the connection closed after one answer");
+    h1.ready()
+        .await
+        .expect("the connection closed after one answer");
+
+    // Silent for 3 s between two events of a stream.
     let mut r = h1.send_request(get("/v1/sse")).await.unwrap();
     assert_eq!(r.status(), 200);
     let body = r.body_mut();
