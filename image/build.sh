@@ -25,7 +25,10 @@ usage: image/build.sh --out DIR [options]
 
   --out DIR            where the disk, kernel, initrd and cmdline go (created)
   --binary PATH        the tdx-agent binary to bake in (default: the release build,
-                       \$CARGO_TARGET_DIR/release/tdx-agent or target/release/tdx-agent)
+                       \$CARGO_TARGET_DIR/release/tdx-agent or target/release/tdx-agent); a
+                       production image needs the build without the simulated TD (cargo build
+                       --release -p tdx-agent --no-default-features), a test image the default
+                       build
   --config FILE        /etc/tdx-agent/config.toml (default: systemd/config.toml; test images
                        get a simulated-TD configuration instead)
   --test-image         a test image: the agent runs under the shipped unit with [tee] kind =
@@ -200,9 +203,24 @@ fi
 
 if [ -z "$BINARY" ]; then
   BINARY="${CARGO_TARGET_DIR:-$REPO/target}/release/tdx-agent"
-  [ -x "$BINARY" ] || die "no release binary at $BINARY: run cargo build --release -p tdx-agent, or pass --binary"
+  [ -x "$BINARY" ] || die "no release binary at $BINARY: run cargo build --release -p tdx-agent --no-default-features, or pass --binary"
 fi
 [ -x "$BINARY" ] || die "--binary $BINARY is not an executable file"
+# Production images carry no simulator; test images run the simulated PCCS, so need one. A
+# build without it answers every `sim` subcommand with SIM_NOT_BUILT (crates/tee/src/lib.rs).
+probe_dir="$(mktemp -d)"
+if "$BINARY" sim reset --sim-dir "$probe_dir/none" 2>&1 | grep -q "built without the simulated TD"; then
+  HAS_SIM=0
+else
+  HAS_SIM=1
+fi
+rm -rf "$probe_dir"
+if [ "$TEST_IMAGE" = 0 ] && [ "$HAS_SIM" = 1 ]; then
+  die "$BINARY includes the simulated TD: production images are built from cargo build --release -p tdx-agent --no-default-features"
+fi
+if [ "$TEST_IMAGE" = 1 ] && [ "$HAS_SIM" = 0 ]; then
+  die "--test-image runs the simulated PCCS: pass a binary built with default features"
+fi
 if [ -z "$CONFIG" ] && [ "$TEST_IMAGE" = 0 ]; then CONFIG="$REPO/systemd/config.toml"; fi
 if [ "$TEST_IMAGE" = 1 ]; then
   [ -n "$EMULATOR" ] || EMULATOR="$(dirname "$BINARY")/tsm-emulator"

@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo build --locked -p tsm-emulator
+# The build guest images ship, without the simulated TD, for tests/no_sim.rs: built first and
+# copied aside, since the test build's tdx-agent (default features) takes its place.
+cargo build --locked -p tdx-agent --no-default-features
+target_dir="${CARGO_TARGET_DIR:-target}"
+cp "$target_dir/debug/tdx-agent" "$target_dir/debug/tdx-agent-nosim"
 set +e
 cargo test --workspace --locked --lib --bins --tests "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

@@ -22,6 +22,7 @@
 //!
 //! Needs root, debootstrap, mkfs.ext4, qemu-system-x86_64 (image/install-deps.sh; .ci/run runs
 //! it). Where they are missing the test fails; only `TDX_AGENT_SKIP_BOOTED_IMAGE=1` skips it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod support;
 

@@ -1,5 +1,6 @@
 //! The simulated TD end to end through real processes: `sim pki`, `sim pccs`, `quote`,
 //! `measurements`, `verify --pccs`, `sim reset`, and refusal to fall back to simulation.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod support;
 
@@ -149,9 +150,9 @@ fn registers_persist_until_reset() {
     assert_eq!(v["rtmr3"], "00".repeat(48));
 
     // Extend RTMR3 through the library, as the agent will, then reset = reboot.
-    let dir = tdx_agent::tee::sim::SimDir::open(tmp.path()).unwrap();
-    let td = tdx_agent::tee::sim::SimTd::open(&dir).unwrap();
-    td.extend(tdx_agent::tee::Rtmr::R3, &[7; 48]).unwrap();
+    let dir = tdx_sim::SimDir::open(tmp.path()).unwrap();
+    let td = tdx_sim::SimTd::open(&dir).unwrap();
+    td.extend(tdx_tee::Rtmr::R3, &[7; 48]).unwrap();
     let m = tdx_agent(&["measurements", "--tee", "sim", "--sim-dir", d, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
     assert_ne!(v["rtmr3"], "00".repeat(48));

@@ -1,6 +1,7 @@
 //! The daemon end to end through real processes: `serve` on the simulated TD, `attest`, the
 //! served certificate read by openssl, probes and metrics, systemd notify, fresh challenges
 //! and the audit chain they sign, challenge batching under load, and hostile clients.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod support;
 
@@ -9,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{Daemon, Https, SimTd, metric, metric_sum, path_str, tdx_agent};
-use tdx_agent::challenge::{Proof, ProofJson, verify_challenge};
-use tdx_agent::encoding::{b64, from_b64, hex_array};
-use tdx_agent::verify::{self as v, Collateral, Expectations, Policy, Verifier};
+use tdx_core::challenge::{Proof, ProofJson, verify_challenge};
+use tdx_core::encoding::{b64, from_b64, hex_array};
+use tdx_core::verify::{self as v, Collateral, Expectations, Policy, Verifier};
 
 const CHALLENGE: &str = "/attestation/v1/challenge";
 const WELL_KNOWN: &str = "/.well-known/attestation";
@@ -371,7 +372,7 @@ async fn probes_and_metrics_never_make_quotes() {
         metric(&text, "tdx_agent_tcb_status{status=\"UpToDate\"}"),
         Some(1.0)
     );
-    let now = tdx_agent::verify::time::now_unix() as f64;
+    let now = tdx_core::verify::time::now_unix() as f64;
     for gauge in [
         "tdx_agent_collateral_next_update_timestamp_seconds",
         "tdx_agent_certificate_not_after_timestamp_seconds",
@@ -522,7 +523,7 @@ async fn challenge_and_verify(c: &Https, root: &[u8]) -> Challenged {
     let report = Verifier::with_insecure_root(root.to_vec()).appraise(
         &quote,
         &collateral,
-        tdx_agent::verify::time::now_unix(),
+        tdx_core::verify::time::now_unix(),
         &Policy::default(),
         &Expectations {
             report_data: Some(report_data),
@@ -682,7 +683,7 @@ async fn two_thousand_concurrent_challenges_share_a_few_quotes() {
         let report = verifier.appraise(
             &from_b64(q).expect("base64"),
             &collateral,
-            tdx_agent::verify::time::now_unix(),
+            tdx_core::verify::time::now_unix(),
             &Policy::default(),
             &Expectations {
                 report_data: Some(*rd),

@@ -3,6 +3,7 @@
 //! request, a slow reader of 1 GiB keeps the agent's memory bounded, a model server that dies
 //! mid-stream ends the stream with an error and turns readiness, and the agent's refusals
 //! (not ready, API key, size, timeout) come back in OpenAI's error shape.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod support;
 
@@ -272,7 +273,7 @@ async fn refusals_come_in_openai_shape() {
     let sim = SimTd::new();
     let up = Upstream::start().await;
     // A config file: API keys are stored hashed, with small limits for the test.
-    let key_hash = tdx_agent::encoding::hex(&<[u8; 32]>::from(
+    let key_hash = tdx_core::encoding::hex(&<[u8; 32]>::from(
         <sha2::Sha256 as sha2::Digest>::digest(b"s3cret"),
     ));
     let (d, _dir) = agent_from_config(

@@ -1,6 +1,7 @@
 //! The daemon's life through real processes: the admin socket and the RTMR3 event log, and
 //! PCCS and quote-provider faults. (systemd, probes, challenges and the audit chain are in
 //! tests/daemon.rs.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{SimTd, path_str, tdx_agent};
-use tdx_agent::measure::rtmr3_log::{Event, LogLine, replay};
+use tdx_core::measure::rtmr3_log::{Event, LogLine, replay};
 
 struct Agent {
     child: Child,
@@ -359,7 +360,7 @@ fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
     let (code, _, _) = curl_challenge(&agent.addr);
     assert_eq!(code, 200);
 
-    let switch = sim.dir.join(tdx_agent::tee::sim::QUOTE_HANG);
+    let switch = sim.dir.join(tdx_sim::QUOTE_HANG);
     std::fs::write(&switch, b"").unwrap();
 
     // A challenge: 503 after the 2 s quote timeout, not a hang.
@@ -421,7 +422,7 @@ fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
 
     // Take the name the next rotation will create (rotation opens with create_new, so it
     // refuses to append to anything already there). A directory: nothing could write it.
-    let files = tdx_agent::audit::list_files(&audit_dir).unwrap();
+    let files = tdx_daemon::audit::list_files(&audit_dir).unwrap();
     let active = files.last().unwrap().clone();
     let index: u64 = active.file_name().unwrap().to_str().unwrap()[6..14]
         .parse()
@@ -468,11 +469,11 @@ fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
     // recorded in the audit log when the certificate was issued (before it was ever served),
     // so serving it again issues nothing unlogged.
     let ev = evidence(&agent.addr);
-    let quote = tdx_agent::encoding::from_b64(ev["quote"].as_str().unwrap()).unwrap();
-    let (_, body) = tdx_agent::quote::parse_head_only(&quote).unwrap();
+    let quote = tdx_core::encoding::from_b64(ev["quote"].as_str().unwrap()).unwrap();
+    let (_, body) = tdx_core::quote::parse_head_only(&quote).unwrap();
     let cert_report_data = hex::encode(body.report_data);
     let audit_text = || -> String {
-        tdx_agent::audit::list_files(&audit_dir)
+        tdx_daemon::audit::list_files(&audit_dir)
             .unwrap()
             .iter()
             .filter(|p| p.is_file())
@@ -505,7 +506,7 @@ fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
             "challenge quote {rd} was handed out unlogged"
         );
     }
-    let files = tdx_agent::audit::list_files(&audit_dir).unwrap();
+    let files = tdx_daemon::audit::list_files(&audit_dir).unwrap();
     let mut args = vec!["audit".to_string(), "verify".to_string()];
     args.extend(files.iter().map(|p| p.to_str().unwrap().to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -575,7 +576,7 @@ fn the_model_is_measured_pinned_and_a_changed_model_needs_a_reboot() {
 
     // Offline: the served evidence, verified with --event-log.
     let ev = evidence(&agent.addr);
-    let quote = tdx_agent::encoding::from_b64(ev["quote"].as_str().unwrap()).unwrap();
+    let quote = tdx_core::encoding::from_b64(ev["quote"].as_str().unwrap()).unwrap();
     std::fs::write(sim.dir.join("q.bin"), quote).unwrap();
     std::fs::write(sim.dir.join("c.json"), ev["collateral"].to_string()).unwrap();
     std::fs::write(sim.dir.join("log.jsonl"), ev["event_log"].as_str().unwrap()).unwrap();

@@ -1,9 +1,10 @@
 //! Third-party clients against the real daemon: Python `grpcio` for `tdx_agent.v1.Attestation`,
 //! `grpcio-health-checking` for `grpc.health.v1.Health`, and Python's `ssl`/`urllib` for
-//! `/readyz`, all over the one RA-TLS listener of `serve --tee sim` (DESIGN §8, §11).
+//! `/readyz`, all over the one RA-TLS listener of `serve --tee sim` (docs/design.md §8, §11).
 //!
 //! The Python venv comes from scripts/python-env.sh (cached). If it cannot be built the tests
 //! fail, never skip: CI installs what it needs through scripts/setup.sh.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod support;
 

@@ -7,6 +7,7 @@
 //! scripts/test.sh builds it) and a usable /dev/fuse. Without FUSE the tests fail loudly,
 //! in CI always; a local run may set TDX_AGENT_ALLOW_NO_FUSE=1 to let them pass without
 //! running (they still say so on stderr).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod support;
 
@@ -18,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::{Daemon, SimPccs, SimTd, bin, path_str, tdx_agent};
-use tdx_agent::measure::rtmr3_log::{LogLine, replay};
-use tdx_agent::tee::configfs::{ConfigfsPaths, ConfigfsTee};
-use tdx_agent::tee::{Rtmr, Tee, TeeError};
+use tdx_core::measure::rtmr3_log::{LogLine, replay};
+use tdx_tee::configfs::{ConfigfsPaths, ConfigfsTee};
+use tdx_tee::{Rtmr, Tee, TeeError};
 
 const HEADER_LEN: usize = 48;
 const REPORTDATA_AT: usize = HEADER_LEN + 520;

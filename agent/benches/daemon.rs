@@ -10,6 +10,7 @@
 //!
 //! Needs the release binary: run through scripts/bench.sh, which builds it and sets
 //! TDX_AGENT_BIN.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod common;
 
@@ -424,7 +425,7 @@ async fn challenges(bin: &str, tmp: &std::path::Path) {
     // The request bodies are made before the clock starts.
     let bodies: Vec<bytes::Bytes> = (0..CHALLENGERS)
         .map(|i| {
-            let nonce = tdx_agent::encoding::b64(&(i as u32).to_be_bytes());
+            let nonce = tdx_core::encoding::b64(&(i as u32).to_be_bytes());
             bytes::Bytes::from(format!("{{\"nonce\":\"{nonce}\"}}"))
         })
         .collect();

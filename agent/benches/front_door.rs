@@ -18,6 +18,7 @@
 //! with scripts/bench-deps.sh and sets TDX_AGENT_BIN). Knobs: TDX_AGENT_BENCH_SECS (10),
 //! TDX_AGENT_BENCH_CONNS (64), TDX_AGENT_BENCH_THREADS (1), TDX_AGENT_BENCH_ROUNDS (5),
 //! TDX_AGENT_BENCH_SSE_N (2000).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod common;
 
@@ -240,10 +241,10 @@ fn accept_any_config() -> Arc<rustls::ClientConfig> {
 
 /// A client that accepts only an agent whose RA-TLS evidence verifies against `root_der`.
 fn ratls_config(root_der: Vec<u8>) -> Setup<Arc<rustls::ClientConfig>> {
-    use tdx_agent::ratls::{CollateralSource, RaTlsVerifier, client_config};
+    use tdx_core::ratls::{CollateralSource, RaTlsVerifier, client_config};
     let verifier = RaTlsVerifier::new(
-        tdx_agent::verify::Verifier::with_insecure_root(root_der),
-        tdx_agent::verify::Policy::default(),
+        tdx_core::verify::Verifier::with_insecure_root(root_der),
+        tdx_core::verify::Policy::default(),
         CollateralSource::Stapled,
     )
     .map_err(|e| format!("RA-TLS verifier: {e}"))?;

@@ -5,13 +5,14 @@
 //! Both sides read from the page cache: the tree is written (and synced, so no writeback runs
 //! during timing) just before, and nothing is dropped. This compares hashing and parallelism,
 //! not disks. Shard size: TDX_AGENT_BENCH_MODEL_MB (default 256), four shards.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tdx_agent::measure::model::manifest;
+use tdx_core::measure::model::manifest;
 
 const ROUNDS: usize = 3;
 const SHARDS: usize = 4;

@@ -1,10 +1,11 @@
 //! Verification cost: `Verifier::appraise` vs calling dcap-qvl directly on the same inputs,
 //! interleaved in one run so machine noise hits both alike. Prints times and their ratio.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use tdx_agent::verify::{Collateral, Expectations, Policy, Verifier};
+use tdx_core::verify::{Collateral, Expectations, Policy, Verifier};
 
 const ROUNDS: usize = 30;
 const PER_ROUND: usize = 50;
@@ -70,7 +71,7 @@ fn main() {
 
     // A simulated quote: register state read from disk, body built, two ECDSA signatures.
     let tmp = tempfile::tempdir().unwrap();
-    let fx = tdx_agent::tee::sim::SimFixture::create(tmp.path(), Default::default()).unwrap();
+    let fx = tdx_sim::SimFixture::create(tmp.path(), Default::default()).unwrap();
     let mut times = Vec::new();
     for i in 0..ROUNDS {
         let t = Instant::now();

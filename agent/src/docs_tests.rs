@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use crate::test_support::{vector, vector_text};
-use crate::verify::{self, Collateral, Expectations, Policy, Verifier};
+use tdx_core::verify::{self, Collateral, Expectations, Policy, Verifier};
 
 fn doc(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,12 +84,12 @@ fn code_check_names() -> BTreeSet<String> {
     // What the client side adds: the fresh-challenge checks of `attest --nonce` and
     // `connect`, and the names connect gives failures that are not a quote appraisal.
     for c in [
-        crate::client::challenge::CHECK_KEY,
-        crate::client::challenge::CHECK_PROOF,
-        crate::client::challenge::CHECK_QUOTE,
-        crate::client::challenge::CHECK_SAME_TD,
-        crate::client::CHECK_CERTIFICATE,
-        crate::client::CHECK_CHALLENGE,
+        tdx_client::challenge::CHECK_KEY,
+        tdx_client::challenge::CHECK_PROOF,
+        tdx_client::challenge::CHECK_QUOTE,
+        tdx_client::challenge::CHECK_SAME_TD,
+        tdx_client::CHECK_CERTIFICATE,
+        tdx_client::CHECK_CHALLENGE,
     ] {
         names.insert(c.into());
     }
@@ -255,11 +255,11 @@ fn formats_worked_vectors() {
         &rcgen::PKCS_ECDSA_P256_SHA256,
     )
     .unwrap();
-    must(&hex::encode(crate::ratls::spki_der(&key)), "SPKI");
-    let (claims, rd) = crate::ratls::claims_for(&key);
+    must(&hex::encode(tdx_core::ratls::spki_der(&key)), "SPKI");
+    let (claims, rd) = tdx_core::ratls::claims_for(&key);
     must(&format!("claims      {}", hex::encode(&claims)), "claims");
     must(&format!("reportdata  {}", hex::encode(rd)), "REPORTDATA");
-    let (claims, rd) = crate::ratls::claims_with_nonce(&key, Some(b"tdx-agent worked example"));
+    let (claims, rd) = tdx_core::ratls::claims_with_nonce(&key, Some(b"tdx-agent worked example"));
     must(
         &format!("claims      {}", hex::encode(&claims)),
         "claims with nonce",
@@ -270,7 +270,7 @@ fn formats_worked_vectors() {
     );
 
     // 8. The Merkle tree of three nonces.
-    use crate::challenge::merkle;
+    use tdx_core::challenge::merkle;
     let spki: [u8; 32] = Sha256::digest(b"spki").into();
     must(&hex::encode(spki), "SPKI hash");
     let leaves: Vec<[u8; 32]> = (0u8..3)
@@ -296,22 +296,24 @@ fn formats_worked_vectors() {
 
     // 9. Audit lines written by the real writer with a fixed clock.
     let dir = tempfile::tempdir().unwrap();
-    let clock = std::sync::Arc::new(crate::audit::ManualClock::new(time::macros::datetime!(
-        2025-06-01 12:00:00 UTC
-    )));
-    let mut w = crate::audit::AuditWriter::open(
+    let clock = std::sync::Arc::new(tdx_daemon::audit::ManualClock::new(
+        time::macros::datetime!(
+            2025-06-01 12:00:00 UTC
+        ),
+    ));
+    let mut w = tdx_daemon::audit::AuditWriter::open(
         dir.path(),
-        crate::audit::AuditOptions {
+        tdx_daemon::audit::AuditOptions {
             clock: clock.clone(),
             default_rate: None,
-            ..crate::audit::AuditOptions::default()
+            ..tdx_daemon::audit::AuditOptions::default()
         },
     )
     .unwrap();
-    w.append(crate::audit::AuditEvent::policy_loaded(&[0x11; 32]))
+    w.append(tdx_daemon::audit::AuditEvent::policy_loaded(&[0x11; 32]))
         .unwrap();
     clock.advance(std::time::Duration::from_millis(1500));
-    w.append(crate::audit::AuditEvent::agent_started("0.1.0"))
+    w.append(tdx_daemon::audit::AuditEvent::agent_started("0.1.0"))
         .unwrap();
     let written = std::fs::read_to_string(dir.path().join("audit-00000001.log")).unwrap();
     for line in written.lines() {
@@ -323,7 +325,7 @@ fn formats_worked_vectors() {
 /// Sections 7 and 8: the documented JSON shapes have exactly the keys the server sends.
 #[test]
 fn evidence_and_challenge_examples_match_the_server_types() {
-    use crate::server::http::{ChallengeResponseJson, EvidenceJson};
+    use tdx_core::wire::{ChallengeResponseJson, EvidenceJson};
     let text = doc("formats.md");
     let blocks: Vec<serde_json::Value> = fenced(&text, "json")
         .iter()
@@ -358,7 +360,7 @@ fn evidence_and_challenge_examples_match_the_server_types() {
         audit_head: String::new(),
         root: String::new(),
         leaf_hash: String::new(),
-        proof: crate::challenge::merkle::ProofJson {
+        proof: tdx_core::challenge::merkle::ProofJson {
             leaf_index: 0,
             tree_size: 1,
             audit_path: Vec::new(),
@@ -382,8 +384,8 @@ fn configuration_doc_lists_the_defaults() {
     let example = blocks
         .first()
         .expect("a toml block in docs/configuration.md");
-    let parsed = crate::config::Config::from_toml(example, "docs/configuration.md").unwrap();
-    let mut expected = crate::config::Config::default();
+    let parsed = tdx_daemon::config::Config::from_toml(example, "docs/configuration.md").unwrap();
+    let mut expected = tdx_daemon::config::Config::default();
     expected.collateral.pccs_url = parsed.collateral.pccs_url.clone();
     assert!(parsed.collateral.pccs_url.is_some());
     assert_eq!(parsed, expected);
@@ -418,7 +420,7 @@ fn model_manifest_worked_vector() {
     }
     assert_eq!(written, 3, "the worked example writes three files");
 
-    let m = crate::measure::model::manifest(&root).unwrap();
+    let m = tdx_core::measure::model::manifest(&root).unwrap();
     let manifest = m.text();
     let digest = hex::encode(m.digest());
     assert!(
@@ -453,7 +455,7 @@ fn model_manifest_worked_vector() {
 /// and folding the digests gives each RTMR3 shown.
 #[test]
 fn rtmr3_events_worked_vector() {
-    use crate::measure::rtmr3_log::{Event, replay};
+    use tdx_core::measure::rtmr3_log::{Event, replay};
     let text = doc("formats.md");
     let section = text
         .split("## 11. RTMR3 runtime events")
@@ -469,7 +471,7 @@ fn rtmr3_events_worked_vector() {
             "event" => {
                 let event: Event = serde_json::from_str(value).unwrap();
                 let v = serde_json::to_value(&event).unwrap();
-                assert_eq!(crate::measure::jcs::canonicalize(&v).unwrap(), value);
+                assert_eq!(tdx_core::measure::jcs::canonicalize(&v).unwrap(), value);
                 digests.push(event.digest().unwrap());
             }
             "digest" => assert_eq!(hex::encode(digests.last().unwrap()), value),

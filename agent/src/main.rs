@@ -1,5 +1,13 @@
-//! The `tdx-agent` binary: parse the command line, run it on a tokio runtime.
+//! The `tdx-agent` binary: parse the command line, run it on a tokio runtime. Everything it
+//! does lives in the workspace's crates (README "Layout"); this crate is the subcommands.
 #![forbid(unsafe_code)]
+
+mod cli;
+#[cfg(test)]
+mod docs_tests;
+#[cfg(test)]
+#[path = "../../crates/core/src/test_support.rs"]
+mod test_support;
 
 use std::process::ExitCode;
 
@@ -11,7 +19,7 @@ use clap::Parser as _;
 const DEFAULT_LOG: &str = "warn,rustls=error";
 
 fn main() -> ExitCode {
-    let cli = tdx_agent::cli::Cli::parse();
+    let cli = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TDX_AGENT_LOG")
@@ -26,8 +34,8 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tdx-agent: error: cannot start the async runtime: {e}");
-            return ExitCode::from(tdx_agent::cli::EXIT_ERROR);
+            return ExitCode::from(cli::EXIT_ERROR);
         }
     };
-    runtime.block_on(tdx_agent::cli::run(cli))
+    runtime.block_on(cli::run(cli))
 }

@@ -37,10 +37,14 @@ pub fn command() -> Command {
 }
 
 pub fn tdx_agent(args: &[&str]) -> Run {
-    let out = command()
-        .args(args)
+    run(command().args(args))
+}
+
+/// Run `cmd` to completion and keep what it said.
+pub fn run(cmd: &mut Command) -> Run {
+    let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin()));
+        .unwrap_or_else(|e| panic!("starting {:?}: {e}", cmd.get_program()));
     Run {
         // A signal (a crash) has no code: report it as -1 so no assertion mistakes it for 0/1/2.
         code: out.status.code().unwrap_or(-1),
@@ -110,7 +114,7 @@ impl SimTd {
 
     /// The audit files a sim `serve` without `--config` writes (SIMDIR/audit), oldest first.
     pub fn audit_files(&self) -> Vec<PathBuf> {
-        tdx_agent::audit::list_files(&self.dir.join("audit")).expect("listing the audit dir")
+        tdx_daemon::audit::list_files(&self.dir.join("audit")).expect("listing the audit dir")
     }
 }
 
@@ -384,10 +388,10 @@ impl Resp {
 
 /// A rustls client config that accepts only agents whose evidence verifies against `root_der`.
 pub fn ratls_client_config(root_der: Vec<u8>, alpn: &[&[u8]]) -> rustls::ClientConfig {
-    use tdx_agent::ratls::{CollateralSource, RaTlsVerifier, client_config};
+    use tdx_core::ratls::{CollateralSource, RaTlsVerifier, client_config};
     let verifier = RaTlsVerifier::new(
-        tdx_agent::verify::Verifier::with_insecure_root(root_der),
-        tdx_agent::verify::Policy::default(),
+        tdx_core::verify::Verifier::with_insecure_root(root_der),
+        tdx_core::verify::Policy::default(),
         CollateralSource::Stapled,
     )
     .expect("RA-TLS verifier");

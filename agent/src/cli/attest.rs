@@ -2,13 +2,12 @@
 //! optionally prove it is live with a fresh challenge, and print the report.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 
 use super::{CliResult, Failure, read_file};
-use crate::client::{Alpn, Client, ClientError, Session, Target, Timeouts, challenge};
-use crate::verify::{Report, Verifier};
+use tdx_client::{Client, ClientError, Target};
+use tdx_core::verify::{Report, Verifier};
 
 #[derive(Debug, Args)]
 pub struct AttestArgs {
@@ -30,12 +29,6 @@ pub struct AttestArgs {
 
 pub const NO_POLICY_WARNING: &str = "no --policy given: no measurement was pinned, so any genuine TD on an accepted platform passes";
 
-/// A one-shot command can afford to wait longer than a proxy in front of live traffic.
-const TIMEOUTS: Timeouts = Timeouts {
-    connect: Duration::from_secs(30),
-    handshake: Duration::from_secs(30),
-};
-
 pub async fn run(a: AttestArgs) -> CliResult {
     let target = Target::parse(&a.url).map_err(Failure::error)?;
     let policy = super::verify::load_policy(a.policy.as_ref()).await?;
@@ -44,16 +37,9 @@ pub async fn run(a: AttestArgs) -> CliResult {
         None => Verifier::production(),
     };
     let client = Client::new(verifier, policy).map_err(Failure::error)?;
-    let mut session = Session::open(&client, &target, Alpn::Http1, TIMEOUTS)
+    let report = tdx_client::attest::attest(&client, &target, a.nonce)
         .await
         .map_err(|e| failure(e, &a))?;
-    let report = if a.nonce {
-        challenge::fresh(&client, &mut session)
-            .await
-            .map_err(|e| failure(e, &a))?
-    } else {
-        (*session.report).clone()
-    };
     finish(&report, &a);
     if report.accepted() {
         Ok(())

@@ -28,17 +28,17 @@ pub async fn run(c: AuditCommand) -> CliResult {
     let head = a
         .head
         .as_deref()
-        .map(crate::encoding::hex_array::<32>)
+        .map(tdx_core::encoding::hex_array::<32>)
         .transpose()
         .map_err(|e| Failure::Error(format!("--head: {e}")))?;
     let files = a.files.clone();
-    let summary = tokio::task::spawn_blocking(move || crate::audit::verify_files(&files))
+    let summary = tokio::task::spawn_blocking(move || tdx_daemon::audit::verify_files(&files))
         .await
         .map_err(Failure::error)?
         .map_err(Failure::rejected)?;
     if let Some(head) = head {
         let files = a.files.clone();
-        tokio::task::spawn_blocking(move || crate::audit::verify_against_head(&files, head))
+        tokio::task::spawn_blocking(move || tdx_daemon::audit::verify_against_head(&files, head))
             .await
             .map_err(Failure::error)?
             .map_err(Failure::rejected)?;

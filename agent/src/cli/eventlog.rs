@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use super::{CliResult, Failure, read_file};
-use crate::tee::ccel::EventLog;
+use tdx_core::ccel::EventLog;
 
 #[derive(Debug, Subcommand)]
 pub enum EventlogCommand {

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::tee_args::TeeArgs;
 use super::{CliResult, Failure, write_file};
-use crate::encoding::hex;
+use tdx_core::encoding::hex;
 
 #[derive(Debug, Args)]
 pub struct QuoteArgs {
@@ -22,7 +22,7 @@ pub struct QuoteArgs {
 }
 
 pub async fn quote(a: QuoteArgs) -> CliResult {
-    let report_data = crate::encoding::hex_array::<64>(&a.report_data)
+    let report_data = tdx_core::encoding::hex_array::<64>(&a.report_data)
         .map_err(|e| Failure::Error(format!("--report-data: {e}")))?;
     let tee = a.tee.open().await?;
     let quote = tee.quote(report_data).await.map_err(Failure::error)?;
@@ -63,8 +63,8 @@ pub async fn measurements(a: MeasurementsArgs) -> CliResult {
     let m = tee.measurements().await.map_err(Failure::error)?;
     let out = MeasurementsJson {
         tee: match tee.kind() {
-            crate::tee::TeeKind::Configfs => "configfs",
-            crate::tee::TeeKind::Simulated => "simulated",
+            tdx_tee::TeeKind::Configfs => "configfs",
+            tdx_tee::TeeKind::Simulated => "simulated",
         },
         mrtd: hex(&m.mrtd),
         rtmr0: hex(&m.rtmr[0]),

@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{CliResult, Failure};
-use crate::encoding::hex;
+use tdx_core::encoding::hex;
 
 #[derive(Debug, Args)]
 pub struct MeasureModelArgs {
@@ -34,7 +34,7 @@ struct ModelJson {
 
 pub async fn run(a: MeasureModelArgs) -> CliResult {
     let dir = a.dir.clone();
-    let m = tokio::task::spawn_blocking(move || crate::measure::model::manifest(&dir))
+    let m = tokio::task::spawn_blocking(move || tdx_core::measure::model::manifest(&dir))
         .await
         .map_err(Failure::error)?
         .map_err(Failure::error)?;

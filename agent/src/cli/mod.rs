@@ -9,6 +9,7 @@ mod eventlog;
 mod measure;
 mod measure_model;
 mod serve;
+#[cfg(feature = "sim")]
 mod sim;
 mod tee_args;
 mod verify;
@@ -60,8 +61,15 @@ enum Command {
     #[command(subcommand)]
     Eventlog(eventlog::EventlogCommand),
     /// The simulated TD and its test PKI (development, CI, demos; never production).
+    #[cfg(feature = "sim")]
     #[command(subcommand)]
     Sim(sim::SimCommand),
+    /// The simulated TD: not in this build (guest images leave it out).
+    #[cfg(not(feature = "sim"))]
+    Sim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Why a command failed, and so its exit status.
@@ -102,7 +110,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Quote(a) => measure::quote(a).await,
         Command::Measurements(a) => measure::measurements(a).await,
         Command::MeasureModel(a) => measure_model::run(a).await,
+        #[cfg(feature = "sim")]
         Command::Sim(c) => sim::run(c).await,
+        #[cfg(not(feature = "sim"))]
+        Command::Sim { .. } => Err(Failure::Error(format!("sim: {}", tdx_tee::SIM_NOT_BUILT))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,7 +143,7 @@ pub async fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Fa
 pub async fn write_file(path: &std::path::Path, data: Vec<u8>) -> CliResult {
     let p = path.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        crate::fsutil::write_atomic(&p, &data)
+        tdx_fsutil::write_atomic(&p, &data)
             .map_err(|e| Failure::Error(format!("writing {}: {e}", p.display())))
     })
     .await

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::tee_args::TeeChoice;
 use super::{CliResult, Failure, read_file};
-use crate::config::{Config, TeeKindConfig};
+use tdx_daemon::config::{Config, TeeKindConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -116,7 +116,7 @@ pub async fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
     }
     if let Some(u) = &a.upstream {
         c.upstream.url = Some(
-            crate::config::UpstreamUrl::parse(u)
+            tdx_daemon::config::UpstreamUrl::parse(u)
                 .map_err(|e| Failure::Error(format!("--upstream: {e}")))?,
         );
     }
@@ -134,7 +134,9 @@ pub async fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
 
 pub async fn serve(a: ServeArgs) -> CliResult {
     let config = effective_config(&a).await?;
-    crate::server::run(config).await.map_err(Failure::error)
+    tdx_daemon::server::run(config, super::shutdown_signal())
+        .await
+        .map_err(Failure::error)
 }
 
 pub async fn config(c: ConfigCommand) -> CliResult {

@@ -8,9 +8,9 @@ use clap::{Args, Subcommand};
 use sha2::{Digest as _, Sha256};
 
 use super::{CliResult, Failure, write_file};
-use crate::encoding::hex;
-use crate::tee::sim::{SimDir, SimPki, SimSettings, SimTd, pccs};
-use crate::tee::{Tee as _, TeeKind};
+use tdx_core::encoding::hex;
+use tdx_sim::{SimDir, SimPki, SimSettings, SimTd, pccs};
+use tdx_tee::{Tee as _, TeeKind};
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
@@ -71,12 +71,12 @@ pub async fn run(c: SimCommand) -> CliResult {
             let path = a.sim_dir.clone();
             blocking(move || {
                 let dir = SimDir::open(&path)?;
-                crate::tee::sim::reset(&dir)?;
+                tdx_sim::reset(&dir)?;
                 // A reboot also empties /run: the demo agent's RTMR3 log lives in DIR/run.
                 match std::fs::remove_file(path.join("run").join("rtmr3-events.jsonl")) {
                     Ok(()) => Ok(()),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(crate::tee::sim::SimError::Other(format!(
+                    Err(e) => Err(tdx_sim::SimError::Other(format!(
                         "removing the RTMR3 event log: {e}"
                     ))),
                 }
@@ -89,7 +89,7 @@ pub async fn run(c: SimCommand) -> CliResult {
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::tee::sim::SimError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, tdx_sim::SimError> + Send + 'static,
 ) -> Result<T, Failure> {
     tokio::task::spawn_blocking(f)
         .await
@@ -102,7 +102,7 @@ async fn pki(a: PkiArgs) -> CliResult {
     let mrtd = a
         .mrtd
         .as_deref()
-        .map(crate::encoding::hex_array::<48>)
+        .map(tdx_core::encoding::hex_array::<48>)
         .transpose()
         .map_err(|e| Failure::Error(format!("--mrtd: {e}")))?;
     let changes = (
@@ -148,7 +148,7 @@ async fn pki(a: PkiArgs) -> CliResult {
 
     let dir = a.dir.sim_dir.clone();
     let report_data = sample_report_data();
-    let now = crate::verify::time::now_unix();
+    let now = tdx_core::verify::time::now_unix();
     let td = Arc::new(td);
     let td2 = Arc::clone(&td);
     let (quote, collateral) = tokio::task::spawn_blocking(move || {
@@ -215,9 +215,7 @@ async fn serve_pccs(a: PccsArgs) -> CliResult {
         .map_err(|e| Failure::Error(format!("--listen {}: {e}", a.listen)))?;
     let addr = listener.local_addr().map_err(Failure::error)?;
     println!("simulated PCCS listening on http://{addr}");
-    let app = pccs::router(Arc::new(pki));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(super::shutdown_signal())
+    pccs::serve(listener, Arc::new(pki), super::shutdown_signal())
         .await
         .map_err(Failure::error)
 }

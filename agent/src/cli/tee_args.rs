@@ -7,9 +7,10 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 
 use super::Failure;
-use crate::tee::configfs::{ConfigfsPaths, ConfigfsTee};
-use crate::tee::sim::{SimDir, SimTd};
-use crate::tee::{Tee, TeeHandle};
+#[cfg(feature = "sim")]
+use tdx_sim::{SimDir, SimTd};
+use tdx_tee::configfs::{ConfigfsPaths, ConfigfsTee};
+use tdx_tee::{Tee, TeeHandle};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TeeChoice {
@@ -28,13 +29,13 @@ pub struct TeeArgs {
     #[arg(long, value_name = "DIR")]
     pub sim_dir: Option<PathBuf>,
     /// configfs-tsm report directory.
-    #[arg(long, value_name = "PATH", default_value = crate::tee::configfs::DEFAULT_REPORT_DIR)]
+    #[arg(long, value_name = "PATH", default_value = tdx_tee::configfs::DEFAULT_REPORT_DIR)]
     pub tsm_report_dir: PathBuf,
     /// TDX measurement-register sysfs directory (Linux 6.16+).
-    #[arg(long, value_name = "PATH", default_value = crate::tee::sysfs::DEFAULT_MEASUREMENTS_DIR)]
+    #[arg(long, value_name = "PATH", default_value = tdx_tee::sysfs::DEFAULT_MEASUREMENTS_DIR)]
     pub measurements_dir: PathBuf,
     /// CCEL boot event log.
-    #[arg(long, value_name = "PATH", default_value = crate::tee::configfs::DEFAULT_CCEL_DATA)]
+    #[arg(long, value_name = "PATH", default_value = tdx_tee::configfs::DEFAULT_CCEL_DATA)]
     pub ccel_data: PathBuf,
 }
 
@@ -53,6 +54,14 @@ impl TeeArgs {
                     ccel_data: self.ccel_data.clone(),
                 }))
             }
+            #[cfg(not(feature = "sim"))]
+            TeeChoice::Sim => {
+                return Err(Failure::Error(format!(
+                    "--tee sim: {}",
+                    tdx_tee::SIM_NOT_BUILT
+                )));
+            }
+            #[cfg(feature = "sim")]
             TeeChoice::Sim => {
                 let dir = self.sim_dir.clone().ok_or_else(|| {
                     Failure::Error("--tee sim needs --sim-dir DIR (create it with `tdx-agent sim pki --sim-dir DIR`)".into())

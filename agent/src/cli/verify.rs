@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliResult, Failure, read_file};
-use crate::verify::pccs::{CollateralSource, PccsClient, Provenance};
-use crate::verify::{Collateral, Expectations, Policy, Verifier, time};
+use tdx_core::verify::{Collateral, Expectations, Policy, Verifier, time};
+use tdx_net::pccs::{CollateralSource, PccsClient, Provenance};
 
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("source").required(true).args(["collateral", "pccs"]))]
@@ -54,7 +54,7 @@ pub async fn run(a: VerifyArgs) -> CliResult {
         report_data: a
             .expect_report_data
             .as_deref()
-            .map(crate::encoding::hex_array::<64>)
+            .map(tdx_core::encoding::hex_array::<64>)
             .transpose()
             .map_err(|e| Failure::Error(format!("--expect-report-data: {e}")))?,
     };
@@ -89,7 +89,7 @@ pub async fn run(a: VerifyArgs) -> CliResult {
             let cache = a.collateral_cache.clone().or_else(default_cache_dir);
             let source = CollateralSource::new(client, cache);
             // A quote we cannot even read the PCK certificate of is malformed evidence.
-            if let Err(e) = crate::verify::pccs::CollateralKey::for_quote(&quote) {
+            if let Err(e) = tdx_net::pccs::CollateralKey::for_quote(&quote) {
                 let report = verifier.appraise_without_collateral(&quote, now, &e.to_string());
                 print_report(&report, a.json);
                 return Err(Failure::Rejected(report.summary()));
@@ -112,7 +112,11 @@ pub async fn run(a: VerifyArgs) -> CliResult {
 
     let collateral = collateral.prepare().map_err(Failure::rejected)?;
     let mut report = verifier.appraise(&quote, &collateral, now, &policy, &expect);
-    crate::verify::events::appraise_events(&mut report, event_log.as_deref(), &policy.rtmr3_events);
+    tdx_core::verify::events::appraise_events(
+        &mut report,
+        event_log.as_deref(),
+        &policy.rtmr3_events,
+    );
     print_report(&report, a.json);
     if a.policy.is_none() {
         eprintln!(
@@ -126,7 +130,7 @@ pub async fn run(a: VerifyArgs) -> CliResult {
     }
 }
 
-pub(super) fn print_report(report: &crate::verify::Report, json: bool) {
+pub(super) fn print_report(report: &tdx_core::verify::Report, json: bool) {
     if json {
         println!("{}", report.to_json());
     } else {
@@ -150,7 +154,7 @@ pub(super) async fn load_policy(path: Option<&PathBuf>) -> Result<Policy, Failur
 pub fn decode_quote(bytes: Vec<u8>) -> Vec<u8> {
     match std::str::from_utf8(&bytes)
         .ok()
-        .and_then(|t| crate::encoding::from_hex_loose(t).ok())
+        .and_then(|t| tdx_core::encoding::from_hex_loose(t).ok())
     {
         Some(decoded) if !decoded.is_empty() => decoded,
         _ => bytes,

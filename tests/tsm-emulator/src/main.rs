@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tdx_agent::tee::sim::{SimDir, SimTd};
+use tdx_sim::{SimDir, SimTd};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use fuser::Errno;
-use tdx_agent::tee::sim::SimTd;
-use tdx_agent::tee::{Rtmr, Sha384};
+use tdx_sim::SimTd;
+use tdx_tee::{Rtmr, Sha384};
 
 /// TSM_INBLOB_MAX: configfs refuses a write past it with EFBIG.
 pub const INBLOB_MAX: usize = 64;
@@ -481,7 +481,7 @@ fn sleep_ms(ms: u64) {
 
 #[cfg(test)]
 mod tests {
-    use tdx_agent::tee::sim::{SimFixture, SimSettings};
+    use tdx_sim::{SimFixture, SimSettings};
 
     use super::*;
 
@@ -592,7 +592,7 @@ mod tests {
         assert_eq!(k.extend(Rtmr::R3, 0, &[1; 47]).unwrap_err(), Errno::EINVAL);
         assert_eq!(k.extend(Rtmr::R3, 1, &[1; 48]).unwrap_err(), Errno::EINVAL);
         k.extend(Rtmr::R3, 0, &[1; 48]).unwrap();
-        let expected = tdx_agent::measure::rtmr3_log::replay([&[1u8; 48]]);
+        let expected = tdx_core::measure::rtmr3_log::replay([&[1u8; 48]]);
         assert_eq!(k.register(Register::Rtmr(Rtmr::R3)).unwrap(), expected);
         // Quotes carry it.
         let e = k.mkdir("a").unwrap();

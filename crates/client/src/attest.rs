@@ -1,0 +1,26 @@
+//! `attest`: verify one server once. Open an RA-TLS connection whose certificate passes the
+//! policy and, when asked, prove the TD is live now with a fresh challenge on it.
+
+use std::time::Duration;
+
+use tdx_core::verify::Report;
+
+use crate::{Alpn, Client, ClientError, Session, Target, Timeouts, challenge};
+
+/// A one-shot verification can afford to wait longer than a proxy in front of live traffic.
+pub const TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(30),
+    handshake: Duration::from_secs(30),
+};
+
+/// The report on `target`: its certificate's appraisal, with the fresh challenge's checks
+/// when `fresh` is set. A server the policy refuses is [`ClientError::Rejected`] with the
+/// whole report.
+pub async fn attest(client: &Client, target: &Target, fresh: bool) -> Result<Report, ClientError> {
+    let mut session = Session::open(client, target, Alpn::Http1, TIMEOUTS).await?;
+    if fresh {
+        challenge::fresh(client, &mut session).await
+    } else {
+        Ok((*session.report).clone())
+    }
+}

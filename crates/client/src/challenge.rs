@@ -1,0 +1,214 @@
+//! Fresh evidence on an open connection (docs/design.md §6): send a random nonce, get a quote whose
+//! REPORTDATA commits to it and to this connection's key, and check that quote came from the
+//! same TD the certificate describes. A certificate's quote proves the key; only this proves
+//! the TD is live now.
+
+use super::{Client, ClientError, Session};
+use tdx_core::verify::{Collateral, Expectations, Policy, Report, Verifier};
+use tdx_core::wire::{CHALLENGE, ChallengeResponseJson, EvidenceJson, WELL_KNOWN};
+
+/// Check names a fresh challenge adds to a report.
+pub const CHECK_KEY: &str = "challenge key";
+pub const CHECK_PROOF: &str = "challenge proof";
+pub const CHECK_QUOTE: &str = "challenge quote";
+pub const CHECK_SAME_TD: &str = "challenge from the same TD";
+
+/// 32 random bytes from the OS.
+pub fn random_nonce() -> [u8; 32] {
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    nonce
+}
+
+/// Run one challenge on `session`'s connection: the certificate's report with the challenge
+/// checks added (see [`check_challenge`]). A failed check is in the report (rejected), not
+/// an error; errors are for exchanges that produced nothing to check.
+pub async fn fresh(client: &Client, session: &mut Session) -> Result<Report, ClientError> {
+    // The served evidence carries the collateral the challenge quote is appraised with.
+    let evidence: EvidenceJson = session.request_json("GET", WELL_KNOWN, None).await?;
+    let nonce = random_nonce();
+    let body = serde_json::json!({"nonce": tdx_core::encoding::b64(&nonce)}).to_string();
+    let challenge: ChallengeResponseJson =
+        session.request_json("POST", CHALLENGE, Some(body)).await?;
+    let mut report = (*session.report).clone();
+    check_challenge(
+        &mut report,
+        client.verifier(),
+        client.policy(),
+        &evidence,
+        &challenge,
+        &nonce,
+        &session.spki_sha256,
+        tdx_core::verify::time::now_unix(),
+    );
+    Ok(report)
+}
+
+/// Add the fresh-challenge checks to `report`: the challenge quote verifies, commits to our
+/// nonce and the key we are talking to, and comes from the same TD as the certificate.
+#[allow(clippy::too_many_arguments)]
+pub fn check_challenge(
+    report: &mut Report,
+    verifier: &Verifier,
+    policy: &Policy,
+    evidence: &EvidenceJson,
+    challenge: &ChallengeResponseJson,
+    nonce: &[u8],
+    spki: &[u8; 32],
+    now: i64,
+) {
+    let quote = match tdx_core::encoding::from_b64(&challenge.quote) {
+        Ok(q) => q,
+        Err(e) => {
+            report.push_check(CHECK_QUOTE, false, "base64".into(), e.to_string());
+            return;
+        }
+    };
+    let report_data = match tdx_core::encoding::hex_array::<64>(&challenge.report_data) {
+        Ok(r) => r,
+        Err(e) => {
+            report.push_check(CHECK_PROOF, false, "64 bytes of REPORTDATA".into(), e);
+            return;
+        }
+    };
+    report.push_check(
+        CHECK_KEY,
+        tdx_core::encoding::hex(spki) == challenge.spki_sha256,
+        format!(
+            "the key of this connection (spki sha256 {})",
+            tdx_core::encoding::hex(spki)
+        ),
+        challenge.spki_sha256.clone(),
+    );
+    let proof = tdx_core::challenge::merkle::Proof::try_from(challenge.proof.clone());
+    let expected_proof = "our nonce in the Merkle tree under REPORTDATA[0..32]";
+    match proof.map_err(|e| e.to_string()).and_then(|p| {
+        tdx_core::challenge::verify_challenge(nonce, spki, &report_data, &p)
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(()) => report.push_check(CHECK_PROOF, true, expected_proof.into(), "included".into()),
+        Err(e) => report.push_check(CHECK_PROOF, false, expected_proof.into(), e),
+    }
+    let collateral =
+        match Collateral::from_bundle_json(&evidence.collateral.to_string(), "agent evidence")
+            .and_then(Collateral::prepare)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                report.push_check(
+                    CHECK_QUOTE,
+                    false,
+                    "verifiable collateral".into(),
+                    e.to_string(),
+                );
+                return;
+            }
+        };
+    let fresh = verifier.appraise(
+        &quote,
+        &collateral,
+        now,
+        policy,
+        &Expectations {
+            report_data: Some(report_data),
+        },
+    );
+    report.push_check(
+        CHECK_QUOTE,
+        fresh.accepted(),
+        "a quote that passes every check".into(),
+        fresh.summary(),
+    );
+    let same_td = report
+        .measurements()
+        .as_ref()
+        .zip(fresh.measurements())
+        .map(|(a, b)| {
+            // RTMR3 too: the certificate's events were appraised for its RTMR3 only.
+            a.mrtd == b.mrtd
+                && a.rtmr0 == b.rtmr0
+                && a.rtmr1 == b.rtmr1
+                && a.rtmr2 == b.rtmr2
+                && a.rtmr3 == b.rtmr3
+        });
+    report.push_check(
+        CHECK_SAME_TD,
+        same_td == Some(true),
+        "MRTD and RTMR0-3 equal to the certificate's quote".into(),
+        match same_td {
+            Some(true) => "equal".into(),
+            Some(false) => "different".into(),
+            None => "unknown".into(),
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tdx_core::challenge::merkle::ProofJson;
+
+    fn accepted() -> Report {
+        crate::tests::report_with(&[])
+    }
+
+    fn evidence() -> EvidenceJson {
+        EvidenceJson {
+            version: 1,
+            tee: "simulated".into(),
+            certificate: String::new(),
+            quote: String::new(),
+            spki_sha256: String::new(),
+            not_before: String::new(),
+            not_after: String::new(),
+            collateral: serde_json::json!({}),
+            event_log: String::new(),
+            tcb_status: None,
+        }
+    }
+
+    fn response(quote: &str, spki: &[u8; 32]) -> ChallengeResponseJson {
+        ChallengeResponseJson {
+            quote: quote.into(),
+            report_data: "00".repeat(64),
+            audit_head: "00".repeat(32),
+            root: "00".repeat(32),
+            leaf_hash: "00".repeat(32),
+            proof: ProofJson {
+                leaf_index: 0,
+                tree_size: 1,
+                audit_path: vec![],
+            },
+            spki_sha256: tdx_core::encoding::hex(spki),
+        }
+    }
+
+    fn failed(report: &Report) -> Vec<&str> {
+        report.failures().map(|c| c.name.as_str()).collect()
+    }
+
+    #[test]
+    fn garbage_answers_reject_and_name_the_check() {
+        let v = Verifier::production();
+        let p = Policy::default();
+        let spki = [7u8; 32];
+        let mut r = accepted();
+        let ch = response("***", &spki);
+        check_challenge(&mut r, &v, &p, &evidence(), &ch, &[1; 32], &spki, 0);
+        assert!(!r.accepted());
+        assert_eq!(failed(&r), vec![CHECK_QUOTE]);
+
+        // A quote committing to another key, a proof that does not hold, no collateral,
+        // and no quote body to compare: each is its own failed check, the key first.
+        let mut r = accepted();
+        let ch = response("AAAA", &[8u8; 32]);
+        check_challenge(&mut r, &v, &p, &evidence(), &ch, &[1; 32], &spki, 0);
+        assert!(!r.accepted());
+        assert_eq!(
+            failed(&r),
+            vec![CHECK_KEY, CHECK_PROOF, CHECK_QUOTE],
+            "{:?}",
+            r.checks()
+        );
+    }
+}

@@ -1,0 +1,1076 @@
+//! `tdx-agent connect`'s proxy: a local plain-HTTP endpoint for unmodified OpenAI SDKs that forwards
+//! every request to an agent, but only over an HTTP/2 RA-TLS connection whose certificate
+//! passed the policy and whose TD answered a fresh challenge on that same connection.
+//!
+//! One multiplexed connection carries all requests. It is replaced when it closes (a server
+//! re-issuing its certificate sends GOAWAY) or fails, and every replacement is verified again
+//! before anything crosses it. The TD is re-challenged before forwarding once the last
+//! challenge is older than `--rechallenge-secs`. A failed verification answers the request
+//! with a 502 in OpenAI's error shape naming the failed check; nothing is forwarded.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::client::conn::http2;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::session::BoxError;
+use crate::{
+    Alpn, Client, ClientBody, ClientError, FailedCheck, Session, Target, Timeouts, challenge,
+};
+use tdx_core::verify::Report;
+use tdx_net::forward::headers::strip_hop_by_hop;
+use tdx_net::forward::openai_error::OpenAiError;
+
+/// Bound on one challenge exchange (evidence + a fresh quote, which takes ~1 s and may queue
+/// behind other callers' batches). Forwarded requests have no such bound.
+const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time for a local client's request headers (slow clients must not hold connections).
+const LOCAL_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_LOCAL_CONNECTIONS: usize = 1024;
+/// How long in-flight requests may finish after SIGTERM/Ctrl-C.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub const HEALTHZ: &str = "/healthz";
+
+/// Error `type`s clients see.
+pub const ATTESTATION_FAILED: &str = "attestation_failed";
+pub const UPSTREAM_UNAVAILABLE: &str = "upstream_unavailable";
+
+/// How `connect` forwards, beyond which server and policy.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectOptions {
+    /// Challenge the server again before forwarding once the last challenge is this old
+    /// (zero: before every request).
+    pub rechallenge: Duration,
+    /// Largest request body forwarded; larger ones get 413.
+    pub max_request_bytes: u64,
+}
+
+/// Forward every request accepted on `listener` to `target` over one verified HTTP/2 RA-TLS
+/// connection, until `shutdown`. Verification starts at once, so a server the policy refuses
+/// is reported at start, not at the first request; requests arriving meanwhile wait for that
+/// verification and share it.
+pub async fn run(
+    listener: TcpListener,
+    client: Client,
+    target: Target,
+    options: ConnectOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let upstream = Arc::new(Upstream::new(
+        client,
+        target,
+        options.rechallenge,
+        options.max_request_bytes,
+    ));
+    let first = Arc::clone(&upstream);
+    tokio::spawn(async move {
+        let _ = first.acquire().await;
+    });
+    serve(listener, upstream, shutdown).await;
+}
+
+/// The rechallenge rule: challenge again before forwarding once the last passed challenge
+/// is `every` old or older.
+fn challenge_due(last: Instant, now: Instant, every: Duration) -> bool {
+    now.saturating_duration_since(last) >= every
+}
+
+/// Why a request was not forwarded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The server was reached but failed a check.
+    Attestation(FailedCheck),
+    /// The server could not be reached or stopped answering.
+    Unavailable(String),
+}
+
+impl Refusal {
+    fn from_client(e: &ClientError) -> Self {
+        match e.failed_check() {
+            Some(c) => Refusal::Attestation(c),
+            None => Refusal::Unavailable(e.to_string()),
+        }
+    }
+
+    fn from_report(report: &Report) -> Self {
+        Refusal::from_client(&ClientError::Rejected(Box::new(report.clone())))
+    }
+
+    fn to_openai(&self, server: &str) -> OpenAiError {
+        match self {
+            Refusal::Attestation(c) => OpenAiError::new(
+                StatusCode::BAD_GATEWAY,
+                ATTESTATION_FAILED,
+                format!(
+                    "{server} failed attestation, so nothing was forwarded: {} check failed: \
+                     expected {}, found {}",
+                    c.name, c.expected, c.found
+                ),
+            )
+            .with_code(c.name.clone()),
+            Refusal::Unavailable(detail) => OpenAiError::new(
+                StatusCode::BAD_GATEWAY,
+                UPSTREAM_UNAVAILABLE,
+                format!("{server} is unavailable: {detail}"),
+            ),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Refusal::Attestation(_) => ATTESTATION_FAILED,
+            Refusal::Unavailable(_) => UPSTREAM_UNAVAILABLE,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Attestation(c) => write!(
+                f,
+                "{} check failed: expected {}, found {}",
+                c.name, c.expected, c.found
+            ),
+            Refusal::Unavailable(d) => f.write_str(d),
+        }
+    }
+}
+
+/// The verified connection.
+struct Live {
+    id: u64,
+    session: Session,
+    h2: http2::SendRequest<ClientBody>,
+    last_challenge: Instant,
+    last_challenge_unix: i64,
+    summary: String,
+}
+
+/// What a request needs to go out over the verified connection, and what /healthz shows.
+#[derive(Clone)]
+struct Verified {
+    id: u64,
+    sender: http2::SendRequest<ClientBody>,
+    last_challenge_unix: i64,
+    summary: String,
+    spki_sha256: String,
+}
+
+impl Live {
+    fn verified(&self) -> Verified {
+        Verified {
+            id: self.id,
+            sender: self.h2.clone(),
+            last_challenge_unix: self.last_challenge_unix,
+            summary: self.summary.clone(),
+            spki_sha256: tdx_core::encoding::hex(&self.session.spki_sha256),
+        }
+    }
+
+    fn challenged(&mut self, report: &Report) {
+        self.last_challenge = Instant::now();
+        self.last_challenge_unix = tdx_core::verify::time::now_unix();
+        self.summary = report.summary();
+    }
+}
+
+#[derive(Default)]
+struct Slot {
+    live: Option<Live>,
+    /// The outcome of the latest failed attempt, shared with requests that queued behind it.
+    last_failure: Option<Refusal>,
+}
+
+/// The server and the one verified connection to it.
+struct Upstream {
+    client: Client,
+    target: Target,
+    rechallenge: Duration,
+    max_request_bytes: u64,
+    /// Held while a connection is opened or challenged, so requests wait for that
+    /// verification instead of starting their own.
+    slot: tokio::sync::Mutex<Slot>,
+    /// Connection attempts started; tells a waiting request whether one finished meanwhile.
+    attempts: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Upstream {
+    fn new(client: Client, target: Target, rechallenge: Duration, max_request_bytes: u64) -> Self {
+        Upstream {
+            client,
+            target,
+            rechallenge,
+            max_request_bytes,
+            slot: tokio::sync::Mutex::new(Slot::default()),
+            attempts: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The verified connection, opened and verified or re-challenged first when needed.
+    async fn acquire(&self) -> Result<Verified, Refusal> {
+        let seen = self.attempts.load(Ordering::Acquire);
+        let mut slot = self.slot.lock().await;
+        if slot.live.as_ref().is_some_and(|l| l.h2.is_closed()) {
+            tracing::info!(server = %self.target.url, "the verified connection closed; opening and verifying a new one");
+            slot.live = None;
+        }
+        if let Some(live) = slot.live.as_mut() {
+            if !challenge_due(live.last_challenge, Instant::now(), self.rechallenge) {
+                return Ok(live.verified());
+            }
+            match self.challenge(&mut live.session).await {
+                Ok(report) => {
+                    live.challenged(&report);
+                    tracing::info!(server = %self.target.url, connection = live.id, "re-challenge passed: {}", live.summary);
+                    return Ok(live.verified());
+                }
+                Err(refusal) => {
+                    // Retire the connection and judge a new one, which alone decides whether
+                    // the request is forwarded. Often the connection is merely stale: the
+                    // server re-issued its certificate, so challenges commit to a newer key.
+                    let rotated = matches!(&refusal, Refusal::Attestation(c) if c.name == challenge::CHECK_KEY);
+                    if rotated {
+                        tracing::info!(server = %self.target.url, connection = live.id, "the server's key changed since this connection opened; verifying a new connection");
+                    } else {
+                        tracing::warn!(server = %self.target.url, connection = live.id, "re-challenge failed, retiring the connection: {refusal}");
+                    }
+                    slot.live = None;
+                }
+            }
+        }
+        if self.attempts.load(Ordering::Acquire) != seen
+            && let Some(failure) = &slot.last_failure
+        {
+            return Err(failure.clone());
+        }
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        match self.establish().await {
+            Ok(live) => {
+                let verified = live.verified();
+                slot.live = Some(live);
+                slot.last_failure = None;
+                Ok(verified)
+            }
+            Err(refusal) => {
+                tracing::warn!(server = %self.target.url, "verification failed, nothing will be forwarded: {refusal}");
+                slot.last_failure = Some(refusal.clone());
+                Err(refusal)
+            }
+        }
+    }
+
+    /// A new connection: RA-TLS handshake (the certificate appraised), then a fresh challenge
+    /// on that connection before it may carry anything.
+    async fn establish(&self) -> Result<Live, Refusal> {
+        let mut session =
+            Session::open(&self.client, &self.target, Alpn::Http2, Timeouts::default())
+                .await
+                .map_err(|e| Refusal::from_client(&e))?;
+        let h2 = session
+            .sender
+            .http2()
+            .ok_or_else(|| Refusal::Unavailable("the connection is not HTTP/2".into()))?;
+        let report = self.challenge(&mut session).await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            server = %self.target.url,
+            connection = id,
+            spki_sha256 = %tdx_core::encoding::hex(&session.spki_sha256),
+            "verified (certificate and fresh challenge): {}",
+            report.summary()
+        );
+        Ok(Live {
+            id,
+            session,
+            h2,
+            last_challenge: Instant::now(),
+            last_challenge_unix: tdx_core::verify::time::now_unix(),
+            summary: report.summary(),
+        })
+    }
+
+    async fn challenge(&self, session: &mut Session) -> Result<Report, Refusal> {
+        match tokio::time::timeout(CHALLENGE_TIMEOUT, challenge::fresh(&self.client, session)).await
+        {
+            Err(_) => Err(Refusal::Unavailable(format!(
+                "no answer to the fresh challenge within {} s",
+                CHALLENGE_TIMEOUT.as_secs()
+            ))),
+            Ok(Err(e)) => Err(Refusal::from_client(&e)),
+            Ok(Ok(report)) if report.accepted() => Ok(report),
+            Ok(Ok(report)) => Err(Refusal::from_report(&report)),
+        }
+    }
+
+    /// Forget connection `id` (a request found it closed), unless already replaced.
+    async fn retire(&self, id: u64) {
+        let mut slot = self.slot.lock().await;
+        if slot.live.as_ref().is_some_and(|l| l.id == id) {
+            slot.live = None;
+        }
+    }
+
+    async fn handle<B>(&self, req: Request<B>) -> Response<ClientBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if req.uri().path() == HEALTHZ {
+            return self.healthz(req.method()).await;
+        }
+        self.forward(req).await
+    }
+
+    async fn healthz(&self, method: &Method) -> Response<ClientBody> {
+        if method != Method::GET && method != Method::HEAD {
+            return error_response(&OpenAiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                format!("{HEALTHZ} answers GET only"),
+            ));
+        }
+        // The same path a request takes: healthy means a request sent now would be forwarded.
+        let (status, body) = match self.acquire().await {
+            Ok(v) => (
+                StatusCode::OK,
+                serde_json::json!({
+                    "verified": true,
+                    "server": self.target.url,
+                    "last_challenge": tdx_core::verify::time::format_unix(v.last_challenge_unix),
+                    "report_summary": v.summary,
+                    "spki_sha256": v.spki_sha256,
+                }),
+            ),
+            Err(r) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({
+                    "verified": false,
+                    "server": self.target.url,
+                    "type": r.kind(),
+                    "check": match &r { Refusal::Attestation(c) => Some(c.name.clone()), Refusal::Unavailable(_) => None },
+                    "reason": r.to_string(),
+                }),
+            ),
+        };
+        json_response(status, body.to_string())
+    }
+
+    async fn forward<B>(&self, req: Request<B>) -> Response<ClientBody>
+    where
+        B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+        B::Error: Into<BoxError>,
+    {
+        if req.method() == Method::CONNECT {
+            return error_response(&OpenAiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "CONNECT is not forwarded",
+            ));
+        }
+        if let Err(e) = check_content_length(req.headers(), self.max_request_bytes) {
+            return error_response(&e);
+        }
+        let local_version = req.version();
+        let what = format!(
+            "{} {}",
+            req.method(),
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+        );
+        let (parts, body) = req.into_parts();
+        let tripped = Arc::new(AtomicBool::new(false));
+        let body = LimitedBody::new(body, self.max_request_bytes, Arc::clone(&tripped)).boxed();
+        let mut upstream_req = match upstream_request(&parts, &self.target.authority, body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error_response(&OpenAiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    format!("{what}: {e}"),
+                ));
+            }
+        };
+        // Two tries: a request the connection never sent (it closed just now) goes out on a
+        // fresh, freshly verified connection.
+        let mut last_error = String::from("no connection");
+        for _ in 0..2 {
+            let verified = match self.acquire().await {
+                Ok(v) => v,
+                Err(r) => return error_response(&r.to_openai(&self.target.url)),
+            };
+            let mut sender = verified.sender;
+            match sender.try_send_request(upstream_req).await {
+                Ok(resp) => return downstream_response(resp, local_version),
+                Err(mut e) => {
+                    if tripped.load(Ordering::Acquire) {
+                        return error_response(&too_large(self.max_request_bytes));
+                    }
+                    last_error = e.error().to_string();
+                    match e.take_message() {
+                        Some(unsent) => {
+                            self.retire(verified.id).await;
+                            upstream_req = unsent;
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        error_response(
+            &Refusal::Unavailable(format!("{what}: {last_error}")).to_openai(&self.target.url),
+        )
+    }
+}
+
+fn too_large(max: u64) -> OpenAiError {
+    OpenAiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        format!("the request body exceeds {max} bytes (--max-request-bytes)"),
+    )
+    .with_code("request_too_large")
+}
+
+/// Refuse up front a body whose declared length is over the limit (streamed bodies are
+/// counted as they pass, see [`LimitedBody`]).
+fn check_content_length(headers: &HeaderMap, max: u64) -> Result<(), OpenAiError> {
+    let declared = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+        .max();
+    match declared {
+        Some(n) if n > max => Err(too_large(max)),
+        _ => Ok(()),
+    }
+}
+
+/// The request as the server gets it: same method, path and query, end-to-end headers; the
+/// server named in `:authority`.
+fn upstream_request(
+    parts: &hyper::http::request::Parts,
+    authority: &str,
+    body: ClientBody,
+) -> Result<Request<ClientBody>, hyper::http::Error> {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    // HTTP/2 names the server in :authority (from the URI), not in Host.
+    headers.remove(header::HOST);
+    // This process already told its client to go on; the server must not wait for that.
+    headers.remove(header::EXPECT);
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(crate::session::absolute_uri(authority, pq)?)
+        .body(body)?;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+/// The server's answer as the local client gets it: streamed frame by frame as it arrives.
+fn downstream_response(
+    resp: Response<hyper::body::Incoming>,
+    version: Version,
+) -> Response<ClientBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // The local connection's version, not the upstream HTTP/2's.
+    parts.version = version;
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+}
+
+fn json_response(status: StatusCode, body: String) -> Response<ClientBody> {
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error_response(e: &OpenAiError) -> Response<ClientBody> {
+    json_response(e.status, e.to_json())
+}
+
+/// The request body, passed on frame by frame (no buffering) and cut off with an error once
+/// more than `max` bytes went through; `tripped` tells the caller that was the reason.
+struct LimitedBody<B> {
+    inner: B,
+    remaining: u64,
+    max: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl<B> LimitedBody<B> {
+    fn new(inner: B, max: u64, tripped: Arc<AtomicBool>) -> Self {
+        LimitedBody {
+            inner,
+            remaining: max,
+            max,
+            tripped,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body exceeds {0} bytes")]
+struct TooLarge(u64);
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    if n > this.remaining {
+                        this.tripped.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(this.max)))));
+                    }
+                    this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serve the local listener until `shutdown`, then let in-flight requests finish for a
+/// grace period.
+async fn serve(
+    listener: TcpListener,
+    upstream: Arc<Upstream>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let permits = Arc::new(Semaphore::new(MAX_LOCAL_CONNECTIONS));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let upstream = Arc::clone(&upstream);
+        let drain = drain_rx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            local_connection(tcp, upstream, drain).await;
+        });
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let all = u32::try_from(MAX_LOCAL_CONNECTIONS).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await;
+}
+
+async fn local_connection(
+    tcp: tokio::net::TcpStream,
+    upstream: Arc<Upstream>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let upstream = Arc::clone(&upstream);
+        async move { Ok::<_, Infallible>(upstream.handle(req).await) }
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(LOCAL_HEADER_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "local connection ended with an error");
+            }
+        }
+        _ = drain.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tdx_core::verify::{Policy, Verifier};
+
+    #[test]
+    fn rechallenge_is_due_once_the_last_challenge_is_old_enough() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(300);
+        assert!(!challenge_due(t0, t0, every));
+        assert!(!challenge_due(t0, t0 + Duration::from_secs(299), every));
+        assert!(challenge_due(t0, t0 + every, every));
+        assert!(challenge_due(t0, t0 + Duration::from_secs(3600), every));
+        // 0 means before every request.
+        assert!(challenge_due(t0, t0, Duration::ZERO));
+        // A clock that seems to go backwards never skips a due challenge forever.
+        assert!(!challenge_due(t0 + Duration::from_secs(5), t0, every));
+    }
+
+    fn parts(req: Request<()>) -> hyper::http::request::Parts {
+        req.into_parts().0
+    }
+
+    fn empty() -> ClientBody {
+        Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+    }
+
+    #[test]
+    fn upstream_requests_keep_end_to_end_headers_and_name_the_server() {
+        let p = parts(
+            Request::builder()
+                .method("POST")
+                .uri("/v1/chat/completions?stream=true")
+                .header("host", "127.0.0.1:9000")
+                .header("connection", "keep-alive, x-hop")
+                .header("x-hop", "1")
+                .header("keep-alive", "timeout=5")
+                .header("transfer-encoding", "chunked")
+                .header("te", "trailers")
+                .header("upgrade", "h2c")
+                .header("proxy-authorization", "Basic eA==")
+                .header("expect", "100-continue")
+                .header("authorization", "Bearer sk-test")
+                .header("content-type", "application/json")
+                .header("accept", "text/event-stream")
+                .header("openai-organization", "org")
+                .body(())
+                .unwrap(),
+        );
+        let r = upstream_request(&p, "10.0.0.5:8443", empty()).unwrap();
+        assert_eq!(r.method(), Method::POST);
+        assert_eq!(
+            r.uri().to_string(),
+            "https://10.0.0.5:8443/v1/chat/completions?stream=true"
+        );
+        let mut names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                "accept",
+                "authorization",
+                "content-type",
+                "openai-organization"
+            ]
+        );
+        assert_eq!(r.headers()["authorization"], "Bearer sk-test");
+    }
+
+    #[test]
+    fn absolute_form_requests_are_sent_to_the_verified_server_only() {
+        // A client that speaks to us as to a forward proxy still reaches only the server.
+        let p = parts(
+            Request::builder()
+                .uri("http://elsewhere.example/v1/models")
+                .body(())
+                .unwrap(),
+        );
+        let r = upstream_request(&p, "h:8443", empty()).unwrap();
+        assert_eq!(r.uri().to_string(), "https://h:8443/v1/models");
+    }
+
+    #[test]
+    fn declared_lengths_over_the_limit_are_refused_up_front() {
+        let mut h = HeaderMap::new();
+        assert!(check_content_length(&h, 10).is_ok());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        assert!(check_content_length(&h, 10).is_ok());
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("11"));
+        let e = check_content_length(&h, 10).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.code.as_deref(), Some("request_too_large"));
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--max-request-bytes")
+        );
+        // A duplicate header cannot hide a large value behind a small one.
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("1"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        assert!(check_content_length(&h, 10).is_err());
+    }
+
+    /// A body fed through a channel, chunk by chunk, as a slow client or server sends it.
+    struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for ChannelBody {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn streamed_bodies_are_counted_and_cut_at_the_limit() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let tripped = Arc::new(AtomicBool::new(false));
+        let mut body = LimitedBody::new(ChannelBody(rx), 10, Arc::clone(&tripped));
+        tx.send(Bytes::from_static(b"123456")).await.unwrap();
+        let f = body.frame().await.unwrap().unwrap();
+        assert_eq!(f.into_data().unwrap(), "123456");
+        tx.send(Bytes::from_static(b"7890")).await.unwrap();
+        assert!(
+            body.frame().await.unwrap().is_ok(),
+            "exactly the limit passes"
+        );
+        assert!(!tripped.load(Ordering::Acquire));
+        tx.send(Bytes::from_static(b"x")).await.unwrap();
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("10 bytes"), "{e}");
+        assert!(tripped.load(Ordering::Acquire));
+    }
+
+    fn failed(name: &str) -> Refusal {
+        Refusal::Attestation(FailedCheck {
+            name: name.into(),
+            expected: "aa".into(),
+            found: "bb".into(),
+        })
+    }
+
+    #[test]
+    fn refusals_map_to_openai_errors_naming_server_and_check() {
+        let e = failed("RTMR3 event \"model\"").to_openai("https://h:8443");
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(v["error"]["type"], ATTESTATION_FAILED);
+        assert_eq!(v["error"]["code"], "RTMR3 event \"model\"");
+        let msg = v["error"]["message"].as_str().unwrap();
+        for part in ["https://h:8443", "RTMR3 event", "expected aa", "found bb"] {
+            assert!(msg.contains(part), "{part:?} not in {msg}");
+        }
+
+        let e =
+            Refusal::Unavailable("h:8443: Connection refused".into()).to_openai("https://h:8443");
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(e.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(v["error"]["type"], UPSTREAM_UNAVAILABLE);
+        assert!(v["error"]["message"].as_str().unwrap().contains("refused"));
+
+        // Client errors land on the right side.
+        let r = Refusal::from_client(&ClientError::Connect {
+            addr: "h:1".into(),
+            detail: "refused".into(),
+        });
+        assert!(matches!(r, Refusal::Unavailable(_)), "{r:?}");
+        let r = Refusal::from_client(&ClientError::Refused {
+            addr: "h:1".into(),
+            detail: "no evidence".into(),
+        });
+        assert!(
+            matches!(&r, Refusal::Attestation(c) if c.name == crate::CHECK_CERTIFICATE),
+            "{r:?}"
+        );
+    }
+
+    fn upstream_at(addr: &str, max: u64) -> Upstream {
+        let client = Client::new(Verifier::production(), Policy::default()).unwrap();
+        Upstream::new(
+            client,
+            Target::parse(&format!("https://{addr}")).unwrap(),
+            Duration::from_secs(300),
+            max,
+        )
+    }
+
+    async fn body_json(r: Response<ClientBody>) -> serde_json::Value {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    /// A port nothing listens on.
+    async fn dead_addr() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap().to_string();
+        drop(l);
+        a
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_gets_502_and_healthz_503() {
+        let up = upstream_at(&dead_addr().await, 100);
+        let r = up
+            .handle(
+                Request::get("/v1/models")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+        let v = body_json(r).await;
+        assert_eq!(v["error"]["type"], UPSTREAM_UNAVAILABLE, "{v}");
+
+        let r = up
+            .handle(Request::get(HEALTHZ).body(Full::new(Bytes::new())).unwrap())
+            .await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v = body_json(r).await;
+        assert_eq!(v["verified"], false, "{v}");
+        assert_eq!(v["type"], UPSTREAM_UNAVAILABLE, "{v}");
+        assert!(v["reason"].as_str().unwrap().contains("127.0.0.1"), "{v}");
+
+        let r = up
+            .handle(
+                Request::post(HEALTHZ)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn oversized_requests_get_413_before_any_connection() {
+        // The server address is unreachable: a 413 proves no connection was tried.
+        let up = upstream_at(&dead_addr().await, 4);
+        let r = up
+            .handle(
+                Request::post("/v1/completions")
+                    .header(header::CONTENT_LENGTH, "5")
+                    .body(Full::new(Bytes::from_static(b"12345")))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body_json(r).await["error"]["code"], "request_too_large");
+        assert_eq!(up.attempts.load(Ordering::Acquire), 0);
+    }
+
+    /// A plain HTTP/2 server on an in-memory pipe, and a client connection to it.
+    async fn h2_pair<S, F>(handler: S) -> http2::SendRequest<ClientBody>
+    where
+        S: Fn(Request<hyper::body::Incoming>) -> F + Send + Sync + Clone + 'static,
+        F: std::future::Future<Output = Response<ChannelBody>> + Send + 'static,
+    {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let h = handler.clone();
+                async move { Ok::<_, Infallible>(h(req).await) }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server_io), svc)
+                .await;
+        });
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    #[tokio::test]
+    async fn after_a_goaway_the_connection_reads_closed_and_unsent_requests_come_back() {
+        // What `acquire` and the retry in `forward` rely on: a server's GOAWAY (sent when it
+        // re-issues its certificate) shows as a closed sender, and a request the closed
+        // connection never sent is handed back to be sent on a new one.
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (goaway_tx, goaway_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server_io), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = goaway_rx => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        let (mut sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, ClientBody>(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let p = parts(Request::get("/readyz").body(()).unwrap());
+        let r = sender
+            .send_request(upstream_request(&p, "h:1", empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+
+        goaway_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !sender.is_closed() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the GOAWAY closed the connection");
+        let mut e = sender
+            .try_send_request(upstream_request(&p, "h:1", empty()).unwrap())
+            .await
+            .expect_err("a closed connection sends nothing");
+        assert!(
+            e.take_message().is_some(),
+            "the unsent request is handed back"
+        );
+    }
+
+    #[tokio::test]
+    async fn responses_stream_as_they_arrive_and_a_dropped_client_resets_only_its_stream() {
+        sse_scenario(false).await;
+    }
+
+    #[tokio::test]
+    async fn streams_in_flight_outlive_a_retired_connection() {
+        sse_scenario(true).await;
+    }
+
+    /// The server sends one SSE event, then waits until the test has seen it before the
+    /// next: a proxy that buffered would deadlock here. With `retire`, connect's handles on
+    /// the connection are dropped (as when it retires a connection) while the stream runs.
+    async fn sse_scenario(retire: bool) {
+        let (seen_tx, seen_rx) = tokio::sync::mpsc::channel::<()>(1);
+        let seen_rx = Arc::new(tokio::sync::Mutex::new(Some(seen_rx)));
+        let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+        let cancel_tx = Arc::new(std::sync::Mutex::new(Some(cancel_tx)));
+        let mut sender = h2_pair(move |_req| {
+            let seen_rx = Arc::clone(&seen_rx);
+            let cancel_tx = Arc::clone(&cancel_tx);
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(async move {
+                    let mut seen = seen_rx.lock().await.take().unwrap();
+                    let _ = tx.send(Bytes::from_static(b"data: one\n\n")).await;
+                    seen.recv().await;
+                    let _ = tx.send(Bytes::from_static(b"data: two\n\n")).await;
+                    // Keep the stream open until the client goes away.
+                    tx.closed().await;
+                    if let Some(c) = cancel_tx.lock().unwrap().take() {
+                        let _ = c.send(());
+                    }
+                });
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .header("connection", "keep-alive")
+                    .body(ChannelBody(rx))
+                    .unwrap()
+            }
+        })
+        .await;
+
+        let p = parts(
+            Request::post("/v1/chat/completions")
+                .header("host", "127.0.0.1:9000")
+                .body(())
+                .unwrap(),
+        );
+        let req = upstream_request(&p, "h:8443", empty()).unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let kept = if retire {
+            drop(sender);
+            None
+        } else {
+            Some(sender)
+        };
+        let resp = downstream_response(resp, Version::HTTP_11);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        assert!(!resp.headers().contains_key("connection"));
+        assert_eq!(resp.version(), Version::HTTP_11);
+        let mut body = resp.into_body();
+        let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the first event arrived before the stream ended")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.into_data().unwrap(), "data: one\n\n");
+        seen_tx.send(()).await.unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.into_data().unwrap(), "data: two\n\n");
+
+        drop(body);
+        tokio::time::timeout(Duration::from_secs(5), cancel_rx)
+            .await
+            .expect("dropping the client's body reset the upstream stream")
+            .unwrap();
+        if let Some(sender) = kept {
+            // A stream reset, not a closed connection: other requests go on using it.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!sender.is_closed());
+        }
+    }
+}

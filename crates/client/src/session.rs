@@ -1,0 +1,546 @@
+//! One RA-TLS connection to an agent: TCP, a TLS handshake whose certificate the RA-TLS
+//! verifier appraised against the policy, and HTTP/1.1 (`attest`) or HTTP/2 (`connect`, which
+//! multiplexes every forwarded request over one connection) on top.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use sha2::{Digest as _, Sha256};
+
+use super::{Client, ClientError, Timeouts};
+use tdx_core::ratls::{RaTlsError, RaTlsVerifier, ring_provider};
+use tdx_core::verify::Report;
+
+/// Errors a body may carry through the proxy; hyper wants them boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The one request body type every connection sends, so a streamed proxy body and a small
+/// JSON request can share a connection.
+pub type ClientBody = BoxBody<Bytes, BoxError>;
+
+/// The largest JSON answer read from an agent (evidence with collateral is ~100 KiB).
+const MAX_JSON_RESPONSE: usize = 4 << 20;
+/// HTTP/2 pings find a dead peer on an idle connection; the timeout is for the ping's answer
+/// only, so a slow but healthy stream is never cut.
+const H2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const H2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A server named by an `https://HOST:PORT` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// As the user gave it, for messages.
+    pub url: String,
+    /// Without IPv6 brackets, for connecting and for SNI.
+    pub host: String,
+    pub port: u16,
+    /// `host:port` as in the URL, for `Host` and `:authority`.
+    pub authority: String,
+    /// The URL's path ("/" when none was given).
+    pub path: String,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Self, ClientError> {
+        let bad = |detail: &str| ClientError::Url {
+            url: url.to_string(),
+            detail: detail.to_string(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| ClientError::Url {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?;
+        if uri.scheme_str() != Some("https") {
+            return Err(bad("expected https://HOST:PORT"));
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("user information in the URL is not supported"));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        Ok(Target {
+            url: url.to_string(),
+            host,
+            port: authority.port_u16().unwrap_or(443),
+            authority: authority.as_str().to_string(),
+            path: uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/")
+                .to_string(),
+        })
+    }
+
+    /// HOST:PORT for messages (brackets around IPv6 addresses).
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// `https://AUTHORITY/PATH?QUERY`: HTTP/2 takes the server's name from the URI (`:authority`).
+pub fn absolute_uri(authority: &str, path_and_query: &str) -> Result<Uri, hyper::http::Error> {
+    Uri::builder()
+        .scheme("https")
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+}
+
+/// Which HTTP version to speak, offered (alone) in ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    Http1,
+    Http2,
+}
+
+impl Alpn {
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::Http1 => b"http/1.1",
+            Alpn::Http2 => b"h2",
+        }
+    }
+}
+
+/// The request side of an HTTP connection over RA-TLS.
+pub enum HttpSender {
+    Http1(http1::SendRequest<ClientBody>),
+    Http2(http2::SendRequest<ClientBody>),
+}
+
+impl std::fmt::Debug for HttpSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HttpSender::Http1(_) => "HttpSender::Http1",
+            HttpSender::Http2(_) => "HttpSender::Http2",
+        })
+    }
+}
+
+impl HttpSender {
+    /// The connection is gone (closed by either side, GOAWAY included, or failed).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            HttpSender::Http1(s) => s.is_closed(),
+            HttpSender::Http2(s) => s.is_closed(),
+        }
+    }
+
+    /// Another handle on an HTTP/2 connection, for concurrent requests; `None` for HTTP/1.
+    pub fn http2(&self) -> Option<http2::SendRequest<ClientBody>> {
+        match self {
+            HttpSender::Http1(_) => None,
+            HttpSender::Http2(s) => Some(s.clone()),
+        }
+    }
+
+    /// Send `req` once the connection can take it. `req` carries an origin-form path; the
+    /// server's name goes where the protocol wants it (`Host` or `:authority`).
+    pub async fn send(
+        &mut self,
+        authority: &str,
+        mut req: Request<ClientBody>,
+    ) -> Result<Response<hyper::body::Incoming>, ClientError> {
+        let what = format!("{} {}", req.method(), req.uri());
+        let http = |e: hyper::Error| ClientError::Http {
+            what: what.clone(),
+            detail: e.to_string(),
+        };
+        match self {
+            HttpSender::Http1(s) => {
+                let host = hyper::header::HeaderValue::from_str(authority)
+                    .map_err(|e| ClientError::Setup(format!("Host {authority:?}: {e}")))?;
+                req.headers_mut().insert(hyper::header::HOST, host);
+                // An HTTP/1 connection takes one request at a time: wait until the previous
+                // one is done.
+                s.ready().await.map_err(http)?;
+                s.send_request(req).await.map_err(http)
+            }
+            HttpSender::Http2(s) => {
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_else(|| "/".into());
+                *req.uri_mut() = absolute_uri(authority, &pq).map_err(|e| {
+                    ClientError::Setup(format!("request URI for {authority}{pq}: {e}"))
+                })?;
+                s.ready().await.map_err(http)?;
+                s.send_request(req).await.map_err(http)
+            }
+        }
+    }
+}
+
+/// A verified connection: the certificate's appraisal (accepted) and the HTTP sender.
+#[derive(Debug)]
+pub struct Session {
+    pub target: Target,
+    /// The certificate the server presented (DER).
+    pub peer_cert: Vec<u8>,
+    /// SHA-256 of its SubjectPublicKeyInfo: the key a challenge must commit to.
+    pub spki_sha256: [u8; 32],
+    /// The accepted appraisal of the certificate's evidence (RA-TLS verifier, cached per
+    /// certificate).
+    pub report: Arc<Report>,
+    pub sender: HttpSender,
+}
+
+impl Session {
+    /// Connect to `target`, verify its RA-TLS certificate with `client`'s verifier, and
+    /// start HTTP (`alpn`) on the connection. A certificate the policy refuses fails with
+    /// [`ClientError::Rejected`] carrying the whole report.
+    pub async fn open(
+        client: &Client,
+        target: &Target,
+        alpn: Alpn,
+        timeouts: Timeouts,
+    ) -> Result<Session, ClientError> {
+        let addr = target.addr();
+        let recorder = Arc::new(ConnectionVerifier {
+            ratls: Arc::clone(client.ratls()),
+            outcome: Mutex::new(None),
+        });
+        let mut tls = rustls::ClientConfig::builder_with_provider(ring_provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Setup(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::clone(&recorder) as Arc<dyn ServerCertVerifier>)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![alpn.id().to_vec()];
+        // A resumed TLS session skips certificate verification; every connection must show
+        // its certificate to the RA-TLS verifier (whose cache makes that cheap).
+        tls.resumption = rustls::client::Resumption::disabled();
+        let server_name =
+            ServerName::try_from(target.host.clone()).map_err(|e| ClientError::Url {
+                url: target.url.clone(),
+                detail: format!("{}: {e}", target.host),
+            })?;
+
+        let tcp = tokio::time::timeout(
+            timeouts.connect,
+            tokio::net::TcpStream::connect((target.host.as_str(), target.port)),
+        )
+        .await
+        .map_err(|_| ClientError::Connect {
+            addr: addr.clone(),
+            detail: "connection timed out".into(),
+        })?
+        .map_err(|e| ClientError::Connect {
+            addr: addr.clone(),
+            detail: e.to_string(),
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let handshake =
+            tokio::time::timeout(timeouts.handshake, connector.connect(server_name, tcp)).await;
+        let stream = match handshake {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(match recorder.take() {
+                    // The evidence was appraised and refused: a verdict, not an I/O error.
+                    Some(Appraisal::Rejected(report)) => ClientError::Rejected(report),
+                    Some(Appraisal::Refused(detail)) => ClientError::Refused { addr, detail },
+                    _ => ClientError::Handshake {
+                        addr,
+                        detail: e.to_string(),
+                    },
+                });
+            }
+            Err(_) => {
+                return Err(ClientError::Handshake {
+                    addr,
+                    detail: format!("no answer within {} s", timeouts.handshake.as_secs()),
+                });
+            }
+        };
+        let conn = stream.get_ref().1;
+        if alpn == Alpn::Http2 && conn.alpn_protocol() != Some(alpn.id()) {
+            return Err(ClientError::Handshake {
+                addr,
+                detail: "the server did not agree to HTTP/2 (ALPN h2)".into(),
+            });
+        }
+        let peer_cert = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+            .ok_or_else(|| ClientError::Handshake {
+                addr: addr.clone(),
+                detail: "the server sent no certificate".into(),
+            })?;
+        let report = match recorder.take() {
+            Some(Appraisal::Accepted(r)) => r,
+            // Unreachable with resumption off; the verifier's cache still knows the answer.
+            _ => client
+                .ratls()
+                .report_for(&peer_cert, tdx_core::verify::time::now_unix())
+                .ok_or_else(|| {
+                    ClientError::Setup("the RA-TLS verifier produced no report".into())
+                })?,
+        };
+        let spki_sha256 = spki_sha256(&peer_cert)?;
+
+        let io = TokioIo::new(stream);
+        let sender = match alpn {
+            Alpn::Http1 => {
+                let (sender, conn) = http1::handshake(io).await.map_err(|e| ClientError::Http {
+                    what: "HTTP over RA-TLS".into(),
+                    detail: e.to_string(),
+                })?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "HTTP/1.1 connection ended");
+                    }
+                });
+                HttpSender::Http1(sender)
+            }
+            Alpn::Http2 => {
+                let mut builder = http2::Builder::new(TokioExecutor::new());
+                builder
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true);
+                let (sender, conn) =
+                    tokio::time::timeout(timeouts.handshake, builder.handshake(io))
+                        .await
+                        .map_err(|_| ClientError::Handshake {
+                            addr: addr.clone(),
+                            detail: "HTTP/2 handshake timed out".into(),
+                        })?
+                        .map_err(|e| ClientError::Http {
+                            what: "HTTP/2 over RA-TLS".into(),
+                            detail: e.to_string(),
+                        })?;
+                let addr = addr.clone();
+                tokio::spawn(async move {
+                    match conn.await {
+                        Ok(()) => tracing::debug!(server = %addr, "HTTP/2 connection closed"),
+                        Err(e) => {
+                            tracing::debug!(server = %addr, error = %e, "HTTP/2 connection failed")
+                        }
+                    }
+                });
+                HttpSender::Http2(sender)
+            }
+        };
+        Ok(Session {
+            target: target.clone(),
+            peer_cert,
+            spki_sha256,
+            report,
+            sender,
+        })
+    }
+
+    /// One request with a small body; the answer's status and body (at most 4 MiB).
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let what = format!("{method} {path}");
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(
+                Full::new(Bytes::from(body.unwrap_or_default()))
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .map_err(|e| ClientError::Setup(format!("{what}: {e}")))?;
+        let authority = self.target.authority.clone();
+        let resp = self.sender.send(&authority, req).await?;
+        let status = resp.status();
+        let bytes = Limited::new(resp.into_body(), MAX_JSON_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?
+            .to_bytes();
+        Ok((status, bytes))
+    }
+
+    /// A request whose successful answer is JSON of type `T`.
+    pub async fn request_json<T: serde::de::DeserializeOwned>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = self.request(method, path, body).await?;
+        let what = format!("{method} {path}");
+        if !status.is_success() {
+            return Err(ClientError::Status {
+                what,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
+            what,
+            detail: e.to_string(),
+        })
+    }
+}
+
+fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], ClientError> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).map_err(|e| {
+        ClientError::Malformed {
+            what: "server certificate".into(),
+            detail: e.to_string(),
+        }
+    })?;
+    Ok(Sha256::digest(cert.public_key().raw).into())
+}
+
+/// What the RA-TLS verifier said about this one connection's certificate.
+#[derive(Clone, Debug)]
+enum Appraisal {
+    Accepted(Arc<Report>),
+    Rejected(Box<Report>),
+    /// Refused before any quote was appraised; the reason.
+    Refused(String),
+}
+
+/// Wraps the shared [`RaTlsVerifier`] (and so its cache) for one connection, keeping that
+/// connection's own verdict: the shared verifier's "last report" may belong to another
+/// connection by the time a handshake fails.
+#[derive(Debug)]
+struct ConnectionVerifier {
+    ratls: Arc<RaTlsVerifier>,
+    outcome: Mutex<Option<Appraisal>>,
+}
+
+impl ConnectionVerifier {
+    fn take(&self) -> Option<Appraisal> {
+        // A poisoned lock still holds a whole value: it is only ever replaced.
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn record(&self, a: Appraisal) {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(a);
+    }
+}
+
+impl ServerCertVerifier for ConnectionVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        // The server's identity is its quote and our policy, not a DNS name.
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .ratls
+            .verify_certificate(end_entity, tdx_core::ratls::verifier::unix_secs(now)?)
+        {
+            Ok(report) => {
+                self.record(Appraisal::Accepted(report));
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(RaTlsError::QuoteRejected(report)) => {
+                self.record(Appraisal::Rejected(report.clone()));
+                Err(RaTlsError::QuoteRejected(report).into())
+            }
+            Err(e) => {
+                self.record(Appraisal::Refused(e.to_string()));
+                Err(e.into())
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.ratls.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.ratls.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.ratls.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_and_refuse_what_is_not_https() {
+        let t = Target::parse("https://10.0.0.5:8443").unwrap();
+        assert_eq!(
+            (
+                t.host.as_str(),
+                t.port,
+                t.authority.as_str(),
+                t.path.as_str()
+            ),
+            ("10.0.0.5", 8443, "10.0.0.5:8443", "/")
+        );
+        assert_eq!(t.addr(), "10.0.0.5:8443");
+        let t = Target::parse("https://[::1]:9443/v1").unwrap();
+        assert_eq!((t.host.as_str(), t.path.as_str()), ("::1", "/v1"));
+        assert_eq!(
+            (t.addr().as_str(), t.authority.as_str()),
+            ("[::1]:9443", "[::1]:9443")
+        );
+        assert_eq!(Target::parse("https://agent.example").unwrap().port, 443);
+        for bad in [
+            "http://h:1",
+            "h:1",
+            "https://",
+            "https://u:p@h:1",
+            "not a url",
+        ] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn absolute_uris_name_the_server() {
+        let u = absolute_uri("h:8443", "/v1/models?x=1").unwrap();
+        assert_eq!(u.to_string(), "https://h:8443/v1/models?x=1");
+    }
+}

@@ -1,0 +1,558 @@
+//! The daemon's configuration: TOML parsed into typed values and validated before any port
+//! is bound. Command-line flags override the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `tdx-agent serve` configuration. Every field is documented in docs/configuration.md.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The one TLS listener serving HTTPS and gRPC.
+    pub listen: SocketAddr,
+    pub tee: TeeConfig,
+    pub collateral: CollateralConfig,
+    /// Appraisal policy file (TOML). Absent: the default policy (pins no measurement).
+    pub policy: Option<PathBuf>,
+    pub tls: TlsConfig,
+    pub audit: AuditConfig,
+    pub challenge: ChallengeConfig,
+    pub limits: LimitsConfig,
+    /// The model server the front door forwards `/v1/` to. Absent: attestation only.
+    pub upstream: UpstreamConfig,
+    /// What is measured into RTMR3 before the agent reports ready.
+    pub model: ModelConfig,
+    /// Runtime state (tmpfs: vanishes at reboot, exactly when the RTMRs reset).
+    pub state_dir: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            tee: TeeConfig::default(),
+            collateral: CollateralConfig::default(),
+            policy: None,
+            tls: TlsConfig::default(),
+            audit: AuditConfig::default(),
+            challenge: ChallengeConfig::default(),
+            limits: LimitsConfig::default(),
+            upstream: UpstreamConfig::default(),
+            model: ModelConfig::default(),
+            state_dir: PathBuf::from("/run/tdx-agent"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TeeKindConfig {
+    Configfs,
+    Sim,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TeeConfig {
+    pub kind: TeeKindConfig,
+    /// With kind = "sim": the simulation directory (`tdx-agent sim pki --sim-dir DIR`).
+    pub sim_dir: Option<PathBuf>,
+    /// With kind = "sim": overrides the simulation's quote delay.
+    pub sim_quote_delay_ms: Option<u64>,
+    /// A quote that takes longer counts as a failed TEE: the certificate re-issue or the
+    /// challenge batch waiting for it fails with an error naming this limit.
+    pub quote_timeout_secs: u64,
+    pub tsm_report_dir: PathBuf,
+    pub measurements_dir: PathBuf,
+    pub ccel_data: PathBuf,
+}
+
+impl Default for TeeConfig {
+    fn default() -> Self {
+        Self {
+            kind: TeeKindConfig::Configfs,
+            sim_dir: None,
+            sim_quote_delay_ms: None,
+            quote_timeout_secs: DEFAULT_QUOTE_TIMEOUT_SECS,
+            tsm_report_dir: PathBuf::from(tdx_tee::configfs::DEFAULT_REPORT_DIR),
+            measurements_dir: PathBuf::from(tdx_tee::sysfs::DEFAULT_MEASUREMENTS_DIR),
+            ccel_data: PathBuf::from(tdx_tee::configfs::DEFAULT_CCEL_DATA),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollateralConfig {
+    /// PCCS (v4 API) to fetch collateral from. Required on real hardware; with the simulated
+    /// TD, absent means "take it from the simulated PKI directly".
+    pub pccs_url: Option<String>,
+    /// On-disk cache of fetched collateral.
+    pub cache_dir: PathBuf,
+    /// Root CA (DER) to verify our own evidence against instead of Intel's production root.
+    /// Only for the simulated TD and test PKIs.
+    pub insecure_root: Option<PathBuf>,
+}
+
+impl Default for CollateralConfig {
+    fn default() -> Self {
+        Self {
+            pccs_url: None,
+            cache_dir: PathBuf::from("/var/cache/tdx-agent/collateral"),
+            insecure_root: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// RA-TLS certificate lifetime; at most 24 h.
+    pub cert_lifetime_secs: u64,
+    /// Re-issue this long before the certificate expires.
+    pub renew_before_secs: u64,
+    /// DNS names and IP addresses for the certificate's subjectAltName.
+    pub subject_alt_names: Vec<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_lifetime_secs: 86_400,
+            renew_before_secs: 3_600,
+            subject_alt_names: vec!["localhost".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Directory of the hash-chained audit log.
+    pub dir: PathBuf,
+    /// Rotate the active file past this size.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/var/lib/tdx-agent/audit"),
+            max_bytes: 64 << 20,
+            keep: 16,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChallengeConfig {
+    /// Most nonces in one quote's Merkle tree.
+    pub max_batch: usize,
+    /// Most callers waiting for a quote; more get 503.
+    pub max_waiting: usize,
+    /// Milliseconds an idle agent waits after a first challenge so a burst shares one quote
+    /// (longer while challenges keep arriving, at most four times this in all).
+    pub gather_ms: u64,
+}
+
+impl Default for ChallengeConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 4096,
+            max_waiting: 100_000,
+            gather_ms: 50,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Time allowed for a client to finish the TLS handshake and send request headers.
+    pub header_read_timeout_secs: u64,
+    /// Largest request body accepted on the attestation routes.
+    pub max_request_body_bytes: usize,
+    /// Most concurrent connections; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Grace period for in-flight requests on SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// Threads that serve connections (each owns its connections from handshake to close).
+    /// Absent: one per CPU the agent may use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_threads: Option<std::num::NonZeroUsize>,
+}
+
+impl LimitsConfig {
+    /// `connection_threads`, or one per CPU the agent may use (its affinity and cgroup quota).
+    pub fn connection_threads(&self) -> usize {
+        self.connection_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            std::num::NonZeroUsize::get,
+        )
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            max_request_body_bytes: 64 << 10,
+            max_connections: 10_000,
+            shutdown_grace_secs: 10,
+            connection_threads: None,
+        }
+    }
+}
+
+/// The model server's base URL: plain `http://HOST:PORT` (it is reached over loopback inside
+/// the TD; TLS to it would protect nothing the TD boundary does not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub authority: String,
+    text: String,
+}
+
+impl UpstreamUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let uri: axum::http::Uri = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "{s:?}: expected http://HOST:PORT (the model server listens on loopback inside the TD)"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .filter(|a| a.port_u16().is_some())
+            .ok_or_else(|| format!("{s:?}: expected http://HOST:PORT with an explicit port"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "{s:?}: give only scheme, host and port; request paths are forwarded as they come"
+            ));
+        }
+        Ok(UpstreamUrl {
+            authority: authority.to_string(),
+            text: format!("http://{authority}"),
+        })
+    }
+
+    /// `http://HOST:PORT`, no trailing slash.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UpstreamUrl::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for UpstreamUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+/// SHA-256 of an API key, hex in the file: the config never holds a usable key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ApiKeyHash(pub [u8; 32]);
+
+impl<'de> Deserialize<'de> for ApiKeyHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        tdx_core::encoding::hex_array::<32>(&s)
+            .map(ApiKeyHash)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "an API key hash is 64 hex digits (`tdx-agent config hash-api-key`): {e}"
+                ))
+            })
+    }
+}
+
+impl Serialize for ApiKeyHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// The model server, e.g. `http://127.0.0.1:8000`. Absent: no front door, and readiness
+    /// has no upstream stage.
+    pub url: Option<UpstreamUrl>,
+    /// Polled to decide the `upstream_healthy` readiness stage (vLLM: `/health`).
+    pub health_path: String,
+    pub health_interval_ms: u64,
+    /// Time allowed to open a connection to the upstream.
+    pub connect_timeout_ms: u64,
+    /// A kept-alive connection to the upstream idle for longer is closed instead of reused.
+    /// Below the upstream's own keep-alive (uvicorn, vLLM's server: 5 s), so that no request
+    /// goes out on a connection the upstream is closing at that moment. 0: a new connection
+    /// for every request.
+    pub keepalive_idle_ms: u64,
+    /// Time allowed for the upstream to start its answer (a long prompt's prefill counts).
+    pub response_header_timeout_secs: u64,
+    /// A request or response body that moves no byte for this long is cut. A stream that
+    /// keeps sending is never cut, however long it lasts.
+    pub idle_timeout_secs: u64,
+    /// Largest request body forwarded (413 beyond).
+    pub max_request_body_bytes: u64,
+    /// Most requests forwarded at once; more get 503.
+    pub max_concurrent_requests: usize,
+    /// SHA-256 (hex) of each accepted API key, sent as `Authorization: Bearer KEY`. Empty:
+    /// no key needed (the attestation is the gate). The header is not forwarded when set.
+    pub api_key_sha256: Vec<ApiKeyHash>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            health_path: "/health".into(),
+            health_interval_ms: 2_000,
+            connect_timeout_ms: 2_000,
+            keepalive_idle_ms: 4_000,
+            response_header_timeout_secs: 300,
+            idle_timeout_secs: 300,
+            max_request_body_bytes: 32 << 20,
+            max_concurrent_requests: 1_024,
+            api_key_sha256: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// The model directory; its manifest digest is extended into RTMR3 (docs/formats.md).
+    pub dir: Option<PathBuf>,
+    /// The model server's command line as its unit runs it; extended into RTMR3 as given.
+    pub vllm_cmdline: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {source_name}: {detail}")]
+    Parse { source_name: String, detail: String },
+    #[error("config {source_name}: {field}: {detail}")]
+    Invalid {
+        source_name: String,
+        field: &'static str,
+        detail: String,
+    },
+}
+
+/// The most an RA-TLS certificate may live (docs/design.md §5).
+pub const MAX_CERT_LIFETIME_SECS: u64 = 86_400;
+
+/// Default `tee.quote_timeout_secs`: above the kernel's own 30 s limit on a configfs-tsm
+/// quote, so a slow but working quoting enclave is never cut short.
+pub const DEFAULT_QUOTE_TIMEOUT_SECS: u64 = 45;
+/// Longest accepted `tee.quote_timeout_secs`: a caller waiting longer than ten minutes for
+/// evidence is better told the TEE is broken.
+pub const MAX_QUOTE_TIMEOUT_SECS: u64 = 600;
+
+impl Config {
+    pub fn from_toml(text: &str, source_name: &str) -> Result<Self, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            source_name: source_name.to_string(),
+            detail: e.to_string(),
+        })?;
+        c.validate(source_name)?;
+        Ok(c)
+    }
+
+    /// Everything that can be checked without touching the TEE or the network.
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, detail: String| {
+            Err(ConfigError::Invalid {
+                source_name: source_name.to_string(),
+                field,
+                detail,
+            })
+        };
+        match self.tee.kind {
+            #[cfg(not(feature = "sim"))]
+            TeeKindConfig::Sim => {
+                return invalid("tee.kind", tdx_tee::SIM_NOT_BUILT.into());
+            }
+            #[cfg(feature = "sim")]
+            TeeKindConfig::Sim if self.tee.sim_dir.is_none() => {
+                return invalid(
+                    "tee.sim_dir",
+                    "kind = \"sim\" needs sim_dir (create it with `tdx-agent sim pki --sim-dir DIR`)".into(),
+                );
+            }
+            TeeKindConfig::Configfs if self.tee.sim_dir.is_some() => {
+                return invalid("tee.sim_dir", "only meaningful with kind = \"sim\"".into());
+            }
+            TeeKindConfig::Configfs if self.collateral.pccs_url.is_none() => {
+                return invalid(
+                    "collateral.pccs_url",
+                    "is required on real hardware: without collateral no client can verify this TD"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        if !(1..=MAX_QUOTE_TIMEOUT_SECS).contains(&self.tee.quote_timeout_secs) {
+            return invalid(
+                "tee.quote_timeout_secs",
+                format!(
+                    "{} is outside 1..={MAX_QUOTE_TIMEOUT_SECS}",
+                    self.tee.quote_timeout_secs
+                ),
+            );
+        }
+        if let Some(Err(e)) = self
+            .collateral
+            .pccs_url
+            .as_deref()
+            .map(tdx_net::pccs::PccsClient::new)
+        {
+            return invalid("collateral.pccs_url", e.to_string());
+        }
+        if self.tls.cert_lifetime_secs == 0 || self.tls.cert_lifetime_secs > MAX_CERT_LIFETIME_SECS
+        {
+            return invalid(
+                "tls.cert_lifetime_secs",
+                format!(
+                    "{} is outside 1..={MAX_CERT_LIFETIME_SECS}",
+                    self.tls.cert_lifetime_secs
+                ),
+            );
+        }
+        if self.tls.renew_before_secs >= self.tls.cert_lifetime_secs {
+            return invalid(
+                "tls.renew_before_secs",
+                "must be shorter than tls.cert_lifetime_secs".into(),
+            );
+        }
+        if self.tls.subject_alt_names.is_empty() {
+            return invalid("tls.subject_alt_names", "list at least one name".into());
+        }
+        if self.challenge.gather_ms > 1000 {
+            return invalid(
+                "challenge.gather_ms",
+                format!(
+                    "{} ms delays every first challenge; at most 1000",
+                    self.challenge.gather_ms
+                ),
+            );
+        }
+        if self.challenge.max_batch == 0 || self.challenge.max_waiting == 0 {
+            return invalid(
+                "challenge",
+                "max_batch and max_waiting must be positive".into(),
+            );
+        }
+        if self.limits.max_connections == 0 || self.limits.header_read_timeout_secs == 0 {
+            return invalid(
+                "limits",
+                "max_connections and header_read_timeout_secs must be positive".into(),
+            );
+        }
+        let u = &self.upstream;
+        if !u.health_path.starts_with('/') {
+            return invalid("upstream.health_path", "must start with /".into());
+        }
+        if u.health_interval_ms == 0
+            || u.connect_timeout_ms == 0
+            || u.response_header_timeout_secs == 0
+            || u.idle_timeout_secs == 0
+            || u.max_concurrent_requests == 0
+        {
+            return invalid(
+                "upstream",
+                "intervals, timeouts and max_concurrent_requests must be positive".into(),
+            );
+        }
+        if u.url.is_none() && !u.api_key_sha256.is_empty() {
+            return invalid(
+                "upstream.api_key_sha256",
+                "API keys guard the model routes, which need upstream.url".into(),
+            );
+        }
+        if self.model.vllm_cmdline.iter().any(|a| a.contains('\0')) {
+            return invalid("model.vllm_cmdline", "an argument contains NUL".into());
+        }
+        if self.audit.max_bytes < 4096 {
+            return invalid("audit.max_bytes", "must be at least 4096".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_a_pccs_on_real_hardware() {
+        let err = Config::from_toml("", "c.toml").unwrap_err().to_string();
+        assert!(err.contains("pccs_url"), "{err}");
+        let c =
+            Config::from_toml("[collateral]\npccs_url = \"https://pccs:8081\"", "c.toml").unwrap();
+        assert_eq!(c.listen.port(), 8443);
+        assert_eq!(c.tee.quote_timeout_secs, 45);
+        for secs in [1, 600] {
+            let text = format!("[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\nquote_timeout_secs = {secs}");
+            assert_eq!(
+                Config::from_toml(&text, "c.toml")
+                    .unwrap()
+                    .tee
+                    .quote_timeout_secs,
+                secs
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_field() {
+        for (text, needle) in [
+            ("surprise = 1", "surprise"),
+            ("[tee]\nkind = \"sgx\"", "sgx"),
+            ("[tee]\nkind = \"sim\"", "sim_dir"),
+            ("[collateral]\npccs_url = \"ftp://x\"", "pccs_url"),
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n[tls]\ncert_lifetime_secs = 90000",
+                "cert_lifetime_secs",
+            ),
+            ("listen = \"nope\"", "listen"),
+            (
+                "[upstream]\nurl = \"https://127.0.0.1:8000\"",
+                "http://HOST:PORT",
+            ),
+            ("[upstream]\nurl = \"http://127.0.0.1\"", "explicit port"),
+            (
+                "[upstream]\nurl = \"http://127.0.0.1:8000/v1\"",
+                "only scheme",
+            ),
+            ("[upstream]\napi_key_sha256 = [\"ab\"]", "64 hex"),
+            (
+                "[collateral]\npccs_url = \"https://p:1\"\n[upstream]\nhealth_path = \"health\"",
+                "health_path",
+            ),
+            ("[model]\ndirr = \"/m\"", "dirr"),
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\nquote_timeout_secs = 0",
+                "quote_timeout_secs",
+            ),
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\nquote_timeout_secs = 601",
+                "quote_timeout_secs",
+            ),
+        ] {
+            let err = Config::from_toml(text, "c.toml").unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+}

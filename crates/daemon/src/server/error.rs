@@ -1,0 +1,141 @@
+//! Errors that reach a client, mapped to HTTP and gRPC status in this one place.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use tdx_net::forward::openai_error::OpenAiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed; the message says which field and why.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A readiness stage does not hold.
+    #[error("not ready: {stage}: {detail}")]
+    NotReady { stage: &'static str, detail: String },
+    /// Too many callers are waiting for a quote or a model answer.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The TEE or the audit log failed; evidence is withheld rather than issued unlogged.
+    #[error("evidence unavailable: {0}")]
+    Unavailable(String),
+    /// No API key, or one that is not configured, on a model route.
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("request body over {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// The model server could not be reached or broke off: its fault, not the client's.
+    #[error("the model server {upstream} is unavailable: {detail}")]
+    UpstreamUnavailable { upstream: String, detail: String },
+    /// The model server did not start answering in time.
+    #[error("the model server {upstream} did not answer within {secs}s")]
+    UpstreamTimeout { upstream: String, secs: u64 },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotReady { .. } | ApiError::Overloaded(_) | ApiError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) | ApiError::TooLarge { .. } | ApiError::Unauthorized(_) => {
+                "invalid_request_error"
+            }
+            ApiError::NotReady { .. } => "not_ready",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::Unavailable(_) => "evidence_unavailable",
+            ApiError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    fn code(&self) -> String {
+        match self {
+            ApiError::NotReady { stage, .. } => (*stage).to_string(),
+            ApiError::Unauthorized(_) => "invalid_api_key".into(),
+            ApiError::TooLarge { .. } => "request_too_large".into(),
+            other => other.status().as_u16().to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // OpenAI's error shape, so SDKs show the message.
+        let mut r = OpenAiError::new(self.status(), self.kind(), self.to_string())
+            .with_code(self.code())
+            .into_response();
+        if let ApiError::Unauthorized(_) = self {
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ApiError::BadRequest(_) => tonic::Status::invalid_argument(msg),
+            ApiError::NotReady { .. }
+            | ApiError::Unavailable(_)
+            | ApiError::UpstreamUnavailable { .. }
+            | ApiError::UpstreamTimeout { .. } => tonic::Status::unavailable(msg),
+            ApiError::Overloaded(_) => tonic::Status::resource_exhausted(msg),
+            ApiError::Unauthorized(_) => tonic::Status::unauthenticated(msg),
+            ApiError::TooLarge { .. } => tonic::Status::out_of_range(msg),
+            ApiError::NotFound(_) => tonic::Status::not_found(msg),
+            ApiError::Internal(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(
+            ApiError::BadRequest("x".into()).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ApiError::NotReady {
+                stage: "measured",
+                detail: "x".into()
+            }
+            .status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            tonic::Status::from(ApiError::Overloaded("x".into())).code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            tonic::Status::from(ApiError::BadRequest("nonce".into())).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,135 @@
+//! The HTTPS routes: evidence, fresh challenges, probes and metrics.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::error::ApiError;
+use super::state::AppState;
+use tdx_core::challenge::merkle::ProofJson;
+use tdx_core::encoding::{b64, from_b64, hex};
+use tdx_core::verify::time::format_unix;
+use tdx_core::wire::{
+    CHALLENGE, ChallengeRequest, ChallengeResponseJson, EvidenceJson, WELL_KNOWN,
+};
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.limits.max_request_body_bytes;
+    Router::new()
+        .route(WELL_KNOWN, get(evidence))
+        .route(CHALLENGE, post(challenge))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+pub async fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
+    let event_log = state.rtmr3_log.lock().await.jsonl();
+    let served = state.served();
+    Ok(EvidenceJson {
+        version: 1,
+        tee: match state.tee.kind() {
+            tdx_tee::TeeKind::Configfs => "configfs".into(),
+            tdx_tee::TeeKind::Simulated => "simulated".into(),
+        },
+        certificate: b64(&served.cert.cert_der),
+        quote: b64(&served.quote),
+        spki_sha256: hex(&served.cert.spki_sha256),
+        not_before: format_unix(served.cert.not_before),
+        not_after: format_unix(served.cert.not_after),
+        collateral: serde_json::from_str(&served.collateral_json)
+            .map_err(|e| ApiError::Internal(format!("collateral bundle: {e}")))?,
+        event_log,
+        tcb_status: served.self_check.tcb_status().map(str::to_string),
+    })
+}
+
+async fn evidence(State(state): State<Arc<AppState>>) -> Result<Json<EvidenceJson>, ApiError> {
+    evidence_json(&state).await.map(Json)
+}
+
+/// Run one challenge; shared by HTTPS and gRPC.
+pub async fn run_challenge(
+    state: &AppState,
+    nonce: Vec<u8>,
+) -> Result<(crate::batcher::ChallengeResponse, [u8; 32]), ApiError> {
+    if nonce.is_empty() || nonce.len() > tdx_core::challenge::merkle::MAX_NONCE_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "nonce: {} bytes, expected 1..={}",
+            nonce.len(),
+            tdx_core::challenge::merkle::MAX_NONCE_LEN
+        )));
+    }
+    let spki = state.served().cert.spki_sha256;
+    match state.batcher.challenge(&nonce, spki).await {
+        Ok(r) => {
+            state.metrics.count(&state.metrics.challenges, "ok");
+            Ok((r, spki))
+        }
+        Err(e) => {
+            state.metrics.count(&state.metrics.challenges, "error");
+            Err(match e {
+                tdx_core::challenge::ChallengeError::Overloaded => {
+                    ApiError::Overloaded(e.to_string())
+                }
+                tdx_core::challenge::ChallengeError::NonceLength { .. } => {
+                    ApiError::BadRequest(e.to_string())
+                }
+                other => ApiError::Unavailable(other.to_string()),
+            })
+        }
+    }
+}
+
+async fn challenge(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<ChallengeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<ChallengeResponseJson>, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(format!("body: {}", e.body_text())))?;
+    let nonce = from_b64(req.nonce.trim())
+        .map_err(|e| ApiError::BadRequest(format!("nonce: not base64: {e}")))?;
+    let (r, spki) = run_challenge(&state, nonce).await?;
+    Ok(Json(ChallengeResponseJson {
+        quote: b64(&r.quote),
+        report_data: hex(&r.report_data),
+        audit_head: hex(&r.audit_head),
+        root: hex(&r.root),
+        leaf_hash: hex(&r.leaf_hash),
+        proof: ProofJson::from(r.proof.clone()),
+        spki_sha256: hex(&spki),
+    }))
+}
+
+async fn livez() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "alive"}))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let stages = state.readiness.snapshot();
+    let ready = stages.iter().all(|s| s.ok);
+    let body = Json(serde_json::json!({"ready": ready, "stages": stages}));
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.metrics.ready.set(i64::from(state.readiness.ready()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

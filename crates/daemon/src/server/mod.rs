@@ -1,0 +1,384 @@
+//! The daemon: one TLS listener serving HTTPS and gRPC with an RA-TLS certificate.
+//!
+//! Start-up order matters: configuration and policy are validated, the TEE opened, the audit
+//! log opened and the first certificate issued and self-checked, all before the port is
+//! bound; READY=1 follows once measured and certified.
+
+pub mod admin;
+pub mod collateral;
+pub mod error;
+pub mod grpc;
+pub mod head_timer;
+pub mod http;
+pub mod issue;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod quoter;
+pub mod readiness;
+pub mod service;
+pub mod shards;
+pub mod startup_events;
+pub mod state;
+pub mod systemd;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::audit::{AuditEvent, AuditLog, AuditOptions};
+use crate::batcher::{Batcher, BatcherConfig};
+use crate::config::{Config, TeeKindConfig};
+use collateral::CollateralProvider;
+use readiness::{Readiness, Stage};
+use tdx_core::verify::{Policy, Verifier};
+use tdx_net::pccs::{CollateralSource, PccsClient};
+#[cfg(feature = "sim")]
+use tdx_sim::{SimDir, SimPki, SimTd};
+use tdx_tee::configfs::{ConfigfsPaths, ConfigfsTee};
+use tdx_tee::{Tee, TeeHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("listen {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+fn setup(e: impl std::fmt::Display) -> ServeError {
+    ServeError::Setup(e.to_string())
+}
+
+/// Open the TEE the configuration names, and the collateral provider and root that go with it.
+async fn open_tee(
+    config: &Config,
+) -> Result<(TeeHandle, CollateralProvider, Verifier), ServeError> {
+    let pccs = |url: &str| -> Result<CollateralProvider, ServeError> {
+        let client = PccsClient::new(url).map_err(setup)?;
+        Ok(CollateralProvider::Pccs(Box::new(CollateralSource::new(
+            client,
+            Some(config.collateral.cache_dir.clone()),
+        ))))
+    };
+    let insecure_root = match &config.collateral.insecure_root {
+        Some(p) => Some(
+            tokio::fs::read(p)
+                .await
+                .map_err(|e| setup(format!("collateral.insecure_root {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    match config.tee.kind {
+        TeeKindConfig::Configfs => {
+            let tee: Arc<dyn Tee> = Arc::new(ConfigfsTee::new(ConfigfsPaths {
+                report_dir: config.tee.tsm_report_dir.clone(),
+                measurements_dir: config.tee.measurements_dir.clone(),
+                ccel_data: config.tee.ccel_data.clone(),
+            }));
+            let url =
+                config.collateral.pccs_url.as_deref().ok_or_else(|| {
+                    setup("collateral.pccs_url is required with the configfs TEE")
+                })?;
+            let verifier = match insecure_root {
+                Some(der) => Verifier::with_insecure_root(der),
+                None => Verifier::production(),
+            };
+            Ok((TeeHandle::new(tee), pccs(url)?, verifier))
+        }
+        #[cfg(feature = "sim")]
+        TeeKindConfig::Sim => {
+            let path = config
+                .tee
+                .sim_dir
+                .clone()
+                .ok_or_else(|| setup("tee.sim_dir is required with the simulated TEE"))?;
+            let delay = config.tee.sim_quote_delay_ms;
+            let (td, pki) = tokio::task::spawn_blocking(move || {
+                let dir = SimDir::open(&path)?;
+                if let Some(ms) = delay {
+                    let mut s = dir.settings()?;
+                    s.quote_delay_ms = ms;
+                    dir.write_settings(&s)?;
+                }
+                let pki = Arc::new(SimPki::load(&dir)?);
+                Ok::<_, tdx_sim::SimError>((SimTd::new(dir, Arc::clone(&pki)), pki))
+            })
+            .await
+            .map_err(setup)?
+            .map_err(setup)?;
+            // The simulation's quotes only ever verify against its own root.
+            let root = insecure_root.unwrap_or_else(|| pki.root_der().to_vec());
+            let provider = match &config.collateral.pccs_url {
+                Some(url) => pccs(url)?,
+                None => CollateralProvider::sim(pki),
+            };
+            Ok((
+                TeeHandle::new(Arc::new(td)),
+                provider,
+                Verifier::with_insecure_root(root),
+            ))
+        }
+        #[cfg(not(feature = "sim"))]
+        TeeKindConfig::Sim => Err(setup(format!(
+            "tee.kind = \"sim\": {}",
+            tdx_tee::SIM_NOT_BUILT
+        ))),
+    }
+}
+
+async fn load_policy(config: &Config) -> Result<(Policy, Vec<u8>), ServeError> {
+    match &config.policy {
+        None => Ok((Policy::default(), Vec::new())),
+        Some(p) => {
+            let bytes = tokio::fs::read(p)
+                .await
+                .map_err(|e| setup(format!("policy {}: {e}", p.display())))?;
+            let text = String::from_utf8(bytes.clone())
+                .map_err(|_| setup(format!("policy {}: not UTF-8", p.display())))?;
+            let policy = Policy::from_toml(&text, &p.display().to_string()).map_err(setup)?;
+            Ok((policy, bytes))
+        }
+    }
+}
+
+/// Run the daemon until `shutdown` completes (the binary passes SIGTERM or Ctrl-C).
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    // Listen for SIGTERM from the start: one arriving during start-up (a slow first quote)
+    // must still end in a clean stop, not the default kill.
+    let mut terminate = tokio::spawn(shutdown);
+    config.validate("configuration").map_err(setup)?;
+    let (policy, policy_bytes) = load_policy(&config).await?;
+    if !policy.pins_anything() {
+        tracing::warn!("the policy pins no measurement: the self-check accepts any genuine TD");
+    }
+    let (tee, collateral, verifier) = open_tee(&config).await?;
+    let audit = AuditLog::open(
+        config.audit.dir.clone(),
+        AuditOptions {
+            max_bytes: config.audit.max_bytes,
+            keep: Some(usize::try_from(config.audit.keep).unwrap_or(usize::MAX)),
+            ..AuditOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| setup(format!("audit log: {e}")))?;
+    audit
+        .append(AuditEvent::agent_started(env!("CARGO_PKG_VERSION")))
+        .await
+        .map_err(|e| setup(format!("audit log: {e}")))?;
+    {
+        use sha2::Digest as _;
+        audit
+            .append(AuditEvent::policy_loaded(&sha2::Sha256::digest(
+                &policy_bytes,
+            )))
+            .await
+            .map_err(|e| setup(format!("audit log: {e}")))?;
+    }
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let readiness = Arc::new(Readiness::new(config.upstream.url.is_some()));
+    let rtmr3_log_path = config.state_dir.join("rtmr3-events.jsonl");
+    let boot_id = tee.boot_id().await.map_err(setup)?;
+    let rtmr3_log = {
+        let path = rtmr3_log_path.clone();
+        tokio::task::spawn_blocking(move || tdx_tee::rtmr3_log::Rtmr3Log::open(&path, &boot_id))
+            .await
+            .map_err(setup)?
+            .map_err(|e| setup(format!("RTMR3 event log: {e}")))?
+    };
+    let rtmr3_log = tokio::sync::Mutex::new(rtmr3_log);
+    // Runtime measurements come before the first certificate, so its evidence carries them.
+    let planned = startup_events::plan(&config, &policy_bytes)
+        .await
+        .map_err(setup)?;
+    startup_events::apply(planned, &tee, &rtmr3_log, &rtmr3_log_path, &audit)
+        .await
+        .map_err(setup)?;
+
+    let first = issue::Issuer {
+        tee: &tee,
+        collateral: &collateral,
+        verifier: &verifier,
+        policy: &policy,
+        audit: &audit,
+        metrics: &metrics,
+        lifetime_secs: config.tls.cert_lifetime_secs,
+        sans: &config.tls.subject_alt_names,
+        rtmr3_log: &rtmr3_log,
+        quote_timeout: issue::quote_timeout(&config),
+    }
+    .issue("startup")
+    .await
+    .map_err(|e| setup(format!("cannot issue the first RA-TLS certificate: {e}")))?;
+    issue::mark_issued(&readiness, &first);
+
+    let batch_metrics = Arc::clone(&metrics);
+    let batcher = Batcher::new(
+        Arc::new(quoter::Quoter {
+            tee: tee.clone(),
+            audit: audit.clone(),
+            metrics: Arc::clone(&metrics),
+        }),
+        BatcherConfig {
+            max_leaves: config.challenge.max_batch,
+            max_waiting: config.challenge.max_waiting,
+            quote_timeout: issue::quote_timeout(&config),
+            gather: Duration::from_millis(config.challenge.gather_ms),
+            observer: Some(Arc::new(move |b: &crate::batcher::BatchReport| {
+                batch_metrics.challenge_batch_size.observe(b.leaves as f64);
+            })),
+        },
+    );
+    let connection_threads = config.limits.connection_threads();
+    let state = Arc::new(
+        state::AppState::new(
+            config.clone(),
+            tee,
+            verifier,
+            policy,
+            collateral,
+            first,
+            Arc::clone(&readiness),
+            Arc::clone(&metrics),
+            audit.clone(),
+            batcher,
+            rtmr3_log,
+            rtmr3_log_path,
+        )
+        .with_proxy(config.upstream.url.clone().map(|u| {
+            Arc::new(proxy::Proxy::new(
+                u,
+                config.upstream.clone(),
+                connection_threads,
+            ))
+        })),
+    );
+    // A restart in the same boot: the log must explain RTMR3, or we refuse to report ready.
+    issue::check_measured(&state, &state.served()).await;
+    let admin_path = config.state_dir.join("admin.sock");
+    let admin = admin::bind(&admin_path)
+        .map_err(|e| setup(format!("admin socket {}: {e}", admin_path.display())))?;
+
+    let tls = listener::server_config(state.resolver.clone()).map_err(setup)?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health starts "" at SERVING; nothing is serving until readiness says so.
+    for name in ["", "tdx_agent.v1.Attestation"] {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    let grpc = tonic::service::Routes::new(
+        crate::proto::attestation_server::AttestationServer::new(grpc::AttestationService {
+            state: Arc::clone(&state),
+        }),
+    )
+    .add_service(health_service)
+    .into_axum_router();
+    let router = http::router(Arc::clone(&state)).merge(grpc);
+
+    let shards = shards::Shards::start(connection_threads).map_err(setup)?;
+    let tcp = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local = tcp.local_addr().map_err(setup)?;
+    // Every connection thread accepts from its own handle on the one socket.
+    let tcp = tcp.into_std().map_err(setup)?;
+    let listeners = (0..shards.threads().len())
+        .map(|_| tcp.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| setup(format!("listening socket {local}: {e}")))?;
+    drop(tcp);
+    tracing::info!(%local, "listening (HTTPS and gRPC)");
+    // Tests and scripts read the bound address from here (useful with port 0).
+    println!("tdx-agent listening on {local}");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(issue::maintain(Arc::clone(&state), shutdown_rx.clone()));
+    tokio::spawn(systemd::watchdog(shutdown_rx.clone()));
+    if let Some(p) = &state.proxy {
+        tokio::spawn(proxy::health::watch_upstream(
+            Arc::clone(p),
+            Arc::clone(&readiness),
+            shutdown_rx.clone(),
+        ));
+    }
+    tokio::spawn(admin::serve(admin, Arc::clone(&state), shutdown_rx.clone()));
+    tokio::spawn(health_loop(
+        Arc::clone(&readiness),
+        health_reporter,
+        shutdown_rx.clone(),
+    ));
+    // READY=1 means measured and certified; the upstream is not waited for (docs/design.md §8).
+    if terminate.is_finished() {
+        tracing::info!("asked to stop during start-up");
+    } else if readiness.is_ok(Stage::Measured) && readiness.is_ok(Stage::CertificateIssued) {
+        systemd::notify("READY=1");
+    } else if let Some(missing) = readiness.first_missing() {
+        tracing::error!(stage = ?missing.stage, detail = %missing.detail, "not ready: READY=1 withheld");
+    }
+
+    let limits = listener::ListenerLimits {
+        header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_secs),
+        max_connections: config.limits.max_connections,
+        shutdown_grace: Duration::from_secs(config.limits.shutdown_grace_secs),
+    };
+    let server = tokio::spawn(listener::serve(
+        listeners,
+        shards,
+        Arc::new(tls),
+        service::Service::new(Arc::clone(&state), router),
+        limits,
+        shutdown_rx,
+        state.measured_epoch.subscribe(),
+    ));
+    let _ = (&mut terminate).await;
+    tracing::info!("shutting down");
+    systemd::notify("STOPPING=1");
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    let _ = audit.append(AuditEvent::agent_stopped("signal")).await;
+    let _ = audit.close().await;
+    Ok(())
+}
+
+/// Mirror readiness into grpc.health.v1 (the overall service "" and ours).
+async fn health_loop(
+    readiness: Arc<Readiness>,
+    reporter: tonic_health::server::HealthReporter,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name = "tdx_agent.v1.Attestation";
+    let mut last = None;
+    loop {
+        let ready = readiness.ready();
+        if last != Some(ready) {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(name, status).await;
+            last = Some(ready);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = shutdown.changed() => {
+                reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                return;
+            }
+        }
+    }
+}

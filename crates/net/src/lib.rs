@@ -1,0 +1,11 @@
+//! tdx-net: the HTTP pieces both sides of tdx-agent share: the PCCS client with its collateral
+//! cache, and what the front door and `connect` both do to forwarded requests (hop-by-hop
+//! headers, OpenAI-shaped errors).
+#![forbid(unsafe_code)]
+
+pub mod forward;
+pub mod pccs;
+
+#[cfg(test)]
+#[path = "../../core/src/test_support.rs"]
+mod test_support;
