@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds (once) the Python venv for the end-to-end gRPC/probe clients in tests/python/ and
+# Builds (once) the Python venv of the tests (the gRPC/probe clients in tests/python/, the
+# Python package's pytest suite and maturin to build it) and
 # prints its python's path on stdout. Everything comes from the package registry and is
 # cached, keyed by the hash of tests/python/requirements.txt, so a second run is instant.
 #
@@ -33,7 +34,7 @@ PYEOF
     python3 -m venv "$VENV" || die "python3 -m venv $VENV failed: run scripts/setup.sh (Debian: apt-get install python3-venv)"
     "$PY" -m pip install -q --disable-pip-version-check -r "$reqs" \
       || die "pip install -r $reqs failed (is the package registry reachable?)"
-    "$PY" -c 'import grpc, grpc_tools.protoc, grpc_health.v1.health_pb2, cryptography.x509' \
+    "$PY" -c 'import grpc, grpc_tools.protoc, grpc_health.v1.health_pb2, cryptography.x509, openai, httpx, pytest' \
       || die "the venv at $VENV cannot import its packages"
     touch "$stamp"
   } >&2

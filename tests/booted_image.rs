@@ -315,22 +315,6 @@ fn curl_readyz(addr: &str) -> Option<(u16, String)> {
     Some((code.trim().parse().ok()?, body.to_string()))
 }
 
-fn python() -> String {
-    let script = repo().join("scripts/python-env.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "scripts/python-env.sh failed ({}): run scripts/setup.sh\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn grpc_client(py: &str, addr: &str, mode: &str) -> Run {
     let out = Command::new(py)
         .arg(repo().join("tests/python/grpc_client.py"))
@@ -511,7 +495,7 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
     ));
 
     // 5. The third-party probes: /readyz over Python's ssl, gRPC health over grpcio.
-    let py = python();
+    let py = support::python();
     let r = grpc_client(&py, &guest.addr(), "readyz");
     assert_eq!(r.code, 0, "python /readyz: {r}\n{}", guest.diagnostics());
     let r = grpc_client(&py, &guest.addr(), "health");

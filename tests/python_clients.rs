@@ -11,45 +11,13 @@ mod support;
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use support::{Run, bin, tdx_agent};
+use support::{Run, bin, python, tdx_agent};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The venv's python, built once per test binary (the script itself also serialises builds).
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let script = repo_root().join("scripts/python-env.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            let hint = if std::env::var_os("CI").is_some() {
-                "CI must provide the Python clients: .ci/run runs scripts/setup.sh first"
-            } else {
-                "run scripts/setup.sh (it installs python3-venv), then scripts/python-env.sh"
-            };
-            panic!(
-                "scripts/python-env.sh failed ({}): {hint}\n--- its stderr\n{stderr}",
-                out.status
-            );
-        }
-        let py = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            Path::new(&py).is_file(),
-            "scripts/python-env.sh printed {py:?}, not a python\n--- its stderr\n{stderr}"
-        );
-        py
-    })
 }
 
 /// One run of tests/python/grpc_client.py.

@@ -211,6 +211,24 @@ fn openai_sdk_through_connect_and_serve_to_real_vllm() {
     assert!(v["stream_chunks"].as_u64().unwrap() > 1, "{v}");
     assert!(v["completion"]["id"].is_string(), "{v}");
 
+    // The same SDK in process through the Python package's verified transport (no connect):
+    // the happy path, then a policy pinning another model raises before anything is sent.
+    let bad = policy(tmp.path(), "bad.toml", &"00".repeat(32));
+    let before = model_requests(&agent.addr);
+    let r = support::run(
+        Command::new(support::python())
+            .arg(repo().join("tests/python/openai_inprocess.py"))
+            .args([&agent.url(), sim.root_str(), &good, &bad]),
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["models"], serde_json::json!(["tiny"]), "{v}");
+    assert!(v["stream_chunks"].as_u64().unwrap() > 1, "{v}");
+    assert!(v["completion_id"].is_string(), "{v}");
+    assert_eq!(v["refused_check"], "RTMR3 event \"model\"", "{v}");
+    // models.list, chat, streamed chat, completion; the refused request is not among them.
+    assert_eq!(model_requests(&agent.addr), before + 4.0, "{v}");
+
     // A policy pinning another model: connect refuses, the SDK sees the check, and nothing
     // reached the model server.
     let bad = policy(tmp.path(), "bad.toml", &"00".repeat(32));

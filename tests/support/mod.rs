@@ -5,6 +5,7 @@ pub mod upstream;
 
 use std::fmt;
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// The outcome of one run of the binary.
 pub struct Run {
@@ -51,6 +52,43 @@ pub fn run(cmd: &mut Command) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The tests' Python venv (scripts/python-env.sh; the package of python/ installed in it by
+/// scripts/test.sh), built once per test binary (the script itself also serialises builds).
+pub fn python() -> &'static str {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        let script = repo().join("scripts/python-env.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            let hint = if std::env::var_os("CI").is_some() {
+                "CI must provide the Python clients: .ci/run runs scripts/setup.sh first"
+            } else {
+                "run scripts/setup.sh (it installs python3-venv), then scripts/python-env.sh"
+            };
+            panic!(
+                "scripts/python-env.sh failed ({}): {hint}\n--- its stderr\n{stderr}",
+                out.status
+            );
+        }
+        let py = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            Path::new(&py).is_file(),
+            "scripts/python-env.sh printed {py:?}, not a python\n--- its stderr\n{stderr}"
+        );
+        py
+    })
 }
 
 pub fn vector_path(rel: &str) -> String {

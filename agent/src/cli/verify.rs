@@ -62,7 +62,7 @@ pub async fn run(a: VerifyArgs) -> CliResult {
         Some(p) => Verifier::with_insecure_root(read_file(p, "--insecure-root").await?),
         None => Verifier::production(),
     };
-    let quote = decode_quote(read_file(&a.quote, "quote").await?);
+    let quote = tdx_core::quote::decode_file(read_file(&a.quote, "quote").await?);
     let event_log = match &a.event_log {
         Some(p) => Some(
             String::from_utf8(read_file(p, "event log").await?).map_err(|_| {
@@ -150,35 +150,9 @@ pub(super) async fn load_policy(path: Option<&PathBuf>) -> Result<Policy, Failur
     }
 }
 
-/// Quotes are binary, but people paste them as hex: accept hex text when the whole file is hex.
-pub fn decode_quote(bytes: Vec<u8>) -> Vec<u8> {
-    match std::str::from_utf8(&bytes)
-        .ok()
-        .and_then(|t| tdx_core::encoding::from_hex_loose(t).ok())
-    {
-        Some(decoded) if !decoded.is_empty() => decoded,
-        _ => bytes,
-    }
-}
-
 fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("tdx-agent"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_and_binary_quotes() {
-        assert_eq!(
-            decode_quote(b"0x0a0B\n 0c".to_vec()),
-            vec![0x0a, 0x0b, 0x0c]
-        );
-        let binary = vec![0x04, 0x00, 0x02, 0x00, 0x81];
-        assert_eq!(decode_quote(binary.clone()), binary);
-    }
 }

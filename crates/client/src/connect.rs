@@ -82,6 +82,116 @@ pub async fn run(
     serve(listener, upstream, shutdown).await;
 }
 
+/// `connect`'s verified forwarding for in-process clients (the Python package's httpx
+/// transport): the same one HTTP/2 connection, certificate policy, fresh challenge per
+/// connection and re-challenge interval as the proxy, but a refusal is an error the caller
+/// sees, never an answer that looks like the server's.
+pub struct Forwarder {
+    upstream: Upstream,
+}
+
+/// Why [`Forwarder::send`] has no response.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The server failed a check (its certificate against the policy, or a fresh
+    /// challenge): nothing of the request was sent.
+    #[error(
+        "{server} failed attestation, so nothing was sent: {} check failed: expected {}, found {}",
+        check.name, check.expected, check.found
+    )]
+    Attestation { server: String, check: FailedCheck },
+    /// The server could not be reached or verified: nothing of the request was sent.
+    #[error("{server} is unavailable, so nothing was sent: {detail}")]
+    Unavailable { server: String, detail: String },
+    #[error("the request body exceeds {max} bytes")]
+    TooLarge { max: u64 },
+    /// The request could not be expressed (a bad header or path).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The request went out over the verified connection, which failed before an answer.
+    #[error("{server}: the verified connection failed: {detail}")]
+    Failed { server: String, detail: String },
+}
+
+impl Forwarder {
+    pub fn new(client: Client, target: Target, options: ConnectOptions) -> Self {
+        Forwarder {
+            upstream: Upstream::new(
+                client,
+                target,
+                options.rechallenge,
+                options.max_request_bytes,
+            ),
+        }
+    }
+
+    /// The server this forwarder sends to.
+    pub fn target(&self) -> &Target {
+        &self.upstream.target
+    }
+
+    fn refused(&self, r: Refusal) -> ForwardError {
+        let server = self.upstream.target.url.clone();
+        match r {
+            Refusal::Attestation(check) => ForwardError::Attestation { server, check },
+            Refusal::Unavailable(detail) => ForwardError::Unavailable { server, detail },
+        }
+    }
+
+    /// Verify the server now, as the next request would: open and verify a connection, or
+    /// re-challenge the one held when it is due.
+    pub async fn verify(&self) -> Result<(), ForwardError> {
+        self.upstream
+            .acquire()
+            .await
+            .map(|_| ())
+            .map_err(|r| self.refused(r))
+    }
+
+    /// Send one request (`path_and_query` on the verified server; hop-by-hop headers are
+    /// dropped) and return the server's answer, its body still streaming.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+        let max = self.upstream.max_request_bytes;
+        if u64::try_from(body.len()).unwrap_or(u64::MAX) > max {
+            return Err(ForwardError::TooLarge { max });
+        }
+        if method == Method::CONNECT {
+            return Err(ForwardError::Invalid("CONNECT is not forwarded".into()));
+        }
+        let mut builder = Request::builder().method(method).uri(path_and_query);
+        if let Some(h) = builder.headers_mut() {
+            *h = headers;
+        }
+        let req = builder
+            .body(())
+            .map_err(|e| ForwardError::Invalid(e.to_string()))?;
+        let (parts, ()) = req.into_parts();
+        let body = Full::new(body).map_err(|e| match e {}).boxed();
+        let upstream_req = upstream_request(&parts, &self.upstream.target.authority, body)
+            .map_err(|e| ForwardError::Invalid(e.to_string()))?;
+        let tripped = AtomicBool::new(false);
+        match self.upstream.send(upstream_req, &tripped).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Ok(Response::from_parts(parts, body))
+            }
+            Err(SendError::Refused(r)) => Err(self.refused(r)),
+            Err(SendError::TooLarge) => Err(ForwardError::TooLarge { max }),
+            Err(SendError::Failed(detail)) => Err(ForwardError::Failed {
+                server: self.upstream.target.url.clone(),
+                detail,
+            }),
+        }
+    }
+}
+
 /// The rechallenge rule: challenge again before forwarding once the last passed challenge
 /// is `every` old or older.
 fn challenge_due(last: Instant, now: Instant, every: Duration) -> bool {
@@ -398,7 +508,7 @@ impl Upstream {
         let (parts, body) = req.into_parts();
         let tripped = Arc::new(AtomicBool::new(false));
         let body = LimitedBody::new(body, self.max_request_bytes, Arc::clone(&tripped)).boxed();
-        let mut upstream_req = match upstream_request(&parts, &self.target.authority, body) {
+        let upstream_req = match upstream_request(&parts, &self.target.authority, body) {
             Ok(r) => r,
             Err(e) => {
                 return error_response(&OpenAiError::new(
@@ -408,20 +518,34 @@ impl Upstream {
                 ));
             }
         };
-        // Two tries: a request the connection never sent (it closed just now) goes out on a
-        // fresh, freshly verified connection.
+        match self.send(upstream_req, &tripped).await {
+            Ok(resp) => downstream_response(resp, local_version),
+            Err(SendError::TooLarge) => error_response(&too_large(self.max_request_bytes)),
+            Err(SendError::Refused(r)) => error_response(&r.to_openai(&self.target.url)),
+            Err(SendError::Failed(detail)) => error_response(
+                &Refusal::Unavailable(format!("{what}: {detail}")).to_openai(&self.target.url),
+            ),
+        }
+    }
+
+    /// Send `upstream_req` over the verified connection, opening and verifying one first (or
+    /// re-challenging) when needed. Two tries: a request the connection never sent (it closed
+    /// just now) goes out on a fresh, freshly verified connection. `tripped` is set by a body
+    /// that went over the size limit.
+    async fn send(
+        &self,
+        mut upstream_req: Request<ClientBody>,
+        tripped: &AtomicBool,
+    ) -> Result<Response<hyper::body::Incoming>, SendError> {
         let mut last_error = String::from("no connection");
         for _ in 0..2 {
-            let verified = match self.acquire().await {
-                Ok(v) => v,
-                Err(r) => return error_response(&r.to_openai(&self.target.url)),
-            };
+            let verified = self.acquire().await.map_err(SendError::Refused)?;
             let mut sender = verified.sender;
             match sender.try_send_request(upstream_req).await {
-                Ok(resp) => return downstream_response(resp, local_version),
+                Ok(resp) => return Ok(resp),
                 Err(mut e) => {
                     if tripped.load(Ordering::Acquire) {
-                        return error_response(&too_large(self.max_request_bytes));
+                        return Err(SendError::TooLarge);
                     }
                     last_error = e.error().to_string();
                     match e.take_message() {
@@ -434,10 +558,18 @@ impl Upstream {
                 }
             }
         }
-        error_response(
-            &Refusal::Unavailable(format!("{what}: {last_error}")).to_openai(&self.target.url),
-        )
+        Err(SendError::Failed(last_error))
     }
+}
+
+/// Why [`Upstream::send`] gave no response.
+enum SendError {
+    /// Verification refused the server or it could not be reached: nothing was sent.
+    Refused(Refusal),
+    /// The request body went over the limit.
+    TooLarge,
+    /// The request was sent (maybe partly) and the connection failed.
+    Failed(String),
 }
 
 fn too_large(max: u64) -> OpenAiError {

@@ -320,6 +320,17 @@ fn parse_body(kind: BodyKind, b: &[u8]) -> TdBody {
     }
 }
 
+/// Quotes are binary, but people paste them as hex: accept hex text when the whole file is hex.
+pub fn decode_file(bytes: Vec<u8>) -> Vec<u8> {
+    match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| crate::encoding::from_hex_loose(t).ok())
+    {
+        Some(decoded) if !decoded.is_empty() => decoded,
+        _ => bytes,
+    }
+}
+
 /// Split a PEM text into the DER of each CERTIFICATE block.
 pub fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, QuoteError> {
     use base64::Engine as _;

@@ -142,3 +142,10 @@ fn tdreport_and_synthetic_inputs_are_refused_cleanly() {
     let q = vector("google-go-tdx-guest/ccel/cos-113-tdx-quote.dat");
     assert_eq!(Quote::parse(&q).unwrap().header.version, 4);
 }
+
+#[test]
+fn hex_and_binary_quotes() {
+    assert_eq!(decode_file(b"0x0a0B\n 0c".to_vec()), vec![0x0a, 0x0b, 0x0c]);
+    let binary = vec![0x04, 0x00, 0x02, 0x00, 0x81];
+    assert_eq!(decode_file(binary.clone()), binary);
+}

@@ -1,0 +1,101 @@
+"""Type stubs for tdx_agent._native, the Rust part of the package."""
+
+from typing import Dict, List, Optional, Tuple
+
+class VerificationError(Exception):
+    """The server or evidence failed a check; nothing of the request was sent."""
+
+    check: str
+    expected: str
+    found: str
+    report: Optional["Report"]
+
+class Policy:
+    """An appraisal policy (docs/formats.md). ``Policy()`` pins nothing."""
+
+    def __init__(self) -> None: ...
+    @staticmethod
+    def from_toml(text: str) -> "Policy":
+        """Parse TOML; unknown keys and bad values raise ValueError naming them."""
+    @staticmethod
+    def from_file(path: str) -> "Policy":
+        """Read and parse a policy file (OSError if unreadable, ValueError if invalid)."""
+    @property
+    def pins_anything(self) -> bool: ...
+
+class Check:
+    """One check of a report."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def expected(self) -> str: ...
+    @property
+    def found(self) -> str: ...
+
+class Report:
+    """An appraisal report; read-only, made only by the verifier."""
+
+    @property
+    def verdict(self) -> str:
+        """``"accepted"`` or ``"rejected"``."""
+    @property
+    def accepted(self) -> bool: ...
+    @property
+    def checks(self) -> List[Check]: ...
+    @property
+    def not_evaluated(self) -> List[str]: ...
+    @property
+    def measurements(self) -> Optional[Dict[str, str]]:
+        """``mrtd``, ``rtmr0``..``rtmr3``, ... in lowercase hex; None for an unreadable quote."""
+    @property
+    def tcb_status(self) -> Optional[str]: ...
+    @property
+    def advisory_ids(self) -> List[str]: ...
+    @property
+    def warnings(self) -> List[str]: ...
+    @property
+    def verified_at(self) -> str: ...
+    def to_json(self) -> str:
+        """The report as ``tdx-agent verify --json`` prints it."""
+    def summary(self) -> str: ...
+
+class ResponseBody:
+    def read(self) -> Optional[bytes]:
+        """The next chunk as it arrives (GIL released), or None at the end."""
+    def close(self) -> None: ...
+
+class Transport:
+    """The verified connection behind the httpx transports."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        policy: Policy,
+        insecure_root: Optional[bytes] = None,
+        rechallenge_secs: int = 300,
+        max_request_bytes: int = 33554432,
+    ) -> None: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    def verify(self) -> None: ...
+    def send(
+        self, method: str, path: str, headers: List[Tuple[bytes, bytes]], body: bytes
+    ) -> Tuple[int, List[Tuple[bytes, bytes]], ResponseBody]: ...
+
+def verify_quote(
+    quote: bytes,
+    collateral: bytes,
+    *,
+    policy: Optional[Policy] = None,
+    at: Optional[int] = None,
+    insecure_root: Optional[bytes] = None,
+) -> Report: ...
+def attest(
+    url: str, *, policy: Policy, nonce: bool = True, insecure_root: Optional[bytes] = None
+) -> Report: ...

@@ -1,0 +1,190 @@
+"""httpx transports whose every request goes over tdx-agent's verified connection.
+
+The connection is ``tdx-agent connect``'s, in process: one HTTP/2 RA-TLS connection whose
+certificate passed the policy and whose TD answered a fresh challenge on that connection,
+re-challenged once the last challenge is ``rechallenge_secs`` old. A failed check raises
+``VerificationError`` before anything of the request is sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, AsyncIterator, Iterator, List, Optional, Tuple, Union
+
+import anyio.to_thread
+import httpx
+
+from ._native import Policy, ResponseBody, Transport, VerificationError
+
+__all__ = ["httpx_client", "httpx_async_client"]
+
+# Options that would send requests somewhere other than the verified connection, or that
+# mean nothing over it (its TLS is verified by attestation, not by a CA bundle).
+_REFUSED_KWARGS = ("transport", "mounts", "proxy", "proxies", "verify", "cert", "http1", "http2", "app")
+
+
+def _root_bytes(insecure_root: Union[bytes, str, "os.PathLike[str]", None]) -> Optional[bytes]:
+    if insecure_root is None:
+        return None
+    if isinstance(insecure_root, (bytes, bytearray, memoryview)):
+        return bytes(insecure_root)
+    with open(os.fspath(insecure_root), "rb") as f:
+        return f.read()
+
+
+def _check_kwargs(kwargs: dict) -> None:
+    for k in _REFUSED_KWARGS:
+        if k in kwargs:
+            raise TypeError(
+                f"{k}= is not accepted: every request of this client goes over the verified "
+                "RA-TLS connection to the attested server"
+            )
+
+
+class _Verified:
+    """What both transports share: the native connection and the origin check."""
+
+    def __init__(self, native: Transport, url: str) -> None:
+        self._native = native
+        self._url = url.rstrip("/")
+
+    def _path(self, request: httpx.Request) -> str:
+        u = request.url
+        if u.scheme != "https" or u.host != self._native.host or (u.port or 443) != self._native.port:
+            # The verified connection only reaches the attested server.
+            raise ValueError(
+                f"{u.scheme}://{u.host}:{u.port or 443}: this client sends only to the verified "
+                f"server {self._url}"
+            )
+        return u.raw_path.decode("ascii")
+
+    def _send(self, request: httpx.Request, body: bytes) -> Tuple[int, List[Tuple[bytes, bytes]], ResponseBody]:
+        try:
+            status, headers, stream = self._native.send(
+                request.method, self._path(request), list(request.headers.raw), body
+            )
+        except VerificationError:
+            raise
+        except ConnectionError as e:
+            # An httpx error, so SDKs handle it as a connection failure (and retry it).
+            raise httpx.ConnectError(str(e), request=request) from e
+        return status, headers, stream
+
+
+class _SyncBody(httpx.SyncByteStream):
+    def __init__(self, body: ResponseBody, request: httpx.Request) -> None:
+        self._body = body
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                chunk = self._body.read()
+            except ConnectionError as e:
+                raise httpx.ReadError(str(e), request=self._request) from e
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        self._body.close()
+
+
+class _AsyncBody(httpx.AsyncByteStream):
+    def __init__(self, body: ResponseBody, request: httpx.Request) -> None:
+        self._body = body
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            try:
+                chunk = await anyio.to_thread.run_sync(self._body.read)
+            except ConnectionError as e:
+                raise httpx.ReadError(str(e), request=self._request) from e
+            if chunk is None:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        self._body.close()
+
+
+class VerifiedTransport(_Verified, httpx.BaseTransport):
+    """A synchronous httpx transport over the verified connection."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        status, headers, stream = self._send(request, body)
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=_SyncBody(stream, request),
+            request=request,
+            extensions={"http_version": b"HTTP/2"},
+        )
+
+
+class AsyncVerifiedTransport(_Verified, httpx.AsyncBaseTransport):
+    """An asyncio/trio httpx transport over the verified connection; the blocking native
+    calls run in worker threads, with the GIL released while they wait."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        status, headers, stream = await anyio.to_thread.run_sync(
+            functools.partial(self._send, request, body)
+        )
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=_AsyncBody(stream, request),
+            request=request,
+            extensions={"http_version": b"HTTP/2"},
+        )
+
+
+def _native(url: str, policy: Policy, insecure_root: Any, rechallenge_secs: int) -> Transport:
+    if not isinstance(policy, Policy):
+        raise TypeError("policy: a tdx_agent.Policy (Policy.from_file or Policy.from_toml)")
+    return Transport(
+        url,
+        policy=policy,
+        insecure_root=_root_bytes(insecure_root),
+        rechallenge_secs=rechallenge_secs,
+    )
+
+
+def httpx_client(
+    url: str,
+    *,
+    policy: Policy,
+    insecure_root: Union[bytes, str, "os.PathLike[str]", None] = None,
+    rechallenge_secs: int = 300,
+    **httpx_kwargs: Any,
+) -> httpx.Client:
+    """An ``httpx.Client`` for the agent at ``url`` (``https://HOST:PORT``) whose requests go
+    only over a connection verified as ``tdx-agent connect`` verifies it.
+
+    Use it as OpenAI's ``http_client``: ``openai.OpenAI(base_url=url + "/v1", api_key=...,
+    http_client=tdx_agent.httpx_client(url, policy=policy))``. Other keyword arguments go to
+    ``httpx.Client`` (``timeout``, ``headers``, ...), except those that would route around
+    the verified connection (``transport``, ``mounts``, ``proxy``, ``verify``, ...).
+    """
+    _check_kwargs(httpx_kwargs)
+    transport = VerifiedTransport(_native(url, policy, insecure_root, rechallenge_secs), url)
+    return httpx.Client(base_url=url, transport=transport, **httpx_kwargs)
+
+
+def httpx_async_client(
+    url: str,
+    *,
+    policy: Policy,
+    insecure_root: Union[bytes, str, "os.PathLike[str]", None] = None,
+    rechallenge_secs: int = 300,
+    **httpx_kwargs: Any,
+) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` counterpart of :func:`httpx_client`, for
+    ``openai.AsyncOpenAI(..., http_client=tdx_agent.httpx_async_client(url, policy=...))``."""
+    _check_kwargs(httpx_kwargs)
+    transport = AsyncVerifiedTransport(_native(url, policy, insecure_root, rechallenge_secs), url)
+    return httpx.AsyncClient(base_url=url, transport=transport, **httpx_kwargs)
