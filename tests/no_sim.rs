@@ -99,22 +99,18 @@ fn the_image_build_refuses_the_simulated_td_every_way_it_is_asked_for() {
 
 #[test]
 fn the_image_build_still_verifies_real_quotes() {
-    let ok = nosim(&[
+    let quote = vector_path("phala-dcap-qvl/tdx_quote");
+    let collateral = vector_path("phala-dcap-qvl/tdx_quote_collateral.json");
+    let args = [
         "verify",
-        &vector_path("phala-dcap-qvl/tdx_quote"),
+        &quote,
         "--collateral",
-        &vector_path("phala-dcap-qvl/tdx_quote_collateral.json"),
+        &collateral,
         "--at",
         "1751328000",
-    ]);
-    let dev = tdx_agent(&[
-        "verify",
-        &vector_path("phala-dcap-qvl/tdx_quote"),
-        "--collateral",
-        &vector_path("phala-dcap-qvl/tdx_quote_collateral.json"),
-        "--at",
-        "1751328000",
-    ]);
+    ];
+    let ok = nosim(&args);
+    let dev = tdx_agent(&args);
     assert_eq!(
         (ok.code, &ok.stdout),
         (dev.code, &dev.stdout),

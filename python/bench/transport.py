@@ -16,6 +16,7 @@ usage: python python/bench/transport.py [--requests N] [--rounds R]
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import pathlib
 import socket
@@ -61,6 +62,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
+    faulthandler.dump_traceback_later(int(os.environ.get("TDX_BENCH_DUMP_SECS", "0")) or 10**6)
     with tempfile.TemporaryDirectory() as tmp:
         agent = Agent(pathlib.Path(tmp))
         port = free_port()

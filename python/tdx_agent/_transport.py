@@ -33,15 +33,6 @@ def _root_bytes(insecure_root: Union[bytes, str, "os.PathLike[str]", None]) -> O
         return f.read()
 
 
-def _check_kwargs(kwargs: dict) -> None:
-    for k in _REFUSED_KWARGS:
-        if k in kwargs:
-            raise TypeError(
-                f"{k}= is not accepted: every request of this client goes over the verified "
-                "RA-TLS connection to the attested server"
-            )
-
-
 class _Verified:
     """What both transports share: the native connection and the origin check."""
 
@@ -143,15 +134,24 @@ class AsyncVerifiedTransport(_Verified, httpx.AsyncBaseTransport):
         )
 
 
-def _native(url: str, policy: Policy, insecure_root: Any, rechallenge_secs: int) -> Transport:
+def _transport(
+    kind: type, url: str, policy: Policy, insecure_root: Any, rechallenge_secs: int, kwargs: dict
+) -> Any:
+    for k in _REFUSED_KWARGS:
+        if k in kwargs:
+            raise TypeError(
+                f"{k}= is not accepted: every request of this client goes over the verified "
+                "RA-TLS connection to the attested server"
+            )
     if not isinstance(policy, Policy):
         raise TypeError("policy: a tdx_agent.Policy (Policy.from_file or Policy.from_toml)")
-    return Transport(
+    native = Transport(
         url,
         policy=policy,
         insecure_root=_root_bytes(insecure_root),
         rechallenge_secs=rechallenge_secs,
     )
+    return kind(native, url)
 
 
 def httpx_client(
@@ -170,8 +170,7 @@ def httpx_client(
     ``httpx.Client`` (``timeout``, ``headers``, ...), except those that would route around
     the verified connection (``transport``, ``mounts``, ``proxy``, ``verify``, ...).
     """
-    _check_kwargs(httpx_kwargs)
-    transport = VerifiedTransport(_native(url, policy, insecure_root, rechallenge_secs), url)
+    transport = _transport(VerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs)
     return httpx.Client(base_url=url, transport=transport, **httpx_kwargs)
 
 
@@ -185,6 +184,5 @@ def httpx_async_client(
 ) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` counterpart of :func:`httpx_client`, for
     ``openai.AsyncOpenAI(..., http_client=tdx_agent.httpx_async_client(url, policy=...))``."""
-    _check_kwargs(httpx_kwargs)
-    transport = AsyncVerifiedTransport(_native(url, policy, insecure_root, rechallenge_secs), url)
+    transport = _transport(AsyncVerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs)
     return httpx.AsyncClient(base_url=url, transport=transport, **httpx_kwargs)

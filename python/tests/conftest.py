@@ -39,6 +39,9 @@ class StandIn(BaseHTTPRequestHandler):
     """A minimal OpenAI-compatible model server: models, chat (plain and SSE), completions."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and
+    # the agent's delayed ACK hold each answer ~40 ms.
+    disable_nagle_algorithm = True
     requests_seen = 0
 
     def log_message(self, *args: object) -> None:  # keep pytest's output readable
