@@ -496,9 +496,9 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
 
     // 5. The third-party probes: /readyz over Python's ssl, gRPC health over grpcio.
     let py = support::python();
-    let r = grpc_client(&py, &guest.addr(), "readyz");
+    let r = grpc_client(py, &guest.addr(), "readyz");
     assert_eq!(r.code, 0, "python /readyz: {r}\n{}", guest.diagnostics());
-    let r = grpc_client(&py, &guest.addr(), "health");
+    let r = grpc_client(py, &guest.addr(), "health");
     assert_eq!(r.code, 0, "gRPC health: {r}\n{}", guest.diagnostics());
     assert!(r.stdout.contains("SERVING"), "gRPC health: {r}");
     say(&format!("gRPC health: {}", r.stdout.trim()));
