@@ -12,6 +12,7 @@ scripts/bench-deps.sh && cargo bench --locked --bench front_door
 # The Python package's in-process transport against plain httpx and connect (docs/python.md):
 # the release build of the extension, in the tests' venv.
 py="$(scripts/python-env.sh)"
+rm -rf target/wheels-release
 "$py" -m maturin build --release --locked -m python/Cargo.toml -o target/wheels-release --quiet
 "$py" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
   target/wheels-release/tdx_agent-*-abi3-*.whl

@@ -14,6 +14,7 @@ cp "$target_dir/debug/tdx-agent" "$target_dir/debug/tdx-agent-nosim"
 # The Python package (python/), built with maturin into the tests' venv: the pytest suite
 # below and tests/vllm_e2e.rs use it.
 py="$(scripts/python-env.sh)"
+rm -rf "$target_dir/wheels"
 "$py" -m maturin build --locked -m python/Cargo.toml -o "$target_dir/wheels" --quiet
 "$py" -m pip install -q --disable-pip-version-check --force-reinstall --no-deps \
   "$target_dir"/wheels/tdx_agent-*-abi3-*.whl

@@ -10,7 +10,14 @@ See docs/python.md.
 
 from __future__ import annotations
 
-import datetime as _dt
+import pkgutil as _pkgutil
+
+# The agent's gRPC API is the protobuf package tdx_agent.v1: stubs a user generates from
+# proto/ land in a directory tdx_agent/v1/ elsewhere on sys.path. Extending the package path
+# lets `import tdx_agent.v1` find them beside this package instead of failing.
+__path__ = _pkgutil.extend_path(__path__, __name__)
+
+import datetime as _dt  # noqa: E402
 import os as _os
 from typing import Optional, Union
 
