@@ -29,9 +29,15 @@ set -e
 [ "$status" -ne 0 ] || status=$py_status
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
-# pytest's closing line: "N passed" and "N failed" in any order.
-py_passed=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-py_failed=$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+# pytest's closing line: "N passed", "N failed, M passed", ... (awk alone: under pipefail a
+# grep that finds no "failed" would end the script).
+py_count() {
+  awk -v word="$1" '/^(=+ )?[0-9]+ (passed|failed)/ {
+    for (i = 1; i < NF; i++) if ($(i + 1) ~ "^" word) s += $i
+  } END { print s + 0 }' "$log"
+}
+py_passed=$(py_count passed)
+py_failed=$(py_count failed)
 passed=$((passed + py_passed))
 failed=$((failed + py_failed))
 echo
