@@ -6,8 +6,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::test_support::{vector, vector_text};
 
-/// Every real report: (directory, architecture as the chain names it, has an FWID field).
-const REPORTS: &[(&str, bool)] = &[
+/// Every real report: (directory, whether it has an FWID field).
+pub(super) const REPORTS: &[(&str, bool)] = &[
     ("nvidia-nvtrust/hopper-550.90.07", true),
     ("nvidia-nvtrust/hopper-545.00-2023", false),
     ("nvidia-attestation-sdk/hopper-535.86.09", false),
@@ -26,7 +26,7 @@ const REPORTS: &[(&str, bool)] = &[
     ("solpbc/hopper-595.71.05-96.00.88.00.11", true),
 ];
 
-fn report(dir: &str) -> Vec<u8> {
+pub(super) fn report(dir: &str) -> Vec<u8> {
     vector(&format!("nvidia/{dir}/report.bin"))
 }
 
