@@ -1,17 +1,21 @@
 //! NVIDIA GPU confidential-computing evidence (docs/design.md §14): the SPDM 1.1 measurement
 //! report a Hopper or Blackwell GPU in CC mode signs. This is the first layer of the GPU
-//! verifier (issue 14): the strict parser and the report's signature by the leaf key. The
-//! certificate chain, RIM and OCSP checks build on them.
+//! verifier (issue 14): the strict parser, the report's signature by the leaf key, and the
+//! device chain to NVIDIA's pinned root. The RIM and OCSP checks build on them.
 
+mod chain;
 mod signature;
 mod spdm;
 
+pub use chain::{DEVICE_CHAIN_LEN, GpuChainError, NVIDIA_DEVICE_ROOT_PEM, verify_device_chain};
 pub use signature::{GpuSignatureError, chain_der, verify_report_signature};
 pub use spdm::{
     BLOCK_DIGEST_LEN, MeasurementBlock, NONCE_LEN, OpaqueField, REQUEST_LEN, SIGNATURE_LEN,
     SpdmError, SpdmReport, opaque,
 };
 
+#[cfg(test)]
+mod chain_tests;
 #[cfg(test)]
 mod signature_tests;
 #[cfg(test)]
