@@ -221,6 +221,31 @@ impl SpdmReport {
             .map(|f| f.value.as_slice())
     }
 
+    /// The driver version the report states (opaque field 3: ASCII up to the first NUL), if
+    /// present and printable.
+    pub fn driver_version(&self) -> Option<String> {
+        let v = self.opaque_field(opaque::DRIVER_VERSION)?;
+        let text: Vec<u8> = v.iter().copied().take_while(|b| *b != 0).collect();
+        let printable = !text.is_empty() && text.iter().all(u8::is_ascii_graphic);
+        printable.then(|| String::from_utf8_lossy(&text).into_owned())
+    }
+
+    /// The VBIOS version as NVIDIA writes it (`96.00.9F.00.01`): opaque field 6 holds it as
+    /// bytes 3, 2, 1, 0 then 4 of the little-endian value.
+    pub fn vbios_version(&self) -> Option<String> {
+        let v = self.opaque_field(opaque::VBIOS_VERSION)?;
+        let b = v.get(..5)?;
+        Some(format!(
+            "{:02X}.{:02X}.{:02X}.{:02X}.{:02X}",
+            b[3], b[2], b[1], b[0], b[4]
+        ))
+    }
+
+    /// Whether the request carried `expected`, the nonce the verifier chose.
+    pub fn nonce_matches(&self, expected: &[u8; NONCE_LEN]) -> bool {
+        &self.request_nonce == expected
+    }
+
     /// The block with `index` (SPDM indices count from 1).
     pub fn block(&self, index: u8) -> Option<&MeasurementBlock> {
         self.blocks.iter().find(|b| b.index == index)

@@ -57,12 +57,74 @@ fn every_real_report_parses_with_its_nonce_blocks_and_fields() {
     }
 }
 
+/// The driver and VBIOS versions of tests/vectors/nvidia/README.md's table (from the
+/// shared set, where each was read independently of this parser).
 #[test]
-fn the_driver_version_is_the_one_the_vector_names() {
-    let r = SpdmReport::parse(&report("nvidia-nvtrust/hopper-550.90.07")).unwrap();
-    let v = r.opaque_field(opaque::DRIVER_VERSION).unwrap();
-    let text: Vec<u8> = v.iter().copied().take_while(|b| *b != 0).collect();
-    assert_eq!(String::from_utf8(text).unwrap(), "550.90.07");
+fn driver_and_vbios_versions_are_the_ones_the_vectors_name() {
+    let expected = [
+        (
+            "nvidia-nvtrust/hopper-550.90.07",
+            "550.90.07",
+            "96.00.9F.00.01",
+        ),
+        (
+            "nvidia-nvtrust/hopper-545.00-2023",
+            "545.00",
+            "96.00.5E.00.01",
+        ),
+        (
+            "nvidia-attestation-sdk/hopper-535.86.09",
+            "535.86.09",
+            "96.00.5E.00.01",
+        ),
+        (
+            "nvidia-attestation-sdk/hopper-580.159.03",
+            "580.159.03",
+            "96.00.74.00.20",
+        ),
+        (
+            "nvidia-attestation-sdk/hopper-590.12",
+            "590.12",
+            "96.00.A5.00.01",
+        ),
+        (
+            "nvidia-attestation-sdk/hopper-570.86.10-cert-hold",
+            "570.86.10",
+            "96.00.AF.00.01",
+        ),
+        (
+            "coco-trustee/blackwell-gb202-595.58.03",
+            "595.58.03",
+            "98.02.81.00.01",
+        ),
+        (
+            "google-go-nvattest-tools/ppcie-hopper-570.124.06-gpu0",
+            "570.124.06",
+            "96.00.CF.00.02",
+        ),
+        (
+            "google-go-nvattest-tools/mpt-blackwell-gb100-590.48.01-gpu0",
+            "590.48.01",
+            "97.00.D9.00.35",
+        ),
+        (
+            "solpbc/hopper-595.71.05-96.00.88.00.11",
+            "595.71.05",
+            "96.00.88.00.11",
+        ),
+    ];
+    assert_eq!(expected.len(), REPORTS.len());
+    for (dir, driver, vbios) in expected {
+        let r = SpdmReport::parse(&report(dir)).unwrap();
+        assert_eq!(r.driver_version().as_deref(), Some(driver), "{dir}");
+        assert_eq!(r.vbios_version().as_deref(), Some(vbios), "{dir}");
+        let nonce = hex::decode(vector_text(&format!("nvidia/{dir}/nonce.hex")).trim()).unwrap();
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().unwrap();
+        assert!(r.nonce_matches(&nonce), "{dir}");
+        let mut other = nonce;
+        other[0] ^= 1;
+        assert!(!r.nonce_matches(&other), "{dir}");
+    }
 }
 
 /// trustee's copy of a Hopper report has one 0x00 after the signature. NVIDIA's verifier
