@@ -54,10 +54,6 @@ const TSM_MOUNTS: &str = "tsm-emulator[/report],tsm-emulator[/measurements]";
 /// Boot to a ready agent under TCG takes about 40 s on 2 busy cores; leave room for a slow runner.
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// Progress lines that reach the log even when the test passes (libtest captures only the
 /// print macros, not writes to the stderr handle).
 fn say(msg: &str) {
@@ -317,9 +313,9 @@ fn curl_readyz(addr: &str) -> Option<(u16, String)> {
 
 fn grpc_client(py: &str, addr: &str, mode: &str) -> Run {
     let out = Command::new(py)
-        .arg(repo().join("tests/python/grpc_client.py"))
+        .arg(support::repo().join("tests/python/grpc_client.py"))
         .args(["--addr", addr, "--mode", mode, "--proto-dir"])
-        .arg(repo().join("proto"))
+        .arg(support::repo().join("proto"))
         .stdin(Stdio::null())
         .output()
         .expect("running tests/python/grpc_client.py");
@@ -360,7 +356,7 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
     // 1. The test image (the cached base makes this seconds after the first run).
     let build_log = dir.join("build.log");
     let st = Command::new("bash")
-        .arg(repo().join("image/build.sh"))
+        .arg(support::repo().join("image/build.sh"))
         .args([
             "--test-image",
             "--format",
@@ -417,7 +413,7 @@ fn booted_image_serves_attestation_and_keeps_vllm_port_closed() {
 
     // 3. The agent runs the shipped unit on the emulator at the kernel's paths, and has
     //    extended RTMR3 through sysfs from inside its sandbox.
-    let unit_hash = sha256_prefix(&repo().join("systemd/tdx-agent.service"));
+    let unit_hash = sha256_prefix(&support::repo().join("systemd/tdx-agent.service"));
     let tee = guest.wait_probe(
         "the agent active on the emulator at the kernel's paths",
         Duration::from_secs(60),

@@ -9,21 +9,17 @@
 mod support;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use support::{Run, bin, python, tdx_agent};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// One run of tests/python/grpc_client.py.
 fn client(addr: &str, mode: &str) -> Run {
-    let script = repo_root().join("tests/python/grpc_client.py");
-    let proto = repo_root().join("proto");
+    let script = support::repo().join("tests/python/grpc_client.py");
+    let proto = support::repo().join("proto");
     let out = Command::new(python())
         .arg(&script)
         .args(["--addr", addr, "--mode", mode, "--proto-dir"])

@@ -11,18 +11,14 @@
 mod support;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{ConnectProc, Daemon, SimTd, metric_sum, tdx_agent};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn vllm_sh(arg: &str) -> String {
-    let out = Command::new(repo().join("scripts/vllm.sh"))
+    let out = Command::new(support::repo().join("scripts/vllm.sh"))
         .arg(arg)
         .stderr(Stdio::inherit())
         .output()
@@ -50,7 +46,7 @@ impl Vllm {
         use std::os::unix::process::CommandExt as _;
         let log = std::fs::File::create(std::env::temp_dir().join(format!("vllm-{port}.log")))
             .expect("vLLM log file");
-        let child = Command::new(repo().join("scripts/vllm.sh"))
+        let child = Command::new(support::repo().join("scripts/vllm.sh"))
             .args(["serve", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -122,7 +118,7 @@ fn base_url(c: &ConnectProc) -> String {
 
 fn openai(python: &str, base_url: &str, extra: &[&str]) -> (i32, serde_json::Value) {
     let out = Command::new(python)
-        .arg(repo().join("tests/python/openai_chain.py"))
+        .arg(support::repo().join("tests/python/openai_chain.py"))
         .arg(base_url)
         .args(extra)
         .output()
@@ -217,7 +213,7 @@ fn openai_sdk_through_connect_and_serve_to_real_vllm() {
     let before = model_requests(&agent.addr);
     let r = support::run(
         Command::new(support::python())
-            .arg(repo().join("tests/python/openai_inprocess.py"))
+            .arg(support::repo().join("tests/python/openai_inprocess.py"))
             .args([&agent.url(), sim.root_str(), &good, &bad]),
     );
     assert_eq!(r.code, 0, "{r}");
@@ -250,7 +246,7 @@ fn openai_sdk_through_connect_and_serve_to_real_vllm() {
     // vLLM dies mid-stream: the client's stream ends with an error, the agent stays up and
     // says the upstream is down, and everything recovers once vLLM is back.
     let mut client = Command::new(&python)
-        .arg(repo().join("tests/python/openai_chain.py"))
+        .arg(support::repo().join("tests/python/openai_chain.py"))
         .args([&base_url(&connect), "--stream-until-error"])
         .stdout(Stdio::piped())
         .spawn()

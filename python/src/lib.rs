@@ -21,8 +21,8 @@ pyo3::create_exception!(
     _native,
     VerificationError,
     PyException,
-    "The server or the evidence failed a check: `check`, `expected` and `found` name it, \
-     and `report` holds the whole report when there is one. Nothing of the request was sent."
+    "The server or the evidence failed a check: `check`, `expected` and `found` name it. \
+     Nothing of the request was sent."
 );
 
 /// The module's runtime: two workers are plenty for a client, and a process that never
@@ -41,12 +41,7 @@ fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     .map_err(|e| PyRuntimeError::new_err(format!("tdx_agent: cannot start its runtime: {e}")))
 }
 
-fn verification_error(
-    py: Python<'_>,
-    message: String,
-    check: &FailedCheck,
-    report: Option<Report>,
-) -> PyErr {
+fn verification_error(py: Python<'_>, message: String, check: &FailedCheck) -> PyErr {
     let err = VerificationError::new_err(message);
     let value = err.value(py);
     // Setting attributes on a fresh exception instance cannot fail short of memory exhaustion;
@@ -54,10 +49,6 @@ fn verification_error(
     let _ = value.setattr("check", check.name.clone());
     let _ = value.setattr("expected", check.expected.clone());
     let _ = value.setattr("found", check.found.clone());
-    let _ = match report {
-        Some(r) => value.setattr("report", r),
-        None => value.setattr("report", py.None()),
-    };
     err
 }
 
@@ -319,7 +310,7 @@ fn attest(
         Ok(inner) => Ok(Report { inner }),
         Err(ClientError::Rejected(report)) => Ok(Report { inner: *report }),
         Err(e) => match e.failed_check() {
-            Some(check) => Err(verification_error(py, e.to_string(), &check, None)),
+            Some(check) => Err(verification_error(py, e.to_string(), &check)),
             None => Err(PyConnectionError::new_err(e.to_string())),
         },
     }
@@ -432,9 +423,7 @@ impl Transport {
 
 fn forward_error(py: Python<'_>, e: ForwardError) -> PyErr {
     match &e {
-        ForwardError::Attestation { check, .. } => {
-            verification_error(py, e.to_string(), check, None)
-        }
+        ForwardError::Attestation { check, .. } => verification_error(py, e.to_string(), check),
         ForwardError::Unavailable { .. } | ForwardError::Failed { .. } => {
             PyConnectionError::new_err(e.to_string())
         }

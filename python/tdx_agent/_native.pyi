@@ -8,7 +8,6 @@ class VerificationError(Exception):
     check: str
     expected: str
     found: str
-    report: Optional["Report"]
 
 class Policy:
     """An appraisal policy (docs/formats.md). ``Policy()`` pins nothing."""

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Iterator, List, Optional, Tuple, Union
 import anyio.to_thread
 import httpx
 
-from ._native import Policy, ResponseBody, Transport, VerificationError
+from ._native import Policy, ResponseBody, Transport
 
 __all__ = ["httpx_client", "httpx_async_client"]
 
@@ -55,8 +55,6 @@ class _Verified:
             status, headers, stream = self._native.send(
                 request.method, self._path(request), list(request.headers.raw), body
             )
-        except VerificationError:
-            raise
         except ConnectionError as e:
             # An httpx error, so SDKs handle it as a connection failure (and retry it).
             raise httpx.ConnectError(str(e), request=request) from e
