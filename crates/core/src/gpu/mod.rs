@@ -4,11 +4,16 @@
 //! device chain to NVIDIA's pinned root, and the FWID against the leaf's DICE TcbInfo. The RIM and OCSP checks build on them.
 
 mod chain;
+mod compare;
 mod fwid;
 mod signature;
 mod spdm;
 
 pub use chain::{DEVICE_CHAIN_LEN, GpuChainError, NVIDIA_DEVICE_ROOT_PEM, verify_device_chain};
+pub use compare::{
+    CompareError, Compared, Golden, NVDEC0_DISABLED, NVDEC0_INDEX, Source, compare_measurements,
+    nvdec0_disabled,
+};
 pub use fwid::{FWID_LEN, GpuFwidError, check_fwid, leaf_fwid};
 pub use signature::{GpuSignatureError, chain_der, verify_report_signature};
 pub use spdm::{
@@ -18,6 +23,8 @@ pub use spdm::{
 
 #[cfg(test)]
 mod chain_tests;
+#[cfg(test)]
+mod compare_tests;
 #[cfg(test)]
 mod fwid_tests;
 #[cfg(test)]
