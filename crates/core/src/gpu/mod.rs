@@ -6,6 +6,7 @@
 mod chain;
 mod compare;
 mod fwid;
+mod policy;
 mod signature;
 mod spdm;
 
@@ -15,6 +16,7 @@ pub use compare::{
     nvdec0_disabled,
 };
 pub use fwid::{FWID_LEN, GpuFwidError, check_fwid, leaf_fwid};
+pub use policy::{Architecture, DEFAULT_OCSP_MAX_AGE_SECS, DriverVersion, GpuPolicy, VbiosVersion};
 pub use signature::{GpuSignatureError, chain_der, verify_report_signature};
 pub use spdm::{
     BLOCK_DIGEST_LEN, MeasurementBlock, NONCE_LEN, OpaqueField, REQUEST_LEN, SIGNATURE_LEN,

@@ -99,6 +99,8 @@ pub struct Policy {
     pub td: TdPolicy,
     pub measurements: MeasurementPolicy,
     pub rtmr3_events: EventPolicy,
+    /// Only read where GPU evidence is appraised (`verify-gpu`, and the TD's GPUs).
+    pub gpu: crate::gpu::GpuPolicy,
 }
 
 impl Policy {
@@ -281,6 +283,9 @@ impl Policy {
                 "is empty, so no quote could ever pass; leave it out to allow only all zeros",
             ));
         }
+        if let Some((field, detail)) = self.gpu.invalid() {
+            return Err(invalid(field, detail));
+        }
         let mut seen = BTreeSet::new();
         for pin in &self.rtmr3_events.pin {
             if pin.kind.is_empty() {
@@ -326,6 +331,40 @@ mod tests {
         assert!(!p.td.insecure_allow_debug);
         assert_eq!(p.td.allowed_mrservicetd, vec![HexBytes([0; 48])]);
         assert!(!p.measurements.pins_anything());
+        assert!(p.gpu.insecure_switches().is_empty());
+        assert_eq!(
+            p.gpu.ocsp_max_age_secs,
+            crate::gpu::DEFAULT_OCSP_MAX_AGE_SECS
+        );
+    }
+
+    #[test]
+    fn parses_a_gpu_table_into_typed_versions() {
+        use crate::gpu::{Architecture, DriverVersion, VbiosVersion};
+        let p = Policy::from_toml(
+            r#"
+[gpu]
+architectures = ["hopper"]
+min_driver_version = "550.90.07"
+vbios_versions = ["96.00.9F.00.01", "96.00.88.00.11"]
+ocsp_max_age_secs = 3600
+insecure_allow_missing_fwid = true
+"#,
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(p.gpu.architectures, BTreeSet::from([Architecture::Hopper]));
+        let min = p.gpu.min_driver_version.clone().unwrap();
+        // Numeric, component by component: 550.100 is newer than 550.90.07, 545.99 older.
+        assert!(DriverVersion::parse("550.100.1").unwrap() > min);
+        assert!(DriverVersion::parse("550.90.07").unwrap() >= min);
+        assert!(DriverVersion::parse("545.99.99").unwrap() < min);
+        let vbios = p.gpu.vbios_versions.clone().unwrap();
+        assert!(vbios.contains(&VbiosVersion::parse("96.00.9f.00.01").unwrap()));
+        assert_eq!(
+            p.gpu.insecure_switches(),
+            vec!["gpu.insecure_allow_missing_fwid"]
+        );
     }
 
     #[test]
@@ -379,6 +418,23 @@ rtmr3 = ["{h}", "{z}"]
                 "accept anything",
             ),
             ("[[rtmr3_events.pin]]\ntype = \"m\"\nalowed = []", "alowed"),
+            ("[gpu]\narchitectures = []", "gpu.architectures"),
+            ("[gpu]\narchitectures = [\"ampere\"]", "ampere"),
+            (
+                "[gpu]\nmin_driver_version = \"550\"",
+                "at least major.minor",
+            ),
+            (
+                "[gpu]\nmin_driver_version = \"550.x\"",
+                "not a driver version",
+            ),
+            (
+                "[gpu]\nvbios_versions = [\"96.00.9F.00\"]",
+                "not a VBIOS version",
+            ),
+            ("[gpu]\nvbios_versions = []", "gpu.vbios_versions"),
+            ("[gpu]\nocsp_max_age_secs = 0", "insecure_skip_ocsp"),
+            ("[gpu]\nskip_ocsp = true", "skip_ocsp"),
         ] {
             let err = Policy::from_toml(text, "p.toml").unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} gave {err}");
