@@ -10,6 +10,9 @@ mod der;
 mod dir;
 mod error;
 mod fsio;
+pub mod gpu;
+#[cfg(test)]
+mod gpu_tests;
 pub mod pccs;
 mod pki;
 mod quote;
