@@ -615,10 +615,12 @@ def run_job(job):
         for key in ("driver_rim", "vbios_rim"):
             r = checks.get(key)
             if isinstance(r, dict):
-                if (r["exception"] or "").startswith("RIMCertChainOCSPVerificationError"):
-                    ok = False
-                else:  # None: not reached (schema or signing chain failed first)
-                    ok = True if r["ocsp_status"] is not None else None
+                certs = r["ocsp_certificates"]
+                if not certs:  # not reached (schema or signing chain failed first)
+                    ok = None
+                else:  # no status: NVIDIA's check raised (e.g. no stapled response)
+                    ok = (r["ocsp_status"] is not None
+                          and not (r["exception"] or "").startswith("RIMCertChainOCSPVerificationError"))
                 ocsp_out[key] = {"ok": ok, "ocsp_status": r["ocsp_status"], "revocation_reason": r["revocation_reason"],
                                  "certificates": r.pop("ocsp_certificates")}
             else:
