@@ -7,7 +7,7 @@ Usage:  "$(scripts/nvidia-oracle-env.sh)" tests/gpu_oracle/check_cases.py [-v] [
 
 Besides cases.json's "expect", it also compares NVIDIA's attest() log with the "attest_log" of
 the case's expected-<case>.json and, for stapled-OCSP cases, the sequence of stapled responses
-looked up (the "ocsp" line of that file).
+looked up (the "ocsp" line of that file); then the RIM-only expected files (every RIM alone).
 """
 import json
 import os
@@ -29,6 +29,12 @@ SHORT = {"nvidia_attest_overall": "overall", "nvidia_attest_stopped_at": "stop",
          "signature_valid": "sig", "report_driver_version": "drv", "report_vbios_version": "vbios",
          "driver_rim": "dRIM", "vbios_rim": "vRIM", "measurements_match": "msr",
          "mismatched_indexes": "idx", "ocsp": "ocsp", "log": "log", "ocsp_seq": "oseq"}
+
+
+RIM_ONLY = ["nvidia-nvtrust/vbios-rims/expected-at-2024-06-01.json",
+            "nvidia-nvtrust/vbios-rims/expected-at-2026-12-04.json",
+            "nvidia-attestation-sdk/rims/expected-at-2026-01-01.json",
+            "nvidia-attestation-sdk/rims/expected-at-2027-01-01.json"]
 
 
 def job_for(case):
@@ -121,6 +127,29 @@ def main(argv):
         else:
             cells.append("-")
         print(case["case"].ljust(78) + " " + " ".join(x.ljust(5) for x in cells) + f"  {res['seconds']:.3f}")
+
+    # RIM-only expected files (not in cases.json): every RIM alone, NVIDIA's RIM class, OCSP
+    # stubbed, at the file's verify_at
+    rim_keys = {"colloquial_version": "colloquial_version", "active_indexes": "active_indexes",
+                "exception": "exception", "schema_validated": "schema_valid",
+                "cert_chain_validated": "cert_chain_valid", "cert_status": "cert_status",
+                "cert_expiration_date": "cert_earliest_not_after", "signature_verified": "signature_valid"}
+    print()
+    for exp_file in RIM_ONLY:
+        with open(exp_file) as f:
+            full = json.load(f)
+        folder = os.path.dirname(exp_file)
+        n_ok = 0
+        for name, exp in sorted(full["results"].items()):
+            act = oracle.run_rim(full["rim_kind"], os.path.join(folder, name), full["verify_at"])
+            diffs = [(k, exp.get(k), act.get(v)) for k, v in rim_keys.items() if exp.get(k) != act.get(v)]
+            if diffs:
+                for k, e, a in diffs:
+                    disagreements.append((f"{exp_file} :: {name}", k, e, a))
+            else:
+                n_ok += 1
+        print(f"{exp_file.ljust(78)} RIM-only: {n_ok}/{len(full['results'])} agree on "
+              + ", ".join(rim_keys))
 
     total = sum(r.get("seconds", 0) for r in results)
     print(f"\n{len(cases)} cases, {len(disagreements)} disagreement(s); oracle time {total:.2f}s "

@@ -449,8 +449,32 @@ def _rim_check(name, path, version, settings_cls):
         "revocation_reason": getattr(s, p + "cert_revocation_reason"),
         "signature_valid": getattr(s, p + "signature_verified"),
     })
+    d["active_indexes"] = (sorted(i for i, m in rim.get_measurements().items() if m.is_active())
+                           if rim is not None and getattr(rim, "measurements_obj", None) else None)
     d["log"] = _lines(_CAPTURE.take())
     return d, rim
+
+
+def run_rim(kind, path, verify_at, version=None, rim_root_pem=None):
+    """A RIM alone (no evidence): NVIDIA's RIM(...).verify with OCSP stubbed "good", at verify_at.
+    version defaults to the RIM's own colloquialVersion (so the version check passes)."""
+    global _VERIFY_AT
+    t0 = time.perf_counter()
+    _reset_globals(None, rim_root_pem)
+    CcAdminUtils.ocsp_certificate_chain_validation = staticmethod(_ocsp_stub_good)
+    _VERIFY_AT = _parse_time(verify_at) if verify_at else None
+    if version is None:
+        try:
+            version = RIM(rim_name=kind, settings=HopperSettings(), rim_path=path).colloquialVersion.lower()
+        except Exception:
+            version = ""
+        _CAPTURE.take()
+    try:
+        d, _ = _rim_check(kind, path, version, HopperSettings)
+    finally:
+        _VERIFY_AT = None
+    d["seconds"] = round(time.perf_counter() - t0, 6)
+    return d
 
 
 _MISMATCH_LINE = re.compile(r"^(\d+) \[(Driver|Firmware)\]$")
