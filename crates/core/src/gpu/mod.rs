@@ -5,6 +5,7 @@
 
 mod chain;
 mod fwid;
+pub mod rim;
 mod signature;
 mod spdm;
 
