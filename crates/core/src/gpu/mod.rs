@@ -7,6 +7,7 @@ mod chain;
 mod compare;
 mod fwid;
 mod policy;
+pub mod rim;
 mod signature;
 mod spdm;
 
