@@ -6,14 +6,8 @@
 //! the PCCS is unreachable only for as long as it is still valid.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use sha2::{Digest as _, Sha256};
 
 use tdx_core::quote::Quote;
@@ -21,7 +15,6 @@ use tdx_core::verify::collateral::Collateral;
 
 /// Bigger than any real collateral response (Intel's PCK CRL is a few KiB).
 const MAX_BODY: usize = 4 << 20;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refresh at most this long before nextUpdate...
 const MAX_REFRESH_MARGIN: i64 = 86_400;
 
@@ -86,41 +79,24 @@ pub enum Provenance {
     StaleFallback(String),
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// A PCCS (or Intel PCS) client for the v4 API.
 #[derive(Clone)]
 pub struct PccsClient {
     base: String,
-    http: HttpClient,
+    http: crate::http::Https,
 }
 
 impl PccsClient {
     /// `base_url` is the service root, e.g. `https://pccs.example:8081`; the v4 paths are
     /// appended to it.
     pub fn new(base_url: &str) -> Result<Self, PccsError> {
-        let base = base_url.trim_end_matches('/').to_string();
-        let uri: hyper::Uri = base.parse().map_err(|e| PccsError::Url {
+        let url_err = |detail| PccsError::Url {
             url: base_url.into(),
-            detail: format!("{e}"),
-        })?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-            return Err(PccsError::Url {
-                url: base_url.into(),
-                detail: "expected http://HOST[:PORT] or https://HOST[:PORT]".into(),
-            });
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)
-            .map_err(|e| PccsError::Url {
-                url: base_url.into(),
-                detail: format!("TLS setup: {e}"),
-            })?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let http = Client::builder(TokioExecutor::new()).build(connector);
+            detail,
+        };
+        let base = crate::http::base_url(base_url).map_err(url_err)?;
+        let http = crate::http::client().map_err(url_err)?;
         Ok(Self { base, http })
     }
 
@@ -182,15 +158,25 @@ impl PccsClient {
             detail,
         };
         let uri: hyper::Uri = url.parse().map_err(|e| fetch_err(format!("{e}")))?;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.http.get(uri))
+        let request = hyper::Request::get(uri)
+            .body(http_body_util::Full::new(Bytes::new()))
+            .map_err(|e| fetch_err(format!("{e}")))?;
+        let answer = crate::http::send(&self.http, request, MAX_BODY)
             .await
-            .map_err(|_| fetch_err(format!("no response within {}s", REQUEST_TIMEOUT.as_secs())))?
-            .map_err(|e| fetch_err(format!("{e}: {}", source_chain(&e))))?;
-        let status = response.status();
+            .map_err(fetch_err)?;
+        // An error answer carries no chain header: name the status, not the missing header.
+        if !(200..300).contains(&answer.status) {
+            let body = &answer.body;
+            return Err(PccsError::Status {
+                url,
+                status: answer.status,
+                body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            });
+        }
         let chain = match chain_header {
             Some(name) => {
-                let raw = response
-                    .headers()
+                let raw = answer
+                    .headers
                     .get(name)
                     .ok_or_else(|| PccsError::Malformed {
                         url: url.clone(),
@@ -203,22 +189,7 @@ impl PccsClient {
             }
             None => String::new(),
         };
-        let body = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            Limited::new(response.into_body(), MAX_BODY).collect(),
-        )
-        .await
-        .map_err(|_| fetch_err("body did not arrive in time".into()))?
-        .map_err(|e| fetch_err(format!("reading body: {e}")))?
-        .to_bytes();
-        if !status.is_success() {
-            return Err(PccsError::Status {
-                url,
-                status: status.as_u16(),
-                body: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-            });
-        }
-        Ok((body, chain))
+        Ok((answer.body, chain))
     }
 
     /// The exact signed text and signature out of a PCCS response body.
@@ -235,16 +206,6 @@ impl PccsClient {
         let text = std::str::from_utf8(body).map_err(|_| malformed("body is not UTF-8".into()))?;
         tdx_core::verify::collateral::split_signed_body(text, key).map_err(malformed)
     }
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
 }
 
 /// PCCS serves CRLs as DER with `encoding=der`, and hex text otherwise (root CA CRL).
