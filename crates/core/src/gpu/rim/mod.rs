@@ -52,6 +52,9 @@ impl Rim {
     /// canonical forms so that the checks below are pure.
     pub fn parse(xml: &[u8]) -> Result<Rim, RimError> {
         let (text, doc) = xml::parse(xml)?;
+        // The signature's place first, so that a moved signature is named as such rather
+        // than as an unexpected element where it landed.
+        dsig::find(&doc)?;
         let content = swid::content(doc.root_element())?;
         let signature = dsig::parse(text, &doc)?;
         Ok(Rim {

@@ -34,9 +34,11 @@ pub fn parse(xml: &[u8]) -> Result<(&str, Document<'_>), RimError> {
     if text.contains("<!DOCTYPE") {
         return Err(RimError::Doctype);
     }
-    let mut options = ParsingOptions::default();
-    options.allow_dtd = false;
-    options.nodes_limit = MAX_NODES;
+    let options = ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_NODES,
+        ..ParsingOptions::default()
+    };
     let doc = Document::parse_with_options(text, options).map_err(|e| match e {
         roxmltree::Error::DtdDetected => RimError::Doctype,
         roxmltree::Error::NodesLimitReached => RimError::TooManyNodes { max: MAX_NODES },
