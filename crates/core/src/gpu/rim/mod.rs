@@ -139,6 +139,8 @@ pub enum RimError {
     TooDeep { max: usize },
     #[error("RIM: element {element} has more than {max} attributes")]
     TooManyAttributes { element: String, max: usize },
+    #[error("RIM: element {element} has more than {max} namespaces in scope")]
+    TooManyNamespaces { element: String, max: usize },
     #[error("RIM: attribute {attribute} of {element} is longer than {max} bytes")]
     AttributeTooLong {
         element: String,

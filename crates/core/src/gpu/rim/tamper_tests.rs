@@ -147,6 +147,17 @@ fn oversized_input_is_refused() {
         parse_err(&long_attribute),
         RimError::AttributeTooLong { attribute, .. } if attribute == "edition"
     ));
+    let declarations: String = (0..5000)
+        .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
+        .collect();
+    let many_namespaces = edit(
+        "<SoftwareIdentity ",
+        &format!("<SoftwareIdentity{declarations} "),
+    );
+    assert!(matches!(
+        parse_err(&many_namespaces),
+        RimError::TooManyNamespaces { element, .. } if element == "SoftwareIdentity"
+    ));
     assert!(matches!(
         parse_err(&[0xff, 0xfe, b'<']),
         RimError::NotUtf8 { offset: 0 }
