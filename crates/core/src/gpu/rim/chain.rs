@@ -20,7 +20,7 @@ pub fn verify(chain: &[Vec<u8>], root_der: &[u8], at: i64) -> Result<Vec<String>
         .iter()
         .enumerate()
         .map(|(index, der)| match X509Certificate::from_der(der) {
-            Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+            Ok(([], cert)) => Ok(cert),
             Ok(_) => Err(RimChainError::Unreadable {
                 index,
                 detail: "trailing bytes after the certificate".into(),

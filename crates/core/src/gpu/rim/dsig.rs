@@ -391,7 +391,6 @@ pub fn sign(
         c14n::subtree(t, signed_info)?
     };
     let value: Signature = signing_key.sign(&signed_info_c14n);
-    let mut signature = signature;
     signature.insert_str(value_at, &b64.encode(value.to_bytes()));
     Ok(format!("{head}{signature}{tail}").into_bytes())
 }

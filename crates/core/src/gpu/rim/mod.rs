@@ -52,6 +52,9 @@ impl Rim {
     /// canonical forms so that the checks below are pure.
     pub fn parse(xml: &[u8]) -> Result<Rim, RimError> {
         let (text, doc) = xml::parse(xml)?;
+        // The signature's place first, so that a moved signature is named as such rather
+        // than as an unexpected element where it landed.
+        dsig::find(&doc)?;
         let content = swid::content(doc.root_element())?;
         let signature = dsig::parse(text, &doc)?;
         Ok(Rim {
@@ -136,6 +139,8 @@ pub enum RimError {
     TooDeep { max: usize },
     #[error("RIM: element {element} has more than {max} attributes")]
     TooManyAttributes { element: String, max: usize },
+    #[error("RIM: element {element} has more than {max} namespaces in scope")]
+    TooManyNamespaces { element: String, max: usize },
     #[error("RIM: attribute {attribute} of {element} is longer than {max} bytes")]
     AttributeTooLong {
         element: String,

@@ -17,6 +17,9 @@ pub const MAX_TEXT_LEN: usize = 64 * 1024;
 pub const MAX_NODES: u32 = 100_000;
 /// Real elements have at most 16 attributes (namespace declarations not counted).
 pub const MAX_ATTRIBUTES: usize = 64;
+/// Real elements have at most 6 namespaces in scope. Canonicalization looks at every one on
+/// every element, so thousands of declarations would make it quadratic.
+pub const MAX_NAMESPACES: usize = 32;
 
 /// Parse `xml` under the limits: no DTD (so no entity declarations, internal or external),
 /// only the five predefined entities and character references, bounded size, depth and lengths.
@@ -34,9 +37,11 @@ pub fn parse(xml: &[u8]) -> Result<(&str, Document<'_>), RimError> {
     if text.contains("<!DOCTYPE") {
         return Err(RimError::Doctype);
     }
-    let mut options = ParsingOptions::default();
-    options.allow_dtd = false;
-    options.nodes_limit = MAX_NODES;
+    let options = ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_NODES,
+        ..ParsingOptions::default()
+    };
     let doc = Document::parse_with_options(text, options).map_err(|e| match e {
         roxmltree::Error::DtdDetected => RimError::Doctype,
         roxmltree::Error::NodesLimitReached => RimError::TooManyNodes { max: MAX_NODES },
@@ -77,6 +82,12 @@ fn check_limits(text: &str, doc: &Document<'_>) -> Result<(), RimError> {
                         max: MAX_ATTRIBUTE_LEN,
                     });
                 }
+            }
+            if node.namespaces().len() > MAX_NAMESPACES {
+                return Err(RimError::TooManyNamespaces {
+                    element: element.to_string(),
+                    max: MAX_NAMESPACES,
+                });
             }
             for ns in node.namespaces() {
                 if ns.uri().len() > MAX_ATTRIBUTE_LEN {
