@@ -5,6 +5,7 @@
 
 mod chain;
 mod fwid;
+pub mod ocsp;
 mod signature;
 mod spdm;
 
@@ -20,6 +21,8 @@ pub use spdm::{
 mod chain_tests;
 #[cfg(test)]
 mod fwid_tests;
+#[cfg(test)]
+mod ocsp_tests;
 #[cfg(test)]
 mod signature_tests;
 #[cfg(test)]
