@@ -6,6 +6,7 @@
 mod chain;
 mod compare;
 mod fwid;
+pub mod ocsp;
 mod policy;
 pub mod rim;
 mod signature;
@@ -30,6 +31,8 @@ mod chain_tests;
 mod compare_tests;
 #[cfg(test)]
 mod fwid_tests;
+#[cfg(test)]
+mod ocsp_tests;
 #[cfg(test)]
 mod signature_tests;
 #[cfg(test)]

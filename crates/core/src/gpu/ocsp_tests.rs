@@ -1,0 +1,758 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! NVIDIA's real stapled OCSP responses judged at the times NVIDIA's verifier accepted them,
+//! the times nothing can accept them all, tampering, and every failure of the builder's PKI.
+
+use base64::Engine as _;
+use proptest::prelude::*;
+use time::macros::datetime;
+
+use super::ocsp::*;
+use super::{NVIDIA_DEVICE_ROOT_PEM, chain_der};
+use crate::test_support::{vector, vector_text};
+
+const DIR: &str = "nvidia/nvidia-nvtrust/hopper-550.90.07";
+const DAY: u64 = 86_400;
+const WEEK: u64 = 7 * DAY;
+
+const STAPLED: [&str; 7] = [
+    "test_gpu_certificate_l2",
+    "test_gpu_certificate_l3",
+    "test_gpu_certificate_l4",
+    "test_gpu_driver_rim_l3",
+    "test_gpu_driver_rim_l4",
+    "test_gpu_rim_l2",
+    "test_gpu_vbios_l4",
+];
+
+fn aug21() -> i64 {
+    datetime!(2025-08-21 12:00 UTC).unix_timestamp()
+}
+
+fn oct24() -> i64 {
+    datetime!(2025-10-24 12:00 UTC).unix_timestamp()
+}
+
+fn response(name: &str) -> Vec<u8> {
+    let text = vector_text(&format!(
+        "{DIR}/ocsp/{name}_base64encoded_ocsp_response.dat"
+    ));
+    base64::engine::general_purpose::STANDARD
+        .decode(text.split_whitespace().collect::<String>())
+        .unwrap()
+}
+
+fn responses() -> Vec<Vec<u8>> {
+    STAPLED.iter().map(|n| response(n)).collect()
+}
+
+fn pinned(pem: &[u8]) -> Vec<u8> {
+    chain_der(pem).unwrap().remove(0)
+}
+
+/// The GPU's chain with its own root replaced by the pinned one, as NVIDIA's verifier does.
+fn device_chain() -> Vec<Vec<u8>> {
+    let mut chain = chain_der(&vector(&format!("{DIR}/cert_chain.pem"))).unwrap();
+    *chain.last_mut().unwrap() = pinned(NVIDIA_DEVICE_ROOT_PEM);
+    chain
+}
+
+/// A RIM's signing chain from its `ds:X509Certificate` elements (leaf, L3, CA, root), with
+/// the root replaced by the pinned CoRIM root (after checking they are the same).
+fn rim_chain(file: &str) -> Vec<Vec<u8>> {
+    let xml = vector_text(&format!("{DIR}/{file}"));
+    let mut chain: Vec<Vec<u8>> = xml
+        .split("<ds:X509Certificate>")
+        .skip(1)
+        .map(|part| {
+            let b64 = part.split("</ds:X509Certificate>").next().unwrap();
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.split_whitespace().collect::<String>())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(chain.len(), 4, "{file}");
+    let root = pinned(&vector("nvidia/nvidia-roots/verifier_RIM_root.pem"));
+    assert_eq!(
+        chain[3], root,
+        "{file}: the RIM carries the pinned CoRIM root"
+    );
+    *chain.last_mut().unwrap() = root;
+    chain
+}
+
+fn driver_chain() -> Vec<Vec<u8>> {
+    rim_chain("NV_GPU_DRIVER_GH100_550.90.07.xml")
+}
+
+fn vbios_chain() -> Vec<Vec<u8>> {
+    rim_chain("NV_GPU_VBIOS_1010_0200_882_96009F0001.xml")
+}
+
+fn basic(der: &[u8]) -> BasicOcspResponse {
+    match parse_ocsp_response(der).unwrap() {
+        OcspResponse::Successful(b) => b,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn all_ok(results: &[(String, Result<OcspGood, OcspError>)]) -> bool {
+    results.iter().all(|(_, r)| r.is_ok())
+}
+
+#[test]
+fn real_responses_are_what_nvidia_writes() {
+    for name in STAPLED {
+        let b = basic(&response(name));
+        assert_eq!(b.responses.len(), 1, "{name}");
+        let single = &b.responses[0];
+        assert_eq!(single.cert_id.hash, OcspHash::Sha384, "{name}");
+        assert_eq!(single.status, CertStatus::Good, "{name}");
+        // Valid one day, produced when issued, no nonce (stapleable), byKey, P-384.
+        assert_eq!(
+            single.next_update,
+            Some(single.this_update + 86_400),
+            "{name}"
+        );
+        assert_eq!(b.produced_at, single.this_update, "{name}");
+        assert_eq!(b.nonce, None, "{name}");
+        assert!(
+            matches!(b.responder_id, ResponderId::ByKey(ref k) if k.len() == 20),
+            "{name}"
+        );
+        assert_eq!(
+            b.signature_algorithm,
+            OcspSignatureAlgorithm::EcdsaSha384,
+            "{name}"
+        );
+        assert_eq!(
+            b.certs.len(),
+            1,
+            "{name}: one delegated responder certificate"
+        );
+    }
+}
+
+#[test]
+fn device_chain_is_good_on_2025_08_21() {
+    let results = check_chain_ocsp(&device_chain(), 1..4, &responses(), aug21(), WEEK);
+    let expected = [
+        (
+            "GH100 A01 GSP BROM",
+            "NVIDIA OCSP Responder L3 GH100 ICA1 Identity",
+        ),
+        (
+            "NVIDIA GH100 Provisioner ICA 1",
+            "NVIDIA OCSP Responder L2 GH100 Identity",
+        ),
+        ("NVIDIA GH100 Identity", "NVIDIA OCSP Responder L1-A 02"),
+    ];
+    assert_eq!(results.len(), 3);
+    for ((subject, result), (cert, responder)) in results.iter().zip(expected) {
+        let good = result.as_ref().unwrap_or_else(|e| panic!("{subject}: {e}"));
+        assert!(subject.contains(cert), "{subject}");
+        assert!(
+            good.responder.contains(responder),
+            "{subject}: {}",
+            good.responder
+        );
+        assert_eq!(
+            good.this_update,
+            datetime!(2025-08-21 06:47 UTC).unix_timestamp() + good.this_update % 60,
+            "{subject}"
+        );
+    }
+}
+
+#[test]
+fn rim_chains_are_from_the_future_on_2025_08_21() {
+    for chain in [driver_chain(), vbios_chain()] {
+        let results = check_chain_ocsp(&chain, 0..3, &responses(), aug21(), WEEK);
+        assert_eq!(results.len(), 3);
+        for (subject, result) in results {
+            match result {
+                Err(OcspError::NotYetValid {
+                    this_update, at, ..
+                }) => {
+                    assert!(this_update.starts_with("2025-10-24T11:32:2"), "{subject}");
+                    assert_eq!(at, "2025-08-21T12:00:00Z");
+                }
+                other => panic!("{subject}: {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn rim_chains_are_good_on_2025_10_24() {
+    for chain in [driver_chain(), vbios_chain()] {
+        let results = check_chain_ocsp(&chain, 0..3, &responses(), oct24(), WEEK);
+        let subjects: Vec<_> = results.iter().map(|(s, _)| s.as_str()).collect();
+        assert!(subjects[0].contains("HCC RIM L4 Signer"), "{subjects:?}");
+        assert!(subjects[1].contains("NVIDIA Reference Value L3 GH100 002"));
+        assert!(subjects[2].contains("NVIDIA Reference Value GH100 CA"));
+        for (subject, result) in &results {
+            let good = result.as_ref().unwrap_or_else(|e| panic!("{subject}: {e}"));
+            assert!(good.responder.contains("NVIDIA OCSP Responder"), "{good:?}");
+        }
+    }
+}
+
+#[test]
+fn device_chain_fails_on_2025_10_24_naming_the_expired_responder() {
+    let results = check_chain_ocsp(&device_chain(), 1..4, &responses(), oct24(), WEEK);
+    // The identity certificate's responder expired on 2025-09-21.
+    match &results[2].1 {
+        Err(OcspError::ResponderValidity {
+            cert,
+            responder,
+            not_after,
+            ..
+        }) => {
+            assert!(cert.contains("NVIDIA GH100 Identity"), "{cert}");
+            assert!(
+                responder.contains("NVIDIA OCSP Responder L1-A 02"),
+                "{responder}"
+            );
+            assert_eq!(not_after, "2025-09-21T23:59:59Z");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The two others have live responders but answers two months old.
+    for (subject, result) in &results[..2] {
+        assert!(
+            matches!(result, Err(OcspError::Stale { .. })),
+            "{subject}: {result:?}"
+        );
+    }
+    let lenient = check_chain_ocsp(&device_chain(), 1..3, &responses(), oct24(), u64::MAX);
+    for (subject, result) in &lenient {
+        match result {
+            Err(OcspError::Expired { next_update, .. }) => {
+                assert!(next_update.starts_with("2025-08-22T06:47:0"), "{subject}");
+            }
+            other => panic!("{subject}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn no_time_accepts_every_stapled_response() {
+    let (device, driver, vbios, stapled) =
+        (device_chain(), driver_chain(), vbios_chain(), responses());
+    let check = |at: i64| {
+        let device_ok = all_ok(&check_chain_ocsp(&device, 1..4, &stapled, at, u64::MAX));
+        let rims_ok = all_ok(&check_chain_ocsp(&driver, 0..3, &stapled, at, u64::MAX))
+            && all_ok(&check_chain_ocsp(&vbios, 0..3, &stapled, at, u64::MAX));
+        (device_ok, rims_ok)
+    };
+    // Hourly around both windows, daily across the months between and around them.
+    let hour = 3_600;
+    let windows = [
+        datetime!(2025-08-19 00:00 UTC).unix_timestamp()
+            ..datetime!(2025-08-24 00:00 UTC).unix_timestamp(),
+        datetime!(2025-10-22 00:00 UTC).unix_timestamp()
+            ..datetime!(2025-10-27 00:00 UTC).unix_timestamp(),
+    ];
+    let mut times: Vec<i64> = windows
+        .iter()
+        .flat_map(|w| w.clone().step_by(hour))
+        .collect();
+    times.extend(
+        (datetime!(2025-06-01 00:00 UTC).unix_timestamp()
+            ..datetime!(2026-01-01 00:00 UTC).unix_timestamp())
+            .step_by(86_400),
+    );
+    let (mut device_seen, mut rims_seen) = (false, false);
+    for at in times {
+        let (device_ok, rims_ok) = check(at);
+        assert!(
+            !(device_ok && rims_ok),
+            "{}: every response accepted",
+            crate::verify::time::format_unix(at)
+        );
+        device_seen |= device_ok;
+        rims_seen |= rims_ok;
+    }
+    assert!(
+        device_seen && rims_seen,
+        "each set is accepted at some time"
+    );
+}
+
+/// Each real response, the certificate it answers for and that certificate's issuer.
+fn real_cases() -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let (device, driver, vbios) = (device_chain(), driver_chain(), vbios_chain());
+    let pair = |chain: &[Vec<u8>], i: usize| (chain[i].clone(), chain[i + 1].clone());
+    let of = [
+        ("test_gpu_certificate_l2", pair(&device, 3)),
+        ("test_gpu_certificate_l3", pair(&device, 2)),
+        ("test_gpu_certificate_l4", pair(&device, 1)),
+        ("test_gpu_rim_l2", pair(&driver, 2)),
+        ("test_gpu_driver_rim_l3", pair(&driver, 1)),
+        ("test_gpu_driver_rim_l4", pair(&driver, 0)),
+        ("test_gpu_vbios_l4", pair(&vbios, 0)),
+    ];
+    of.into_iter()
+        .map(|(name, (cert, issuer))| (response(name), cert, issuer))
+        .collect()
+}
+
+#[test]
+fn the_request_carries_the_certid_nvidias_responses_answer() {
+    for (resp, cert, issuer) in real_cases() {
+        let request = ocsp_request_der(&cert, &issuer).unwrap();
+        let parsed = parse_ocsp_request(&request).unwrap();
+        assert_eq!(parsed.nonce, None);
+        assert_eq!(parsed.cert_ids.len(), 1);
+        assert_eq!(parsed.cert_ids[0], basic(&resp).responses[0].cert_id);
+        // Byte for byte: the CertID DER (inside four SEQUENCE headers) is inside the response.
+        let mut at = 0;
+        for _ in 0..4 {
+            assert_eq!(request[at], 0x30);
+            at += match request[at + 1] {
+                0..0x80 => 2,
+                long => 2 + usize::from(long & 0x7F),
+            };
+        }
+        let id_der = &request[at..];
+        assert!(resp.windows(id_der.len()).any(|w| w == id_der));
+    }
+}
+
+#[test]
+fn every_flipped_byte_of_a_real_response_is_refused() {
+    let (resp, cert, issuer) = real_cases().remove(2);
+    assert!(check_ocsp(&resp, &cert, &issuer, aug21(), WEEK).is_ok());
+    let signature = basic(&resp).signature;
+    let sig_at = resp
+        .windows(signature.len())
+        .position(|w| w == signature.as_slice())
+        .unwrap();
+    for i in 0..resp.len() {
+        let mut bad = resp.clone();
+        bad[i] ^= 0x01;
+        let result = check_ocsp(&bad, &cert, &issuer, aug21(), WEEK);
+        assert!(result.is_err(), "byte {i} flipped is accepted");
+        if (sig_at..sig_at + signature.len()).contains(&i) {
+            assert!(
+                matches!(result, Err(OcspError::Signature { .. })),
+                "byte {i}: {result:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unsuccessful_and_malformed_responses_are_named() {
+    let (_, cert, issuer) = real_cases().remove(0);
+    assert!(matches!(
+        check_ocsp(
+            &[0x30, 0x03, 0x0A, 0x01, 0x03],
+            &cert,
+            &issuer,
+            aug21(),
+            WEEK
+        ),
+        Err(OcspError::Unsuccessful {
+            status: "tryLater",
+            ..
+        })
+    ));
+    assert!(matches!(
+        check_ocsp(&[0x30, 0x80, 0x00, 0x00], &cert, &issuer, aug21(), WEEK),
+        Err(OcspError::Malformed {
+            field: "OCSPResponse",
+            ..
+        })
+    ));
+    // Another certificate's answer.
+    let other = response("test_gpu_certificate_l4");
+    assert!(matches!(
+        check_ocsp(&other, &cert, &issuer, aug21(), WEEK),
+        Err(OcspError::NotInResponse { count: 1, .. })
+    ));
+    // A certificate with an issuer that is not its own.
+    let device = device_chain();
+    assert!(matches!(
+        check_ocsp(&other, &device[1], &device[3], aug21(), WEEK),
+        Err(OcspError::NotIssuedBy { .. })
+    ));
+    // Nothing stapled for a certificate; a range beyond the chain; the root has no issuer.
+    let results = check_chain_ocsp(&device, 0..6, &responses(), aug21(), WEEK);
+    assert!(matches!(
+        results[0].1,
+        Err(OcspError::MissingResponse { .. })
+    ));
+    assert!(matches!(results[4].1, Err(OcspError::NoIssuer { .. })));
+    assert!(matches!(
+        results[5].1,
+        Err(OcspError::NoCertificate { index: 5, len: 5 })
+    ));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The builder, with a P-384 test PKI.
+
+struct Pki {
+    issuer_params: rcgen::CertificateParams,
+    issuer_key: rcgen::KeyPair,
+    issuer: Vec<u8>,
+    leaf: Vec<u8>,
+    responder: Vec<u8>,
+    responder_key: p384::ecdsa::SigningKey,
+    at: i64,
+}
+
+/// The raw P-384 scalar of an rcgen (ring) key: ECPrivateKey version 1, then OCTET STRING 48.
+fn signing_key(key: &rcgen::KeyPair) -> p384::ecdsa::SigningKey {
+    let pkcs8 = key.serialize_der();
+    let at = pkcs8
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x30])
+        .unwrap();
+    p384::ecdsa::SigningKey::from_slice(&pkcs8[at + 5..at + 5 + 48]).unwrap()
+}
+
+fn params(cn: &str, at: i64, days: i64) -> rcgen::CertificateParams {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.not_before = time::OffsetDateTime::from_unix_timestamp(at - 30 * 86_400).unwrap();
+    p.not_after = time::OffsetDateTime::from_unix_timestamp(at + days * 86_400).unwrap();
+    p
+}
+
+fn p384_key() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap()
+}
+
+fn ca(cn: &str, at: i64) -> (rcgen::CertificateParams, rcgen::KeyPair, Vec<u8>) {
+    let mut p = params(cn, at, 365);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = p384_key();
+    let der = p.self_signed(&key).unwrap().der().to_vec();
+    (p, key, der)
+}
+
+fn responder_cert(
+    cn: &str,
+    issuer: (&rcgen::CertificateParams, &rcgen::KeyPair),
+    key: &rcgen::KeyPair,
+    at: i64,
+    days: i64,
+    eku: bool,
+) -> Vec<u8> {
+    let mut p = params(cn, at, days);
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    if eku {
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
+    }
+    let issuer = rcgen::Issuer::from_params(issuer.0, issuer.1);
+    p.signed_by(key, &issuer).unwrap().der().to_vec()
+}
+
+fn pki() -> Pki {
+    let at = aug21();
+    let (issuer_params, issuer_key, issuer) = ca("Test Issuer CA", at);
+    let leaf = {
+        let p = params("Test Leaf", at, 365);
+        let issuer = rcgen::Issuer::from_params(&issuer_params, &issuer_key);
+        p.signed_by(&p384_key(), &issuer).unwrap().der().to_vec()
+    };
+    let key = p384_key();
+    let responder = responder_cert(
+        "Test OCSP Responder",
+        (&issuer_params, &issuer_key),
+        &key,
+        at,
+        365,
+        true,
+    );
+    Pki {
+        responder_key: signing_key(&key),
+        issuer_params,
+        issuer_key,
+        issuer,
+        leaf,
+        responder,
+        at,
+    }
+}
+
+impl Pki {
+    fn spec(&self) -> OcspResponseSpec<'_> {
+        OcspResponseSpec {
+            cert_der: &self.leaf,
+            issuer_der: &self.issuer,
+            hash: OcspHash::Sha384,
+            status: CertStatus::Good,
+            produced_at: self.at - 3_600,
+            this_update: self.at - 3_600,
+            next_update: Some(self.at + 86_400),
+            responder_cert_der: &self.responder,
+            responder_key: &self.responder_key,
+        }
+    }
+
+    fn check(&self, spec: &OcspResponseSpec<'_>) -> Result<OcspGood, OcspError> {
+        check_ocsp(
+            &build_ocsp_response(spec).unwrap(),
+            &self.leaf,
+            &self.issuer,
+            self.at,
+            WEEK,
+        )
+    }
+}
+
+#[test]
+fn a_built_response_round_trips() {
+    let pki = pki();
+    let built = build_ocsp_response(&pki.spec()).unwrap();
+    let b = basic(&built);
+    assert_eq!(
+        b.responses[0].cert_id,
+        ocsp_cert_id(&pki.leaf, &pki.issuer, &OcspHash::Sha384).unwrap()
+    );
+    let good = check_ocsp(&built, &pki.leaf, &pki.issuer, pki.at, WEEK).unwrap();
+    assert_eq!(good.subject, "CN=Test Leaf");
+    assert_eq!(good.responder, "CN=Test OCSP Responder");
+    assert_eq!(good.next_update, Some(pki.at + 86_400));
+    // The chain function finds it among others.
+    let chain = vec![pki.leaf.clone(), pki.issuer.clone()];
+    let results = check_chain_ocsp(
+        &chain,
+        0..1,
+        &[response("test_gpu_rim_l2"), built],
+        pki.at,
+        WEEK,
+    );
+    assert!(results[0].1.is_ok(), "{results:?}");
+    // SHA-256 CertIDs, and the issuer signing its own answers (RFC 6960 §4.2.2.2 first case).
+    let sha256 = OcspResponseSpec {
+        hash: OcspHash::Sha256,
+        ..pki.spec()
+    };
+    assert!(pki.check(&sha256).is_ok());
+    let issuer_key = signing_key(&pki.issuer_key);
+    let by_issuer = OcspResponseSpec {
+        responder_cert_der: &pki.issuer,
+        responder_key: &issuer_key,
+        ..pki.spec()
+    };
+    assert_eq!(
+        pki.check(&by_issuer).unwrap().responder,
+        "CN=Test Issuer CA"
+    );
+}
+
+#[test]
+fn built_bad_statuses_and_times_each_fail_by_name() {
+    let pki = pki();
+    let at = pki.at;
+    let revoked = |reason| OcspResponseSpec {
+        status: CertStatus::Revoked {
+            time: at - 7_200,
+            reason,
+        },
+        ..pki.spec()
+    };
+    match pki.check(&revoked(Some(1))) {
+        Err(OcspError::Revoked { reason, time, .. }) => {
+            assert_eq!(reason, "keyCompromise (1)");
+            assert_eq!(time, "2025-08-21T10:00:00Z");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        pki.check(&revoked(None)),
+        Err(OcspError::Revoked { ref reason, .. }) if reason == "not given"
+    ));
+    assert!(matches!(
+        pki.check(&revoked(Some(CRL_REASON_CERTIFICATE_HOLD))),
+        Err(OcspError::OnHold { .. })
+    ));
+    let unknown = OcspResponseSpec {
+        status: CertStatus::Unknown,
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&unknown),
+        Err(OcspError::Unknown { .. })
+    ));
+    let stale = OcspResponseSpec {
+        this_update: at - 8 * 86_400,
+        next_update: None,
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&stale),
+        Err(OcspError::Stale {
+            max_age_secs: WEEK,
+            ..
+        })
+    ));
+    let future = OcspResponseSpec {
+        this_update: at + 60,
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&future),
+        Err(OcspError::NotYetValid { .. })
+    ));
+    let expired = OcspResponseSpec {
+        next_update: Some(at - 1),
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&expired),
+        Err(OcspError::Expired { .. })
+    ));
+    // nextUpdate exactly now, and no nextUpdate at all, are fine.
+    let edge = OcspResponseSpec {
+        next_update: Some(at),
+        ..pki.spec()
+    };
+    assert!(pki.check(&edge).is_ok());
+    let open = OcspResponseSpec {
+        next_update: None,
+        ..pki.spec()
+    };
+    assert!(pki.check(&open).is_ok());
+}
+
+#[test]
+fn built_responses_from_the_wrong_signer_fail_by_name() {
+    let pki = pki();
+    let at = pki.at;
+    // The CertID names another issuer (same leaf serial): not an answer for this certificate.
+    let (other_params, other_key, other_ca) = ca("Other CA", at);
+    let wrong_issuer = OcspResponseSpec {
+        issuer_der: &other_ca,
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&wrong_issuer),
+        Err(OcspError::NotInResponse { .. })
+    ));
+    // Signed by a key that is not the responder certificate's.
+    let stranger = signing_key(&p384_key());
+    let bad_key = OcspResponseSpec {
+        responder_key: &stranger,
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&bad_key),
+        Err(OcspError::Signature { .. })
+    ));
+    // A responder another CA delegated to.
+    let key = p384_key();
+    let foreign = responder_cert(
+        "Foreign Responder",
+        (&other_params, &other_key),
+        &key,
+        at,
+        365,
+        true,
+    );
+    let foreign_key = signing_key(&key);
+    let spec = OcspResponseSpec {
+        responder_cert_der: &foreign,
+        responder_key: &foreign_key,
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&spec),
+        Err(OcspError::ResponderNotAuthorized { why, .. }) if why.contains("not issued by")
+    ));
+    // Issued by the right CA but without id-kp-OCSPSigning.
+    let plain = responder_cert(
+        "Plain",
+        (&pki.issuer_params, &pki.issuer_key),
+        &key,
+        at,
+        365,
+        false,
+    );
+    let spec = OcspResponseSpec {
+        responder_cert_der: &plain,
+        responder_key: &foreign_key,
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&spec),
+        Err(OcspError::ResponderNotAuthorized { why, .. }) if why.contains("OCSPSigning")
+    ));
+    // A delegated responder that expired yesterday.
+    let old = responder_cert(
+        "Old",
+        (&pki.issuer_params, &pki.issuer_key),
+        &key,
+        at,
+        -1,
+        true,
+    );
+    let spec = OcspResponseSpec {
+        responder_cert_der: &old,
+        responder_key: &foreign_key,
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&spec),
+        Err(OcspError::ResponderValidity { .. })
+    ));
+}
+
+#[test]
+fn an_unsupported_certid_hash_is_named() {
+    let pki = pki();
+    let sha256 = OcspResponseSpec {
+        hash: OcspHash::Sha256,
+        ..pki.spec()
+    };
+    let mut built = build_ocsp_response(&sha256).unwrap();
+    // SHA-256's OID (…04 02 01) becomes SHA-512's (…04 02 03), same length.
+    let oid = [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+    let at = built.windows(oid.len()).position(|w| w == oid).unwrap();
+    built[at + 8] = 0x03;
+    match check_ocsp(&built, &pki.leaf, &pki.issuer, pki.at, WEEK) {
+        Err(OcspError::UnsupportedHash { algorithm, .. }) => {
+            assert_eq!(algorithm, "2.16.840.1.101.3.4.2.3");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        ocsp_cert_id(&pki.leaf, &pki.issuer, &OcspHash::Sha1),
+        Err(OcspError::UnsupportedHash { .. })
+    ));
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+        let (_, cert, issuer) = real_cases().remove(0);
+        let _ = parse_ocsp_response(&bytes);
+        let _ = parse_ocsp_request(&bytes);
+        let _ = check_ocsp(&bytes, &cert, &issuer, aug21(), WEEK);
+        let _ = check_ocsp(&bytes, &bytes, &bytes, aug21(), WEEK);
+    }
+
+    #[test]
+    fn mutated_real_responses_never_panic(
+        which in 0usize..7,
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        cut in any::<Option<usize>>(),
+    ) {
+        let (mut resp, cert, issuer) = real_cases().remove(which);
+        for (at, value) in edits {
+            let i = at % resp.len();
+            resp[i] = value;
+        }
+        if let Some(cut) = cut {
+            resp.truncate(cut % (resp.len() + 1));
+        }
+        let _ = parse_ocsp_response(&resp);
+        let _ = check_ocsp(&resp, &cert, &issuer, aug21(), WEEK);
+        let _ = check_chain_ocsp(&device_chain(), 0..5, &[resp], oct24(), WEEK);
+    }
+}
