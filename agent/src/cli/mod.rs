@@ -13,6 +13,7 @@ mod serve;
 mod sim;
 mod tee_args;
 mod verify;
+mod verify_gpu;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,8 @@ enum Command {
     Audit(audit::AuditCommand),
     /// Verify a quote file offline against collateral and a policy.
     Verify(verify::VerifyArgs),
+    /// Verify one NVIDIA GPU's evidence offline against its RIMs, OCSP answers and a policy.
+    VerifyGpu(verify_gpu::VerifyGpuArgs),
     /// Produce a TD quote over 64 bytes of REPORTDATA.
     Quote(measure::QuoteArgs),
     /// Print the TD's measurement registers (MRTD, RTMR0-3, owner registers).
@@ -106,6 +109,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Config(c) => serve::config(c).await,
         Command::Audit(c) => audit::run(c).await,
         Command::Verify(a) => verify::run(a).await,
+        Command::VerifyGpu(a) => verify_gpu::run(a).await,
         Command::Eventlog(c) => eventlog::run(c).await,
         Command::Quote(a) => measure::quote(a).await,
         Command::Measurements(a) => measure::measurements(a).await,

@@ -4,8 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod forward;
+mod http;
+pub mod nvidia;
 pub mod pccs;
 
+#[cfg(test)]
+mod nvidia_tests;
 #[cfg(test)]
 #[path = "../../core/src/test_support.rs"]
 mod test_support;

@@ -79,7 +79,6 @@ pub enum Provenance {
     StaleFallback(String),
 }
 
-
 /// A PCCS (or Intel PCS) client for the v4 API.
 #[derive(Clone)]
 pub struct PccsClient {

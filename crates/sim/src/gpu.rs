@@ -1,7 +1,7 @@
 //! A simulated NVIDIA GPU and its simulated NVIDIA PKI: a device chain shaped like a GH100's
 //! or GB100's (five P-384 certificates, the leaf carrying a TCG DICE TcbInfo with the FWID),
 //! SPDM measurement reports signed by the leaf, RIMs signed by a simulated RIM signer, and
-//! OCSP answers from a simulated responder. Evidence made here verifies only against the
+//! OCSP answers signed by each certificate's issuer. Evidence made here verifies only against the
 //! simulated roots (`--insecure-gpu-roots`), never against NVIDIA's.
 
 use p384::ecdsa::SigningKey;
@@ -92,35 +92,49 @@ impl SimCert {
     }
 
     fn issued_by(params: CertificateParams, issuer: &SimCert) -> Result<Self, SimError> {
-        let key = SimKey::generate()?;
+        Self::issued_by_with_key(params, issuer, SimKey::generate()?)
+    }
+
+    fn issued_by_with_key(
+        params: CertificateParams,
+        issuer: &SimCert,
+        key: SimKey,
+    ) -> Result<Self, SimError> {
         let iss = Issuer::new(issuer.params.clone(), &issuer.key.rcgen);
         let der = params.signed_by(&key.rcgen, &iss)?.der().to_vec();
         Ok(Self { der, key, params })
     }
 }
 
-/// DER of a DiceTcbInfo holding only `fwids = [sha384(fwid)]`, as NVIDIA's leaves carry it
-/// (the digest is the extension's last 48 bytes, which is where Hopper's is read from).
-fn tcb_info(fwid: &[u8; 48]) -> Vec<u8> {
-    // OID 2.16.840.1.101.3.4.2.2 (SHA-384).
-    let sha384_oid = [
-        0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02,
-    ];
-    let mut fwid_seq = Vec::new();
-    fwid_seq.extend_from_slice(&sha384_oid);
-    fwid_seq.extend_from_slice(&[0x04, 48]);
-    fwid_seq.extend_from_slice(fwid);
-    let mut one = vec![0x30, u8::try_from(fwid_seq.len()).unwrap_or(0)];
-    one.extend_from_slice(&fwid_seq);
-    let mut fwids = vec![0xa6, u8::try_from(one.len()).unwrap_or(0)];
-    fwids.extend_from_slice(&one);
-    let mut vendor = vec![0x80, 6];
-    vendor.extend_from_slice(b"NVIDIA");
-    let mut body = vendor;
-    body.extend_from_slice(&fwids);
-    let mut out = vec![0x30, u8::try_from(body.len()).unwrap_or(0)];
-    out.extend_from_slice(&body);
-    out
+/// SHA-384's OID, 2.16.840.1.101.3.4.2.2.
+const SHA384_OID: &[u64] = &[2, 16, 840, 1, 101, 3, 4, 2, 2];
+
+/// The leaf's TCG DICE TcbInfo as each architecture's real leaves carry it (the shapes of the
+/// vectors' GH100 and GB20X leaves), since NVIDIA's verifier parses them positionally.
+/// Hopper: SEQUENCE { version 1, the leaf's SubjectPublicKeyInfo, FWID }, the digest last.
+/// Blackwell: DiceTcbInfo { vendor, model, version, svn, layer, index, fwids [FWID, zeros],
+/// flags, vendorInfo, type }.
+fn tcb_info(arch: Architecture, chip: &str, leaf_spki: &[u8], fwid: &[u8; 48]) -> Vec<u8> {
+    use super::der::{integer, octet_string, oid, sequence, tlv};
+    let fwid_entry = |d: &[u8]| sequence(&[oid(SHA384_OID), octet_string(d)]);
+    match arch {
+        Architecture::Hopper => sequence(&[integer(1), leaf_spki.to_vec(), fwid_entry(fwid)]),
+        Architecture::Blackwell => {
+            let fwids = [fwid_entry(fwid), fwid_entry(&[0; 48])].concat();
+            sequence(&[
+                tlv(0x80, b"NVIDIA"),
+                tlv(0x81, format!("{chip} A01 GSP").as_bytes()),
+                tlv(0x82, b"02"),
+                tlv(0x83, &[0x02]),
+                tlv(0x84, &[0x00]),
+                tlv(0x85, &[0x00]),
+                tlv(0xA6, &fwids),
+                tlv(0x87, &[0x00, 0x80, 0x00, 0x00, 0x01]),
+                tlv(0x88, &[0xC0]),
+                tlv(0x89, &[0x00]),
+            ])
+        }
+    }
 }
 
 /// A simulated GPU's device PKI: root, identity, provisioner ICA, BROM, FMC leaf.
@@ -131,10 +145,6 @@ pub struct SimGpuPki {
     pub fwid: [u8; 48],
     /// The RIM signing chain: leaf, L3, CA, root.
     pub rim_chain: Vec<SimCert>,
-    /// The OCSP responder, issued by the device root for the device chain's answers and by
-    /// the RIM root for the RIM chains' (NVIDIA's responders chain to each root).
-    pub device_responder: SimCert,
-    pub rim_responder: SimCert,
 }
 
 impl SimGpuPki {
@@ -163,8 +173,14 @@ impl SimGpuPki {
             Architecture::Hopper => HOPPER_TCB_INFO,
             Architecture::Blackwell => BLACKWELL_TCB_INFO,
         };
-        leaf.custom_extensions = vec![CustomExtension::from_oid_content(oid, tcb_info(&fwid))];
-        let leaf = SimCert::issued_by(leaf, &brom)?;
+        // The leaf's key comes first: Hopper's TcbInfo repeats it.
+        let leaf_key = SimKey::generate()?;
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&leaf_key.rcgen);
+        leaf.custom_extensions = vec![CustomExtension::from_oid_content(
+            oid,
+            tcb_info(arch, chip, &spki, &fwid),
+        )];
+        let leaf = SimCert::issued_by_with_key(leaf, &brom, leaf_key)?;
 
         let (r0, r1) = (SIM_RIM_NOT_BEFORE, SIM_RIM_NOT_AFTER);
         let rim_root =
@@ -181,20 +197,11 @@ impl SimGpuPki {
             leaf_params("HCC RIM L4 Signer", r0, rim_leaf_not_after, 14)?,
             &rim_l3,
         )?;
-        let responder = |cn: &str, serial, issuer: &SimCert| -> Result<SimCert, SimError> {
-            let mut p = leaf_params(cn, r0, r1, serial)?;
-            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
-            SimCert::issued_by(p, issuer)
-        };
-        let device_responder = responder("NVIDIA OCSP Responder (device, simulated)", 21, &root)?;
-        let rim_responder = responder("NVIDIA OCSP Responder (RIM, simulated)", 22, &rim_root)?;
         Ok(Self {
             arch,
             chain: vec![leaf, brom, ica, identity, root],
             fwid,
             rim_chain: vec![rim_leaf, rim_l3, rim_ca, rim_root],
-            device_responder,
-            rim_responder,
         })
     }
 
@@ -386,5 +393,220 @@ impl SimGpu {
         out.extend_from_slice(&u16::try_from(opaque_data.len()).unwrap_or(0).to_le_bytes());
         out.extend_from_slice(&opaque_data);
         out
+    }
+}
+
+/// Which RIM indices each RIM covers in the simulation, as NVIDIA splits them: the VBIOS RIM
+/// the firmware's (0-6, 8-20), the driver RIM index 7 and 21-40; 41-63 are inactive in both.
+pub fn sim_rim_active(kind: SimRimKind, index: u16) -> bool {
+    match kind {
+        SimRimKind::Driver => index == 7 || (21..=40).contains(&index),
+        SimRimKind::Vbios => index <= 20 && index != 7,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimRimKind {
+    Driver,
+    Vbios,
+}
+
+/// One RIM entry: index, whether it is compared, and its alternatives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimRimEntry {
+    pub index: u16,
+    pub active: bool,
+    pub alternatives: Vec<[u8; 48]>,
+}
+
+/// A RIM before signing, in NVIDIA's SWID shape; tests edit `entries` and `version` to make
+/// the variant they need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimRim {
+    pub kind: SimRimKind,
+    pub product: String,
+    pub version: String,
+    pub entries: Vec<SimRimEntry>,
+}
+
+impl SimGpu {
+    /// The RIM of `kind` that this GPU's measurements match.
+    pub fn rim(&self, kind: SimRimKind, arch: Architecture) -> SimRim {
+        let entries = self
+            .measurements
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let index = u16::try_from(i).unwrap_or(u16::MAX);
+                let active = sim_rim_active(kind, index);
+                SimRimEntry {
+                    index,
+                    active,
+                    alternatives: vec![if active { *m } else { [0; 48] }],
+                }
+            })
+            .collect();
+        SimRim {
+            kind,
+            product: match arch {
+                Architecture::Hopper => "GH100".into(),
+                Architecture::Blackwell => "GB100".into(),
+            },
+            version: match kind {
+                SimRimKind::Driver => self.driver_version.clone(),
+                SimRimKind::Vbios => self.vbios_version.clone(),
+            },
+            entries,
+        }
+    }
+}
+
+impl SimRim {
+    /// The unsigned document, laid out as NVIDIA's are (namespace prefixes, attribute order,
+    /// self-closing elements, indentation), so canonicalization has real work to do.
+    pub fn unsigned_xml(&self) -> String {
+        let mut x = String::new();
+        let tag: [u8; 48] = Sha384::digest(format!("{}{:?}", self.version, self.kind)).into();
+        x.push_str(&format!(
+            "<SoftwareIdentity xmlns=\"http://standards.iso.org/iso/19770/-2/2015/schema.xsd\" \
+             xmlns:ns0=\"http://standards.iso.org/iso/19770/-2/2015/schema.xsd\" \
+             xmlns:ns2=\"http://www.w3.org/2001/04/xmlenc#sha384\" corpus=\"false\" name=\"{p}\" \
+             patch=\"false\" supplemental=\"false\" tagId=\"{t}\" version=\"1.0\" tagVersion=\"0\">\n",
+            p = self.product,
+            t = hex::encode(tag),
+        ));
+        x.push_str(
+            "    <ns0:Entity name=\"NVIDIA Corporation (simulated)\" role=\"softwareCreator tagCreator\"/>\n",
+        );
+        x.push_str(&format!(
+            "    <ns0:Meta xmlns:ns1=\"https://trustedcomputinggroup.org/resource/tcg-reference-integrity-manifest-rim-information-model/\" \
+             colloquialVersion=\"{v}\" edition=\"GPU\" product=\"{p}\" revision=\"r1\" PayloadType=\"direct\" \
+             ns1:BindingSpec=\"RIMIM\" ns1:BindingSpecVersion=\"1.01\" ns1:PlatformManufacturerId=\"5703\" \
+             ns1:PlatformManufacturerStr=\"NVIDIA Corporation\" ns1:PlatformModel=\"{p}\" \
+             ns1:FirmwareManufacturer=\"NVIDIA Corporation\" ns1:FirmwareManufacturerId=\"5703\"/>\n",
+            v = self.version,
+            p = self.product,
+        ));
+        x.push_str("    <ns0:Payload xmlns:SHA384=\"http://www.w3.org/2001/04/xmlenc#sha384\">\n");
+        for e in &self.entries {
+            let hashes: String = e
+                .alternatives
+                .iter()
+                .enumerate()
+                .map(|(j, h)| format!(" ns2:Hash{j}=\"{}\"", hex::encode(h)))
+                .collect();
+            x.push_str(&format!(
+                "        <ns0:Resource type=\"Measurement\" index=\"{i}\" active=\"{a}\" alternatives=\"{n}\"{hashes} name=\"Measurement_{i}\" size=\"48\"/>\n",
+                i = e.index,
+                a = if e.active { "True" } else { "False" },
+                n = e.alternatives.len(),
+            ));
+        }
+        x.push_str("    </ns0:Payload>\n</SoftwareIdentity>\n");
+        x
+    }
+}
+
+impl SimGpuPki {
+    /// Sign `rim` as NVIDIA does: an enveloped XML signature by the RIM signer, with the
+    /// signing chain (leaf to root) in `ds:X509Data`.
+    pub fn sign_rim(&self, rim: &SimRim) -> Result<Vec<u8>, SimError> {
+        let key = self
+            .rim_chain
+            .first()
+            .map(|c| c.key.signing_key())
+            .ok_or_else(|| SimError::Other("simulated RIM chain is empty".into()))?;
+        tdx_core::gpu::rim::sign_rim(rim.unsigned_xml().as_bytes(), key, &self.rim_chain_der())
+            .map_err(|e| SimError::Crypto(format!("signing the simulated RIM: {e}")))
+    }
+}
+
+/// What the simulated responder says about a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimOcspStatus {
+    Good,
+    Revoked,
+    /// certificateHold: never accepted.
+    Hold,
+}
+
+impl SimGpuPki {
+    /// Every (certificate, issuer) pair NVIDIA's verifier asks about: device chain 1..3 and
+    /// RIM chain 0..2.
+    fn ocsp_pairs(&self) -> Vec<(&SimCert, &SimCert)> {
+        fn pairs(c: &[SimCert], range: std::ops::Range<usize>) -> Vec<(&SimCert, &SimCert)> {
+            range
+                .filter_map(|i| Some((c.get(i)?, c.get(i + 1)?)))
+                .collect()
+        }
+        let mut out = pairs(&self.chain, 1..4);
+        out.extend(pairs(&self.rim_chain, 0..3));
+        out
+    }
+
+    /// A stapleable answer (no nonce) about `cert_der`, signed by its issuer: thisUpdate `at`,
+    /// nextUpdate a day later, as NVIDIA's responder writes them.
+    pub fn ocsp_answer(
+        &self,
+        cert_der: &[u8],
+        status: SimOcspStatus,
+        at: i64,
+    ) -> Result<Vec<u8>, SimError> {
+        use tdx_core::gpu::ocsp::{CertStatus, OcspHash, OcspResponseSpec, build_ocsp_response};
+        let (cert, issuer) = self
+            .ocsp_pairs()
+            .into_iter()
+            .find(|(c, _)| c.der == cert_der)
+            .ok_or_else(|| SimError::Other("no simulated certificate has that DER".into()))?;
+        let status = match status {
+            SimOcspStatus::Good => CertStatus::Good,
+            SimOcspStatus::Revoked => CertStatus::Revoked {
+                time: at - 3600,
+                reason: Some(1),
+            },
+            SimOcspStatus::Hold => CertStatus::Revoked {
+                time: at - 3600,
+                reason: Some(tdx_core::gpu::ocsp::CRL_REASON_CERTIFICATE_HOLD),
+            },
+        };
+        build_ocsp_response(&OcspResponseSpec {
+            cert_der: &cert.der,
+            issuer_der: &issuer.der,
+            hash: OcspHash::Sha384,
+            status,
+            produced_at: at,
+            this_update: at,
+            next_update: Some(at + 86_400),
+            responder_cert_der: &issuer.der,
+            responder_key: issuer.key.signing_key(),
+        })
+        .map_err(|e| SimError::Crypto(format!("simulated OCSP answer: {e}")))
+    }
+
+    /// Good answers, at `at`, for every certificate NVIDIA's verifier asks about.
+    pub fn ocsp_answers(&self, at: i64) -> Result<Vec<Vec<u8>>, SimError> {
+        self.ocsp_pairs()
+            .into_iter()
+            .map(|(c, _)| self.ocsp_answer(&c.der, SimOcspStatus::Good, at))
+            .collect()
+    }
+
+    /// The answer to a DER OCSP request, as the simulated responder gives it.
+    pub fn answer_request(&self, request_der: &[u8], at: i64) -> Result<Vec<u8>, SimError> {
+        use tdx_core::gpu::ocsp::{ocsp_cert_id, parse_ocsp_request};
+        let req = parse_ocsp_request(request_der)
+            .map_err(|e| SimError::Other(format!("OCSP request: {e}")))?;
+        let wanted = req
+            .cert_ids
+            .first()
+            .ok_or_else(|| SimError::Other("OCSP request names no certificate".into()))?;
+        for (cert, issuer) in self.ocsp_pairs() {
+            if ocsp_cert_id(&cert.der, &issuer.der, &wanted.hash).is_ok_and(|id| id == *wanted) {
+                return self.ocsp_answer(&cert.der, SimOcspStatus::Good, at);
+            }
+        }
+        Err(SimError::Other(
+            "OCSP request for a certificate this PKI did not issue".into(),
+        ))
     }
 }

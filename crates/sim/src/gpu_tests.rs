@@ -65,3 +65,65 @@ fn the_fwid_field_can_be_left_out_or_made_wrong() {
     // The signature still covers it: only the FWID check fails.
     verify_report_signature(&raw, &report, &chain[0]).unwrap();
 }
+
+#[test]
+fn simulated_rims_verify_and_match_the_simulated_gpu() {
+    use tdx_core::gpu::{GpuCollateral, GpuEvidenceRef, GpuPolicy, GpuRoots, RimFile, verify_gpu};
+    for arch in [Architecture::Hopper, Architecture::Blackwell] {
+        let pki = SimGpuPki::generate(arch, SIM_RIM_NOT_AFTER).unwrap();
+        let gpu = SimGpu::typical(arch, "rims");
+        let nonce = [3u8; 32];
+        let report = pki.report(&gpu, &nonce).unwrap();
+        let chain = pki.chain_pem();
+        let rims = [SimRimKind::Driver, SimRimKind::Vbios]
+            .map(|k| pki.sign_rim(&gpu.rim(k, arch)).unwrap());
+        let collateral = GpuCollateral {
+            rims: rims
+                .iter()
+                .map(|xml| RimFile {
+                    id: None,
+                    xml: xml.clone(),
+                })
+                .collect(),
+            ocsp: vec![],
+        };
+        let policy = GpuPolicy {
+            insecure_skip_ocsp: true,
+            ..GpuPolicy::default()
+        };
+        let roots = GpuRoots::insecure_from_pem(pki.roots_pem().as_bytes()).unwrap();
+        let r = verify_gpu(
+            GpuEvidenceRef {
+                report: &report,
+                chain_pem: chain.as_bytes(),
+            },
+            &nonce,
+            &collateral,
+            &policy,
+            &roots,
+            AT,
+        );
+        assert!(r.accepted(), "{arch}:\n{}", r.render_text());
+        assert_eq!(r.device_root().kind, "insecure");
+        // And nothing simulated passes against NVIDIA's roots.
+        let r = verify_gpu(
+            GpuEvidenceRef {
+                report: &report,
+                chain_pem: chain.as_bytes(),
+            },
+            &nonce,
+            &collateral,
+            &policy,
+            &GpuRoots::nvidia().unwrap(),
+            AT,
+        );
+        assert!(!r.accepted());
+        for name in [
+            "GPU device chain",
+            "GPU driver RIM signing chain",
+            "GPU VBIOS RIM signing chain",
+        ] {
+            assert!(!r.check_named(name).unwrap().ok, "{name}");
+        }
+    }
+}

@@ -11,6 +11,7 @@ mod dir;
 mod error;
 mod fsio;
 pub mod gpu;
+pub mod gpu_services;
 #[cfg(test)]
 mod gpu_tests;
 pub mod pccs;

@@ -369,8 +369,10 @@ pub fn sign(
             .chunks(64)
             .filter_map(|c| std::str::from_utf8(c).ok())
             .collect();
+        // Each line ends in a newline, the last one too, as in NVIDIA's RIMs: NVIDIA's own
+        // verifier wraps the element's text in PEM armour as it is.
         signature.push_str(&format!(
-            "<ds:X509Certificate>{}</ds:X509Certificate>",
+            "<ds:X509Certificate>{}\n</ds:X509Certificate>",
             lines.join("\n")
         ));
     }
