@@ -610,3 +610,22 @@ impl SimGpuPki {
         ))
     }
 }
+
+impl SimGpuPki {
+    /// Replace the RIM signer by a new one valid until `not_after`, issued by the same L3 CA
+    /// (to make a RIM whose only fault is an expired signer).
+    pub fn reissue_rim_signer(&mut self, not_after: i64) -> Result<(), SimError> {
+        let l3 = self
+            .rim_chain
+            .get(1)
+            .ok_or_else(|| SimError::Other("simulated RIM chain is too short".into()))?;
+        let leaf = SimCert::issued_by(
+            leaf_params("HCC RIM L4 Signer", SIM_RIM_NOT_BEFORE, not_after, 15)?,
+            l3,
+        )?;
+        if let Some(first) = self.rim_chain.first_mut() {
+            *first = leaf;
+        }
+        Ok(())
+    }
+}
