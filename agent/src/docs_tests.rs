@@ -484,3 +484,69 @@ fn rtmr3_events_worked_vector() {
     }
     assert_eq!(checked, 3);
 }
+
+/// Every check a GPU report can carry, from the code.
+fn code_gpu_check_names() -> BTreeSet<String> {
+    use tdx_core::gpu::{RimKind, check};
+    let mut names: BTreeSet<String> = [
+        check::STRUCTURE,
+        check::DEVICE_CHAIN,
+        check::ARCHITECTURE,
+        check::FWID,
+        check::NONCE,
+        check::SIGNATURE,
+        check::DRIVER_VERSION,
+        check::VBIOS_VERSION,
+        check::DEVICE_REVOCATION,
+        check::MEASUREMENTS,
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    for kind in [RimKind::Driver, RimKind::Vbios] {
+        for what in ["", "version", "signing chain", "signature", "revocation"] {
+            names.insert(kind.check_name(what));
+        }
+    }
+    names
+}
+
+#[test]
+fn documented_gpu_check_names_are_the_code_s() {
+    let text = doc("formats.md");
+    let section = text
+        .split("### GPU check names")
+        .nth(1)
+        .expect("docs/formats.md has a \"### GPU check names\" section");
+    let mut documented = BTreeSet::new();
+    for line in section.lines().skip_while(|l| !l.starts_with('|')) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let first = line.split('|').nth(1).unwrap_or("").trim();
+        if let Some(name) = first.strip_prefix('`').and_then(|s| s.strip_suffix('`')) {
+            documented.insert(name.to_string());
+        }
+    }
+    assert_eq!(documented, code_gpu_check_names());
+}
+
+#[test]
+fn documented_gpu_bundle_example_has_the_code_s_keys() {
+    let text = doc("formats.md");
+    let section = text.split("## 12. GPU collateral bundle").nth(1).unwrap();
+    let example = fenced(section, "json").remove(0);
+    let v: serde_json::Value = serde_json::from_str(&example).unwrap();
+    assert_eq!(v["format"], tdx_core::gpu::GPU_COLLATERAL_FORMAT);
+    // The real serialisation has exactly the documented keys.
+    let real: serde_json::Value =
+        serde_json::from_str(&tdx_core::gpu::GpuCollateral::default().to_bundle_json()).unwrap();
+    let keys = |v: &serde_json::Value| -> BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    };
+    assert_eq!(keys(&v), keys(&real));
+    assert_eq!(
+        keys(&v["rims"][0]),
+        BTreeSet::from(["id".to_string(), "xml".to_string()])
+    );
+}
