@@ -4,6 +4,7 @@
 //! RIMs (signed XML) with the measurement comparison, and revocation from stapled OCSP
 //! answers; [`verify_gpu`] runs them all under the policy's `[gpu]` table.
 
+mod cache;
 mod chain;
 mod collateral;
 mod compare;
@@ -34,8 +35,8 @@ pub use spdm::{
     SpdmError, SpdmReport, opaque,
 };
 pub use verify::{
-    GpuCollateral, GpuEvidenceRef, GpuRoots, GpuRootsError, RimFile, RimKind, check, rim_ids,
-    verify_gpu,
+    GpuCollateral, GpuEvidenceRef, GpuRoots, GpuRootsError, GpuVerifier, RimFile, RimKind, check,
+    rim_ids, verify_gpu,
 };
 
 #[cfg(test)]

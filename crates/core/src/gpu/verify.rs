@@ -5,6 +5,9 @@
 
 use sha2::{Digest as _, Sha256, Sha384};
 
+use std::sync::Arc;
+
+use super::cache::{ParsedRim, VerdictCache};
 use super::compare::{Golden, compare_measurements};
 use super::ocsp::{OcspError, check_chain_ocsp};
 use super::policy::{Architecture, DriverVersion, GpuPolicy, VbiosVersion};
@@ -13,7 +16,7 @@ use super::rim::{NVIDIA_RIM_ROOT_PEM, Rim};
 use super::spdm::{NONCE_LEN, SpdmReport, opaque};
 use super::{
     DEVICE_CHAIN_LEN, GpuFwidError, NVIDIA_DEVICE_ROOT_PEM, chain_der, check_fwid,
-    verify_device_chain, verify_report_signature,
+    verify_report_signature,
 };
 
 pub mod check {
@@ -205,7 +208,8 @@ pub fn rim_ids(
     (driver, vbios)
 }
 
-/// Appraise one GPU's evidence. `expected_nonce` is the nonce the verifier chose.
+/// Appraise one GPU's evidence, nothing cached. `expected_nonce` is the nonce the verifier
+/// chose.
 pub fn verify_gpu(
     evidence: GpuEvidenceRef<'_>,
     expected_nonce: &[u8; NONCE_LEN],
@@ -213,6 +217,60 @@ pub fn verify_gpu(
     policy: &GpuPolicy,
     roots: &GpuRoots,
     at: i64,
+) -> GpuReport {
+    appraise(
+        evidence,
+        expected_nonce,
+        collateral,
+        policy,
+        roots,
+        at,
+        &VerdictCache::default(),
+    )
+}
+
+/// A GPU verifier that keeps chain and RIM verdicts between appraisals (an agent re-attesting
+/// the same GPUs, a client checking many servers with the same drivers): only the report's
+/// signature, the comparison and revocation are redone.
+#[derive(Default)]
+pub struct GpuVerifier {
+    cache: VerdictCache,
+}
+
+impl GpuVerifier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn verify(
+        &self,
+        evidence: GpuEvidenceRef<'_>,
+        expected_nonce: &[u8; NONCE_LEN],
+        collateral: &GpuCollateral,
+        policy: &GpuPolicy,
+        roots: &GpuRoots,
+        at: i64,
+    ) -> GpuReport {
+        appraise(
+            evidence,
+            expected_nonce,
+            collateral,
+            policy,
+            roots,
+            at,
+            &self.cache,
+        )
+    }
+}
+
+fn appraise(
+    evidence: GpuEvidenceRef<'_>,
+    expected_nonce: &[u8; NONCE_LEN],
+    collateral: &GpuCollateral,
+    policy: &GpuPolicy,
+    roots: &GpuRoots,
+    at: i64,
+    cache: &VerdictCache,
 ) -> GpuReport {
     let mut out = GpuReport::new(roots.device.view.clone(), roots.rim.view.clone(), at);
     for k in policy.insecure_switches() {
@@ -233,7 +291,7 @@ pub fn verify_gpu(
             format!("{DEVICE_CHAIN_LEN} PEM certificates, leaf first"),
             e.to_string(),
         ),
-        Ok(c) => match verify_device_chain(c, roots.device_der(), at) {
+        Ok(c) => match cache.device_chain(c, roots.device_der(), at) {
             Ok(subjects) => {
                 out.check(
                     check::DEVICE_CHAIN,
@@ -382,6 +440,7 @@ pub fn verify_gpu(
     }
     let (driver_id, vbios_id) = rim_ids(&report, arch);
     let driver = rim_checks(
+        cache,
         &mut out,
         RimKind::Driver,
         driver_id,
@@ -392,6 +451,7 @@ pub fn verify_gpu(
         at,
     );
     let vbios = rim_checks(
+        cache,
         &mut out,
         RimKind::Vbios,
         vbios_id,
@@ -410,7 +470,7 @@ pub fn verify_gpu(
                     .map(|m| (m.index, m.alternatives.clone()))
                     .collect()
             };
-            let (gd, gv) = (golden(&d), golden(&v));
+            let (gd, gv) = (golden(&d.rim), golden(&v.rim));
             let result = compare_measurements(
                 &report,
                 gd.iter().map(|(index, alternatives)| Golden {
@@ -601,6 +661,7 @@ fn revocation_device(
 /// Find, parse and check one RIM; returns it when it can be compared.
 #[allow(clippy::too_many_arguments)]
 fn rim_checks(
+    cache: &VerdictCache,
     out: &mut GpuReport,
     kind: RimKind,
     id: Option<String>,
@@ -609,8 +670,8 @@ fn rim_checks(
     policy: &GpuPolicy,
     roots: &GpuRoots,
     at: i64,
-) -> Option<Rim> {
-    let found = select_rim(kind, id.as_deref(), reported.as_deref(), collateral);
+) -> Option<Arc<ParsedRim>> {
+    let found = select_rim(cache, kind, id.as_deref(), reported.as_deref(), collateral);
     let wanted = id
         .clone()
         .unwrap_or_else(|| format!("the {} RIM", kind.label()));
@@ -639,8 +700,10 @@ fn rim_checks(
             }
             return None;
         }
-        Selected::Rim(r) => *r,
+        Selected::Rim(r) => r,
     };
+    let parsed = rim;
+    let rim = &parsed.rim;
     out.check(
         &kind.check_name(""),
         true,
@@ -654,7 +717,7 @@ fn rim_checks(
         reported.unwrap_or_else(|| "a version in the report".into()),
         rim.colloquial_version().to_string(),
     );
-    let chain_ok = match rim.verify_chain(roots.rim_der(), at) {
+    let chain_ok = match cache.rim_chain(rim, roots.rim_der(), at) {
         Ok(subjects) => {
             out.check(
                 &kind.check_name("signing chain"),
@@ -682,7 +745,7 @@ fn rim_checks(
             false
         }
     };
-    match rim.verify_signature() {
+    match &parsed.signature {
         Ok(()) => out.check(
             &kind.check_name("signature"),
             true,
@@ -696,7 +759,7 @@ fn rim_checks(
             e.to_string(),
         ),
     }
-    let full = chain_ok.then(|| rim_full_chain(&rim, roots));
+    let full = chain_ok.then(|| rim_full_chain(rim, roots));
     // NVIDIA asks about the RIM chain's leaf, L3 and CA: everything below the root.
     let below_root = full.as_ref().map_or(0..0, |c| 0..c.len().saturating_sub(1));
     revocation(
@@ -708,7 +771,7 @@ fn rim_checks(
         policy,
         at,
     );
-    Some(rim)
+    Some(parsed.clone())
 }
 
 /// The RIM's signing chain with its root replaced by the pinned one (as for device chains).
@@ -731,12 +794,13 @@ fn is_self_signed(der: &[u8]) -> bool {
 enum Selected {
     None,
     Unreadable(String),
-    Rim(Box<Rim>),
+    Rim(Arc<ParsedRim>),
 }
 
 /// The RIM of `kind` in the collateral: the one filed under the id the report calls for, or
 /// else an unnamed one (`--rim FILE`) of the right kind, preferring the reported version.
 fn select_rim(
+    cache: &VerdictCache,
     kind: RimKind,
     id: Option<&str>,
     reported: Option<&str>,
@@ -745,16 +809,16 @@ fn select_rim(
     if let Some(id) = id
         && let Some(f) = collateral.rims.iter().find(|f| f.id.as_deref() == Some(id))
     {
-        return match Rim::parse(&f.xml) {
-            Ok(r) => Selected::Rim(Box::new(r)),
+        return match cache.rim(&f.xml) {
+            Ok(r) => Selected::Rim(r),
             Err(e) => Selected::Unreadable(format!("{id}: {e}")),
         };
     }
     let mut unreadable = None;
     let mut candidates = Vec::new();
     for f in collateral.rims.iter().filter(|f| f.id.is_none()) {
-        match Rim::parse(&f.xml) {
-            Ok(r) if RimKind::of_version(r.colloquial_version()) == kind => candidates.push(r),
+        match cache.rim(&f.xml) {
+            Ok(r) if RimKind::of_version(r.rim.colloquial_version()) == kind => candidates.push(r),
             Ok(_) => {}
             Err(e) => unreadable = unreadable.or(Some(e.to_string())),
         }
@@ -762,10 +826,10 @@ fn select_rim(
     let reported = reported.map(str::to_ascii_lowercase);
     let pick = candidates
         .iter()
-        .position(|r| Some(r.colloquial_version().to_ascii_lowercase()) == reported)
+        .position(|r| Some(r.rim.colloquial_version().to_ascii_lowercase()) == reported)
         .unwrap_or(0);
     if pick < candidates.len() {
-        return Selected::Rim(Box::new(candidates.swap_remove(pick)));
+        return Selected::Rim(candidates.swap_remove(pick));
     }
     match unreadable {
         Some(e) => Selected::Unreadable(e),

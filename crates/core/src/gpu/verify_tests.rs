@@ -376,3 +376,47 @@ fn every_real_report_names_its_architecture_and_rim_ids() {
         Some("NV_GPU_VBIOS_1010_0200_882_96009F0001")
     );
 }
+
+#[test]
+fn a_warm_verifier_gives_the_cold_report_and_never_uses_a_verdict_outside_its_window() {
+    let find = |suffix: &str| {
+        cases()
+            .into_iter()
+            .find(|c| c["case"].as_str().unwrap().ends_with(suffix))
+            .unwrap()
+    };
+    let verifier = GpuVerifier::new();
+    let warm_run = |case: &Value| {
+        let s = |k: &str| case[k].as_str().unwrap().to_string();
+        let collateral = GpuCollateral {
+            rims: ["driver_rim", "vbios_rim"]
+                .map(|k| RimFile {
+                    id: None,
+                    xml: nv(&s(k)),
+                })
+                .to_vec(),
+            ocsp: vec![],
+        };
+        let nonce: [u8; 32] = hex::decode(s("nonce")).unwrap().try_into().unwrap();
+        verifier.verify(
+            GpuEvidenceRef {
+                report: &nv(&s("report")),
+                chain_pem: &nv(&s("cert_chain")),
+            },
+            &nonce,
+            &collateral,
+            &policy_for(case),
+            &GpuRoots::nvidia().unwrap(),
+            parse_rfc3339(&s("verify_at")).unwrap(),
+        )
+    };
+    let early = find("solpbc/hopper-595.71.05-96.00.88.00.11/expected-at-2026-10-02.json");
+    let late = find("solpbc/hopper-595.71.05-96.00.88.00.11/expected-at-2028-01-01.json");
+    for _ in 0..2 {
+        assert_eq!(warm_run(&early), run(&early, &policy_for(&early)));
+    }
+    // Cached as valid in 2026; in 2028 the VBIOS RIM's signer has expired.
+    let r = warm_run(&late);
+    assert_eq!(r, run(&late, &policy_for(&late)));
+    assert_eq!(ok(&r, "GPU VBIOS RIM signing chain"), Some(false));
+}

@@ -1,0 +1,160 @@
+//! Verdicts that do not depend on the evidence of one attestation, cached by digest: device
+//! chains and RIM signing chains (with the window in which every certificate is valid, so a
+//! cached "valid" is never used outside it) and parsed RIMs with their signature verdict. What
+//! stays per attestation is the report's signature, the comparison and revocation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest as _, Sha256};
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use super::rim::{Rim, RimChainError, RimError, RimSignatureError};
+use super::{GpuChainError, verify_device_chain};
+
+/// Bounds the memory a stream of distinct hostile chains or RIMs can take: the cache is
+/// emptied when it reaches this many entries of a kind.
+const MAX_ENTRIES: usize = 4096;
+
+/// A RIM parsed once, with its signature verdict (which depends on nothing else).
+#[derive(Debug)]
+pub struct ParsedRim {
+    pub rim: Rim,
+    pub signature: Result<(), RimSignatureError>,
+}
+
+#[derive(Clone)]
+struct Valid {
+    subjects: Vec<String>,
+    not_before: i64,
+    not_after: i64,
+}
+
+#[derive(Default)]
+struct Inner {
+    chains: HashMap<[u8; 32], Valid>,
+    rims: HashMap<[u8; 32], Arc<ParsedRim>>,
+}
+
+#[derive(Default)]
+pub struct VerdictCache {
+    inner: Mutex<Inner>,
+}
+
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// The instants at which every certificate of `ders` is valid.
+fn window<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> Option<(i64, i64)> {
+    let mut w = (i64::MIN, i64::MAX);
+    for der in ders {
+        let (_, c) = X509Certificate::from_der(der).ok()?;
+        let v = c.validity();
+        w = (
+            w.0.max(v.not_before.timestamp()),
+            w.1.min(v.not_after.timestamp()),
+        );
+    }
+    Some(w)
+}
+
+impl VerdictCache {
+    fn lookup_chain(&self, key: &[u8; 32], at: i64) -> Option<Vec<String>> {
+        let inner = self.inner.lock().ok()?;
+        let v = inner.chains.get(key)?;
+        (v.not_before <= at && at <= v.not_after).then(|| v.subjects.clone())
+    }
+
+    fn store_chain(&self, key: [u8; 32], subjects: &[String], w: Option<(i64, i64)>) {
+        let (Some((not_before, not_after)), Ok(mut inner)) = (w, self.inner.lock()) else {
+            return;
+        };
+        if inner.chains.len() >= MAX_ENTRIES {
+            inner.chains.clear();
+        }
+        inner.chains.insert(
+            key,
+            Valid {
+                subjects: subjects.to_vec(),
+                not_before,
+                not_after,
+            },
+        );
+    }
+
+    /// [`verify_device_chain`], remembered while every certificate stays valid.
+    pub fn device_chain(
+        &self,
+        chain: &[Vec<u8>],
+        root_der: &[u8],
+        at: i64,
+    ) -> Result<Vec<String>, GpuChainError> {
+        let mut parts: Vec<&[u8]> = vec![b"device", root_der];
+        parts.extend(chain.iter().map(Vec::as_slice));
+        let key = digest(&parts);
+        if let Some(s) = self.lookup_chain(&key, at) {
+            return Ok(s);
+        }
+        let subjects = verify_device_chain(chain, root_der, at)?;
+        let checked = chain
+            .iter()
+            .take(chain.len().saturating_sub(1))
+            .map(Vec::as_slice)
+            .chain([root_der]);
+        self.store_chain(key, &subjects, window(checked));
+        Ok(subjects)
+    }
+
+    /// A parsed RIM and its signature verdict, by the digest of its bytes.
+    pub fn rim(&self, xml: &[u8]) -> Result<Arc<ParsedRim>, RimError> {
+        let key = digest(&[b"rim", xml]);
+        if let Some(r) = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|i| i.rims.get(&key).cloned())
+        {
+            return Ok(r);
+        }
+        let rim = Rim::parse(xml)?;
+        let signature = rim.verify_signature();
+        let parsed = Arc::new(ParsedRim { rim, signature });
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.rims.len() >= MAX_ENTRIES {
+                inner.rims.clear();
+            }
+            inner.rims.insert(key, parsed.clone());
+        }
+        Ok(parsed)
+    }
+
+    /// [`Rim::verify_chain`], remembered while every certificate stays valid.
+    pub fn rim_chain(
+        &self,
+        rim: &Rim,
+        root_der: &[u8],
+        at: i64,
+    ) -> Result<Vec<String>, RimChainError> {
+        let mut parts: Vec<&[u8]> = vec![b"rim chain", root_der];
+        parts.extend(rim.signing_chain().iter().map(Vec::as_slice));
+        let key = digest(&parts);
+        if let Some(s) = self.lookup_chain(&key, at) {
+            return Ok(s);
+        }
+        let subjects = rim.verify_chain(root_der, at)?;
+        let chain = rim.signing_chain();
+        let checked = chain
+            .iter()
+            .take(chain.len().saturating_sub(1))
+            .map(Vec::as_slice)
+            .chain([root_der]);
+        self.store_chain(key, &subjects, window(checked));
+        Ok(subjects)
+    }
+}
