@@ -80,3 +80,37 @@ fn a_broken_chain_fails_naming_the_certificate() {
         Err(GpuChainError::Unreadable { index: 2, .. })
     ));
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+    /// Hostile chains: a real chain with bytes changed, cut short or extended, as PEM text and
+    /// as DER, never panics the chain check, the FWID reader or the whole appraisal.
+    #[test]
+    fn mutated_real_chains_never_panic(
+        which in 0usize..5,
+        edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..8),
+        cut in proptest::prelude::any::<usize>(),
+    ) {
+        let mut c = chain(REPORTS[0].0);
+        let cert = &mut c[which];
+        for (at, byte) in &edits {
+            let i = at % cert.len();
+            cert[i] ^= byte | 1;
+        }
+        let _ = verify_device_chain(&c, &root(), AT);
+        let _ = leaf_fwid(&c[0]);
+        let mut pem = vector(&format!("nvidia/{}/cert_chain.pem", REPORTS[0].0));
+        let i = cut % pem.len();
+        pem[i] ^= edits[0].1 | 1;
+        pem.truncate(cut % (pem.len() + 1));
+        let _ = verify_gpu(
+            GpuEvidenceRef { report: &vector(&format!("nvidia/{}/report.bin", REPORTS[0].0)), chain_pem: &pem },
+            &[0; 32],
+            &GpuCollateral::default(),
+            &GpuPolicy::default(),
+            &GpuRoots::nvidia().unwrap(),
+            AT,
+        );
+    }
+}
