@@ -88,20 +88,23 @@ impl VerdictCache {
         );
     }
 
-    /// [`verify_device_chain`], remembered while every certificate stays valid.
-    pub fn device_chain(
+    /// `verify`'s verdict on `chain` (leaf first; its last certificate stands for the pinned
+    /// `root_der`), remembered while every certificate stays valid.
+    fn chain<E>(
         &self,
+        kind: &[u8],
         chain: &[Vec<u8>],
         root_der: &[u8],
         at: i64,
-    ) -> Result<Vec<String>, GpuChainError> {
-        let mut parts: Vec<&[u8]> = vec![b"device", root_der];
+        verify: impl FnOnce() -> Result<Vec<String>, E>,
+    ) -> Result<Vec<String>, E> {
+        let mut parts: Vec<&[u8]> = vec![kind, root_der];
         parts.extend(chain.iter().map(Vec::as_slice));
         let key = digest(&parts);
         if let Some(s) = self.lookup_chain(&key, at) {
             return Ok(s);
         }
-        let subjects = verify_device_chain(chain, root_der, at)?;
+        let subjects = verify()?;
         let checked = chain
             .iter()
             .take(chain.len().saturating_sub(1))
@@ -109,6 +112,18 @@ impl VerdictCache {
             .chain([root_der]);
         self.store_chain(key, &subjects, window(checked));
         Ok(subjects)
+    }
+
+    /// [`verify_device_chain`], cached.
+    pub fn device_chain(
+        &self,
+        chain: &[Vec<u8>],
+        root_der: &[u8],
+        at: i64,
+    ) -> Result<Vec<String>, GpuChainError> {
+        self.chain(b"device", chain, root_der, at, || {
+            verify_device_chain(chain, root_der, at)
+        })
     }
 
     /// A parsed RIM and its signature verdict, by the digest of its bytes.
@@ -134,27 +149,15 @@ impl VerdictCache {
         Ok(parsed)
     }
 
-    /// [`Rim::verify_chain`], remembered while every certificate stays valid.
+    /// [`Rim::verify_chain`], cached.
     pub fn rim_chain(
         &self,
         rim: &Rim,
         root_der: &[u8],
         at: i64,
     ) -> Result<Vec<String>, RimChainError> {
-        let mut parts: Vec<&[u8]> = vec![b"rim chain", root_der];
-        parts.extend(rim.signing_chain().iter().map(Vec::as_slice));
-        let key = digest(&parts);
-        if let Some(s) = self.lookup_chain(&key, at) {
-            return Ok(s);
-        }
-        let subjects = rim.verify_chain(root_der, at)?;
-        let chain = rim.signing_chain();
-        let checked = chain
-            .iter()
-            .take(chain.len().saturating_sub(1))
-            .map(Vec::as_slice)
-            .chain([root_der]);
-        self.store_chain(key, &subjects, window(checked));
-        Ok(subjects)
+        self.chain(b"rim chain", rim.signing_chain(), root_der, at, || {
+            rim.verify_chain(root_der, at)
+        })
     }
 }

@@ -187,11 +187,7 @@ impl GpuReport {
     pub fn render_text(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        let verdict = match self.verdict {
-            Verdict::Accepted => "ACCEPTED",
-            Verdict::Rejected => "REJECTED",
-        };
-        let _ = writeln!(out, "verdict:     {verdict}");
+        let _ = writeln!(out, "verdict:     {}", self.verdict.label());
         let g = &self.gpu;
         for (k, v) in [
             ("GPU:", &g.architecture),
@@ -215,20 +211,9 @@ impl GpuReport {
             );
         }
         let _ = writeln!(out, "verified at: {}", self.verified_at);
-        let _ = writeln!(out, "checks:");
-        for c in &self.checks {
-            let mark = if c.ok { "pass" } else { "FAIL" };
-            let _ = writeln!(out, "  [{mark}] {}", c.name);
-            if !c.ok {
-                let _ = writeln!(out, "         expected: {}", c.expected);
-                let _ = writeln!(out, "         found:    {}", c.found);
-            }
-        }
+        crate::verify::report::render_checks(&mut out, &self.checks, &self.not_evaluated);
         for s in &self.skipped {
             let _ = writeln!(out, "  [skip] {} ({})", s.name, s.reason);
-        }
-        for n in &self.not_evaluated {
-            let _ = writeln!(out, "  [----] {n} (not evaluated: an earlier check failed)");
         }
         for w in &self.warnings {
             let _ = writeln!(out, "WARNING: {w}");

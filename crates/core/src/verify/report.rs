@@ -12,6 +12,33 @@ pub enum Verdict {
     Rejected,
 }
 
+impl Verdict {
+    /// How the text reports write it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "ACCEPTED",
+            Verdict::Rejected => "REJECTED",
+        }
+    }
+}
+
+/// The `checks:` part of a text report, shared by the TD and GPU reports.
+pub(crate) fn render_checks(out: &mut String, checks: &[Check], not_evaluated: &[String]) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "checks:");
+    for c in checks {
+        let mark = if c.ok { "pass" } else { "FAIL" };
+        let _ = writeln!(out, "  [{mark}] {}", c.name);
+        if !c.ok {
+            let _ = writeln!(out, "         expected: {}", c.expected);
+            let _ = writeln!(out, "         found:    {}", c.found);
+        }
+    }
+    for n in not_evaluated {
+        let _ = writeln!(out, "  [----] {n} (not evaluated: an earlier check failed)");
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Check {
     pub name: String,
@@ -197,11 +224,7 @@ impl Report {
     pub fn render_text(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
-        let verdict = match self.verdict {
-            Verdict::Accepted => "ACCEPTED",
-            Verdict::Rejected => "REJECTED",
-        };
-        let _ = writeln!(out, "verdict:     {verdict}");
+        let _ = writeln!(out, "verdict:     {}", self.verdict.label());
         if let Some(s) = &self.tcb_status {
             let _ = writeln!(out, "TCB status:  {s}");
         }
@@ -221,18 +244,7 @@ impl Report {
             );
         }
         let _ = writeln!(out, "verified at: {}", self.verified_at);
-        let _ = writeln!(out, "checks:");
-        for c in &self.checks {
-            let mark = if c.ok { "pass" } else { "FAIL" };
-            let _ = writeln!(out, "  [{mark}] {}", c.name);
-            if !c.ok {
-                let _ = writeln!(out, "         expected: {}", c.expected);
-                let _ = writeln!(out, "         found:    {}", c.found);
-            }
-        }
-        for n in &self.not_evaluated {
-            let _ = writeln!(out, "  [----] {n} (not evaluated: an earlier check failed)");
-        }
+        render_checks(&mut out, &self.checks, &self.not_evaluated);
         if let Some(m) = &self.measurements {
             let _ = writeln!(out, "measurements:");
             for (k, v) in [
