@@ -96,14 +96,14 @@ fn code_check_names() -> BTreeSet<String> {
     names
 }
 
-/// The check names docs/formats.md lists: the first column of the table under
-/// "### Check names", each written as `name`.
-fn documented_check_names() -> Vec<String> {
+/// The check names docs/formats.md lists: the first column of the table under `heading`
+/// (`### Check names` for quotes, `### GPU check names` for GPUs), each written as `name`.
+fn documented_names_under(heading: &str) -> Vec<String> {
     let text = doc("formats.md");
     let section = text
-        .split("### Check names")
+        .split(heading)
         .nth(1)
-        .expect("docs/formats.md has a \"### Check names\" section");
+        .unwrap_or_else(|| panic!("docs/formats.md has a {heading:?} section"));
     let mut names = Vec::new();
     for line in section.lines().skip_while(|l| !l.starts_with('|')) {
         if !line.starts_with('|') {
@@ -115,6 +115,10 @@ fn documented_check_names() -> Vec<String> {
         }
     }
     names
+}
+
+fn documented_check_names() -> Vec<String> {
+    documented_names_under("### Check names")
 }
 
 #[test]
@@ -513,21 +517,9 @@ fn code_gpu_check_names() -> BTreeSet<String> {
 
 #[test]
 fn documented_gpu_check_names_are_the_code_s() {
-    let text = doc("formats.md");
-    let section = text
-        .split("### GPU check names")
-        .nth(1)
-        .expect("docs/formats.md has a \"### GPU check names\" section");
-    let mut documented = BTreeSet::new();
-    for line in section.lines().skip_while(|l| !l.starts_with('|')) {
-        if !line.starts_with('|') {
-            break;
-        }
-        let first = line.split('|').nth(1).unwrap_or("").trim();
-        if let Some(name) = first.strip_prefix('`').and_then(|s| s.strip_suffix('`')) {
-            documented.insert(name.to_string());
-        }
-    }
+    let documented: BTreeSet<String> = documented_names_under("### GPU check names")
+        .into_iter()
+        .collect();
     assert_eq!(documented, code_gpu_check_names());
 }
 

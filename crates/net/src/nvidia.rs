@@ -223,9 +223,7 @@ impl NvidiaServices {
                 .map(|leaf| subject_of(leaf))
                 .and_then(|s| Architecture::from_leaf_subject(&s));
             // The device chain's own root is replaced by the pinned one, as the verifier does.
-            let mut device: Vec<Vec<u8>> =
-                chain.iter().take(DEVICE_CHAIN_LEN - 1).cloned().collect();
-            device.push(roots.device_der().to_vec());
+            let device = roots.device_chain(&chain);
             let mut answers = GpuCollateral::default();
             for i in 1..DEVICE_CHAIN_LEN - 1 {
                 if let (Some(c), Some(issuer)) = (device.get(i), device.get(i + 1)) {
@@ -248,7 +246,7 @@ impl NvidiaServices {
                     url: format!("{}/v1/rim/{id}", self.rim_base),
                     detail: e.to_string(),
                 })?;
-                let signing = rim_signing_chain(&rim, roots);
+                let signing = roots.rim_chain(&rim);
                 for i in 0..signing.len().saturating_sub(1) {
                     if let (Some(c), Some(issuer)) = (signing.get(i), signing.get(i + 1)) {
                         answers
@@ -266,23 +264,6 @@ impl NvidiaServices {
     fn cache_path(&self, kind: &str, name: &str) -> Option<PathBuf> {
         Some(self.cache_dir.as_ref()?.join("gpu").join(kind).join(name))
     }
-}
-
-/// The RIM's signing chain below its root, then the pinned RIM root.
-fn rim_signing_chain(rim: &Rim, roots: &GpuRoots) -> Vec<Vec<u8>> {
-    let mut chain: Vec<Vec<u8>> = rim
-        .signing_chain()
-        .iter()
-        .filter(|c| !is_self_signed(c))
-        .cloned()
-        .collect();
-    chain.push(roots.rim_der().to_vec());
-    chain
-}
-
-fn is_self_signed(der: &[u8]) -> bool {
-    use x509_parser::prelude::{FromDer as _, X509Certificate};
-    X509Certificate::from_der(der).is_ok_and(|(_, c)| c.issuer() == c.subject())
 }
 
 fn subject_of(der: &[u8]) -> String {

@@ -152,6 +152,25 @@ impl GpuRoots {
     pub fn rim_der(&self) -> &[u8] {
         &self.rim.der
     }
+
+    /// A device chain as it is checked (leaf first): its own last certificate replaced by
+    /// the pinned device root, as NVIDIA's verifier does.
+    pub fn device_chain(&self, chain: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        with_root(chain, self.device_der())
+    }
+
+    /// A RIM's signing chain as it is checked: the document's last certificate replaced by
+    /// the pinned RIM root.
+    pub fn rim_chain(&self, rim: &Rim) -> Vec<Vec<u8>> {
+        with_root(rim.signing_chain(), self.rim_der())
+    }
+}
+
+fn with_root(chain: &[Vec<u8>], root_der: &[u8]) -> Vec<Vec<u8>> {
+    let below_root = chain.split_last().map_or(&[][..], |(_, rest)| rest);
+    let mut out = below_root.to_vec();
+    out.push(root_der.to_vec());
+    out
 }
 
 /// A RIM as the collateral carries it: the RIM service id where known, and the XML.
@@ -218,15 +237,7 @@ pub fn verify_gpu(
     roots: &GpuRoots,
     at: i64,
 ) -> GpuReport {
-    appraise(
-        evidence,
-        expected_nonce,
-        collateral,
-        policy,
-        roots,
-        at,
-        &VerdictCache::default(),
-    )
+    GpuVerifier::new().verify(evidence, expected_nonce, collateral, policy, roots, at)
 }
 
 /// A GPU verifier that keeps chain and RIM verdicts between appraisals (an agent re-attesting
@@ -299,9 +310,7 @@ fn appraise(
                     format!("a chain to {}", roots.device.view.subject),
                     subjects.join(" <- "),
                 );
-                let mut full: Vec<Vec<u8>> = c.iter().take(DEVICE_CHAIN_LEN - 1).cloned().collect();
-                full.push(roots.device_der().to_vec());
-                full_chain = Some(full);
+                full_chain = Some(roots.device_chain(c));
             }
             Err(e) => out.check(
                 check::DEVICE_CHAIN,
@@ -438,7 +447,11 @@ fn appraise(
         out.skip(check::MEASUREMENTS, "the policy sets insecure_skip_rims");
         return out;
     }
-    let (driver_id, vbios_id) = rim_ids(&report, arch);
+    // The ids `describe` put in the report.
+    let (driver_id, vbios_id) = (
+        out.gpu().driver_rim_id.clone(),
+        out.gpu().vbios_rim_id.clone(),
+    );
     let driver = rim_checks(
         cache,
         &mut out,
@@ -759,7 +772,7 @@ fn rim_checks(
             e.to_string(),
         ),
     }
-    let full = chain_ok.then(|| rim_full_chain(rim, roots));
+    let full = chain_ok.then(|| roots.rim_chain(rim));
     // NVIDIA asks about the RIM chain's leaf, L3 and CA: everything below the root.
     let below_root = full.as_ref().map_or(0..0, |c| 0..c.len().saturating_sub(1));
     revocation(
@@ -772,23 +785,6 @@ fn rim_checks(
         at,
     );
     Some(parsed.clone())
-}
-
-/// The RIM's signing chain with its root replaced by the pinned one (as for device chains).
-fn rim_full_chain(rim: &Rim, roots: &GpuRoots) -> Vec<Vec<u8>> {
-    let doc = rim.signing_chain();
-    let mut full: Vec<Vec<u8>> = doc
-        .iter()
-        .filter(|c| c.as_slice() != roots.rim_der() && !is_self_signed(c))
-        .cloned()
-        .collect();
-    full.push(roots.rim_der().to_vec());
-    full
-}
-
-fn is_self_signed(der: &[u8]) -> bool {
-    use x509_parser::prelude::{FromDer as _, X509Certificate};
-    X509Certificate::from_der(der).is_ok_and(|(_, c)| c.issuer() == c.subject())
 }
 
 enum Selected {
