@@ -218,16 +218,34 @@ fn revoked_held_and_stale_answers_fail_only_revocation() {
     let report = c.pki.report(&c.gpu, &c.nonce).unwrap();
     let chain = c.pki.chain_pem();
     let brom = &c.pki.chain[1].der;
-    for (status, at, needle) in [
-        (SimOcspStatus::Revoked, AT - 3600, "revoked"),
-        (SimOcspStatus::Hold, AT - 3600, "hold"),
-        (SimOcspStatus::Good, AT - 30 * 86_400, ""),
+    let day = 86_400;
+    for (status, at, next_update, needle) in [
+        (SimOcspStatus::Revoked, AT - 3600, Some(AT + day), "revoked"),
+        (SimOcspStatus::Hold, AT - 3600, Some(AT + day), "hold"),
+        // Older than the policy's 7 days, with no nextUpdate: only the age can refuse it.
+        (
+            SimOcspStatus::Good,
+            AT - 8 * day,
+            None,
+            "s before the verification time",
+        ),
+        // Within the age, but its nextUpdate has passed.
+        (
+            SimOcspStatus::Good,
+            AT - 2 * day,
+            Some(AT - day),
+            "nextupdate",
+        ),
     ] {
         let mut col = c.collateral();
         // The BROM's good answer is replaced by the tampered one.
         col.ocsp.remove(0);
-        col.ocsp
-            .insert(0, c.pki.ocsp_answer(brom, status, at).unwrap());
+        col.ocsp.insert(
+            0,
+            c.pki
+                .ocsp_answer_until(brom, status, at, next_update)
+                .unwrap(),
+        );
         let r = c.run(&report, &chain, &col, &c.nonce);
         assert_eq!(
             failed(&r),

@@ -552,6 +552,17 @@ impl SimGpuPki {
         status: SimOcspStatus,
         at: i64,
     ) -> Result<Vec<u8>, SimError> {
+        self.ocsp_answer_until(cert_der, status, at, Some(at + 86_400))
+    }
+
+    /// As [`Self::ocsp_answer`], with the nextUpdate given (NVIDIA's responder may omit it).
+    pub fn ocsp_answer_until(
+        &self,
+        cert_der: &[u8],
+        status: SimOcspStatus,
+        at: i64,
+        next_update: Option<i64>,
+    ) -> Result<Vec<u8>, SimError> {
         use tdx_core::gpu::ocsp::{CertStatus, OcspHash, OcspResponseSpec, build_ocsp_response};
         let (cert, issuer) = self
             .ocsp_pairs()
@@ -576,7 +587,7 @@ impl SimGpuPki {
             status,
             produced_at: at,
             this_update: at,
-            next_update: Some(at + 86_400),
+            next_update,
             responder_cert_der: &issuer.der,
             responder_key: issuer.key.signing_key(),
         })
