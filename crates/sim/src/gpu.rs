@@ -41,6 +41,14 @@ impl SimKey {
         Ok(Self { rcgen, p384 })
     }
 
+    fn from_pem(path: &std::path::Path, pem: &str) -> Result<Self, SimError> {
+        let rcgen = KeyPair::from_pkcs8_pem_and_sign_algo(pem, &PKCS_ECDSA_P384_SHA384)
+            .map_err(|e| SimError::malformed(path, format!("not a P-384 PKCS#8 key: {e}")))?;
+        let p384 = SigningKey::from_pkcs8_der(&rcgen.serialize_der())
+            .map_err(|e| SimError::malformed(path, format!("not a P-384 PKCS#8 key: {e}")))?;
+        Ok(Self { rcgen, p384 })
+    }
+
     pub fn signing_key(&self) -> &SigningKey {
         &self.p384
     }
@@ -81,14 +89,20 @@ fn leaf_params(cn: &str, from: i64, to: i64, serial: u64) -> Result<CertificateP
 pub struct SimCert {
     pub der: Vec<u8>,
     pub key: SimKey,
-    params: CertificateParams,
+    /// What issued certificates need of their issuer; `None` once loaded from disk (a
+    /// loaded PKI signs reports, RIMs and OCSP answers but issues no new certificate).
+    params: Option<CertificateParams>,
 }
 
 impl SimCert {
     fn self_signed(params: CertificateParams) -> Result<Self, SimError> {
         let key = SimKey::generate()?;
         let der = params.self_signed(&key.rcgen)?.der().to_vec();
-        Ok(Self { der, key, params })
+        Ok(Self {
+            der,
+            key,
+            params: Some(params),
+        })
     }
 
     fn issued_by(params: CertificateParams, issuer: &SimCert) -> Result<Self, SimError> {
@@ -100,9 +114,16 @@ impl SimCert {
         issuer: &SimCert,
         key: SimKey,
     ) -> Result<Self, SimError> {
-        let iss = Issuer::new(issuer.params.clone(), &issuer.key.rcgen);
+        let issuer_params = issuer.params.clone().ok_or_else(|| {
+            SimError::Other("a simulated PKI loaded from disk issues no certificates".into())
+        })?;
+        let iss = Issuer::new(issuer_params, &issuer.key.rcgen);
         let der = params.signed_by(&key.rcgen, &iss)?.der().to_vec();
-        Ok(Self { der, key, params })
+        Ok(Self {
+            der,
+            key,
+            params: Some(params),
+        })
     }
 }
 
@@ -202,6 +223,64 @@ impl SimGpuPki {
             chain: vec![leaf, brom, ica, identity, root],
             fwid,
             rim_chain: vec![rim_leaf, rim_l3, rim_ca, rim_root],
+        })
+    }
+
+    /// Write the PKI to `dir` (`device-N.der`/`.key`, `rim-N.der`/`.key`, `fwid.hex`,
+    /// `arch`), each file atomically.
+    pub fn save(&self, dir: &std::path::Path) -> Result<(), SimError> {
+        use crate::fsio;
+        fsio::create_dir_all(dir)?;
+        for (prefix, certs) in [("device", &self.chain), ("rim", &self.rim_chain)] {
+            for (i, c) in certs.iter().enumerate() {
+                fsio::write_atomic(&dir.join(format!("{prefix}-{i}.der")), &c.der)?;
+                fsio::write_atomic(
+                    &dir.join(format!("{prefix}-{i}.key")),
+                    c.key.rcgen.serialize_pem().as_bytes(),
+                )?;
+            }
+        }
+        fsio::write_atomic(&dir.join("fwid.hex"), hex::encode(self.fwid).as_bytes())?;
+        fsio::write_atomic(&dir.join("arch"), self.arch.to_string().as_bytes())?;
+        Ok(())
+    }
+
+    /// The PKI [`Self::save`] wrote.
+    pub fn load(dir: &std::path::Path) -> Result<Self, SimError> {
+        use crate::fsio;
+        let load_certs = |prefix: &str, n: usize| -> Result<Vec<SimCert>, SimError> {
+            (0..n)
+                .map(|i| {
+                    let key_path = dir.join(format!("{prefix}-{i}.key"));
+                    let key = SimKey::from_pem(&key_path, &fsio::read_string(&key_path)?)?;
+                    let der = fsio::read(&dir.join(format!("{prefix}-{i}.der")))?;
+                    Ok(SimCert {
+                        der,
+                        key,
+                        params: None,
+                    })
+                })
+                .collect()
+        };
+        let fwid_path = dir.join("fwid.hex");
+        let fwid = tdx_core::encoding::hex_array::<48>(fsio::read_string(&fwid_path)?.trim())
+            .map_err(|e| SimError::malformed(&fwid_path, e))?;
+        let arch_path = dir.join("arch");
+        let arch = match fsio::read_string(&arch_path)?.trim() {
+            "hopper" => Architecture::Hopper,
+            "blackwell" => Architecture::Blackwell,
+            other => {
+                return Err(SimError::malformed(
+                    &arch_path,
+                    format!("{other:?} is not hopper or blackwell"),
+                ));
+            }
+        };
+        Ok(Self {
+            arch,
+            chain: load_certs("device", 5)?,
+            fwid,
+            rim_chain: load_certs("rim", 4)?,
         })
     }
 

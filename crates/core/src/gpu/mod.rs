@@ -8,6 +8,7 @@ mod cache;
 mod chain;
 mod collateral;
 mod compare;
+mod evidence_set;
 mod fwid;
 pub mod ocsp;
 mod policy;
@@ -24,6 +25,11 @@ pub use collateral::{
 pub use compare::{
     CompareError, Compared, Golden, NVDEC0_DISABLED, NVDEC0_INDEX, Source, compare_measurements,
     nvdec0_disabled,
+};
+pub use evidence_set::{
+    CcMode, GPU_EVENT, GPU_EVIDENCE_FORMAT, GPU_NONCE_DOMAIN, GpuEventData, GpuEvidence,
+    GpuEvidenceError, GpuEvidenceSet, MAX_GPUS, MultiGpuMode, nonce_for_batch,
+    nonce_for_certificate,
 };
 pub use fwid::{FWID_LEN, GpuFwidError, check_fwid, leaf_fwid};
 pub use policy::{Architecture, DEFAULT_OCSP_MAX_AGE_SECS, DriverVersion, GpuPolicy, VbiosVersion};

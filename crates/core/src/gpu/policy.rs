@@ -159,6 +159,10 @@ pub const DEFAULT_OCSP_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GpuPolicy {
+    /// How many GPUs a server must attest with its TD (`attest`, `connect`, `verify`); each
+    /// must pass every check below. 0 (the default): GPUs are not required and not checked.
+    /// `verify-gpu` appraises the one GPU it is given.
+    pub count: u32,
     /// Accepted architectures; never empty.
     pub architectures: BTreeSet<Architecture>,
     /// The oldest driver accepted, where set.
@@ -178,6 +182,7 @@ pub struct GpuPolicy {
 impl Default for GpuPolicy {
     fn default() -> Self {
         Self {
+            count: 0,
             architectures: BTreeSet::from([Architecture::Hopper, Architecture::Blackwell]),
             min_driver_version: None,
             vbios_versions: None,
@@ -202,6 +207,12 @@ impl GpuPolicy {
             return Some((
                 "gpu.vbios_versions",
                 "is empty, so no GPU could ever pass; leave it out to accept any VBIOS NVIDIA signed a RIM for",
+            ));
+        }
+        if usize::try_from(self.count).map_or(true, |c| c > crate::gpu::MAX_GPUS) {
+            return Some((
+                "gpu.count",
+                "is more GPUs than any server can attest (at most 64)",
             ));
         }
         if self.ocsp_max_age_secs == 0 {

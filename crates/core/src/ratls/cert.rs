@@ -49,6 +49,20 @@ pub fn claims_with_event_log(key: &KeyPair, log: &[u8]) -> (Vec<u8>, [u8; 64]) {
     (claims, rd)
 }
 
+/// As [`claims_with_event_log`], also committing to the served GPU evidence's digest.
+pub fn claims_with_gpu_evidence(
+    key: &KeyPair,
+    log: &[u8],
+    gpu_evidence_sha256: Option<[u8; 32]>,
+) -> (Vec<u8>, [u8; 64]) {
+    let claims = Claims::for_spki(HashAlg::Sha256, &spki_der(key), None)
+        .with_event_log(log)
+        .with_gpu_evidence(gpu_evidence_sha256)
+        .to_cbor();
+    let rd = evidence::report_data_sha256(&claims);
+    (claims, rd)
+}
+
 /// As [`claims_for`], with a `nonce` claim (e.g. a client's challenge) included.
 pub fn claims_with_nonce(key: &KeyPair, nonce: Option<&[u8]>) -> (Vec<u8>, [u8; 64]) {
     let claims = Claims::for_spki(HashAlg::Sha256, &spki_der(key), nonce).to_cbor();

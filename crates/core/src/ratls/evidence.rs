@@ -18,6 +18,8 @@ pub const CLAIM_NONCE: &str = "nonce";
 /// tdx-agent's own claim: the RTMR3 event log (JSON lines) the quote's RTMR3 replays from, so
 /// a client can appraise runtime events during the handshake. Other stacks ignore it.
 pub const CLAIM_EVENT_LOG: &str = "rtmr3-event-log";
+/// SHA-256 of the GPU evidence the agent serves beside the certificate (docs/formats.md §13).
+pub const CLAIM_GPU_EVIDENCE: &str = "gpu-evidence-sha256";
 
 /// The hash algorithms of a pubkey-hash, by their IANA "Named Information Hash Algorithm"
 /// identifiers, which is what the claim carries.
@@ -78,6 +80,7 @@ pub struct Claims {
     pub pubkey_hash: Vec<u8>,
     pub nonce: Option<Vec<u8>>,
     pub event_log: Option<Vec<u8>>,
+    pub gpu_evidence_sha256: Option<[u8; 32]>,
 }
 
 impl Claims {
@@ -88,12 +91,19 @@ impl Claims {
             pubkey_hash: alg.digest(spki_der),
             nonce: nonce.map(<[u8]>::to_vec),
             event_log: None,
+            gpu_evidence_sha256: None,
         }
     }
 
     /// The same claims, also carrying the RTMR3 event log.
     pub fn with_event_log(mut self, log: &[u8]) -> Self {
         self.event_log = Some(log.to_vec());
+        self
+    }
+
+    /// The same claims, also committing to the served GPU evidence by its digest.
+    pub fn with_gpu_evidence(mut self, digest: Option<[u8; 32]>) -> Self {
+        self.gpu_evidence_sha256 = digest;
         self
     }
 
@@ -112,6 +122,9 @@ impl Claims {
         if let Some(log) = &self.event_log {
             entries.push((CLAIM_EVENT_LOG.to_string(), Value::Bytes(log.clone())));
         }
+        if let Some(d) = &self.gpu_evidence_sha256 {
+            entries.push((CLAIM_GPU_EVIDENCE.to_string(), Value::Bytes(d.to_vec())));
+        }
         cbor::encode(&Value::Map(entries))
     }
 
@@ -125,6 +138,7 @@ impl Claims {
         let mut hash = None;
         let mut nonce = None;
         let mut event_log = None;
+        let mut gpu_evidence_sha256 = None;
         for (key, value) in map {
             let b = value.as_bytes().ok_or_else(|| {
                 bad(format!(
@@ -136,6 +150,14 @@ impl Claims {
                 CLAIM_PUBKEY_HASH => hash = Some(b),
                 CLAIM_NONCE => nonce = Some(b.to_vec()),
                 CLAIM_EVENT_LOG => event_log = Some(b.to_vec()),
+                CLAIM_GPU_EVIDENCE => {
+                    gpu_evidence_sha256 = Some(<[u8; 32]>::try_from(b).map_err(|_| {
+                        bad(format!(
+                            "{CLAIM_GPU_EVIDENCE:?} is {} bytes, expected 32",
+                            b.len()
+                        ))
+                    })?)
+                }
                 _ => {}
             }
         }
@@ -168,6 +190,7 @@ impl Claims {
             pubkey_hash: digest.to_vec(),
             nonce,
             event_log,
+            gpu_evidence_sha256,
         })
     }
 

@@ -19,11 +19,14 @@ use crate::verify::{CollateralError, Report};
 
 pub use cert::{
     CertResolver, MAX_VALIDITY_SECS, RaTlsCertifiedKey, SUBJECT_CN, Validity, build_certificate,
-    claims_for, claims_with_event_log, claims_with_nonce, generate_key, server_config, spki_der,
+    claims_for, claims_with_event_log, claims_with_gpu_evidence, claims_with_nonce, generate_key,
+    server_config, spki_der,
 };
 pub use endorsements::{ENDORSEMENTS_OID, ENDORSEMENTS_VERSION, Endorsements};
 pub use evidence::{Claims, EVIDENCE_OID, Evidence, HashAlg};
-pub use verifier::{CollateralSource, RaTlsVerifier, VerificationCache, client_config};
+pub use verifier::{
+    CollateralSource, RaTlsVerifier, VerificationCache, certificate_claims, client_config,
+};
 
 /// The CBOR tag both RA-TLS extensions wrap their content in.
 pub const CBOR_TAG_RATLS: u64 = 60000;

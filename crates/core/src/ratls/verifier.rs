@@ -248,27 +248,7 @@ impl RaTlsVerifier {
         cert.verify_signature(None)
             .map_err(|e| RaTlsError::Certificate(format!("self-signature: {e}")))?;
 
-        let mut evidence_ext = None;
-        let mut endorsements_ext = None;
-        for ext in cert.extensions() {
-            let oid: Vec<u64> = match ext.oid.iter() {
-                Some(arcs) => arcs.collect(),
-                None => continue,
-            };
-            let (slot, what) = if oid == EVIDENCE_OID {
-                (&mut evidence_ext, "evidence")
-            } else if oid == ENDORSEMENTS_OID {
-                (&mut endorsements_ext, "endorsements")
-            } else {
-                continue;
-            };
-            // Two candidates would leave the choice to us; no honest issuer writes that.
-            if slot.replace(ext.value).is_some() {
-                return Err(RaTlsError::Certificate(format!(
-                    "more than one {what} extension"
-                )));
-            }
-        }
+        let (evidence_ext, endorsements_ext) = ratls_extensions(&cert)?;
         let evidence = Evidence::from_cbor(evidence_ext.ok_or(RaTlsError::NoEvidence)?)?;
         let claims = Claims::from_cbor(&evidence.claims)?;
         claims.check_key(cert.public_key().raw)?;
@@ -373,6 +353,46 @@ impl ServerCertVerifier for RaTlsVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// The evidence and endorsements extensions' values, where present.
+type RaTlsExtensions<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// The evidence and endorsements extensions of an RA-TLS certificate, each at most once.
+fn ratls_extensions<'a>(cert: &'a X509Certificate<'_>) -> Result<RaTlsExtensions<'a>, RaTlsError> {
+    let mut evidence_ext = None;
+    let mut endorsements_ext = None;
+    for ext in cert.extensions() {
+        let oid: Vec<u64> = match ext.oid.iter() {
+            Some(arcs) => arcs.collect(),
+            None => continue,
+        };
+        let (slot, what) = if oid == EVIDENCE_OID {
+            (&mut evidence_ext, "evidence")
+        } else if oid == ENDORSEMENTS_OID {
+            (&mut endorsements_ext, "endorsements")
+        } else {
+            continue;
+        };
+        // Two candidates would leave the choice to us; no honest issuer writes that.
+        if slot.replace(ext.value).is_some() {
+            return Err(RaTlsError::Certificate(format!(
+                "more than one {what} extension"
+            )));
+        }
+    }
+    Ok((evidence_ext, endorsements_ext))
+}
+
+/// The claims an RA-TLS certificate carries (e.g. the one a connection was verified with),
+/// read without appraising anything: for what was bound beside the quote, such as the GPU
+/// evidence digest.
+pub fn certificate_claims(cert_der: &[u8]) -> Result<Claims, RaTlsError> {
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| RaTlsError::Certificate(format!("not readable X.509: {e}")))?;
+    let (evidence_ext, _) = ratls_extensions(&cert)?;
+    let evidence = Evidence::from_cbor(evidence_ext.ok_or(RaTlsError::NoEvidence)?)?;
+    Claims::from_cbor(&evidence.claims)
 }
 
 /// rustls's clock in the seconds [`RaTlsVerifier::verify_certificate`] takes.

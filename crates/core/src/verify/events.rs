@@ -228,6 +228,7 @@ mod tests {
             collateral: None,
             verified_at: String::new(),
             warnings: vec![],
+            gpus: vec![],
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod collateral;
 mod dcap;
 pub mod events;
+pub mod gpus;
 pub mod policy;
 pub mod report;
 pub mod time;
@@ -16,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use collateral::{Collateral, CollateralError, PreparedCollateral};
 pub use policy::{Policy, PolicyError, TcbStatus};
-pub use report::{Check, Report, Verdict};
+pub use report::{Check, GpuEntry, Report, Verdict};
 
 use crate::encoding::hex;
 use crate::quote::{Quote, layout::INTEL_QE_VENDOR_ID};
@@ -146,6 +147,7 @@ impl Verifier {
             collateral: None,
             verified_at: time::format_unix(now),
             warnings: Vec::new(),
+            gpus: Vec::new(),
         };
         if !self.production {
             report

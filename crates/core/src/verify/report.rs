@@ -119,9 +119,58 @@ pub struct Report {
     pub(crate) collateral: Option<CollateralView>,
     pub(crate) verified_at: String,
     pub(crate) warnings: Vec<String>,
+    /// Each attested GPU's own report (its checks are also in `checks`, named `gpu[I] …`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) gpus: Vec<GpuEntry>,
+}
+
+/// One GPU's appraisal inside a TD report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GpuEntry {
+    pub index: u32,
+    pub report: crate::gpu::GpuReport,
 }
 
 impl Report {
+    /// Fold one GPU's appraisal in: its checks under `gpu[I] …` names, its skipped checks as
+    /// warnings, and a rejected GPU rejects the whole report.
+    pub(crate) fn add_gpu(&mut self, index: u32, gpu: crate::gpu::GpuReport) {
+        use super::gpus::gpu_check_name;
+        for c in gpu.checks() {
+            self.push_check(
+                &gpu_check_name(index, &c.name),
+                c.ok,
+                c.expected.clone(),
+                c.found.clone(),
+            );
+        }
+        for n in gpu.not_evaluated_checks() {
+            self.not_evaluated.push(gpu_check_name(index, n));
+        }
+        for s in gpu.skipped() {
+            self.warnings.push(format!(
+                "{} skipped: {}",
+                gpu_check_name(index, &s.name),
+                s.reason
+            ));
+        }
+        for w in gpu.warnings() {
+            let w = format!("gpu[{index}]: {w}");
+            if !self.warnings.contains(&w) {
+                self.warnings.push(w);
+            }
+        }
+        if !gpu.accepted() {
+            self.verdict = Verdict::Rejected;
+        }
+        self.gpus.push(GpuEntry { index, report: gpu });
+    }
+
+    /// The attested GPUs' own reports, in index order.
+    pub fn gpus(&self) -> &[GpuEntry] {
+        &self.gpus
+    }
+
     pub fn accepted(&self) -> bool {
         self.verdict == Verdict::Accepted
     }
