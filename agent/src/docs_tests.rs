@@ -351,6 +351,8 @@ fn evidence_and_challenge_examples_match_the_server_types() {
         collateral: serde_json::Value::Null,
         event_log: String::new(),
         tcb_status: None,
+        gpu_evidence: None,
+        gpu_collateral: None,
     })
     .unwrap();
     assert!(

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::{CliResult, Failure, read_file};
-use tdx_client::{Client, ClientError, Target};
+use tdx_client::{ClientError, Target};
 use tdx_core::verify::{Report, Verifier};
 
 #[derive(Debug, Args)]
@@ -19,6 +19,11 @@ pub struct AttestArgs {
     /// Trust this root CA (DER) instead of Intel's production root (simulated TD, test PKIs).
     #[arg(long, value_name = "DER")]
     pub insecure_root: Option<PathBuf>,
+    /// Trust these GPU roots instead of NVIDIA's: one PEM file holding the device root, then
+    /// the RIM root (simulated GPUs: DIR/gpu-roots.pem). Used when the policy's gpu.count
+    /// requires GPUs.
+    #[arg(long, value_name = "PEM")]
+    pub insecure_gpu_roots: Option<PathBuf>,
     /// Also run a fresh challenge: a new quote over a random nonce proves the TD is live now.
     #[arg(long)]
     pub nonce: bool,
@@ -36,7 +41,7 @@ pub async fn run(a: AttestArgs) -> CliResult {
         Some(p) => Verifier::with_insecure_root(read_file(p, "--insecure-root").await?),
         None => Verifier::production(),
     };
-    let client = Client::new(verifier, policy).map_err(Failure::error)?;
+    let client = super::client(verifier, policy, a.insecure_gpu_roots.as_ref()).await?;
     let report = tdx_client::attest::attest(&client, &target, a.nonce)
         .await
         .map_err(|e| failure(e, &a))?;

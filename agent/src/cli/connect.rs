@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use tdx_client::Target;
 use tdx_client::connect::ConnectOptions;
-use tdx_client::{Client, Target};
 use tdx_core::verify::{Policy, Verifier};
 use tokio::net::TcpListener;
 
@@ -35,6 +35,11 @@ pub struct ConnectArgs {
     /// Trust this root CA (DER) instead of Intel's production root (simulated TD, test PKIs).
     #[arg(long, value_name = "DER")]
     pub insecure_root: Option<PathBuf>,
+    /// Trust these GPU roots instead of NVIDIA's: one PEM file holding the device root, then
+    /// the RIM root (simulated GPUs: DIR/gpu-roots.pem). Used when the policy's gpu.count
+    /// requires GPUs.
+    #[arg(long, value_name = "PEM")]
+    pub insecure_gpu_roots: Option<PathBuf>,
     /// Run without a policy: any genuine TD passes. Never the default.
     #[arg(long, conflicts_with = "policy")]
     pub insecure_no_policy: bool,
@@ -69,7 +74,7 @@ pub async fn run(a: ConnectArgs) -> CliResult {
         Some(p) => Verifier::with_insecure_root(read_file(p, "--insecure-root").await?),
         None => Verifier::production(),
     };
-    let client = Client::new(verifier, policy).map_err(Failure::error)?;
+    let client = super::client(verifier, policy, a.insecure_gpu_roots.as_ref()).await?;
     if !a.listen.ip().is_loopback() {
         eprintln!(
             "tdx-agent: WARNING: --listen {} is not a loopback address. connect serves plain \

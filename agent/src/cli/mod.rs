@@ -143,6 +143,32 @@ pub async fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>, Fa
     .map_err(Failure::error)?
 }
 
+/// `--insecure-gpu-roots PEM` (a device root then a RIM root), or NVIDIA's pinned roots.
+pub async fn load_gpu_roots(
+    path: Option<&std::path::PathBuf>,
+) -> Result<tdx_core::gpu::GpuRoots, Failure> {
+    match path {
+        Some(p) => {
+            tdx_core::gpu::GpuRoots::insecure_from_pem(&read_file(p, "--insecure-gpu-roots").await?)
+        }
+        None => tdx_core::gpu::GpuRoots::nvidia(),
+    }
+    .map_err(Failure::error)
+}
+
+/// A client trusting `verifier` and, for GPUs, `--insecure-gpu-roots` where given.
+pub async fn client(
+    verifier: tdx_core::verify::Verifier,
+    policy: tdx_core::verify::Policy,
+    insecure_gpu_roots: Option<&std::path::PathBuf>,
+) -> Result<tdx_client::Client, Failure> {
+    let client = tdx_client::Client::new(verifier, policy).map_err(Failure::error)?;
+    Ok(match insecure_gpu_roots {
+        Some(_) => client.with_insecure_gpu_roots(load_gpu_roots(insecure_gpu_roots).await?),
+        None => client,
+    })
+}
+
 /// Write a file atomically off the runtime, naming it in the error.
 pub async fn write_file(path: &std::path::Path, data: Vec<u8>) -> CliResult {
     let p = path.to_path_buf();

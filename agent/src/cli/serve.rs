@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 
 use super::tee_args::TeeChoice;
 use super::{CliResult, Failure, read_file};
-use tdx_daemon::config::{Config, TeeKindConfig};
+use tdx_daemon::config::{Config, GpuConfig, GpuRequired, GpuSourceKind, TeeKindConfig};
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -50,6 +50,14 @@ pub struct ServeArgs {
     /// The model directory to measure into RTMR3 before reporting ready.
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
+    /// GPUs that must be attested with the TD: a number or `all` (sets [gpu] required;
+    /// with --tee sim and no config file the simulated GPUs are the source).
+    #[arg(long, value_name = "N|all", value_parser = parse_gpus)]
+    pub gpus: Option<GpuRequired>,
+}
+
+fn parse_gpus(s: &str) -> Result<GpuRequired, String> {
+    GpuRequired::parse(s)
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +130,21 @@ pub async fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
     }
     if let Some(d) = &a.model_dir {
         c.model.dir = Some(d.clone());
+    }
+    if let Some(n) = a.gpus {
+        let gpu = c.gpu.get_or_insert_with(|| GpuConfig {
+            // The demo: the simulated TD's own simulated GPUs.
+            source: match (c.tee.kind, &a.config) {
+                (TeeKindConfig::Sim, None) => GpuSourceKind::Sim,
+                _ => GpuSourceKind::Nvml,
+            },
+            ..GpuConfig::default()
+        });
+        gpu.required = Some(n);
+        gpu.insecure_serve_unattested = false;
+        if let (TeeKindConfig::Sim, Some(dir), None) = (c.tee.kind, &c.tee.sim_dir, &a.config) {
+            gpu.cache_dir = dir.join("gpu-cache");
+        }
     }
     let source = a
         .config

@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{CliResult, Failure, write_file};
 use tdx_core::encoding::hex;
-use tdx_sim::{SimDir, SimPki, SimSettings, SimTd, pccs};
+use tdx_sim::{SimDir, SimGpuState, SimGpus, SimPki, SimSettings, SimTd, pccs};
 use tdx_tee::{Tee as _, TeeKind};
 
 #[derive(Debug, Subcommand)]
@@ -21,6 +21,25 @@ pub enum SimCommand {
     Pccs(PccsArgs),
     /// Reboot the simulated TD: registers back to their boot values, RTMR3 zero.
     Reset(DirArg),
+    /// Switch a simulated GPU's state (the agent sees it at its next GPU check).
+    Gpu(GpuArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GpuArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// The GPU (0-based, as NVML numbers them).
+    #[arg(long)]
+    pub index: u32,
+    /// ok, cc-off, devtools, bad-measurement (one measurement NVIDIA did not sign) or hang
+    /// (the NVML call does not return until the state changes).
+    #[arg(long, value_parser = parse_gpu_state)]
+    pub state: SimGpuState,
+}
+
+fn parse_gpu_state(s: &str) -> Result<SimGpuState, String> {
+    SimGpuState::parse(s)
 }
 
 #[derive(Debug, Args)]
@@ -52,6 +71,10 @@ pub struct PkiArgs {
     /// TCB status the simulated collateral gives the platform (e.g. OutOfDate).
     #[arg(long)]
     pub tcb_status: Option<String>,
+    /// Give the TD this many simulated NVIDIA GPUs (H100, CC on); writes their roots to
+    /// DIR/gpu-roots.pem for clients' --insecure-gpu-roots.
+    #[arg(long, value_name = "N")]
+    pub gpus: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +90,23 @@ pub async fn run(c: SimCommand) -> CliResult {
     match c {
         SimCommand::Pki(a) => pki(a).await,
         SimCommand::Pccs(a) => serve_pccs(a).await,
+        SimCommand::Gpu(a) => {
+            let (path, index, state) = (a.dir.sim_dir.clone(), a.index, a.state);
+            blocking(move || {
+                SimGpus::open(&path)?
+                    .ok_or_else(|| {
+                        tdx_sim::SimError::Other(format!(
+                            "{} has no simulated GPUs; add them with `tdx-agent sim pki --sim-dir {} --gpus N`",
+                            path.display(),
+                            path.display()
+                        ))
+                    })?
+                    .set_state(index, state)
+            })
+            .await?;
+            println!("simulated GPU {} is now {}", a.index, a.state.as_str());
+            Ok(())
+        }
         SimCommand::Reset(a) => {
             let path = a.sim_dir.clone();
             blocking(move || {
@@ -180,6 +220,18 @@ async fn pki(a: PkiArgs) -> CliResult {
     println!("  collateral life  {} s", settings.collateral_lifetime_secs);
     println!("  certificate life {} s", settings.cert_lifetime_secs);
     println!("  TCB status       {}", settings.tcb_status);
+    if let Some(n) = a.gpus {
+        let path = dir.clone();
+        let gpus = blocking(move || SimGpus::create(&path, n)?.entries()).await?;
+        println!(
+            "  GPUs             {} simulated H100 (roots in {})",
+            gpus.len(),
+            rel(&dir, tdx_sim::GPU_ROOTS_PEM)
+        );
+        for g in gpus {
+            println!("    gpu[{}] {} {}", g.index, g.uuid, g.state.as_str());
+        }
+    }
     println!("  sample quote     {}", quote_path.display());
     println!("  its collateral   {}", coll_path.display());
     println!("verify it with:");

@@ -8,8 +8,8 @@ use clap::Args;
 use super::verify::load_policy;
 use super::{CliResult, Failure, read_file};
 use tdx_core::gpu::{
-    GpuCollateral, GpuEvidenceRef, GpuRoots, NONCE_LEN, RimFile, decode_ocsp_file,
-    decode_report_file, verify_gpu,
+    GpuCollateral, GpuEvidenceRef, NONCE_LEN, RimFile, decode_ocsp_file, decode_report_file,
+    verify_gpu,
 };
 use tdx_core::verify::time;
 
@@ -56,11 +56,7 @@ pub async fn run(a: VerifyGpuArgs) -> CliResult {
     let nonce = tdx_core::encoding::hex_array::<NONCE_LEN>(&a.expect_nonce)
         .map_err(|e| Failure::Error(format!("--expect-nonce: {e}")))?;
     let policy = load_policy(a.policy.as_ref()).await?;
-    let roots = match &a.insecure_gpu_roots {
-        Some(p) => GpuRoots::insecure_from_pem(&read_file(p, "--insecure-gpu-roots").await?),
-        None => GpuRoots::nvidia(),
-    }
-    .map_err(Failure::error)?;
+    let roots = super::load_gpu_roots(a.insecure_gpu_roots.as_ref()).await?;
     let report = decode_report_file(read_file(&a.report, "report").await?);
     let chain = read_file(&a.chain, "certificate chain").await?;
     let mut collateral = GpuCollateral::default();

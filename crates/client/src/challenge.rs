@@ -164,6 +164,8 @@ mod tests {
             collateral: serde_json::json!({}),
             event_log: String::new(),
             tcb_status: None,
+            gpu_evidence: None,
+            gpu_collateral: None,
         }
     }
 

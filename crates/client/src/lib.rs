@@ -11,6 +11,7 @@
 pub mod attest;
 pub mod challenge;
 pub mod connect;
+pub mod gpus;
 pub mod session;
 
 use std::time::Duration;
@@ -148,6 +149,7 @@ pub struct Client {
     verifier: Verifier,
     policy: Policy,
     ratls: std::sync::Arc<tdx_core::ratls::RaTlsVerifier>,
+    gpus: gpus::GpuAppraiser,
 }
 
 impl Client {
@@ -159,11 +161,25 @@ impl Client {
             tdx_core::ratls::CollateralSource::Stapled,
         )
         .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let gpu_roots = tdx_core::gpu::GpuRoots::nvidia()
+            .map_err(|e| ClientError::Setup(format!("NVIDIA's GPU roots: {e}")))?;
         Ok(Client {
             verifier,
             policy,
             ratls: std::sync::Arc::new(ratls),
+            gpus: gpus::GpuAppraiser::new(gpu_roots),
         })
+    }
+
+    /// Appraise GPUs against these roots instead of NVIDIA's (`--insecure-gpu-roots`: the
+    /// simulated GPUs and test PKIs only).
+    pub fn with_insecure_gpu_roots(mut self, roots: tdx_core::gpu::GpuRoots) -> Self {
+        self.gpus = gpus::GpuAppraiser::new(roots);
+        self
+    }
+
+    pub fn gpus(&self) -> &gpus::GpuAppraiser {
+        &self.gpus
     }
 
     pub fn verifier(&self) -> &Verifier {

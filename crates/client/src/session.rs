@@ -344,13 +344,17 @@ impl Session {
                 HttpSender::Http2(sender)
             }
         };
-        Ok(Session {
+        let mut session = Session {
             target: target.clone(),
             peer_cert,
             spki_sha256,
             report,
             sender,
-        })
+        };
+        // The GPUs the policy requires are part of the server's appraisal: no request
+        // goes out on a session whose GPUs fail.
+        super::gpus::check_session(client, &mut session).await?;
+        Ok(session)
     }
 
     /// One request with a small body; the answer's status and body (at most 4 MiB).

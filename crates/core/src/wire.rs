@@ -26,6 +26,13 @@ pub struct EvidenceJson {
     /// RTMR3 event log, JSON lines (empty until runtime measurements are configured).
     pub event_log: String,
     pub tcb_status: Option<String>,
+    /// The GPU evidence document the certificate's `gpu-evidence-sha256` claim commits to
+    /// (docs/formats.md), when the server attests GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_evidence: Option<serde_json::Value>,
+    /// The GPUs' collateral bundle (RIMs and OCSP answers), with `gpu_evidence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_collateral: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

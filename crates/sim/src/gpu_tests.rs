@@ -127,3 +127,60 @@ fn simulated_rims_verify_and_match_the_simulated_gpu() {
         }
     }
 }
+
+#[test]
+fn simulated_gpus_in_a_directory_verify_and_fail_by_state() {
+    use crate::{SimGpuState, SimGpus};
+    use tdx_core::gpu::{GpuEvidenceRef, GpuPolicy, GpuRoots, verify_gpu};
+    let tmp = tempfile::tempdir().unwrap();
+    let gpus = SimGpus::create(tmp.path(), 2).unwrap();
+    let entries = gpus.entries().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_ne!(entries[0].uuid, entries[1].uuid);
+    assert!(entries[0].uuid.starts_with("GPU-"));
+    let roots_pem = std::fs::read(tmp.path().join(crate::GPU_ROOTS_PEM)).unwrap();
+    let roots = GpuRoots::insecure_from_pem(&roots_pem).unwrap();
+    let now = tdx_core::verify::time::now_unix();
+    let collateral = gpus.collateral(now).unwrap();
+    let policy = GpuPolicy::default();
+    let nonce = [5u8; 32];
+    let chain = gpus.chain_pem();
+    let verify = |report: &[u8]| {
+        verify_gpu(
+            GpuEvidenceRef {
+                report,
+                chain_pem: chain.as_bytes(),
+            },
+            &nonce,
+            &collateral,
+            &policy,
+            &roots,
+            now,
+        )
+    };
+    let r = verify(&gpus.report(&entries[1], &nonce).unwrap());
+    assert!(r.accepted(), "{}", r.render_text());
+
+    // States persist across openings; a bad measurement fails the comparison only.
+    gpus.set_state(1, SimGpuState::BadMeasurement).unwrap();
+    let reopened = SimGpus::open(tmp.path()).unwrap().unwrap();
+    let bad = reopened.entry(1).unwrap();
+    assert_eq!(bad.state, SimGpuState::BadMeasurement);
+    let r = verify(&reopened.report(&bad, &nonce).unwrap());
+    assert!(!r.accepted());
+    let failed: Vec<&str> = r.failures().map(|c| c.name.as_str()).collect();
+    assert_eq!(failed, ["GPU measurements"], "{}", r.render_text());
+
+    // Growing keeps the PKI, the UUIDs and the states; unknown indices are refused.
+    let grown = SimGpus::create(tmp.path(), 3).unwrap();
+    let after = grown.entries().unwrap();
+    assert_eq!(after.len(), 3);
+    assert_eq!(after[1].uuid, entries[1].uuid);
+    assert_eq!(after[1].state, SimGpuState::BadMeasurement);
+    assert_eq!(grown.roots_pem(), String::from_utf8(roots_pem).unwrap());
+    assert!(grown.set_state(7, SimGpuState::Ok).is_err());
+    assert!(SimGpus::create(tmp.path(), 0).is_err());
+    assert!(SimGpus::open(&tmp.path().join("none")).unwrap().is_none());
+    assert_eq!(SimGpuState::parse("cc-off"), Ok(SimGpuState::CcOff));
+    assert!(SimGpuState::parse("on").is_err());
+}

@@ -11,6 +11,7 @@ mod dir;
 mod error;
 mod fsio;
 pub mod gpu;
+mod gpu_dir;
 pub mod gpu_services;
 #[cfg(test)]
 mod gpu_tests;
@@ -26,6 +27,9 @@ use std::sync::Arc;
 pub use der::PckPlatform;
 pub use dir::{PKI_DIR, QUOTE_HANG, ROOT_DER, SETTINGS_JSON, SimDir, TD_STATE_JSON};
 pub use error::SimError;
+pub use gpu_dir::{
+    GPU_DIR, GPU_ROOTS_PEM, GPUS_JSON, MAX_SIM_GPUS, SimGpuEntry, SimGpuState, SimGpus,
+};
 pub use pki::{
     SIM_CPU_SVN, SIM_FMSPC, SIM_MRSIGNERSEAM, SIM_PCE_ID, SIM_PCE_SVN, SIM_QE_ISVPRODID,
     SIM_QE_ISVSVN, SIM_TEE_TCB_SVN, SimPki, sim_mrseam, sim_platform, sim_qe_mrsigner,

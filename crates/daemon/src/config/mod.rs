@@ -6,6 +6,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod gpu;
+pub use gpu::{GpuConfig, GpuRequired, GpuSourceKind};
+
 /// `tdx-agent serve` configuration. Every field is documented in docs/configuration.md.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,6 +27,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// What is measured into RTMR3 before the agent reports ready.
     pub model: ModelConfig,
+    /// The GPUs attested with the TD (docs/gpu.md). Absent: this TD has no GPU, and the
+    /// agent refuses to start where it sees one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuConfig>,
     /// Runtime state (tmpfs: vanishes at reboot, exactly when the RTMRs reset).
     pub state_dir: PathBuf,
 }
@@ -41,6 +48,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             upstream: UpstreamConfig::default(),
             model: ModelConfig::default(),
+            gpu: None,
             state_dir: PathBuf::from("/run/tdx-agent"),
         }
     }
@@ -486,6 +494,13 @@ impl Config {
         }
         if self.audit.max_bytes < 4096 {
             return invalid("audit.max_bytes", "must be at least 4096".into());
+        }
+        if let Some((field, detail)) = self
+            .gpu
+            .as_ref()
+            .and_then(|g| g.invalid(self.tee.kind == TeeKindConfig::Sim))
+        {
+            return invalid(field, detail);
         }
         Ok(())
     }

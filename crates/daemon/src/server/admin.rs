@@ -112,6 +112,13 @@ async fn run(req: Request, state: &AppState) -> Result<serde_json::Value, String
         }
         Request::Extend { event } => {
             let kind = event.kind.clone();
+            // Only the agent records what it verified of a GPU; an admin-written `gpu` event
+            // would vouch for a CC state nobody checked.
+            if kind == tdx_core::gpu::GPU_EVENT {
+                return Err(format!(
+                    "event type {kind:?} is the agent's own record of a verified GPU and cannot be extended by hand"
+                ));
+            }
             let digest = {
                 let mut log = state.rtmr3_log.lock().await;
                 let path: PathBuf = state.rtmr3_log_path.clone();

@@ -31,6 +31,16 @@ impl Attestation for AttestationService {
             challenge_quote: Vec::new(),
             proof: None,
             audit_chain_head: Vec::new(),
+            gpu_evidence_json: served
+                .gpu
+                .as_ref()
+                .map(|g| g.evidence_json.to_string())
+                .unwrap_or_default(),
+            gpu_collateral_json: served
+                .gpu
+                .as_ref()
+                .map(|g| g.collateral_json.to_string())
+                .unwrap_or_default(),
         };
         if !nonce.is_empty() {
             let (r, _) = super::http::run_challenge(&self.state, nonce).await?;

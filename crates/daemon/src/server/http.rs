@@ -47,6 +47,8 @@ pub async fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
             .map_err(|e| ApiError::Internal(format!("collateral bundle: {e}")))?,
         event_log,
         tcb_status: served.self_check.tcb_status().map(str::to_string),
+        gpu_evidence: served.gpu.as_ref().map(|g| g.evidence_json.clone()),
+        gpu_collateral: served.gpu.as_ref().map(|g| g.collateral_json.clone()),
     })
 }
 

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::collateral::CollateralProvider;
+use super::gpus::{GpuAttester, measure_events};
 use super::metrics::{Metrics, ReasonLabel};
 use super::readiness::{Readiness, Stage};
-use super::state::{AppState, Served};
+use super::state::{AppState, Served, ServedGpus};
 use crate::audit::{AuditEvent, AuditLog, QuotePurpose};
+use sha2::{Digest as _, Sha256};
 use tdx_core::encoding::hex;
+use tdx_core::gpu::nonce_for_certificate;
 use tdx_core::ratls::{self, Validity};
 use tdx_core::verify::time::{format_unix, now_unix};
 use tdx_core::verify::{Expectations, Verifier, policy::Policy};
@@ -45,6 +48,8 @@ pub struct Issuer<'a> {
     pub rtmr3_log: &'a tokio::sync::Mutex<Rtmr3Log>,
     /// A quote slower than this fails the issue (the previous certificate keeps serving).
     pub quote_timeout: Duration,
+    /// The GPUs to attest with the certificate, when `[gpu]` requires any.
+    pub gpus: Option<&'a GpuAttester>,
 }
 
 impl Issuer<'_> {
@@ -52,11 +57,27 @@ impl Issuer<'_> {
     /// of its own evidence. Refuses (never serves) evidence its own policy rejects.
     pub async fn issue(&self, reason: &str) -> Result<Served, String> {
         let key = ratls::generate_key().map_err(|e| format!("key generation: {e}"))?;
+        // The GPUs' reports are made over a nonce only this key's certificate can claim.
+        let gpu_round = match self.gpus {
+            Some(g) => {
+                let spki: [u8; 32] = Sha256::digest(ratls::spki_der(&key)).into();
+                Some(g.attest(nonce_for_certificate(&spki), now_unix()).await)
+            }
+            None => None,
+        };
         // Held until the quote is made: no extend can slip between the log we certify and
         // the RTMR3 the quote shows. RTMR3 is read from the quote itself below.
-        let log_guard = self.rtmr3_log.lock().await;
+        let mut log_guard = self.rtmr3_log.lock().await;
+        if let Some(round) = &gpu_round {
+            measure_events(&round.events, &mut log_guard, self.tee, self.audit).await?;
+        }
         let event_log = log_guard.jsonl();
-        let (claims, report_data) = ratls::claims_with_event_log(&key, event_log.as_bytes());
+        let gpu_digest = gpu_round
+            .as_ref()
+            .filter(|r| !r.evidence.is_empty())
+            .map(|r| r.evidence.digest());
+        let (claims, report_data) =
+            ratls::claims_with_gpu_evidence(&key, event_log.as_bytes(), gpu_digest);
 
         let started = Instant::now();
         let quote =
@@ -169,6 +190,21 @@ impl Issuer<'_> {
         let rtmr3 = tdx_core::quote::parse_head_only(&quote)
             .map(|(_, b)| b.rtmr[3])
             .map_err(|e| format!("our own quote: {e}"))?;
+        let gpu = match gpu_round {
+            Some(round) => {
+                if let Some(f) = &round.failure {
+                    tracing::error!(failure = %f, "GPU attestation failed; not ready");
+                }
+                let collateral_json = serde_json::from_str(&round.collateral.to_bundle_json())
+                    .map_err(|e| format!("GPU collateral bundle: {e}"))?;
+                Some(ServedGpus {
+                    evidence_json: round.evidence.to_json_value(),
+                    collateral_json,
+                    round,
+                })
+            }
+            None => None,
+        };
         Ok(Served {
             collateral_json: collateral.to_bundle_json(),
             cert,
@@ -177,12 +213,20 @@ impl Issuer<'_> {
             rtmr3,
             self_check,
             issued_at: now,
+            gpu,
         })
     }
 }
 
 /// Mark the stages that issuing settles.
 pub fn mark_issued(readiness: &Readiness, served: &Served) {
+    if let Some(g) = &served.gpu {
+        readiness.set(
+            Stage::GpuAttested,
+            g.round.failure.is_none(),
+            g.round.ready_detail(),
+        );
+    }
     readiness.set(
         Stage::CertificateIssued,
         true,
@@ -237,6 +281,34 @@ async fn reason_to_reissue(state: &AppState, served: &Served, now: i64) -> Optio
     }
 }
 
+/// Whether the GPUs now differ from what the served certificate commits to (a GPU failed,
+/// recovered, or changed its measured state), collected over the served key's nonce. Runs
+/// at most every `gpu.recheck_secs`.
+async fn gpus_changed(state: &AppState, served: &Served, now: i64) -> bool {
+    let (Some(attester), Some(gpu)) = (&state.gpus, &served.gpu) else {
+        return false;
+    };
+    let last = state
+        .gpu_checked_at
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let due = u64::try_from(now - last).unwrap_or(0) >= attester.recheck.as_secs();
+    if !due {
+        return false;
+    }
+    state
+        .gpu_checked_at
+        .store(now, std::sync::atomic::Ordering::Relaxed);
+    let _one_at_a_time = state.issuing.lock().await;
+    let round = attester
+        .attest(nonce_for_certificate(&served.cert.spki_sha256), now)
+        .await;
+    let changed = round.outcome() != gpu.round.outcome();
+    if changed {
+        tracing::warn!(now = %round.ready_detail(), "the GPUs changed; re-issuing the certificate");
+    }
+    changed
+}
+
 /// Keep the certificate fresh until `shutdown`.
 pub async fn maintain(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     loop {
@@ -246,7 +318,10 @@ pub async fn maintain(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Re
         let w = served.collateral.window();
         let collateral_life = w.next_update() - w.not_before();
         let tick = (cert_life.min(collateral_life) / 20).clamp(1, 30);
-        let tick = Duration::from_secs(u64::try_from(tick).unwrap_or(30));
+        let mut tick = Duration::from_secs(u64::try_from(tick).unwrap_or(30));
+        if let Some(g) = &state.gpus {
+            tick = tick.min(g.recheck);
+        }
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.changed() => return,
@@ -263,7 +338,11 @@ pub async fn maintain(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Re
                 ),
             );
         }
-        let Some(reason) = reason_to_reissue(&state, &served, now).await else {
+        let mut reason = reason_to_reissue(&state, &served, now).await;
+        if reason.is_none() && gpus_changed(&state, &served, now).await {
+            reason = Some("gpu-changed");
+        }
+        let Some(reason) = reason else {
             continue;
         };
         let _ = reissue(&state, reason).await;
@@ -285,6 +364,7 @@ pub async fn reissue(state: &AppState, reason: &str) -> Result<(), String> {
         sans: &state.config.tls.subject_alt_names,
         rtmr3_log: &state.rtmr3_log,
         quote_timeout: quote_timeout(&state.config),
+        gpus: state.gpus.as_deref(),
     };
     match issuer.issue(reason).await {
         Ok(next) => {

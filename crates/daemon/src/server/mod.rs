@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod collateral;
 pub mod error;
+pub mod gpus;
 pub mod grpc;
 pub mod head_timer;
 pub mod http;
@@ -184,8 +185,16 @@ pub async fn run(
             .map_err(|e| setup(format!("audit log: {e}")))?;
     }
 
+    // Before anything is measured: a GPU the configuration says nothing about stops us here.
+    let gpus = gpus::GpuAttester::open(&config, &policy.gpu)
+        .await
+        .map_err(setup)?
+        .map(Arc::new);
     let metrics = Arc::new(metrics::Metrics::new());
-    let readiness = Arc::new(Readiness::new(config.upstream.url.is_some()));
+    let readiness = Arc::new(Readiness::new(
+        config.upstream.url.is_some(),
+        gpus.is_some(),
+    ));
     let rtmr3_log_path = config.state_dir.join("rtmr3-events.jsonl");
     let boot_id = tee.boot_id().await.map_err(setup)?;
     let rtmr3_log = {
@@ -215,6 +224,7 @@ pub async fn run(
         sans: &config.tls.subject_alt_names,
         rtmr3_log: &rtmr3_log,
         quote_timeout: issue::quote_timeout(&config),
+        gpus: gpus.as_deref(),
     }
     .issue("startup")
     .await
@@ -254,6 +264,7 @@ pub async fn run(
             rtmr3_log,
             rtmr3_log_path,
         )
+        .with_gpus(gpus)
         .with_proxy(config.upstream.url.clone().map(|u| {
             Arc::new(proxy::Proxy::new(
                 u,
@@ -323,7 +334,10 @@ pub async fn run(
     // READY=1 means measured and certified; the upstream is not waited for (docs/design.md §8).
     if terminate.is_finished() {
         tracing::info!("asked to stop during start-up");
-    } else if readiness.is_ok(Stage::Measured) && readiness.is_ok(Stage::CertificateIssued) {
+    } else if readiness.is_ok(Stage::Measured)
+        && readiness.is_ok(Stage::CertificateIssued)
+        && (state.gpus.is_none() || readiness.is_ok(Stage::GpuAttested))
+    {
         systemd::notify("READY=1");
     } else if let Some(missing) = readiness.first_missing() {
         tracing::error!(stage = ?missing.stage, detail = %missing.detail, "not ready: READY=1 withheld");

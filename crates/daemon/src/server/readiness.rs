@@ -17,6 +17,8 @@ pub enum Stage {
     CertificateIssued,
     /// The configured upstream answers its health check (only when one is configured).
     UpstreamHealthy,
+    /// Every GPU found passed and at least `gpu.required` did (only with `[gpu]`).
+    GpuAttested,
 }
 
 impl Stage {
@@ -27,6 +29,7 @@ impl Stage {
             Stage::CollateralFresh => "collateral_fresh",
             Stage::CertificateIssued => "certificate_issued",
             Stage::UpstreamHealthy => "upstream_healthy",
+            Stage::GpuAttested => "gpu_attested",
         }
     }
 }
@@ -44,13 +47,16 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// The stages that apply; `upstream` adds the upstream stage.
-    pub fn new(upstream: bool) -> Self {
+    /// The stages that apply; `upstream` adds the upstream stage, `gpus` the GPU stage.
+    pub fn new(upstream: bool, gpus: bool) -> Self {
         let mut stages = vec![
             Stage::Measured,
             Stage::CollateralFresh,
             Stage::CertificateIssued,
         ];
+        if gpus {
+            stages.push(Stage::GpuAttested);
+        }
         if upstream {
             stages.push(Stage::UpstreamHealthy);
         }
@@ -106,7 +112,7 @@ mod tests {
 
     #[test]
     fn ready_only_when_every_stage_holds() {
-        let r = Readiness::new(false);
+        let r = Readiness::new(false, false);
         assert!(!r.ready());
         r.set(Stage::Measured, true, "ok");
         r.set(Stage::CollateralFresh, true, "ok");

@@ -26,6 +26,16 @@ pub struct Served {
     /// The agent's appraisal of its own evidence against its own policy.
     pub self_check: Report,
     pub issued_at: i64,
+    /// The GPUs' round this certificate commits to (with `[gpu]`).
+    pub gpu: Option<ServedGpus>,
+}
+
+/// The GPU evidence a certificate commits to, its collateral, and how the agent judged it.
+pub struct ServedGpus {
+    pub round: super::gpus::GpuRound,
+    /// The evidence document and the collateral bundle (docs/formats.md), ready to send.
+    pub evidence_json: serde_json::Value,
+    pub collateral_json: serde_json::Value,
 }
 
 pub struct AppState {
@@ -50,6 +60,10 @@ pub struct AppState {
     pub measured_epoch: tokio::sync::watch::Sender<u64>,
     /// Serialises certificate issuance (rotation loop and admin socket).
     pub issuing: tokio::sync::Mutex<()>,
+    /// The GPUs attested with the TD, when `[gpu]` requires any.
+    pub gpus: Option<Arc<super::gpus::GpuAttester>>,
+    /// When the GPUs were last checked between rotations (unix seconds).
+    pub gpu_checked_at: std::sync::atomic::AtomicI64,
 }
 
 impl AppState {
@@ -86,7 +100,15 @@ impl AppState {
             proxy: None,
             measured_epoch: tokio::sync::watch::Sender::new(0),
             issuing: tokio::sync::Mutex::new(()),
+            gpus: None,
+            gpu_checked_at: std::sync::atomic::AtomicI64::new(0),
         }
+    }
+
+    /// Attest the GPUs with every certificate (before the state is shared).
+    pub fn with_gpus(mut self, gpus: Option<Arc<super::gpus::GpuAttester>>) -> Self {
+        self.gpus = gpus;
+        self
     }
 
     /// Put the front door in place (before the state is shared).

@@ -1,0 +1,149 @@
+//! The GPUs a server attests with its certificate (docs/gpu.md): when the policy's `[gpu]`
+//! table requires any, the evidence and its collateral are fetched once per certificate
+//! from /.well-known/attestation, appraised against the certificate's claims, and the
+//! verdict is cached by certificate so later connections cost nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest as _, Sha256};
+use tdx_core::gpu::{GpuCollateral, GpuEvidenceSet, GpuRoots, GpuVerifier, nonce_for_certificate};
+use tdx_core::verify::Report;
+use tdx_core::verify::gpus::{GpuInputs, appraise_gpus};
+use tdx_core::wire::{EvidenceJson, WELL_KNOWN};
+
+use super::{ClientError, Session};
+
+/// Certificates whose GPU verdicts are kept; a server rotates daily, so this is plenty.
+const CACHE_LIMIT: usize = 256;
+
+/// The GPU roots and verifier a client appraises servers' GPUs with, and its verdicts.
+pub struct GpuAppraiser {
+    verifier: GpuVerifier,
+    roots: GpuRoots,
+    /// Certificate SHA-256 → the report with the GPU checks added.
+    verdicts: Mutex<HashMap<[u8; 32], Arc<Report>>>,
+}
+
+impl std::fmt::Debug for GpuAppraiser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuAppraiser").finish_non_exhaustive()
+    }
+}
+
+impl GpuAppraiser {
+    pub fn new(roots: GpuRoots) -> Self {
+        Self {
+            verifier: GpuVerifier::new(),
+            roots,
+            verdicts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, cert: &[u8; 32]) -> Option<Arc<Report>> {
+        self.verdicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cert)
+            .cloned()
+    }
+
+    fn remember(&self, cert: [u8; 32], report: Arc<Report>) {
+        let mut v = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() >= CACHE_LIMIT {
+            v.clear();
+        }
+        v.insert(cert, report);
+    }
+}
+
+/// Add the GPU checks to `session`'s report when the policy requires GPUs; a server whose
+/// GPUs fail is [`ClientError::Rejected`] with the whole report.
+pub async fn check_session(
+    client: &super::Client,
+    session: &mut Session,
+) -> Result<(), ClientError> {
+    let policy = &client.policy().gpu;
+    if policy.count == 0 {
+        return Ok(());
+    }
+    let appraiser = client.gpus();
+    let cert_hash: [u8; 32] = Sha256::digest(&session.peer_cert).into();
+    let report = match appraiser.cached(&cert_hash) {
+        Some(r) => r,
+        None => {
+            let evidence: EvidenceJson = session.request_json("GET", WELL_KNOWN, None).await?;
+            let report = Arc::new(appraise(appraiser, session, policy, &evidence));
+            appraiser.remember(cert_hash, Arc::clone(&report));
+            report
+        }
+    };
+    if !report.accepted() {
+        return Err(ClientError::Rejected(Box::new((*report).clone())));
+    }
+    session.report = report;
+    Ok(())
+}
+
+fn appraise(
+    appraiser: &GpuAppraiser,
+    session: &Session,
+    policy: &tdx_core::gpu::GpuPolicy,
+    evidence: &EvidenceJson,
+) -> Report {
+    let mut report = (*session.report).clone();
+    let claims = tdx_core::ratls::certificate_claims(&session.peer_cert);
+    let (claimed, event_log) = match &claims {
+        Ok(c) => (
+            c.gpu_evidence_sha256,
+            c.event_log
+                .as_deref()
+                .and_then(|l| std::str::from_utf8(l).ok()),
+        ),
+        Err(_) => (None, None),
+    };
+    let served = if tdx_core::encoding::hex(&session.spki_sha256) != evidence.spki_sha256 {
+        Err(
+            "the served evidence belongs to another certificate (the server rotated it); reconnect"
+                .to_string(),
+        )
+    } else {
+        match &evidence.gpu_evidence {
+            None => Err("the server serves no GPU evidence".to_string()),
+            Some(v) => GpuEvidenceSet::from_json_value(v.clone()).map_err(|e| e.to_string()),
+        }
+    };
+    let collateral = match &evidence.gpu_collateral {
+        Some(v) => {
+            GpuCollateral::from_bundle_json(v.to_string().as_bytes(), "the server's GPU collateral")
+        }
+        None => Ok(GpuCollateral::default()),
+    };
+    let collateral = match collateral {
+        Ok(c) => c,
+        Err(e) => {
+            report.push_check(
+                tdx_core::verify::gpus::CHECK_GPU_BINDING,
+                false,
+                "readable GPU collateral".into(),
+                e.to_string(),
+            );
+            return report;
+        }
+    };
+    appraise_gpus(
+        &mut report,
+        &appraiser.verifier,
+        policy,
+        GpuInputs {
+            claimed_digest: claimed,
+            evidence: served.as_ref().map_err(Clone::clone),
+            collateral: &collateral,
+            nonce: nonce_for_certificate(&session.spki_sha256),
+            event_log,
+            roots: &appraiser.roots,
+            at: tdx_core::verify::time::now_unix(),
+        },
+    );
+    report
+}

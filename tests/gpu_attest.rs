@@ -1,0 +1,446 @@
+//! GPUs attested with the TD, end to end through real processes (docs/gpu.md): `serve` on the
+//! simulated TD with simulated GPUs, `attest` and `connect` checking them by policy, every
+//! GPU failure keeping the agent not ready and the model unreached, the binding of GPU
+//! evidence to one certificate of one TD, and the RTMR3 `gpu` events.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use support::upstream::Upstream;
+use support::{
+    ConnectProc, Daemon, Https, SimTd, http_get, path_str, sim_config, tdx_agent, tdx_agent_within,
+};
+use tdx_core::gpu::{GpuCollateral, GpuEvidenceSet, GpuPolicy, GpuRoots, GpuVerifier};
+use tdx_core::verify::Report;
+use tdx_core::verify::gpus::{CHECK_GPU_BINDING, GpuInputs, appraise_gpus};
+
+const WELL_KNOWN: &str = "/.well-known/attestation";
+
+/// A simulated TD with `n` simulated GPUs.
+fn sim_with_gpus(n: u32) -> SimTd {
+    let sim = SimTd::new();
+    let r = tdx_agent(&[
+        "sim",
+        "pki",
+        "--sim-dir",
+        sim.dir_str(),
+        "--gpus",
+        &n.to_string(),
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("gpu[1]") || n == 1, "{r}");
+    sim
+}
+
+fn gpu_roots(sim: &SimTd) -> String {
+    path_str(&sim.dir.join("gpu-roots.pem")).to_string()
+}
+
+/// A serve config with `[gpu] required = n` over the simulated GPUs, checked every second
+/// and a 2 s NVML timeout, fronting `upstream` when given.
+fn gpu_config(sim: &SimTd, dir: &Path, required: u32, upstream: Option<&str>) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let upstream = upstream
+        .map(|u| format!("[upstream]\nurl = \"{u}\"\nhealth_interval_ms = 100\n"))
+        .unwrap_or_default();
+    sim_config(
+        sim,
+        dir,
+        "",
+        &format!(
+            "{upstream}\n[gpu]\nrequired = {required}\nsource = \"sim\"\nrecheck_secs = 1\ntimeout_secs = 2\ncache_dir = \"{}/gpu-cache\"\n",
+            path_str(dir)
+        ),
+    )
+}
+
+fn start(config: &Path) -> Daemon {
+    Daemon::start(&["serve", "--config", path_str(config)], &[], &[])
+}
+
+/// A policy pinning the simulated TD's MRTD and requiring `count` GPUs.
+fn policy(sim: &SimTd, count: u32) -> PathBuf {
+    let m = sim.measurements();
+    let p = sim.tmp.path().join(format!("gpus-{count}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[measurements]\nmrtd = [\"{}\"]\n\n[gpu]\ncount = {count}\n",
+            m["mrtd"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// GET `path` on a new connection: the agent closes older connections when a GPU event
+/// changes RTMR3.
+async fn get(d: &Daemon, sim: &SimTd, path: &str) -> support::Resp {
+    Https::connect(&d.addr, sim.root_der())
+        .await
+        .unwrap()
+        .get(path)
+        .await
+}
+
+/// Poll /readyz until `ready` is `want`, returning the gpu_attested stage's detail.
+async fn wait_gpu_ready(d: &Daemon, sim: &SimTd, want: bool, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = get(d, sim, "/readyz").await.json();
+        let detail = r["stages"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["stage"] == "gpu_attested"))
+            .map(|s| s["detail"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        if r["ready"] == want {
+            return detail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed ready={} ({r}), wanted {want}",
+            r["ready"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn attest(d: &Daemon, sim: &SimTd, policy: &Path, gpu_roots: bool) -> support::Run {
+    let url = d.url();
+    let roots = self::gpu_roots(sim);
+    let mut args = vec![
+        "attest",
+        url.as_str(),
+        "--nonce",
+        "--insecure-root",
+        sim.root_str(),
+        "--policy",
+        path_str(policy),
+    ];
+    if gpu_roots {
+        args.extend(["--insecure-gpu-roots", roots.as_str()]);
+    }
+    tdx_agent_within(&args, Duration::from_secs(60))
+}
+
+fn gpu_events(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["event"]["type"] == "gpu")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
+    let sim = sim_with_gpus(2);
+    let up = Upstream::start().await;
+    let config = gpu_config(&sim, &sim.tmp.path().join("agent"), 2, Some(&up.url()));
+    let d = start(&config);
+    assert_eq!(
+        wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await,
+        "2 GPUs attested"
+    );
+    let two = policy(&sim, 2);
+
+    // Both GPUs' checks are listed, by GPU.
+    let r = attest(&d, &sim, &two, true);
+    assert_eq!(r.code, 0, "{r}");
+    for gpu in [0, 1] {
+        for check in ["measurements", "nonce", "device chain", "CC state"] {
+            assert!(
+                r.stdout.contains(&format!("[pass] gpu[{gpu}] {check}")),
+                "gpu[{gpu}] {check}:\n{r}"
+            );
+        }
+    }
+    // Three required: refused, naming the count.
+    let r = attest(&d, &sim, &policy(&sim, 3), true);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.contains("[FAIL] GPU count"), "{r}");
+    // Simulated GPUs against NVIDIA's roots: refused.
+    let r = attest(&d, &sim, &two, false);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.contains("[FAIL] gpu[0] device chain"), "{r}");
+
+    // While every GPU passes, the model is reached through connect.
+    let roots = gpu_roots(&sim);
+    let connect_args = [
+        "--insecure-root",
+        sim.root_str(),
+        "--policy",
+        path_str(&two),
+        "--insecure-gpu-roots",
+        roots.as_str(),
+    ];
+    let c = ConnectProc::start(&d.url(), &connect_args);
+    let ok = http_get(&c.addr, "/v1/models").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    drop(c);
+    assert_eq!(up.script.model_requests.load(Ordering::SeqCst), 1);
+
+    for (state, readyz, client_check) in [
+        ("devtools", "devtools", "[FAIL] gpu[1] CC state"),
+        ("cc-off", "CC is off", "[FAIL] GPU count"),
+        (
+            "bad-measurement",
+            "measurements",
+            "[FAIL] gpu[1] measurements",
+        ),
+        ("hang", "not return", "[FAIL] GPU evidence binding"),
+    ] {
+        let r = tdx_agent(&[
+            "sim",
+            "gpu",
+            "--sim-dir",
+            sim.dir_str(),
+            "--index",
+            "1",
+            "--state",
+            state,
+        ]);
+        assert_eq!(r.code, 0, "{r}");
+        let detail = wait_gpu_ready(&d, &sim, false, Duration::from_secs(60)).await;
+        assert!(detail.starts_with("gpu[1]"), "{state}: {detail}");
+        assert!(detail.contains(readyz), "{state}: {detail}");
+        // The agent refuses the model routes itself...
+        let before = up.script.model_requests.load(Ordering::SeqCst);
+        let refused = get(&d, &sim, "/v1/models").await;
+        assert_eq!(refused.status, 503, "{state}: {}", refused.text());
+        // ...and a client checking GPUs refuses the server, once its new certificate
+        // (committing to the failing GPU's evidence, or to its absence) is served.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let r = loop {
+            let r = attest(&d, &sim, &two, true);
+            if r.code == 1 || Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(r.code, 1, "{state}: {r}");
+        assert!(r.stdout.contains(client_check), "{state}: {r}");
+        let c = ConnectProc::start(&d.url(), &connect_args);
+        let through = http_get(&c.addr, "/v1/models").await;
+        assert_eq!(through.status, 502, "{state}: {}", through.text());
+        drop(c);
+        assert_eq!(
+            up.script.model_requests.load(Ordering::SeqCst),
+            before,
+            "{state}: a request reached the model"
+        );
+
+        let r = tdx_agent(&[
+            "sim",
+            "gpu",
+            "--sim-dir",
+            sim.dir_str(),
+            "--index",
+            "1",
+            "--state",
+            "ok",
+        ]);
+        assert_eq!(r.code, 0, "{r}");
+        wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
+    }
+}
+
+#[test]
+fn gpus_the_config_says_nothing_about_stop_the_agent() {
+    let sim = sim_with_gpus(1);
+    let r = tdx_agent_within(
+        &[
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            sim.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_ne!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("[gpu]"), "{r}");
+    // Requiring more than exist is not a start-up error but a GPU that is missing.
+    let r = tdx_agent_within(
+        &[
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            sim.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+            "--gpus",
+            "nine",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("--gpus"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_required_gpu_missing_is_named_and_all_means_every_gpu_found() {
+    let sim = sim_with_gpus(1);
+    let d = Daemon::sim(&sim, &["--gpus", "2"]);
+    let detail = wait_gpu_ready(&d, &sim, false, Duration::from_secs(60)).await;
+    assert!(
+        detail.contains("a required GPU is missing: 1 found, 2 required"),
+        "{detail}"
+    );
+    drop(d);
+    // Another configuration needs another boot.
+    let r = tdx_agent(&["sim", "reset", "--sim-dir", sim.dir_str()]);
+    assert_eq!(r.code, 0, "{r}");
+    let d = Daemon::sim(&sim, &["--gpus", "all"]);
+    assert_eq!(
+        wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await,
+        "1 GPUs attested"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gpu_events_replay_and_a_restart_in_the_same_boot_does_not_extend_them_again() {
+    let sim = sim_with_gpus(2);
+    let config = gpu_config(&sim, &sim.tmp.path().join("agent"), 2, None);
+    let mut d = start(&config);
+    wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
+    let first = get(&d, &sim, WELL_KNOWN).await.json();
+    let events = gpu_events(first["event_log"].as_str().unwrap());
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1]["event"]["data"]["cc_mode"], "on");
+    let rtmr3 = sim.measurements()["rtmr3"].clone();
+    d.stop();
+
+    let d = start(&config);
+    wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
+    let again = get(&d, &sim, WELL_KNOWN).await.json();
+    assert_eq!(again["event_log"], first["event_log"]);
+    assert_eq!(
+        sim.measurements()["rtmr3"],
+        rtmr3,
+        "RTMR3 was extended again"
+    );
+    // The log replays to RTMR3 in the quote (the client's event log check).
+    let r = attest(&d, &sim, &policy(&sim, 2), true);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("[pass] RTMR3 event log"), "{r}");
+}
+
+/// The TD report of an agent's served certificate, as a client makes it, with its claims.
+fn td_report(sim: &SimTd, evidence: &serde_json::Value) -> (Report, tdx_core::ratls::Claims) {
+    let cert = tdx_core::encoding::from_b64(evidence["certificate"].as_str().unwrap()).unwrap();
+    let claims = tdx_core::ratls::certificate_claims(&cert).unwrap();
+    let quote = tdx_core::encoding::from_b64(evidence["quote"].as_str().unwrap()).unwrap();
+    let collateral = tdx_core::verify::Collateral::from_bundle_json(
+        &evidence["collateral"].to_string(),
+        "served",
+    )
+    .unwrap()
+    .prepare()
+    .unwrap();
+    let mut report = tdx_core::verify::Verifier::with_insecure_root(sim.root_der()).appraise(
+        &quote,
+        &collateral,
+        tdx_core::verify::time::now_unix(),
+        &tdx_core::verify::Policy::default(),
+        &tdx_core::verify::Expectations::default(),
+    );
+    let log = claims
+        .event_log
+        .as_deref()
+        .map(|l| String::from_utf8(l.to_vec()).unwrap());
+    tdx_core::verify::events::appraise_events(&mut report, log.as_deref(), &Default::default());
+    (report, claims)
+}
+
+/// Appraise `gpus` (served evidence JSON) as the GPUs of `cert_evidence`'s certificate, with
+/// the nonce derived from `nonce_spki`.
+fn appraise_as(
+    sim: &SimTd,
+    cert_evidence: &serde_json::Value,
+    gpus: &serde_json::Value,
+    nonce_spki: &str,
+) -> Report {
+    let (mut report, claims) = td_report(sim, cert_evidence);
+    let set = GpuEvidenceSet::from_json_value(gpus["gpu_evidence"].clone()).unwrap();
+    let collateral =
+        GpuCollateral::from_bundle_json(gpus["gpu_collateral"].to_string().as_bytes(), "served")
+            .unwrap();
+    let roots = GpuRoots::insecure_from_pem(&std::fs::read(gpu_roots(sim)).unwrap()).unwrap();
+    let spki = tdx_core::encoding::hex_array::<32>(nonce_spki).unwrap();
+    let log = claims
+        .event_log
+        .as_deref()
+        .map(|l| String::from_utf8(l.to_vec()).unwrap());
+    appraise_gpus(
+        &mut report,
+        &GpuVerifier::new(),
+        &GpuPolicy {
+            count: 2,
+            ..GpuPolicy::default()
+        },
+        GpuInputs {
+            claimed_digest: claims.gpu_evidence_sha256,
+            evidence: Ok(&set),
+            collateral: &collateral,
+            nonce: tdx_core::gpu::nonce_for_certificate(&spki),
+            event_log: log.as_deref(),
+            roots: &roots,
+            at: tdx_core::verify::time::now_unix(),
+        },
+    );
+    report
+}
+
+fn failed(report: &Report) -> Vec<String> {
+    report.failures().map(|c| c.name.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gpu_evidence_is_bound_to_one_certificate_of_one_td() {
+    let sim = sim_with_gpus(2);
+    let config = gpu_config(&sim, &sim.tmp.path().join("agent"), 2, None);
+    let d = start(&config);
+    wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
+    let first = get(&d, &sim, WELL_KNOWN).await.json();
+    let spki1 = first["spki_sha256"].as_str().unwrap().to_string();
+
+    // The served evidence, as served: accepted.
+    let ok = appraise_as(&sim, &first, &first, &spki1);
+    assert!(ok.accepted(), "{}", ok.summary());
+
+    // Another certificate of the same TD commits to other GPU evidence.
+    let socket = sim.tmp.path().join("agent/run/admin.sock");
+    let r = tdx_agent(&["admin", "--socket", path_str(&socket), "rotate"]);
+    assert_eq!(r.code, 0, "{r}");
+    let second = get(&d, &sim, WELL_KNOWN).await.json();
+    let spki2 = second["spki_sha256"].as_str().unwrap().to_string();
+    assert_ne!(spki1, spki2);
+    let r = appraise_as(&sim, &second, &first, &spki2);
+    assert_eq!(failed(&r), [CHECK_GPU_BINDING], "{}", r.summary());
+
+    // Reports whose nonce is not the one derived from the certificate's key.
+    let r = appraise_as(&sim, &second, &second, &spki1);
+    assert_eq!(
+        failed(&r),
+        ["gpu[0] nonce", "gpu[1] nonce"],
+        "{}",
+        r.summary()
+    );
+
+    // Another TD's GPU evidence, served beside this TD's certificate.
+    let other = sim_with_gpus(2);
+    let config = gpu_config(&other, &other.tmp.path().join("agent"), 2, None);
+    let d2 = start(&config);
+    wait_gpu_ready(&d2, &other, true, Duration::from_secs(60)).await;
+    let theirs = get(&d2, &other, WELL_KNOWN).await.json();
+    let r = appraise_as(&sim, &second, &theirs, &spki2);
+    assert_eq!(failed(&r), [CHECK_GPU_BINDING], "{}", r.summary());
+    drop(d);
+}
