@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use support::upstream::Upstream;
 use support::{
-    ConnectProc, Daemon, Https, SimTd, http_get, path_str, sim_config, tdx_agent, tdx_agent_within,
+    ConnectProc, Daemon, Https, SimTd, http_get, metric, path_str, sim_config, tdx_agent,
+    tdx_agent_within,
 };
 use tdx_core::gpu::{GpuCollateral, GpuEvidenceSet, GpuPolicy, GpuRoots, GpuVerifier};
 use tdx_core::verify::Report;
@@ -146,6 +147,10 @@ async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
         "2 GPUs attested"
     );
     let two = policy(&sim, 2);
+    let gpu_ok = |text: &str, i: u32| metric(text, &format!("tdx_agent_gpu_ok{{index=\"{i}\"}}"));
+    let metrics = get(&d, &sim, "/metrics").await.text();
+    assert_eq!(gpu_ok(&metrics, 0), Some(1.0), "{metrics}");
+    assert_eq!(gpu_ok(&metrics, 1), Some(1.0), "{metrics}");
 
     // Both GPUs' checks are listed, by GPU.
     let r = attest(&d, &sim, &two, true);
@@ -207,6 +212,8 @@ async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
         let detail = wait_gpu_ready(&d, &sim, false, Duration::from_secs(60)).await;
         assert!(detail.starts_with("gpu[1]"), "{state}: {detail}");
         assert!(detail.contains(readyz), "{state}: {detail}");
+        let metrics = get(&d, &sim, "/metrics").await.text();
+        assert_eq!(gpu_ok(&metrics, 1), Some(0.0), "{state}: {metrics}");
         // The agent refuses the model routes itself...
         let before = up.script.model_requests.load(Ordering::SeqCst);
         let refused = get(&d, &sim, "/v1/models").await;
@@ -251,35 +258,17 @@ async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
 #[test]
 fn gpus_the_config_says_nothing_about_stop_the_agent() {
     let sim = sim_with_gpus(1);
-    let r = tdx_agent_within(
-        &[
-            "serve",
-            "--tee",
-            "sim",
-            "--sim-dir",
-            sim.dir_str(),
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        Duration::from_secs(60),
-    );
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--tee", "sim", "--sim-dir", sim.dir_str()];
+        args.extend(["--listen", "127.0.0.1:0"]);
+        args.extend_from_slice(extra);
+        tdx_agent_within(&args, Duration::from_secs(60))
+    };
+    let r = serve(&[]);
     assert_ne!(r.code, 0, "{r}");
     assert!(r.stderr.contains("[gpu]"), "{r}");
-    // Requiring more than exist is not a start-up error but a GPU that is missing.
-    let r = tdx_agent_within(
-        &[
-            "serve",
-            "--tee",
-            "sim",
-            "--sim-dir",
-            sim.dir_str(),
-            "--listen",
-            "127.0.0.1:0",
-            "--gpus",
-            "nine",
-        ],
-        Duration::from_secs(60),
-    );
+    // A --gpus value that is neither a number nor "all" is refused before anything starts.
+    let r = serve(&["--gpus", "nine"]);
     assert_eq!(r.code, 2, "{r}");
     assert!(r.stderr.contains("--gpus"), "{r}");
 }

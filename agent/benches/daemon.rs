@@ -14,8 +14,9 @@
 
 mod common;
 
-use std::io::{BufRead as _, BufReader, Read as _};
-use std::process::{Child, Command, Stdio};
+use common::{Proc, client_config_no_alpn, handshakes, median, spawn_listening};
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,49 +30,10 @@ const CHALLENGERS: usize = 2000;
 /// servers run in their own process with their own runtime, like `serve` does.
 const PLAIN_SERVER_ENV: &str = "TDX_AGENT_BENCH_PLAIN_SERVER";
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn client_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let mut c = (*client_config_no_alpn()).clone();
     c.alpn_protocols = vec![alpn.to_vec()];
     Arc::new(c)
-}
-
-fn client_config_no_alpn() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(common::AcceptAny(provider)))
-        .with_no_client_auth();
-    // No session resumption: every handshake is a full one.
-    c.resumption = rustls::client::Resumption::disabled();
-    Arc::new(c)
-}
-
-/// `n` sequential full handshakes; the wall time.
-async fn handshakes(
-    addr: std::net::SocketAddr,
-    n: usize,
-    cfg: Arc<rustls::ClientConfig>,
-) -> Duration {
-    let connector = tokio_rustls::TlsConnector::from(cfg);
-    let t = Instant::now();
-    for _ in 0..n {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.unwrap();
-        drop(tls);
-    }
-    t.elapsed()
 }
 
 /// The DER size of the certificate `addr` serves.
@@ -142,27 +104,6 @@ fn plain_server_main(padding: usize) {
             });
         }
     });
-}
-
-/// Start a child that prints `... ADDR` as its first line; its stderr goes to a file that is
-/// shown if it does not start.
-fn spawn_listening(mut cmd: Command, what: &str) -> (Proc, std::net::SocketAddr) {
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let Some(addr) = line.trim().rsplit(' ').next().and_then(|a| a.parse().ok()) else {
-        let mut err = String::new();
-        let _ = log.reopen().unwrap().read_to_string(&mut err);
-        panic!("{what} did not start: {line:?}\n{err}");
-    };
-    (Proc(child), addr)
 }
 
 /// `serve` on a fresh simulated TD (a fresh one each time: a second agent with another
@@ -245,12 +186,6 @@ async fn round(
     (wall, cpu_between(&before, &cpu_ns(pid)))
 }
 
-fn median<T: PartialOrd + Copy>(v: &[T]) -> T {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v[v.len() / 2]
-}
-
 fn spread(v: &[f64]) -> (f64, f64) {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -268,12 +203,7 @@ fn main() {
 }
 
 async fn bench() {
-    let bin = std::env::var("TDX_AGENT_BIN")
-        .unwrap_or_else(|_| format!("{}/../target/release/tdx-agent", env!("CARGO_MANIFEST_DIR")));
-    assert!(
-        std::path::Path::new(&bin).exists(),
-        "{bin} missing: run scripts/bench.sh"
-    );
+    let bin = common::release_bin();
     let tmp = tempfile::tempdir().unwrap();
 
     // 1. Handshakes.

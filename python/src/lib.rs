@@ -281,9 +281,19 @@ fn verify_quote(
         .map_err(PyValueError::new_err)
 }
 
-fn client_for(policy: &Policy, insecure_root: Option<Vec<u8>>) -> PyResult<Client> {
-    Client::new(verifier_for(insecure_root), policy.inner.clone())
-        .map_err(|e| PyRuntimeError::new_err(e.to_string()))
+fn client_for(
+    policy: &Policy,
+    insecure_root: Option<Vec<u8>>,
+    insecure_gpu_roots: Option<Vec<u8>>,
+) -> PyResult<Client> {
+    let client = Client::new(verifier_for(insecure_root), policy.inner.clone())
+        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    match insecure_gpu_roots {
+        None => Ok(client),
+        Some(pem) => tdx_core::gpu::GpuRoots::insecure_from_pem(&pem)
+            .map(|roots| client.with_insecure_gpu_roots(roots))
+            .map_err(|e| PyValueError::new_err(format!("insecure_gpu_roots: {e}"))),
+    }
 }
 
 fn target_for(url: &str) -> PyResult<Target> {
@@ -294,16 +304,17 @@ fn target_for(url: &str) -> PyResult<Target> {
 /// attest` does. A server the policy refuses gives a rejected report; one that cannot be
 /// reached raises ConnectionError.
 #[pyfunction]
-#[pyo3(signature = (url, *, policy, nonce = true, insecure_root = None))]
+#[pyo3(signature = (url, *, policy, nonce = true, insecure_root = None, insecure_gpu_roots = None))]
 fn attest(
     py: Python<'_>,
     url: &str,
     policy: PyRef<'_, Policy>,
     nonce: bool,
     insecure_root: Option<Vec<u8>>,
+    insecure_gpu_roots: Option<Vec<u8>>,
 ) -> PyResult<Report> {
     let target = target_for(url)?;
-    let client = client_for(&policy, insecure_root)?;
+    let client = client_for(&policy, insecure_root, insecure_gpu_roots)?;
     let rt = runtime()?;
     let result = py.detach(|| rt.block_on(tdx_client::attest::attest(&client, &target, nonce)));
     match result {
@@ -334,11 +345,12 @@ pub struct ResponseBody {
 #[pymethods]
 impl Transport {
     #[new]
-    #[pyo3(signature = (url, *, policy, insecure_root = None, rechallenge_secs = 300, max_request_bytes = 32 << 20))]
+    #[pyo3(signature = (url, *, policy, insecure_root = None, insecure_gpu_roots = None, rechallenge_secs = 300, max_request_bytes = 32 << 20))]
     fn new(
         url: &str,
         policy: PyRef<'_, Policy>,
         insecure_root: Option<Vec<u8>>,
+        insecure_gpu_roots: Option<Vec<u8>>,
         rechallenge_secs: u64,
         max_request_bytes: u64,
     ) -> PyResult<Self> {
@@ -349,7 +361,7 @@ impl Transport {
                  paths (e.g. /v1/chat/completions) come from each request"
             )));
         }
-        let client = client_for(&policy, insecure_root)?;
+        let client = client_for(&policy, insecure_root, insecure_gpu_roots)?;
         let options = ConnectOptions {
             rechallenge: Duration::from_secs(rechallenge_secs),
             max_request_bytes,

@@ -90,6 +90,7 @@ def attest(
     policy: Policy,
     nonce: bool = True,
     insecure_root: RootArg = None,
+    insecure_gpu_roots: RootArg = None,
 ) -> Report:
     """Verify a running agent at ``url`` (``https://HOST:PORT``) over RA-TLS, as
     ``tdx-agent attest`` does: its certificate against ``policy`` and, with ``nonce``, a
@@ -97,6 +98,16 @@ def attest(
 
     A server the policy refuses gives a report with ``accepted == False``; one that cannot
     be reached raises ConnectionError. Blocks, with the GIL released.
+
+    When the policy's ``[gpu] count`` requires GPUs, they are checked too (docs/gpu.md);
+    ``insecure_gpu_roots`` (PEM bytes, or a path: a device root then a RIM root) replaces
+    NVIDIA's roots, only for the simulated GPUs.
     """
-    return _attest(url, policy=policy, nonce=nonce, insecure_root=_root_bytes(insecure_root))
+    return _attest(
+        url,
+        policy=policy,
+        nonce=nonce,
+        insecure_root=_root_bytes(insecure_root),
+        insecure_gpu_roots=_root_bytes(insecure_gpu_roots),
+    )
 

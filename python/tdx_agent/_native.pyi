@@ -75,6 +75,7 @@ class Transport:
         *,
         policy: Policy,
         insecure_root: Optional[bytes] = None,
+        insecure_gpu_roots: Optional[bytes] = None,
         rechallenge_secs: int = 300,
         max_request_bytes: int = 33554432,
     ) -> None: ...
@@ -96,5 +97,10 @@ def verify_quote(
     insecure_root: Optional[bytes] = None,
 ) -> Report: ...
 def attest(
-    url: str, *, policy: Policy, nonce: bool = True, insecure_root: Optional[bytes] = None
+    url: str,
+    *,
+    policy: Policy,
+    nonce: bool = True,
+    insecure_root: Optional[bytes] = None,
+    insecure_gpu_roots: Optional[bytes] = None,
 ) -> Report: ...

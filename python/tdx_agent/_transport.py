@@ -133,7 +133,13 @@ class AsyncVerifiedTransport(_Verified, httpx.AsyncBaseTransport):
 
 
 def _transport(
-    kind: type, url: str, policy: Policy, insecure_root: Any, rechallenge_secs: int, kwargs: dict
+    kind: type,
+    url: str,
+    policy: Policy,
+    insecure_root: Any,
+    rechallenge_secs: int,
+    kwargs: dict,
+    insecure_gpu_roots: Any = None,
 ) -> Any:
     for k in _REFUSED_KWARGS:
         if k in kwargs:
@@ -147,6 +153,7 @@ def _transport(
         url,
         policy=policy,
         insecure_root=_root_bytes(insecure_root),
+        insecure_gpu_roots=_root_bytes(insecure_gpu_roots),
         rechallenge_secs=rechallenge_secs,
     )
     return kind(native, url)
@@ -157,6 +164,7 @@ def httpx_client(
     *,
     policy: Policy,
     insecure_root: Union[bytes, str, "os.PathLike[str]", None] = None,
+    insecure_gpu_roots: Union[bytes, str, "os.PathLike[str]", None] = None,
     rechallenge_secs: int = 300,
     **httpx_kwargs: Any,
 ) -> httpx.Client:
@@ -168,7 +176,9 @@ def httpx_client(
     ``httpx.Client`` (``timeout``, ``headers``, ...), except those that would route around
     the verified connection (``transport``, ``mounts``, ``proxy``, ``verify``, ...).
     """
-    transport = _transport(VerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs)
+    transport = _transport(
+        VerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs, insecure_gpu_roots
+    )
     return httpx.Client(base_url=url, transport=transport, **httpx_kwargs)
 
 
@@ -177,10 +187,13 @@ def httpx_async_client(
     *,
     policy: Policy,
     insecure_root: Union[bytes, str, "os.PathLike[str]", None] = None,
+    insecure_gpu_roots: Union[bytes, str, "os.PathLike[str]", None] = None,
     rechallenge_secs: int = 300,
     **httpx_kwargs: Any,
 ) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` counterpart of :func:`httpx_client`, for
     ``openai.AsyncOpenAI(..., http_client=tdx_agent.httpx_async_client(url, policy=...))``."""
-    transport = _transport(AsyncVerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs)
+    transport = _transport(
+        AsyncVerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs, insecure_gpu_roots
+    )
     return httpx.AsyncClient(base_url=url, transport=transport, **httpx_kwargs)

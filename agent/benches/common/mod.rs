@@ -1,6 +1,12 @@
-//! What the benches share: a client certificate verifier that accepts anything.
+//! What the benches share: a client certificate verifier that accepts anything, child
+//! processes that announce their address, sequential full handshakes, medians.
+// Each bench uses a part of this module.
+#![allow(dead_code)]
 
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -41,4 +47,82 @@ impl ServerCertVerifier for AcceptAny {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+pub struct Proc(pub Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn client_config_no_alpn() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    // No session resumption: every handshake is a full one.
+    c.resumption = rustls::client::Resumption::disabled();
+    Arc::new(c)
+}
+
+/// `n` sequential full handshakes; the wall time.
+pub async fn handshakes(
+    addr: std::net::SocketAddr,
+    n: usize,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Duration {
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    let t = Instant::now();
+    for _ in 0..n {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        drop(tls);
+    }
+    t.elapsed()
+}
+
+/// Start a child that prints `... ADDR` as its first line; its stderr goes to a file that is
+/// shown if it does not start.
+pub fn spawn_listening(mut cmd: Command, what: &str) -> (Proc, std::net::SocketAddr) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let Some(addr) = line.trim().rsplit(' ').next().and_then(|a| a.parse().ok()) else {
+        let mut err = String::new();
+        let _ = log.reopen().unwrap().read_to_string(&mut err);
+        panic!("{what} did not start: {line:?}\n{err}");
+    };
+    (Proc(child), addr)
+}
+
+pub fn median<T: PartialOrd + Copy>(v: &[T]) -> T {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[v.len() / 2]
+}
+
+/// The release binary the benches drive: TDX_AGENT_BIN (scripts/bench.sh sets it), else
+/// target/release/tdx-agent.
+pub fn release_bin() -> String {
+    let bin = std::env::var("TDX_AGENT_BIN")
+        .unwrap_or_else(|_| format!("{}/../target/release/tdx-agent", env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        std::path::Path::new(&bin).exists(),
+        "{bin} missing: run scripts/bench.sh"
+    );
+    bin
 }

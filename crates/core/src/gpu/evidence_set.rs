@@ -122,6 +122,14 @@ impl GpuEvidenceSet {
                     format!("{} bytes, at most {MAX_REPORT_BYTES}", g.report.len()),
                 ));
             }
+            // The JSON document carries the chain as text: bytes that are not UTF-8 would not
+            // survive it, and the served digest would no longer match the certificate's.
+            if std::str::from_utf8(&g.chain_pem).is_err() {
+                return Err(field(
+                    "certificate_chain",
+                    "not UTF-8 (PEM is ASCII)".into(),
+                ));
+            }
             if g.chain_pem.len() > MAX_CHAIN_BYTES {
                 return Err(field(
                     "certificate_chain",
@@ -349,6 +357,15 @@ mod tests {
             GpuEvidenceSet::new(vec![big]),
             Err(GpuEvidenceError::Field {
                 field: "report",
+                ..
+            })
+        ));
+        let mut binary_chain = gpu(0);
+        binary_chain.chain_pem = vec![0xFF, 0xFE];
+        assert!(matches!(
+            GpuEvidenceSet::new(vec![binary_chain]),
+            Err(GpuEvidenceError::Field {
+                field: "certificate_chain",
                 ..
             })
         ));

@@ -61,7 +61,10 @@ impl Issuer<'_> {
         let gpu_round = match self.gpus {
             Some(g) => {
                 let spki: [u8; 32] = Sha256::digest(ratls::spki_der(&key)).into();
-                Some(g.attest(nonce_for_certificate(&spki), now_unix()).await)
+                let round = g.attest(nonce_for_certificate(&spki), now_unix()).await;
+                self.metrics
+                    .record_gpus(round.gpus.iter().map(|g| (g.index, g.ok)));
+                Some(round)
             }
             None => None,
         };
@@ -302,6 +305,9 @@ async fn gpus_changed(state: &AppState, served: &Served, now: i64) -> bool {
     let round = attester
         .attest(nonce_for_certificate(&served.cert.spki_sha256), now)
         .await;
+    state
+        .metrics
+        .record_gpus(round.gpus.iter().map(|g| (g.index, g.ok)));
     let changed = round.outcome() != gpu.round.outcome();
     if changed {
         tracing::warn!(now = %round.ready_detail(), "the GPUs changed; re-issuing the certificate");

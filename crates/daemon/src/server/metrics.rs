@@ -28,6 +28,11 @@ pub struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabel {
+    pub index: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
 }
@@ -55,6 +60,10 @@ pub struct Metrics {
     pub proxy_upstream_seconds: Histogram,
     /// Model responses still streaming.
     pub proxy_in_flight: Gauge,
+    /// GPU verifications (one per GPU per round), by result (`pass`, `fail`).
+    pub gpu_verifications: Family<ResultLabel, Counter>,
+    /// 1 while the GPU passed its last check, 0 otherwise, by NVML index.
+    pub gpu_ok: Family<GpuLabel, Gauge>,
 }
 
 pub type AtomicI64Compat = std::sync::atomic::AtomicI64;
@@ -81,6 +90,8 @@ impl Metrics {
             proxy_requests: Family::default(),
             proxy_upstream_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
             proxy_in_flight: Gauge::default(),
+            gpu_verifications: Family::default(),
+            gpu_ok: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -108,6 +119,16 @@ impl Metrics {
             "verifications",
             "Quote verifications, by result",
             m.verifications.clone(),
+        );
+        registry.register(
+            "gpu_verifications",
+            "GPU collections and verifications (one per GPU per round), by result",
+            m.gpu_verifications.clone(),
+        );
+        registry.register(
+            "gpu_ok",
+            "1 while the GPU passed its last check, by NVML index",
+            m.gpu_ok.clone(),
         );
         registry.register(
             "certificate_rotations",
@@ -175,6 +196,21 @@ impl Metrics {
                 status: status.to_string(),
             })
             .set(1);
+    }
+
+    /// One round of GPU checks: (NVML index, passed) per GPU.
+    pub fn record_gpus(&self, gpus: impl Iterator<Item = (u32, bool)>) {
+        for (index, ok) in gpus {
+            let result = if ok { "pass" } else { "fail" };
+            self.gpu_verifications
+                .get_or_create(&ResultLabel {
+                    result: Cow::Borrowed(result),
+                })
+                .inc();
+            self.gpu_ok
+                .get_or_create(&GpuLabel { index })
+                .set(i64::from(ok));
+        }
     }
 
     pub fn count_quote(&self, purpose: &str, ok: bool, seconds: f64) {
