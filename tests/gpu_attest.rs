@@ -433,3 +433,105 @@ async fn gpu_evidence_is_bound_to_one_certificate_of_one_td() {
     assert_eq!(failed(&r), [CHECK_GPU_BINDING], "{}", r.summary());
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_challenge_batch_gets_one_report_per_gpu_bound_to_its_root() {
+    let sim = sim_with_gpus(2);
+    let config = gpu_config(&sim, &sim.tmp.path().join("agent"), 2, None);
+    let d = start(&config);
+    wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    let metrics = |text: &str| {
+        (
+            support::metric(text, "tdx_agent_gpu_reports_total{purpose=\"challenge\"}")
+                .unwrap_or(0.0),
+            support::metric(text, "tdx_agent_challenge_batch_size_count").unwrap_or(0.0),
+        )
+    };
+    let (reports0, batches0) = metrics(&c.get("/metrics").await.text());
+    // Concurrent challengers share batches; each batch costs one report per GPU.
+    let mut answers = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40u8 {
+        let c = c.clone();
+        tasks.spawn(async move {
+            let nonce = [i; 32];
+            let body = serde_json::json!({ "nonce": tdx_core::encoding::b64(&nonce) });
+            (
+                nonce,
+                c.post("/attestation/v1/challenge", body.to_string()).await,
+            )
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (nonce, r) = r.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        answers.push((nonce, r.json()));
+    }
+    let (reports1, batches1) = metrics(&c.get("/metrics").await.text());
+    let batches = batches1 - batches0;
+    assert!(
+        (1.0..40.0).contains(&batches),
+        "{batches} batches for 40 challenges"
+    );
+    assert_eq!(reports1 - reports0, 2.0 * batches, "reports per batch");
+
+    // Every answer verifies with its own batch's GPU evidence, and none with another's.
+    let spki = c.spki_sha256();
+    let parts = |a: &serde_json::Value| {
+        let rd = tdx_core::encoding::hex_array::<64>(a["report_data"].as_str().unwrap()).unwrap();
+        let proof: tdx_core::challenge::ProofJson =
+            serde_json::from_value(a["proof"].clone()).unwrap();
+        let set = GpuEvidenceSet::from_json_value(a["gpu_evidence"].clone()).unwrap();
+        assert_eq!(set.gpus().len(), 2);
+        (
+            rd,
+            tdx_core::challenge::Proof::try_from(proof).unwrap(),
+            set.digest(),
+        )
+    };
+    let (first_nonce, first) = &answers[0];
+    let (rd, proof, digest) = parts(first);
+    tdx_core::challenge::verify_challenge_bound(first_nonce, &spki, &rd, &proof, Some(&digest))
+        .unwrap();
+    let other = answers
+        .iter()
+        .find(|(_, a)| a["root"] != first["root"])
+        .map(|(_, a)| parts(a).2);
+    if let Some(other_digest) = other {
+        assert_eq!(
+            tdx_core::challenge::verify_challenge_bound(
+                first_nonce,
+                &spki,
+                &rd,
+                &proof,
+                Some(&other_digest)
+            ),
+            Err(tdx_core::challenge::ChallengeError::RootMismatch)
+        );
+    }
+    // A later batch's evidence under this answer's quote: refused too.
+    let body = serde_json::json!({ "nonce": tdx_core::encoding::b64(&[99u8; 32]) });
+    let later = c
+        .post("/attestation/v1/challenge", body.to_string())
+        .await
+        .json();
+    let (_, _, later_digest) = parts(&later);
+    assert_ne!(later_digest, digest);
+    assert_eq!(
+        tdx_core::challenge::verify_challenge_bound(
+            first_nonce,
+            &spki,
+            &rd,
+            &proof,
+            Some(&later_digest)
+        ),
+        Err(tdx_core::challenge::ChallengeError::RootMismatch)
+    );
+
+    // attest --nonce checks the batch's GPUs by name.
+    let r = attest(&d, &sim, &policy(&sim, 2), true);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("[pass] challenge GPUs"), "{r}");
+    assert!(r.stdout.contains("[pass] challenge proof"), "{r}");
+}

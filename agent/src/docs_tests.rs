@@ -372,6 +372,7 @@ fn evidence_and_challenge_examples_match_the_server_types() {
             audit_path: Vec::new(),
         },
         spki_sha256: String::new(),
+        gpu_evidence: None,
     })
     .unwrap();
     assert!(

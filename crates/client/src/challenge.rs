@@ -12,6 +12,7 @@ pub const CHECK_KEY: &str = "challenge key";
 pub const CHECK_PROOF: &str = "challenge proof";
 pub const CHECK_QUOTE: &str = "challenge quote";
 pub const CHECK_SAME_TD: &str = "challenge from the same TD";
+pub const CHECK_GPUS: &str = "challenge GPUs";
 
 /// 32 random bytes from the OS.
 pub fn random_nonce() -> [u8; 32] {
@@ -41,7 +42,106 @@ pub async fn fresh(client: &Client, session: &mut Session) -> Result<Report, Cli
         &session.spki_sha256,
         tdx_core::verify::time::now_unix(),
     );
+    check_challenge_gpus(
+        &mut report,
+        client,
+        &evidence,
+        &challenge,
+        &nonce,
+        session,
+        tdx_core::verify::time::now_unix(),
+    );
     Ok(report)
+}
+
+/// The GPU evidence of a challenge answer, where it carries any.
+fn challenge_gpus(
+    challenge: &ChallengeResponseJson,
+) -> Result<Option<tdx_core::gpu::GpuEvidenceSet>, String> {
+    challenge
+        .gpu_evidence
+        .clone()
+        .map(tdx_core::gpu::GpuEvidenceSet::from_json_value)
+        .transpose()
+        .map_err(|e| format!("the answer's GPU evidence: {e}"))
+}
+
+/// With a policy requiring GPUs: the challenge answer's GPU reports, one per GPU over the
+/// batch's GPU nonce (derived from the Merkle root our nonce is under), pass every GPU check
+/// with the collateral the server serves ([`CHECK_GPUS`]).
+pub fn check_challenge_gpus(
+    report: &mut Report,
+    client: &Client,
+    evidence: &EvidenceJson,
+    challenge: &ChallengeResponseJson,
+    nonce: &[u8],
+    session: &Session,
+    now: i64,
+) {
+    let policy = &client.policy().gpu;
+    if policy.count == 0 {
+        return;
+    }
+    let expected = "every GPU's report over this batch's GPU nonce passes the GPU checks";
+    let set = match challenge_gpus(challenge) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            report.push_check(
+                CHECK_GPUS,
+                false,
+                expected.into(),
+                "the answer carries no GPU evidence".into(),
+            );
+            return;
+        }
+        Err(e) => {
+            report.push_check(CHECK_GPUS, false, expected.into(), e);
+            return;
+        }
+    };
+    // The root our own nonce is under, recomputed: the GPU nonce must come from it.
+    let root = tdx_core::challenge::merkle::Proof::try_from(challenge.proof.clone())
+        .ok()
+        .and_then(|p| {
+            let leaf = tdx_core::challenge::merkle::leaf_hash(nonce, &session.spki_sha256).ok()?;
+            tdx_core::challenge::merkle::root_from_inclusion(&leaf, &p)
+        });
+    let Some(root) = root else {
+        report.push_check(
+            CHECK_GPUS,
+            false,
+            expected.into(),
+            "no Merkle root for our nonce".into(),
+        );
+        return;
+    };
+    let mut scratch = (*session.report).clone();
+    let before = scratch.failures().count();
+    super::gpus::appraise_into(
+        &mut scratch,
+        client,
+        session,
+        evidence,
+        Ok(&set),
+        Some(set.digest()),
+        tdx_core::gpu::nonce_for_batch(&root),
+        now,
+    );
+    let failed: Vec<String> = scratch
+        .failures()
+        .skip(before)
+        .map(|c| format!("{}: {}", c.name, c.found))
+        .collect();
+    report.push_check(
+        CHECK_GPUS,
+        failed.is_empty(),
+        expected.into(),
+        if failed.is_empty() {
+            format!("{} GPUs passed", set.gpus().len())
+        } else {
+            failed.join("; ")
+        },
+    );
 }
 
 /// Add the fresh-challenge checks to `report`: the challenge quote verifies, commits to our
@@ -82,10 +182,21 @@ pub fn check_challenge(
     );
     let proof = tdx_core::challenge::merkle::Proof::try_from(challenge.proof.clone());
     let expected_proof = "our nonce in the Merkle tree under REPORTDATA[0..32]";
-    match proof.map_err(|e| e.to_string()).and_then(|p| {
-        tdx_core::challenge::verify_challenge(nonce, spki, &report_data, &p)
+    // An answer with GPU evidence commits to the root and that evidence's digest together.
+    let gpu_digest = challenge_gpus(challenge).map(|s| s.map(|s| s.digest()));
+    match proof
+        .map_err(|e| e.to_string())
+        .and_then(|p| Ok((p, gpu_digest?)))
+        .and_then(|(p, digest)| {
+            tdx_core::challenge::verify_challenge_bound(
+                nonce,
+                spki,
+                &report_data,
+                &p,
+                digest.as_ref(),
+            )
             .map_err(|e| e.to_string())
-    }) {
+        }) {
         Ok(()) => report.push_check(CHECK_PROOF, true, expected_proof.into(), "included".into()),
         Err(e) => report.push_check(CHECK_PROOF, false, expected_proof.into(), e),
     }
@@ -182,6 +293,7 @@ mod tests {
                 audit_path: vec![],
             },
             spki_sha256: tdx_core::encoding::hex(spki),
+            gpu_evidence: None,
         }
     }
 

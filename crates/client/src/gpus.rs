@@ -92,16 +92,9 @@ fn appraise(
     evidence: &EvidenceJson,
 ) -> Report {
     let mut report = (*session.report).clone();
-    let claims = tdx_core::ratls::certificate_claims(&session.peer_cert);
-    let (claimed, event_log) = match &claims {
-        Ok(c) => (
-            c.gpu_evidence_sha256,
-            c.event_log
-                .as_deref()
-                .and_then(|l| std::str::from_utf8(l).ok()),
-        ),
-        Err(_) => (None, None),
-    };
+    let claimed = tdx_core::ratls::certificate_claims(&session.peer_cert)
+        .ok()
+        .and_then(|c| c.gpu_evidence_sha256);
     let served = if tdx_core::encoding::hex(&session.spki_sha256) != evidence.spki_sha256 {
         Err(
             "the served evidence belongs to another certificate (the server rotated it); reconnect"
@@ -113,6 +106,64 @@ fn appraise(
             Some(v) => GpuEvidenceSet::from_json_value(v.clone()).map_err(|e| e.to_string()),
         }
     };
+    appraise_with(
+        &mut report,
+        appraiser,
+        policy,
+        session,
+        evidence,
+        served.as_ref().map_err(Clone::clone),
+        claimed,
+        nonce_for_certificate(&session.spki_sha256),
+        tdx_core::verify::time::now_unix(),
+    );
+    report
+}
+
+/// The GPU checks of `evidence` (served by `session`'s server) over `nonce`, added to
+/// `report`: for the certificate's GPUs and for a challenge batch's.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn appraise_into(
+    report: &mut Report,
+    client: &super::Client,
+    session: &Session,
+    evidence: &EvidenceJson,
+    set: Result<&GpuEvidenceSet, String>,
+    claimed: Option<[u8; 32]>,
+    nonce: [u8; 32],
+    at: i64,
+) {
+    appraise_with(
+        report,
+        client.gpus(),
+        &client.policy().gpu,
+        session,
+        evidence,
+        set,
+        claimed,
+        nonce,
+        at,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn appraise_with(
+    report: &mut Report,
+    appraiser: &GpuAppraiser,
+    policy: &tdx_core::gpu::GpuPolicy,
+    session: &Session,
+    evidence: &EvidenceJson,
+    set: Result<&GpuEvidenceSet, String>,
+    claimed: Option<[u8; 32]>,
+    nonce: [u8; 32],
+    at: i64,
+) {
+    // The event log the certificate carries (replayed against its RTMR3 by the TD appraisal).
+    let claims = tdx_core::ratls::certificate_claims(&session.peer_cert).ok();
+    let event_log = claims
+        .as_ref()
+        .and_then(|c| c.event_log.as_deref())
+        .and_then(|l| std::str::from_utf8(l).ok());
     let collateral = match &evidence.gpu_collateral {
         Some(v) => {
             GpuCollateral::from_bundle_json(v.to_string().as_bytes(), "the server's GPU collateral")
@@ -128,22 +179,21 @@ fn appraise(
                 "readable GPU collateral".into(),
                 e.to_string(),
             );
-            return report;
+            return;
         }
     };
     appraise_gpus(
-        &mut report,
+        report,
         &appraiser.verifier,
         policy,
         GpuInputs {
             claimed_digest: claimed,
-            evidence: served.as_ref().map_err(Clone::clone),
+            evidence: set,
             collateral: &collateral,
-            nonce: nonce_for_certificate(&session.spki_sha256),
+            nonce,
             event_log,
             roots: &appraiser.roots,
-            at: tdx_core::verify::time::now_unix(),
+            at,
         },
     );
-    report
 }

@@ -53,4 +53,8 @@ pub struct ChallengeResponseJson {
     pub proof: ProofJson,
     /// SHA-256 of the SPKI the leaf commits to: the certificate served when the challenge ran.
     pub spki_sha256: String,
+    /// With GPUs: the evidence document (docs/formats.md §13) of one report per GPU over
+    /// the batch's GPU nonce; REPORTDATA[0..32] then commits to it with the root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_evidence: Option<serde_json::Value>,
 }

@@ -24,6 +24,17 @@ pub struct IssuedQuote {
     /// else.
     pub report_data: [u8; 64],
     pub audit_head: Hash,
+    /// The GPU evidence collected for the batch, when the agent attests GPUs; REPORTDATA then
+    /// starts with `gpu_bound_root(root, digest)` instead of the root.
+    pub gpus: Option<BatchGpus>,
+}
+
+/// One report per GPU over the batch's GPU nonce, shared by every answer of the batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchGpus {
+    pub digest: [u8; 32],
+    /// The evidence document (docs/formats.md §13).
+    pub evidence_json: Arc<serde_json::Value>,
 }
 
 /// Makes the quote for a batch: builds REPORTDATA = root || audit chain head, gets the quote
@@ -42,6 +53,8 @@ pub struct ChallengeResponse {
     pub proof: Proof,
     pub leaf_hash: Hash,
     pub root: Hash,
+    /// The batch's GPU evidence, when the agent attests GPUs.
+    pub gpu_evidence: Option<Arc<serde_json::Value>>,
 }
 
 /// Told about every finished batch, outside any lock (e.g. to feed a histogram).
@@ -356,6 +369,7 @@ async fn run_batch(shared: &Shared, batch: Vec<Waiter>) {
                     proof,
                     leaf_hash: w.leaf,
                     root,
+                    gpu_evidence: issued.gpus.as_ref().map(|g| Arc::clone(&g.evidence_json)),
                 };
                 if w.reply.send(Ok(answer)).is_ok() {
                     c.answered.fetch_add(1, Ordering::Relaxed);
@@ -405,7 +419,11 @@ async fn quote(shared: &Shared, root: Hash) -> Result<IssuedQuote, String> {
     };
     // Handing out a quote that does not commit to this tree would make every proof in the
     // batch fail on the client with a confusing error; say what went wrong here instead.
-    if issued.report_data[..32] != root {
+    let committed = match &issued.gpus {
+        Some(g) => tdx_core::challenge::gpu_bound_root(&root, &g.digest),
+        None => root,
+    };
+    if issued.report_data[..32] != committed {
         return Err("quoter returned REPORTDATA that does not start with the batch root".into());
     }
     Ok(issued)

@@ -27,6 +27,7 @@ fn issued(root: Hash) -> IssuedQuote {
         quote: [b"QUOTE".as_slice(), &root].concat(),
         report_data,
         audit_head: HEAD,
+        gpus: None,
     }
 }
 

@@ -10,7 +10,7 @@ mod verify;
 
 pub use error::ChallengeError;
 pub use merkle::{Proof, ProofJson};
-pub use verify::verify_challenge;
+pub use verify::{CHALLENGE_GPU_DOMAIN, gpu_bound_root, verify_challenge, verify_challenge_bound};
 
 #[cfg(test)]
 mod merkle_tests;

@@ -208,8 +208,50 @@ impl GpuAttester {
         }))
     }
 
+    /// Only the reports over `nonce` (a challenge batch's): no collateral, no verification,
+    /// which clients do. A GPU that fails to answer is left out, as at issue.
+    pub async fn collect_evidence(
+        &self,
+        nonce: [u8; 32],
+        metrics: &super::metrics::Metrics,
+    ) -> GpuEvidenceSet {
+        let count = match self.collector.count().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "challenge: no GPU evidence");
+                return empty_set();
+            }
+        };
+        let mut gpus = Vec::new();
+        for index in 0..count {
+            match self.collector.collect(index, nonce).await {
+                Ok(g) => {
+                    if let Some(e) = g.evidence {
+                        metrics.count_gpu_report("challenge");
+                        gpus.push(GpuEvidence {
+                            index,
+                            uuid: g.uuid,
+                            report: e.report,
+                            chain_pem: e.chain_pem,
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(gpu = index, error = %e, "challenge: GPU left out"),
+            }
+        }
+        GpuEvidenceSet::new(gpus).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "challenge: GPU evidence refused");
+            empty_set()
+        })
+    }
+
     /// Collect every GPU's state and report over `nonce`, fetch their collateral, verify.
-    pub async fn attest(&self, nonce: [u8; 32], now: i64) -> GpuRound {
+    pub async fn attest(
+        &self,
+        nonce: [u8; 32],
+        now: i64,
+        metrics: &super::metrics::Metrics,
+    ) -> GpuRound {
         let mut gpus: Vec<GpuStatus> = Vec::new();
         let mut collected: Vec<CollectedGpu> = Vec::new();
         let count = match self.collector.count().await {
@@ -239,7 +281,12 @@ impl GpuAttester {
         // One at a time: a hung call on one GPU must not be joined by calls on the others.
         for index in 0..count {
             match self.collector.collect(index, nonce).await {
-                Ok(g) => collected.push(g),
+                Ok(g) => {
+                    if g.evidence.is_some() {
+                        metrics.count_gpu_report("certificate");
+                    }
+                    collected.push(g)
+                }
                 Err(e) => gpus.push(GpuStatus {
                     index,
                     uuid: None,

@@ -41,11 +41,17 @@ impl Attestation for AttestationService {
                 .as_ref()
                 .map(|g| g.collateral_json.to_string())
                 .unwrap_or_default(),
+            challenge_gpu_evidence_json: String::new(),
         };
         if !nonce.is_empty() {
             let (r, _) = super::http::run_challenge(&self.state, nonce).await?;
             out.challenge_quote = r.quote.to_vec();
             out.audit_chain_head = r.audit_head.to_vec();
+            out.challenge_gpu_evidence_json = r
+                .gpu_evidence
+                .as_ref()
+                .map(|v| v.to_string())
+                .unwrap_or_default();
             out.proof = Some(proto::MerkleProof {
                 leaf_index: r.proof.leaf_index,
                 tree_size: r.proof.tree_size,

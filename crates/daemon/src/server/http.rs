@@ -105,6 +105,7 @@ async fn challenge(
         leaf_hash: hex(&r.leaf_hash),
         proof: ProofJson::from(r.proof.clone()),
         spki_sha256: hex(&spki),
+        gpu_evidence: r.gpu_evidence.as_deref().cloned(),
     }))
 }
 

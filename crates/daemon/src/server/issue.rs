@@ -61,7 +61,9 @@ impl Issuer<'_> {
         let gpu_round = match self.gpus {
             Some(g) => {
                 let spki: [u8; 32] = Sha256::digest(ratls::spki_der(&key)).into();
-                let round = g.attest(nonce_for_certificate(&spki), now_unix()).await;
+                let round = g
+                    .attest(nonce_for_certificate(&spki), now_unix(), self.metrics)
+                    .await;
                 self.metrics
                     .record_gpus(round.gpus.iter().map(|g| (g.index, g.ok)));
                 Some(round)
@@ -303,7 +305,11 @@ async fn gpus_changed(state: &AppState, served: &Served, now: i64) -> bool {
         .store(now, std::sync::atomic::Ordering::Relaxed);
     let _one_at_a_time = state.issuing.lock().await;
     let round = attester
-        .attest(nonce_for_certificate(&served.cert.spki_sha256), now)
+        .attest(
+            nonce_for_certificate(&served.cert.spki_sha256),
+            now,
+            &state.metrics,
+        )
         .await;
     state
         .metrics

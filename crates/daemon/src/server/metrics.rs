@@ -64,6 +64,8 @@ pub struct Metrics {
     pub gpu_verifications: Family<ResultLabel, Counter>,
     /// 1 while the GPU passed its last check, 0 otherwise, by NVML index.
     pub gpu_ok: Family<GpuLabel, Gauge>,
+    /// GPU attestation reports obtained, by purpose (`certificate`, `challenge`).
+    pub gpu_reports: Family<PurposeLabel, Counter>,
 }
 
 pub type AtomicI64Compat = std::sync::atomic::AtomicI64;
@@ -92,6 +94,7 @@ impl Metrics {
             proxy_in_flight: Gauge::default(),
             gpu_verifications: Family::default(),
             gpu_ok: Family::default(),
+            gpu_reports: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -124,6 +127,11 @@ impl Metrics {
             "gpu_verifications",
             "GPU collections and verifications (one per GPU per round), by result",
             m.gpu_verifications.clone(),
+        );
+        registry.register(
+            "gpu_reports",
+            "GPU attestation reports obtained, by purpose",
+            m.gpu_reports.clone(),
         );
         registry.register(
             "gpu_ok",
@@ -196,6 +204,14 @@ impl Metrics {
                 status: status.to_string(),
             })
             .set(1);
+    }
+
+    pub fn count_gpu_report(&self, purpose: &str) {
+        self.gpu_reports
+            .get_or_create(&PurposeLabel {
+                purpose: purpose.to_string(),
+            })
+            .inc();
     }
 
     /// One round of GPU checks: (NVML index, passed) per GPU.

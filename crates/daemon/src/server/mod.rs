@@ -237,6 +237,7 @@ pub async fn run(
             tee: tee.clone(),
             audit: audit.clone(),
             metrics: Arc::clone(&metrics),
+            gpus: gpus.clone(),
         }),
         BatcherConfig {
             max_leaves: config.challenge.max_batch,

@@ -1,18 +1,21 @@
 //! The challenge quoter: REPORTDATA = Merkle root || audit chain head, the quote, and its
-//! audit record, in that order, so no challenge quote is handed out unlogged.
+//! audit record, in that order, so no challenge quote is handed out unlogged. With GPUs, one
+//! report per GPU over the batch's GPU nonce first, and REPORTDATA[0..32] commits to the root
+//! and their digest (docs/formats.md §8).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::metrics::Metrics;
 use crate::audit::{AuditEvent, AuditLog, QuotePurpose};
-use crate::batcher::{BoxFuture, ChallengeQuoter, IssuedQuote};
+use crate::batcher::{BatchGpus, BoxFuture, ChallengeQuoter, IssuedQuote};
 use tdx_tee::TeeHandle;
 
 pub struct Quoter {
     pub tee: TeeHandle,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
+    pub gpus: Option<Arc<super::gpus::GpuAttester>>,
 }
 
 impl ChallengeQuoter for Quoter {
@@ -20,10 +23,27 @@ impl ChallengeQuoter for Quoter {
         let tee = self.tee.clone();
         let audit = self.audit.clone();
         let metrics = Arc::clone(&self.metrics);
+        let gpus = self.gpus.clone();
         Box::pin(async move {
+            // Whatever the GPUs gave, good or not, is committed: clients judge it.
+            let gpus = match gpus {
+                Some(g) => {
+                    let nonce = tdx_core::gpu::nonce_for_batch(&root);
+                    let set = g.collect_evidence(nonce, &metrics).await;
+                    Some(BatchGpus {
+                        digest: set.digest(),
+                        evidence_json: Arc::new(set.to_json_value()),
+                    })
+                }
+                None => None,
+            };
+            let committed = match &gpus {
+                Some(g) => tdx_core::challenge::gpu_bound_root(&root, &g.digest),
+                None => root,
+            };
             let head = audit.head();
             let mut report_data = [0u8; 64];
-            report_data[..32].copy_from_slice(&root);
+            report_data[..32].copy_from_slice(&committed);
             report_data[32..].copy_from_slice(&head);
             let started = Instant::now();
             let quote = match tee.quote(report_data).await {
@@ -48,6 +68,7 @@ impl ChallengeQuoter for Quoter {
                 quote,
                 report_data,
                 audit_head: head,
+                gpus,
             })
         })
     }
