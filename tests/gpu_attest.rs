@@ -414,6 +414,32 @@ async fn gpu_evidence_is_bound_to_one_certificate_of_one_td() {
     let r = appraise_as(&sim, &second, &first, &spki2);
     assert_eq!(failed(&r), [CHECK_GPU_BINDING], "{}", r.summary());
 
+    // Offline, from saved documents, as an auditor would: the served one passes, the same
+    // certificate with the other certificate's GPU evidence does not.
+    let roots = gpu_roots(&sim);
+    let verify_doc = |doc: &serde_json::Value, name: &str| {
+        let path = sim.tmp.path().join(name);
+        std::fs::write(&path, doc.to_string()).unwrap();
+        tdx_agent(&[
+            "verify-evidence",
+            path_str(&path),
+            "--policy",
+            path_str(&policy(&sim, 2)),
+            "--insecure-root",
+            sim.root_str(),
+            "--insecure-gpu-roots",
+            &roots,
+        ])
+    };
+    let r = verify_doc(&second, "second.json");
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("[pass] gpu[1] CC state"), "{r}");
+    let mut swapped = second.clone();
+    swapped["gpu_evidence"] = first["gpu_evidence"].clone();
+    let r = verify_doc(&swapped, "swapped.json");
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.contains("[FAIL] GPU evidence binding"), "{r}");
+
     // Reports whose nonce is not the one derived from the certificate's key.
     let r = appraise_as(&sim, &second, &second, &spki1);
     assert_eq!(

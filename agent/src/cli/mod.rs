@@ -13,6 +13,7 @@ mod serve;
 mod sim;
 mod tee_args;
 mod verify;
+mod verify_evidence;
 mod verify_gpu;
 
 use std::process::ExitCode;
@@ -54,6 +55,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Verify one NVIDIA GPU's evidence offline against its RIMs, OCSP answers and a policy.
     VerifyGpu(verify_gpu::VerifyGpuArgs),
+    /// Verify an agent's saved evidence document (/.well-known/attestation) offline: the
+    /// certificate's quote and key binding, the event log, and the GPUs the policy requires.
+    VerifyEvidence(verify_evidence::VerifyEvidenceArgs),
     /// Produce a TD quote over 64 bytes of REPORTDATA.
     Quote(measure::QuoteArgs),
     /// Print the TD's measurement registers (MRTD, RTMR0-3, owner registers).
@@ -110,6 +114,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit(c) => audit::run(c).await,
         Command::Verify(a) => verify::run(a).await,
         Command::VerifyGpu(a) => verify_gpu::run(a).await,
+        Command::VerifyEvidence(a) => verify_evidence::run(a).await,
         Command::Eventlog(c) => eventlog::run(c).await,
         Command::Quote(a) => measure::quote(a).await,
         Command::Measurements(a) => measure::measurements(a).await,

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
-use tdx_core::gpu::{GpuCollateral, GpuEvidenceSet, GpuRoots, GpuVerifier, nonce_for_certificate};
+use tdx_core::gpu::{GpuEvidenceSet, GpuRoots, GpuVerifier, nonce_for_certificate};
 use tdx_core::verify::Report;
-use tdx_core::verify::gpus::{GpuInputs, appraise_gpus};
+use tdx_core::verify::gpus::appraise_served_gpus;
 use tdx_core::wire::{EvidenceJson, WELL_KNOWN};
 
 use super::{ClientError, Session};
@@ -158,42 +158,16 @@ fn appraise_with(
     nonce: [u8; 32],
     at: i64,
 ) {
-    // The event log the certificate carries (replayed against its RTMR3 by the TD appraisal).
-    let claims = tdx_core::ratls::certificate_claims(&session.peer_cert).ok();
-    let event_log = claims
-        .as_ref()
-        .and_then(|c| c.event_log.as_deref())
-        .and_then(|l| std::str::from_utf8(l).ok());
-    let collateral = match &evidence.gpu_collateral {
-        Some(v) => {
-            GpuCollateral::from_bundle_json(v.to_string().as_bytes(), "the server's GPU collateral")
-        }
-        None => Ok(GpuCollateral::default()),
-    };
-    let collateral = match collateral {
-        Ok(c) => c,
-        Err(e) => {
-            report.push_check(
-                tdx_core::verify::gpus::CHECK_GPU_BINDING,
-                false,
-                "readable GPU collateral".into(),
-                e.to_string(),
-            );
-            return;
-        }
-    };
-    appraise_gpus(
+    appraise_served_gpus(
         report,
         &appraiser.verifier,
+        &appraiser.roots,
         policy,
-        GpuInputs {
-            claimed_digest: claimed,
-            evidence: set,
-            collateral: &collateral,
-            nonce,
-            event_log,
-            roots: &appraiser.roots,
-            at,
-        },
+        &session.peer_cert,
+        evidence.gpu_collateral.as_ref(),
+        set,
+        claimed,
+        nonce,
+        at,
     );
 }

@@ -13,7 +13,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use sha2::{Digest as _, Sha256};
 
 use super::{Client, ClientError, Timeouts};
 use tdx_core::ratls::{RaTlsError, RaTlsVerifier, ring_provider};
@@ -413,14 +412,10 @@ impl Session {
 }
 
 fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], ClientError> {
-    use x509_parser::prelude::FromDer as _;
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).map_err(|e| {
-        ClientError::Malformed {
-            what: "server certificate".into(),
-            detail: e.to_string(),
-        }
-    })?;
-    Ok(Sha256::digest(cert.public_key().raw).into())
+    tdx_core::ratls::certificate_spki_sha256(cert_der).map_err(|e| ClientError::Malformed {
+        what: "server certificate".into(),
+        detail: e.to_string(),
+    })
 }
 
 /// What the RA-TLS verifier said about this one connection's certificate.

@@ -25,7 +25,8 @@ pub use cert::{
 pub use endorsements::{ENDORSEMENTS_OID, ENDORSEMENTS_VERSION, Endorsements};
 pub use evidence::{Claims, EVIDENCE_OID, Evidence, HashAlg};
 pub use verifier::{
-    CollateralSource, RaTlsVerifier, VerificationCache, certificate_claims, client_config,
+    CollateralSource, RaTlsVerifier, VerificationCache, certificate_claims,
+    certificate_spki_sha256, client_config,
 };
 
 /// The CBOR tag both RA-TLS extensions wrap their content in.

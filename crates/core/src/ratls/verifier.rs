@@ -395,6 +395,15 @@ pub fn certificate_claims(cert_der: &[u8]) -> Result<Claims, RaTlsError> {
     Claims::from_cbor(&evidence.claims)
 }
 
+/// SHA-256 of a certificate's SubjectPublicKeyInfo: the key a challenge and the GPU nonce
+/// commit to.
+pub fn certificate_spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], RaTlsError> {
+    use sha2::{Digest as _, Sha256};
+    let (_, cert) = X509Certificate::from_der(cert_der)
+        .map_err(|e| RaTlsError::Certificate(format!("not readable X.509: {e}")))?;
+    Ok(Sha256::digest(cert.public_key().raw).into())
+}
+
 /// rustls's clock in the seconds [`RaTlsVerifier::verify_certificate`] takes.
 pub fn unix_secs(now: UnixTime) -> Result<i64, rustls::Error> {
     i64::try_from(now.as_secs())

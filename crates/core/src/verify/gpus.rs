@@ -116,6 +116,63 @@ pub fn appraise_gpus(
     }
 }
 
+/// [`appraise_gpus`] for GPU evidence served beside the RA-TLS certificate `cert_der`: the
+/// RTMR3 event log comes from the certificate's claims, the collateral from the served
+/// bundle (`gpu_collateral`, docs/formats.md §12). Used by clients for the certificate's GPUs
+/// (claimed digest from the claims, nonce from its key) and a challenge batch's (claimed
+/// digest bound by REPORTDATA, nonce from the batch root), and by `verify-evidence`.
+#[allow(clippy::too_many_arguments)]
+pub fn appraise_served_gpus(
+    report: &mut Report,
+    verifier: &GpuVerifier,
+    roots: &GpuRoots,
+    policy: &GpuPolicy,
+    cert_der: &[u8],
+    gpu_collateral: Option<&serde_json::Value>,
+    evidence: Result<&GpuEvidenceSet, String>,
+    claimed_digest: Option<[u8; 32]>,
+    nonce: [u8; 32],
+    at: i64,
+) {
+    let claims = crate::ratls::certificate_claims(cert_der).ok();
+    let event_log = claims
+        .as_ref()
+        .and_then(|c| c.event_log.as_deref())
+        .and_then(|l| std::str::from_utf8(l).ok());
+    let collateral = match gpu_collateral {
+        Some(v) => {
+            GpuCollateral::from_bundle_json(v.to_string().as_bytes(), "the server's GPU collateral")
+        }
+        None => Ok(GpuCollateral::default()),
+    };
+    let collateral = match collateral {
+        Ok(c) => c,
+        Err(e) => {
+            report.push_check(
+                CHECK_GPU_BINDING,
+                false,
+                "readable GPU collateral".into(),
+                e.to_string(),
+            );
+            return;
+        }
+    };
+    appraise_gpus(
+        report,
+        verifier,
+        policy,
+        GpuInputs {
+            claimed_digest,
+            evidence,
+            collateral: &collateral,
+            nonce,
+            event_log,
+            roots,
+            at,
+        },
+    );
+}
+
 /// The log's `gpu` events, or why none can be trusted.
 fn gpu_events(report: &Report, log: Option<&str>) -> Result<Vec<GpuEventData>, String> {
     match report.check(CHECK_EVENT_LOG) {
