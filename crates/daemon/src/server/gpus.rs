@@ -154,18 +154,8 @@ impl GpuAttester {
             .count()
             .await
             .map_err(|e| format!("[gpu] {}: {e}", collector.describe()))?;
-        if required == GpuRequired::All && count == 0 {
-            return Err(format!(
-                "gpu.required = \"all\", but {} shows no GPU; attach the GPUs to the TD, or remove [gpu] if this TD has none",
-                collector.describe()
-            ));
-        }
-        if gpu.source == GpuSourceKind::Nvml && (count as usize) < pci.len() {
-            return Err(format!(
-                "NVML shows {count} GPUs but there are {} NVIDIA PCI devices ({}): a GPU NVML does not show cannot be attested; check the driver with nvidia-smi (see [gpu] in docs/gpu.md)",
-                pci.len(),
-                pci.join(", ")
-            ));
+        if let Some(e) = presence_error(required, gpu.source, count, &pci, collector.describe()) {
+            return Err(e);
         }
         let roots = load_roots(config, gpu.source).await?;
         let collateral = match gpu.source {
@@ -487,6 +477,32 @@ fn empty_set() -> GpuEvidenceSet {
     GpuEvidenceSet::default()
 }
 
+/// The start-up rules on what the source shows against what the configuration requires and
+/// the PCI bus holds (docs/gpu.md): `all` with no GPU, or NVML showing fewer GPUs than there
+/// are NVIDIA PCI devices, stop the agent. Fewer GPUs than `required` does not: that is a GPU
+/// missing at run time, shown in /readyz.
+fn presence_error(
+    required: GpuRequired,
+    source: GpuSourceKind,
+    count: u32,
+    pci: &[String],
+    describe: &str,
+) -> Option<String> {
+    if required == GpuRequired::All && count == 0 {
+        return Some(format!(
+            "gpu.required = \"all\", but {describe} shows no GPU; attach the GPUs to the TD, or remove [gpu] if this TD has none"
+        ));
+    }
+    if source == GpuSourceKind::Nvml && usize::try_from(count).unwrap_or(usize::MAX) < pci.len() {
+        return Some(format!(
+            "NVML shows {count} GPUs but there are {} NVIDIA PCI devices ({}): a GPU NVML does not show cannot be attested; check the driver with nvidia-smi (see [gpu] in docs/gpu.md)",
+            pci.len(),
+            pci.join(", ")
+        ));
+    }
+    None
+}
+
 /// The mode the measured event records: protected PCIe from NVML, else what the signed
 /// report's feature flag says.
 fn multi_gpu_mode(g: &CollectedGpu, report_mode: Option<&str>) -> MultiGpuMode {
@@ -621,4 +637,30 @@ pub async fn measure_events(
         tracing::info!(gpu = e.index, cc_mode = e.cc_mode.as_str(), digest = %hex(&digest), "RTMR3 extended (gpu)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_rules() {
+        let pci = ["0000:c1:00.0".to_string(), "0000:c2:00.0".to_string()];
+        let nvml = GpuSourceKind::Nvml;
+        // NVML hides a GPU the bus has: refused, naming the devices.
+        let e = presence_error(GpuRequired::Count(1), nvml, 1, &pci, "NVML").unwrap();
+        assert!(
+            e.contains("NVML shows 1 GPUs but there are 2") && e.contains("0000:c2:00.0"),
+            "{e}"
+        );
+        assert!(presence_error(GpuRequired::Count(1), nvml, 2, &pci, "NVML").is_none());
+        // "all" with none found: refused; a count above what exists is a run-time matter.
+        let e = presence_error(GpuRequired::All, nvml, 0, &[], "NVML").unwrap();
+        assert!(e.contains("gpu.required = \"all\""), "{e}");
+        assert!(presence_error(GpuRequired::Count(8), nvml, 2, &pci, "NVML").is_none());
+        // The simulated GPUs are not on the PCI bus.
+        assert!(
+            presence_error(GpuRequired::Count(1), GpuSourceKind::Sim, 1, &pci, "sim").is_none()
+        );
+    }
 }
