@@ -305,3 +305,39 @@ fn a_flipped_byte_in_real_evidence_fails_the_signature() {
         );
     }
 }
+
+#[test]
+fn remembered_answers_are_still_judged_at_each_verification_time() {
+    // One verifier, so the second and third verifications reuse the signature verdicts of the
+    // first: the answers' age, and the responder's validity, are still checked each time.
+    let c = Case::new();
+    let report = c.pki.report(&c.gpu, &c.nonce).unwrap();
+    let chain = c.pki.chain_pem();
+    let col = c.collateral();
+    let roots = GpuRoots::insecure_from_pem(c.pki.roots_pem().as_bytes()).unwrap();
+    let verifier = tdx_core::gpu::GpuVerifier::new();
+    let at = |t: i64| {
+        verifier.verify(
+            GpuEvidenceRef {
+                report: &report,
+                chain_pem: chain.as_bytes(),
+            },
+            &c.nonce,
+            &col,
+            &GpuPolicy::default(),
+            &roots,
+            t,
+        )
+    };
+    let first = at(AT);
+    assert!(first.accepted(), "{}", first.render_text());
+    // Eight days on the answers are stale (and their nextUpdate has passed).
+    let later = at(AT + 8 * 86_400);
+    assert!(
+        failed(&later).contains(&check::DEVICE_REVOCATION.to_string()),
+        "{}",
+        later.render_text()
+    );
+    // Back at the first instant, the remembered verdicts give the same answer as before.
+    assert_eq!(at(AT).checks(), first.checks());
+}

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest as _, Sha256};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
+use super::ocsp::{Authenticated, OcspError, OcspMemo};
 use super::rim::{Rim, RimChainError, RimError, RimSignatureError};
 use super::{GpuChainError, verify_device_chain};
 
@@ -34,6 +35,7 @@ struct Valid {
 struct Inner {
     chains: HashMap<[u8; 32], Valid>,
     rims: HashMap<[u8; 32], Arc<ParsedRim>>,
+    ocsp: HashMap<[u8; 32], Result<Authenticated, OcspError>>,
 }
 
 #[derive(Default)]
@@ -62,6 +64,31 @@ fn window<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> Option<(i64, i64)> {
         );
     }
     Some(w)
+}
+
+impl OcspMemo for VerdictCache {
+    fn authenticated(
+        &self,
+        key: [u8; 32],
+        compute: &mut dyn FnMut() -> Result<Authenticated, OcspError>,
+    ) -> Result<Authenticated, OcspError> {
+        if let Some(v) = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|i| i.ocsp.get(&key).cloned())
+        {
+            return v;
+        }
+        let v = compute();
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.ocsp.len() >= MAX_ENTRIES {
+                inner.ocsp.clear();
+            }
+            inner.ocsp.insert(key, v.clone());
+        }
+        v
+    }
 }
 
 impl VerdictCache {

@@ -970,14 +970,61 @@ fn responder_id_text(id: &ResponderId) -> String {
     }
 }
 
+/// What authenticating a response establishes, independent of the time: who signed it (the
+/// issuer, or a responder it delegated to) and when that signer is valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authenticated {
+    subject: String,
+    responder: String,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// Remembers [`Authenticated`] verdicts by the digest of (response, certificate, issuer):
+/// the signature checks are the costly part of revocation, and the same answers are stapled
+/// for every GPU of a server and every rotation.
+pub trait OcspMemo {
+    fn authenticated(
+        &self,
+        key: [u8; 32],
+        compute: &mut dyn FnMut() -> Result<Authenticated, OcspError>,
+    ) -> Result<Authenticated, OcspError>;
+}
+
+/// No memory: every check verifies every signature.
+pub struct NoMemo;
+
+impl OcspMemo for NoMemo {
+    fn authenticated(
+        &self,
+        _key: [u8; 32],
+        compute: &mut dyn FnMut() -> Result<Authenticated, OcspError>,
+    ) -> Result<Authenticated, OcspError> {
+        compute()
+    }
+}
+
+/// The signer must be valid at `at`; returns its subject.
+fn signer_valid_at(a: &Authenticated, cert: &str, at: i64) -> Result<String, OcspError> {
+    if at < a.not_before || at > a.not_after {
+        return Err(OcspError::ResponderValidity {
+            cert: cert.to_owned(),
+            responder: a.responder.clone(),
+            at: format_unix(at),
+            not_before: format_unix(a.not_before),
+            not_after: format_unix(a.not_after),
+        });
+    }
+    Ok(a.subject.clone())
+}
+
 /// Find the certificate that signed the response and check it may answer for `issuer`'s
-/// certificates at `at`. Returns its subject.
+/// certificates (everything but the time: see [`signer_valid_at`]).
 fn authenticate(
     basic: &BasicOcspResponse,
     issuer: &X509Certificate<'_>,
     cert: &str,
-    at: i64,
-) -> Result<String, OcspError> {
+) -> Result<Authenticated, OcspError> {
     let included = basic
         .certs
         .iter()
@@ -1048,20 +1095,12 @@ fn authenticate(
         }
     }
     let validity = signer.validity();
-    let (not_before, not_after) = (
-        validity.not_before.timestamp(),
-        validity.not_after.timestamp(),
-    );
-    if at < not_before || at > not_after {
-        return Err(OcspError::ResponderValidity {
-            cert: cert.to_owned(),
-            responder,
-            at: format_unix(at),
-            not_before: format_unix(not_before),
-            not_after: format_unix(not_after),
-        });
-    }
-    Ok(signer.subject().to_string())
+    Ok(Authenticated {
+        subject: signer.subject().to_string(),
+        responder,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+    })
 }
 
 /// Judge the stapled `response_der` for `cert_der` (issued by `issuer_der`) at `at` (Unix
@@ -1077,6 +1116,25 @@ pub fn check_ocsp(
     issuer_der: &[u8],
     at: i64,
     max_age_secs: u64,
+) -> Result<OcspGood, OcspError> {
+    check_ocsp_memo(
+        response_der,
+        cert_der,
+        issuer_der,
+        at,
+        max_age_secs,
+        &NoMemo,
+    )
+}
+
+/// [`check_ocsp`], with the signature verdicts remembered in `memo`.
+pub fn check_ocsp_memo(
+    response_der: &[u8],
+    cert_der: &[u8],
+    issuer_der: &[u8],
+    at: i64,
+    max_age_secs: u64,
+    memo: &dyn OcspMemo,
 ) -> Result<OcspGood, OcspError> {
     let cert = parse_cert(cert_der, "checked")?;
     let issuer = parse_cert(issuer_der, "issuer")?;
@@ -1135,7 +1193,17 @@ pub fn check_ocsp(
         }
     };
 
-    let responder = authenticate(&basic, &issuer, &name, at)?;
+    let key = {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        for part in [response_der, cert_der, issuer_der] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        h.finalize().into()
+    };
+    let authenticated = memo.authenticated(key, &mut || authenticate(&basic, &issuer, &name))?;
+    let responder = signer_valid_at(&authenticated, &name, at)?;
 
     match single.status {
         CertStatus::Good => {}
@@ -1220,6 +1288,18 @@ pub fn check_chain_ocsp(
     at: i64,
     max_age_secs: u64,
 ) -> Vec<(String, Result<OcspGood, OcspError>)> {
+    check_chain_ocsp_memo(chain_der, which, responses, at, max_age_secs, &NoMemo)
+}
+
+/// [`check_chain_ocsp`], with the signature verdicts remembered in `memo`.
+pub fn check_chain_ocsp_memo(
+    chain_der: &[Vec<u8>],
+    which: Range<usize>,
+    responses: &[Vec<u8>],
+    at: i64,
+    max_age_secs: u64,
+    memo: &dyn OcspMemo,
+) -> Vec<(String, Result<OcspGood, OcspError>)> {
     which
         .map(|index| {
             let Some(cert_der) = chain_der.get(index) else {
@@ -1253,7 +1333,7 @@ pub fn check_chain_ocsp(
                 if !response_names(response, &cert, &issuer) {
                     continue;
                 }
-                match check_ocsp(response, cert_der, issuer_der, at, max_age_secs) {
+                match check_ocsp_memo(response, cert_der, issuer_der, at, max_age_secs, memo) {
                     Ok(good) => return (subject, Ok(good)),
                     Err(e) => {
                         first_error.get_or_insert(e);

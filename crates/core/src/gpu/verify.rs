@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::cache::{ParsedRim, VerdictCache};
 use super::compare::{Golden, compare_measurements};
-use super::ocsp::{OcspError, check_chain_ocsp};
+use super::ocsp::{OcspError, check_chain_ocsp_memo};
 use super::policy::{Architecture, DriverVersion, GpuPolicy, VbiosVersion};
 use super::report::{GpuReport, GpuRootView};
 use super::rim::{NVIDIA_RIM_ROOT_PEM, Rim};
@@ -383,7 +383,14 @@ fn appraise(
             ] {
                 out.not_evaluated(name);
             }
-            revocation_device(&mut out, full_chain.as_deref(), collateral, policy, at);
+            revocation_device(
+                &mut out,
+                full_chain.as_deref(),
+                collateral,
+                policy,
+                at,
+                cache,
+            );
             for kind in [RimKind::Driver, RimKind::Vbios] {
                 out.not_evaluated(&kind.check_name(""));
             }
@@ -438,7 +445,14 @@ fn appraise(
         },
     }
     versions(&mut out, &report, policy);
-    revocation_device(&mut out, full_chain.as_deref(), collateral, policy, at);
+    revocation_device(
+        &mut out,
+        full_chain.as_deref(),
+        collateral,
+        policy,
+        at,
+        cache,
+    );
 
     if policy.insecure_skip_rims {
         for kind in [RimKind::Driver, RimKind::Vbios] {
@@ -600,6 +614,7 @@ fn versions(out: &mut GpuReport, report: &SpdmReport, policy: &GpuPolicy) {
 
 /// Revocation of `chain` (leaf first, ending in the pinned root) for the certificates in
 /// `which`, from the stapled answers.
+#[allow(clippy::too_many_arguments)]
 fn revocation(
     out: &mut GpuReport,
     name: &str,
@@ -608,6 +623,7 @@ fn revocation(
     collateral: &GpuCollateral,
     policy: &GpuPolicy,
     at: i64,
+    cache: &VerdictCache,
 ) {
     if policy.insecure_skip_ocsp {
         out.skip(name, "the policy sets insecure_skip_ocsp");
@@ -621,7 +637,14 @@ fn revocation(
         "a stapled OCSP answer \"good\" for each certificate, signed for NVIDIA, at most {} s old",
         policy.ocsp_max_age_secs
     );
-    let results = check_chain_ocsp(chain, which, &collateral.ocsp, at, policy.ocsp_max_age_secs);
+    let results = check_chain_ocsp_memo(
+        chain,
+        which,
+        &collateral.ocsp,
+        at,
+        policy.ocsp_max_age_secs,
+        cache,
+    );
     let failures: Vec<String> = results
         .iter()
         .filter_map(|(subject, r)| {
@@ -657,6 +680,7 @@ fn revocation_device(
     collateral: &GpuCollateral,
     policy: &GpuPolicy,
     at: i64,
+    cache: &VerdictCache,
 ) {
     // As NVIDIA's verifier: the BROM, provisioner ICA and identity certificates (the leaf
     // is the FMC's own and has no responder entry).
@@ -668,6 +692,7 @@ fn revocation_device(
         collateral,
         policy,
         at,
+        cache,
     );
 }
 
@@ -783,6 +808,7 @@ fn rim_checks(
         collateral,
         policy,
         at,
+        cache,
     );
     Some(parsed.clone())
 }
