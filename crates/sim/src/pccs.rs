@@ -200,8 +200,21 @@ fn signed_body(key: &str, signed: &str, sig: &[u8; 64]) -> String {
     )
 }
 
+/// `update=standard|early`, which Intel's PCCS accepts and Intel's QCNL (DCAP 1.21 and later)
+/// and dcap-qvl's collateral client always send. The simulated platform has one TCB
+/// evaluation, so both give the same answer.
+fn update_param(q: &HashMap<String, String>) -> Result<(), PccsError> {
+    match q.get("update").map(String::as_str) {
+        None | Some("standard" | "early") => Ok(()),
+        Some(other) => Err(PccsError::bad_request(format!(
+            "update={other:?} is not valid; expected standard or early"
+        ))),
+    }
+}
+
 async fn tcb_info(State(pki): Pki, Query(q): Params) -> Result<Response, PccsError> {
-    only_params(&q, &["fmspc"])?;
+    only_params(&q, &["fmspc", "update"])?;
+    update_param(&q)?;
     let Some(fmspc) = q.get("fmspc") else {
         return Err(PccsError::bad_request(
             "missing query parameter fmspc (12 hex digits)",
@@ -234,7 +247,8 @@ async fn tcb_info(State(pki): Pki, Query(q): Params) -> Result<Response, PccsErr
 }
 
 async fn qe_identity(State(pki): Pki, Query(q): Params) -> Result<Response, PccsError> {
-    only_params(&q, &[])?;
+    only_params(&q, &["update"])?;
+    update_param(&q)?;
     let (id, sig) = pki.qe_identity(now()?)?;
     let chain = chain_header(ENCLAVE_IDENTITY_ISSUER_CHAIN, &pki.tcb_issuer_chain_pem())?;
     Ok((
@@ -431,12 +445,29 @@ mod tests {
                 400,
             ),
             ("/sgx/certification/v4/pckcrl?ca=platform", 404),
-            ("/tdx/certification/v4/qe/identity?update=early", 400),
+            ("/tdx/certification/v4/qe/identity?update=later", 400),
+            ("/tdx/certification/v4/qe/identity?updates=early", 400),
+            (
+                "/tdx/certification/v4/tcb?fmspc=00906ED50000&update=soon",
+                400,
+            ),
             ("/sgx/certification/v4/rootcacrl?x=1", 400),
             ("/tdx/certification/v4/nothing", 404),
         ] {
             let r = get(addr, target).await;
             assert_eq!(r.status, status, "{target}: {}", r.text());
+        }
+        // What Intel's QCNL and dcap-qvl's collateral client send, query strings verbatim.
+        let fmspc = hex::encode_upper(fx.pki.fmspc());
+        for target in [
+            format!("/tdx/certification/v4/tcb?fmspc={fmspc}&update=standard"),
+            format!("/tdx/certification/v4/tcb?fmspc={fmspc}&update=early"),
+            format!("/tdx/certification/v4/tcb?update=standard&fmspc={fmspc}"),
+            "/tdx/certification/v4/qe/identity?update=standard".to_string(),
+            "/tdx/certification/v4/qe/identity?update=early".to_string(),
+        ] {
+            let r = get(addr, &target).await;
+            assert_eq!(r.status, 200, "{target}: {}", r.text());
         }
         // The FMSPC match is case-insensitive, like hex everywhere else.
         let upper = hex::encode_upper(fx.pki.fmspc());
