@@ -513,3 +513,68 @@ async fn a_rotated_server_key_moves_connect_to_a_new_verified_connection() {
         c.stderr()
     );
 }
+
+/// A TLS server whose certificate is a plain self-signed one (no RA-TLS evidence), as anyone
+/// could stand up in the agent's place; its address.
+async fn plain_tls_server() -> String {
+    use std::sync::Arc;
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![certified.cert.der().clone()], key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_ratls_evidence_is_a_rejection_naming_the_check() {
+    let sim = SimTd::new();
+    let addr = plain_tls_server().await;
+    let url = format!("https://{addr}");
+    let r = tdx_agent_within(
+        &["attest", &url, "--insecure-root", sim.root_str()],
+        Duration::from_secs(30),
+    );
+    // Evidence that cannot be read as evidence is a rejection (1), not a network error (2).
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("RA-TLS certificate check failed"), "{r}");
+    assert!(r.stderr.contains("evidence"), "{r}");
+    // connect answers with the check's name.
+    let policy = accepting_policy(&sim);
+    let c = ConnectProc::start(
+        &url,
+        &[
+            "--insecure-root",
+            sim.root_str(),
+            "--policy",
+            path_str(&policy),
+        ],
+    );
+    let resp = http_get(&c.addr, "/v1/models").await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    let e = openai_error(&resp);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("RA-TLS certificate"),
+        "{e}"
+    );
+}

@@ -779,3 +779,45 @@ async fn bodies_reach_the_model_server_intact_however_they_are_framed() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_that_leave_v1_once_normalized_are_refused_and_never_forwarded() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (d, c) = agent_for(&sim, &up, &[]).await;
+    let before = up.script.model_requests.load(Ordering::SeqCst);
+    for path in [
+        "/v1/../metrics",
+        "/v1/%2e%2e/metrics",
+        "/v1/..%2fmetrics",
+        "/v1/..%5cmetrics",
+        "/v1//metrics",
+        "/v1/./models",
+    ] {
+        let r = c.get(path).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        let e = r.json()["error"].clone();
+        assert!(
+            e["message"].as_str().is_some_and(|m| m.contains("/v1/")),
+            "{path}: {e}"
+        );
+    }
+    // HTTP/1.1 in absolute form, which a proxy in front of the model server would route by.
+    let mut h1 = http1::<http_body_util::Empty<Bytes>>(&d.addr, sim.root_der()).await;
+    let req = hyper::Request::builder()
+        .uri("http://127.0.0.1:1/v1/models")
+        .header("host", "localhost")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let r = h1.send_request(req).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        up.script.model_requests.load(Ordering::SeqCst),
+        before,
+        "a refused path reached the model server"
+    );
+    // What stays under /v1/ goes on, exactly as written.
+    let r = c.get("/v1/models").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.script.model_requests.load(Ordering::SeqCst), before + 1);
+}

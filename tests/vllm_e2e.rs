@@ -159,6 +159,15 @@ fn wait_readyz(agent: &str, want: u16, within: Duration) -> String {
     }
 }
 
+/// Model requests that reached vLLM: every outcome but the agent's own refusals (`*-agent`).
+fn upstream_requests(agent: &str) -> f64 {
+    let (_, text) = curl_json(&format!("https://{agent}/metrics"));
+    text.lines()
+        .filter(|l| l.starts_with("tdx_agent_model_requests_total{") && !l.contains("-agent\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn model_requests(agent: &str) -> f64 {
     let (_, text) = curl_json(&format!("https://{agent}/metrics"));
     metric_sum(&text, "tdx_agent_model_requests_total")
@@ -224,6 +233,30 @@ fn openai_sdk_through_connect_and_serve_to_real_vllm() {
     assert_eq!(v["refused_check"], "RTMR3 event \"model\"", "{v}");
     // models.list, chat, streamed chat, completion; the refused request is not among them.
     assert_eq!(model_requests(&agent.addr), before + 4.0, "{v}");
+
+    // Paths that leave /v1/ once decoded and normalized are refused by the agent (400) and
+    // never reach vLLM (curl --path-as-is: curl would otherwise normalize them itself).
+    let reached = upstream_requests(&agent.addr);
+    for path in ["/v1/../metrics", "/v1/%2e%2e/metrics", "/v1/..%2fmetrics"] {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "--path-as-is",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("https://{}{path}", agent.addr))
+            .output()
+            .expect("curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "400", "{path}");
+    }
+    assert_eq!(
+        upstream_requests(&agent.addr),
+        reached,
+        "a refused path reached vLLM"
+    );
 
     // A policy pinning another model: connect refuses, the SDK sees the check, and nothing
     // reached the model server.

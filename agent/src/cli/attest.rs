@@ -62,6 +62,15 @@ fn failure(e: ClientError, a: &AttestArgs) -> Failure {
             Failure::Rejected(report.summary())
         }
         e @ ClientError::Malformed { .. } => Failure::Rejected(e.to_string()),
+        // A certificate without readable RA-TLS evidence, or whose claims do not bind its
+        // key, is evidence that fails, not a network error: name the check.
+        e @ ClientError::Refused { .. } => match e.failed_check() {
+            Some(c) => Failure::Rejected(format!(
+                "{}: {} check failed: expected {}, found {}",
+                e, c.name, c.expected, c.found
+            )),
+            None => Failure::Rejected(e.to_string()),
+        },
         e => Failure::Error(e.to_string()),
     }
 }

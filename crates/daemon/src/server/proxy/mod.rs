@@ -7,6 +7,7 @@ pub mod auth;
 pub mod body;
 pub mod h1;
 pub mod health;
+pub mod path;
 pub mod pool;
 
 use std::borrow::Cow;
@@ -107,6 +108,7 @@ impl Proxy {
                 detail: missing.detail,
             });
         }
+        path::check(req.uri(), req.version()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         auth::check(req.headers(), &self.config.api_key_sha256)
             .map_err(|m| ApiError::Unauthorized(m.to_string()))?;
         let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
