@@ -182,7 +182,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 impl Listening {
     /// Spawn `tdx-agent ARGS` with extra environment variables (and some removed), and wait
     /// for a first stdout line `PREFIX ADDR`.
-    fn spawn(
+    pub fn spawn(
         what: &'static str,
         prefix: &str,
         args: &[&str],

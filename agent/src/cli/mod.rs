@@ -15,6 +15,7 @@ mod tee_args;
 mod verify;
 mod verify_evidence;
 mod verify_gpu;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -55,6 +56,12 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Verify one NVIDIA GPU's evidence offline against its RIMs, OCSP answers and a policy.
     VerifyGpu(verify_gpu::VerifyGpuArgs),
+    /// Watch a fleet: appraise every target on its interval, archive the evidence, export
+    /// metrics (docs/watch.md).
+    Watch(watch::WatchArgs),
+    /// The evidence archive, for auditors: check its hash chain, export it.
+    #[command(subcommand)]
+    Evidence(watch::EvidenceCommand),
     /// Verify an agent's saved evidence document (/.well-known/attestation) offline: the
     /// certificate's quote and key binding, the event log, and the GPUs the policy requires.
     VerifyEvidence(verify_evidence::VerifyEvidenceArgs),
@@ -115,6 +122,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Verify(a) => verify::run(a).await,
         Command::VerifyGpu(a) => verify_gpu::run(a).await,
         Command::VerifyEvidence(a) => verify_evidence::run(a).await,
+        Command::Watch(a) => watch::watch(a).await,
+        Command::Evidence(c) => watch::evidence(c).await,
         Command::Eventlog(c) => eventlog::run(c).await,
         Command::Quote(a) => measure::quote(a).await,
         Command::Measurements(a) => measure::measurements(a).await,

@@ -24,3 +24,20 @@ pub async fn attest(client: &Client, target: &Target, fresh: bool) -> Result<Rep
         Ok((*session.report).clone())
     }
 }
+
+/// One verification with everything it was made on: the certificate the server presented,
+/// its evidence document, and the challenge and its nonce.
+pub struct Attested {
+    pub peer_cert: Vec<u8>,
+    pub fresh: challenge::Fresh,
+}
+
+/// [`attest`] with a fresh challenge, keeping the evidence (for an archive auditors re-check).
+pub async fn attest_recorded(client: &Client, target: &Target) -> Result<Attested, ClientError> {
+    let mut session = Session::open(client, target, Alpn::Http1, TIMEOUTS).await?;
+    let fresh = challenge::fresh_with_evidence(client, &mut session).await?;
+    Ok(Attested {
+        peer_cert: session.peer_cert.clone(),
+        fresh,
+    })
+}

@@ -25,6 +25,23 @@ pub fn random_nonce() -> [u8; 32] {
 /// checks added (see [`check_challenge`]). A failed check is in the report (rejected), not
 /// an error; errors are for exchanges that produced nothing to check.
 pub async fn fresh(client: &Client, session: &mut Session) -> Result<Report, ClientError> {
+    fresh_with_evidence(client, session).await.map(|f| f.report)
+}
+
+/// What one fresh challenge saw, for those who keep the evidence (an archive).
+pub struct Fresh {
+    pub report: Report,
+    /// The server's evidence document, fetched on the same connection.
+    pub evidence: EvidenceJson,
+    pub challenge: ChallengeResponseJson,
+    pub nonce: [u8; 32],
+}
+
+/// [`fresh`], returning the evidence it was appraised on too.
+pub async fn fresh_with_evidence(
+    client: &Client,
+    session: &mut Session,
+) -> Result<Fresh, ClientError> {
     // The served evidence carries the collateral the challenge quote is appraised with.
     let evidence: EvidenceJson = session.request_json("GET", WELL_KNOWN, None).await?;
     let nonce = random_nonce();
@@ -51,7 +68,12 @@ pub async fn fresh(client: &Client, session: &mut Session) -> Result<Report, Cli
         session,
         tdx_core::verify::time::now_unix(),
     );
-    Ok(report)
+    Ok(Fresh {
+        report,
+        evidence,
+        challenge,
+        nonce,
+    })
 }
 
 /// The GPU evidence of a challenge answer, where it carries any.

@@ -1,0 +1,89 @@
+//! `tdx-agent watch` (continuous attestation of a fleet) and `tdx-agent evidence` (the
+//! archive's auditor commands), docs/watch.md.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::{CliResult, Failure, read_file};
+use tdx_watch::{ArchiveError, WatchConfig};
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The watch configuration (TOML): the archive, the listener, the `[[target]]`s.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvidenceCommand {
+    /// Check the archive's hash chain: exit 0 intact, 1 naming the first record that is not.
+    Verify {
+        /// The archive (SQLite).
+        db: PathBuf,
+        /// A head (64 hex digits) pinned earlier: it must still be in the chain, so a deleted
+        /// tail is found.
+        #[arg(long, value_name = "HEX")]
+        head: Option<String>,
+    },
+    /// Every record as a JSON line (blobs inlined), oldest first.
+    Export {
+        /// The archive (SQLite).
+        db: PathBuf,
+    },
+}
+
+pub async fn watch(a: WatchArgs) -> CliResult {
+    let text = String::from_utf8(read_file(&a.config, "watch config").await?)
+        .map_err(|_| Failure::Error(format!("watch config {}: not UTF-8", a.config.display())))?;
+    let config =
+        WatchConfig::from_toml(&text, &a.config.display().to_string()).map_err(Failure::error)?;
+    tdx_watch::run(config, super::shutdown_signal())
+        .await
+        .map_err(Failure::error)
+}
+
+pub async fn evidence(c: EvidenceCommand) -> CliResult {
+    match c {
+        EvidenceCommand::Verify { db, head } => {
+            let head = head
+                .as_deref()
+                .map(tdx_core::encoding::hex_array::<32>)
+                .transpose()
+                .map_err(|e| Failure::Error(format!("--head: {e}")))?;
+            let path = db.clone();
+            let verified = tokio::task::spawn_blocking(move || tdx_watch::verify(&path, head))
+                .await
+                .map_err(Failure::error)?;
+            match verified {
+                Ok(v) => {
+                    println!(
+                        "{}: {} records intact (after anchor #{}); head {}",
+                        db.display(),
+                        v.records,
+                        v.anchor_seq,
+                        hex::encode(v.head)
+                    );
+                    Ok(())
+                }
+                // A database that cannot be read is an I/O error; a broken chain a finding.
+                Err(e @ ArchiveError::Db { .. }) => Err(Failure::error(e)),
+                Err(e) => Err(Failure::rejected(e)),
+            }
+        }
+        EvidenceCommand::Export { db } => {
+            let n = tokio::task::spawn_blocking(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let n = tdx_watch::export(&db, &mut out);
+                let _ = std::io::Write::flush(&mut out);
+                n
+            })
+            .await
+            .map_err(Failure::error)?
+            .map_err(Failure::error)?;
+            eprintln!("tdx-agent: {n} records exported");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! The evidence archive (docs/watch.md, docs/formats.md §14): one SQLite file holding every
+//! appraisal with what an auditor needs to re-check it without trusting the watcher. Records
+//! are hash-chained: each commits to the one before, so an edit or a deletion inside the
+//! chain is found by [`verify`], and a deleted tail against a pinned head. Certificates,
+//! evidence documents and policies are stored once, by SHA-256, and referenced.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
+use sha2::{Digest as _, Sha256};
+
+pub const ARCHIVE_FORMAT: &str = "tdx-agent/evidence-archive/v1";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (sha256 BLOB PRIMARY KEY NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS appraisals (
+  seq INTEGER PRIMARY KEY NOT NULL,
+  target TEXT NOT NULL,
+  url TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  verdict TEXT NOT NULL,
+  failed_check TEXT,
+  certificate BLOB,
+  evidence BLOB,
+  challenge BLOB,
+  nonce BLOB,
+  policy BLOB NOT NULL,
+  report TEXT NOT NULL,
+  verifier_version TEXT NOT NULL,
+  prev_hash BLOB NOT NULL,
+  hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS appraisals_target_at ON appraisals (target, at);
+";
+
+/// One appraisal as the watcher records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRecord {
+    pub target: String,
+    pub url: String,
+    /// Unix seconds of the appraisal (its verification time).
+    pub at: i64,
+    /// `accepted`, `rejected`, or `error` (nothing to appraise: unreachable, timed out).
+    pub verdict: String,
+    pub failed_check: Option<String>,
+    /// The certificate the server presented (DER).
+    pub certificate: Option<Vec<u8>>,
+    /// The evidence document it served (JSON: quote, collateral, event log, GPU evidence).
+    pub evidence: Option<Vec<u8>>,
+    /// The challenge answer (JSON) and the nonce it answered.
+    pub challenge: Option<Vec<u8>>,
+    pub nonce: Option<Vec<u8>>,
+    /// The policy file's text the appraisal applied.
+    pub policy: Vec<u8>,
+    /// The report (JSON, as `attest --json` prints it), or the error.
+    pub report: String,
+    pub verifier_version: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive {path}: {detail}")]
+    Db { path: String, detail: String },
+    #[error("archive record #{seq} ({target} at {at}): {detail}")]
+    Record {
+        seq: i64,
+        target: String,
+        at: String,
+        detail: String,
+    },
+    #[error("archive: {0}")]
+    Chain(String),
+}
+
+fn db(path: &Path) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
+    move |e| ArchiveError::Db {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// The fields a record's hash covers, with blobs by digest.
+struct Hashed<'a> {
+    seq: i64,
+    target: &'a str,
+    url: &'a str,
+    at: i64,
+    verdict: &'a str,
+    failed_check: Option<&'a str>,
+    certificate: Option<&'a [u8]>,
+    evidence: Option<&'a [u8]>,
+    challenge: Option<&'a [u8]>,
+    nonce: Option<&'a [u8]>,
+    policy: &'a [u8],
+    report: &'a str,
+    verifier_version: &'a str,
+}
+
+/// SHA-256 over the format name, the previous hash, and every field length-prefixed (an
+/// absent optional field is one 0 byte, a present one a 1 byte and the field).
+fn record_hash(prev: &[u8], r: &Hashed<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let field = |h: &mut Sha256, b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    let opt = |h: &mut Sha256, b: Option<&[u8]>| match b {
+        None => h.update([0]),
+        Some(b) => {
+            h.update([1]);
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        }
+    };
+    field(&mut h, ARCHIVE_FORMAT.as_bytes());
+    field(&mut h, prev);
+    h.update(r.seq.to_be_bytes());
+    field(&mut h, r.target.as_bytes());
+    field(&mut h, r.url.as_bytes());
+    h.update(r.at.to_be_bytes());
+    field(&mut h, r.verdict.as_bytes());
+    opt(&mut h, r.failed_check.map(str::as_bytes));
+    opt(&mut h, r.certificate);
+    opt(&mut h, r.evidence);
+    opt(&mut h, r.challenge);
+    opt(&mut h, r.nonce);
+    field(&mut h, r.policy);
+    field(&mut h, r.report.as_bytes());
+    field(&mut h, r.verifier_version.as_bytes());
+    h.finalize().into()
+}
+
+pub struct Archive {
+    conn: Connection,
+    path: std::path::PathBuf,
+}
+
+impl Archive {
+    /// Open (or create) the archive at `path`. Every append is one transaction, synced.
+    pub fn open(path: &Path) -> Result<Self, ArchiveError> {
+        let conn = Connection::open(path).map_err(db(path))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+        )
+        .map_err(db(path))?;
+        conn.execute_batch(SCHEMA).map_err(db(path))?;
+        let format: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(db(path))?;
+        match format.as_deref() {
+            None => {
+                conn.execute_batch(&format!(
+                    "INSERT INTO meta (key, value) VALUES ('format', '{ARCHIVE_FORMAT}'),
+                     ('anchor_seq', '0'), ('anchor_hash', '{}');",
+                    hex::encode([0u8; 32])
+                ))
+                .map_err(db(path))?;
+            }
+            Some(ARCHIVE_FORMAT) => {}
+            Some(other) => {
+                return Err(ArchiveError::Db {
+                    path: path.display().to_string(),
+                    detail: format!("format {other:?}, this build reads {ARCHIVE_FORMAT:?}"),
+                });
+            }
+        }
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Limit the database to `pages` pages (SQLite's `max_page_count`): how tests make the
+    /// disk full.
+    pub fn set_max_page_count(&self, pages: i64) -> Result<(), ArchiveError> {
+        self.conn
+            .pragma_update(None, "max_page_count", pages)
+            .map_err(db(&self.path))
+    }
+
+    /// Append `r`; returns its sequence number and hash (the new head). All or nothing.
+    pub fn append(&mut self, r: &NewRecord) -> Result<(i64, [u8; 32]), ArchiveError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(db(&path))?;
+        let blob = |data: &Option<Vec<u8>>| -> Result<Option<[u8; 32]>, ArchiveError> {
+            let Some(d) = data else { return Ok(None) };
+            let key = sha256(d);
+            tx.execute(
+                "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?1, ?2)",
+                params![key.as_slice(), d],
+            )
+            .map_err(db(&path))?;
+            Ok(Some(key))
+        };
+        let certificate = blob(&r.certificate)?;
+        let evidence = blob(&r.evidence)?;
+        let policy = blob(&Some(r.policy.clone()))?.unwrap_or_default();
+        let (prev_seq, prev_hash) = last(&tx, &path)?;
+        let seq = prev_seq + 1;
+        let hash = record_hash(
+            &prev_hash,
+            &Hashed {
+                seq,
+                target: &r.target,
+                url: &r.url,
+                at: r.at,
+                verdict: &r.verdict,
+                failed_check: r.failed_check.as_deref(),
+                certificate: certificate.as_ref().map(|k| k.as_slice()),
+                evidence: evidence.as_ref().map(|k| k.as_slice()),
+                challenge: r.challenge.as_deref(),
+                nonce: r.nonce.as_deref(),
+                policy: &policy,
+                report: &r.report,
+                verifier_version: &r.verifier_version,
+            },
+        );
+        tx.execute(
+            "INSERT INTO appraisals (seq, target, url, at, verdict, failed_check, certificate,
+             evidence, challenge, nonce, policy, report, verifier_version, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            params![
+                seq,
+                r.target,
+                r.url,
+                r.at,
+                r.verdict,
+                r.failed_check,
+                certificate.as_ref().map(|k| k.to_vec()),
+                evidence.as_ref().map(|k| k.to_vec()),
+                r.challenge,
+                r.nonce,
+                policy.to_vec(),
+                r.report,
+                r.verifier_version,
+                prev_hash.to_vec(),
+                hash.to_vec(),
+            ],
+        )
+        .map_err(db(&path))?;
+        tx.commit().map_err(db(&path))?;
+        Ok((seq, hash))
+    }
+
+    /// The last record's sequence number and hash (the head to pin), or the anchor.
+    pub fn head(&self) -> Result<(i64, [u8; 32]), ArchiveError> {
+        last(&self.conn, &self.path)
+    }
+
+    /// Delete whole records older than `before` (unix seconds) and the blobs only they used;
+    /// the last deleted record's hash becomes the chain's anchor. Returns how many went.
+    pub fn prune(&mut self, before: i64) -> Result<usize, ArchiveError> {
+        let path = self.path.clone();
+        let tx = self.conn.transaction().map_err(db(&path))?;
+        // Only a prefix of the chain can go: the records before the first one to keep.
+        let first_kept: Option<i64> = tx
+            .query_row(
+                "SELECT MIN(seq) FROM appraisals WHERE at >= ?1",
+                params![before],
+                |r| r.get(0),
+            )
+            .map_err(db(&path))?;
+        let cut: Option<(i64, Vec<u8>)> = tx
+            .query_row(
+                "SELECT seq, hash FROM appraisals WHERE seq < ?1 ORDER BY seq DESC LIMIT 1",
+                params![first_kept.unwrap_or(i64::MAX)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db(&path))?;
+        let Some((seq, hash)) = cut else {
+            return Ok(0);
+        };
+        let n = tx
+            .execute("DELETE FROM appraisals WHERE seq <= ?1", params![seq])
+            .map_err(db(&path))?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'anchor_seq'",
+            params![seq.to_string()],
+        )
+        .map_err(db(&path))?;
+        tx.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'anchor_hash'",
+            params![hex::encode(&hash)],
+        )
+        .map_err(db(&path))?;
+        tx.execute(
+            "DELETE FROM blobs WHERE sha256 NOT IN (SELECT certificate FROM appraisals WHERE certificate IS NOT NULL
+             UNION SELECT evidence FROM appraisals WHERE evidence IS NOT NULL
+             UNION SELECT policy FROM appraisals)",
+            [],
+        )
+        .map_err(db(&path))?;
+        tx.commit().map_err(db(&path))?;
+        tracing::info!(pruned = n, anchor_seq = seq, anchor = %hex::encode(&hash), "archive pruned; the chain's anchor moved");
+        Ok(n)
+    }
+}
+
+fn anchor(conn: &Connection, path: &Path) -> Result<(i64, [u8; 32]), ArchiveError> {
+    let get = |key: &str| -> Result<String, ArchiveError> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
+        .map_err(db(path))
+    };
+    let seq = get("anchor_seq")?
+        .parse::<i64>()
+        .map_err(|e| ArchiveError::Chain(format!("meta anchor_seq: {e}")))?;
+    let hash = tdx_core::encoding::hex_array::<32>(&get("anchor_hash")?)
+        .map_err(|e| ArchiveError::Chain(format!("meta anchor_hash: {e}")))?;
+    Ok((seq, hash))
+}
+
+fn last(conn: &Connection, path: &Path) -> Result<(i64, [u8; 32]), ArchiveError> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, hash FROM appraisals ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db(path))?;
+    match row {
+        None => anchor(conn, path),
+        Some((seq, hash)) => Ok((
+            seq,
+            hash.try_into()
+                .map_err(|_| ArchiveError::Chain(format!("record #{seq}: hash is not 32 bytes")))?,
+        )),
+    }
+}
+
+/// What [`verify`] found intact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub records: usize,
+    pub head: [u8; 32],
+    pub anchor_seq: i64,
+}
+
+/// Walk the chain from its anchor: every record follows the one before (no gap), its hash
+/// is what its fields give, every blob it names is there and hashes to its name; with
+/// `pinned`, that head must be in the chain (a deleted tail removes it).
+pub fn verify(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, ArchiveError> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
+    let (anchor_seq, anchor_hash) = anchor(&conn, path)?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, target, url, at, verdict, failed_check, certificate, evidence, challenge,
+             nonce, policy, report, verifier_version, prev_hash, hash FROM appraisals ORDER BY seq",
+        )
+        .map_err(db(path))?;
+    let mut rows = stmt.query([]).map_err(db(path))?;
+    let mut prev = (anchor_seq, anchor_hash);
+    let mut records = 0;
+    let mut pinned_found = pinned.is_none() || pinned == Some(anchor_hash);
+    while let Some(row) = rows.next().map_err(db(path))? {
+        let get_err = db(path);
+        let seq: i64 = row.get(0).map_err(&get_err)?;
+        let target: String = row.get(1).map_err(&get_err)?;
+        let at: i64 = row.get(3).map_err(&get_err)?;
+        let bad = |detail: String| ArchiveError::Record {
+            seq,
+            target: target.clone(),
+            at: tdx_core::verify::time::format_unix(at),
+            detail,
+        };
+        if seq != prev.0 + 1 {
+            return Err(bad(format!(
+                "follows record #{}: records #{}..#{} are missing (deleted)",
+                prev.0,
+                prev.0 + 1,
+                seq - 1
+            )));
+        }
+        let blob_ref = |i: usize| -> Result<Option<Vec<u8>>, ArchiveError> {
+            row.get::<_, Option<Vec<u8>>>(i).map_err(db(path))
+        };
+        let (certificate, evidence, policy) = (blob_ref(6)?, blob_ref(7)?, blob_ref(10)?);
+        for (what, key) in [
+            ("certificate", &certificate),
+            ("evidence", &evidence),
+            ("policy", &policy),
+        ] {
+            let Some(key) = key else { continue };
+            let data: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT data FROM blobs WHERE sha256 = ?1",
+                    params![key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db(path))?;
+            match data {
+                None => return Err(bad(format!("its {what} is missing from the blobs"))),
+                Some(d) if sha256(&d).as_slice() != key.as_slice() => {
+                    return Err(bad(format!(
+                        "its {what} was altered (SHA-256 no longer matches)"
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let prev_hash: Vec<u8> = row.get(13).map_err(&get_err)?;
+        if prev_hash != prev.1 {
+            return Err(bad(
+                "does not follow the record before it (prev_hash differs)".into(),
+            ));
+        }
+        let url: String = row.get(2).map_err(&get_err)?;
+        let verdict: String = row.get(4).map_err(&get_err)?;
+        let failed_check: Option<String> = row.get(5).map_err(&get_err)?;
+        let challenge: Option<Vec<u8>> = row.get(8).map_err(&get_err)?;
+        let nonce: Option<Vec<u8>> = row.get(9).map_err(&get_err)?;
+        let report: String = row.get(11).map_err(&get_err)?;
+        let verifier_version: String = row.get(12).map_err(&get_err)?;
+        let stored: Vec<u8> = row.get(14).map_err(&get_err)?;
+        let computed = record_hash(
+            &prev_hash,
+            &Hashed {
+                seq,
+                target: &target,
+                url: &url,
+                at,
+                verdict: &verdict,
+                failed_check: failed_check.as_deref(),
+                certificate: certificate.as_deref(),
+                evidence: evidence.as_deref(),
+                challenge: challenge.as_deref(),
+                nonce: nonce.as_deref(),
+                policy: policy.as_deref().unwrap_or_default(),
+                report: &report,
+                verifier_version: &verifier_version,
+            },
+        );
+        if stored != computed {
+            return Err(bad("was altered: its fields no longer give its hash".into()));
+        }
+        if pinned == Some(computed) {
+            pinned_found = true;
+        }
+        prev = (seq, computed);
+        records += 1;
+    }
+    if !pinned_found {
+        return Err(ArchiveError::Chain(format!(
+            "the pinned head {} is not in the chain (which ends at record #{} with {}): records were deleted",
+            pinned.map(hex::encode).unwrap_or_default(),
+            prev.0,
+            hex::encode(prev.1)
+        )));
+    }
+    Ok(Verified {
+        records,
+        head: prev.1,
+        anchor_seq,
+    })
+}
+
+/// Every record as one JSON object per line (blobs inlined: certificate base64, evidence and
+/// challenge as JSON, policy as text), oldest first.
+pub fn export(path: &Path, out: &mut dyn std::io::Write) -> Result<usize, ArchiveError> {
+    use base64::Engine as _;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT a.seq, a.target, a.url, a.at, a.verdict, a.failed_check, c.data, e.data,
+             a.challenge, a.nonce, p.data, a.report, a.verifier_version, a.hash
+             FROM appraisals a
+             LEFT JOIN blobs c ON c.sha256 = a.certificate
+             LEFT JOIN blobs e ON e.sha256 = a.evidence
+             LEFT JOIN blobs p ON p.sha256 = a.policy
+             ORDER BY a.seq",
+        )
+        .map_err(db(path))?;
+    let mut rows = stmt.query([]).map_err(db(path))?;
+    let mut n = 0;
+    let json = |b: Option<Vec<u8>>| {
+        b.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    while let Some(row) = rows.next().map_err(db(path))? {
+        let e = db(path);
+        let at: i64 = row.get(3).map_err(&e)?;
+        let line = serde_json::json!({
+            "seq": row.get::<_, i64>(0).map_err(&e)?,
+            "target": row.get::<_, String>(1).map_err(&e)?,
+            "url": row.get::<_, String>(2).map_err(&e)?,
+            "at": tdx_core::verify::time::format_unix(at),
+            "verdict": row.get::<_, String>(4).map_err(&e)?,
+            "failed_check": row.get::<_, Option<String>>(5).map_err(&e)?,
+            "certificate": row.get::<_, Option<Vec<u8>>>(6).map_err(&e)?
+                .map(|c| base64::engine::general_purpose::STANDARD.encode(c)),
+            "evidence": json(row.get(7).map_err(&e)?),
+            "challenge": json(row.get(8).map_err(&e)?),
+            "nonce": row.get::<_, Option<Vec<u8>>>(9).map_err(&e)?.map(hex::encode),
+            "policy": row.get::<_, Option<Vec<u8>>>(10).map_err(&e)?
+                .map(|p| String::from_utf8_lossy(&p).into_owned()),
+            "report": json(row.get::<_, Option<String>>(11).map_err(&e)?.map(String::into_bytes)),
+            "verifier_version": row.get::<_, String>(12).map_err(&e)?,
+            "hash": hex::encode(row.get::<_, Vec<u8>>(13).map_err(&e)?),
+        });
+        writeln!(out, "{line}").map_err(|err| ArchiveError::Chain(format!("writing: {err}")))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn record(i: i64) -> NewRecord {
+        NewRecord {
+            target: "a".into(),
+            url: "https://127.0.0.1:1".into(),
+            at: 1_800_000_000 + i * 60,
+            verdict: "accepted".into(),
+            failed_check: None,
+            certificate: Some(b"cert".to_vec()),
+            evidence: Some(br#"{"quote":"x"}"#.to_vec()),
+            challenge: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
+            nonce: Some(vec![i as u8; 32]),
+            policy: b"[measurements]\n".to_vec(),
+            report: "{}".into(),
+            verifier_version: "0.1.0".into(),
+        }
+    }
+
+    fn filled(n: i64) -> (tempfile::TempDir, std::path::PathBuf, Vec<[u8; 32]>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.db");
+        let mut a = Archive::open(&path).unwrap();
+        let heads = (0..n).map(|i| a.append(&record(i)).unwrap().1).collect();
+        (tmp, path, heads)
+    }
+
+    #[test]
+    fn an_untouched_chain_verifies_and_blobs_are_stored_once() {
+        let (_t, path, heads) = filled(5);
+        let v = verify(&path, Some(heads[2])).unwrap();
+        assert_eq!((v.records, v.head), (5, heads[4]));
+        let conn = Connection::open(&path).unwrap();
+        let blobs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(blobs, 3, "certificate, evidence and policy once each");
+        let mut out = Vec::new();
+        assert_eq!(export(&path, &mut out).unwrap(), 5);
+        let first: serde_json::Value =
+            serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
+        assert_eq!(first["evidence"]["quote"], "x");
+    }
+
+    #[test]
+    fn edits_and_deletions_are_found_and_named() {
+        for (sql, needle) in [
+            (
+                "UPDATE appraisals SET verdict = 'accepted', failed_check = NULL, report = '{\"x\":1}' WHERE seq = 3",
+                "record #3",
+            ),
+            (
+                "DELETE FROM appraisals WHERE seq = 2",
+                "records #2..#2 are missing",
+            ),
+            (
+                "UPDATE blobs SET data = X'00' WHERE data = CAST('cert' AS BLOB)",
+                "certificate was altered",
+            ),
+        ] {
+            let (_t, path, _) = filled(5);
+            Connection::open(&path).unwrap().execute(sql, []).unwrap();
+            let e = verify(&path, None).unwrap_err().to_string();
+            assert!(e.contains(needle), "{sql}: {e}");
+        }
+        // A deleted tail is only seen against a pinned head.
+        let (_t, path, heads) = filled(5);
+        Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM appraisals WHERE seq >= 4", [])
+            .unwrap();
+        assert!(verify(&path, None).is_ok());
+        let e = verify(&path, Some(heads[4])).unwrap_err().to_string();
+        assert!(e.contains("pinned head"), "{e}");
+    }
+
+    #[test]
+    fn pruning_moves_the_anchor_and_the_rest_still_verifies() {
+        let (_t, path, heads) = filled(6);
+        let mut a = Archive::open(&path).unwrap();
+        // Records 1..=3 are older than the cut.
+        assert_eq!(a.prune(1_800_000_000 + 3 * 60).unwrap(), 3);
+        let v = verify(&path, Some(heads[5])).unwrap();
+        assert_eq!((v.records, v.anchor_seq), (3, 3));
+        // Appending continues the chain.
+        let (seq, _) = a.append(&record(9)).unwrap();
+        assert_eq!(seq, 7);
+        verify(&path, None).unwrap();
+    }
+
+    #[test]
+    fn a_full_disk_loses_no_committed_record() {
+        let (_t, path, _) = filled(2);
+        let mut a = Archive::open(&path).unwrap();
+        let pages: i64 = a
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        a.set_max_page_count(pages).unwrap();
+        let mut big = record(2);
+        big.evidence = Some(vec![b'x'; 1 << 20]);
+        assert!(a.append(&big).is_err());
+        let v = verify(&path, None).unwrap();
+        assert_eq!(v.records, 2);
+    }
+}

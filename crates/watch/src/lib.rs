@@ -1,0 +1,11 @@
+//! tdx-watch: continuous attestation of a fleet (`tdx-agent watch`) and the evidence archive
+//! auditors re-check (`tdx-agent evidence ...`), docs/watch.md.
+#![forbid(unsafe_code)]
+
+pub mod archive;
+pub mod config;
+pub mod run;
+
+pub use archive::{Archive, ArchiveError, NewRecord, Verified, export, verify};
+pub use config::{TargetConfig, WatchConfig, WatchConfigError};
+pub use run::{WatchError, run};

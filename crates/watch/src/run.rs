@@ -1,0 +1,437 @@
+//! The `watch` daemon: every target appraised on its interval (with jitter, bounded
+//! concurrency and a timeout) by an RA-TLS handshake and a fresh challenge against its policy,
+//! each appraisal archived before its metrics move, and `/metrics`, `/livez`, `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sha2::{Digest as _, Sha256};
+use tdx_client::{Client, ClientError, Target};
+use tdx_core::verify::{Policy, Verifier};
+
+use super::archive::{Archive, NewRecord};
+use super::config::{TargetConfig, WatchConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("{0}")]
+    Setup(String),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabel {
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabel {
+    target: String,
+    check: String,
+}
+
+struct Metrics {
+    registry: Registry,
+    /// 1 accepted, 0 rejected or failed, per target (what alert rules read).
+    last_result: Family<TargetLabel, Gauge>,
+    last_success: Family<TargetLabel, Gauge>,
+    appraisals: Family<TargetLabel, Counter>,
+    failures: Family<FailureLabel, Counter>,
+    measurement_changes: Family<TargetLabel, Counter>,
+    seconds: Histogram,
+    archive_head_seq: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("tdx_watch");
+        let m = Metrics {
+            registry: Registry::default(),
+            last_result: Family::default(),
+            last_success: Family::default(),
+            appraisals: Family::default(),
+            failures: Family::default(),
+            measurement_changes: Family::default(),
+            seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            archive_head_seq: Gauge::default(),
+        };
+        registry.register(
+            "last_result",
+            "1 when the target's last appraisal was accepted, 0 otherwise",
+            m.last_result.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When the target last passed",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "appraisals",
+            "Appraisals made, per target",
+            m.appraisals.clone(),
+        );
+        registry.register(
+            "failures",
+            "Failed appraisals, per target and failed check",
+            m.failures.clone(),
+        );
+        registry.register(
+            "measurement_changes",
+            "Times the target's measurements (MRTD, RTMR0-3) changed between appraisals",
+            m.measurement_changes.clone(),
+        );
+        registry.register(
+            "appraisal_duration_seconds",
+            "Time of one appraisal (connect, handshake, challenge)",
+            m.seconds.clone(),
+        );
+        registry.register(
+            "archive_head_seq",
+            "Sequence number of the archive's last record",
+            m.archive_head_seq.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+struct Shared {
+    archive: Mutex<Archive>,
+    metrics: Metrics,
+    /// False once an append failed (disk full, I/O): not ready, and said so.
+    archive_ok: AtomicBool,
+    archive_error: Mutex<String>,
+    last_head_seq: AtomicI64,
+}
+
+/// One target, ready to appraise.
+struct Watched {
+    config: TargetConfig,
+    target: Target,
+    client: Client,
+    policy_text: Vec<u8>,
+    last_measurements: Mutex<Option<String>>,
+}
+
+fn setup(e: impl std::fmt::Display) -> WatchError {
+    WatchError::Setup(e.to_string())
+}
+
+async fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, WatchError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|e| setup(format!("{what} {}: {e}", path.display())))
+}
+
+async fn watched(t: &TargetConfig) -> Result<Watched, WatchError> {
+    let policy_text = read(&t.policy, &format!("target {}: policy", t.name)).await?;
+    let text = String::from_utf8(policy_text.clone())
+        .map_err(|_| setup(format!("target {}: policy: not UTF-8", t.name)))?;
+    let policy = Policy::from_toml(&text, &t.policy.display().to_string())
+        .map_err(|e| setup(format!("target {}: {e}", t.name)))?;
+    let verifier = match &t.insecure_root {
+        Some(p) => Verifier::with_insecure_root(read(p, "insecure_root").await?),
+        None => Verifier::production(),
+    };
+    let mut client = Client::new(verifier, policy).map_err(setup)?;
+    if let Some(p) = &t.insecure_gpu_roots {
+        let roots =
+            tdx_core::gpu::GpuRoots::insecure_from_pem(&read(p, "insecure_gpu_roots").await?)
+                .map_err(|e| setup(format!("target {}: insecure_gpu_roots: {e}", t.name)))?;
+        client = client.with_insecure_gpu_roots(roots);
+    }
+    Ok(Watched {
+        target: Target::parse(&t.url).map_err(setup)?,
+        config: t.clone(),
+        client,
+        policy_text,
+        last_measurements: Mutex::new(None),
+    })
+}
+
+/// Run until `shutdown` completes. Prints `tdx-agent watch listening on ADDR` once serving.
+pub async fn run(
+    config: WatchConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), WatchError> {
+    let mut targets = Vec::new();
+    for t in &config.target {
+        targets.push(Arc::new(watched(t).await?));
+    }
+    let path = config.archive.clone();
+    let archive = tokio::task::spawn_blocking(move || Archive::open(&path))
+        .await
+        .map_err(setup)?
+        .map_err(setup)?;
+    let (head_seq, head) = archive.head().map_err(setup)?;
+    tracing::info!(head_seq, head = %hex::encode(head), "archive opened; pin this head to detect deletions");
+    let shared = Arc::new(Shared {
+        archive: Mutex::new(archive),
+        metrics: Metrics::new(),
+        archive_ok: AtomicBool::new(true),
+        archive_error: Mutex::new(String::new()),
+        last_head_seq: AtomicI64::new(head_seq),
+    });
+    shared.metrics.archive_head_seq.set(head_seq);
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| setup(format!("listen {}: {e}", config.listen)))?;
+    let local: SocketAddr = listener.local_addr().map_err(setup)?;
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .route("/livez", axum::routing::get(|| async { "alive" }))
+        .route("/readyz", axum::routing::get(readyz))
+        .with_state(Arc::clone(&shared));
+    println!("tdx-agent watch listening on {local}");
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency));
+    let timeout = Duration::from_secs(config.timeout_secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in targets {
+        tasks.spawn(watch_target(
+            w,
+            Arc::clone(&shared),
+            Arc::clone(&permits),
+            timeout,
+        ));
+    }
+    tasks.spawn(prune_loop(Arc::clone(&shared), config.retain_days));
+    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+    let result = server.await.map_err(setup);
+    tasks.abort_all();
+    result
+}
+
+/// Up to a tenth of `interval` either way, so targets added together do not move together.
+fn jittered(interval: Duration) -> Duration {
+    let spread = interval.as_millis() as u64 / 10;
+    if spread == 0 {
+        return interval;
+    }
+    let r = rand_core::RngCore::next_u64(&mut rand_core::OsRng) % (2 * spread + 1);
+    (interval + Duration::from_millis(r)).saturating_sub(Duration::from_millis(spread))
+}
+
+async fn watch_target(
+    w: Arc<Watched>,
+    shared: Arc<Shared>,
+    permits: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+) {
+    let interval = Duration::from_secs(w.config.interval_secs);
+    // The first appraisal soon, spread over a tenth of the interval.
+    tokio::time::sleep(jittered(interval) / 10).await;
+    loop {
+        let started = Instant::now();
+        if let Ok(_permit) = permits.acquire().await {
+            appraise_once(&w, &shared, timeout).await;
+        }
+        let wait = jittered(interval).saturating_sub(started.elapsed());
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
+    let started = Instant::now();
+    let at = tdx_core::verify::time::now_unix();
+    let outcome = tokio::time::timeout(
+        timeout,
+        tdx_client::attest::attest_recorded(&w.client, &w.target),
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut record = NewRecord {
+        target: w.config.name.clone(),
+        url: w.config.url.clone(),
+        at,
+        verdict: "error".into(),
+        failed_check: None,
+        certificate: None,
+        evidence: None,
+        challenge: None,
+        nonce: None,
+        policy: w.policy_text.clone(),
+        report: String::new(),
+        verifier_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut measurements = None;
+    match outcome {
+        Ok(Ok(a)) => {
+            let report = &a.fresh.report;
+            record.verdict = if report.accepted() {
+                "accepted"
+            } else {
+                "rejected"
+            }
+            .into();
+            record.failed_check = report.failures().next().map(|c| c.name.clone());
+            record.report = report.to_json();
+            record.certificate = Some(a.peer_cert);
+            record.evidence = serde_json::to_vec(&a.fresh.evidence).ok();
+            record.challenge = serde_json::to_vec(&a.fresh.challenge).ok();
+            record.nonce = Some(a.fresh.nonce.to_vec());
+            measurements = report
+                .measurements()
+                .as_ref()
+                .map(|m| format!("{}{}{}{}{}", m.mrtd, m.rtmr0, m.rtmr1, m.rtmr2, m.rtmr3));
+        }
+        Ok(Err(ClientError::Rejected(report))) => {
+            record.verdict = "rejected".into();
+            record.failed_check = report.failures().next().map(|c| c.name.clone());
+            record.report = report.to_json();
+        }
+        Ok(Err(e)) => {
+            record.failed_check = Some(
+                e.failed_check()
+                    .map_or_else(|| "connection".to_string(), |c| c.name),
+            );
+            if e.failed_check().is_some() {
+                record.verdict = "rejected".into();
+            }
+            record.report = serde_json::json!({ "error": e.to_string() }).to_string();
+        }
+        Err(_) => {
+            record.failed_check = Some("timeout".into());
+            record.report = serde_json::json!({
+                "error": format!("no answer within {} s (timeout_secs)", timeout.as_secs())
+            })
+            .to_string();
+        }
+    }
+    // Archived first: a metric never shows what the archive does not hold.
+    let archived = {
+        let shared = Arc::clone(shared);
+        let record = record.clone();
+        tokio::task::spawn_blocking(move || {
+            shared
+                .archive
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(&record)
+        })
+        .await
+    };
+    match archived {
+        Ok(Ok((seq, _))) => {
+            shared.last_head_seq.store(seq, Ordering::Relaxed);
+            shared.metrics.archive_head_seq.set(seq);
+            if !shared.archive_ok.swap(true, Ordering::Relaxed) {
+                tracing::info!("the archive takes records again");
+            }
+        }
+        Ok(Err(e)) => archive_failed(shared, e.to_string()),
+        Err(e) => archive_failed(shared, e.to_string()),
+    }
+    let m = &shared.metrics;
+    let label = TargetLabel {
+        target: w.config.name.clone(),
+    };
+    m.seconds.observe(elapsed);
+    m.appraisals.get_or_create(&label).inc();
+    let ok = record.verdict == "accepted";
+    let was = m.last_result.get_or_create(&label).set(i64::from(ok));
+    if ok {
+        m.last_success.get_or_create(&label).set(at);
+    } else {
+        m.failures
+            .get_or_create(&FailureLabel {
+                target: w.config.name.clone(),
+                check: record.failed_check.clone().unwrap_or_default(),
+            })
+            .inc();
+    }
+    if was != i64::from(ok) {
+        tracing::warn!(target = %w.config.name, verdict = %record.verdict, failed_check = ?record.failed_check, "target state changed");
+    }
+    if let Some(now) = measurements {
+        let mut last = w
+            .last_measurements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.as_ref().is_some_and(|l| *l != now) {
+            m.measurement_changes.get_or_create(&label).inc();
+            tracing::warn!(target = %w.config.name, "measurements changed");
+        }
+        *last = Some(now);
+    }
+}
+
+fn archive_failed(shared: &Shared, detail: String) {
+    tracing::error!(error = %detail, "archiving an appraisal failed; not ready");
+    shared.archive_ok.store(false, Ordering::Relaxed);
+    *shared
+        .archive_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = detail;
+}
+
+async fn prune_loop(shared: Arc<Shared>, retain_days: u64) {
+    loop {
+        let before = tdx_core::verify::time::now_unix()
+            - i64::try_from(retain_days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+        let s = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = s
+                .archive
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .prune(before)
+            {
+                tracing::error!(error = %e, "pruning the archive failed");
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &shared.metrics.registry);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    if shared.archive_ok.load(Ordering::Relaxed) {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({
+                "ready": true,
+                "archive_head_seq": shared.last_head_seq.load(Ordering::Relaxed),
+            })),
+        )
+    } else {
+        let why = shared
+            .archive_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "ready": false,
+                "archive": format!("the last appraisal could not be archived: {why}"),
+            })),
+        )
+    }
+}
+
+/// The digest of a policy's text, as the archive stores it (for docs and tests).
+pub fn policy_digest(text: &[u8]) -> [u8; 32] {
+    Sha256::digest(text).into()
+}
