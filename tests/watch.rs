@@ -158,6 +158,41 @@ interval_secs = 1
         records.len()
     );
 
+    // Re-appraised offline at their own times, every record with evidence agrees...
+    let reverify = |db: &Path| {
+        tdx_agent(&[
+            "evidence",
+            "reverify",
+            path_str(db),
+            "--insecure-root",
+            good_td.root_str(),
+        ])
+    };
+    let r = reverify(&db);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains(", 0 disagree"), "{r}");
+    assert!(!r.stdout.contains(": 0 records re-appraised"), "{r}");
+    // ...until the stored policy is swapped: each record of that target is named.
+    let swapped = dir.path().join("swapped.db");
+    std::fs::copy(&db, &swapped).unwrap();
+    {
+        let c = rusqlite::Connection::open(&swapped).unwrap();
+        let n = c
+            .execute(
+                "UPDATE blobs SET data = ?1 WHERE data = ?2",
+                rusqlite::params![std::fs::read(&wrong).unwrap(), std::fs::read(&pin).unwrap()],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    let r = reverify(&swapped);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains("(good at ")
+            && r.stdout.contains("recorded accepted, now rejected (MRTD)"),
+        "{r}"
+    );
+
     // A rejected record rewritten as accepted: found, by record.
     conn.execute(
         "UPDATE appraisals SET verdict = 'accepted', failed_check = NULL

@@ -26,6 +26,27 @@ pub enum EvidenceCommand {
         #[arg(long, value_name = "HEX")]
         head: Option<String>,
     },
+    /// Re-appraise the records offline, each at its own time with its stored evidence and
+    /// policy: exit 0 when every verdict agrees, 1 naming each record that does not.
+    Reverify {
+        /// The archive (SQLite).
+        db: PathBuf,
+        /// Only this target's records.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only records at or after this instant (unix seconds or RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only records at or before this instant.
+        #[arg(long)]
+        to: Option<String>,
+        /// The root the targets were appraised against, if not Intel's (simulated TDs).
+        #[arg(long, value_name = "DER")]
+        insecure_root: Option<PathBuf>,
+        /// The GPU roots, if not NVIDIA's (simulated GPUs).
+        #[arg(long, value_name = "PEM")]
+        insecure_gpu_roots: Option<PathBuf>,
+    },
     /// Every record as a JSON line (blobs inlined), oldest first.
     Export {
         /// The archive (SQLite).
@@ -69,6 +90,65 @@ pub async fn evidence(c: EvidenceCommand) -> CliResult {
                 // A database that cannot be read is an I/O error; a broken chain a finding.
                 Err(e @ ArchiveError::Db { .. }) => Err(Failure::error(e)),
                 Err(e) => Err(Failure::rejected(e)),
+            }
+        }
+        EvidenceCommand::Reverify {
+            db,
+            target,
+            from,
+            to,
+            insecure_root,
+            insecure_gpu_roots,
+        } => {
+            let instant = |t: Option<String>, flag: &str| {
+                t.map(|t| {
+                    tdx_core::verify::time::parse_instant(&t)
+                        .map_err(|e| Failure::Error(format!("{flag}: {e}")))
+                })
+                .transpose()
+            };
+            let opts = tdx_watch::ReverifyOptions {
+                verifier: match &insecure_root {
+                    Some(p) => tdx_core::verify::Verifier::with_insecure_root(
+                        read_file(p, "--insecure-root").await?,
+                    ),
+                    None => tdx_core::verify::Verifier::production(),
+                },
+                gpu_roots: super::load_gpu_roots(insecure_gpu_roots.as_ref()).await?,
+                target,
+                from: instant(from, "--from")?,
+                to: instant(to, "--to")?,
+            };
+            let path = db.clone();
+            let r = tokio::task::spawn_blocking(move || tdx_watch::reverify(&path, &opts))
+                .await
+                .map_err(Failure::error)?
+                .map_err(Failure::error)?;
+            for d in &r.disagreements {
+                println!(
+                    "record #{} ({} at {}): recorded {}, now {}",
+                    d.seq,
+                    d.target,
+                    tdx_core::verify::time::format_unix(d.at),
+                    d.recorded,
+                    d.now
+                );
+            }
+            println!(
+                "{}: {} records re-appraised, {} disagree; {} without evidence to re-appraise",
+                db.display(),
+                r.checked,
+                r.disagreements.len(),
+                r.without_evidence
+            );
+            if r.disagreements.is_empty() {
+                Ok(())
+            } else {
+                Err(Failure::rejected(format!(
+                    "{} records disagree with their recorded verdict (first: record #{})",
+                    r.disagreements.len(),
+                    r.disagreements.first().map_or(0, |d| d.seq)
+                )))
             }
         }
         EvidenceCommand::Export { db } => {

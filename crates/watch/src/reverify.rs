@@ -1,0 +1,192 @@
+//! `evidence reverify`: re-appraise archived records offline, each at its own time with its
+//! own stored certificate, collateral, challenge and policy, and say where today's verdict
+//! differs from the recorded one (a swapped policy or collateral, or a verifier that changed).
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, params};
+use tdx_core::gpu::{GpuEvidenceSet, GpuRoots, GpuVerifier, nonce_for_certificate};
+use tdx_core::ratls::{CollateralSource, RaTlsError, RaTlsVerifier};
+use tdx_core::verify::{Policy, Report, Verifier};
+use tdx_core::wire::{ChallengeResponseJson, EvidenceJson};
+
+use super::archive::ArchiveError;
+
+/// Which records to re-appraise, and the roots they were appraised against.
+pub struct ReverifyOptions {
+    pub verifier: Verifier,
+    pub gpu_roots: GpuRoots,
+    pub target: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// A record whose verdict today is not the recorded one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disagreement {
+    pub seq: i64,
+    pub target: String,
+    pub at: i64,
+    pub recorded: String,
+    pub now: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reverified {
+    /// Records re-appraised.
+    pub checked: usize,
+    /// Records without evidence to re-appraise (errors, refusals before any evidence).
+    pub without_evidence: usize,
+    pub disagreements: Vec<Disagreement>,
+}
+
+fn db(path: &Path) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
+    move |e| ArchiveError::Db {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// `verdict` or `verdict (first failed check)`.
+fn outcome(verdict: &str, check: Option<&str>) -> String {
+    match check {
+        Some(c) => format!("{verdict} ({c})"),
+        None => verdict.to_string(),
+    }
+}
+
+pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, ArchiveError> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
+    let mut stmt = conn
+        .prepare(
+            "SELECT a.seq, a.target, a.at, a.verdict, a.failed_check, c.data, e.data,
+             a.challenge, a.nonce, p.data
+             FROM appraisals a
+             LEFT JOIN blobs c ON c.sha256 = a.certificate
+             LEFT JOIN blobs e ON e.sha256 = a.evidence
+             LEFT JOIN blobs p ON p.sha256 = a.policy
+             WHERE (?1 IS NULL OR a.target = ?1) AND (?2 IS NULL OR a.at >= ?2)
+               AND (?3 IS NULL OR a.at <= ?3)
+             ORDER BY a.seq",
+        )
+        .map_err(db(path))?;
+    let mut rows = stmt
+        .query(params![opts.target, opts.from, opts.to])
+        .map_err(db(path))?;
+    let mut out = Reverified::default();
+    let gpu_verifier = GpuVerifier::new();
+    while let Some(row) = rows.next().map_err(db(path))? {
+        let e = db(path);
+        let seq: i64 = row.get(0).map_err(&e)?;
+        let target: String = row.get(1).map_err(&e)?;
+        let at: i64 = row.get(2).map_err(&e)?;
+        let verdict: String = row.get(3).map_err(&e)?;
+        let failed: Option<String> = row.get(4).map_err(&e)?;
+        let cert: Option<Vec<u8>> = row.get(5).map_err(&e)?;
+        let evidence: Option<Vec<u8>> = row.get(6).map_err(&e)?;
+        let challenge: Option<Vec<u8>> = row.get(7).map_err(&e)?;
+        let nonce: Option<Vec<u8>> = row.get(8).map_err(&e)?;
+        let policy: Option<Vec<u8>> = row.get(9).map_err(&e)?;
+        let (Some(cert), Some(evidence), Some(challenge), Some(nonce)) =
+            (cert, evidence, challenge, nonce)
+        else {
+            out.without_evidence += 1;
+            continue;
+        };
+        let recorded = outcome(&verdict, failed.as_deref());
+        let now = match appraise(
+            opts,
+            &gpu_verifier,
+            &cert,
+            &evidence,
+            &challenge,
+            &nonce,
+            policy.as_deref().unwrap_or_default(),
+            at,
+        ) {
+            Ok(report) => outcome(
+                if report.accepted() {
+                    "accepted"
+                } else {
+                    "rejected"
+                },
+                report.failures().next().map(|c| c.name.as_str()),
+            ),
+            Err(why) => format!("not appraisable: {why}"),
+        };
+        out.checked += 1;
+        if now != recorded {
+            out.disagreements.push(Disagreement {
+                seq,
+                target,
+                at,
+                recorded,
+                now,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The appraisal `attest --nonce` made, made again from the stored evidence at `at`.
+#[allow(clippy::too_many_arguments)]
+fn appraise(
+    opts: &ReverifyOptions,
+    gpu_verifier: &GpuVerifier,
+    cert: &[u8],
+    evidence: &[u8],
+    challenge: &[u8],
+    nonce: &[u8],
+    policy_text: &[u8],
+    at: i64,
+) -> Result<Report, String> {
+    let text = std::str::from_utf8(policy_text).map_err(|_| "the stored policy is not UTF-8")?;
+    let policy = Policy::from_toml(text, "the stored policy").map_err(|e| e.to_string())?;
+    let evidence: EvidenceJson =
+        serde_json::from_slice(evidence).map_err(|e| format!("stored evidence: {e}"))?;
+    let challenge: ChallengeResponseJson =
+        serde_json::from_slice(challenge).map_err(|e| format!("stored challenge: {e}"))?;
+    let ratls = RaTlsVerifier::new(
+        opts.verifier.clone(),
+        policy.clone(),
+        CollateralSource::Stapled,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut report = match ratls.verify_certificate(cert, at) {
+        Ok(r) => (*r).clone(),
+        Err(RaTlsError::QuoteRejected(r)) => *r,
+        Err(e) => return Err(format!("RA-TLS certificate: {e}")),
+    };
+    let spki = tdx_core::ratls::certificate_spki_sha256(cert).map_err(|e| e.to_string())?;
+    if policy.gpu.count > 0 {
+        let claims = tdx_core::ratls::certificate_claims(cert).map_err(|e| e.to_string())?;
+        let set = match &evidence.gpu_evidence {
+            None => Err("the document carries no GPU evidence".to_string()),
+            Some(v) => GpuEvidenceSet::from_json_value(v.clone()).map_err(|e| e.to_string()),
+        };
+        tdx_core::verify::gpus::appraise_served_gpus(
+            &mut report,
+            gpu_verifier,
+            &opts.gpu_roots,
+            &policy.gpu,
+            cert,
+            evidence.gpu_collateral.as_ref(),
+            set.as_ref().map_err(Clone::clone),
+            claims.gpu_evidence_sha256,
+            nonce_for_certificate(&spki),
+            at,
+        );
+    }
+    tdx_client::check_challenge(
+        &mut report,
+        &opts.verifier,
+        &policy,
+        &evidence,
+        &challenge,
+        nonce,
+        &spki,
+        at,
+    );
+    Ok(report)
+}
