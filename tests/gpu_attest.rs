@@ -37,6 +37,22 @@ fn sim_with_gpus(n: u32) -> SimTd {
     sim
 }
 
+/// `sim gpu --index I --state S`.
+fn set_gpu_state(sim: &SimTd, index: u32, state: &str) {
+    let i = index.to_string();
+    let r = tdx_agent(&[
+        "sim",
+        "gpu",
+        "--sim-dir",
+        sim.dir_str(),
+        "--index",
+        &i,
+        "--state",
+        state,
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+}
+
 fn gpu_roots(sim: &SimTd) -> String {
     path_str(&sim.dir.join("gpu-roots.pem")).to_string()
 }
@@ -198,17 +214,7 @@ async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
         ),
         ("hang", "not return", "[FAIL] GPU evidence binding"),
     ] {
-        let r = tdx_agent(&[
-            "sim",
-            "gpu",
-            "--sim-dir",
-            sim.dir_str(),
-            "--index",
-            "1",
-            "--state",
-            state,
-        ]);
-        assert_eq!(r.code, 0, "{r}");
+        set_gpu_state(&sim, 1, state);
         let detail = wait_gpu_ready(&d, &sim, false, Duration::from_secs(60)).await;
         assert!(detail.starts_with("gpu[1]"), "{state}: {detail}");
         assert!(detail.contains(readyz), "{state}: {detail}");
@@ -240,17 +246,7 @@ async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
             "{state}: a request reached the model"
         );
 
-        let r = tdx_agent(&[
-            "sim",
-            "gpu",
-            "--sim-dir",
-            sim.dir_str(),
-            "--index",
-            "1",
-            "--state",
-            "ok",
-        ]);
-        assert_eq!(r.code, 0, "{r}");
+        set_gpu_state(&sim, 1, "ok");
         wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
     }
 }

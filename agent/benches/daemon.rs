@@ -106,8 +106,7 @@ fn plain_server_main(padding: usize) {
     });
 }
 
-/// `serve` on a fresh simulated TD (a fresh one each time: a second agent with another
-/// configuration in the same simulated boot would be refused, RTMR3 already holds the first).
+/// `serve` on a fresh simulated TD in `tmp/name`.
 fn serve(
     bin: &str,
     tmp: &std::path::Path,
@@ -115,24 +114,13 @@ fn serve(
     delay_ms: u64,
 ) -> (Proc, std::net::SocketAddr) {
     let sim = tmp.join(name);
-    let sim = sim.to_str().unwrap();
-    let ok = Command::new(bin)
-        .args(["sim", "pki", "--sim-dir", sim])
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "sim pki: {ok:?}");
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "serve",
-        "--tee",
-        "sim",
-        "--sim-dir",
-        sim,
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .args(["--sim-quote-delay-ms", &delay_ms.to_string()]);
-    spawn_listening(cmd, "tdx-agent serve")
+    let delay = delay_ms.to_string();
+    common::serve_sim(
+        bin,
+        sim.to_str().unwrap(),
+        &[],
+        &["--sim-quote-delay-ms", &delay],
+    )
 }
 
 fn rss_kib(pid: u32) -> u64 {

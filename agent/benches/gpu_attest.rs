@@ -14,7 +14,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, client_config_no_alpn, handshakes, median, spawn_listening};
+use common::{Proc, client_config_no_alpn, handshakes, median};
 
 const GPUS: u32 = 8;
 /// Odd, so the median is one round.
@@ -35,26 +35,9 @@ fn run(bin: &str, args: &[&str]) -> std::process::Output {
 
 /// `serve` on a fresh simulated TD with `gpus` simulated GPUs (none for 0).
 fn serve(bin: &str, sim: &str, gpus: u32) -> (Proc, std::net::SocketAddr) {
-    let mut pki = vec!["sim", "pki", "--sim-dir", sim];
     let n = gpus.to_string();
-    if gpus > 0 {
-        pki.extend(["--gpus", n.as_str()]);
-    }
-    run(bin, &pki);
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "serve",
-        "--tee",
-        "sim",
-        "--sim-dir",
-        sim,
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    if gpus > 0 {
-        cmd.args(["--gpus", n.as_str()]);
-    }
-    spawn_listening(cmd, "tdx-agent serve")
+    let args: &[&str] = if gpus > 0 { &["--gpus", &n] } else { &[] };
+    common::serve_sim(bin, sim, args, args)
 }
 
 /// Wall time of one `attest --nonce` process.

@@ -126,3 +126,25 @@ pub fn release_bin() -> String {
     );
     bin
 }
+
+/// `sim pki --sim-dir SIM PKI_ARGS...` then `serve --tee sim --sim-dir SIM --listen
+/// 127.0.0.1:0 SERVE_ARGS...`, on a fresh simulated TD each time (a second agent with another
+/// configuration in the same simulated boot would be refused: RTMR3 already holds the first).
+pub fn serve_sim(
+    bin: &str,
+    sim: &str,
+    pki_args: &[&str],
+    serve_args: &[&str],
+) -> (Proc, std::net::SocketAddr) {
+    let ok = Command::new(bin)
+        .args(["sim", "pki", "--sim-dir", sim])
+        .args(pki_args)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "sim pki: {ok:?}");
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--tee", "sim", "--sim-dir", sim])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(serve_args);
+    spawn_listening(cmd, "tdx-agent serve")
+}

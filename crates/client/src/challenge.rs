@@ -141,7 +141,8 @@ pub fn check_challenge_gpus(
     let before = scratch.failures().count();
     super::gpus::appraise_into(
         &mut scratch,
-        client,
+        client.gpus(),
+        &client.policy().gpu,
         session,
         evidence,
         Ok(&set),

@@ -106,7 +106,7 @@ fn appraise(
             Some(v) => GpuEvidenceSet::from_json_value(v.clone()).map_err(|e| e.to_string()),
         }
     };
-    appraise_with(
+    appraise_into(
         &mut report,
         appraiser,
         policy,
@@ -124,30 +124,6 @@ fn appraise(
 /// `report`: for the certificate's GPUs and for a challenge batch's.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn appraise_into(
-    report: &mut Report,
-    client: &super::Client,
-    session: &Session,
-    evidence: &EvidenceJson,
-    set: Result<&GpuEvidenceSet, String>,
-    claimed: Option<[u8; 32]>,
-    nonce: [u8; 32],
-    at: i64,
-) {
-    appraise_with(
-        report,
-        client.gpus(),
-        &client.policy().gpu,
-        session,
-        evidence,
-        set,
-        claimed,
-        nonce,
-        at,
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-fn appraise_with(
     report: &mut Report,
     appraiser: &GpuAppraiser,
     policy: &tdx_core::gpu::GpuPolicy,
