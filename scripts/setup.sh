@@ -18,6 +18,11 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 # fusermount3 for the configfs-tsm emulator of tests/tsm_emulator.rs (tests/tsm-emulator).
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+# tests/prometheus_rules.rs and tests/watch.rs: promtool on the shipped alert rules, and a
+# real Prometheus scraping `watch` (Debian's package; its own service is not used).
+if [ "$for_tests" = 1 ]; then
+  command -v promtool >/dev/null || need_apt+=(prometheus)
+fi
 # tests/systemd_units.rs checks the shipped units with systemd-analyze.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)
 # The Python gRPC/probe clients of the end-to-end tests need a python3 that can make venvs

@@ -232,3 +232,155 @@ interval_secs = 1
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stderr.contains("pinned head"), "{r}");
 }
+
+/// A free loopback port (bound and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A real Prometheus (Debian's package), scraping `target` every second and evaluating the
+/// shipped rules every second with their `for:` durations shortened to 1 s; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: &str) -> Self {
+        let shipped =
+            std::fs::read_to_string(support::repo().join("deploy/prometheus/tdx-agent.rules.yml"))
+                .unwrap();
+        let rules: String = shipped
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix("for: ") {
+                Some(_) => format!("{}for: 1s\n", &l[..l.len() - l.trim_start().len()]),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        write(&dir.join("rules.yml"), &rules);
+        let config = write(
+            &dir.join("prometheus.yml"),
+            &format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - rules.yml\nscrape_configs:\n  - job_name: watch\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        );
+        let port = free_port();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", path_str(&config)))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                path_str(&dir.join("data"))
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus not found: apt-get install prometheus (.ci/run does)");
+        Prometheus {
+            child,
+            url: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// The alerts Prometheus's HTTP API reports (none while it is still starting).
+    async fn alerts(&self) -> Vec<serde_json::Value> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let Ok(mut tcp) = tokio::net::TcpStream::connect(&self.url).await else {
+            return Vec::new();
+        };
+        let req = format!("GET /api/v1/alerts HTTP/1.0\r\nHost: {}\r\n\r\n", self.url);
+        if tcp.write_all(req.as_bytes()).await.is_err() {
+            return Vec::new();
+        }
+        let mut answer = Vec::new();
+        let _ = tcp.read_to_end(&mut answer).await;
+        let text = String::from_utf8_lossy(&answer);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["data"]["alerts"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_stays_green() {
+    let good_td = SimTd::new();
+    let good = Daemon::sim(&good_td, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let m = good_td.measurements();
+    let pin = write(
+        &dir.path().join("good.toml"),
+        &format!(
+            "[measurements]\nmrtd = [\"{}\"]\n",
+            m["mrtd"].as_str().unwrap()
+        ),
+    );
+    // The same agent under a policy it no longer meets (its model changed, say).
+    let wrong = write(
+        &dir.path().join("wrong.toml"),
+        &format!("[measurements]\nmrtd = [\"{}\"]\n", "00".repeat(48)),
+    );
+    let config = write(
+        &dir.path().join("watch.toml"),
+        &format!(
+            "archive = \"{db}\"\nlisten = \"127.0.0.1:0\"\n\n[[target]]\nname = \"green\"\nurl = \"{url}\"\npolicy = \"{pin}\"\ninsecure_root = \"{root}\"\ninterval_secs = 1\n\n[[target]]\nname = \"drifted\"\nurl = \"{url}\"\npolicy = \"{wrong}\"\ninsecure_root = \"{root}\"\ninterval_secs = 1\n",
+            db = path_str(&dir.path().join("a.db")),
+            url = good.url(),
+            pin = path_str(&pin),
+            wrong = path_str(&wrong),
+            root = good_td.root_str(),
+        ),
+    );
+    let watch = Listening::spawn(
+        "watch",
+        "tdx-agent watch listening on ",
+        &["watch", "--config", path_str(&config)],
+        &[],
+        &[],
+    );
+    let prom_dir = dir.path().join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let prom = Prometheus::start(&prom_dir, &watch.addr);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let firing = loop {
+        let alerts = prom.alerts().await;
+        let firing: Vec<serde_json::Value> = alerts
+            .into_iter()
+            .filter(|a| a["state"] == "firing")
+            .collect();
+        if firing
+            .iter()
+            .any(|a| a["labels"]["alertname"] == "TdxAttestationFailing")
+        {
+            break firing;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TdxAttestationFailing alert fired; watch metrics:\n{}",
+            http_get(&watch.addr, "/metrics").await.text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let failing: Vec<&serde_json::Value> = firing
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == "TdxAttestationFailing")
+        .collect();
+    assert_eq!(failing.len(), 1, "{firing:?}");
+    assert_eq!(failing[0]["labels"]["target"], "drifted", "{firing:?}");
+    assert!(
+        !firing.iter().any(|a| a["labels"]["target"] == "green"),
+        "the passing target has a firing alert: {firing:?}"
+    );
+}

@@ -45,11 +45,15 @@ struct Metrics {
     /// 1 accepted, 0 rejected or failed, per target (what alert rules read).
     last_result: Family<TargetLabel, Gauge>,
     last_success: Family<TargetLabel, Gauge>,
+    last_appraisal: Family<TargetLabel, Gauge>,
+    interval: Family<TargetLabel, Gauge>,
     appraisals: Family<TargetLabel, Counter>,
     failures: Family<FailureLabel, Counter>,
     measurement_changes: Family<TargetLabel, Counter>,
     seconds: Histogram,
     archive_head_seq: Gauge,
+    /// 1 while the archive takes records, 0 after an append failed.
+    archive_ok: Gauge,
 }
 
 impl Metrics {
@@ -59,11 +63,14 @@ impl Metrics {
             registry: Registry::default(),
             last_result: Family::default(),
             last_success: Family::default(),
+            last_appraisal: Family::default(),
+            interval: Family::default(),
             appraisals: Family::default(),
             failures: Family::default(),
             measurement_changes: Family::default(),
             seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             archive_head_seq: Gauge::default(),
+            archive_ok: Gauge::default(),
         };
         registry.register(
             "last_result",
@@ -99,6 +106,11 @@ impl Metrics {
             "archive_head_seq",
             "Sequence number of the archive's last record",
             m.archive_head_seq.clone(),
+        );
+        registry.register(
+            "archive_ok",
+            "1 while the archive takes records, 0 after an append failed",
+            m.archive_ok.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -182,6 +194,7 @@ pub async fn run(
         last_head_seq: AtomicI64::new(head_seq),
     });
     shared.metrics.archive_head_seq.set(head_seq);
+    shared.metrics.archive_ok.set(1);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -197,6 +210,13 @@ pub async fn run(
     let timeout = Duration::from_secs(config.timeout_secs);
     let mut tasks = tokio::task::JoinSet::new();
     for w in targets {
+        shared
+            .metrics
+            .interval
+            .get_or_create(&TargetLabel {
+                target: w.config.name.clone(),
+            })
+            .set(i64::try_from(w.config.interval_secs).unwrap_or(i64::MAX));
         tasks.spawn(watch_target(
             w,
             Arc::clone(&shared),
@@ -324,6 +344,7 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
         Ok(Ok((seq, _))) => {
             shared.last_head_seq.store(seq, Ordering::Relaxed);
             shared.metrics.archive_head_seq.set(seq);
+            shared.metrics.archive_ok.set(1);
             if !shared.archive_ok.swap(true, Ordering::Relaxed) {
                 tracing::info!("the archive takes records again");
             }
@@ -337,6 +358,7 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
     };
     m.seconds.observe(elapsed);
     m.appraisals.get_or_create(&label).inc();
+    m.last_appraisal.get_or_create(&label).set(at);
     let ok = record.verdict == "accepted";
     let was = m.last_result.get_or_create(&label).set(i64::from(ok));
     if ok {
@@ -368,6 +390,7 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
 fn archive_failed(shared: &Shared, detail: String) {
     tracing::error!(error = %detail, "archiving an appraisal failed; not ready");
     shared.archive_ok.store(false, Ordering::Relaxed);
+    shared.metrics.archive_ok.set(0);
     *shared
         .archive_error
         .lock()
