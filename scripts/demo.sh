@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The main job on the simulated TD: the agent measuring a model and fronting a model server,
 # verified by a client before anything reaches the model.
-#   1. a simulated TD and PKI, a simulated PCCS serving its collateral, a toy model directory
-#      and a stand-in model server (python's http.server with a canned /v1/models; the real
-#      vLLM run is tests/vllm_e2e.rs);
-#   2. `tdx-agent serve` on the simulated TD: measures its config and the model into RTMR3,
-#      then serves the RA-TLS certificate, HTTPS + gRPC, and /v1/ to the model server;
-#   3. `tdx-agent attest --nonce` with a policy pinning the model: every check, a fresh challenge;
-#   4. the same server against Intel's production root, and against a policy pinning another
-#      model: both refused (exit 1);
+#   1. a simulated TD with two simulated H100s (CC on) and its PKI, a simulated PCCS serving
+#      its collateral, a toy model directory and a stand-in model server (python's http.server
+#      with a canned /v1/models; the real vLLM run is tests/vllm_e2e.rs);
+#   2. `tdx-agent serve` on the simulated TD: attests the GPUs and measures its config, the
+#      model and the GPUs' CC state into RTMR3, then serves the RA-TLS certificate (bound to
+#      the GPUs' evidence), HTTPS + gRPC, and /v1/ to the model server;
+#   3. `tdx-agent attest --nonce` with a policy pinning the model and requiring both GPUs:
+#      every check, per GPU too, and a fresh challenge;
+#   4. the same server against Intel's production root, against a policy pinning another
+#      model, and with GPU 1 switched to devtools mode: all refused (exit 1);
 #   5. `tdx-agent connect` in front: an OpenAI-style request through the verified chain;
 #   6. an offline `verify` of a fresh quote, and the audit log's hash chain.
 # Uses target/release/tdx-agent if built, else builds it.
@@ -34,7 +36,7 @@ wait_port() {
 }
 
 echo "== 1. simulated TD and PKI in $DIR, a simulated PCCS, a model and a stand-in model server"
-"$BIN" sim pki --sim-dir "$DIR"
+"$BIN" sim pki --sim-dir "$DIR" --gpus 2
 "$BIN" sim pccs --sim-dir "$DIR" --listen "127.0.0.1:$PCCS_PORT" & pids+=($!)
 mkdir -p "$DIR/model" "$DIR/upstream/v1"
 printf '{"layers": 2}\n' > "$DIR/model/config.json"
@@ -53,32 +55,49 @@ type = "model"
 allowed = [{ manifest_sha256 = "$MANIFEST" }]
 [[rtmr3_events.pin]]
 type = "agent-config"
+# The GPUs the agent verified and measured (docs/gpu.md): both, CC on, firmware NVIDIA signed.
+[[rtmr3_events.pin]]
+type = "gpu"
+[gpu]
+count = 2
 EOF
 sed "s/$MANIFEST/$(printf '0%.0s' $(seq 64))/" "$DIR/policy.toml" > "$DIR/other-model.toml"
 
 echo "== 2. the agent on the simulated TD: model measured into RTMR3, fronting the model server"
 "$BIN" serve --tee sim --sim-dir "$DIR" --listen "127.0.0.1:$AGENT_PORT" \
   --pccs "http://127.0.0.1:$PCCS_PORT" --upstream "http://127.0.0.1:$MODEL_PORT" \
-  --model-dir "$DIR/model" & pids+=($!)
+  --model-dir "$DIR/model" --gpus 2 & pids+=($!)
 wait_port "$AGENT_PORT"
 
-echo "== 3. attest it with a policy pinning the model, plus a fresh challenge"
-"$BIN" attest "https://127.0.0.1:$AGENT_PORT" --insecure-root "$DIR/root.der" \
-  --policy "$DIR/policy.toml" --nonce
+GPU_ROOTS=(--insecure-gpu-roots "$DIR/gpu-roots.pem")
 
-echo "== 4. refused against Intel's production root, and against a policy pinning another model"
-for args in "" "--insecure-root $DIR/root.der --policy $DIR/other-model.toml"; do
+echo "== 3. attest it with a policy pinning the model and requiring both GPUs, plus a fresh challenge"
+"$BIN" attest "https://127.0.0.1:$AGENT_PORT" --insecure-root "$DIR/root.der" \
+  --policy "$DIR/policy.toml" "${GPU_ROOTS[@]}" --nonce
+
+echo "== 4. refused against Intel's production root, a policy pinning another model, a GPU in devtools mode"
+refused() {
   set +e
-  # shellcheck disable=SC2086  # $args is a list of flags
-  "$BIN" attest "https://127.0.0.1:$AGENT_PORT" $args >/dev/null 2>"$DIR/refusal.txt"
+  "$BIN" attest "https://127.0.0.1:$AGENT_PORT" "$@" >/dev/null 2>"$DIR/refusal.txt"
   code=$?
   set -e
   if [ "$code" -ne 1 ]; then echo "demo: expected exit 1, got $code" >&2; exit 1; fi
   echo "refused as expected (exit 1): $(tail -1 "$DIR/refusal.txt")"
+}
+for args in "" "--insecure-root $DIR/root.der --policy $DIR/other-model.toml"; do
+  # shellcheck disable=SC2086  # $args is a list of flags
+  refused $args "${GPU_ROOTS[@]}"
 done
+# The agent re-checks its GPUs every minute; a rotation makes it look now.
+"$BIN" sim gpu --sim-dir "$DIR" --index 1 --state devtools
+"$BIN" admin --socket "$DIR/run/admin.sock" rotate >/dev/null
+refused --insecure-root "$DIR/root.der" --policy "$DIR/policy.toml" "${GPU_ROOTS[@]}"
+curl -sk "https://127.0.0.1:$AGENT_PORT/readyz" | grep -o '"gpu\[1\][^"]*"' || true
+"$BIN" sim gpu --sim-dir "$DIR" --index 1 --state ok
+"$BIN" admin --socket "$DIR/run/admin.sock" rotate >/dev/null
 
 echo "== 5. tdx-agent connect: a local endpoint that forwards only to a verified server"
-"$BIN" connect "https://127.0.0.1:$AGENT_PORT" --policy "$DIR/policy.toml" \
+"$BIN" connect "https://127.0.0.1:$AGENT_PORT" --policy "$DIR/policy.toml" "${GPU_ROOTS[@]}" \
   --insecure-root "$DIR/root.der" --listen "127.0.0.1:$CONNECT_PORT" >/dev/null & pids+=($!)
 wait_port "$CONNECT_PORT"
 curl -sf "http://127.0.0.1:$CONNECT_PORT/v1/models"; echo
