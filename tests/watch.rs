@@ -332,10 +332,40 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
         &dir.path().join("wrong.toml"),
         &format!("[measurements]\nmrtd = [\"{}\"]\n", "00".repeat(48)),
     );
+    // The webhook receiver: every POST, headers and body.
+    let received: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
+    let hook_addr = {
+        let received = std::sync::Arc::clone(&received);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let received = std::sync::Arc::clone(&received);
+                async move {
+                    let sig = headers
+                        .get("x-tdx-agent-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    received.lock().unwrap().push((sig, body));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
+    let secret = b"a webhook secret of 32 bytes....";
+    let secret_file = write(
+        &dir.path().join("hook.secret"),
+        std::str::from_utf8(secret).unwrap(),
+    );
     let config = write(
         &dir.path().join("watch.toml"),
         &format!(
-            "archive = \"{db}\"\nlisten = \"127.0.0.1:0\"\n\n[[target]]\nname = \"green\"\nurl = \"{url}\"\npolicy = \"{pin}\"\ninsecure_root = \"{root}\"\ninterval_secs = 1\n\n[[target]]\nname = \"drifted\"\nurl = \"{url}\"\npolicy = \"{wrong}\"\ninsecure_root = \"{root}\"\ninterval_secs = 1\n",
+            "archive = \"{db}\"\nlisten = \"127.0.0.1:0\"\n[webhook]\nurl = \"http://{hook_addr}/hook\"\nsecret_file = \"{secret}\"\n\n[[target]]\nname = \"green\"\nurl = \"{url}\"\npolicy = \"{pin}\"\ninsecure_root = \"{root}\"\ninterval_secs = 1\non_failure = [\"alert\", \"webhook\"]\n\n[[target]]\nname = \"drifted\"\nurl = \"{url}\"\npolicy = \"{wrong}\"\ninsecure_root = \"{root}\"\ninterval_secs = 1\non_failure = [\"alert\", \"webhook\"]\n",
+            secret = path_str(&secret_file),
             db = path_str(&dir.path().join("a.db")),
             url = good.url(),
             pin = path_str(&pin),
@@ -383,4 +413,24 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
         !firing.iter().any(|a| a["labels"]["target"] == "green"),
         "the passing target has a firing alert: {firing:?}"
     );
+    // Exactly one webhook event, for the change of the failing target, signed with the secret
+    // (by then the target has failed at every one of many intervals).
+    let metrics = http_get(&watch.addr, "/metrics").await.text();
+    assert!(
+        metric(&metrics, "tdx_watch_appraisals_total{target=\"drifted\"}").unwrap_or(0.0) >= 3.0,
+        "{metrics}"
+    );
+    let events = received.lock().unwrap().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (sig, body) = &events[0];
+    assert_eq!(
+        *sig,
+        tdx_net::webhook::signature(secret, body.as_bytes()),
+        "the HMAC does not verify"
+    );
+    let event: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(event["target"], "drifted");
+    assert_eq!(event["state"], "failing");
+    assert_eq!(event["failed_check"], "MRTD");
+    assert_eq!(event["report_sha256"].as_str().map(str::len), Some(64));
 }

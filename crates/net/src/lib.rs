@@ -7,6 +7,7 @@ pub mod forward;
 mod http;
 pub mod nvidia;
 pub mod pccs;
+pub mod webhook;
 
 #[cfg(test)]
 mod nvidia_tests;

@@ -22,8 +22,29 @@ pub struct WatchConfig {
     /// Records older than this are pruned; the chain keeps the last pruned record's hash.
     #[serde(default = "default_retain_days")]
     pub retain_days: u64,
+    /// Where `on_failure = ["webhook"]` targets' state changes are POSTed.
+    pub webhook: Option<WebhookConfig>,
     #[serde(default)]
     pub target: Vec<TargetConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// A file holding the HMAC-SHA256 secret (at least 16 bytes): never the secret itself
+    /// in the config.
+    pub secret_file: PathBuf,
+}
+
+/// What `watch` does when a target starts or stops failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Set the target's metrics (what the alert rules read) and log the change once.
+    Alert,
+    /// POST a signed JSON event to `[webhook]`, once per change.
+    Webhook,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -41,6 +62,12 @@ pub struct TargetConfig {
     pub insecure_gpu_roots: Option<PathBuf>,
     #[serde(default = "default_interval")]
     pub interval_secs: u64,
+    #[serde(default = "default_on_failure")]
+    pub on_failure: Vec<OnFailure>,
+}
+
+fn default_on_failure() -> Vec<OnFailure> {
+    vec![OnFailure::Alert]
 }
 
 fn default_listen() -> SocketAddr {
@@ -106,6 +133,12 @@ impl WatchConfig {
                 return Err(err(&field("name"), format!("{:?} is used twice", t.name)));
             }
             tdx_client::Target::parse(&t.url).map_err(|e| err(&field("url"), e.to_string()))?;
+            if t.on_failure.contains(&OnFailure::Webhook) && c.webhook.is_none() {
+                return Err(err(
+                    &field("on_failure"),
+                    "\"webhook\" needs a [webhook] table (url, secret_file)".into(),
+                ));
+            }
             if !(1..=86_400).contains(&t.interval_secs) {
                 return Err(err(
                     &field("interval_secs"),
@@ -143,6 +176,8 @@ mod tests {
             (&format!("surprise = 1\n{ONE}"), "surprise"),
             (&format!("{ONE}on_fire = true\n"), "on_fire"),
             (&format!("timeout_secs = 0\n{ONE}"), "timeout_secs"),
+            (&format!("{ONE}on_failure = [\"webhook\"]\n"), "[webhook]"),
+            (&format!("{ONE}on_failure = [\"page\"]\n"), "page"),
         ] {
             let e = WatchConfig::from_toml(text, "w.toml")
                 .unwrap_err()

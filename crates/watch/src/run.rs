@@ -21,7 +21,7 @@ use tdx_client::{Client, ClientError, Target};
 use tdx_core::verify::{Policy, Verifier};
 
 use super::archive::{Archive, NewRecord};
-use super::config::{TargetConfig, WatchConfig};
+use super::config::{OnFailure, TargetConfig, WatchConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -132,6 +132,9 @@ struct Watched {
     client: Client,
     policy_text: Vec<u8>,
     last_measurements: Mutex<Option<String>>,
+    /// Whether the last appraisal passed (none yet: `None`), to act on changes only.
+    last_ok: Mutex<Option<bool>>,
+    webhook: Option<Arc<tdx_net::webhook::Webhook>>,
 }
 
 fn setup(e: impl std::fmt::Display) -> WatchError {
@@ -144,7 +147,10 @@ async fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, WatchError>
         .map_err(|e| setup(format!("{what} {}: {e}", path.display())))
 }
 
-async fn watched(t: &TargetConfig) -> Result<Watched, WatchError> {
+async fn watched(
+    t: &TargetConfig,
+    webhook: Option<&Arc<tdx_net::webhook::Webhook>>,
+) -> Result<Watched, WatchError> {
     let policy_text = read(&t.policy, &format!("target {}: policy", t.name)).await?;
     let text = String::from_utf8(policy_text.clone())
         .map_err(|_| setup(format!("target {}: policy: not UTF-8", t.name)))?;
@@ -167,6 +173,12 @@ async fn watched(t: &TargetConfig) -> Result<Watched, WatchError> {
         client,
         policy_text,
         last_measurements: Mutex::new(None),
+        last_ok: Mutex::new(None),
+        webhook: t
+            .on_failure
+            .contains(&OnFailure::Webhook)
+            .then(|| webhook.cloned())
+            .flatten(),
     })
 }
 
@@ -175,9 +187,19 @@ pub async fn run(
     config: WatchConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), WatchError> {
+    let webhook = match &config.webhook {
+        Some(w) => {
+            let secret = read(&w.secret_file, "webhook.secret_file").await?;
+            let secret = secret.trim_ascii().to_vec();
+            Some(Arc::new(
+                tdx_net::webhook::Webhook::new(&w.url, secret).map_err(setup)?,
+            ))
+        }
+        None => None,
+    };
     let mut targets = Vec::new();
     for t in &config.target {
-        targets.push(Arc::new(watched(t).await?));
+        targets.push(Arc::new(watched(t, webhook.as_ref()).await?));
     }
     let path = config.archive.clone();
     let archive = tokio::task::spawn_blocking(move || Archive::open(&path))
@@ -360,7 +382,7 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
     m.appraisals.get_or_create(&label).inc();
     m.last_appraisal.get_or_create(&label).set(at);
     let ok = record.verdict == "accepted";
-    let was = m.last_result.get_or_create(&label).set(i64::from(ok));
+    m.last_result.get_or_create(&label).set(i64::from(ok));
     if ok {
         m.last_success.get_or_create(&label).set(at);
     } else {
@@ -371,8 +393,32 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
             })
             .inc();
     }
-    if was != i64::from(ok) {
-        tracing::warn!(target = %w.config.name, verdict = %record.verdict, failed_check = ?record.failed_check, "target state changed");
+    let previous = w
+        .last_ok
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(ok);
+    // Acted on once per change: starting to fail (also at the first appraisal) or recovering.
+    if previous != Some(ok) && (previous.is_some() || !ok) {
+        let state = if ok { "recovered" } else { "failing" };
+        tracing::warn!(target = %w.config.name, state, verdict = %record.verdict, failed_check = ?record.failed_check, "target state changed");
+        if let Some(hook) = &w.webhook {
+            let event = serde_json::json!({
+                "target": w.config.name,
+                "url": w.config.url,
+                "state": state,
+                "verdict": record.verdict,
+                "failed_check": record.failed_check,
+                "report_sha256": hex::encode(Sha256::digest(record.report.as_bytes())),
+                "at": tdx_core::verify::time::format_unix(at),
+            });
+            let hook = Arc::clone(hook);
+            tokio::spawn(async move {
+                if let Err(e) = hook.send(&event).await {
+                    tracing::error!(error = %e, "webhook not delivered");
+                }
+            });
+        }
     }
     if let Some(now) = measurements {
         let mut last = w
@@ -452,9 +498,4 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             })),
         )
     }
-}
-
-/// The digest of a policy's text, as the archive stores it (for docs and tests).
-pub fn policy_digest(text: &[u8]) -> [u8; 32] {
-    Sha256::digest(text).into()
 }
