@@ -22,6 +22,8 @@ command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 # real Prometheus scraping `watch` (Debian's package; its own service is not used).
 if [ "$for_tests" = 1 ]; then
   command -v promtool >/dev/null || need_apt+=(prometheus)
+  # tests/watch.rs renders `evidence report`'s page in headless Chromium.
+  command -v chromium >/dev/null || need_apt+=(chromium)
 fi
 # tests/systemd_units.rs checks the shipped units with systemd-analyze.
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)

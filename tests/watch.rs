@@ -15,6 +15,58 @@ fn write(path: &Path, text: &str) -> PathBuf {
     path.to_path_buf()
 }
 
+/// Render `page` in headless Chromium (Debian's `chromium`): a screenshot to `shot` (checked to
+/// be a PNG), and the page's text as the browser laid it out.
+fn chromium_text(page: &Path, shot: &Path) -> String {
+    let url = format!("file://{}", path_str(page));
+    let chromium = |extra: &[&str]| {
+        std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--window-size=1280,2000",
+            ])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("chromium not found: apt-get install chromium (scripts/setup.sh --for-tests)")
+    };
+    let out = chromium(&[&format!("--screenshot={}", path_str(shot))]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let png = std::fs::read(shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "no screenshot"
+    );
+    let out = chromium(&["--dump-dom"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The DOM as rendered, tags stripped.
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in dom.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => {
+                in_tag = false;
+                text.push(' ');
+            }
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text
+}
+
 /// Poll watch's /metrics until `ok` holds, or panic after `within`.
 async fn wait_metrics(addr: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + within;
@@ -157,6 +209,36 @@ interval_secs = 1
         "{blobs} blobs for {} records",
         records.len()
     );
+
+    // The auditors' page: self-contained, and it names every target and failure.
+    let page = dir.path().join("report.html");
+    let r = tdx_agent(&[
+        "evidence",
+        "report",
+        path_str(&db),
+        "--out",
+        path_str(&page),
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("default-src 'none'"), "no CSP");
+    for external in ["src=", "href=", "url(", "@import", "<script", "<link"] {
+        assert!(!html.contains(external), "the page references {external:?}");
+    }
+    let text = chromium_text(&page, &dir.path().join("report.png"));
+    for needle in [
+        "good",
+        "drifted",
+        "Failures",
+        "MRTD",
+        "Measurement states",
+        "UpToDate",
+    ] {
+        assert!(
+            text.contains(needle),
+            "the rendered page lacks {needle:?}:\n{text}"
+        );
+    }
 
     // Re-appraised offline at their own times, every record with evidence agrees...
     let reverify = |db: &Path| {

@@ -47,6 +47,21 @@ pub enum EvidenceCommand {
         #[arg(long, value_name = "PEM")]
         insecure_gpu_roots: Option<PathBuf>,
     },
+    /// One self-contained HTML page: per target a timeline of verdicts, its measurement
+    /// states, its TCB status over time and every failure with its failed check.
+    Report {
+        /// The archive (SQLite).
+        db: PathBuf,
+        /// Only records at or after this instant (unix seconds or RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only records at or before this instant.
+        #[arg(long)]
+        to: Option<String>,
+        /// Where to write the page.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Every record as a JSON line (blobs inlined), oldest first.
     Export {
         /// The archive (SQLite).
@@ -150,6 +165,24 @@ pub async fn evidence(c: EvidenceCommand) -> CliResult {
                     r.disagreements.first().map_or(0, |d| d.seq)
                 )))
             }
+        }
+        EvidenceCommand::Report { db, from, to, out } => {
+            let parse = |t: Option<String>, flag: &str| {
+                t.map(|t| {
+                    tdx_core::verify::time::parse_instant(&t)
+                        .map_err(|e| Failure::Error(format!("{flag}: {e}")))
+                })
+                .transpose()
+            };
+            let (from, to) = (parse(from, "--from")?, parse(to, "--to")?);
+            let path = db.clone();
+            let page = tokio::task::spawn_blocking(move || tdx_watch::html_report(&path, from, to))
+                .await
+                .map_err(Failure::error)?
+                .map_err(Failure::error)?;
+            super::write_file(&out, page.into_bytes()).await?;
+            println!("wrote {}", out.display());
+            Ok(())
         }
         EvidenceCommand::Export { db } => {
             let n = tokio::task::spawn_blocking(move || {

@@ -4,10 +4,12 @@
 
 pub mod archive;
 pub mod config;
+pub mod report;
 pub mod reverify;
 pub mod run;
 
 pub use archive::{Archive, ArchiveError, NewRecord, Verified, export, verify};
 pub use config::{TargetConfig, WatchConfig, WatchConfigError};
+pub use report::html_report;
 pub use reverify::{Disagreement, Reverified, ReverifyOptions, reverify};
 pub use run::{WatchError, run};
