@@ -400,6 +400,8 @@ impl Drop for Prometheus {
 async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_stays_green() {
     let good_td = SimTd::new();
     let good = Daemon::sim(&good_td, &[]);
+    let drifted_td = SimTd::new();
+    let drifted = Daemon::sim(&drifted_td, &[]);
     let dir = tempfile::tempdir().unwrap();
     let m = good_td.measurements();
     let pin = write(
@@ -409,7 +411,7 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
             m["mrtd"].as_str().unwrap()
         ),
     );
-    // The same agent under a policy it no longer meets (its model changed, say).
+    // The other agent under a policy it no longer meets (its model changed, say).
     let wrong = write(
         &dir.path().join("wrong.toml"),
         &format!("[measurements]\nmrtd = [\"{}\"]\n", "00".repeat(48)),
@@ -446,8 +448,10 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
     let config = write(
         &dir.path().join("watch.toml"),
         &format!(
-            "archive = \"{db}\"\nlisten = \"127.0.0.1:0\"\n[webhook]\nurl = \"http://{hook_addr}/hook\"\nsecret_file = \"{secret}\"\n\n[[target]]\nname = \"green\"\nurl = \"{url}\"\npolicy = \"{pin}\"\ninsecure_root = \"{root}\"\ninterval_secs = 1\non_failure = [\"alert\", \"webhook\"]\n\n[[target]]\nname = \"drifted\"\nurl = \"{url}\"\npolicy = \"{wrong}\"\ninsecure_root = \"{root}\"\ninterval_secs = 1\non_failure = [\"alert\", \"webhook\"]\n",
+            "archive = \"{db}\"\nlisten = \"127.0.0.1:0\"\n[webhook]\nurl = \"http://{hook_addr}/hook\"\nsecret_file = \"{secret}\"\n\n[[target]]\nname = \"green\"\nurl = \"{url}\"\npolicy = \"{pin}\"\ninsecure_root = \"{root}\"\ninterval_secs = 1\non_failure = [\"alert\", \"webhook\"]\n\n[[target]]\nname = \"drifted\"\nurl = \"{drifted_url}\"\npolicy = \"{wrong}\"\ninsecure_root = \"{drifted_root}\"\ninterval_secs = 1\non_failure = [\"alert\", \"webhook\"]\n",
             secret = path_str(&secret_file),
+            drifted_url = drifted.url(),
+            drifted_root = drifted_td.root_str(),
             db = path_str(&dir.path().join("a.db")),
             url = good.url(),
             pin = path_str(&pin),
