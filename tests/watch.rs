@@ -520,3 +520,103 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
     assert_eq!(event["failed_check"], "MRTD");
     assert_eq!(event["report_sha256"].as_str().map(str::len), Some(64));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hangs_resets_and_another_tds_certificate_are_recorded_with_their_check() {
+    let td = SimTd::new();
+    let other_td = SimTd::new();
+    let other = Daemon::sim(&other_td, &[]);
+    // A server that accepts and never answers, and one that closes every connection at once.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let reset = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reset_addr = reset.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = reset.accept().await {
+            drop(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let m = td.measurements();
+    let pin = write(
+        &dir.path().join("td.toml"),
+        &format!(
+            "[measurements]\nmrtd = [\"{}\"]\n",
+            m["mrtd"].as_str().unwrap()
+        ),
+    );
+    let db = dir.path().join("a.db");
+    let target = |name: &str, url: &str| {
+        format!(
+            "[[target]]\nname = \"{name}\"\nurl = \"{url}\"\npolicy = \"{}\"\ninsecure_root = \"{}\"\ninterval_secs = 1\n",
+            path_str(&pin),
+            td.root_str()
+        )
+    };
+    let config = write(
+        &dir.path().join("watch.toml"),
+        &format!(
+            "archive = \"{}\"\nlisten = \"127.0.0.1:0\"\ntimeout_secs = 2\n{}{}{}",
+            path_str(&db),
+            target("hang", &format!("https://{hang_addr}")),
+            target("reset", &format!("https://{reset_addr}")),
+            // This TD's policy and root, but another TD answers.
+            target("impostor", &other.url()),
+        ),
+    );
+    let mut watch = Listening::spawn(
+        "watch",
+        "tdx-agent watch listening on ",
+        &["watch", "--config", path_str(&config)],
+        &[],
+        &[],
+    );
+    let appraisals = |text: &str, t: &str| {
+        metric(
+            text,
+            &format!("tdx_watch_appraisals_total{{target=\"{t}\"}}"),
+        )
+    };
+    wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
+        ["hang", "reset", "impostor"]
+            .iter()
+            .all(|n| appraisals(t, n).unwrap_or(0.0) >= 2.0)
+    })
+    .await;
+    watch.stop();
+    let r = tdx_agent(&["evidence", "export", path_str(&db)]);
+    assert_eq!(r.code, 0, "{r}");
+    let records: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = |t: &str| records.iter().find(|r| r["target"] == t).unwrap().clone();
+    let hang = first("hang");
+    assert_eq!(
+        (hang["verdict"].as_str(), hang["failed_check"].as_str()),
+        (Some("error"), Some("timeout")),
+        "{hang}"
+    );
+    let reset = first("reset");
+    assert_eq!(reset["verdict"], "error", "{reset}");
+    assert_eq!(reset["failed_check"], "connection", "{reset}");
+    assert!(reset["report"]["error"].as_str().is_some(), "{reset}");
+    let impostor = first("impostor");
+    assert_eq!(impostor["verdict"], "rejected", "{impostor}");
+    assert!(
+        impostor["failed_check"]
+            .as_str()
+            .is_some_and(|c| c.contains("root")),
+        "{impostor}"
+    );
+    // Every record is in the chain.
+    let r = tdx_agent(&["evidence", "verify", path_str(&db)]);
+    assert_eq!(r.code, 0, "{r}");
+}
