@@ -8,6 +8,7 @@ export TDX_AGENT_BIN="$PWD/target/release/tdx-agent"
 cargo bench --locked --bench verify
 cargo bench --locked --bench daemon
 cargo bench --locked --bench gpu_attest
+cargo bench --locked --bench watch
 cargo bench --locked --bench model_hash
 scripts/bench-deps.sh && cargo bench --locked --bench front_door
 # The Python package's in-process transport against plain httpx and connect (docs/python.md):
