@@ -16,7 +16,7 @@
 # Uses target/release/tdx-agent if built, else builds it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="${TDX_AGENT_BIN:-target/release/tdx-agent}"
+BIN="${TDX_AGENT_BIN:-${CARGO_TARGET_DIR:-target}/release/tdx-agent}"
 [ -x "$BIN" ] || cargo build --release --locked
 DIR="${SIM_DIR:-$(mktemp -d /tmp/tdx-agent-sim.XXXXXX)}"
 PCCS_PORT="${PCCS_PORT:-18081}"
