@@ -27,7 +27,7 @@
 mod support;
 
 use std::io::{Read as _, Write as _};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -98,13 +98,6 @@ fn preflight() {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
-}
-
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
@@ -124,10 +117,10 @@ struct Guest {
 
 impl Guest {
     fn boot(dir: &Path) -> Guest {
-        let agent_port = free_port();
-        let mut vllm_port = free_port();
+        let agent_port = support::free_port();
+        let mut vllm_port = support::free_port();
         while vllm_port == agent_port {
-            vllm_port = free_port();
+            vllm_port = support::free_port();
         }
         let console = dir.join("console.log");
         let probe = dir.join("probe.log");

@@ -128,14 +128,6 @@ impl Drop for Agent {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn assert_serving(r: &Run, agent: &Agent) {
     assert_eq!(r.code, 0, "health: {r}\n--- agent log\n{}", agent.log());
     let v = json(r);
@@ -187,7 +179,7 @@ fn python_grpc_clients_get_evidence_health_and_errors() {
 fn health_is_serving_only_once_ready() {
     // With a slow simulated quote the first certificate takes 1.5 s, and the port is bound
     // only after it: a probe before then must find nothing, never SERVING.
-    let port = free_port();
+    let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut agent = Agent::start(&addr, &["--sim-quote-delay-ms", "1500"]);
     let early = client(&addr, "health");

@@ -27,14 +27,6 @@ fn vllm_sh(arg: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// vLLM in its own process group, so killing it takes its engine worker along.
 struct Vllm {
     child: Child,
@@ -200,7 +192,7 @@ fn openai_sdk_through_connect_and_serve_to_real_vllm() {
         .unwrap()
         .to_string();
 
-    let port = free_port();
+    let port = support::free_port();
     let mut vllm = Vllm::start(port);
     let upstream = format!("http://127.0.0.1:{port}");
     let agent = Daemon::sim(&sim, &["--upstream", &upstream, "--model-dir", &model]);

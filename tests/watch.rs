@@ -67,6 +67,19 @@ fn chromium_text(page: &Path, shot: &Path) -> String {
     text
 }
 
+/// A policy pinning `mrtd` (hex).
+fn mrtd_policy(mrtd: &str) -> String {
+    format!("[measurements]\nmrtd = [\"{mrtd}\"]\n")
+}
+
+/// A policy file at `path` pinning `td`'s MRTD.
+fn pin_mrtd(path: &Path, td: &SimTd) -> PathBuf {
+    write(
+        path,
+        &mrtd_policy(td.measurements()["mrtd"].as_str().unwrap()),
+    )
+}
+
 /// Poll watch's /metrics until `ok` holds, or panic after `within`.
 async fn wait_metrics(addr: &str, within: Duration, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + within;
@@ -90,17 +103,10 @@ async fn watch_archives_every_appraisal_and_auditors_find_any_edit() {
     let good = Daemon::sim(&good_td, &[]);
     let other = Daemon::sim(&other_td, &[]);
     let dir = tempfile::tempdir().unwrap();
-    let m = good_td.measurements();
-    let pin = write(
-        &dir.path().join("good.toml"),
-        &format!(
-            "[measurements]\nmrtd = [\"{}\"]\n",
-            m["mrtd"].as_str().unwrap()
-        ),
-    );
+    let pin = pin_mrtd(&dir.path().join("good.toml"), &good_td);
     let wrong = write(
         &dir.path().join("wrong.toml"),
-        &format!("[measurements]\nmrtd = [\"{}\"]\n", "00".repeat(48)),
+        &mrtd_policy(&"00".repeat(48)),
     );
     let db = dir.path().join("archive.db");
     let config = write(
@@ -315,15 +321,6 @@ interval_secs = 1
     assert!(r.stderr.contains("pinned head"), "{r}");
 }
 
-/// A free loopback port (bound and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A real Prometheus (Debian's package), scraping `target` every second and evaluating the
 /// shipped rules every second with their `for:` durations shortened to 1 s; killed on drop.
 struct Prometheus {
@@ -350,7 +347,7 @@ impl Prometheus {
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - rules.yml\nscrape_configs:\n  - job_name: watch\n    static_configs:\n      - targets: [\"{target}\"]\n"
             ),
         );
-        let port = free_port();
+        let port = support::free_port();
         let child = std::process::Command::new("prometheus")
             .arg(format!("--config.file={}", path_str(&config)))
             .arg(format!(
@@ -403,18 +400,11 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
     let drifted_td = SimTd::new();
     let drifted = Daemon::sim(&drifted_td, &[]);
     let dir = tempfile::tempdir().unwrap();
-    let m = good_td.measurements();
-    let pin = write(
-        &dir.path().join("good.toml"),
-        &format!(
-            "[measurements]\nmrtd = [\"{}\"]\n",
-            m["mrtd"].as_str().unwrap()
-        ),
-    );
+    let pin = pin_mrtd(&dir.path().join("good.toml"), &good_td);
     // The other agent under a policy it no longer meets (its model changed, say).
     let wrong = write(
         &dir.path().join("wrong.toml"),
-        &format!("[measurements]\nmrtd = [\"{}\"]\n", "00".repeat(48)),
+        &mrtd_policy(&"00".repeat(48)),
     );
     // The webhook receiver: every POST, headers and body.
     let received: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>> = Default::default();
@@ -543,14 +533,7 @@ async fn hangs_resets_and_another_tds_certificate_are_recorded_with_their_check(
         }
     });
     let dir = tempfile::tempdir().unwrap();
-    let m = td.measurements();
-    let pin = write(
-        &dir.path().join("td.toml"),
-        &format!(
-            "[measurements]\nmrtd = [\"{}\"]\n",
-            m["mrtd"].as_str().unwrap()
-        ),
-    );
+    let pin = pin_mrtd(&dir.path().join("td.toml"), &td);
     let db = dir.path().join("a.db");
     let target = |name: &str, url: &str| {
         format!(

@@ -58,7 +58,9 @@ async fn bench() {
     let started = Instant::now();
     let mut n = 0u32;
     while started.elapsed() < Duration::from_secs(10) {
-        tdx_client::attest::attest_recorded(&client, &target).await.unwrap();
+        tdx_client::attest::attest_recorded(&client, &target)
+            .await
+            .unwrap();
         n += 1;
     }
     let baseline = f64::from(n) / started.elapsed().as_secs_f64();

@@ -748,3 +748,11 @@ pub async fn http_get(addr: &str, path: &str) -> Resp {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
