@@ -557,3 +557,95 @@ async fn each_challenge_batch_gets_one_report_per_gpu_bound_to_its_root() {
     assert!(r.stdout.contains("[pass] challenge GPUs"), "{r}");
     assert!(r.stdout.contains("[pass] challenge proof"), "{r}");
 }
+
+/// `watch` archives GPU evidence (the certificate's and each challenge batch's) and `evidence
+/// reverify` re-runs the GPU checks offline: the records from before and after a GPU left
+/// CC mode agree with their recorded verdicts under the roots they were made with, and not
+/// under NVIDIA's.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_archives_gpu_evidence_and_reverify_rechecks_it() {
+    let sim = sim_with_gpus(2);
+    let dir = sim.tmp.path().join("agent");
+    let config = gpu_config(&sim, &dir, 2, None);
+    let agent = start(&config);
+    wait_gpu_ready(&agent, &sim, true, Duration::from_secs(60)).await;
+    let db = sim.tmp.path().join("watch.db");
+    let watch_config = sim.tmp.path().join("watch.toml");
+    std::fs::write(
+        &watch_config,
+        format!(
+            "archive = \"{}\"\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"gpus\"\nurl = \"{}\"\npolicy = \"{}\"\ninsecure_root = \"{}\"\ninsecure_gpu_roots = \"{}\"\ninterval_secs = 1\n",
+            path_str(&db),
+            agent.url(),
+            path_str(&policy(&sim, 2)),
+            sim.root_str(),
+            gpu_roots(&sim),
+        ),
+    )
+    .unwrap();
+    let mut watch = support::Listening::spawn(
+        "watch",
+        "tdx-agent watch listening on ",
+        &["watch", "--config", path_str(&watch_config)],
+        &[],
+        &[],
+    );
+    let wait = |ok: &'static (dyn Fn(&str) -> bool + Sync)| {
+        let addr = watch.addr.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let text = http_get(&addr, "/metrics").await.text();
+                if ok(&text) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{text}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    wait(&|t| metric(t, "tdx_watch_last_result{target=\"gpus\"}") == Some(1.0)).await;
+    set_gpu_state(&sim, 1, "devtools");
+    wait(&|t| metric(t, "tdx_watch_last_result{target=\"gpus\"}") == Some(0.0)).await;
+    watch.stop();
+    let r = tdx_agent(&["evidence", "export", path_str(&db)]);
+    let gpu_failures = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| {
+            v["verdict"] == "rejected"
+                && v["failed_check"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("gpu[1]") || c.starts_with("GPU"))
+        })
+        .count();
+    assert!(gpu_failures > 0, "no record of GPU 1 leaving CC mode: {r}");
+
+    let reverify = |gpu_roots: Option<&str>| {
+        let mut args = vec![
+            "evidence",
+            "reverify",
+            path_str(&db),
+            "--insecure-root",
+            sim.root_str(),
+        ];
+        if let Some(r) = gpu_roots {
+            args.extend(["--insecure-gpu-roots", r]);
+        }
+        tdx_agent(&args)
+    };
+    // The passing records and the GPU failures alike agree when re-appraised offline.
+    let roots = gpu_roots(&sim);
+    let r = reverify(Some(&roots));
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains(", 0 disagree"), "{r}");
+    // Under NVIDIA's roots instead of the simulation's, every GPU check fails: the records
+    // that passed now disagree, naming a GPU check.
+    let r = reverify(None);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains("recorded accepted, now rejected (gpu["),
+        "{r}"
+    );
+}

@@ -20,7 +20,7 @@ fn the_shipped_rules_check_and_their_unit_tests_pass() {
     );
     let r = promtool(&["check", "rules", "tdx-agent.rules.yml"]);
     assert_eq!(r.code, 0, "{r}");
-    assert!(r.stdout.contains("SUCCESS: 8 rules found"), "{r}");
+    assert!(r.stdout.contains("SUCCESS: 9 rules found"), "{r}");
     let r = promtool(&["test", "rules", "tdx-agent.rules.test.yml"]);
     assert_eq!(r.code, 0, "{r}");
     assert!(r.stdout.contains("SUCCESS"), "{r}");

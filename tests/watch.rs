@@ -247,19 +247,30 @@ interval_secs = 1
     }
 
     // Re-appraised offline at their own times, every record with evidence agrees...
-    let reverify = |db: &Path| {
+    // (Each simulated TD has its own root: each target is re-appraised under its own.)
+    let reverify_target = |db: &Path, target: &str, root: &str| {
         tdx_agent(&[
             "evidence",
             "reverify",
             path_str(db),
+            "--target",
+            target,
             "--insecure-root",
-            good_td.root_str(),
+            root,
         ])
     };
+    let reverify = |db: &Path| reverify_target(db, "good", good_td.root_str());
     let r = reverify(&db);
     assert_eq!(r.code, 0, "{r}");
     assert!(r.stdout.contains(", 0 disagree"), "{r}");
     assert!(!r.stdout.contains(": 0 records re-appraised"), "{r}");
+    // The drifted target's records, refused at the handshake, keep the certificate refused.
+    let r = reverify_target(&db, "drifted", other_td.root_str());
+    assert_eq!(r.code, 0, "{r}");
+    assert!(
+        r.stdout.contains(", 0 disagree") && !r.stdout.contains(": 0 records re-appraised"),
+        "{r}"
+    );
     // ...until the stored policy is swapped: each record of that target is named.
     let swapped = dir.path().join("swapped.db");
     std::fs::copy(&db, &swapped).unwrap();
@@ -599,7 +610,275 @@ async fn hangs_resets_and_another_tds_certificate_are_recorded_with_their_check(
             .is_some_and(|c| c.contains("root")),
         "{impostor}"
     );
+    // The refused server's certificate is kept: the refusal is re-appraised offline, agrees
+    // under the root it was refused against, and disagrees under the impostor's own root.
+    assert!(impostor["certificate"].is_string(), "{impostor}");
+    assert!(hang["certificate"].is_null(), "{hang}");
+    let reverify = |root: &str| {
+        tdx_agent(&[
+            "evidence",
+            "reverify",
+            path_str(&db),
+            "--insecure-root",
+            root,
+        ])
+    };
+    let r = reverify(td.root_str());
+    assert_eq!(r.code, 0, "{r}");
+    assert!(!r.stdout.contains(": 0 records re-appraised"), "{r}");
+    let r = reverify(other_td.root_str());
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains("(impostor at ") && r.stdout.contains("now accepted"),
+        "{r}"
+    );
+    assert!(!r.stdout.contains("(hang at "), "{r}");
     // Every record is in the chain.
     let r = tdx_agent(&["evidence", "verify", path_str(&db)]);
     assert_eq!(r.code, 0, "{r}");
+}
+
+/// Collateral the agent can no longer refresh (its PCCS gone) expires: watch records the
+/// target rejected by the collateral check, not as an unreachable server.
+#[tokio::test(flavor = "multi_thread")]
+async fn collateral_that_expires_is_recorded_with_its_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = tmp.path().join("sim");
+    let r = tdx_agent(&[
+        "sim",
+        "pki",
+        "--sim-dir",
+        path_str(&sim),
+        "--collateral-lifetime",
+        "8",
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let pccs = support::SimPccs::start(path_str(&sim), &listen);
+    let agent = support::Daemon::start(
+        &[
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            path_str(&sim),
+            "--listen",
+            "127.0.0.1:0",
+            "--pccs",
+            &format!("http://{listen}"),
+        ],
+        &[],
+        &[],
+    );
+    let policy = write(&tmp.path().join("policy.toml"), "");
+    let db = tmp.path().join("a.db");
+    let config = write(
+        &tmp.path().join("watch.toml"),
+        &format!(
+            "archive = \"{}\"\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"expiring\"\nurl = \"{}\"\npolicy = \"{}\"\ninsecure_root = \"{}\"\ninterval_secs = 1\n",
+            path_str(&db),
+            agent.url(),
+            path_str(&policy),
+            path_str(&sim.join("root.der")),
+        ),
+    );
+    let mut watch = Listening::spawn(
+        "watch",
+        "tdx-agent watch listening on ",
+        &["watch", "--config", path_str(&config)],
+        &[],
+        &[],
+    );
+    let window = "tdx_watch_failures_total{target=\"expiring\",check=\"collateral window\"}";
+    wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
+        metric(t, "tdx_watch_last_result{target=\"expiring\"}") == Some(1.0)
+    })
+    .await;
+    drop(pccs);
+    let text = wait_metrics(&watch.addr, Duration::from_secs(90), |t| {
+        metric(t, window).unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "tdx_watch_last_result{target=\"expiring\"}"),
+        Some(0.0),
+        "{text}"
+    );
+    watch.stop();
+    let r = tdx_agent(&["evidence", "export", path_str(&db)]);
+    assert_eq!(r.code, 0, "{r}");
+    let expired = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["failed_check"] == "collateral window")
+        .expect("no record of the expired collateral");
+    assert_eq!(expired["verdict"], "rejected", "{expired}");
+    assert!(expired["certificate"].is_string(), "{expired}");
+}
+
+/// The archive at its cap (`max_archive_mib`, SQLite's `max_page_count`, as on a full disk):
+/// watch says it is not ready and why, and every record it committed is still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_archive_makes_watch_not_ready_and_loses_no_committed_record() {
+    let td = SimTd::new();
+    let agent = Daemon::sim(&td, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let pin = pin_mrtd(&dir.path().join("td.toml"), &td);
+    let db = dir.path().join("a.db");
+    let mut config = format!(
+        "archive = \"{}\"\nlisten = \"127.0.0.1:0\"\nmax_archive_mib = 1\n",
+        path_str(&db)
+    );
+    for i in 0..8 {
+        config.push_str(&format!(
+            "[[target]]\nname = \"t{i}\"\nurl = \"{}\"\npolicy = \"{}\"\ninsecure_root = \"{}\"\ninterval_secs = 1\n",
+            agent.url(),
+            path_str(&pin),
+            td.root_str()
+        ));
+    }
+    let config = write(&dir.path().join("watch.toml"), &config);
+    let mut watch = Listening::spawn(
+        "watch",
+        "tdx-agent watch listening on ",
+        &["watch", "--config", path_str(&config)],
+        &[],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let body = loop {
+        let r = http_get(&watch.addr, "/readyz").await;
+        if r.status == 503 {
+            break r.text();
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < deadline, "the archive never filled");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        body.contains("could not be archived") && body.contains("max_archive_mib"),
+        "{body}"
+    );
+    let text = http_get(&watch.addr, "/metrics").await.text();
+    assert_eq!(metric(&text, "tdx_watch_archive_ok"), Some(0.0), "{text}");
+    let committed = metric(&text, "tdx_watch_archive_head_seq").unwrap();
+    assert!(committed >= 8.0, "{text}");
+    watch.stop();
+    let r = tdx_agent(&["evidence", "verify", path_str(&db)]);
+    assert_eq!(r.code, 0, "{r}");
+    let r = tdx_agent(&["evidence", "export", path_str(&db)]);
+    assert_eq!(r.code, 0, "{r}");
+    let last_seq = r
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_f64())
+        .fold(0.0, f64::max);
+    assert!(
+        last_seq >= committed,
+        "the archive ends at #{last_seq}, watch had committed #{committed}"
+    );
+}
+
+/// `targets_dir`: files added, refused and removed while `watch` runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn targets_dir_is_read_again_while_watch_runs() {
+    let td = SimTd::new();
+    let agent = Daemon::sim(&td, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let targets = dir.path().join("targets");
+    std::fs::create_dir_all(&targets).unwrap();
+    pin_mrtd(&targets.join("pinned.policy"), &td);
+    // Relative paths in the directory's files are the directory's.
+    let file = |name: &str| {
+        format!(
+            "[[target]]\nname = \"{name}\"\nurl = \"{}\"\npolicy = \"pinned.policy\"\ninsecure_root = \"{}\"\ninterval_secs = 1\n",
+            agent.url(),
+            td.root_str()
+        )
+    };
+    write(&targets.join("a.toml"), &file("a"));
+    let config = write(
+        &dir.path().join("watch.toml"),
+        &format!(
+            "archive = \"{}\"\nlisten = \"127.0.0.1:0\"\ntargets_dir = \"{}\"\ntargets_reload_secs = 1\n",
+            path_str(&dir.path().join("a.db")),
+            path_str(&targets)
+        ),
+    );
+    let mut watch = Listening::spawn(
+        "watch",
+        "tdx-agent watch listening on ",
+        &["watch", "--config", path_str(&config)],
+        &[],
+        &[],
+    );
+    let result = |t: &str, n: &str| metric(t, &format!("tdx_watch_last_result{{target=\"{n}\"}}"));
+    let count = |t: &str, n: &str| {
+        metric(t, &format!("tdx_watch_appraisals_total{{target=\"{n}\"}}")).unwrap_or(0.0)
+    };
+    wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
+        result(t, "a") == Some(1.0)
+    })
+    .await;
+
+    // A new file: its target is watched.
+    write(&targets.join("b.toml"), &file("b"));
+    wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
+        result(t, "b") == Some(1.0)
+    })
+    .await;
+
+    // A file watch refuses: not ready, naming it, while the targets it had are still watched.
+    write(
+        &targets.join("c.toml"),
+        &format!("{}surprise = 1\n", file("c")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        let r = http_get(&watch.addr, "/readyz").await;
+        if r.status == 503 {
+            break r.text();
+        }
+        assert!(Instant::now() < deadline, "c.toml was not refused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        body.contains("c.toml") && body.contains("surprise"),
+        "{body}"
+    );
+    let before = http_get(&watch.addr, "/metrics").await.text();
+    assert_eq!(
+        metric(&before, "tdx_watch_targets_config_ok"),
+        Some(0.0),
+        "{before}"
+    );
+    assert_eq!(result(&before, "c"), None, "{before}");
+    let a_before = count(&before, "a");
+    wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
+        count(t, "a") > a_before
+    })
+    .await;
+
+    // The bad file fixed away and `a` removed: ready again, `a` no longer watched or shown.
+    std::fs::remove_file(targets.join("c.toml")).unwrap();
+    std::fs::remove_file(targets.join("a.toml")).unwrap();
+    let text = wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
+        result(t, "a").is_none() && metric(t, "tdx_watch_targets_config_ok") == Some(1.0)
+    })
+    .await;
+    assert_eq!(http_get(&watch.addr, "/readyz").await.status, 200);
+    let a_after = count(&text, "a");
+    let b_after = count(&text, "b");
+    wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
+        count(t, "b") >= b_after + 2.0
+    })
+    .await;
+    let text = http_get(&watch.addr, "/metrics").await.text();
+    assert_eq!(
+        count(&text, "a"),
+        a_after,
+        "a removed target was appraised:\n{text}"
+    );
+    watch.stop();
 }

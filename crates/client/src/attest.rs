@@ -32,12 +32,30 @@ pub struct Attested {
     pub fresh: challenge::Fresh,
 }
 
+/// A verification that failed, with the certificate the server presented when it got that
+/// far: a refusal at the handshake is evidence too.
+#[derive(Debug)]
+pub struct Unattested {
+    pub error: ClientError,
+    pub peer_cert: Option<Vec<u8>>,
+}
+
 /// [`attest`] with a fresh challenge, keeping the evidence (for an archive auditors re-check).
-pub async fn attest_recorded(client: &Client, target: &Target) -> Result<Attested, ClientError> {
-    let mut session = Session::open(client, target, Alpn::Http1, TIMEOUTS).await?;
-    let fresh = challenge::fresh_with_evidence(client, &mut session).await?;
-    Ok(Attested {
-        peer_cert: session.peer_cert.clone(),
-        fresh,
-    })
+pub async fn attest_recorded(client: &Client, target: &Target) -> Result<Attested, Unattested> {
+    let (opened, presented) =
+        Session::open_keeping_certificate(client, target, Alpn::Http1, TIMEOUTS).await;
+    let mut session = opened.map_err(|error| Unattested {
+        error,
+        peer_cert: presented,
+    })?;
+    match challenge::fresh_with_evidence(client, &mut session).await {
+        Ok(fresh) => Ok(Attested {
+            peer_cert: session.peer_cert.clone(),
+            fresh,
+        }),
+        Err(error) => Err(Unattested {
+            error,
+            peer_cert: Some(session.peer_cert.clone()),
+        }),
+    }
 }

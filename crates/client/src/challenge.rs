@@ -100,7 +100,36 @@ pub fn check_challenge_gpus(
     session: &Session,
     now: i64,
 ) {
-    let policy = &client.policy().gpu;
+    let appraiser = client.gpus();
+    check_challenge_gpus_with(
+        report,
+        &appraiser.verifier,
+        &appraiser.roots,
+        &client.policy().gpu,
+        &session.peer_cert,
+        &session.spki_sha256,
+        evidence,
+        challenge,
+        nonce,
+        now,
+    );
+}
+
+/// [`check_challenge_gpus`] from stored parts, without a connection: what an auditor re-runs
+/// offline at the appraisal's own time.
+#[allow(clippy::too_many_arguments)]
+pub fn check_challenge_gpus_with(
+    report: &mut Report,
+    verifier: &tdx_core::gpu::GpuVerifier,
+    roots: &tdx_core::gpu::GpuRoots,
+    policy: &tdx_core::gpu::GpuPolicy,
+    peer_cert: &[u8],
+    spki: &[u8; 32],
+    evidence: &EvidenceJson,
+    challenge: &ChallengeResponseJson,
+    nonce: &[u8],
+    now: i64,
+) {
     if policy.count == 0 {
         return;
     }
@@ -125,7 +154,7 @@ pub fn check_challenge_gpus(
     let root = tdx_core::challenge::merkle::Proof::try_from(challenge.proof.clone())
         .ok()
         .and_then(|p| {
-            let leaf = tdx_core::challenge::merkle::leaf_hash(nonce, &session.spki_sha256).ok()?;
+            let leaf = tdx_core::challenge::merkle::leaf_hash(nonce, spki).ok()?;
             tdx_core::challenge::merkle::root_from_inclusion(&leaf, &p)
         });
     let Some(root) = root else {
@@ -137,14 +166,16 @@ pub fn check_challenge_gpus(
         );
         return;
     };
-    let mut scratch = (*session.report).clone();
+    // The batch's GPU checks are gathered apart and summed up as one check of the report.
+    let mut scratch = report.clone();
     let before = scratch.failures().count();
-    super::gpus::appraise_into(
+    tdx_core::verify::gpus::appraise_served_gpus(
         &mut scratch,
-        client.gpus(),
-        &client.policy().gpu,
-        session,
-        evidence,
+        verifier,
+        roots,
+        policy,
+        peer_cert,
+        evidence.gpu_collateral.as_ref(),
         Ok(&set),
         Some(set.digest()),
         tdx_core::gpu::nonce_for_batch(&root),

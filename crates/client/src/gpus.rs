@@ -19,8 +19,8 @@ const CACHE_LIMIT: usize = 256;
 
 /// The GPU roots and verifier a client appraises servers' GPUs with, and its verdicts.
 pub struct GpuAppraiser {
-    verifier: GpuVerifier,
-    roots: GpuRoots,
+    pub(crate) verifier: GpuVerifier,
+    pub(crate) roots: GpuRoots,
     /// Certificate SHA-256 → the report with the GPU checks added.
     verdicts: Mutex<HashMap<[u8; 32], Arc<Report>>>,
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tdx_core::verify::{Policy, Report, Verifier};
 
-pub use challenge::check_challenge;
+pub use challenge::{check_challenge, check_challenge_gpus_with};
 pub use session::{Alpn, ClientBody, HttpSender, Session, Target};
 
 /// The name clients see for a certificate the RA-TLS verifier refused before any quote was

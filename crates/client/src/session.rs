@@ -214,16 +214,47 @@ impl Session {
         alpn: Alpn,
         timeouts: Timeouts,
     ) -> Result<Session, ClientError> {
-        let addr = target.addr();
+        Self::open_keeping_certificate(client, target, alpn, timeouts)
+            .await
+            .0
+    }
+
+    /// [`Session::open`], also returning the certificate the server presented, whatever
+    /// became of it: an archive keeps the certificates of servers refused at the handshake
+    /// so auditors can re-appraise the refusal.
+    pub async fn open_keeping_certificate(
+        client: &Client,
+        target: &Target,
+        alpn: Alpn,
+        timeouts: Timeouts,
+    ) -> (Result<Session, ClientError>, Option<Vec<u8>>) {
         let recorder = Arc::new(ConnectionVerifier {
             ratls: Arc::clone(client.ratls()),
             outcome: Mutex::new(None),
+            presented: Mutex::new(None),
         });
+        let opened = Self::open_with(client, target, alpn, timeouts, &recorder).await;
+        let presented = recorder
+            .presented
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        (opened, presented)
+    }
+
+    async fn open_with(
+        client: &Client,
+        target: &Target,
+        alpn: Alpn,
+        timeouts: Timeouts,
+        recorder: &Arc<ConnectionVerifier>,
+    ) -> Result<Session, ClientError> {
+        let addr = target.addr();
         let mut tls = rustls::ClientConfig::builder_with_provider(ring_provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| ClientError::Setup(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::clone(&recorder) as Arc<dyn ServerCertVerifier>)
+            .with_custom_certificate_verifier(Arc::clone(recorder) as Arc<dyn ServerCertVerifier>)
             .with_no_client_auth();
         tls.alpn_protocols = vec![alpn.id().to_vec()];
         // A resumed TLS session skips certificate verification; every connection must show
@@ -434,6 +465,8 @@ enum Appraisal {
 struct ConnectionVerifier {
     ratls: Arc<RaTlsVerifier>,
     outcome: Mutex<Option<Appraisal>>,
+    /// The end-entity certificate the server presented (DER), accepted or not.
+    presented: Mutex<Option<Vec<u8>>>,
 }
 
 impl ConnectionVerifier {
@@ -460,6 +493,7 @@ impl ServerCertVerifier for ConnectionVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(end_entity.to_vec());
         match self
             .ratls
             .verify_certificate(end_entity, tdx_core::ratls::verifier::unix_secs(now)?)

@@ -178,6 +178,17 @@ impl Archive {
         })
     }
 
+    /// Cap the database at about `bytes` (SQLite's `max_page_count` in its page size): at the
+    /// cap an append fails as on a full disk, and nothing committed is lost.
+    pub fn set_max_bytes(&self, bytes: u64) -> Result<(), ArchiveError> {
+        let page: i64 = self
+            .conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .map_err(db(&self.path))?;
+        let pages = i64::try_from(bytes).unwrap_or(i64::MAX) / page.max(512);
+        self.set_max_page_count(pages.max(1))
+    }
+
     /// Limit the database to `pages` pages (SQLite's `max_page_count`): how tests make the
     /// disk full.
     pub fn set_max_page_count(&self, pages: i64) -> Result<(), ArchiveError> {

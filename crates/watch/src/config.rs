@@ -1,7 +1,7 @@
 //! `watch --config FILE`: typed TOML, validated before anything starts (docs/watch.md).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,10 +22,28 @@ pub struct WatchConfig {
     /// Records older than this are pruned; the chain keeps the last pruned record's hash.
     #[serde(default = "default_retain_days")]
     pub retain_days: u64,
+    /// Cap on the archive's size (MiB): once reached, appraisals are not archived and
+    /// `watch` is not ready, rather than filling a disk other services share.
+    pub max_archive_mib: Option<u64>,
     /// Where `on_failure = ["webhook"]` targets' state changes are POSTed.
     pub webhook: Option<WebhookConfig>,
+    /// A directory of `*.toml` files holding more `[[target]]` tables, re-read while running
+    /// (a fleet's deployment tooling drops a file per endpoint). Relative paths in those
+    /// files are relative to the directory.
+    pub targets_dir: Option<PathBuf>,
+    /// How often `targets_dir` is read again.
+    #[serde(default = "default_reload")]
+    pub targets_reload_secs: u64,
     #[serde(default)]
     pub target: Vec<TargetConfig>,
+}
+
+/// One file of `targets_dir`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetsFile {
+    #[serde(default)]
+    target: Vec<TargetConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -85,6 +103,9 @@ fn default_retain_days() -> u64 {
 fn default_interval() -> u64 {
     300
 }
+fn default_reload() -> u64 {
+    10
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("watch config {source_name}: {field}: {detail}")]
@@ -102,9 +123,6 @@ impl WatchConfig {
             detail,
         };
         let c: WatchConfig = toml::from_str(text).map_err(|e| err("toml", e.to_string()))?;
-        if c.target.is_empty() {
-            return Err(err("target", "no [[target]]: nothing to watch".into()));
-        }
         if c.concurrency == 0 {
             return Err(err("concurrency", "must be at least 1".into()));
         }
@@ -117,37 +135,147 @@ impl WatchConfig {
         if c.retain_days == 0 {
             return Err(err("retain_days", "must be at least 1".into()));
         }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, t) in c.target.iter().enumerate() {
-            let field = |k: &str| format!("target[{i}].{k}");
-            if t.name.is_empty()
-                || t.name.len() > 128
-                || !t.name.bytes().all(|b| b.is_ascii_graphic())
-            {
-                return Err(err(
-                    &field("name"),
-                    "1..=128 printable ASCII characters without spaces".into(),
-                ));
-            }
-            if !names.insert(t.name.as_str()) {
-                return Err(err(&field("name"), format!("{:?} is used twice", t.name)));
-            }
-            tdx_client::Target::parse(&t.url).map_err(|e| err(&field("url"), e.to_string()))?;
-            if t.on_failure.contains(&OnFailure::Webhook) && c.webhook.is_none() {
-                return Err(err(
-                    &field("on_failure"),
-                    "\"webhook\" needs a [webhook] table (url, secret_file)".into(),
-                ));
-            }
-            if !(1..=86_400).contains(&t.interval_secs) {
-                return Err(err(
-                    &field("interval_secs"),
-                    format!("{} is outside 1..=86400", t.interval_secs),
-                ));
-            }
+        if c.target.is_empty() && c.targets_dir.is_none() {
+            return Err(err(
+                "target",
+                "no [[target]] and no targets_dir: nothing to watch".into(),
+            ));
         }
+        if !(1..=3600).contains(&c.targets_reload_secs) {
+            return Err(err(
+                "targets_reload_secs",
+                format!("{} is outside 1..=3600", c.targets_reload_secs),
+            ));
+        }
+        if c.max_archive_mib
+            .is_some_and(|m| !(1..=1 << 20).contains(&m))
+        {
+            return Err(err("max_archive_mib", "must be 1..=1048576 (1 TiB)".into()));
+        }
+        let has_webhook = c.webhook.is_some();
+        for (i, t) in c.target.iter().enumerate() {
+            check_target(t, has_webhook).map_err(|(k, d)| err(&format!("target[{i}].{k}"), d))?;
+        }
+        unique_names(c.target.iter()).map_err(|(i, d)| err(&format!("target[{i}].name"), d))?;
         Ok(c)
     }
+}
+
+/// One target's own rules; the failing key and why.
+fn check_target(t: &TargetConfig, has_webhook: bool) -> Result<(), (&'static str, String)> {
+    if t.name.is_empty() || t.name.len() > 128 || !t.name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err((
+            "name",
+            "1..=128 printable ASCII characters without spaces".into(),
+        ));
+    }
+    tdx_client::Target::parse(&t.url).map_err(|e| ("url", e.to_string()))?;
+    if t.on_failure.contains(&OnFailure::Webhook) && !has_webhook {
+        return Err((
+            "on_failure",
+            "\"webhook\" needs a [webhook] table (url, secret_file)".into(),
+        ));
+    }
+    if !(1..=86_400).contains(&t.interval_secs) {
+        return Err((
+            "interval_secs",
+            format!("{} is outside 1..=86400", t.interval_secs),
+        ));
+    }
+    Ok(())
+}
+
+/// Names must be unique: they key the metrics and the archive. The index of the first
+/// repeated one.
+fn unique_names<'a>(
+    targets: impl Iterator<Item = &'a TargetConfig>,
+) -> Result<(), (usize, String)> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, t) in targets.enumerate() {
+        if !names.insert(t.name.as_str()) {
+            return Err((i, format!("{:?} is used twice", t.name)));
+        }
+    }
+    Ok(())
+}
+
+/// Why `targets_dir` could not be taken as a whole; `watch` keeps the targets it has.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetsDirError {
+    #[error("targets_dir {dir}: {detail}")]
+    Dir { dir: String, detail: String },
+    #[error("targets_dir file {file}: {field}: {detail}")]
+    File {
+        file: String,
+        field: String,
+        detail: String,
+    },
+}
+
+/// Every `[[target]]` of `dir`'s `*.toml` files (hidden files and others ignored, so an
+/// editor's or a deployment tool's temporary file is not read half-written), checked as the
+/// main file's are and unique together with `fixed` (the main file's targets).
+pub fn load_targets_dir(
+    dir: &Path,
+    fixed: &[TargetConfig],
+    has_webhook: bool,
+) -> Result<Vec<TargetConfig>, TargetsDirError> {
+    let dir_err = |detail: String| TargetsDirError::Dir {
+        dir: dir.display().to_string(),
+        detail,
+    };
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| dir_err(e.to_string()))? {
+        let path = entry.map_err(|e| dir_err(e.to_string()))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with('.') || path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        files.push(path);
+    }
+    files.sort();
+    let mut out = Vec::new();
+    let mut origin = Vec::new();
+    for file in &files {
+        let file_err = |field: String, detail: String| TargetsDirError::File {
+            file: file.display().to_string(),
+            field,
+            detail,
+        };
+        let text =
+            std::fs::read_to_string(file).map_err(|e| file_err("read".into(), e.to_string()))?;
+        let parsed: TargetsFile =
+            toml::from_str(&text).map_err(|e| file_err("toml".into(), e.to_string()))?;
+        for (i, mut t) in parsed.target.into_iter().enumerate() {
+            check_target(&t, has_webhook)
+                .map_err(|(k, d)| file_err(format!("target[{i}].{k}"), d))?;
+            for p in [
+                Some(&mut t.policy),
+                t.insecure_root.as_mut(),
+                t.insecure_gpu_roots.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+            out.push(t);
+            origin.push((file, i));
+        }
+    }
+    unique_names(fixed.iter().chain(out.iter())).map_err(|(i, d)| {
+        match origin.get(i.wrapping_sub(fixed.len())) {
+            Some((file, j)) if i >= fixed.len() => TargetsDirError::File {
+                file: file.display().to_string(),
+                field: format!("target[{j}].name"),
+                detail: d,
+            },
+            _ => dir_err(d),
+        }
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -184,5 +312,99 @@ mod tests {
                 .to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(d.path().join(name), text).unwrap();
+        }
+        d
+    }
+
+    const T: &str = "[[target]]\nname = \"n\"\nurl = \"https://10.0.0.5:8443\"\npolicy = \"p.toml\"\ninsecure_root = \"/abs/root.der\"\n";
+
+    #[test]
+    fn a_targets_dir_needs_no_main_target_and_is_bounded() {
+        let c = WatchConfig::from_toml("archive = \"/a.db\"\ntargets_dir = \"/t\"\n", "w.toml")
+            .unwrap();
+        assert_eq!(c.targets_reload_secs, 10);
+        for (text, needle) in [
+            (
+                "archive = \"/a.db\"\ntargets_dir = \"/t\"\ntargets_reload_secs = 0\n",
+                "targets_reload_secs",
+            ),
+            (&format!("max_archive_mib = 0\n{ONE}"), "max_archive_mib"),
+        ] {
+            let e = WatchConfig::from_toml(text, "w.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn targets_dir_files_resolve_relative_paths_and_skip_what_is_not_theirs() {
+        let d = dir_with(&[
+            ("a.toml", &T.replace("\"n\"", "\"a\"")),
+            ("b.toml", &T.replace("\"n\"", "\"b\"")),
+            // Half-written by an editor or a deployment tool, and not TOML at all.
+            (".c.toml.swp", "[[target"),
+            ("notes.txt", "[[target"),
+        ]);
+        let t = load_targets_dir(d.path(), &[], false).unwrap();
+        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(t[0].policy, d.path().join("p.toml"));
+        assert_eq!(
+            t[0].insecure_root.as_deref(),
+            Some(Path::new("/abs/root.der"))
+        );
+    }
+
+    #[test]
+    fn targets_dir_refusals_name_the_file_and_key() {
+        let fixed = WatchConfig::from_toml(ONE, "w.toml").unwrap().target;
+        for (files, file, needle) in [
+            (
+                vec![("x.toml", format!("{T}surprise = 1\n"))],
+                "x.toml",
+                "surprise",
+            ),
+            (
+                vec![("x.toml", T.replace("https://10.0.0.5:8443", "http://x"))],
+                "x.toml",
+                "target[0].url",
+            ),
+            (
+                vec![("x.toml", format!("{T}on_failure = [\"webhook\"]\n"))],
+                "x.toml",
+                "[webhook]",
+            ),
+            // Unique with the main file's targets and across files.
+            (
+                vec![("x.toml", T.replace("\"n\"", "\"a\""))],
+                "x.toml",
+                "used twice",
+            ),
+            (
+                vec![("x.toml", T.to_string()), ("y.toml", T.to_string())],
+                "y.toml",
+                "used twice",
+            ),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            for (name, text) in &files {
+                std::fs::write(d.path().join(name), text).unwrap();
+            }
+            let e = load_targets_dir(d.path(), &fixed, false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(file) && e.contains(needle), "{files:?}: {e}");
+        }
+        let e = load_targets_dir(Path::new("/nonexistent/targets"), &fixed, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/targets"), "{e}");
     }
 }

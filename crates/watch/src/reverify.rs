@@ -88,17 +88,53 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
         let challenge: Option<Vec<u8>> = row.get(7).map_err(&e)?;
         let nonce: Option<Vec<u8>> = row.get(8).map_err(&e)?;
         let policy: Option<Vec<u8>> = row.get(9).map_err(&e)?;
+        let recorded = outcome(&verdict, failed.as_deref());
         let (Some(cert), Some(evidence), Some(challenge), Some(nonce)) =
-            (cert, evidence, challenge, nonce)
+            (cert.as_ref(), evidence, challenge, nonce)
         else {
-            out.without_evidence += 1;
+            // A server refused at the handshake left only its certificate.
+            match cert.map(|c| appraise_certificate(opts, &c, policy.as_deref(), at)) {
+                Some(Ok(seen)) => {
+                    // A certificate that passes today, recorded as failing one of the
+                    // certificate's own checks, disagrees; one that failed later (the
+                    // challenge, the GPUs) left nothing more to re-check.
+                    let certificate_stage = !seen.accepted
+                        || failed
+                            .as_deref()
+                            .is_some_and(|f| seen.check_names.iter().any(|c| c == f));
+                    if !certificate_stage {
+                        out.without_evidence += 1;
+                        continue;
+                    }
+                    out.checked += 1;
+                    if seen.outcome != recorded {
+                        out.disagreements.push(Disagreement {
+                            seq,
+                            target,
+                            at,
+                            recorded,
+                            now: seen.outcome,
+                        });
+                    }
+                }
+                Some(Err(why)) => {
+                    out.checked += 1;
+                    out.disagreements.push(Disagreement {
+                        seq,
+                        target,
+                        at,
+                        recorded,
+                        now: format!("not appraisable: {why}"),
+                    });
+                }
+                None => out.without_evidence += 1,
+            }
             continue;
         };
-        let recorded = outcome(&verdict, failed.as_deref());
         let now = match appraise(
             opts,
             &gpu_verifier,
-            &cert,
+            cert,
             &evidence,
             &challenge,
             &nonce,
@@ -129,6 +165,60 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
     Ok(out)
 }
 
+/// What the handshake decided about a certificate, decided again.
+struct CertificateOutcome {
+    outcome: String,
+    accepted: bool,
+    /// The checks the certificate's appraisal makes, passing or not.
+    check_names: Vec<String>,
+}
+
+/// The certificate's own appraisal at `at`; a certificate refused before any quote was
+/// appraised is a rejection naming the certificate check, as the watcher recorded it.
+fn appraise_certificate(
+    opts: &ReverifyOptions,
+    cert: &[u8],
+    policy_text: Option<&[u8]>,
+    at: i64,
+) -> Result<CertificateOutcome, String> {
+    let policy = stored_policy(policy_text.unwrap_or_default())?;
+    let ratls = RaTlsVerifier::new(opts.verifier.clone(), policy, CollateralSource::Stapled)
+        .map_err(|e| e.to_string())?;
+    let report = match ratls.verify_certificate(cert, at) {
+        Ok(r) => (*r).clone(),
+        Err(RaTlsError::QuoteRejected(r)) => *r,
+        Err(_) => {
+            return Ok(CertificateOutcome {
+                outcome: outcome("rejected", Some(tdx_client::CHECK_CERTIFICATE)),
+                accepted: false,
+                check_names: vec![tdx_client::CHECK_CERTIFICATE.into()],
+            });
+        }
+    };
+    Ok(CertificateOutcome {
+        outcome: outcome(
+            if report.accepted() {
+                "accepted"
+            } else {
+                "rejected"
+            },
+            report.failures().next().map(|c| c.name.as_str()),
+        ),
+        accepted: report.accepted(),
+        check_names: report
+            .checks()
+            .iter()
+            .map(|c| c.name.clone())
+            .chain([tdx_client::CHECK_CERTIFICATE.to_string()])
+            .collect(),
+    })
+}
+
+fn stored_policy(text: &[u8]) -> Result<Policy, String> {
+    let text = std::str::from_utf8(text).map_err(|_| "the stored policy is not UTF-8")?;
+    Policy::from_toml(text, "the stored policy").map_err(|e| e.to_string())
+}
+
 /// The appraisal `attest --nonce` made, made again from the stored evidence at `at`.
 #[allow(clippy::too_many_arguments)]
 fn appraise(
@@ -141,8 +231,7 @@ fn appraise(
     policy_text: &[u8],
     at: i64,
 ) -> Result<Report, String> {
-    let text = std::str::from_utf8(policy_text).map_err(|_| "the stored policy is not UTF-8")?;
-    let policy = Policy::from_toml(text, "the stored policy").map_err(|e| e.to_string())?;
+    let policy = stored_policy(policy_text)?;
     let evidence: EvidenceJson =
         serde_json::from_slice(evidence).map_err(|e| format!("stored evidence: {e}"))?;
     let challenge: ChallengeResponseJson =
@@ -186,6 +275,18 @@ fn appraise(
         &challenge,
         nonce,
         &spki,
+        at,
+    );
+    tdx_client::check_challenge_gpus_with(
+        &mut report,
+        gpu_verifier,
+        &opts.gpu_roots,
+        &policy.gpu,
+        cert,
+        &spki,
+        &evidence,
+        &challenge,
+        nonce,
         at,
     );
     Ok(report)

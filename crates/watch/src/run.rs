@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sha2::{Digest as _, Sha256};
+use tdx_client::attest::Unattested;
 use tdx_client::{Client, ClientError, Target};
 use tdx_core::verify::{Policy, Verifier};
 
@@ -54,6 +55,8 @@ struct Metrics {
     archive_head_seq: Gauge,
     /// 1 while the archive takes records, 0 after an append failed.
     archive_ok: Gauge,
+    /// 1 while `targets_dir` was last read whole, 0 while it holds a file `watch` refuses.
+    targets_ok: Gauge,
 }
 
 impl Metrics {
@@ -71,6 +74,7 @@ impl Metrics {
             seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             archive_head_seq: Gauge::default(),
             archive_ok: Gauge::default(),
+            targets_ok: Gauge::default(),
         };
         registry.register(
             "last_result",
@@ -112,6 +116,11 @@ impl Metrics {
             "1 while the archive takes records, 0 after an append failed",
             m.archive_ok.clone(),
         );
+        registry.register(
+            "targets_config_ok",
+            "1 while targets_dir was last read whole, 0 while a file in it is refused",
+            m.targets_ok.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -123,6 +132,8 @@ struct Shared {
     archive_ok: AtomicBool,
     archive_error: Mutex<String>,
     last_head_seq: AtomicI64,
+    /// Why `targets_dir` was last refused (the previous targets are still watched).
+    targets_error: Mutex<Option<String>>,
 }
 
 /// One target, ready to appraise.
@@ -201,11 +212,27 @@ pub async fn run(
     for t in &config.target {
         targets.push(Arc::new(watched(t, webhook.as_ref()).await?));
     }
+    // The directory's targets are taken whole at start, like the main file's: a refused
+    // file stops `watch` before it binds anything.
+    let mut from_dir = Vec::new();
+    if let Some(dir) = &config.targets_dir {
+        for t in read_targets_dir(dir, &config).await.map_err(setup)? {
+            let fingerprint = fingerprint(&t).await.map_err(setup)?;
+            from_dir.push((Arc::new(watched(&t, webhook.as_ref()).await?), fingerprint));
+        }
+    }
     let path = config.archive.clone();
-    let archive = tokio::task::spawn_blocking(move || Archive::open(&path))
-        .await
-        .map_err(setup)?
-        .map_err(setup)?;
+    let max_mib = config.max_archive_mib;
+    let archive = tokio::task::spawn_blocking(move || {
+        let a = Archive::open(&path)?;
+        if let Some(mib) = max_mib {
+            a.set_max_bytes(mib << 20)?;
+        }
+        Ok::<_, super::archive::ArchiveError>(a)
+    })
+    .await
+    .map_err(setup)?
+    .map_err(setup)?;
     let (head_seq, head) = archive.head().map_err(setup)?;
     tracing::info!(head_seq, head = %hex::encode(head), "archive opened; pin this head to detect deletions");
     let shared = Arc::new(Shared {
@@ -214,9 +241,11 @@ pub async fn run(
         archive_ok: AtomicBool::new(true),
         archive_error: Mutex::new(String::new()),
         last_head_seq: AtomicI64::new(head_seq),
+        targets_error: Mutex::new(None),
     });
     shared.metrics.archive_head_seq.set(head_seq);
     shared.metrics.archive_ok.set(1);
+    shared.metrics.targets_ok.set(1);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -228,29 +257,199 @@ pub async fn run(
         .route("/readyz", axum::routing::get(readyz))
         .with_state(Arc::clone(&shared));
     println!("tdx-agent watch listening on {local}");
-    let permits = Arc::new(tokio::sync::Semaphore::new(config.concurrency));
-    let timeout = Duration::from_secs(config.timeout_secs);
+    let runner = Arc::new(Runner {
+        shared: Arc::clone(&shared),
+        permits: Arc::new(tokio::sync::Semaphore::new(config.concurrency)),
+        timeout: Duration::from_secs(config.timeout_secs),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     for w in targets {
-        shared
+        runner.spawn(&mut tasks, w);
+    }
+    let mut running = std::collections::HashMap::new();
+    for (w, fingerprint) in from_dir {
+        let name = w.config.name.clone();
+        running.insert(name, (fingerprint, runner.spawn(&mut tasks, w)));
+    }
+    tasks.spawn(prune_loop(Arc::clone(&shared), config.retain_days));
+    let reload = config.targets_dir.clone().map(|dir| {
+        tokio::spawn(reload_loop(
+            dir,
+            config.clone(),
+            webhook.clone(),
+            Arc::clone(&runner),
+            running,
+        ))
+    });
+    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+    let result = server.await.map_err(setup);
+    if let Some(r) = reload {
+        r.abort();
+    }
+    tasks.abort_all();
+    result
+}
+
+/// Starts targets' loops, all sharing one concurrency bound, timeout and archive.
+struct Runner {
+    shared: Arc<Shared>,
+    permits: Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+}
+
+impl Runner {
+    fn spawn<T: Send + 'static>(
+        &self,
+        tasks: &mut tokio::task::JoinSet<T>,
+        w: Arc<Watched>,
+    ) -> tokio::task::AbortHandle {
+        self.shared
             .metrics
             .interval
             .get_or_create(&TargetLabel {
                 target: w.config.name.clone(),
             })
             .set(i64::try_from(w.config.interval_secs).unwrap_or(i64::MAX));
-        tasks.spawn(watch_target(
-            w,
-            Arc::clone(&shared),
-            Arc::clone(&permits),
-            timeout,
-        ));
+        let shared = Arc::clone(&self.shared);
+        let permits = Arc::clone(&self.permits);
+        let timeout = self.timeout;
+        tasks.spawn(async move {
+            watch_target(w, shared, permits, timeout).await;
+            std::future::pending::<T>().await
+        })
     }
-    tasks.spawn(prune_loop(Arc::clone(&shared), config.retain_days));
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown);
-    let result = server.await.map_err(setup);
-    tasks.abort_all();
-    result
+
+    /// A target no longer watched leaves no series behind for the alert rules to read.
+    fn forget(&self, name: &str) {
+        let label = TargetLabel {
+            target: name.to_string(),
+        };
+        let m = &self.shared.metrics;
+        m.last_result.remove(&label);
+        m.last_success.remove(&label);
+        m.last_appraisal.remove(&label);
+        m.interval.remove(&label);
+    }
+}
+
+async fn read_targets_dir(
+    dir: &std::path::Path,
+    config: &WatchConfig,
+) -> Result<Vec<TargetConfig>, super::config::TargetsDirError> {
+    let dir = dir.to_path_buf();
+    let fixed = config.target.clone();
+    let has_webhook = config.webhook.is_some();
+    tokio::task::spawn_blocking(move || super::config::load_targets_dir(&dir, &fixed, has_webhook))
+        .await
+        .unwrap_or_else(|e| {
+            Err(super::config::TargetsDirError::Dir {
+                dir: String::new(),
+                detail: e.to_string(),
+            })
+        })
+}
+
+/// What a target's appraisal depends on: its table and the files it names. A change in any
+/// restarts the target.
+async fn fingerprint(t: &TargetConfig) -> Result<[u8; 32], WatchError> {
+    let mut h = Sha256::new();
+    h.update(toml::to_string(t).map_err(setup)?.as_bytes());
+    for p in [
+        Some(&t.policy),
+        t.insecure_root.as_ref(),
+        t.insecure_gpu_roots.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let bytes = read(p, &format!("target {}", t.name)).await?;
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(&bytes);
+    }
+    Ok(h.finalize().into())
+}
+
+/// Re-read `dir` every `targets_reload_secs`: start new targets, stop removed ones, restart
+/// changed ones. A directory that cannot be taken whole changes nothing, and `watch` says so
+/// (not ready, `tdx_watch_targets_config_ok` 0) until it can.
+async fn reload_loop(
+    dir: std::path::PathBuf,
+    config: WatchConfig,
+    webhook: Option<Arc<tdx_net::webhook::Webhook>>,
+    runner: Arc<Runner>,
+    mut running: std::collections::HashMap<String, ([u8; 32], tokio::task::AbortHandle)>,
+) {
+    let mut tasks = tokio::task::JoinSet::<()>::new();
+    let every = Duration::from_secs(config.targets_reload_secs);
+    loop {
+        tokio::time::sleep(every).await;
+        // Reap finished (aborted) loops so the set does not grow with every restart.
+        while tasks.try_join_next().is_some() {}
+        let prepared = async {
+            let mut next = Vec::new();
+            for t in read_targets_dir(&dir, &config).await.map_err(setup)? {
+                let fp = fingerprint(&t).await?;
+                next.push((t, fp));
+            }
+            let mut built = Vec::new();
+            for (t, fp) in next {
+                let unchanged = running.get(&t.name).is_some_and(|(old, _)| *old == fp);
+                let w = if unchanged {
+                    None
+                } else {
+                    Some(Arc::new(watched(&t, webhook.as_ref()).await?))
+                };
+                built.push((t.name, fp, w));
+            }
+            Ok::<_, WatchError>(built)
+        }
+        .await;
+        let built = match prepared {
+            Ok(b) => b,
+            Err(e) => {
+                let why = e.to_string();
+                let mut last = runner
+                    .shared
+                    .targets_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if last.as_deref() != Some(why.as_str()) {
+                    tracing::error!(error = %why, "targets_dir refused; the previous targets are still watched");
+                    *last = Some(why);
+                }
+                runner.shared.metrics.targets_ok.set(0);
+                continue;
+            }
+        };
+        if runner
+            .shared
+            .targets_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some()
+        {
+            tracing::info!("targets_dir taken again");
+        }
+        runner.shared.metrics.targets_ok.set(1);
+        let keep: std::collections::BTreeSet<String> =
+            built.iter().map(|(n, _, _)| n.clone()).collect();
+        running.retain(|name, (_, handle)| {
+            let kept = keep.contains(name);
+            if !kept {
+                handle.abort();
+                runner.forget(name);
+                tracing::info!(target = %name, "target removed from targets_dir; no longer watched");
+            }
+            kept
+        });
+        for (name, fp, w) in built {
+            let Some(w) = w else { continue };
+            let restarted = running.remove(&name).map(|(_, h)| h.abort()).is_some();
+            tracing::info!(target = %name, restarted, "target from targets_dir watched");
+            running.insert(name, (fp, runner.spawn(&mut tasks, w)));
+        }
+    }
 }
 
 /// Up to a tenth of `interval` either way, so targets added together do not move together.
@@ -326,12 +525,20 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
                 .as_ref()
                 .map(|m| format!("{}{}{}{}{}", m.mrtd, m.rtmr0, m.rtmr1, m.rtmr2, m.rtmr3));
         }
-        Ok(Err(ClientError::Rejected(report))) => {
+        Ok(Err(Unattested {
+            error: ClientError::Rejected(report),
+            peer_cert,
+        })) => {
             record.verdict = "rejected".into();
             record.failed_check = report.failures().next().map(|c| c.name.clone());
             record.report = report.to_json();
+            record.certificate = peer_cert;
         }
-        Ok(Err(e)) => {
+        Ok(Err(Unattested {
+            error: e,
+            peer_cert,
+        })) => {
+            record.certificate = peer_cert;
             record.failed_check = Some(
                 e.failed_check()
                     .map_or_else(|| "connection".to_string(), |c| c.name),
@@ -433,7 +640,13 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
     }
 }
 
-fn archive_failed(shared: &Shared, detail: String) {
+fn archive_failed(shared: &Shared, mut detail: String) {
+    if detail.contains("full") {
+        detail.push_str(
+            " (the archive reached max_archive_mib or its disk is full: free space, raise \
+             max_archive_mib or lower retain_days; every record committed before is kept)",
+        );
+    }
     tracing::error!(error = %detail, "archiving an appraisal failed; not ready");
     shared.archive_ok.store(false, Ordering::Relaxed);
     shared.metrics.archive_ok.set(0);
@@ -476,6 +689,20 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let targets = shared
+        .targets_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(why) = targets {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "ready": false,
+                "targets": format!("{why}; the targets read before are still watched"),
+            })),
+        );
+    }
     if shared.archive_ok.load(Ordering::Relaxed) {
         (
             StatusCode::OK,
