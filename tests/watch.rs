@@ -292,6 +292,45 @@ interval_secs = 1
         "{r}"
     );
 
+    // ...or when the collateral a record's challenge quote was appraised with is swapped for
+    // another PKI's (the other agent's, as it serves it).
+    let foreign = support::Https::connect(&other.addr, other_td.root_der())
+        .await
+        .unwrap()
+        .get("/.well-known/attestation")
+        .await
+        .json()["collateral"]
+        .clone();
+    assert!(foreign.is_object(), "{foreign}");
+    let swapped = dir.path().join("swapped-collateral.db");
+    std::fs::copy(&db, &swapped).unwrap();
+    {
+        let c = rusqlite::Connection::open(&swapped).unwrap();
+        let evidence: Vec<(Vec<u8>, Vec<u8>)> = c
+            .prepare("SELECT b.sha256, b.data FROM blobs b JOIN appraisals a ON a.evidence = b.sha256 WHERE a.target = 'good' GROUP BY b.sha256")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(!evidence.is_empty());
+        for (key, data) in evidence {
+            let mut doc: serde_json::Value = serde_json::from_slice(&data).unwrap();
+            doc["collateral"] = foreign.clone();
+            c.execute(
+                "UPDATE blobs SET data = ?1 WHERE sha256 = ?2",
+                rusqlite::params![serde_json::to_vec(&doc).unwrap(), key],
+            )
+            .unwrap();
+        }
+    }
+    let r = reverify(&swapped);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains("(good at ") && r.stdout.contains("recorded accepted, now rejected"),
+        "{r}"
+    );
+
     // A rejected record rewritten as accepted: found, by record.
     conn.execute(
         "UPDATE appraisals SET verdict = 'accepted', failed_check = NULL
