@@ -9,7 +9,10 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{Daemon, Https, SimTd, metric, metric_sum, path_str, tdx_agent};
+use support::{
+    Daemon, Https, SimTd, metric, metric_sum, open_fds, path_str, proc_kib, raise_nofile_limit,
+    tdx_agent,
+};
 use tdx_core::challenge::{Proof, ProofJson, verify_challenge};
 use tdx_core::encoding::{b64, from_b64, hex_array};
 use tdx_core::verify::{self as v, Collateral, Expectations, Policy, Verifier};
@@ -896,53 +899,6 @@ async fn idle_connections_do_not_lock_out_a_new_client() {
         .await
         .expect("connect");
     assert_eq!(c.get("/livez").await.status, 200);
-}
-
-/// This process's open-file limits (soft, hard), from /proc/self/limits.
-fn nofile_limits() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/self/limits").expect("reading /proc/self/limits");
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("a Max open files line");
-    let mut n = line["Max open files".len()..]
-        .split_whitespace()
-        .map(|v| v.parse().unwrap_or(u64::MAX));
-    (n.next().unwrap_or(0), n.next().unwrap_or(0))
-}
-
-/// Raise this process's soft open-file limit towards `want` (the agent we spawn inherits it)
-/// and return the soft limit in force. The crate uses no libc, so util-linux `prlimit` does
-/// the setrlimit; if that is missing the limit stays and the caller scales down.
-fn raise_nofile_limit(want: u64) -> u64 {
-    let (soft, hard) = nofile_limits();
-    if soft < want && hard > soft {
-        let to = want.min(hard);
-        let _ = std::process::Command::new("prlimit")
-            .args([
-                "--pid",
-                &std::process::id().to_string(),
-                &format!("--nofile={to}:{hard}"),
-            ])
-            .status();
-    }
-    nofile_limits().0
-}
-
-/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
-fn proc_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
 }
 
 fn mib(kib: u64) -> f64 {

@@ -60,15 +60,6 @@ async fn json_body(r: hyper::Response<hyper::body::Incoming>) -> serde_json::Val
     serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"))
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_arrives_event_by_event_and_requests_are_cleaned() {
     let sim = SimTd::new();
@@ -166,7 +157,7 @@ async fn a_slow_reader_of_1_gib_keeps_the_agent_small() {
     let sim = SimTd::new();
     let up = Upstream::start().await;
     let (d, c) = agent_for(&sim, &up, &[]).await;
-    let before = rss_kib(d.pid());
+    let before = support::proc_kib(d.pid(), "VmRSS");
     let resp = c
         .open("GET", &format!("/v1/bytes/{TOTAL}"), &[], Bytes::new())
         .await
@@ -194,7 +185,7 @@ async fn a_slow_reader_of_1_gib_keeps_the_agent_small() {
                 "the upstream pushed {} MiB while the client read nothing",
                 (upstream_after - upstream_before) >> 20
             );
-            max_rss = max_rss.max(rss_kib(d.pid()));
+            max_rss = max_rss.max(support::proc_kib(d.pid(), "VmRSS"));
         }
     }
     assert_eq!(got, TOTAL);

@@ -1,6 +1,6 @@
 //! A scripted model server for the front-door tests: HTTP/1.1 like vLLM, with routes that
-//! hold back an SSE event until the test says so, stream without end, stream a given number of
-//! bytes, echo what they received, or answer late; and it can be killed and restarted on the
+//! hold back an SSE event until the test says so, stream without end, stream numbered events,
+//! stream a given number of bytes, echo what they received, or answer late; and it can be killed and restarted on the
 //! same port. It records whether the agent closed a stream's connection.
 
 use std::collections::BTreeMap;
@@ -118,6 +118,27 @@ async fn route(script: Arc<Script>, req: Request<Incoming>) -> Resp {
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+            });
+            streaming("text/event-stream", rx)
+        }
+        p if p.starts_with("/v1/count/") => {
+            // `/v1/count/N/MS`: N numbered events MS milliseconds apart, then [DONE], so a
+            // client can tell a lost, repeated or reordered event.
+            let mut it = p["/v1/count/".len()..].split('/');
+            let n: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let ms: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(ms.max(1)));
+                for seq in 0..n {
+                    tick.tick().await;
+                    let event = Bytes::from(format!("data: {{\"seq\":{seq}}}\n\n"));
+                    if tx.send(event).await.is_err() {
+                        closed(&script);
+                        return;
+                    }
+                }
+                let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
             });
             streaming("text/event-stream", rx)
         }

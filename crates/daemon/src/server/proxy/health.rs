@@ -1,5 +1,6 @@
-//! The upstream's health, polled into the `upstream_healthy` readiness stage. The proxy also
-//! reports a refused connection at once, so readiness does not wait a polling interval.
+//! The upstream's health, polled into the `upstream_healthy` readiness stage (and the idle
+//! connections past their keep-alive closed on the same beat). The proxy also reports a
+//! refused connection at once, so readiness does not wait a polling interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub async fn watch_upstream(
             was_ok = Some(ok);
         }
         readiness.set(Stage::UpstreamHealthy, ok, detail);
+        // After a burst, connections nobody takes again would otherwise stay open for good.
+        proxy.close_expired_idle();
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,

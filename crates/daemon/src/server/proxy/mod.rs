@@ -65,6 +65,11 @@ impl Proxy {
         }
     }
 
+    /// Close the idle upstream connections kept past `keepalive_idle_ms`.
+    pub fn close_expired_idle(&self) -> usize {
+        self.pool.close_expired()
+    }
+
     /// One health probe: (healthy, what was seen).
     pub async fn probe(&self) -> (bool, String) {
         let url = format!("{}{}", self.upstream.as_str(), self.config.health_path);

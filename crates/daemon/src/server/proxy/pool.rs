@@ -161,15 +161,30 @@ impl Pool {
     fn put(&self, slot: usize, conn: Conn) {
         let now = Instant::now();
         let mut idle = self.idle(slot);
-        // Close those idle for too long (at the front, the oldest).
+        self.drain_expired(&mut idle, now);
+        if idle.len() < self.max_idle {
+            idle.push(Idle { conn, since: now });
+        }
+    }
+
+    /// Close every idle connection kept past the idle timeout, on every thread's stack:
+    /// `put` and `take` only look at the stack of the thread they run on, so a burst that
+    /// never comes back would leave its connections (and descriptors) open. How many closed.
+    pub fn close_expired(&self) -> usize {
+        let now = Instant::now();
+        (0..self.idle.len())
+            .map(|slot| self.drain_expired(&mut self.idle(slot), now))
+            .sum()
+    }
+
+    /// Close those of `idle` kept past the timeout (at the front: the stack is oldest first).
+    fn drain_expired(&self, idle: &mut Vec<Idle>, now: Instant) -> usize {
         let fresh = idle
             .iter()
             .position(|i| now.duration_since(i.since) < self.idle_timeout)
             .unwrap_or(idle.len());
         idle.drain(..fresh);
-        if idle.len() < self.max_idle {
-            idle.push(Idle { conn, since: now });
-        }
+        fresh
     }
 
     async fn connect(&self) -> Result<Conn, PoolError> {
@@ -267,5 +282,72 @@ impl hyper::body::Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.reader.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    /// `n` connections to a local listener, and the listener's ends of them.
+    async fn connections(n: usize) -> (Vec<Conn>, Vec<tokio::net::TcpStream>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            ours.push(Conn::new(
+                tokio::net::TcpStream::connect(addr).await.unwrap(),
+            ));
+            theirs.push(listener.accept().await.unwrap().0);
+        }
+        (ours, theirs)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_past_their_keepalive_are_closed_on_every_stack() {
+        // Idle time zero: every kept connection is already past it.
+        let pool = Pool::new(
+            "127.0.0.1:1".into(),
+            Duration::from_secs(1),
+            Duration::ZERO,
+            8,
+            2,
+        );
+        let (ours, mut theirs) = connections(3).await;
+        for (slot, conn) in ours.into_iter().enumerate() {
+            // Each on another thread's stack; `put` keeps the newest.
+            pool.idle(slot).push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+        assert_eq!(pool.close_expired(), 3);
+        assert_eq!(pool.close_expired(), 0);
+        // The upstream sees each of them closed.
+        for s in &mut theirs {
+            let mut b = [0u8; 1];
+            assert_eq!(s.read(&mut b).await.unwrap(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_connections_within_their_keepalive_stay_for_reuse() {
+        let pool = Pool::new(
+            "127.0.0.1:1".into(),
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+            8,
+            1,
+        );
+        let (ours, _theirs) = connections(2).await;
+        for conn in ours {
+            pool.put(0, conn);
+        }
+        assert_eq!(pool.close_expired(), 0);
+        assert!(pool.take(0).is_some());
+        assert!(pool.take(0).is_some());
+        assert!(pool.take(0).is_none());
     }
 }
