@@ -177,8 +177,14 @@ interval_secs = 1
         )
         .is_some()
     );
-    assert_eq!(http_get(&watch.addr, "/readyz").await.status, 200);
+    // The head watch exposes is one an auditor can pin.
+    let ready = http_get(&watch.addr, "/readyz").await;
+    assert_eq!(ready.status, 200);
+    let exposed = ready.json()["archive_head"].as_str().unwrap().to_string();
+    assert_eq!(exposed.len(), 64, "{}", ready.text());
     watch.stop();
+    let r = tdx_agent(&["evidence", "verify", path_str(&db), "--head", &exposed]);
+    assert_eq!(r.code, 0, "{r}");
 
     // The archive verifies, and names its head.
     let r = tdx_agent(&["evidence", "verify", path_str(&db)]);

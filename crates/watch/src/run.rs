@@ -3,7 +3,7 @@
 //! each appraisal archived before its metrics move, and `/metrics`, `/livez`, `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -131,7 +131,9 @@ struct Shared {
     /// False once an append failed (disk full, I/O): not ready, and said so.
     archive_ok: AtomicBool,
     archive_error: Mutex<String>,
-    last_head_seq: AtomicI64,
+    /// The last record's sequence number and hash: what an auditor pins (`evidence verify
+    /// --head`).
+    last_head: Mutex<(i64, [u8; 32])>,
     /// Why `targets_dir` was last refused (the previous targets are still watched).
     targets_error: Mutex<Option<String>>,
 }
@@ -240,7 +242,7 @@ pub async fn run(
         metrics: Metrics::new(),
         archive_ok: AtomicBool::new(true),
         archive_error: Mutex::new(String::new()),
-        last_head_seq: AtomicI64::new(head_seq),
+        last_head: Mutex::new((head_seq, head)),
         targets_error: Mutex::new(None),
     });
     shared.metrics.archive_head_seq.set(head_seq);
@@ -570,8 +572,8 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
         .await
     };
     match archived {
-        Ok(Ok((seq, _))) => {
-            shared.last_head_seq.store(seq, Ordering::Relaxed);
+        Ok(Ok((seq, hash))) => {
+            *shared.last_head.lock().unwrap_or_else(|p| p.into_inner()) = (seq, hash);
             shared.metrics.archive_head_seq.set(seq);
             shared.metrics.archive_ok.set(1);
             if !shared.archive_ok.swap(true, Ordering::Relaxed) {
@@ -704,11 +706,13 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         );
     }
     if shared.archive_ok.load(Ordering::Relaxed) {
+        let (seq, head) = *shared.last_head.lock().unwrap_or_else(|p| p.into_inner());
         (
             StatusCode::OK,
             axum::Json(serde_json::json!({
                 "ready": true,
-                "archive_head_seq": shared.last_head_seq.load(Ordering::Relaxed),
+                "archive_head_seq": seq,
+                "archive_head": hex::encode(head),
             })),
         )
     } else {
