@@ -649,3 +649,42 @@ async fn watch_archives_gpu_evidence_and_reverify_rechecks_it() {
         "{r}"
     );
 }
+
+/// Simulated GPUs whose collateral comes through the fetching path NVML's GPUs use: the
+/// RIMs from a RIM service and the OCSP answers from a responder, here the simulation's as
+/// `sim pccs` serves them, cached on disk; the client accepts both GPUs.
+#[tokio::test(flavor = "multi_thread")]
+async fn simulated_gpus_collateral_can_come_from_the_services_sim_pccs_serves() {
+    let sim = sim_with_gpus(2);
+    let pccs = support::SimPccs::start(sim.dir_str(), "127.0.0.1:0");
+    let dir = sim.tmp.path().join("agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = dir.join("gpu-cache");
+    let config = sim_config(
+        &sim,
+        &dir,
+        "",
+        &format!(
+            "\n[gpu]\nrequired = 2\nsource = \"sim\"\ntimeout_secs = 2\ncache_dir = \"{}\"\nrim_service = \"{}\"\nocsp_responder = \"{}/ocsp\"\n",
+            path_str(&cache),
+            pccs.url,
+            pccs.url
+        ),
+    );
+    let agent = start(&config);
+    wait_gpu_ready(&agent, &sim, true, Duration::from_secs(60)).await;
+    let r = attest(&agent, &sim, &policy(&sim, 2), true);
+    assert_eq!(r.code, 0, "{r}");
+    // Fetched and cached: both RIMs and OCSP answers are on disk under the cache.
+    let files = |kind: &str| {
+        std::fs::read_dir(cache.join("gpu").join(kind))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        files("rim"),
+        2,
+        "the RIMs were not fetched from the service"
+    );
+    assert!(files("ocsp") > 0, "no OCSP answer was fetched");
+}

@@ -257,9 +257,10 @@ fn sample_report_data() -> [u8; 64] {
 
 async fn serve_pccs(a: PccsArgs) -> CliResult {
     let path = a.dir.sim_dir.clone();
-    let pki = blocking(move || {
+    let (pki, gpus) = blocking(move || {
         let dir = SimDir::open(&path)?;
-        SimPki::load(&dir)
+        let gpus = SimGpus::open(&path)?.map(|g| g.services()).transpose()?;
+        Ok::<_, tdx_sim::SimError>((SimPki::load(&dir)?, gpus))
     })
     .await?;
     let listener = tokio::net::TcpListener::bind(a.listen)
@@ -267,7 +268,20 @@ async fn serve_pccs(a: PccsArgs) -> CliResult {
         .map_err(|e| Failure::Error(format!("--listen {}: {e}", a.listen)))?;
     let addr = listener.local_addr().map_err(Failure::error)?;
     println!("simulated PCCS listening on http://{addr}");
-    pccs::serve(listener, Arc::new(pki), super::shutdown_signal())
-        .await
-        .map_err(Failure::error)
+    if gpus.is_some() {
+        // The simulated GPUs' NVIDIA services, on the same port in NVIDIA's URL shapes (on
+        // stderr: scripts read the first line of stdout for the address and may stop there).
+        eprintln!(
+            "simulated NVIDIA RIM service at http://{addr} and OCSP responder at http://{addr}{}",
+            tdx_sim::gpu_services::OCSP_PATH
+        );
+    }
+    pccs::serve(
+        listener,
+        Arc::new(pki),
+        gpus.map(Arc::new),
+        super::shutdown_signal(),
+    )
+    .await
+    .map_err(Failure::error)
 }

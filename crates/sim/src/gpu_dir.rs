@@ -237,6 +237,28 @@ impl SimGpus {
     /// The collateral NVIDIA's services would give at `at`: both signed RIMs (under the ids
     /// the reports call for) and good OCSP answers for every certificate asked about.
     pub fn collateral(&self, at: i64) -> Result<GpuCollateral, SimError> {
+        Ok(GpuCollateral {
+            rims: self.rims()?,
+            ocsp: self.pki.ocsp_answers(at)?,
+        })
+    }
+
+    /// NVIDIA's RIM service and OCSP responder for these GPUs (`sim pccs` serves them beside
+    /// the PCCS API), so the agent's fetching path runs against the simulation.
+    pub fn services(&self) -> Result<super::gpu_services::SimGpuServices, SimError> {
+        let rims = self
+            .rims()?
+            .into_iter()
+            .filter_map(|r| Some((r.id?, r.xml)))
+            .collect();
+        Ok(super::gpu_services::SimGpuServices {
+            pki: SimGpuPki::load(&self.dir.join("pki"))?,
+            rims,
+        })
+    }
+
+    /// Both signed RIMs, under the ids the reports call for.
+    fn rims(&self) -> Result<Vec<RimFile>, SimError> {
         let report = self.pki.report(&self.device, &[0; 32])?;
         let parsed = tdx_core::gpu::SpdmReport::parse(&report)
             .map_err(|e| SimError::Other(format!("simulated report: {e}")))?;
@@ -253,10 +275,7 @@ impl SimGpus {
             })
         })
         .collect::<Result<Vec<_>, SimError>>()?;
-        Ok(GpuCollateral {
-            rims,
-            ocsp: self.pki.ocsp_answers(at)?,
-        })
+        Ok(rims)
     }
 }
 

@@ -26,13 +26,19 @@ type Pki = State<Arc<SimPki>>;
 type Params = Query<HashMap<String, String>>;
 
 /// The PCCS v4 routes for the simulated platform.
-/// Serve the PCCS API from `pki` on `listener` until `shutdown`.
+/// Serve the PCCS API from `pki` on `listener` until `shutdown`, with the simulated GPUs'
+/// NVIDIA services (`gpu_services`) on the same port when there are any.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     pki: Arc<SimPki>,
+    gpus: Option<Arc<super::gpu_services::SimGpuServices>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(pki))
+    let mut app = router(pki);
+    if let Some(gpus) = gpus {
+        app = app.merge(super::gpu_services::router(gpus));
+    }
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -158,18 +158,15 @@ impl GpuAttester {
             return Err(e);
         }
         let roots = load_roots(config, gpu.source).await?;
+        // Simulated GPUs take their collateral from the simulation, unless the configuration
+        // names services: then the fetching path NVML's GPUs use runs against them (`sim
+        // pccs` serves the simulation's, docs/gpu.md).
+        #[cfg(feature = "sim")]
+        let sim_services = gpu.rim_service != tdx_net::nvidia::DEFAULT_RIM_SERVICE
+            || gpu.ocsp_responder != tdx_net::nvidia::DEFAULT_OCSP_RESPONDER;
         let collateral = match gpu.source {
-            GpuSourceKind::Nvml => CollateralSource::Nvidia(Box::new(
-                tdx_net::nvidia::NvidiaServices::new(
-                    &gpu.rim_service,
-                    &gpu.ocsp_responder,
-                    Some(gpu.cache_dir.clone()),
-                    gpu.rim_dir.clone(),
-                )
-                .map_err(|e| format!("[gpu]: {e}"))?,
-            )),
             #[cfg(feature = "sim")]
-            GpuSourceKind::Sim => {
+            GpuSourceKind::Sim if !sim_services => {
                 let dir = sim_dir.ok_or("gpu.source = \"sim\" needs a simulation directory")?;
                 let gpus = tokio::task::spawn_blocking(move || tdx_sim::SimGpus::open(&dir))
                     .await
@@ -180,6 +177,15 @@ impl GpuAttester {
             }
             #[cfg(not(feature = "sim"))]
             GpuSourceKind::Sim => return Err(format!("gpu.source: {}", tdx_tee::SIM_NOT_BUILT)),
+            _ => CollateralSource::Nvidia(Box::new(
+                tdx_net::nvidia::NvidiaServices::new(
+                    &gpu.rim_service,
+                    &gpu.ocsp_responder,
+                    Some(gpu.cache_dir.clone()),
+                    gpu.rim_dir.clone(),
+                )
+                .map_err(|e| format!("[gpu]: {e}"))?,
+            )),
         };
         tracing::info!(
             source = collector.describe(),
