@@ -688,3 +688,80 @@ async fn simulated_gpus_collateral_can_come_from_the_services_sim_pccs_serves() 
     );
     assert!(files("ocsp") > 0, "no OCSP answer was fetched");
 }
+
+/// `gpu-collateral` gathers a GPU's RIMs and fresh OCSP answers from the services (here the
+/// simulation's, as `sim pccs` serves them) into one bundle, with which `verify-gpu` appraises
+/// the evidence offline; without it the same evidence has no reference values to pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn gpu_collateral_gathers_a_bundle_verify_gpu_accepts() {
+    let sim = sim_with_gpus(1);
+    let pccs = support::SimPccs::start(sim.dir_str(), "127.0.0.1:0");
+    let agent = start(&gpu_config(&sim, &sim.tmp.path().join("agent"), 1, None));
+    wait_gpu_ready(&agent, &sim, true, Duration::from_secs(60)).await;
+    // One GPU's evidence as the agent serves it, and the nonce it answers.
+    let doc = get(&agent, &sim, WELL_KNOWN).await.json();
+    let set = GpuEvidenceSet::from_json_value(doc["gpu_evidence"].clone()).unwrap();
+    let gpu = &set.gpus()[0];
+    let spki = tdx_core::encoding::hex_array::<32>(doc["spki_sha256"].as_str().unwrap()).unwrap();
+    let nonce = tdx_core::encoding::hex(&tdx_core::gpu::nonce_for_certificate(&spki));
+    let dir = sim.tmp.path();
+    let (report, chain, bundle) = (
+        dir.join("report.bin"),
+        dir.join("chain.pem"),
+        dir.join("bundle.json"),
+    );
+    std::fs::write(&report, &gpu.report).unwrap();
+    std::fs::write(&chain, &gpu.chain_pem).unwrap();
+    let roots = gpu_roots(&sim);
+    let ocsp = format!("{}/ocsp", pccs.url);
+    let r = tdx_agent(&[
+        "gpu-collateral",
+        "--report",
+        path_str(&report),
+        "--chain",
+        path_str(&chain),
+        "--rim-service",
+        &pccs.url,
+        "--ocsp-responder",
+        &ocsp,
+        "--insecure-gpu-roots",
+        &roots,
+        "--out",
+        path_str(&bundle),
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("2 RIMs"), "{r}");
+    let verify = |collateral: Option<&Path>| {
+        let mut args = vec![
+            "verify-gpu",
+            "--report",
+            path_str(&report),
+            "--chain",
+            path_str(&chain),
+            "--expect-nonce",
+            &nonce,
+            "--insecure-gpu-roots",
+            &roots,
+        ];
+        if let Some(c) = collateral {
+            args.extend(["--collateral", path_str(c)]);
+        }
+        tdx_agent(&args)
+    };
+    let r = verify(Some(&bundle));
+    assert_eq!(r.code, 0, "{r}");
+    let r = verify(None);
+    assert_eq!(r.code, 1, "{r}");
+    // Usage: one chain per report.
+    let r = tdx_agent(&[
+        "gpu-collateral",
+        "--report",
+        path_str(&report),
+        "--chain",
+        path_str(&chain),
+        "--chain",
+        path_str(&chain),
+    ]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("one chain per report"), "{r}");
+}

@@ -6,6 +6,7 @@ mod attest;
 mod audit;
 mod connect;
 mod eventlog;
+mod gpu_collateral;
 mod measure;
 mod measure_model;
 mod serve;
@@ -56,6 +57,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Verify one NVIDIA GPU's evidence offline against its RIMs, OCSP answers and a policy.
     VerifyGpu(verify_gpu::VerifyGpuArgs),
+    /// Gather GPUs' collateral (RIMs, OCSP answers) from NVIDIA's services into one bundle
+    /// for `verify-gpu --collateral`.
+    GpuCollateral(gpu_collateral::GpuCollateralArgs),
     /// Watch a fleet: appraise every target on its interval, archive the evidence, export
     /// metrics (docs/watch.md).
     Watch(watch::WatchArgs),
@@ -121,6 +125,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Audit(c) => audit::run(c).await,
         Command::Verify(a) => verify::run(a).await,
         Command::VerifyGpu(a) => verify_gpu::run(a).await,
+        Command::GpuCollateral(a) => gpu_collateral::run(a).await,
         Command::VerifyEvidence(a) => verify_evidence::run(a).await,
         Command::Watch(a) => watch::watch(a).await,
         Command::Evidence(c) => watch::evidence(c).await,
