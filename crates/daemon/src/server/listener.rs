@@ -47,9 +47,43 @@ pub fn server_config(
     Ok(config)
 }
 
+/// One listening socket per connection thread on `addr`, bound with `SO_REUSEPORT` so the
+/// kernel hands each new connection to one socket and wakes one thread. (With one socket
+/// watched by every thread's epoll, each connection woke them all and all but one found
+/// nothing to accept: server CPU per handshake grew with the thread count, docs/benchmarks.md.)
+///
+/// `SO_REUSEPORT` would also let a second agent started by mistake on the same port share it
+/// silently; a plain bind first, closed at once, keeps "address in use" an error.
+pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let mut bound = addr;
+    let mut out = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        let s = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&bound.into())?;
+        s.listen(1024)?;
+        let l = std::net::TcpListener::from(s);
+        // Port 0: the first socket picks the port, the others join it.
+        bound = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
 /// Serve `service` until `shutdown` turns true, then drain for the grace period. Each
-/// connection thread accepts from its own handle on the one listening socket (`listeners`,
-/// one per thread), so a connection is handled where it was accepted, with no hand-over.
+/// connection thread accepts from its own listening socket (`listeners`, one per thread, see
+/// [`bind`]), so a connection is handled where it was accepted, with no hand-over unless the
+/// threads' loads drift apart (`Threads::place`).
 /// When `measured` changes (RTMR3 moved and a new certificate carries it), established
 /// connections are asked to close once their in-flight requests finish, so clients
 /// re-handshake and see the new measurements instead of riding on evidence that is stale.

@@ -298,20 +298,18 @@ pub async fn run(
     let router = http::router(Arc::clone(&state)).merge(grpc);
 
     let shards = shards::Shards::start(connection_threads).map_err(setup)?;
-    let tcp = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
+    let listeners = listener::bind(config.listen, shards.threads().len()).map_err(|source| {
+        ServeError::Bind {
             addr: config.listen,
             source,
-        })?;
-    let local = tcp.local_addr().map_err(setup)?;
-    // Every connection thread accepts from its own handle on the one socket.
-    let tcp = tcp.into_std().map_err(setup)?;
-    let listeners = (0..shards.threads().len())
-        .map(|_| tcp.try_clone())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| setup(format!("listening socket {local}: {e}")))?;
-    drop(tcp);
+        }
+    })?;
+    let local = listeners
+        .first()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()
+        .map_err(setup)?
+        .ok_or_else(|| setup("no listening socket"))?;
     tracing::info!(%local, "listening (HTTPS and gRPC)");
     // Tests and scripts read the bound address from here (useful with port 0).
     println!("tdx-agent listening on {local}");
