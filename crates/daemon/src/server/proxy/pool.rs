@@ -269,3 +269,11 @@ impl hyper::body::Body for PooledBody {
         self.reader.size_hint()
     }
 }
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;
+
+#[cfg(test)]
+#[path = "pool_hyper_diff_tests.rs"]
+mod hyper_diff_tests;
