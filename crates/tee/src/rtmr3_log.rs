@@ -57,24 +57,27 @@ impl Rtmr3Log {
             path: path.to_path_buf(),
             source,
         };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        // Bytes first: a write cut short may end inside a multi-byte character.
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(e)),
         };
-        let (text, dropped_torn_line) = match text.rfind('\n') {
+        let (bytes, dropped_torn_line) = match bytes.iter().rposition(|&b| b == b'\n') {
             // Every append writes a whole line ending in '\n' and extends only after the fsync
             // that follows, so an unterminated tail is a write cut short (the agent was
             // killed in it) and was never extended: cut it off, or the next append would
             // continue it. No newline at all is a torn header, which write_atomic rules
             // out: that is refused below as malformed.
-            Some(end) if end + 1 < text.len() => {
-                let torn = text[end + 1..].to_string();
+            Some(end) if end + 1 < bytes.len() => {
+                let torn = String::from_utf8_lossy(&bytes[end + 1..]).into_owned();
                 truncate_durably(path, (end + 1) as u64).map_err(io)?;
-                (text[..=end].to_string(), Some(torn))
+                (&bytes[..=end], Some(torn))
             }
-            _ => (text, None),
+            _ => (&bytes[..], None),
         };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         let mut lines = text.lines();
         let Some(first) = lines.next() else {
             return Self::start(path, boot_id);
@@ -327,6 +330,26 @@ mod tests {
         let again = Rtmr3Log::open(&path, "b").unwrap();
         assert!(again.dropped_torn_line.is_none());
         assert_eq!(again.expected_rtmr3().unwrap(), replay([&d1, &d2]));
+
+        // Cut inside a multi-byte character: still only the torn line goes.
+        let wide = serde_json::to_string(&LogLine {
+            seq: 2,
+            rtmr: 3,
+            digest: hex::encode(ev(2).digest().unwrap()),
+            event: Event {
+                kind: "test".into(),
+                data: json!({"name": "模型"}),
+            },
+        })
+        .unwrap();
+        let cut = wide.find('模').unwrap() + 1;
+        let mut torn_bytes = whole.clone().into_bytes();
+        torn_bytes.extend_from_slice(&wide.as_bytes()[..cut]);
+        std::fs::write(&path, torn_bytes).unwrap();
+        let log = Rtmr3Log::open(&path, "b").unwrap();
+        assert!(log.dropped_torn_line.is_some());
+        assert_eq!(log.lines.len(), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
 
         // A whole line that only lacks its newline was not finished either: cut off too.
         std::fs::write(&path, format!("{whole}{line}")).unwrap();
