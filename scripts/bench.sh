@@ -11,6 +11,7 @@ cargo bench --locked --bench gpu_attest
 cargo bench --locked --bench watch
 cargo bench --locked --bench model_hash
 scripts/bench-deps.sh && cargo bench --locked --bench front_door
+cargo bench --locked --bench upstream_client
 # The Python package's in-process transport against plain httpx and connect (docs/python.md):
 # the release build of the extension, in the tests' venv.
 py="$(scripts/python-env.sh)"

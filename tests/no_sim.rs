@@ -1,6 +1,7 @@
 //! The build guest images ship (`--no-default-features`, docs/image.md) has no simulated TD:
 //! every way of asking for it (`--tee sim`, `tee.kind = "sim"`, `tdx-agent sim`) is refused
-//! with a message that says so, before anything is bound, while the rest of the binary works.
+//! with a message that says so, before anything is bound, while the rest of the binary works;
+//! nor has it the test-only RTMR3 crash points.
 //!
 //! scripts/test.sh builds that binary and puts it beside the test build's `tdx-agent` as
 //! `tdx-agent-nosim`; a missing one fails this test rather than skipping it.
@@ -117,4 +118,20 @@ fn the_image_build_still_verifies_real_quotes() {
         "{ok}\n{dev}"
     );
     assert_eq!(ok.code, 0, "{ok}");
+}
+
+/// The test-only crash points (docs/formats.md §11) are not in the image build: the variable
+/// that arms them appears in the development binary and nowhere in the image's.
+#[test]
+fn the_image_build_has_no_crash_points() {
+    let needle = b"TDX_AGENT_INSECURE_CRASH_AT";
+    let contains = |path: &std::path::Path| {
+        let bytes = std::fs::read(path).unwrap();
+        bytes.windows(needle.len()).any(|w| w == needle)
+    };
+    assert!(
+        contains(std::path::Path::new(support::bin())),
+        "the development build must have the crash points (else this test proves nothing)"
+    );
+    assert!(!contains(&nosim_bin()), "the image build has crash points");
 }

@@ -11,6 +11,10 @@
 
 mod support;
 
+// Crash consistency of RTMR3 measurements on the emulator, in a file of its own.
+#[path = "tsm_emulator/crash.rs"]
+mod crash;
+
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};

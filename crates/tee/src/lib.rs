@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod configfs;
+pub mod crash_point;
 mod error;
 pub mod fsops;
 mod handle;

@@ -1,12 +1,18 @@
 //! The RTMR3 event log of this boot on disk: every runtime measurement is written here
 //! (fsynced) before it is extended, so the log always explains RTMR3. It lives on tmpfs (/run)
 //! and records the boot id: it vanishes at reboot exactly when the registers reset.
+//!
+//! A restart in the same boot sets the log beside the live RTMR3 ([`Rtmr3Log::recovery`]);
+//! the rule for an agent stopped part-way through an extend is docs/formats.md §11, "Crash
+//! recovery".
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tdx_core::measure::rtmr3_log::{Event, LogLine, Rtmr3LogError, parse_lines, replay_lines};
+
+use crate::crash_point::{self, CrashPoint};
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +24,29 @@ struct Header {
 pub struct Rtmr3Log {
     path: PathBuf,
     pub lines: Vec<LogLine>,
+    /// The unterminated last line [`Rtmr3Log::open`] cut off: a write the agent never finished,
+    /// so never extended. Kept to be reported.
+    pub dropped_torn_line: Option<String>,
+    /// The event of this run whose extend failed after it was logged (set and cleared by
+    /// whoever extends: this file only writes the log).
+    pub unextended: Option<u64>,
+}
+
+/// What the log says about the live RTMR3 when a restart in the same boot opens it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// The log replays to RTMR3: every logged event was extended, once.
+    Replays,
+    /// All but the last event replay to RTMR3: the agent stopped after logging that event
+    /// (the log is written before the extend) and before extending it. Extending it once
+    /// completes the sequence the log promises.
+    ExtendLast {
+        seq: u64,
+        kind: String,
+        digest: [u8; 48],
+    },
+    /// Neither: RTMR3 moved without the log, or the log was altered. Nothing may be extended.
+    Mismatch { expected: [u8; 48] },
 }
 
 impl Rtmr3Log {
@@ -28,11 +57,27 @@ impl Rtmr3Log {
             path: path.to_path_buf(),
             source,
         };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        // Bytes first: a write cut short may end inside a multi-byte character.
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io(e)),
         };
+        let (bytes, dropped_torn_line) = match bytes.iter().rposition(|&b| b == b'\n') {
+            // Every append writes a whole line ending in '\n' and extends only after the fsync
+            // that follows, so an unterminated tail is a write cut short (the agent was
+            // killed in it) and was never extended: cut it off, or the next append would
+            // continue it. No newline at all is a torn header, which write_atomic rules
+            // out: that is refused below as malformed.
+            Some(end) if end + 1 < bytes.len() => {
+                let torn = String::from_utf8_lossy(&bytes[end + 1..]).into_owned();
+                truncate_durably(path, (end + 1) as u64).map_err(io)?;
+                (&bytes[..=end], Some(torn))
+            }
+            _ => (&bytes[..], None),
+        };
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         let mut lines = text.lines();
         let Some(first) = lines.next() else {
             return Self::start(path, boot_id);
@@ -55,6 +100,8 @@ impl Rtmr3Log {
         Ok(Rtmr3Log {
             path: path.to_path_buf(),
             lines: parsed,
+            dropped_torn_line,
+            unextended: None,
         })
     }
 
@@ -72,12 +119,34 @@ impl Rtmr3Log {
         Ok(Rtmr3Log {
             path: path.to_path_buf(),
             lines: Vec::new(),
+            dropped_torn_line: None,
+            unextended: None,
         })
     }
 
     /// What RTMR3 must be if every logged event was extended.
     pub fn expected_rtmr3(&self) -> Result<[u8; 48], Rtmr3LogError> {
         replay_lines(&self.lines)
+    }
+
+    /// Set the log beside `live`, the RTMR3 read now. Only the last event can be pending:
+    /// each extend happens under the log's lock right after its append, so an agent stops
+    /// with at most one event logged and not extended.
+    pub fn recovery(&self, live: &[u8; 48]) -> Result<Recovery, Rtmr3LogError> {
+        let expected = replay_lines(&self.lines)?;
+        if &expected == live {
+            return Ok(Recovery::Replays);
+        }
+        if let Some((last, before)) = self.lines.split_last()
+            && &replay_lines(before)? == live
+        {
+            return Ok(Recovery::ExtendLast {
+                seq: last.seq,
+                kind: last.event.kind.clone(),
+                digest: last.event.digest()?,
+            });
+        }
+        Ok(Recovery::Mismatch { expected })
     }
 
     /// Record `event` durably (written and fsynced) and return its digest; the caller
@@ -91,15 +160,22 @@ impl Rtmr3Log {
             event,
         };
         let text = serde_json::to_string(&line).map_err(|e| Rtmr3LogError::Event(e.to_string()))?;
+        let bytes = format!("{text}\n").into_bytes();
+        let kind = line.event.kind.as_str();
         let io = |source| Rtmr3LogError::Io {
             path: self.path.clone(),
             source,
         };
+        crash_point::reached(CrashPoint::BeforeLogWrite, kind);
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(io)?;
-        f.write_all(format!("{text}\n").as_bytes()).map_err(io)?;
+        crash_point::reached_after(CrashPoint::TornLogWrite, kind, || {
+            let _ = f.write_all(&bytes[..bytes.len() / 2]);
+        });
+        f.write_all(&bytes).map_err(io)?;
+        crash_point::reached(CrashPoint::BetweenWriteAndFsync, kind);
         f.sync_data().map_err(io)?;
         self.lines.push(line);
         Ok(digest)
@@ -113,6 +189,13 @@ impl Rtmr3Log {
             .map(|l| l + "\n")
             .collect()
     }
+}
+
+/// Cut `path` to `len` bytes and make that durable before anything is appended after it.
+fn truncate_durably(path: &Path, len: u64) -> std::io::Result<()> {
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.set_len(len)?;
+    f.sync_data()
 }
 
 /// This boot's id (Linux), or a fixed id where the kernel has none to give.
@@ -171,5 +254,116 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let err = Rtmr3Log::open(&path, "b").err().unwrap().to_string();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn recovery_names_the_one_pending_event_or_a_mismatch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rtmr3.jsonl");
+        let mut log = Rtmr3Log::open(&path, "b").unwrap();
+        assert_eq!(log.recovery(&[0; 48]).unwrap(), Recovery::Replays);
+        assert!(matches!(
+            log.recovery(&[1; 48]).unwrap(),
+            Recovery::Mismatch { expected } if expected == [0; 48]
+        ));
+        let d1 = log.append(ev(1)).unwrap();
+        // Logged, not extended: the register is still zero.
+        assert_eq!(
+            log.recovery(&[0; 48]).unwrap(),
+            Recovery::ExtendLast {
+                seq: 1,
+                kind: "test".into(),
+                digest: d1
+            }
+        );
+        let after_one = replay([&d1]);
+        assert_eq!(log.recovery(&after_one).unwrap(), Recovery::Replays);
+        let d2 = log.append(ev(2)).unwrap();
+        let after_two = replay([&d1, &d2]);
+        assert_eq!(
+            log.recovery(&after_one).unwrap(),
+            Recovery::ExtendLast {
+                seq: 2,
+                kind: "test".into(),
+                digest: d2
+            }
+        );
+        assert_eq!(log.recovery(&after_two).unwrap(), Recovery::Replays);
+        // Two events behind is not a crash of this agent (it extends each event before
+        // logging the next): refused, never caught up.
+        assert!(matches!(
+            log.recovery(&[0; 48]).unwrap(),
+            Recovery::Mismatch { expected } if expected == after_two
+        ));
+        // Extended twice, or by someone else: refused.
+        let twice = replay([&d1, &d2, &d2]);
+        assert!(matches!(
+            log.recovery(&twice).unwrap(),
+            Recovery::Mismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rtmr3.jsonl");
+        let mut log = Rtmr3Log::open(&path, "b").unwrap();
+        let d1 = log.append(ev(1)).unwrap();
+        let whole = std::fs::read_to_string(&path).unwrap();
+        // What a kill in the middle of the second append's write leaves.
+        let line = serde_json::to_string(&LogLine {
+            seq: 2,
+            rtmr: 3,
+            digest: hex::encode(ev(2).digest().unwrap()),
+            event: ev(2),
+        })
+        .unwrap();
+        let torn = &line[..line.len() / 2];
+        std::fs::write(&path, format!("{whole}{torn}")).unwrap();
+        let mut log = Rtmr3Log::open(&path, "b").unwrap();
+        assert_eq!(log.dropped_torn_line.as_deref(), Some(torn));
+        assert_eq!(log.lines.len(), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
+        assert_eq!(log.recovery(&replay([&d1])).unwrap(), Recovery::Replays);
+        // The next append starts on a line of its own.
+        let d2 = log.append(ev(2)).unwrap();
+        let again = Rtmr3Log::open(&path, "b").unwrap();
+        assert!(again.dropped_torn_line.is_none());
+        assert_eq!(again.expected_rtmr3().unwrap(), replay([&d1, &d2]));
+
+        // Cut inside a multi-byte character: still only the torn line goes.
+        let wide = serde_json::to_string(&LogLine {
+            seq: 2,
+            rtmr: 3,
+            digest: hex::encode(ev(2).digest().unwrap()),
+            event: Event {
+                kind: "test".into(),
+                data: json!({"name": "模型"}),
+            },
+        })
+        .unwrap();
+        let cut = wide.find('模').unwrap() + 1;
+        let mut torn_bytes = whole.clone().into_bytes();
+        torn_bytes.extend_from_slice(&wide.as_bytes()[..cut]);
+        std::fs::write(&path, torn_bytes).unwrap();
+        let log = Rtmr3Log::open(&path, "b").unwrap();
+        assert!(log.dropped_torn_line.is_some());
+        assert_eq!(log.lines.len(), 1);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), whole);
+
+        // A whole line that only lacks its newline was not finished either: cut off too.
+        std::fs::write(&path, format!("{whole}{line}")).unwrap();
+        let log = Rtmr3Log::open(&path, "b").unwrap();
+        assert_eq!(log.dropped_torn_line.as_deref(), Some(line.as_str()));
+        assert_eq!(log.lines.len(), 1);
+    }
+
+    #[test]
+    fn a_torn_header_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rtmr3.jsonl");
+        std::fs::write(&path, r#"{"boot_id":"#).unwrap();
+        let err = Rtmr3Log::open(&path, "b").err().unwrap().to_string();
+        assert!(err.contains("line 1"), "{err}");
     }
 }

@@ -122,20 +122,27 @@ async fn run(req: Request, state: &AppState) -> Result<serde_json::Value, String
             let digest = {
                 let mut log = state.rtmr3_log.lock().await;
                 let path: PathBuf = state.rtmr3_log_path.clone();
-                let digest =
-                    crate::blocking::blocking_in_place(|| log.append(event)).map_err(|e| {
-                        format!("RTMR3 event log {}: {e}; nothing extended", path.display())
-                    })?;
-                if let Err(e) = state.tee.extend_rtmr(tdx_tee::Rtmr::R3, digest).await {
-                    let why = format!(
-                        "extending RTMR3 failed after the event was logged: {e}; the log no longer explains RTMR3"
-                    );
-                    state
-                        .readiness
-                        .set(super::readiness::Stage::Measured, false, why.clone());
-                    return Err(why);
+                match super::measure::log_then_extend(&mut log, &state.tee, event).await {
+                    Ok(digest) => digest,
+                    Err(super::measure::MeasureError::Log(e)) => {
+                        return Err(format!(
+                            "RTMR3 event log {}: {e}; nothing extended",
+                            path.display()
+                        ));
+                    }
+                    Err(e @ super::measure::MeasureError::Pending { .. }) => {
+                        return Err(e.to_string());
+                    }
+                    Err(super::measure::MeasureError::Extend(e)) => {
+                        let why = format!(
+                            "extending RTMR3 failed after the event was logged: {e}; the log no longer explains RTMR3 (a restart extends the logged event)"
+                        );
+                        state
+                            .readiness
+                            .set(super::readiness::Stage::Measured, false, why.clone());
+                        return Err(why);
+                    }
                 }
-                digest
             };
             state
                 .audit

@@ -17,8 +17,8 @@ use tdx_core::gpu::{
 };
 use tdx_core::measure::rtmr3_log::Event;
 use tdx_gpu::{CollectedGpu, Collector, GpuSource};
+use tdx_tee::TeeHandle;
 use tdx_tee::rtmr3_log::Rtmr3Log;
-use tdx_tee::{Rtmr, TeeHandle};
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{Config, GpuRequired, GpuSourceKind, TeeKindConfig};
@@ -628,14 +628,16 @@ pub async fn measure_events(
             kind: GPU_EVENT.into(),
             data,
         };
-        let digest = crate::blocking::blocking_in_place(|| log.append(event))
-            .map_err(|err| format!("RTMR3 event log: {err}"))?;
-        tee.extend_rtmr(Rtmr::R3, digest).await.map_err(|err| {
-            format!(
-                "extending RTMR3 with gpu[{}] failed after it was logged: {err}; refusing to serve",
-                e.index
-            )
-        })?;
+        let digest = super::measure::log_then_extend(log, tee, event)
+            .await
+            .map_err(|err| match err {
+                super::measure::MeasureError::Log(err) => format!("RTMR3 event log: {err}"),
+                err @ super::measure::MeasureError::Pending { .. } => err.to_string(),
+                super::measure::MeasureError::Extend(err) => format!(
+                    "extending RTMR3 with gpu[{}] failed after it was logged: {err}; refusing to serve",
+                    e.index
+                ),
+            })?;
         audit
             .append(AuditEvent::rtmr_extended(3, &digest, GPU_EVENT))
             .await

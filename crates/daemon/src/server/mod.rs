@@ -13,6 +13,7 @@ pub mod head_timer;
 pub mod http;
 pub mod issue;
 pub mod listener;
+pub mod measure;
 pub mod metrics;
 pub mod proxy;
 pub mod quoter;

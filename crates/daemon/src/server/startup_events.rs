@@ -1,6 +1,8 @@
 //! The runtime measurements made before the agent may report ready (docs/design.md §7): its config
 //! and policy, the model manifest and the vLLM command line, each logged (fsynced) and then
-//! extended into RTMR3. A restart in the same boot replays the log instead of extending again.
+//! extended into RTMR3. A restart in the same boot replays the log instead of extending again,
+//! and first repairs what a crash part-way through an extend left (docs/formats.md §11,
+//! "Crash recovery").
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,8 +14,10 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use tdx_core::encoding::hex;
 use tdx_core::measure::rtmr3_log::Event;
-use tdx_tee::rtmr3_log::Rtmr3Log;
+use tdx_tee::rtmr3_log::{Recovery, Rtmr3Log};
 use tdx_tee::{Rtmr, TeeHandle};
+
+use super::measure::{MeasureError, log_then_extend};
 
 pub const EVENT_AGENT_CONFIG: &str = "agent-config";
 pub const EVENT_MODEL: &str = "model";
@@ -162,55 +166,92 @@ async fn apply_inner(
         log: log_path.to_path_buf(),
         detail,
     };
+    if let Some(torn) = log.dropped_torn_line.take() {
+        // A write cut short is never extended (the extend follows the fsync): nothing to undo.
+        tracing::warn!(
+            log = %log_path.display(),
+            torn = %torn,
+            "RTMR3 event log ended in a half-written line (the agent was stopped while writing it); cut it off"
+        );
+        audit
+            .append(AuditEvent::notice(
+                "rtmr3_log_torn_line_dropped",
+                &format!("{}: {torn}", log_path.display()),
+            ))
+            .await
+            .map_err(|e| StartupMeasureError::Audit(e.to_string()))?;
+    }
     let live = tee
         .measurements()
         .await
         .map_err(|e| StartupMeasureError::ReadRtmr(e.to_string()))?
         .rtmr[3];
-    let expected = log.expected_rtmr3().map_err(|e| log_err(e.to_string()))?;
-    if live != expected {
-        return Err(StartupMeasureError::Mismatch {
-            live: hex(&live),
-            expected: hex(&expected),
-            log: log_path.to_path_buf(),
-        });
-    }
-    if !log.lines.is_empty() {
-        // A restart in this boot: the log must begin with exactly what we would extend.
-        for (i, event) in planned.iter().enumerate() {
-            let Some(line) = log.lines.get(i) else {
-                return Err(StartupMeasureError::Changed {
-                    seq: i as u64 + 1,
-                    kind: event.kind.clone(),
-                    logged: "nothing".into(),
-                    planned: event.data.to_string(),
-                });
-            };
-            if &line.event != event {
-                return Err(StartupMeasureError::Changed {
-                    seq: line.seq,
-                    kind: event.kind.clone(),
-                    logged: format!("{} {}", line.event.kind, line.event.data),
-                    planned: event.data.to_string(),
-                });
-            }
+    match log.recovery(&live).map_err(|e| log_err(e.to_string()))? {
+        Recovery::Replays => {}
+        Recovery::ExtendLast { seq, kind, digest } => {
+            // The agent stopped between logging this event and extending it. The log is the
+            // record of intent and clients read it: extending now (once: afterwards the log
+            // replays) makes RTMR3 match it again.
+            tee.extend_rtmr(Rtmr::R3, digest)
+                .await
+                .map_err(|e| StartupMeasureError::Extend {
+                    kind: kind.clone(),
+                    detail: e.to_string(),
+                })?;
+            audit
+                .append(AuditEvent::rtmr_extended(3, &digest, &kind))
+                .await
+                .map_err(|e| StartupMeasureError::Audit(e.to_string()))?;
+            tracing::warn!(
+                seq,
+                event = %kind,
+                digest = %hex(&digest),
+                "RTMR3 event log ended in an event that was logged but not extended (the agent stopped in between); extended it now"
+            );
         }
+        Recovery::Mismatch { expected } => {
+            return Err(StartupMeasureError::Mismatch {
+                live: hex(&live),
+                expected: hex(&expected),
+                log: log_path.to_path_buf(),
+            });
+        }
+    }
+    // The log now explains RTMR3; it must begin with what this configuration measures. A
+    // log that stops short of the plan is a startup measurement cut off by a crash (the
+    // agent-config event pins the configuration that planned the rest): go on from there.
+    let mut done = 0;
+    for (i, event) in planned.iter().enumerate() {
+        let Some(line) = log.lines.get(i) else {
+            break;
+        };
+        if &line.event != event {
+            return Err(StartupMeasureError::Changed {
+                seq: line.seq,
+                kind: event.kind.clone(),
+                logged: format!("{} {}", line.event.kind, line.event.data),
+                planned: event.data.to_string(),
+            });
+        }
+        done = i + 1;
+    }
+    if done > 0 {
         tracing::info!(
             events = log.lines.len(),
-            "RTMR3 already holds this boot's measurements (event log replayed); not extending again"
+            "RTMR3 already holds this boot's measurements (event log replayed); not extending them again"
         );
-        return Ok(());
     }
-    for event in planned {
+    for event in planned.into_iter().skip(done) {
         let kind = event.kind.clone();
-        // Logged (and fsynced) before the extend, so the log always explains RTMR3.
-        let digest = crate::blocking::blocking_in_place(|| log.append(event))
-            .map_err(|e| log_err(e.to_string()))?;
-        tee.extend_rtmr(Rtmr::R3, digest)
+        let digest = log_then_extend(&mut log, tee, event)
             .await
-            .map_err(|e| StartupMeasureError::Extend {
-                kind: kind.clone(),
-                detail: e.to_string(),
+            .map_err(|e| match e {
+                MeasureError::Log(e) => log_err(e.to_string()),
+                e @ MeasureError::Pending { .. } => log_err(e.to_string()),
+                MeasureError::Extend(e) => StartupMeasureError::Extend {
+                    kind: kind.clone(),
+                    detail: e.to_string(),
+                },
             })?;
         audit
             .append(AuditEvent::rtmr_extended(3, &digest, &kind))
@@ -219,4 +260,191 @@ async fn apply_inner(
         tracing::info!(event = %kind, digest = %hex(&digest), "RTMR3 extended");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tdx_tee::{Measurements, ReportData, Sha384, Tee, TeeError, TeeKind};
+
+    /// RTMR3 as the TDX module keeps it: the extend fold, and a count of extends.
+    struct Registers {
+        rtmr3: Mutex<([u8; 48], u32)>,
+    }
+
+    impl Tee for Registers {
+        fn kind(&self) -> TeeKind {
+            TeeKind::Simulated
+        }
+        fn quote(&self, _: &ReportData) -> Result<Vec<u8>, TeeError> {
+            // Startup measurement never quotes.
+            Err(TeeError::QuoteFailed {
+                path: PathBuf::from("no-quotes"),
+            })
+        }
+        fn measurements(&self) -> Result<Measurements, TeeError> {
+            let (r3, _) = *self.rtmr3.lock().unwrap();
+            Ok(Measurements {
+                mrtd: [0; 48],
+                rtmr: [[0; 48], [0; 48], [0; 48], r3],
+                mrconfigid: [0; 48],
+                mrowner: [0; 48],
+                mrownerconfig: [0; 48],
+            })
+        }
+        fn extend_rtmr(&self, rtmr: Rtmr, digest: &Sha384) -> Result<(), TeeError> {
+            assert_eq!(rtmr, Rtmr::R3);
+            let mut g = self.rtmr3.lock().unwrap();
+            g.0 = replay_from(g.0, digest);
+            g.1 += 1;
+            Ok(())
+        }
+        fn boot_event_log(&self) -> Result<Vec<u8>, TeeError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn replay_from(r: [u8; 48], d: &[u8; 48]) -> [u8; 48] {
+        use sha2::Sha384;
+        let mut h = Sha384::new();
+        h.update(r);
+        h.update(d);
+        h.finalize().into()
+    }
+
+    fn ev(kind: &str, n: u64) -> Event {
+        Event {
+            kind: kind.into(),
+            data: json!({ "n": n }),
+        }
+    }
+
+    struct Rig {
+        dir: tempfile::TempDir,
+        regs: Arc<Registers>,
+        tee: TeeHandle,
+        audit: AuditLog,
+    }
+
+    impl Rig {
+        async fn new() -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let regs = Arc::new(Registers {
+                rtmr3: Mutex::new(([0; 48], 0)),
+            });
+            let tee = TeeHandle::new(regs.clone());
+            let audit = AuditLog::open(&dir.path().join("audit"), Default::default())
+                .await
+                .unwrap();
+            Rig {
+                dir,
+                regs,
+                tee,
+                audit,
+            }
+        }
+
+        fn log_path(&self) -> PathBuf {
+            self.dir.path().join("rtmr3.jsonl")
+        }
+
+        fn log(&self) -> Rtmr3Log {
+            Rtmr3Log::open(&self.log_path(), "boot").unwrap()
+        }
+
+        /// Start once: open the log as a restart does and apply `planned`.
+        async fn start(&self, planned: &[Event]) -> Result<(), StartupMeasureError> {
+            let log = tokio::sync::Mutex::new(self.log());
+            apply(
+                planned.to_vec(),
+                &self.tee,
+                &log,
+                &self.log_path(),
+                &self.audit,
+            )
+            .await
+        }
+
+        /// (RTMR3, extends so far)
+        fn rtmr3(&self) -> ([u8; 48], u32) {
+            *self.regs.rtmr3.lock().unwrap()
+        }
+
+        fn replayed(&self) -> [u8; 48] {
+            self.log().expected_rtmr3().unwrap()
+        }
+    }
+
+    fn planned() -> Vec<Event> {
+        vec![ev(EVENT_AGENT_CONFIG, 1), ev(EVENT_VLLM_CMDLINE, 2)]
+    }
+
+    #[tokio::test]
+    async fn a_fresh_boot_extends_and_a_restart_extends_nothing() {
+        let rig = Rig::new().await;
+        rig.start(&planned()).await.unwrap();
+        assert_eq!(rig.rtmr3(), (rig.replayed(), 2));
+        rig.start(&planned()).await.unwrap();
+        assert_eq!(rig.rtmr3(), (rig.replayed(), 2));
+        assert_eq!(rig.log().lines.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_startup_cut_short_goes_on_where_it_stopped() {
+        let rig = Rig::new().await;
+        // Killed after the first event was extended, before the second was logged.
+        rig.start(&planned()[..1]).await.unwrap();
+        assert_eq!(rig.rtmr3().1, 1);
+        rig.start(&planned()).await.unwrap();
+        assert_eq!(rig.rtmr3(), (rig.replayed(), 2));
+        let kinds: Vec<_> = rig.log().lines.into_iter().map(|l| l.event.kind).collect();
+        assert_eq!(kinds, [EVENT_AGENT_CONFIG, EVENT_VLLM_CMDLINE]);
+    }
+
+    #[tokio::test]
+    async fn the_event_logged_but_not_extended_is_extended_once() {
+        let rig = Rig::new().await;
+        rig.start(&planned()).await.unwrap();
+        // Killed between an admin event's fsync and its extend.
+        let digest = rig.log().append(ev("admin", 3)).unwrap();
+        let before = rig.rtmr3();
+        assert_ne!(before.0, rig.replayed());
+        rig.start(&planned()).await.unwrap();
+        assert_eq!(rig.rtmr3(), (replay_from(before.0, &digest), 3));
+        assert_eq!(rig.rtmr3().0, rig.replayed());
+        // Once: the next restart only replays.
+        rig.start(&planned()).await.unwrap();
+        assert_eq!(rig.rtmr3().1, 3);
+    }
+
+    #[tokio::test]
+    async fn what_no_crash_explains_is_refused_by_name() {
+        let rig = Rig::new().await;
+        rig.start(&planned()).await.unwrap();
+        // Two events logged and not extended: not one crash of this agent.
+        let mut log = rig.log();
+        log.append(ev("admin", 3)).unwrap();
+        log.append(ev("admin", 4)).unwrap();
+        let err = rig.start(&planned()).await.unwrap_err();
+        assert!(matches!(err, StartupMeasureError::Mismatch { .. }), "{err}");
+        assert!(err.to_string().contains("rtmr3.jsonl"), "{err}");
+        assert_eq!(rig.rtmr3().1, 2);
+
+        // RTMR3 extended by someone else.
+        let rig = Rig::new().await;
+        rig.start(&planned()).await.unwrap();
+        rig.tee.extend_rtmr(Rtmr::R3, [9; 48]).await.unwrap();
+        let err = rig.start(&planned()).await.unwrap_err();
+        assert!(matches!(err, StartupMeasureError::Mismatch { .. }), "{err}");
+        assert_eq!(rig.rtmr3().1, 3);
+
+        // Another configuration in the same boot.
+        let rig = Rig::new().await;
+        rig.start(&planned()).await.unwrap();
+        let other = vec![ev(EVENT_AGENT_CONFIG, 7)];
+        let err = rig.start(&other).await.unwrap_err();
+        assert!(matches!(err, StartupMeasureError::Changed { .. }), "{err}");
+        assert_eq!(rig.rtmr3().1, 2);
+    }
 }

@@ -286,68 +286,9 @@ impl hyper::body::Body for PooledBody {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use tokio::io::AsyncReadExt as _;
+#[path = "pool_tests.rs"]
+mod tests;
 
-    /// `n` connections to a local listener, and the listener's ends of them.
-    async fn connections(n: usize) -> (Vec<Conn>, Vec<tokio::net::TcpStream>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-        for _ in 0..n {
-            ours.push(Conn::new(
-                tokio::net::TcpStream::connect(addr).await.unwrap(),
-            ));
-            theirs.push(listener.accept().await.unwrap().0);
-        }
-        (ours, theirs)
-    }
-
-    #[tokio::test]
-    async fn idle_connections_past_their_keepalive_are_closed_on_every_stack() {
-        // Idle time zero: every kept connection is already past it.
-        let pool = Pool::new(
-            "127.0.0.1:1".into(),
-            Duration::from_secs(1),
-            Duration::ZERO,
-            8,
-            2,
-        );
-        let (ours, mut theirs) = connections(3).await;
-        for (slot, conn) in ours.into_iter().enumerate() {
-            // Each on another thread's stack; `put` keeps the newest.
-            pool.idle(slot).push(Idle {
-                conn,
-                since: Instant::now(),
-            });
-        }
-        assert_eq!(pool.close_expired(), 3);
-        assert_eq!(pool.close_expired(), 0);
-        // The upstream sees each of them closed.
-        for s in &mut theirs {
-            let mut b = [0u8; 1];
-            assert_eq!(s.read(&mut b).await.unwrap(), 0);
-        }
-    }
-
-    #[tokio::test]
-    async fn idle_connections_within_their_keepalive_stay_for_reuse() {
-        let pool = Pool::new(
-            "127.0.0.1:1".into(),
-            Duration::from_secs(1),
-            Duration::from_secs(3600),
-            8,
-            1,
-        );
-        let (ours, _theirs) = connections(2).await;
-        for conn in ours {
-            pool.put(0, conn);
-        }
-        assert_eq!(pool.close_expired(), 0);
-        assert!(pool.take(0).is_some());
-        assert!(pool.take(0).is_some());
-        assert!(pool.take(0).is_none());
-    }
-}
+#[cfg(test)]
+#[path = "pool_hyper_diff_tests.rs"]
+mod hyper_diff_tests;

@@ -19,6 +19,8 @@ pub enum HeadError {
     Field { name: String, why: &'static str },
     #[error("Content-Length {0:?} is not one decimal number")]
     ContentLength(String),
+    #[error("an HTTP/1.0 response with Transfer-Encoding has no trustworthy framing")]
+    TransferEncodingInHttp10,
 }
 
 /// How the body after the head is delimited.
@@ -139,6 +141,11 @@ fn framing(
         return Ok((Framing::Empty, keep_alive));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
+        // HTTP/1.0 has no transfer codings: such a message's framing is faulty (RFC 9112
+        // §6.1), whatever else it says. Found by the differential test against hyper.
+        if version == Version::HTTP_10 {
+            return Err(HeadError::TransferEncodingInHttp10);
+        }
         // Both present is how requests get smuggled: Transfer-Encoding wins, and the
         // connection is not trusted with another message (§6.1).
         if headers.contains_key(header::CONTENT_LENGTH) {
@@ -322,6 +329,8 @@ mod tests {
             "HTTP/1.1 099 Low\r\n\r\n",
             "SSH-2.0-OpenSSH\r\n\r\n",
             "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
         ] {
             assert!(head(wire, Method::GET).is_err(), "{wire:?} was accepted");
         }
