@@ -1246,3 +1246,30 @@ async fn malformed_grpc_bodies_get_error_statuses() {
     let live = c.get("/livez").await;
     assert_eq!(live.status, 200);
 }
+
+/// Listening with a socket per connection thread (`SO_REUSEPORT`) must not let a second agent
+/// share the port: it fails to start, naming the address, and the first keeps every
+/// connection.
+#[test]
+fn a_second_agent_on_the_same_port_is_refused() {
+    let first_td = SimTd::new();
+    let first = Daemon::sim(&first_td, &[]);
+    let second_td = SimTd::new();
+    let r = support::tdx_agent_within(
+        &[
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            second_td.dir_str(),
+            "--listen",
+            &first.addr,
+        ],
+        Duration::from_secs(60),
+    );
+    assert_ne!(r.code, 0, "{r}");
+    assert!(
+        r.stderr.contains(first.addr.as_str()) && r.stderr.to_lowercase().contains("in use"),
+        "{r}"
+    );
+}
