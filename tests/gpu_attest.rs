@@ -583,13 +583,7 @@ async fn watch_archives_gpu_evidence_and_reverify_rechecks_it() {
         ),
     )
     .unwrap();
-    let mut watch = support::Listening::spawn(
-        "watch",
-        "tdx-agent watch listening on ",
-        &["watch", "--config", path_str(&watch_config)],
-        &[],
-        &[],
-    );
+    let mut watch = support::spawn_watch(&watch_config);
     let wait = |ok: &'static (dyn Fn(&str) -> bool + Sync)| {
         let addr = watch.addr.clone();
         async move {

@@ -79,22 +79,24 @@ async fn read_events(mut body: Incoming, n: u64, stall: Duration) -> Result<Seen
     }
 }
 
-/// One stream through `serve`, on its own RA-TLS connection.
-async fn through_serve(
-    addr: String,
-    config: Arc<rustls::ClientConfig>,
+/// One GET of `path` on `io` (HTTP/1.1), its events read to the end.
+async fn stream_over<T>(
+    io: T,
+    host: &str,
     path: String,
     n: u64,
     stall: Duration,
-) -> Result<Seen, String> {
-    let tls = support::ratls_connect(&addr, config).await?;
+) -> Result<Seen, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
     tokio::spawn(conn);
     let req = hyper::Request::get(path)
-        .header("host", "localhost")
+        .header("host", host)
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
     let resp = sender
@@ -107,6 +109,18 @@ async fn through_serve(
     read_events(resp.into_body(), n, stall).await
 }
 
+/// One stream through `serve`, on its own RA-TLS connection.
+async fn through_serve(
+    addr: String,
+    config: Arc<rustls::ClientConfig>,
+    path: String,
+    n: u64,
+    stall: Duration,
+) -> Result<Seen, String> {
+    let tls = support::ratls_connect(&addr, config).await?;
+    stream_over(tls, "localhost", path, n, stall).await
+}
+
 /// One stream through `connect`'s plain local listener.
 async fn through_connect(
     addr: String,
@@ -117,23 +131,7 @@ async fn through_connect(
     let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", addr.as_str())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("request: {e}"))?;
-    if resp.status() != 200 {
-        return Err(format!("status {}", resp.status()));
-    }
-    read_events(resp.into_body(), n, stall).await
+    stream_over(tcp, &addr, path, n, stall).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

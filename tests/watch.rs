@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::{Daemon, Listening, SimTd, http_get, metric, path_str, tdx_agent};
+use support::{Daemon, SimTd, http_get, metric, path_str, tdx_agent};
 
 fn write(path: &Path, text: &str) -> PathBuf {
     std::fs::write(path, text).unwrap();
@@ -96,6 +96,24 @@ async fn wait_metrics(addr: &str, within: Duration, ok: impl Fn(&str) -> bool) -
     }
 }
 
+/// Poll watch's /readyz until it answers 503, returning the body, or panic after `within`
+/// naming `what` never happened.
+async fn wait_not_ready(addr: &str, within: Duration, what: &str) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = http_get(addr, "/readyz").await;
+        if r.status == 503 {
+            return r.text();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: /readyz said {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_archives_every_appraisal_and_auditors_find_any_edit() {
     let good_td = SimTd::new();
@@ -139,13 +157,7 @@ interval_secs = 1
             other_root = other_td.root_str(),
         ),
     );
-    let mut watch = Listening::spawn(
-        "watch",
-        "tdx-agent watch listening on ",
-        &["watch", "--config", path_str(&config)],
-        &[],
-        &[],
-    );
+    let mut watch = support::spawn_watch(&config);
     let last =
         |text: &str, t: &str| metric(text, &format!("tdx_watch_last_result{{target=\"{t}\"}}"));
     let appraisals = |text: &str, t: &str| {
@@ -505,13 +517,7 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
             root = good_td.root_str(),
         ),
     );
-    let watch = Listening::spawn(
-        "watch",
-        "tdx-agent watch listening on ",
-        &["watch", "--config", path_str(&config)],
-        &[],
-        &[],
-    );
+    let watch = support::spawn_watch(&config);
     let prom_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).unwrap();
     let prom = Prometheus::start(&prom_dir, &watch.addr);
@@ -609,13 +615,7 @@ async fn hangs_resets_and_another_tds_certificate_are_recorded_with_their_check(
             target("impostor", &other.url()),
         ),
     );
-    let mut watch = Listening::spawn(
-        "watch",
-        "tdx-agent watch listening on ",
-        &["watch", "--config", path_str(&config)],
-        &[],
-        &[],
-    );
+    let mut watch = support::spawn_watch(&config);
     let appraisals = |text: &str, t: &str| {
         metric(
             text,
@@ -727,13 +727,7 @@ async fn collateral_that_expires_is_recorded_with_its_check() {
             path_str(&sim.join("root.der")),
         ),
     );
-    let mut watch = Listening::spawn(
-        "watch",
-        "tdx-agent watch listening on ",
-        &["watch", "--config", path_str(&config)],
-        &[],
-        &[],
-    );
+    let mut watch = support::spawn_watch(&config);
     let window = "tdx_watch_failures_total{target=\"expiring\",check=\"collateral window\"}";
     wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
         metric(t, "tdx_watch_last_result{target=\"expiring\"}") == Some(1.0)
@@ -784,23 +778,13 @@ async fn a_full_archive_makes_watch_not_ready_and_loses_no_committed_record() {
         ));
     }
     let config = write(&dir.path().join("watch.toml"), &config);
-    let mut watch = Listening::spawn(
-        "watch",
-        "tdx-agent watch listening on ",
-        &["watch", "--config", path_str(&config)],
-        &[],
-        &[],
-    );
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let body = loop {
-        let r = http_get(&watch.addr, "/readyz").await;
-        if r.status == 503 {
-            break r.text();
-        }
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert!(Instant::now() < deadline, "the archive never filled");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let mut watch = support::spawn_watch(&config);
+    let body = wait_not_ready(
+        &watch.addr,
+        Duration::from_secs(180),
+        "the archive never filled",
+    )
+    .await;
     assert!(
         body.contains("could not be archived") && body.contains("max_archive_mib"),
         "{body}"
@@ -851,13 +835,7 @@ async fn targets_dir_is_read_again_while_watch_runs() {
             path_str(&targets)
         ),
     );
-    let mut watch = Listening::spawn(
-        "watch",
-        "tdx-agent watch listening on ",
-        &["watch", "--config", path_str(&config)],
-        &[],
-        &[],
-    );
+    let mut watch = support::spawn_watch(&config);
     let result = |t: &str, n: &str| metric(t, &format!("tdx_watch_last_result{{target=\"{n}\"}}"));
     let count = |t: &str, n: &str| {
         metric(t, &format!("tdx_watch_appraisals_total{{target=\"{n}\"}}")).unwrap_or(0.0)
@@ -879,15 +857,12 @@ async fn targets_dir_is_read_again_while_watch_runs() {
         &targets.join("c.toml"),
         &format!("{}surprise = 1\n", file("c")),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let body = loop {
-        let r = http_get(&watch.addr, "/readyz").await;
-        if r.status == 503 {
-            break r.text();
-        }
-        assert!(Instant::now() < deadline, "c.toml was not refused");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let body = wait_not_ready(
+        &watch.addr,
+        Duration::from_secs(60),
+        "c.toml was not refused",
+    )
+    .await;
     assert!(
         body.contains("c.toml") && body.contains("surprise"),
         "{body}"

@@ -803,3 +803,14 @@ pub fn open_fds(pid: u32) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// `tdx-agent watch --config CONFIG`, waiting for its listening line.
+pub fn spawn_watch(config: &Path) -> Listening {
+    Listening::spawn(
+        "watch",
+        "tdx-agent watch listening on ",
+        &["watch", "--config", path_str(config)],
+        &[],
+        &[],
+    )
+}
