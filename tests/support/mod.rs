@@ -770,20 +770,23 @@ pub fn nofile_limits() -> (u64, u64) {
     (n.next().unwrap_or(0), n.next().unwrap_or(0))
 }
 
-/// Raise this process's soft open-file limit towards `want` (the agent we spawn inherits it)
-/// and return the soft limit in force. The crate uses no libc, so util-linux `prlimit` does
-/// the setrlimit; if that is missing the limit stays and the caller scales down.
+/// Raise this process's open-file limit towards `want` (the agent we spawn inherits it; as
+/// root the hard limit too) and return the soft limit in force. The crate uses no libc, so
+/// util-linux `prlimit` does the setrlimit; if that is missing the limit stays and the caller
+/// says so.
 pub fn raise_nofile_limit(want: u64) -> u64 {
     let (soft, hard) = nofile_limits();
-    if soft < want && hard > soft {
-        let to = want.min(hard);
-        let _ = std::process::Command::new("prlimit")
-            .args([
-                "--pid",
-                &std::process::id().to_string(),
-                &format!("--nofile={to}:{hard}"),
-            ])
-            .status();
+    if soft < want {
+        let prlimit = |limits: String| {
+            std::process::Command::new("prlimit")
+                .args(["--pid", &std::process::id().to_string(), &limits])
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        // Root may raise the hard limit too; anyone may raise the soft one up to it.
+        if !(want > hard && prlimit(format!("--nofile={want}:{want}"))) && hard > soft {
+            prlimit(format!("--nofile={}:{hard}", want.min(hard)));
+        }
     }
     nofile_limits().0
 }
