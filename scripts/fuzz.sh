@@ -100,6 +100,11 @@ cp "$seed_root"/policy_toml/*.toml "$seed_root/config_toml/" 2>/dev/null || true
 # milliseconds).
 limits=(-timeout=10 -rss_limit_mb=1024 -max_len=65536)
 artifacts="$cache/fuzz-artifacts"
+# The targets that read files (audit log, RTMR3 log) write their scratch files under TMPDIR,
+# one folder per process: keep those out of /tmp and drop them with each run.
+export TMPDIR="$cache/fuzz-tmp"
+rm -rf "$TMPDIR"
+mkdir -p "$TMPDIR"
 mkdir -p "$artifacts"
 failed=()
 
@@ -147,6 +152,7 @@ if ! printf '%s\n' "${targets[@]}" |
   failed+=("(fuzzing)")
 fi
 
+rm -rf "$TMPDIR"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz: FAILED: ${failed[*]}; crashing inputs under $artifacts/<target>/" >&2
   exit 1

@@ -5,8 +5,8 @@
 #![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
+use tdx_core::gpu::Rim;
 use tdx_core::gpu::rim::canonicalize_for_signing;
-use tdx_core::gpu::{NVIDIA_RIM_ROOT_PEM, Rim};
 
 fuzz_target!(|data: &[u8]| {
     let _ = canonicalize_for_signing(data);
@@ -17,9 +17,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = rim.colloquial_version();
     let _ = rim.measurements();
     let _ = rim.verify_signature();
-    if let Ok(root) = tdx_core::quote::pem_certificates(NVIDIA_RIM_ROOT_PEM) {
-        if let Some(root) = root.first() {
-            let _ = rim.verify_chain(root, tdx_agent_fuzz::GPU_AT);
-        }
-    }
+    let _ = rim.verify_chain(
+        tdx_agent_fuzz::gpu_roots().rim_der(),
+        tdx_agent_fuzz::GPU_AT,
+    );
 });

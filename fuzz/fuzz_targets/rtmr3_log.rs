@@ -8,10 +8,10 @@ use tdx_core::measure::rtmr3_log;
 use tdx_tee::rtmr3_log::Rtmr3Log;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(lines) = rtmr3_log::parse_lines(text.lines(), 1) {
-            let _ = rtmr3_log::replay_lines(&lines);
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(lines) = rtmr3_log::parse_lines(text.lines(), 1)
+    {
+        let _ = rtmr3_log::replay_lines(&lines);
     }
     let path = tdx_agent_fuzz::scratch_file("rtmr3.jsonl", data);
     // The boot id of the seeds (examples/gen_seeds.rs): a header with another one moves the
