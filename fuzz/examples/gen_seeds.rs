@@ -47,6 +47,12 @@ fn main() -> Res<()> {
     let spki = ratls::spki_der(&key);
     let spki_sha256: [u8; 32] = sha256(&spki);
     let log = rtmr3_log_seed(&scratch)?;
+    // RTMR3 must hold what the log replays to, or the verifier stops at the event log check.
+    for line in tdx_core::measure::rtmr3_log::parse_lines(log.lines().skip(1), 2)
+        .map_err(|(n, e)| format!("line {n}: {e}"))?
+    {
+        tdx_tee::Tee::extend_rtmr(&*sim.td, tdx_tee::Rtmr::R3, &line.event.digest()?)?;
+    }
     let event_lines: String = log.lines().skip(1).map(|l| format!("{l}\n")).collect();
     let (claims, report_data) = ratls::claims_with_event_log(&key, event_lines.as_bytes());
     let quote = sim.quote(&report_data)?;

@@ -23,8 +23,11 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Proof::try_from(json).ok().as_ref(), Some(&p));
         let _ = challenge::verify_challenge(NONCE, &[7u8; 32], &[0u8; 64], &p);
     }
-    let verifier = Verifier::production();
-    let now = tdx_agent_fuzz::intel_now();
+    // The simulated TD's root and collateral: the seed answer's quote (examples/gen_seeds.rs)
+    // then passes every check, so mutations start from a fully verified answer.
+    let sim = tdx_agent_fuzz::sim();
+    let verifier = Verifier::with_insecure_root(sim.root_der.clone());
+    let now = sim.now;
     let evidence = EvidenceJson {
         version: 1,
         tee: "tdx".into(),
@@ -33,10 +36,8 @@ fuzz_target!(|data: &[u8]| {
         spki_sha256: String::new(),
         not_before: String::new(),
         not_after: String::new(),
-        collateral: serde_json::from_slice(tdx_agent_fuzz::vector!(
-            "google-go-tdx-guest/tdx_prod_quote_SPR_E4_collateral.json"
-        ))
-        .unwrap_or_default(),
+        collateral: serde_json::from_slice(tdx_agent_fuzz::fixture!("sim_collateral.json"))
+            .unwrap_or_default(),
         event_log: String::new(),
         tcb_status: None,
         gpu_evidence: None,

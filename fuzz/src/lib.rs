@@ -29,14 +29,13 @@ macro_rules! fixture {
     };
 }
 
-/// Real Intel collateral for the real SPR quote (tests/vectors/README.md).
+/// Real Intel collateral, UpToDate for the real quote `phala-dcap-qvl/tdx_quote`
+/// (tests/vectors/README.md), so that quote's appraisal runs every check.
 pub fn intel_collateral() -> &'static tdx_core::verify::PreparedCollateral {
     static C: OnceLock<tdx_core::verify::PreparedCollateral> = OnceLock::new();
     C.get_or_init(|| {
-        let text = std::str::from_utf8(vector!(
-            "google-go-tdx-guest/tdx_prod_quote_SPR_E4_collateral.json"
-        ))
-        .unwrap();
+        let text =
+            std::str::from_utf8(vector!("phala-dcap-qvl/tdx_quote_collateral.json")).unwrap();
         tdx_core::verify::Collateral::from_bundle_json(text, "vector")
             .unwrap()
             .prepare()
