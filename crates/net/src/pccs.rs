@@ -112,45 +112,36 @@ impl PccsClient {
                 Some("SGX-PCK-CRL-Issuer-Chain"),
             )
             .await?;
-        let pck_crl = der_or_hex(&pck_crl);
-        let (tcb_body, tcb_info_issuer_chain) = self
+        let (tcb_info, tcb_info_issuer_chain) = self
             .get(
                 &format!("/tdx/certification/v4/tcb?fmspc={fmspc}"),
                 Some("TCB-Info-Issuer-Chain"),
             )
             .await?;
-        let (tcb_info, tcb_info_signature) =
-            self.signed_json(&tcb_body, "tcbInfo", "/tdx/certification/v4/tcb")?;
-        let (qe_body, qe_identity_issuer_chain) = self
+        let (qe_identity, qe_identity_issuer_chain) = self
             .get(
                 "/tdx/certification/v4/qe/identity",
                 Some("SGX-Enclave-Identity-Issuer-Chain"),
             )
             .await?;
-        let (qe_identity, qe_identity_signature) = self.signed_json(
-            &qe_body,
-            "enclaveIdentity",
-            "/tdx/certification/v4/qe/identity",
-        )?;
-        let (root_crl, _) = self.get("/sgx/certification/v4/rootcacrl", None).await?;
-        Ok(Collateral {
-            pck_crl_issuer_chain,
-            root_ca_crl: der_or_hex(&root_crl),
-            pck_crl,
-            tcb_info_issuer_chain,
-            tcb_info,
-            tcb_info_signature,
-            qe_identity_issuer_chain,
-            qe_identity,
-            qe_identity_signature,
-        })
+        let (root_ca_crl, _) = self.get("/sgx/certification/v4/rootcacrl", None).await?;
+        PccsAnswers {
+            pck_crl: &pck_crl,
+            pck_crl_issuer_chain: &pck_crl_issuer_chain,
+            tcb_info: &tcb_info,
+            tcb_info_issuer_chain: &tcb_info_issuer_chain,
+            qe_identity: &qe_identity,
+            qe_identity_issuer_chain: &qe_identity_issuer_chain,
+            root_ca_crl: &root_ca_crl,
+        }
+        .collateral(&self.base)
     }
 
     async fn get(
         &self,
         path: &str,
         chain_header: Option<&str>,
-    ) -> Result<(Bytes, String), PccsError> {
+    ) -> Result<(Bytes, Vec<u8>), PccsError> {
         let url = format!("{}{path}", self.base);
         let fetch_err = |detail: String| PccsError::Fetch {
             url: url.clone(),
@@ -173,37 +164,81 @@ impl PccsClient {
             });
         }
         let chain = match chain_header {
-            Some(name) => {
-                let raw = answer
-                    .headers
-                    .get(name)
-                    .ok_or_else(|| PccsError::Malformed {
-                        url: url.clone(),
-                        detail: format!("missing {name} header"),
-                    })?;
-                percent_decode(raw.as_bytes()).ok_or_else(|| PccsError::Malformed {
+            Some(name) => answer
+                .headers
+                .get(name)
+                .ok_or_else(|| PccsError::Malformed {
                     url: url.clone(),
-                    detail: format!("{name} header is not a URL-encoded PEM chain"),
+                    detail: format!("missing {name} header"),
                 })?
-            }
-            None => String::new(),
+                .as_bytes()
+                .to_vec(),
+            None => Vec::new(),
         };
         Ok((answer.body, chain))
     }
+}
 
-    /// The exact signed text and signature out of a PCCS response body.
-    fn signed_json(
-        &self,
-        body: &[u8],
-        key: &str,
-        path: &str,
-    ) -> Result<(String, Vec<u8>), PccsError> {
-        let malformed = |detail: String| PccsError::Malformed {
-            url: format!("{}{path}", self.base),
+/// The PCCS answers one platform's collateral is made of, as they arrived: each body, and
+/// the issuer-chain headers still URL-encoded. Everything in here came over the network.
+#[derive(Clone, Copy, Debug)]
+pub struct PccsAnswers<'a> {
+    pub pck_crl: &'a [u8],
+    pub pck_crl_issuer_chain: &'a [u8],
+    pub tcb_info: &'a [u8],
+    pub tcb_info_issuer_chain: &'a [u8],
+    pub qe_identity: &'a [u8],
+    pub qe_identity_issuer_chain: &'a [u8],
+    pub root_ca_crl: &'a [u8],
+}
+
+impl PccsAnswers<'_> {
+    /// The collateral these answers make, or what is malformed in them (named by the path
+    /// under `base` it came from). Nothing is verified here: dcap-qvl does that when the
+    /// collateral is prepared.
+    pub fn collateral(&self, base: &str) -> Result<Collateral, PccsError> {
+        const PCK_CRL: &str = "/sgx/certification/v4/pckcrl";
+        const TCB: &str = "/tdx/certification/v4/tcb";
+        const QE: &str = "/tdx/certification/v4/qe/identity";
+        let malformed = |path: &str, detail: String| PccsError::Malformed {
+            url: format!("{base}{path}"),
             detail,
         };
-        let text = std::str::from_utf8(body).map_err(|_| malformed("body is not UTF-8".into()))?;
-        tdx_core::verify::collateral::split_signed_body(text, key).map_err(malformed)
+        let chain = |raw: &[u8], path: &str, name: &str| {
+            percent_decode(raw).ok_or_else(|| {
+                malformed(
+                    path,
+                    format!("{name} header is not a URL-encoded PEM chain"),
+                )
+            })
+        };
+        let signed = |body: &[u8], key: &str, path: &str| {
+            let text = std::str::from_utf8(body)
+                .map_err(|_| malformed(path, "body is not UTF-8".into()))?;
+            tdx_core::verify::collateral::split_signed_body(text, key)
+                .map_err(|detail| malformed(path, detail))
+        };
+        let (tcb_info, tcb_info_signature) = signed(self.tcb_info, "tcbInfo", TCB)?;
+        let (qe_identity, qe_identity_signature) = signed(self.qe_identity, "enclaveIdentity", QE)?;
+        Ok(Collateral {
+            pck_crl_issuer_chain: chain(
+                self.pck_crl_issuer_chain,
+                PCK_CRL,
+                "SGX-PCK-CRL-Issuer-Chain",
+            )?,
+            root_ca_crl: der_or_hex(self.root_ca_crl),
+            pck_crl: der_or_hex(self.pck_crl),
+            tcb_info_issuer_chain: chain(self.tcb_info_issuer_chain, TCB, "TCB-Info-Issuer-Chain")?,
+            tcb_info,
+            tcb_info_signature,
+            qe_identity_issuer_chain: chain(
+                self.qe_identity_issuer_chain,
+                QE,
+                "SGX-Enclave-Identity-Issuer-Chain",
+            )?,
+            qe_identity,
+            qe_identity_signature,
+        })
     }
 }
 
@@ -356,6 +391,58 @@ mod tests {
             vec![0x30, 0x03, 0x02, 0x01, 0x01]
         );
         assert_eq!(der_or_hex(&[0x30, 0x82, 0x01]), vec![0x30, 0x82, 0x01]);
+    }
+
+    /// Intel's real answers (the loose files of tests/vectors/google-go-tdx-guest), with the
+    /// chains URL-encoded as the headers carry them, make exactly the vector's bundle.
+    #[test]
+    fn real_answers_make_the_real_bundle() {
+        let v = |p: &str| crate::test_support::vector(&format!("google-go-tdx-guest/{p}"));
+        let header = |p: &str| {
+            v(p).iter()
+                .flat_map(|b| format!("%{b:02X}").into_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let (pck_crl, pck_chain) = (v("pckcrl"), header("pck_crl_issuer_chain.pem"));
+        let (tcb, tcb_chain) = (
+            v("sample_tcbInfo_response"),
+            header("tcb_info_issuer_chain.pem"),
+        );
+        let (qe, qe_chain) = (
+            v("sample_qeIdentity_response"),
+            header("qe_identity_issuer_chain.pem"),
+        );
+        let root_crl = v("rootcrl.der");
+        let answers = PccsAnswers {
+            pck_crl: &pck_crl,
+            pck_crl_issuer_chain: &pck_chain,
+            tcb_info: &tcb,
+            tcb_info_issuer_chain: &tcb_chain,
+            qe_identity: &qe,
+            qe_identity_issuer_chain: &qe_chain,
+            root_ca_crl: &root_crl,
+        };
+        let got = answers.collateral("https://pccs.example").unwrap();
+        let want = Collateral::from_bundle_json(
+            &crate::test_support::vector_text(
+                "google-go-tdx-guest/tdx_prod_quote_SPR_E4_collateral.json",
+            ),
+            "vector",
+        )
+        .unwrap();
+        assert_eq!(got, want);
+
+        let bad = PccsAnswers {
+            tcb_info_issuer_chain: b"%zz",
+            ..answers
+        };
+        match bad.collateral("https://pccs.example") {
+            Err(PccsError::Malformed { url, detail }) => {
+                assert_eq!(url, "https://pccs.example/tdx/certification/v4/tcb");
+                assert!(detail.contains("TCB-Info-Issuer-Chain"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
