@@ -266,13 +266,14 @@ pub fn load_targets_dir(
         }
     }
     unique_names(fixed.iter().chain(out.iter())).map_err(|(i, d)| {
-        match origin.get(i.wrapping_sub(fixed.len())) {
-            Some((file, j)) if i >= fixed.len() => TargetsDirError::File {
+        // The repeated name is the directory's (the main file's are unique already).
+        match i.checked_sub(fixed.len()).and_then(|k| origin.get(k)) {
+            Some((file, j)) => TargetsDirError::File {
                 file: file.display().to_string(),
                 field: format!("target[{j}].name"),
                 detail: d,
             },
-            _ => dir_err(d),
+            None => dir_err(d),
         }
     })?;
     Ok(out)
@@ -393,10 +394,8 @@ mod tests {
                 "used twice",
             ),
         ] {
-            let d = tempfile::tempdir().unwrap();
-            for (name, text) in &files {
-                std::fs::write(d.path().join(name), text).unwrap();
-            }
+            let named: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+            let d = dir_with(&named);
             let e = load_targets_dir(d.path(), &fixed, false)
                 .unwrap_err()
                 .to_string();

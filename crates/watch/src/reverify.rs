@@ -89,67 +89,30 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
         let nonce: Option<Vec<u8>> = row.get(8).map_err(&e)?;
         let policy: Option<Vec<u8>> = row.get(9).map_err(&e)?;
         let recorded = outcome(&verdict, failed.as_deref());
-        let (Some(cert), Some(evidence), Some(challenge), Some(nonce)) =
-            (cert.as_ref(), evidence, challenge, nonce)
-        else {
-            // A server refused at the handshake left only its certificate.
-            match cert.map(|c| appraise_certificate(opts, &c, policy.as_deref(), at)) {
-                Some(Ok(seen)) => {
-                    // A certificate that passes today, recorded as failing one of the
-                    // certificate's own checks, disagrees; one that failed later (the
-                    // challenge, the GPUs) left nothing more to re-check.
-                    let certificate_stage = !seen.accepted
-                        || failed
-                            .as_deref()
-                            .is_some_and(|f| seen.check_names.iter().any(|c| c == f));
-                    if !certificate_stage {
-                        out.without_evidence += 1;
-                        continue;
-                    }
-                    out.checked += 1;
-                    if seen.outcome != recorded {
-                        out.disagreements.push(Disagreement {
-                            seq,
-                            target,
-                            at,
-                            recorded,
-                            now: seen.outcome,
-                        });
-                    }
+        let now =
+            match (cert, evidence, challenge, nonce) {
+                (Some(cert), Some(evidence), Some(challenge), Some(nonce)) => Some(match appraise(
+                    opts,
+                    &gpu_verifier,
+                    &cert,
+                    &evidence,
+                    &challenge,
+                    &nonce,
+                    policy.as_deref().unwrap_or_default(),
+                    at,
+                ) {
+                    Ok(report) => report_outcome(&report),
+                    Err(why) => format!("not appraisable: {why}"),
+                }),
+                // A server refused at the handshake left only its certificate.
+                (Some(cert), ..) => {
+                    recheck_refusal(opts, &cert, policy.as_deref(), failed.as_deref(), at)
                 }
-                Some(Err(why)) => {
-                    out.checked += 1;
-                    out.disagreements.push(Disagreement {
-                        seq,
-                        target,
-                        at,
-                        recorded,
-                        now: format!("not appraisable: {why}"),
-                    });
-                }
-                None => out.without_evidence += 1,
-            }
+                _ => None,
+            };
+        let Some(now) = now else {
+            out.without_evidence += 1;
             continue;
-        };
-        let now = match appraise(
-            opts,
-            &gpu_verifier,
-            cert,
-            &evidence,
-            &challenge,
-            &nonce,
-            policy.as_deref().unwrap_or_default(),
-            at,
-        ) {
-            Ok(report) => outcome(
-                if report.accepted() {
-                    "accepted"
-                } else {
-                    "rejected"
-                },
-                report.failures().next().map(|c| c.name.as_str()),
-            ),
-            Err(why) => format!("not appraisable: {why}"),
         };
         out.checked += 1;
         if now != recorded {
@@ -165,53 +128,71 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
     Ok(out)
 }
 
-/// What the handshake decided about a certificate, decided again.
-struct CertificateOutcome {
-    outcome: String,
-    accepted: bool,
-    /// The checks the certificate's appraisal makes, passing or not.
-    check_names: Vec<String>,
+/// `verdict (first failed check)` of a report, as the watcher records it.
+fn report_outcome(report: &Report) -> String {
+    outcome(
+        if report.accepted() {
+            "accepted"
+        } else {
+            "rejected"
+        },
+        report.failures().next().map(|c| c.name.as_str()),
+    )
 }
 
-/// The certificate's own appraisal at `at`; a certificate refused before any quote was
-/// appraised is a rejection naming the certificate check, as the watcher recorded it.
+/// What the handshake's certificate appraisal gives.
+enum CertificateVerdict {
+    Appraised(Box<Report>),
+    /// Refused before any quote was appraised (no evidence, a broken key binding); why.
+    Refused(String),
+}
+
+/// The certificate's own appraisal under `policy` at `at`, as the handshake made it.
 fn appraise_certificate(
+    opts: &ReverifyOptions,
+    policy: &Policy,
+    cert: &[u8],
+    at: i64,
+) -> Result<CertificateVerdict, String> {
+    let ratls = RaTlsVerifier::new(
+        opts.verifier.clone(),
+        policy.clone(),
+        CollateralSource::Stapled,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(match ratls.verify_certificate(cert, at) {
+        Ok(r) => CertificateVerdict::Appraised(Box::new((*r).clone())),
+        Err(RaTlsError::QuoteRejected(r)) => CertificateVerdict::Appraised(r),
+        Err(e) => CertificateVerdict::Refused(e.to_string()),
+    })
+}
+
+/// Today's outcome of a record that kept only the certificate, or `None` when the recorded
+/// failure came after the handshake (the challenge, the GPUs) and no evidence of it was kept:
+/// a certificate that passes today, recorded as failing one of its own checks, disagrees.
+fn recheck_refusal(
     opts: &ReverifyOptions,
     cert: &[u8],
     policy_text: Option<&[u8]>,
+    failed: Option<&str>,
     at: i64,
-) -> Result<CertificateOutcome, String> {
-    let policy = stored_policy(policy_text.unwrap_or_default())?;
-    let ratls = RaTlsVerifier::new(opts.verifier.clone(), policy, CollateralSource::Stapled)
-        .map_err(|e| e.to_string())?;
-    let report = match ratls.verify_certificate(cert, at) {
-        Ok(r) => (*r).clone(),
-        Err(RaTlsError::QuoteRejected(r)) => *r,
-        Err(_) => {
-            return Ok(CertificateOutcome {
-                outcome: outcome("rejected", Some(tdx_client::CHECK_CERTIFICATE)),
-                accepted: false,
-                check_names: vec![tdx_client::CHECK_CERTIFICATE.into()],
-            });
+) -> Option<String> {
+    let verdict = stored_policy(policy_text.unwrap_or_default())
+        .and_then(|policy| appraise_certificate(opts, &policy, cert, at));
+    match verdict {
+        Err(why) => Some(format!("not appraisable: {why}")),
+        Ok(CertificateVerdict::Refused(_)) => {
+            Some(outcome("rejected", Some(tdx_client::CHECK_CERTIFICATE)))
         }
-    };
-    Ok(CertificateOutcome {
-        outcome: outcome(
-            if report.accepted() {
-                "accepted"
-            } else {
-                "rejected"
-            },
-            report.failures().next().map(|c| c.name.as_str()),
-        ),
-        accepted: report.accepted(),
-        check_names: report
-            .checks()
-            .iter()
-            .map(|c| c.name.clone())
-            .chain([tdx_client::CHECK_CERTIFICATE.to_string()])
-            .collect(),
-    })
+        Ok(CertificateVerdict::Appraised(report)) => {
+            let certificate_stage = !report.accepted()
+                || failed.is_some_and(|f| {
+                    f == tdx_client::CHECK_CERTIFICATE
+                        || report.checks().iter().any(|c| c.name == f)
+                });
+            certificate_stage.then(|| report_outcome(&report))
+        }
+    }
 }
 
 fn stored_policy(text: &[u8]) -> Result<Policy, String> {
@@ -236,16 +217,9 @@ fn appraise(
         serde_json::from_slice(evidence).map_err(|e| format!("stored evidence: {e}"))?;
     let challenge: ChallengeResponseJson =
         serde_json::from_slice(challenge).map_err(|e| format!("stored challenge: {e}"))?;
-    let ratls = RaTlsVerifier::new(
-        opts.verifier.clone(),
-        policy.clone(),
-        CollateralSource::Stapled,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut report = match ratls.verify_certificate(cert, at) {
-        Ok(r) => (*r).clone(),
-        Err(RaTlsError::QuoteRejected(r)) => *r,
-        Err(e) => return Err(format!("RA-TLS certificate: {e}")),
+    let mut report = match appraise_certificate(opts, &policy, cert, at)? {
+        CertificateVerdict::Appraised(r) => *r,
+        CertificateVerdict::Refused(e) => return Err(format!("RA-TLS certificate: {e}")),
     };
     let spki = tdx_core::ratls::certificate_spki_sha256(cert).map_err(|e| e.to_string())?;
     if policy.gpu.count > 0 {

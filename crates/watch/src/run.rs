@@ -160,31 +160,81 @@ async fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, WatchError>
         .map_err(|e| setup(format!("{what} {}: {e}", path.display())))
 }
 
+/// The files a target names, read once: what its appraisal is built from and what its
+/// fingerprint covers.
+struct TargetFiles {
+    policy: Vec<u8>,
+    root: Option<Vec<u8>>,
+    gpu_roots: Option<Vec<u8>>,
+}
+
+impl TargetFiles {
+    async fn read(t: &TargetConfig) -> Result<Self, WatchError> {
+        let optional = |p: &Option<std::path::PathBuf>, what: &'static str| {
+            let p = p.clone();
+            let what = format!("target {}: {what}", t.name);
+            async move {
+                match p {
+                    Some(p) => read(&p, &what).await.map(Some),
+                    None => Ok(None),
+                }
+            }
+        };
+        Ok(Self {
+            policy: read(&t.policy, &format!("target {}: policy", t.name)).await?,
+            root: optional(&t.insecure_root, "insecure_root").await?,
+            gpu_roots: optional(&t.insecure_gpu_roots, "insecure_gpu_roots").await?,
+        })
+    }
+
+    /// What the target's appraisal depends on: its table and these files. A change in any
+    /// restarts the target.
+    fn fingerprint(&self, t: &TargetConfig) -> Result<[u8; 32], WatchError> {
+        let mut h = Sha256::new();
+        h.update(toml::to_string(t).map_err(setup)?.as_bytes());
+        for bytes in [
+            Some(&self.policy),
+            self.root.as_ref(),
+            self.gpu_roots.as_ref(),
+        ] {
+            // Absent and empty must differ, and each file's bytes stay apart from the next.
+            match bytes {
+                Some(b) => {
+                    h.update([1]);
+                    h.update((b.len() as u64).to_be_bytes());
+                    h.update(b);
+                }
+                None => h.update([0]),
+            }
+        }
+        Ok(h.finalize().into())
+    }
+}
+
 async fn watched(
     t: &TargetConfig,
+    files: TargetFiles,
     webhook: Option<&Arc<tdx_net::webhook::Webhook>>,
 ) -> Result<Watched, WatchError> {
-    let policy_text = read(&t.policy, &format!("target {}: policy", t.name)).await?;
-    let text = String::from_utf8(policy_text.clone())
+    let text = std::str::from_utf8(&files.policy)
         .map_err(|_| setup(format!("target {}: policy: not UTF-8", t.name)))?;
-    let policy = Policy::from_toml(&text, &t.policy.display().to_string())
+    let policy = Policy::from_toml(text, &t.policy.display().to_string())
         .map_err(|e| setup(format!("target {}: {e}", t.name)))?;
-    let verifier = match &t.insecure_root {
-        Some(p) => Verifier::with_insecure_root(read(p, "insecure_root").await?),
+    let verifier = match files.root {
+        Some(root) => Verifier::with_insecure_root(root),
         None => Verifier::production(),
     };
     let mut client = Client::new(verifier, policy).map_err(setup)?;
-    if let Some(p) = &t.insecure_gpu_roots {
-        let roots =
-            tdx_core::gpu::GpuRoots::insecure_from_pem(&read(p, "insecure_gpu_roots").await?)
-                .map_err(|e| setup(format!("target {}: insecure_gpu_roots: {e}", t.name)))?;
+    if let Some(pem) = &files.gpu_roots {
+        let roots = tdx_core::gpu::GpuRoots::insecure_from_pem(pem)
+            .map_err(|e| setup(format!("target {}: insecure_gpu_roots: {e}", t.name)))?;
         client = client.with_insecure_gpu_roots(roots);
     }
     Ok(Watched {
         target: Target::parse(&t.url).map_err(setup)?,
         config: t.clone(),
         client,
-        policy_text,
+        policy_text: files.policy,
         last_measurements: Mutex::new(None),
         last_ok: Mutex::new(None),
         webhook: t
@@ -212,15 +262,20 @@ pub async fn run(
     };
     let mut targets = Vec::new();
     for t in &config.target {
-        targets.push(Arc::new(watched(t, webhook.as_ref()).await?));
+        let files = TargetFiles::read(t).await?;
+        targets.push(Arc::new(watched(t, files, webhook.as_ref()).await?));
     }
     // The directory's targets are taken whole at start, like the main file's: a refused
     // file stops `watch` before it binds anything.
     let mut from_dir = Vec::new();
     if let Some(dir) = &config.targets_dir {
         for t in read_targets_dir(dir, &config).await.map_err(setup)? {
-            let fingerprint = fingerprint(&t).await.map_err(setup)?;
-            from_dir.push((Arc::new(watched(&t, webhook.as_ref()).await?), fingerprint));
+            let files = TargetFiles::read(&t).await?;
+            let fingerprint = files.fingerprint(&t)?;
+            from_dir.push((
+                Arc::new(watched(&t, files, webhook.as_ref()).await?),
+                fingerprint,
+            ));
         }
     }
     let path = config.archive.clone();
@@ -300,9 +355,9 @@ struct Runner {
 }
 
 impl Runner {
-    fn spawn<T: Send + 'static>(
+    fn spawn(
         &self,
-        tasks: &mut tokio::task::JoinSet<T>,
+        tasks: &mut tokio::task::JoinSet<()>,
         w: Arc<Watched>,
     ) -> tokio::task::AbortHandle {
         self.shared
@@ -312,13 +367,12 @@ impl Runner {
                 target: w.config.name.clone(),
             })
             .set(i64::try_from(w.config.interval_secs).unwrap_or(i64::MAX));
-        let shared = Arc::clone(&self.shared);
-        let permits = Arc::clone(&self.permits);
-        let timeout = self.timeout;
-        tasks.spawn(async move {
-            watch_target(w, shared, permits, timeout).await;
-            std::future::pending::<T>().await
-        })
+        tasks.spawn(watch_target(
+            w,
+            Arc::clone(&self.shared),
+            Arc::clone(&self.permits),
+            self.timeout,
+        ))
     }
 
     /// A target no longer watched leaves no series behind for the alert rules to read.
@@ -338,37 +392,19 @@ async fn read_targets_dir(
     dir: &std::path::Path,
     config: &WatchConfig,
 ) -> Result<Vec<TargetConfig>, super::config::TargetsDirError> {
-    let dir = dir.to_path_buf();
+    let owned = dir.to_path_buf();
     let fixed = config.target.clone();
     let has_webhook = config.webhook.is_some();
-    tokio::task::spawn_blocking(move || super::config::load_targets_dir(&dir, &fixed, has_webhook))
-        .await
-        .unwrap_or_else(|e| {
-            Err(super::config::TargetsDirError::Dir {
-                dir: String::new(),
-                detail: e.to_string(),
-            })
+    tokio::task::spawn_blocking(move || {
+        super::config::load_targets_dir(&owned, &fixed, has_webhook)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(super::config::TargetsDirError::Dir {
+            dir: dir.display().to_string(),
+            detail: e.to_string(),
         })
-}
-
-/// What a target's appraisal depends on: its table and the files it names. A change in any
-/// restarts the target.
-async fn fingerprint(t: &TargetConfig) -> Result<[u8; 32], WatchError> {
-    let mut h = Sha256::new();
-    h.update(toml::to_string(t).map_err(setup)?.as_bytes());
-    for p in [
-        Some(&t.policy),
-        t.insecure_root.as_ref(),
-        t.insecure_gpu_roots.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let bytes = read(p, &format!("target {}", t.name)).await?;
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(&bytes);
-    }
-    Ok(h.finalize().into())
+    })
 }
 
 /// Re-read `dir` every `targets_reload_secs`: start new targets, stop removed ones, restart
@@ -388,18 +424,15 @@ async fn reload_loop(
         // Reap finished (aborted) loops so the set does not grow with every restart.
         while tasks.try_join_next().is_some() {}
         let prepared = async {
-            let mut next = Vec::new();
-            for t in read_targets_dir(&dir, &config).await.map_err(setup)? {
-                let fp = fingerprint(&t).await?;
-                next.push((t, fp));
-            }
             let mut built = Vec::new();
-            for (t, fp) in next {
+            for t in read_targets_dir(&dir, &config).await.map_err(setup)? {
+                let files = TargetFiles::read(&t).await?;
+                let fp = files.fingerprint(&t)?;
                 let unchanged = running.get(&t.name).is_some_and(|(old, _)| *old == fp);
                 let w = if unchanged {
                     None
                 } else {
-                    Some(Arc::new(watched(&t, webhook.as_ref()).await?))
+                    Some(Arc::new(watched(&t, files, webhook.as_ref()).await?))
                 };
                 built.push((t.name, fp, w));
             }
