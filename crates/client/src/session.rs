@@ -214,7 +214,7 @@ impl Session {
         alpn: Alpn,
         timeouts: Timeouts,
     ) -> Result<Session, ClientError> {
-        Self::open_keeping_certificate(client, target, alpn, timeouts)
+        Self::open_recording(client, target, alpn, timeouts, false)
             .await
             .0
     }
@@ -228,17 +228,28 @@ impl Session {
         alpn: Alpn,
         timeouts: Timeouts,
     ) -> (Result<Session, ClientError>, Option<Vec<u8>>) {
+        Self::open_recording(client, target, alpn, timeouts, true).await
+    }
+
+    /// Copying the presented certificate costs a handshake its size in bytes: only callers
+    /// that keep it ask.
+    async fn open_recording(
+        client: &Client,
+        target: &Target,
+        alpn: Alpn,
+        timeouts: Timeouts,
+        keep_presented: bool,
+    ) -> (Result<Session, ClientError>, Option<Vec<u8>>) {
         let recorder = Arc::new(ConnectionVerifier {
             ratls: Arc::clone(client.ratls()),
             outcome: Mutex::new(None),
-            presented: Mutex::new(None),
+            presented: keep_presented.then(|| Mutex::new(None)),
         });
         let opened = Self::open_with(client, target, alpn, timeouts, &recorder).await;
         let presented = recorder
             .presented
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+            .as_ref()
+            .and_then(|p| p.lock().unwrap_or_else(|p| p.into_inner()).take());
         (opened, presented)
     }
 
@@ -465,8 +476,9 @@ enum Appraisal {
 struct ConnectionVerifier {
     ratls: Arc<RaTlsVerifier>,
     outcome: Mutex<Option<Appraisal>>,
-    /// The end-entity certificate the server presented (DER), accepted or not.
-    presented: Mutex<Option<Vec<u8>>>,
+    /// The end-entity certificate the server presented (DER), accepted or not; kept only
+    /// when the caller asked (`Some`).
+    presented: Option<Mutex<Option<Vec<u8>>>>,
 }
 
 impl ConnectionVerifier {
@@ -493,7 +505,9 @@ impl ServerCertVerifier for ConnectionVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(end_entity.to_vec());
+        if let Some(p) = &self.presented {
+            *p.lock().unwrap_or_else(|p| p.into_inner()) = Some(end_entity.to_vec());
+        }
         match self
             .ratls
             .verify_certificate(end_entity, tdx_core::ratls::verifier::unix_secs(now)?)
