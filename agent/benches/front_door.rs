@@ -17,7 +17,8 @@
 //! Needs the release binary, nginx and wrk: run through scripts/bench.sh (which installs them
 //! with scripts/bench-deps.sh and sets TDX_AGENT_BIN). Knobs: TDX_AGENT_BENCH_SECS (10),
 //! TDX_AGENT_BENCH_CONNS (64), TDX_AGENT_BENCH_THREADS (1), TDX_AGENT_BENCH_ROUNDS (5),
-//! TDX_AGENT_BENCH_SSE_N (2000).
+//! TDX_AGENT_BENCH_SSE_N (2000), TDX_AGENT_BENCH_CONN_THREADS (the agent's
+//! connection threads; default one per core).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod common;
@@ -650,6 +651,85 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
         .sum()
 }
 
+/// CPU ticks so far of each of `pid`'s threads whose name starts with `prefix` (the agent's
+/// connection threads are `conn-N`), by name.
+fn thread_ticks(pid: u32, prefix: &str) -> Vec<(String, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, u64)> = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            name.starts_with(prefix).then(|| (name.to_string(), ticks))
+        })
+        .collect();
+    out.sort_by_key(|(n, _)| {
+        n.trim_start_matches(prefix)
+            .parse::<u64>()
+            .unwrap_or(u64::MAX)
+    });
+    out
+}
+
+/// The agent's per-connection-thread counters from its /metrics, by thread: (connections,
+/// requests).
+async fn thread_counts(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> Vec<(u64, u64)> {
+    let Ok((mut s, _)) = http1(addr, Some(tls)).await else {
+        return Vec::new();
+    };
+    let Ok(resp) = s.send_request(request("GET", "/metrics", "")).await else {
+        return Vec::new();
+    };
+    let Ok(body) = resp.into_body().collect().await else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for line in text.lines() {
+        for (metric, which) in [
+            ("tdx_agent_connection_thread_connections_total{thread=\"", 0),
+            ("tdx_agent_connection_thread_requests_total{thread=\"", 1),
+        ] {
+            let Some(rest) = line.strip_prefix(metric) else {
+                continue;
+            };
+            let Some((thread, value)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            let (Ok(t), Ok(v)) = (thread.parse::<usize>(), value.trim().parse::<f64>()) else {
+                continue;
+            };
+            if out.len() <= t {
+                out.resize(t + 1, (0, 0));
+            }
+            if which == 0 {
+                out[t].0 = v as u64;
+            } else {
+                out[t].1 = v as u64;
+            }
+        }
+    }
+    out
+}
+
+/// `v` as "min..max (max/mean x.xx)": how evenly work spread over threads or workers.
+fn spread(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(0.0, f64::max);
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    format!(
+        "{min:.0}..{max:.0} (max/mean {:.2})",
+        max / mean.max(f64::MIN_POSITIVE)
+    )
+}
+
 /// The machine's (idle + iowait, all) CPU ticks so far, from /proc/stat.
 fn machine_ticks() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -821,7 +901,21 @@ async fn run() -> Setup<()> {
     let ngx_json_addr: SocketAddr = ([127, 0, 0, 1], ngx_json).into();
     let ngx_sse_addr: SocketAddr = ([127, 0, 0, 1], ngx_sse).into();
 
-    // The agents.
+    // The agents; TDX_AGENT_BENCH_CONN_THREADS sets their `[limits] connection_threads`
+    // (default: one per core), e.g. 16 on a smaller machine, the closest it can come to a
+    // 16-core one's thread count.
+    let conn_threads = env_num("TDX_AGENT_BENCH_CONN_THREADS", 0);
+    let limits = dir.join("limits.toml");
+    std::fs::write(
+        &limits,
+        if conn_threads > 0 {
+            format!("[limits]\nconnection_threads = {conn_threads}\n")
+        } else {
+            String::new()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let limits = limits.to_str().expect("UTF-8 path").to_string();
     let serve = |sim: &Path, upstream: SocketAddr, name: &'static str| {
         let sim = sim.to_str().expect("UTF-8 path").to_string();
         let up = format!("http://{upstream}");
@@ -830,6 +924,8 @@ async fn run() -> Setup<()> {
             name,
             &[
                 "serve",
+                "--config",
+                &limits,
                 "--tee",
                 "sim",
                 "--sim-dir",
@@ -894,6 +990,7 @@ async fn run() -> Setup<()> {
         conns,
     };
     let ngx_workers = workers(proxy.child.id());
+    let ngx_worker_pids = ngx_workers.clone();
     let up_workers = workers(upstream.child.id());
     let targets: [(&str, String, Option<Vec<u32>>); 3] = [
         (
@@ -933,15 +1030,55 @@ async fn run() -> Setup<()> {
             .map_err(|e| format!("warm-up {name}: {e}"))?;
     }
     let mut results: Vec<Vec<WrkResult>> = vec![Vec::new(); targets.len()];
+    // Per connection thread (serve) and per worker (nginx), last round: connections,
+    // requests, CPU ticks.
+    let serve_pid = serve_json.child.id();
+    let mut serve_threads: (Vec<(u64, u64)>, Vec<u64>) = (Vec::new(), Vec::new());
+    let mut nginx_workers_cpu: Vec<u64> = Vec::new();
     for round in 0..rounds {
         // Rotate the order, so no path always runs first (or right after another).
         for k in 0..targets.len() {
             let i = (k + round) % targets.len();
             let (_, url, pids) = &targets[i];
             let before = (pids.as_deref().map(cpu_ticks), cpu_ticks(&up_workers));
+            let counts_before = if i == 2 {
+                thread_counts(serve_json_addr, probe.clone()).await
+            } else {
+                Vec::new()
+            };
+            let threads_before = thread_ticks(serve_pid, "conn-");
+            let ngx_before: Vec<u64> = ngx_worker_pids.iter().map(|p| cpu_ticks(&[*p])).collect();
             let machine_before = machine_ticks();
             let mut r = wrk.run(url, secs)?;
             let machine_after = machine_ticks();
+            if i == 2 {
+                let after = thread_counts(serve_json_addr, probe.clone()).await;
+                serve_threads.0 = after
+                    .iter()
+                    .enumerate()
+                    .map(|(t, (c, q))| {
+                        let (c0, q0) = counts_before.get(t).copied().unwrap_or((0, 0));
+                        (c.saturating_sub(c0), q.saturating_sub(q0))
+                    })
+                    .collect();
+                serve_threads.1 = thread_ticks(serve_pid, "conn-")
+                    .iter()
+                    .map(|(n, t)| {
+                        let t0 = threads_before
+                            .iter()
+                            .find(|(m, _)| m == n)
+                            .map_or(0, |(_, t0)| *t0);
+                        t.saturating_sub(t0)
+                    })
+                    .collect();
+            }
+            if i == 1 {
+                nginx_workers_cpu = ngx_worker_pids
+                    .iter()
+                    .zip(&ngx_before)
+                    .map(|(p, b)| cpu_ticks(&[*p]).saturating_sub(*b))
+                    .collect();
+            }
             r.idle = machine_after.0.saturating_sub(machine_before.0) as f64
                 / machine_after.1.saturating_sub(machine_before.1).max(1) as f64;
             let per_req =
@@ -1031,6 +1168,44 @@ async fn run() -> Setup<()> {
     println!(
         "  1-min load average {load_before} before, {} after",
         loadavg()
+    );
+    // How the work spread, last round: a connection thread with more than its share of the
+    // connections (or of the CPU) is where the tail grows.
+    let f = |v: Vec<u64>| v.into_iter().map(|x| x as f64).collect::<Vec<f64>>();
+    let (counts, cpu) = &serve_threads;
+    println!(
+        "  serve, last round, per connection thread ({}): connections {}; requests {}; CPU ticks {}",
+        counts.len(),
+        spread(&f(counts.iter().map(|c| c.0).collect())),
+        spread(&f(counts.iter().map(|c| c.1).collect())),
+        spread(&f(cpu.clone()))
+    );
+    println!(
+        "    connections by thread: {}",
+        counts
+            .iter()
+            .map(|c| c.0.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!(
+        "    requests by thread:    {}",
+        counts
+            .iter()
+            .map(|c| c.1.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    // The master is the last of `ngx_workers` and does no request work.
+    let ngx_cpu: Vec<u64> = nginx_workers_cpu
+        .iter()
+        .take(ngx_worker_pids.len().saturating_sub(1))
+        .copied()
+        .collect();
+    println!(
+        "  nginx, last round, per worker ({}): CPU ticks {}",
+        ngx_cpu.len(),
+        spread(&f(ngx_cpu))
     );
 
     // ---- 2. SSE time to first byte.

@@ -231,6 +231,7 @@ async fn connection(
     measured: &mut watch::Receiver<u64>,
 ) {
     let _ = stream.set_nodelay(true);
+    service.metrics().requests.count_connection();
     // Writes are watched as the kernel takes them, below TLS, so a slow reader still taking
     // the end of a response is not mistaken for an idle connection (`head_timer`).
     let activity = Activity::new();

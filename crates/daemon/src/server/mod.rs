@@ -191,7 +191,8 @@ pub async fn run(
         .await
         .map_err(setup)?
         .map(Arc::new);
-    let metrics = Arc::new(metrics::Metrics::new());
+    let connection_threads = config.limits.connection_threads();
+    let metrics = Arc::new(metrics::Metrics::new(connection_threads));
     let readiness = Arc::new(Readiness::new(
         config.upstream.url.is_some(),
         gpus.is_some(),
@@ -250,7 +251,6 @@ pub async fn run(
             })),
         },
     );
-    let connection_threads = config.limits.connection_threads();
     let state = Arc::new(
         state::AppState::new(
             config.clone(),
@@ -272,6 +272,7 @@ pub async fn run(
                 u,
                 config.upstream.clone(),
                 connection_threads,
+                Arc::clone(&metrics.requests),
             ))
         })),
     );

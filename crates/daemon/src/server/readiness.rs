@@ -2,6 +2,7 @@
 //! they never generate a quote.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -44,6 +45,10 @@ pub struct StageState {
 #[derive(Debug)]
 pub struct Readiness {
     stages: Mutex<Vec<StageState>>,
+    /// Every stage holds: written under the lock whenever a stage changes, read without it
+    /// by every model request, so a serving agent's requests share no lock (a mutex taken by
+    /// every request on every connection thread is a line bouncing between cores).
+    all_ok: AtomicBool,
 }
 
 impl Readiness {
@@ -71,6 +76,7 @@ impl Readiness {
                     })
                     .collect(),
             ),
+            all_ok: AtomicBool::new(false),
         }
     }
 
@@ -80,20 +86,25 @@ impl Readiness {
             s.ok = ok;
             s.detail = detail.into();
         }
+        self.all_ok
+            .store(stages.iter().all(|s| s.ok), Ordering::Release);
     }
 
     pub fn snapshot(&self) -> Vec<StageState> {
         self.lock().clone()
     }
 
-    // These three run on every model request: they look under the lock rather than clone
-    // every stage's detail.
+    // `first_missing` runs on every model request: while all hold it answers from the flag;
+    // otherwise it looks under the lock rather than clone every stage's detail.
     pub fn ready(&self) -> bool {
-        self.lock().iter().all(|s| s.ok)
+        self.all_ok.load(Ordering::Acquire)
     }
 
     /// The first stage that does not hold.
     pub fn first_missing(&self) -> Option<StageState> {
+        if self.ready() {
+            return None;
+        }
         self.lock().iter().find(|s| !s.ok).cloned()
     }
 

@@ -30,6 +30,10 @@ impl Service {
     pub fn new(state: Arc<AppState>, router: axum::Router) -> Self {
         Service { state, router }
     }
+
+    pub fn metrics(&self) -> &super::metrics::Metrics {
+        &self.state.metrics
+    }
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
@@ -40,6 +44,7 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
     type Future = Answer;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Answer {
+        self.state.metrics.requests.count_request();
         if req.uri().path().starts_with(MODEL_PREFIX) {
             let state = Arc::clone(&self.state);
             Box::pin(async move { Ok(super::proxy::handler(&state, req).await) })

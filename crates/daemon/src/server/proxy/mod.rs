@@ -3,6 +3,7 @@
 //! event by event), backpressure is kept because nothing is read ahead, and a client that goes
 //! away drops the upstream request, which closes its connection and so cancels the generation.
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod h1;
@@ -10,7 +11,6 @@ pub mod health;
 pub mod path;
 pub mod pool;
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,13 @@ use axum::http::{HeaderValue, Uri, Version, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use hyper::body::{Body as _, Incoming};
-use tokio::sync::Semaphore;
 
 use super::error::ApiError;
+use super::metrics::{Outcome, PerThread};
 use super::readiness::Stage;
 use super::state::AppState;
 use crate::config::{UpstreamConfig, UpstreamUrl};
+use admission::Admission;
 use body::{IdleBody, boxed};
 use bytes::Bytes;
 use h1::RequestBody;
@@ -40,15 +41,20 @@ pub struct Proxy {
     pub upstream: UpstreamUrl,
     pub config: UpstreamConfig,
     pool: Arc<Pool>,
-    permits: Arc<Semaphore>,
+    admission: Arc<Admission>,
     /// The Host header every upstream request carries, parsed once.
     host: Option<HeaderValue>,
 }
 
 impl Proxy {
     /// `connection_threads`: how many the listener runs (`server::shards`); each gets its own
-    /// idle connections.
-    pub fn new(upstream: UpstreamUrl, config: UpstreamConfig, connection_threads: usize) -> Self {
+    /// idle connections. `metrics`: where responses count while they stream.
+    pub fn new(
+        upstream: UpstreamUrl,
+        config: UpstreamConfig,
+        connection_threads: usize,
+        metrics: Arc<PerThread>,
+    ) -> Self {
         let pool = Pool::new(
             upstream.authority.clone(),
             Duration::from_millis(config.connect_timeout_ms),
@@ -59,7 +65,7 @@ impl Proxy {
         Proxy {
             host: HeaderValue::from_str(&upstream.authority).ok(),
             upstream,
-            permits: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            admission: Admission::new(config.max_concurrent_requests, metrics),
             config,
             pool,
         }
@@ -116,7 +122,7 @@ impl Proxy {
         path::check(req.uri(), req.version()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         auth::check(req.headers(), &self.config.api_key_sha256)
             .map_err(|m| ApiError::Unauthorized(m.to_string()))?;
-        let permit = Arc::clone(&self.permits).try_acquire_owned().map_err(|_| {
+        let admitted = self.admission.try_admit().ok_or_else(|| {
             ApiError::Overloaded(format!(
                 "{} model requests in flight (upstream.max_concurrent_requests)",
                 self.config.max_concurrent_requests
@@ -195,12 +201,11 @@ impl Proxy {
         };
         state
             .metrics
-            .proxy_upstream_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .requests
+            .observe_upstream_header(started.elapsed());
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let in_flight = InFlight::new(state);
-        let body = boxed(IdleBody::new(body, idle).holding((permit, in_flight)));
+        let body = boxed(IdleBody::new(body, idle).holding(admitted.streaming()));
         Ok(Response::from_parts(parts, body))
     }
 
@@ -232,23 +237,6 @@ impl Proxy {
             upstream: self.upstream.as_str().to_string(),
             detail,
         }
-    }
-}
-
-/// Counts a response body in the in-flight gauge until it is dropped.
-struct InFlight(prometheus_client::metrics::gauge::Gauge);
-
-impl InFlight {
-    fn new(state: &AppState) -> Self {
-        let g = state.metrics.proxy_in_flight.clone();
-        g.inc();
-        InFlight(g)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 
@@ -316,18 +304,11 @@ pub async fn handler(state: &AppState, req: hyper::Request<Incoming>) -> Respons
         .into_response();
     };
     let result = proxy.forward(state, req).await;
-    let outcome: Cow<'static, str> = match &result {
-        Ok(r) => match r.status().as_u16() / 100 {
-            1 => "1xx".into(),
-            2 => "2xx".into(),
-            3 => "3xx".into(),
-            4 => "4xx".into(),
-            5 => "5xx".into(),
-            n => format!("{n}xx").into(),
-        },
-        Err(e) => format!("{}-agent", e.status().as_u16()).into(),
+    let outcome = match &result {
+        Ok(r) => Outcome::upstream(r.status().as_u16()),
+        Err(e) => Outcome::agent(e.status().as_u16()),
     };
-    state.metrics.count(&state.metrics.proxy_requests, outcome);
+    state.metrics.requests.count_outcome(outcome);
     match result {
         Ok(r) => r,
         Err(e) => {

@@ -71,14 +71,21 @@ struct Idle {
 pub struct Pool {
     authority: String,
     connect_timeout: Duration,
+    /// One stack per connection thread, then one for every other thread.
+    stacks: Box<[Arc<Stack>]>,
+}
+
+/// One thread's idle connections, oldest first: connections are pushed and taken at the end.
+/// Each is its own allocation on its own cache lines, and a response body holds the stack its
+/// connection goes back to (not the pool): a request touches no line another thread writes,
+/// not even a reference count.
+#[repr(align(128))]
+struct Stack {
+    idle: Mutex<Vec<Idle>>,
     /// A connection idle for longer is closed instead of reused.
     idle_timeout: Duration,
-    /// More idle connections than requests that may run at once would never all be used
-    /// (per thread).
+    /// More idle connections than requests that may run at once would never all be used.
     max_idle: usize,
-    /// One stack per connection thread, then one for every other thread. Oldest first:
-    /// connections are pushed and taken at the end.
-    idle: Box<[Mutex<Vec<Idle>>]>,
 }
 
 impl Pool {
@@ -92,25 +99,23 @@ impl Pool {
         Arc::new(Pool {
             authority,
             connect_timeout,
-            idle_timeout,
-            max_idle,
-            idle: (0..=connection_threads)
-                .map(|_| Mutex::new(Vec::new()))
+            stacks: (0..=connection_threads)
+                .map(|_| {
+                    Arc::new(Stack {
+                        idle: Mutex::new(Vec::new()),
+                        idle_timeout,
+                        max_idle,
+                    })
+                })
                 .collect(),
         })
     }
 
     /// The idle stack of the caller's thread.
-    fn slot(&self) -> usize {
-        let other = self.idle.len() - 1;
-        crate::server::shards::current().map_or(other, |i| i.min(other))
-    }
-
-    fn idle(&self, slot: usize) -> MutexGuard<'_, Vec<Idle>> {
-        // The lock is held for a push or a pop only, never across a panic that could leave the
-        // stack half-changed: a poisoned one is still consistent. A connection thread's stack
-        // is only taken by that thread; the last one by the main runtime's health probes.
-        self.idle[slot].lock().unwrap_or_else(|p| p.into_inner())
+    fn stack(&self) -> Option<&Arc<Stack>> {
+        let other = self.stacks.len().saturating_sub(1);
+        let slot = crate::server::shards::current().map_or(other, |i| i.min(other));
+        self.stacks.get(slot)
     }
 
     /// Send `req` (origin-form target, Host set by the caller) and return the response with
@@ -119,16 +124,16 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let slot = self.slot();
+        let stack = self.stack();
         let (parts, mut body) = req.into_parts();
         loop {
-            let (mut conn, reused) = match self.take(slot) {
+            let (mut conn, reused) = match stack.and_then(|s| s.take()) {
                 Some(c) => (c, true),
                 None => (self.connect().await?, false),
             };
             match conn.send(&parts, &mut body).await {
                 Ok(head) => {
-                    let body = PooledBody::new(conn, &head, Arc::clone(self), slot);
+                    let body = PooledBody::new(conn, &head, stack.cloned());
                     let mut resp = Response::new(body);
                     *resp.status_mut() = head.status;
                     *resp.headers_mut() = head.headers;
@@ -147,44 +152,15 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open and not idle for too long.
-    fn take(&self, slot: usize) -> Option<Conn> {
-        let mut idle = self.idle(slot);
-        while let Some(mut i) = idle.pop() {
-            if i.since.elapsed() < self.idle_timeout && i.conn.is_reusable() {
-                return Some(i.conn);
-            }
-        }
-        None
-    }
-
-    fn put(&self, slot: usize, conn: Conn) {
-        let now = Instant::now();
-        let mut idle = self.idle(slot);
-        self.drain_expired(&mut idle, now);
-        if idle.len() < self.max_idle {
-            idle.push(Idle { conn, since: now });
-        }
-    }
-
     /// Close every idle connection kept past the idle timeout, on every thread's stack:
     /// `put` and `take` only look at the stack of the thread they run on, so a burst that
     /// never comes back would leave its connections (and descriptors) open. How many closed.
     pub fn close_expired(&self) -> usize {
         let now = Instant::now();
-        (0..self.idle.len())
-            .map(|slot| self.drain_expired(&mut self.idle(slot), now))
-            .sum()
-    }
-
-    /// Close those of `idle` kept past the timeout (at the front: the stack is oldest first).
-    fn drain_expired(&self, idle: &mut Vec<Idle>, now: Instant) -> usize {
-        let fresh = idle
+        self.stacks
             .iter()
-            .position(|i| now.duration_since(i.since) < self.idle_timeout)
-            .unwrap_or(idle.len());
-        idle.drain(..fresh);
-        fresh
+            .map(|s| s.drain_expired(&mut s.lock(), now))
+            .sum()
     }
 
     async fn connect(&self) -> Result<Conn, PoolError> {
@@ -207,6 +183,45 @@ impl Pool {
     }
 }
 
+impl Stack {
+    fn lock(&self) -> MutexGuard<'_, Vec<Idle>> {
+        // The lock is held for a push or a pop only, never across a panic that could leave the
+        // stack half-changed: a poisoned one is still consistent. A connection thread's stack
+        // is only taken by that thread; the last one by the main runtime's health probes.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used idle connection that is still open and not idle for too long.
+    fn take(&self) -> Option<Conn> {
+        let mut idle = self.lock();
+        while let Some(mut i) = idle.pop() {
+            if i.since.elapsed() < self.idle_timeout && i.conn.is_reusable() {
+                return Some(i.conn);
+            }
+        }
+        None
+    }
+
+    fn put(&self, conn: Conn) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        self.drain_expired(&mut idle, now);
+        if idle.len() < self.max_idle {
+            idle.push(Idle { conn, since: now });
+        }
+    }
+
+    /// Close those of `idle` kept past the timeout (at the front: the stack is oldest first).
+    fn drain_expired(&self, idle: &mut Vec<Idle>, now: Instant) -> usize {
+        let fresh = idle
+            .iter()
+            .position(|i| now.duration_since(i.since) < self.idle_timeout)
+            .unwrap_or(idle.len());
+        idle.drain(..fresh);
+        fresh
+    }
+}
+
 /// A response body from the upstream; its connection goes back to the pool once the body has
 /// ended, and is closed if the body is dropped before (the client went away).
 pub struct PooledBody {
@@ -214,19 +229,17 @@ pub struct PooledBody {
     conn: Option<Conn>,
     reader: Reader,
     keep_alive: bool,
-    /// The pool and idle stack the connection goes back to.
-    pool: Arc<Pool>,
-    slot: usize,
+    /// The idle stack the connection goes back to.
+    stack: Option<Arc<Stack>>,
 }
 
 impl PooledBody {
-    fn new(conn: Conn, head: &h1::Head, pool: Arc<Pool>, slot: usize) -> Self {
+    fn new(conn: Conn, head: &h1::Head, stack: Option<Arc<Stack>>) -> Self {
         let mut body = PooledBody {
             conn: Some(conn),
             reader: Reader::new(head.framing),
             keep_alive: head.keep_alive,
-            pool,
-            slot,
+            stack,
         };
         // No body at all (204, HEAD): nobody will poll for its end.
         if body.reader.is_done() {
@@ -238,8 +251,9 @@ impl PooledBody {
     fn release(&mut self) {
         if let Some(conn) = self.conn.take()
             && self.keep_alive
+            && let Some(stack) = &self.stack
         {
-            self.pool.put(self.slot, conn);
+            stack.put(conn);
         }
     }
 }

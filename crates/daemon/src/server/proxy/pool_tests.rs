@@ -84,7 +84,7 @@ async fn roundtrip(pool: &Arc<Pool>) -> (StatusCode, Vec<u8>) {
 }
 
 fn idle_count(pool: &Pool) -> usize {
-    pool.idle(pool.slot()).len()
+    pool.stack().unwrap().lock().len()
 }
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
@@ -187,7 +187,9 @@ async fn a_connection_the_upstream_closed_while_idle_is_replaced() {
     // Wait for the runtime to see the server's FIN on the idle connection.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while pool
-        .idle(pool.slot())
+        .stack()
+        .unwrap()
+        .lock()
         .last_mut()
         .is_some_and(|i| i.conn.is_reusable())
     {
@@ -207,13 +209,12 @@ async fn idle_connections_past_the_timeout_or_the_cap_are_closed() {
     a.into_body().collect().await.unwrap();
     b.into_body().collect().await.unwrap();
     assert_eq!(idle_count(&pool), 1, "at most max_idle are kept");
-    let since = pool.idle(pool.slot())[0].since;
+    let since = pool.stack().unwrap().lock()[0].since;
     while since.elapsed() < Duration::from_millis(50) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let slot = pool.slot();
     assert!(
-        pool.take(slot).is_none(),
+        pool.stack().unwrap().take().is_none(),
         "a connection idle too long is not taken"
     );
     assert_eq!(idle_count(&pool), 0, "and it is closed");
@@ -246,7 +247,7 @@ async fn idle_connections_past_their_keepalive_are_closed_on_every_stack() {
     let (ours, mut theirs) = idle_connections(3).await;
     for (slot, conn) in ours.into_iter().enumerate() {
         // Each on another thread's stack; `put` keeps the newest.
-        pool.idle(slot).push(Idle {
+        pool.stacks[slot].lock().push(Idle {
             conn,
             since: Instant::now(),
         });
@@ -271,10 +272,10 @@ async fn idle_connections_within_their_keepalive_stay_for_reuse() {
     );
     let (ours, _theirs) = idle_connections(2).await;
     for conn in ours {
-        pool.put(0, conn);
+        pool.stacks[0].put(conn);
     }
     assert_eq!(pool.close_expired(), 0);
-    assert!(pool.take(0).is_some());
-    assert!(pool.take(0).is_some());
-    assert!(pool.take(0).is_none());
+    assert!(pool.stacks[0].take().is_some());
+    assert!(pool.stacks[0].take().is_some());
+    assert!(pool.stacks[0].take().is_none());
 }

@@ -1,5 +1,9 @@
 //! Prometheus metrics. Scrapes read counters and gauges only: nothing here makes a quote.
 
+mod per_thread;
+
+pub use per_thread::{Outcome, PerThread};
+
 use std::borrow::Cow;
 use std::time::Instant;
 
@@ -53,13 +57,11 @@ pub struct Metrics {
     pub cert_not_after: Gauge<i64, AtomicI64Compat>,
     pub uptime_seconds: Gauge<i64, AtomicI64Compat>,
     pub ready: Gauge,
-    /// Model requests by outcome: the upstream's status class (`2xx`..) or the agent's own
-    /// refusal (`503-agent`, `401-agent`, ...).
-    pub proxy_requests: Family<ResultLabel, Counter>,
-    /// Time until the model server's response headers.
-    pub proxy_upstream_seconds: Histogram,
-    /// Model responses still streaming.
-    pub proxy_in_flight: Gauge,
+    /// What requests write, per connection thread (`per_thread`): model requests by outcome
+    /// (the upstream's status class or the agent's own refusal), the time until the model
+    /// server's response headers, responses still streaming, and each connection thread's
+    /// connections and requests.
+    pub requests: std::sync::Arc<PerThread>,
     /// GPU verifications (one per GPU per round), by result (`pass`, `fail`).
     pub gpu_verifications: Family<ResultLabel, Counter>,
     /// 1 while the GPU passed its last check, 0 otherwise, by NVML index.
@@ -71,7 +73,8 @@ pub struct Metrics {
 pub type AtomicI64Compat = std::sync::atomic::AtomicI64;
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `connection_threads`: how many the listener runs (`server::shards`).
+    pub fn new(connection_threads: usize) -> Self {
         let mut registry = Registry::with_prefix("tdx_agent");
         let quote_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let challenge_batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 14));
@@ -89,9 +92,7 @@ impl Metrics {
             cert_not_after: Gauge::default(),
             uptime_seconds: Gauge::default(),
             ready: Gauge::default(),
-            proxy_requests: Family::default(),
-            proxy_upstream_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 20)),
-            proxy_in_flight: Gauge::default(),
+            requests: std::sync::Arc::new(PerThread::new(connection_threads)),
             gpu_verifications: Family::default(),
             gpu_ok: Family::default(),
             gpu_reports: Family::default(),
@@ -171,17 +172,27 @@ impl Metrics {
         registry.register(
             "model_requests",
             "Requests to the model routes, by outcome",
-            m.proxy_requests.clone(),
+            m.requests.model_requests(),
         );
         registry.register(
             "model_upstream_header_seconds",
             "Time until the model server's response headers",
-            m.proxy_upstream_seconds.clone(),
+            m.requests.upstream_header_seconds(),
         );
         registry.register(
             "model_responses_in_flight",
             "Model responses still streaming",
-            m.proxy_in_flight.clone(),
+            m.requests.responses_in_flight(),
+        );
+        registry.register(
+            "connection_thread_connections",
+            "Connections served, by connection thread",
+            m.requests.thread_connections(),
+        );
+        registry.register(
+            "connection_thread_requests",
+            "Requests served (HTTP requests and gRPC calls), by connection thread",
+            m.requests.thread_requests(),
         );
         Metrics { registry, ..m }
     }
@@ -254,19 +265,13 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn exposition_has_every_family() {
-        let m = Metrics::new();
+        let m = Metrics::new(1);
         m.count_quote("certificate", true, 0.5);
         m.set_tcb_status("UpToDate");
         m.count(&m.verifications, "accepted");
