@@ -637,17 +637,24 @@ fn workers(pid: u32) -> Vec<u32> {
     all
 }
 
+/// The command name and user + system CPU ticks of a /proc `stat` line.
+fn stat_ticks(stat: &str) -> Option<(&str, u64)> {
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14 and
+    // stime 15.
+    let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some((
+        name,
+        f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+    ))
+}
+
 /// User + system CPU time of `pids` (all their threads) so far, in clock ticks.
 fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|stat| {
-            // Fields after the command name (which may hold spaces): state is field 3,
-            // utime 14 and stime 15.
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
+        .filter_map(|stat| Some(stat_ticks(&stat)?.1))
         .sum()
 }
 
@@ -660,10 +667,7 @@ fn thread_ticks(pid: u32, prefix: &str) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = tasks
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
         .filter_map(|stat| {
-            let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+            let (name, ticks) = stat_ticks(&stat)?;
             name.starts_with(prefix).then(|| (name.to_string(), ticks))
         })
         .collect();
@@ -1041,13 +1045,20 @@ async fn run() -> Setup<()> {
             let i = (k + round) % targets.len();
             let (_, url, pids) = &targets[i];
             let before = (pids.as_deref().map(cpu_ticks), cpu_ticks(&up_workers));
-            let counts_before = if i == 2 {
-                thread_counts(serve_json_addr, probe.clone()).await
+            // Per thread or worker, only for the path that has them.
+            let (counts_before, threads_before) = if i == 2 {
+                (
+                    thread_counts(serve_json_addr, probe.clone()).await,
+                    thread_ticks(serve_pid, "conn-"),
+                )
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            let ngx_before: Vec<u64> = if i == 1 {
+                ngx_worker_pids.iter().map(|p| cpu_ticks(&[*p])).collect()
             } else {
                 Vec::new()
             };
-            let threads_before = thread_ticks(serve_pid, "conn-");
-            let ngx_before: Vec<u64> = ngx_worker_pids.iter().map(|p| cpu_ticks(&[*p])).collect();
             let machine_before = machine_ticks();
             let mut r = wrk.run(url, secs)?;
             let machine_after = machine_ticks();
@@ -1180,22 +1191,16 @@ async fn run() -> Setup<()> {
         spread(&f(counts.iter().map(|c| c.1).collect())),
         spread(&f(cpu.clone()))
     );
-    println!(
-        "    connections by thread: {}",
-        counts
-            .iter()
-            .map(|c| c.0.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    println!(
-        "    requests by thread:    {}",
-        counts
-            .iter()
-            .map(|c| c.1.to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
+    for (what, pick) in [
+        (
+            "connections",
+            (|c: &(u64, u64)| c.0) as fn(&(u64, u64)) -> u64,
+        ),
+        ("requests", |c| c.1),
+    ] {
+        let by_thread: Vec<String> = counts.iter().map(|c| pick(c).to_string()).collect();
+        println!("    {what:<11} by thread: {}", by_thread.join(" "));
+    }
     // The master is the last of `ngx_workers` and does no request work.
     let ngx_cpu: Vec<u64> = nginx_workers_cpu
         .iter()

@@ -25,6 +25,14 @@ pub fn current() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
+/// The caller's entry in a table of `len` (at least one) with an entry per connection thread
+/// and a last one shared by every other thread: the tables that keep what requests write per
+/// thread (the upstream pool's idle stacks, the request metrics).
+pub fn slot(len: usize) -> usize {
+    let other = len.saturating_sub(1);
+    current().map_or(other, |i| i.min(other))
+}
+
 /// Why the connection threads could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardsError {

@@ -46,6 +46,8 @@ const OUTCOMES: [&str; 14] = [
     "504-agent",
     "other-agent",
 ];
+/// The status classes come first in `OUTCOMES`, then the agent's statuses in this order.
+const CLASSES: usize = 5;
 const AGENT_STATUSES: [u16; 8] = [400, 401, 404, 413, 500, 502, 503, 504];
 
 /// A model request's outcome, as an index into the counters.
@@ -56,7 +58,7 @@ impl Outcome {
     /// The model server answered with `status`.
     pub fn upstream(status: u16) -> Self {
         // A status outside 100-599 never reaches here (hyper refuses it); count it as 5xx.
-        Outcome(usize::from(status / 100).clamp(1, 5) - 1)
+        Outcome(usize::from(status / 100).clamp(1, CLASSES) - 1)
     }
 
     /// The agent refused the request with `status`.
@@ -64,7 +66,7 @@ impl Outcome {
         let i = AGENT_STATUSES
             .iter()
             .position(|&s| s == status)
-            .map_or(OUTCOMES.len() - 1, |i| i + 5);
+            .map_or(OUTCOMES.len() - 1, |i| i + CLASSES);
         Outcome(i)
     }
 
@@ -92,8 +94,8 @@ struct Counts {
 #[derive(Default)]
 struct Slot(Counts);
 
-/// The slots: one for every thread that is not a connection thread (the main runtime's),
-/// then one per connection thread.
+/// The slots: one per connection thread, then one for every other thread (the main
+/// runtime's), as `shards::slot` numbers them.
 pub struct PerThread {
     slots: Box<[Slot]>,
 }
@@ -114,16 +116,13 @@ impl PerThread {
     }
 
     fn connection_threads(&self) -> usize {
-        self.slots.len() - 1
+        self.slots.len().saturating_sub(1)
     }
 
     /// The caller's slot.
     fn here(&self) -> &Counts {
-        let i = shards::current().map_or(0, |i| i.saturating_add(1));
-        // `new` makes slot 0 and one per connection thread, so the index is in bounds; a
-        // thread index beyond them (none is started) would share slot 0.
-        let i = if i < self.slots.len() { i } else { 0 };
-        &self.slots[i].0
+        // `new` makes one more slot than connection threads, so the slot is in bounds.
+        &self.slots[shards::slot(self.slots.len())].0
     }
 
     pub fn count_connection(&self) {
@@ -190,7 +189,7 @@ impl PerThread {
     pub fn thread_counts(&self) -> Vec<(u64, u64)> {
         self.slots
             .iter()
-            .skip(1)
+            .take(self.connection_threads())
             .map(|s| {
                 (
                     s.0.connections.load(Ordering::Relaxed),

@@ -112,10 +112,9 @@ impl Pool {
     }
 
     /// The idle stack of the caller's thread.
-    fn stack(&self) -> Option<&Arc<Stack>> {
-        let other = self.stacks.len().saturating_sub(1);
-        let slot = crate::server::shards::current().map_or(other, |i| i.min(other));
-        self.stacks.get(slot)
+    fn stack(&self) -> &Arc<Stack> {
+        // `new` makes one more stack than connection threads, so the slot is in bounds.
+        &self.stacks[crate::server::shards::slot(self.stacks.len())]
     }
 
     /// Send `req` (origin-form target, Host set by the caller) and return the response with
@@ -127,13 +126,13 @@ impl Pool {
         let stack = self.stack();
         let (parts, mut body) = req.into_parts();
         loop {
-            let (mut conn, reused) = match stack.and_then(|s| s.take()) {
+            let (mut conn, reused) = match stack.take() {
                 Some(c) => (c, true),
                 None => (self.connect().await?, false),
             };
             match conn.send(&parts, &mut body).await {
                 Ok(head) => {
-                    let body = PooledBody::new(conn, &head, stack.cloned());
+                    let body = PooledBody::new(conn, &head, Arc::clone(stack));
                     let mut resp = Response::new(body);
                     *resp.status_mut() = head.status;
                     *resp.headers_mut() = head.headers;
@@ -230,11 +229,11 @@ pub struct PooledBody {
     reader: Reader,
     keep_alive: bool,
     /// The idle stack the connection goes back to.
-    stack: Option<Arc<Stack>>,
+    stack: Arc<Stack>,
 }
 
 impl PooledBody {
-    fn new(conn: Conn, head: &h1::Head, stack: Option<Arc<Stack>>) -> Self {
+    fn new(conn: Conn, head: &h1::Head, stack: Arc<Stack>) -> Self {
         let mut body = PooledBody {
             conn: Some(conn),
             reader: Reader::new(head.framing),
@@ -251,9 +250,8 @@ impl PooledBody {
     fn release(&mut self) {
         if let Some(conn) = self.conn.take()
             && self.keep_alive
-            && let Some(stack) = &self.stack
         {
-            stack.put(conn);
+            self.stack.put(conn);
         }
     }
 }
