@@ -9,7 +9,9 @@
 //! - the idle resident memory of `serve` (target < 30 MiB).
 //!
 //! Needs the release binary: run through scripts/bench.sh, which builds it and sets
-//! TDX_AGENT_BIN.
+//! TDX_AGENT_BIN. Knobs: TDX_AGENT_BENCH_CONN_THREADS (the agent's connection threads and the
+//! plain server's runtime workers; default one per core), TDX_AGENT_BENCH_YIELD (0: the agent's
+//! `yield_before_sleep = false`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod common;
@@ -58,7 +60,11 @@ async fn served_cert_len(addr: std::net::SocketAddr, cfg: Arc<rustls::ClientConf
 /// signatures) so the certificate is as large as the agent's: that server shows how much of
 /// the difference is the certificate's size alone.
 fn plain_server_main(padding: usize) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = common::conn_threads() {
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build().unwrap();
     rt.block_on(async {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
@@ -115,11 +121,18 @@ fn serve(
 ) -> (Proc, std::net::SocketAddr) {
     let sim = tmp.join(name);
     let delay = delay_ms.to_string();
+    let limits = tmp.join(format!("{name}-limits.toml"));
+    std::fs::write(&limits, common::limits_toml()).unwrap();
     common::serve_sim(
         bin,
         sim.to_str().unwrap(),
         &[],
-        &["--sim-quote-delay-ms", &delay],
+        &[
+            "--config",
+            limits.to_str().unwrap(),
+            "--sim-quote-delay-ms",
+            &delay,
+        ],
     )
 }
 

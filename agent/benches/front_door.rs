@@ -17,8 +17,9 @@
 //! Needs the release binary, nginx and wrk: run through scripts/bench.sh (which installs them
 //! with scripts/bench-deps.sh and sets TDX_AGENT_BIN). Knobs: TDX_AGENT_BENCH_SECS (10),
 //! TDX_AGENT_BENCH_CONNS (64), TDX_AGENT_BENCH_THREADS (1), TDX_AGENT_BENCH_ROUNDS (5),
-//! TDX_AGENT_BENCH_SSE_N (2000), TDX_AGENT_BENCH_CONN_THREADS (the agent's
-//! connection threads; default one per core).
+//! TDX_AGENT_BENCH_SSE_N (2000), TDX_AGENT_BENCH_CONN_THREADS (the agent's connection
+//! threads and nginx's workers; default one per core), TDX_AGENT_BENCH_YIELD (0: the agent's
+//! `yield_before_sleep = false`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod common;
@@ -474,8 +475,9 @@ http {{
 }
 
 /// The reference: nginx terminating TLS 1.3 with a P-256 certificate and proxying without
-/// buffering over kept-alive HTTP/1.1 connections; one server per upstream.
-fn proxy_conf(dir: &Path, json: (u16, u16), sse: (u16, u16)) -> String {
+/// buffering over kept-alive HTTP/1.1 connections; one server per upstream. `workers`: nginx's
+/// `worker_processes`, "auto" (one per core) or as many as the agent's connection threads.
+fn proxy_conf(dir: &Path, json: (u16, u16), sse: (u16, u16), workers: &str) -> String {
     let d = dir.display();
     let tmp = temp_paths(dir);
     let server = |listen: u16, upstream: &str| {
@@ -503,9 +505,8 @@ fn proxy_conf(dir: &Path, json: (u16, u16), sse: (u16, u16)) -> String {
         )
     };
     format!(
-        r#"# worker_processes auto = one per core, as the agent's tokio runtime has one worker
-# thread per core.
-worker_processes auto;
+        r#"# worker_processes auto = one per core, as the agent has one connection thread per core.
+worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/logs/error.log warn;
 events {{ worker_connections 4096; }}
@@ -537,6 +538,9 @@ struct WrkResult {
     /// CPU time (user + system) per request of the proxy, and of the upstream.
     proxy_cpu: Option<Duration>,
     upstream_cpu: Duration,
+    /// Time the proxy's threads spent runnable but not running (waiting for a CPU), per
+    /// request: what the scheduler adds to the latency, whoever holds the CPU meanwhile.
+    proxy_wait: Option<Duration>,
     /// Share of the machine's CPU time that was idle during the run: with every core busy
     /// the proxy's cost per request decides the throughput; with idle time left, how its
     /// threads sleep and wake does.
@@ -655,6 +659,17 @@ fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
         .filter_map(|stat| Some(stat_ticks(&stat)?.1))
+        .sum()
+}
+
+/// Nanoseconds so far that the threads of `pids` spent runnable but waiting for a CPU (the
+/// second field of /proc/PID/task/TID/schedstat).
+fn run_delay_ns(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum()
 }
 
@@ -892,33 +907,29 @@ async fn run() -> Setup<()> {
     let sse_addr = sse_upstream()?;
     wait_ok("the SSE upstream", sse_addr, None, "/health").await?;
 
-    // The reference proxy.
+    // The reference proxy, with as many workers as the agent has connection threads.
+    let conn_threads = common::conn_threads();
+    let worker_processes = conn_threads.map_or("auto".to_string(), |n| n.to_string());
     let (ngx_json, ngx_sse) = (free_port()?, free_port()?);
     let proxy = nginx(
         &nginx_bin,
         "nginx (proxy)",
         &ngx_dir,
-        &proxy_conf(&ngx_dir, (ngx_json, up_port), (ngx_sse, sse_addr.port())),
+        &proxy_conf(
+            &ngx_dir,
+            (ngx_json, up_port),
+            (ngx_sse, sse_addr.port()),
+            &worker_processes,
+        ),
         &[ngx_json, ngx_sse],
     )
     .await?;
     let ngx_json_addr: SocketAddr = ([127, 0, 0, 1], ngx_json).into();
     let ngx_sse_addr: SocketAddr = ([127, 0, 0, 1], ngx_sse).into();
 
-    // The agents; TDX_AGENT_BENCH_CONN_THREADS sets their `[limits] connection_threads`
-    // (default: one per core), e.g. 16 on a smaller machine, the closest it can come to a
-    // 16-core one's thread count.
-    let conn_threads = env_num("TDX_AGENT_BENCH_CONN_THREADS", 0);
+    // The agents, with TDX_AGENT_BENCH_CONN_THREADS and TDX_AGENT_BENCH_YIELD.
     let limits = dir.join("limits.toml");
-    std::fs::write(
-        &limits,
-        if conn_threads > 0 {
-            format!("[limits]\nconnection_threads = {conn_threads}\n")
-        } else {
-            String::new()
-        },
-    )
-    .map_err(|e| e.to_string())?;
+    std::fs::write(&limits, common::limits_toml()).map_err(|e| e.to_string())?;
     let limits = limits.to_str().expect("UTF-8 path").to_string();
     let serve = |sim: &Path, upstream: SocketAddr, name: &'static str| {
         let sim = sim.to_str().expect("UTF-8 path").to_string();
@@ -1023,9 +1034,11 @@ async fn run() -> Setup<()> {
     println!(
         "  TLS 1.3, ECDSA P-256 certificates (nginx's {} B self-signed, the agent's \
          {agent_cert_len} B RA-TLS); {} cores shared by wrk, the proxy and the upstream; nginx \
-         worker_processes auto, the agent's runtime one worker thread per core",
+         worker_processes {worker_processes}, the agent's connection threads {} ({})",
         cert.der().len(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        conn_threads.map_or("one per core".to_string(), |n| n.to_string()),
+        common::limits_toml().trim().replace('\n', "; ")
     );
     let load_before = loadavg();
     for (name, url, _) in &targets {
@@ -1045,6 +1058,7 @@ async fn run() -> Setup<()> {
             let i = (k + round) % targets.len();
             let (_, url, pids) = &targets[i];
             let before = (pids.as_deref().map(cpu_ticks), cpu_ticks(&up_workers));
+            let wait_before = pids.as_deref().map(run_delay_ns);
             // Per thread or worker, only for the path that has them.
             let (counts_before, threads_before) = if i == 2 {
                 (
@@ -1099,12 +1113,15 @@ async fn run() -> Setup<()> {
                 .zip(before.0)
                 .map(|(p, b)| per_req(cpu_ticks(p).saturating_sub(b)));
             r.upstream_cpu = per_req(cpu_ticks(&up_workers).saturating_sub(before.1));
+            r.proxy_wait = pids.as_deref().zip(wait_before).map(|(p, b)| {
+                Duration::from_nanos(run_delay_ns(p).saturating_sub(b) / r.requests.max(1))
+            });
             results[i].push(r);
         }
     }
     // Medians of the rounds: req/s, p50, p99, proxy CPU per request, upstream CPU per request,
-    // machine idle.
-    let med: Vec<[f64; 6]> = results
+    // machine idle, proxy's run-queue wait per request.
+    let med: Vec<[f64; 7]> = results
         .iter()
         .map(|r| {
             [
@@ -1114,6 +1131,7 @@ async fn run() -> Setup<()> {
                 median_by(r, |x| x.proxy_cpu.map_or(0.0, |d| d.as_secs_f64())),
                 median_by(r, |x| x.upstream_cpu.as_secs_f64()),
                 median_by(r, |x| x.idle),
+                median_by(r, |x| x.proxy_wait.map_or(0.0, |d| d.as_secs_f64())),
             ]
         })
         .collect();
@@ -1122,7 +1140,7 @@ async fn run() -> Setup<()> {
         "path", "req/s", "p50", "p99", "proxy CPU/req", "upstream CPU/req", "idle"
     );
     for (i, (name, _, pids)) in targets.iter().enumerate() {
-        let [rps, p50, p99, cpu, up_cpu, idle] = med[i];
+        let [rps, p50, p99, cpu, up_cpu, idle, _] = med[i];
         let per_round: Vec<String> = results[i].iter().map(|r| format!("{:.0}", r.rps)).collect();
         let errors: u64 = results[i].iter().map(|r| r.non_2xx + r.socket_errors).sum();
         let total: u64 = results[i].iter().map(|r| r.requests).sum();
@@ -1170,6 +1188,13 @@ async fn run() -> Setup<()> {
         "  (req/s: nginx / direct {:.3}, serve / direct {:.3})",
         n[0] / d[0],
         s[0] / d[0]
+    );
+    println!(
+        "  proxy threads runnable but waiting for a CPU, per request: nginx {:.1} us, serve {:.1} us \
+         (ratio {:.3})",
+        n[6] * 1e6,
+        s[6] * 1e6,
+        s[6] / n[6].max(f64::MIN_POSITIVE)
     );
     println!(
         "  target throughput serve >= nginx: {} ({tput:.3}); target p99 serve <= nginx: {} ({p99r:.3})",

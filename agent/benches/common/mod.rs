@@ -148,3 +148,27 @@ pub fn serve_sim(
         .args(serve_args);
     spawn_listening(cmd, "tdx-agent serve")
 }
+
+/// TDX_AGENT_BENCH_CONN_THREADS: the agent's `[limits] connection_threads` and the baseline's
+/// workers alike (absent or 0: one per core each), e.g. 16 on a smaller machine, the closest
+/// it can come to a 16-core one's thread counts.
+pub fn conn_threads() -> Option<usize> {
+    std::env::var("TDX_AGENT_BENCH_CONN_THREADS")
+        .ok()?
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+}
+
+/// The `[limits]` of the benched agent's `--config`: TDX_AGENT_BENCH_CONN_THREADS, and
+/// TDX_AGENT_BENCH_YIELD (`0` sets `yield_before_sleep = false`; absent: the agent's default).
+pub fn limits_toml() -> String {
+    let mut toml = String::from("[limits]\n");
+    if let Some(n) = conn_threads() {
+        toml.push_str(&format!("connection_threads = {n}\n"));
+    }
+    if std::env::var("TDX_AGENT_BENCH_YIELD").is_ok_and(|v| v == "0") {
+        toml.push_str("yield_before_sleep = false\n");
+    }
+    toml
+}

@@ -193,6 +193,11 @@ pub struct LimitsConfig {
     /// Absent: one per CPU the agent may use.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_threads: Option<std::num::NonZeroUsize>,
+    /// A connection thread about to sleep with nothing to do first yields its CPU to whatever
+    /// else is runnable there (`server::shards`): more throughput when the agent and the
+    /// programs it talks to share few CPUs, more time waiting for a CPU per request when many
+    /// threads compete (docs/benchmarks.md).
+    pub yield_before_sleep: bool,
 }
 
 impl LimitsConfig {
@@ -213,6 +218,7 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             shutdown_grace_secs: 10,
             connection_threads: None,
+            yield_before_sleep: true,
         }
     }
 }
@@ -528,6 +534,23 @@ mod tests {
                 secs
             );
         }
+    }
+
+    #[test]
+    fn connection_threads_yield_before_sleep_unless_told_not_to() {
+        let sim = "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n";
+        let c = Config::from_toml(sim, "c.toml").unwrap();
+        assert!(c.limits.yield_before_sleep);
+        let c = Config::from_toml(
+            &format!("{sim}[limits]\nyield_before_sleep = false"),
+            "c.toml",
+        )
+        .unwrap();
+        assert!(!c.limits.yield_before_sleep);
+        let err = Config::from_toml(&format!("{sim}[limits]\nyield_before_sleep = 1"), "c.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("yield_before_sleep"), "{err}");
     }
 
     #[test]

@@ -299,7 +299,8 @@ pub async fn run(
     .into_axum_router();
     let router = http::router(Arc::clone(&state)).merge(grpc);
 
-    let shards = shards::Shards::start(connection_threads).map_err(setup)?;
+    let shards = shards::Shards::start(connection_threads, config.limits.yield_before_sleep)
+        .map_err(setup)?;
     let listeners = listener::bind(config.listen, shards.threads().len()).map_err(|source| {
         ServeError::Bind {
             addr: config.listen,

@@ -128,20 +128,25 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// Start `n` threads (at least one).
-    pub fn start(n: usize) -> Result<Self, ShardsError> {
+    /// Start `n` threads (at least one); `yield_before_sleep`: `[limits] yield_before_sleep`.
+    pub fn start(n: usize, yield_before_sleep: bool) -> Result<Self, ShardsError> {
         let mut threads = Vec::with_capacity(n.max(1));
         let mut stops = Vec::with_capacity(n.max(1));
         for index in 0..n.max(1) {
             // Linux keeps 15 bytes of a thread's name: short enough to tell them apart in top.
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            let mut runtime = tokio::runtime::Builder::new_current_thread();
+            if yield_before_sleep {
                 // About to sleep in epoll with nothing to do: first let whatever else is
                 // runnable on this CPU go (the upstream or the client this thread has just
                 // written to, often). Its answer then finds this thread still runnable on the
                 // same CPU instead of asleep, to be woken on another, idle one: on a VM that
                 // is a halted vCPU and an IPI per wake-up. Nothing runnable: the call returns
-                // at once. Measured: docs/benchmarks.md, session 6.
-                .on_thread_park(std::thread::yield_now)
+                // at once. The price: the kernel's EEVDF scheduler moves a yielding thread's
+                // deadline a slice later, so when many threads compete for the CPUs it waits
+                // longer for one. Measured both ways: docs/benchmarks.md.
+                runtime.on_thread_park(std::thread::yield_now);
+            }
+            let runtime = runtime
                 .enable_all()
                 .thread_name(format!("conn-{index}-blocking"))
                 .build()
@@ -180,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_connection_stays_where_it_was_accepted_unless_another_thread_is_two_lighter() {
-        let shards = Shards::start(3).unwrap();
+        let shards = Shards::start(3, true).unwrap();
         let t = shards.threads();
         assert_eq!(t.len(), 3);
         assert_eq!(t.place(1), 1, "all idle");
@@ -202,7 +207,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_thread_knows_its_index_and_others_have_none() {
-        let shards = Shards::start(2).unwrap();
+        let shards = Shards::start(2, false).unwrap();
         assert_eq!(current(), None);
         for i in 0..2 {
             let seen = shards

@@ -326,7 +326,7 @@ mod tests {
     #[test]
     fn every_connection_thread_counts_in_its_own_slot_and_scrapes_sum_them() {
         let p = Arc::new(PerThread::new(2));
-        let shards = shards::Shards::start(2).unwrap();
+        let shards = shards::Shards::start(2, true).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
