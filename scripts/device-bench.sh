@@ -19,6 +19,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pack=.devbench
 
+# `dpkg -x DEB DIR`, or the same in Python where the image has no dpkg: a .deb is an ar
+# archive whose data.tar.* member holds the files.
+unpack() {
+  if command -v dpkg >/dev/null 2>&1 && [ -z "${DEVBENCH_NO_DPKG:-}" ]; then
+    dpkg -x "$1" "$2"
+    return
+  fi
+  python3 - "$1" "$2" <<'PY'
+import io, sys, tarfile
+deb, dest = sys.argv[1], sys.argv[2]
+data = open(deb, "rb").read()
+if data[:8] != b"!<arch>\n":
+    sys.exit(f"{deb}: not a .deb")
+pos = 8
+while pos + 60 <= len(data):
+    name = data[pos:pos + 16].decode().strip().rstrip("/")
+    size = int(data[pos + 48:pos + 58].decode().strip())
+    if name.startswith("data.tar"):
+        tarfile.open(fileobj=io.BytesIO(data[pos + 60:pos + 60 + size])).extractall(dest)
+    pos += 60 + size + (size & 1)
+PY
+}
+
 case "${1:-}" in
 pack)
   rm -rf "$pack"
@@ -44,7 +67,8 @@ run)
   out="${OUT:-/tmp/devbench-out}"
   mkdir -p "$out"
   root=/tmp/devbench-root
-  for f in "$pack"/debs/*.deb; do dpkg -x "$f" "$root"; done
+  rm -rf "$root"
+  for f in "$pack"/debs/*.deb; do unpack "$f" "$root"; done
   export PATH="$root/usr/sbin:$root/usr/bin:$PATH"
   export LD_LIBRARY_PATH="$root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   {
