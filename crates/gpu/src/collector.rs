@@ -1,6 +1,7 @@
-//! The one thread that calls the GPU source, one call at a time. A call past the timeout
-//! counts as failed; it cannot be cancelled (NVML has no way to), so until it returns no
-//! other call is started and every request fails at once saying which call hangs. A panic
+//! The one thread that calls the GPU source, one call at a time: calls made meanwhile (GPUs
+//! collected side by side, a probe's beside a client's) wait their turn. A call past the
+//! timeout counts as failed; it cannot be cancelled (NVML has no way to), so until it returns
+//! no other call is started and every request fails at once saying which call hangs. A panic
 //! in the source (nvml-wrapper slices NVML's buffers by the lengths NVML returns) is caught
 //! on the thread and becomes a named failure.
 
@@ -65,6 +66,29 @@ enum Job {
         nonce: [u8; 32],
         reply: Reply<CollectedGpu>,
     },
+}
+
+impl Job {
+    fn abandoned(&self) -> bool {
+        match self {
+            Job::Count(reply) => reply.is_closed(),
+            Job::Collect { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    fn in_flight(&self) -> InFlight {
+        let (index, what) = match self {
+            Job::Count(_) => (None, "counting the GPUs".to_string()),
+            Job::Collect { index, .. } => {
+                (Some(*index), format!("collecting GPU {index}'s evidence"))
+            }
+        };
+        InFlight {
+            index,
+            what,
+            since: Instant::now(),
+        }
+    }
 }
 
 /// The call on the thread now, and since when.
@@ -148,6 +172,12 @@ impl Collector {
                     }
                 };
                 for job in rx {
+                    // A caller that gave up (its timeout passed while an earlier call ran)
+                    // wants no answer: no NVML call for it.
+                    if job.abandoned() {
+                        continue;
+                    }
+                    *lock(&thread_flight) = Some(job.in_flight());
                     match job {
                         Job::Count(reply) => {
                             let r = guarded(None, "counting the GPUs", || source.count());
@@ -200,7 +230,8 @@ impl Collector {
         &self.describe
     }
 
-    /// Start one call unless one is still hanging.
+    /// Queue one call, unless the one on the thread has run past the timeout: it hangs, and
+    /// nothing queued behind it would run.
     async fn call<T>(
         &self,
         index: Option<u32>,
@@ -208,24 +239,17 @@ impl Collector {
         job: impl FnOnce(Reply<T>) -> Job,
     ) -> Result<T, CollectorError> {
         let (tx, rx) = oneshot::channel();
+        if let Some(f) = lock(&self.in_flight).as_ref()
+            && f.since.elapsed() >= self.timeout
         {
-            let mut flight = lock(&self.in_flight);
-            if let Some(f) = flight.as_ref() {
-                return Err(CollectorError::Hung {
-                    index: f.index,
-                    what: f.what.clone(),
-                    secs: f.since.elapsed().as_secs(),
-                });
-            }
-            *flight = Some(InFlight {
-                index,
-                what: what.to_string(),
-                since: Instant::now(),
+            return Err(CollectorError::Hung {
+                index: f.index,
+                what: f.what.clone(),
+                secs: f.since.elapsed().as_secs(),
             });
-            if lock(&self.jobs).send(job(tx)).is_err() {
-                *flight = None;
-                return Err(CollectorError::Gone);
-            }
+        }
+        if lock(&self.jobs).send(job(tx)).is_err() {
+            return Err(CollectorError::Gone);
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(r)) => r,
@@ -273,7 +297,8 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tdx_core::gpu::CcMode;
 
-    /// A source whose GPU 1 panics and whose GPU 2 blocks while `hang` is set.
+    /// A source whose GPU 1 panics, whose GPU 2 blocks while `hang` is set and whose GPU 3
+    /// takes 100 ms.
     struct Scripted {
         hang: Arc<AtomicBool>,
     }
@@ -293,6 +318,7 @@ mod tests {
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 }
+                3 => std::thread::sleep(Duration::from_millis(100)),
                 _ => {}
             }
             Ok(CollectedGpu {
@@ -360,6 +386,31 @@ mod tests {
             }
         }
         assert_eq!(resumed.unwrap().index, 0);
+    }
+
+    #[tokio::test]
+    async fn calls_made_while_one_runs_wait_their_turn_instead_of_failing() {
+        let c = Collector::open(
+            || {
+                Ok(Box::new(Scripted {
+                    hang: Arc::new(AtomicBool::new(false)),
+                }) as Box<dyn GpuSource>)
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        // GPU 3 is on the thread for 100 ms while the others are asked for.
+        let (slow, a, b, n) = tokio::join!(
+            c.collect(3, [0; 32]),
+            c.collect(0, [0; 32]),
+            c.collect(0, [1; 32]),
+            c.count()
+        );
+        assert_eq!(slow.unwrap().index, 3);
+        assert_eq!(a.unwrap().index, 0);
+        assert_eq!(b.unwrap().index, 0);
+        assert_eq!(n.unwrap(), 3);
     }
 
     #[tokio::test]
