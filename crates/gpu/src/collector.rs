@@ -76,13 +76,18 @@ impl Job {
         }
     }
 
-    fn in_flight(&self) -> InFlight {
-        let (index, what) = match self {
+    /// The GPU the call is about, if one, and the call as errors name it.
+    fn describe(&self) -> (Option<u32>, String) {
+        match self {
             Job::Count(_) => (None, "counting the GPUs".to_string()),
             Job::Collect { index, .. } => {
                 (Some(*index), format!("collecting GPU {index}'s evidence"))
             }
-        };
+        }
+    }
+
+    fn in_flight(&self) -> InFlight {
+        let (index, what) = self.describe();
         InFlight {
             index,
             what,
@@ -232,13 +237,10 @@ impl Collector {
 
     /// Queue one call, unless the one on the thread has run past the timeout: it hangs, and
     /// nothing queued behind it would run.
-    async fn call<T>(
-        &self,
-        index: Option<u32>,
-        what: &str,
-        job: impl FnOnce(Reply<T>) -> Job,
-    ) -> Result<T, CollectorError> {
+    async fn call<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, CollectorError> {
         let (tx, rx) = oneshot::channel();
+        let job = job(tx);
+        let (index, what) = job.describe();
         if let Some(f) = lock(&self.in_flight).as_ref()
             && f.since.elapsed() >= self.timeout
         {
@@ -248,7 +250,7 @@ impl Collector {
                 secs: f.since.elapsed().as_secs(),
             });
         }
-        if lock(&self.jobs).send(job(tx)).is_err() {
+        if lock(&self.jobs).send(job).is_err() {
             return Err(CollectorError::Gone);
         }
         match tokio::time::timeout(self.timeout, rx).await {
@@ -257,13 +259,13 @@ impl Collector {
             Err(_) => {
                 tracing::error!(
                     gpu = ?index,
-                    call = what,
+                    call = %what,
                     timeout_secs = self.timeout.as_secs(),
                     "GPU call timed out; it cannot be cancelled, and no other GPU call is made until it returns"
                 );
                 Err(CollectorError::TimedOut {
                     index,
-                    what: what.to_string(),
+                    what,
                     timeout_secs: self.timeout.as_secs(),
                 })
             }
@@ -271,7 +273,7 @@ impl Collector {
     }
 
     pub async fn count(&self) -> Result<u32, CollectorError> {
-        self.call(None, "counting the GPUs", Job::Count).await
+        self.call(Job::Count).await
     }
 
     /// GPU `index`'s state and evidence over `nonce`.
@@ -280,8 +282,7 @@ impl Collector {
         index: u32,
         nonce: [u8; 32],
     ) -> Result<CollectedGpu, CollectorError> {
-        let what = format!("collecting GPU {index}'s evidence");
-        self.call(Some(index), &what, |reply| Job::Collect {
+        self.call(|reply| Job::Collect {
             index,
             nonce,
             reply,
