@@ -1,7 +1,9 @@
 //! Verdicts that do not depend on the evidence of one attestation, cached by digest: device
 //! chains and RIM signing chains (with the window in which every certificate is valid, so a
-//! cached "valid" is never used outside it) and parsed RIMs with their signature verdict. What
-//! stays per attestation is the report's signature, the comparison and revocation.
+//! cached "valid" is never used outside it), the signature of each link of those chains (so
+//! chains sharing intermediates verify them once), and parsed RIMs with their signature
+//! verdict. What stays per attestation is the report's signature, the comparison and
+//! revocation.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest as _, Sha256};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
+use super::GpuChainError;
+use super::chain::verify_device_chain_with;
+use super::link::LinkMemo;
 use super::ocsp::{Authenticated, OcspError, OcspMemo};
 use super::rim::{Rim, RimChainError, RimError, RimSignatureError};
-use super::{GpuChainError, verify_device_chain};
 
 /// Bounds the memory a stream of distinct hostile chains or RIMs can take: the cache is
 /// emptied when it reaches this many entries of a kind.
@@ -34,6 +38,7 @@ struct Valid {
 #[derive(Default)]
 struct Inner {
     chains: HashMap<[u8; 32], Valid>,
+    links: HashMap<[u8; 32], bool>,
     rims: HashMap<[u8; 32], Arc<ParsedRim>>,
     ocsp: HashMap<[u8; 32], Result<Authenticated, OcspError>>,
 }
@@ -72,26 +77,47 @@ impl OcspMemo for VerdictCache {
         key: [u8; 32],
         compute: &mut dyn FnMut() -> Result<Authenticated, OcspError>,
     ) -> Result<Authenticated, OcspError> {
-        if let Some(v) = self
-            .inner
-            .lock()
-            .ok()
-            .and_then(|i| i.ocsp.get(&key).cloned())
-        {
-            return v;
-        }
-        let v = compute();
-        if let Ok(mut inner) = self.inner.lock() {
-            if inner.ocsp.len() >= MAX_ENTRIES {
-                inner.ocsp.clear();
-            }
-            inner.ocsp.insert(key, v.clone());
-        }
-        v
+        self.recall(|i| &mut i.ocsp, &key).unwrap_or_else(|| {
+            let v = compute();
+            self.remember(|i| &mut i.ocsp, key, v.clone());
+            v
+        })
     }
 }
 
+impl LinkMemo for VerdictCache {
+    fn link(&self, key: [u8; 32], verify: &mut dyn FnMut() -> bool) -> bool {
+        self.recall(|i| &mut i.links, &key).unwrap_or_else(|| {
+            let v = verify();
+            self.remember(|i| &mut i.links, key, v);
+            v
+        })
+    }
+}
+
+type Map<V> = HashMap<[u8; 32], V>;
+
 impl VerdictCache {
+    fn recall<V: Clone>(&self, map: fn(&mut Inner) -> &mut Map<V>, key: &[u8; 32]) -> Option<V> {
+        let mut inner = self.inner.lock().ok()?;
+        map(&mut inner).get(key).cloned()
+    }
+
+    fn remember<V>(&self, map: fn(&mut Inner) -> &mut Map<V>, key: [u8; 32], v: V) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let m = map(&mut inner);
+            if m.len() >= MAX_ENTRIES {
+                m.clear();
+            }
+            m.insert(key, v);
+        }
+    }
+
+    #[cfg(test)]
+    pub fn links_remembered(&self) -> usize {
+        self.inner.lock().map_or(0, |i| i.links.len())
+    }
+
     fn lookup_chain(&self, key: &[u8; 32], at: i64) -> Option<Vec<String>> {
         let inner = self.inner.lock().ok()?;
         let v = inner.chains.get(key)?;
@@ -99,20 +125,14 @@ impl VerdictCache {
     }
 
     fn store_chain(&self, key: [u8; 32], subjects: &[String], w: Option<(i64, i64)>) {
-        let (Some((not_before, not_after)), Ok(mut inner)) = (w, self.inner.lock()) else {
-            return;
-        };
-        if inner.chains.len() >= MAX_ENTRIES {
-            inner.chains.clear();
-        }
-        inner.chains.insert(
-            key,
-            Valid {
+        if let Some((not_before, not_after)) = w {
+            let valid = Valid {
                 subjects: subjects.to_vec(),
                 not_before,
                 not_after,
-            },
-        );
+            };
+            self.remember(|i| &mut i.chains, key, valid);
+        }
     }
 
     /// `verify`'s verdict on `chain` (leaf first; its last certificate stands for the pinned
@@ -141,7 +161,7 @@ impl VerdictCache {
         Ok(subjects)
     }
 
-    /// [`verify_device_chain`], cached.
+    /// [`super::verify_device_chain`], cached.
     pub fn device_chain(
         &self,
         chain: &[Vec<u8>],
@@ -149,30 +169,20 @@ impl VerdictCache {
         at: i64,
     ) -> Result<Vec<String>, GpuChainError> {
         self.chain(b"device", chain, root_der, at, || {
-            verify_device_chain(chain, root_der, at)
+            verify_device_chain_with(chain, root_der, at, self)
         })
     }
 
     /// A parsed RIM and its signature verdict, by the digest of its bytes.
     pub fn rim(&self, xml: &[u8]) -> Result<Arc<ParsedRim>, RimError> {
         let key = digest(&[b"rim", xml]);
-        if let Some(r) = self
-            .inner
-            .lock()
-            .ok()
-            .and_then(|i| i.rims.get(&key).cloned())
-        {
+        if let Some(r) = self.recall(|i| &mut i.rims, &key) {
             return Ok(r);
         }
         let rim = Rim::parse(xml)?;
         let signature = rim.verify_signature();
         let parsed = Arc::new(ParsedRim { rim, signature });
-        if let Ok(mut inner) = self.inner.lock() {
-            if inner.rims.len() >= MAX_ENTRIES {
-                inner.rims.clear();
-            }
-            inner.rims.insert(key, parsed.clone());
-        }
+        self.remember(|i| &mut i.rims, key, parsed.clone());
         Ok(parsed)
     }
 
@@ -184,7 +194,7 @@ impl VerdictCache {
         at: i64,
     ) -> Result<Vec<String>, RimChainError> {
         self.chain(b"rim chain", rim.signing_chain(), root_der, at, || {
-            rim.verify_chain(root_der, at)
+            rim.verify_chain_with(root_der, at, self)
         })
     }
 }

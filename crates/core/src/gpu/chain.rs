@@ -5,6 +5,8 @@
 
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
+use super::link::{LinkMemo, Unremembered, signed_by};
+
 /// NVIDIA Device Identity CA, pinned (SHA-256 of its DER
 /// 102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48), as NVIDIA's local GPU
 /// verifier pins it (nvtrust `local_gpu_verifier/src/verifier/certs/verifier_device_root.pem`).
@@ -44,11 +46,24 @@ pub enum GpuChainError {
 }
 
 /// Check `chain` (DER, leaf first, as [`super::chain_der`] reads it) against `root_der` at
-/// `at` (Unix seconds). Returns the subjects, leaf first, for the report.
+/// `at` (Unix seconds). Returns the subjects, leaf first, for the report. `root_der` is
+/// trusted as given: its own signature is not checked here ([`super::GpuRoots`] checks it
+/// once, when the roots are loaded; OpenSSL, under NVIDIA's verifier, does not check a trust
+/// anchor's at all).
 pub fn verify_device_chain(
     chain: &[Vec<u8>],
     root_der: &[u8],
     at: i64,
+) -> Result<Vec<String>, GpuChainError> {
+    verify_device_chain_with(chain, root_der, at, &Unremembered)
+}
+
+/// [`verify_device_chain`], with its links' signature verdicts kept in `memo`.
+pub(crate) fn verify_device_chain_with(
+    chain: &[Vec<u8>],
+    root_der: &[u8],
+    at: i64,
+    memo: &dyn LinkMemo,
 ) -> Result<Vec<String>, GpuChainError> {
     if chain.len() != DEVICE_CHAIN_LEN {
         return Err(GpuChainError::Length { found: chain.len() });
@@ -86,8 +101,10 @@ pub fn verify_device_chain(
                 not_after: crate::verify::time::format_unix(not_after),
             });
         }
-        // The root signs itself; every other certificate is signed by the next.
-        let issuer = certs.get(index + 1).unwrap_or(cert);
+        // The root issues itself (its signature is the pinned bytes' business); every other
+        // certificate is issued and signed by the next.
+        let next = certs.get(index + 1);
+        let issuer = next.unwrap_or(cert);
         if cert.issuer() != issuer.subject() {
             return Err(GpuChainError::Issuer {
                 index,
@@ -95,7 +112,7 @@ pub fn verify_device_chain(
                 issuer: issuer.subject().to_string(),
             });
         }
-        if cert.verify_signature(Some(issuer.public_key())).is_err() {
+        if next.is_some() && !signed_by(ders[index], cert, issuer, memo) {
             return Err(GpuChainError::Signature { index, subject });
         }
     }

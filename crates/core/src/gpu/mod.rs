@@ -10,6 +10,7 @@ mod collateral;
 mod compare;
 mod evidence_set;
 mod fwid;
+mod link;
 pub mod ocsp;
 mod policy;
 mod report;
@@ -51,6 +52,8 @@ mod chain_tests;
 mod compare_tests;
 #[cfg(test)]
 mod fwid_tests;
+#[cfg(test)]
+mod link_tests;
 #[cfg(test)]
 mod ocsp_tests;
 #[cfg(test)]

@@ -420,3 +420,42 @@ fn a_warm_verifier_gives_the_cold_report_and_never_uses_a_verdict_outside_its_wi
     assert_eq!(r, run(&late, &policy_for(&late)));
     assert_eq!(ok(&r, "GPU VBIOS RIM signing chain"), Some(false));
 }
+
+/// The chains do not re-verify the pinned roots' signatures on themselves, so loading the
+/// roots must: a roots file whose certificate is not self-issued, or whose self-signature
+/// fails, is refused.
+#[test]
+fn gpu_roots_that_are_not_self_signed_are_refused() {
+    let pem = |der: &[u8]| {
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            crate::encoding::b64(der)
+        )
+    };
+    let device = chain_der(NVIDIA_DEVICE_ROOT_PEM).unwrap().remove(0);
+    let rim = chain_der(NVIDIA_RIM_ROOT_PEM).unwrap().remove(0);
+    let good = format!("{}{}", pem(&device), pem(&rim));
+    let roots = GpuRoots::insecure_from_pem(good.as_bytes()).unwrap();
+    assert_eq!(roots.rim_der(), rim.as_slice());
+
+    // The RIM chain's CA (issued by the root) in the RIM root's place.
+    let rim_file = nv("nvidia-nvtrust/hopper-550.90.07/NV_GPU_DRIVER_GH100_550.90.07.xml");
+    let ca = Rim::parse(&rim_file).unwrap().signing_chain()[2].clone();
+    let err = GpuRoots::insecure_from_pem(format!("{}{}", pem(&device), pem(&ca)).as_bytes())
+        .unwrap_err();
+    assert!(
+        matches!(err, GpuRootsError::NotSelfSigned { index: 1, .. }),
+        "{err}"
+    );
+
+    // The device root with one bit of its signature flipped.
+    let mut forged = device.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let err = GpuRoots::insecure_from_pem(format!("{}{}", pem(&forged), pem(&rim)).as_bytes())
+        .unwrap_err();
+    assert!(
+        matches!(err, GpuRootsError::NotSelfSigned { index: 0, .. }),
+        "{err}"
+    );
+}

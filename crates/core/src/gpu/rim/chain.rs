@@ -6,11 +6,18 @@
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::RimChainError;
+use crate::gpu::link::{LinkMemo, signed_by};
 
 /// Leaf and root at least; real RIMs carry 4 (leaf, L3, CA, root).
 pub const MIN_CHAIN_LEN: usize = 2;
 
-pub fn verify(chain: &[Vec<u8>], root_der: &[u8], at: i64) -> Result<Vec<String>, RimChainError> {
+/// `root_der` is trusted as given, its own signature unchecked, as for the device chain.
+pub fn verify(
+    chain: &[Vec<u8>],
+    root_der: &[u8],
+    at: i64,
+    memo: &dyn LinkMemo,
+) -> Result<Vec<String>, RimChainError> {
     let Some((_, below_root)) = chain.split_last().filter(|_| chain.len() >= MIN_CHAIN_LEN) else {
         return Err(RimChainError::Length { found: chain.len() });
     };
@@ -35,8 +42,9 @@ pub fn verify(chain: &[Vec<u8>], root_der: &[u8], at: i64) -> Result<Vec<String>
     // is reported as invalid, the stronger finding.
     for (index, cert) in certs.iter().enumerate() {
         let subject = cert.subject().to_string();
-        // The root signs itself; every other certificate is signed by the next.
-        let issuer = certs.get(index + 1).unwrap_or(cert);
+        // The root issues itself; every other certificate is issued and signed by the next.
+        let next = certs.get(index + 1);
+        let issuer = next.unwrap_or(cert);
         if cert.issuer() != issuer.subject() {
             return Err(RimChainError::Issuer {
                 index,
@@ -44,7 +52,7 @@ pub fn verify(chain: &[Vec<u8>], root_der: &[u8], at: i64) -> Result<Vec<String>
                 issuer: issuer.subject().to_string(),
             });
         }
-        if cert.verify_signature(Some(issuer.public_key())).is_err() {
+        if next.is_some() && !signed_by(ders[index], cert, issuer, memo) {
             return Err(RimChainError::Signature { index, subject });
         }
         let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);

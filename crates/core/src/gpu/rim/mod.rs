@@ -100,7 +100,17 @@ impl Rim {
 
     /// The signing chain up to `root_der` at `at` (Unix seconds); the subjects, leaf first.
     pub fn verify_chain(&self, root_der: &[u8], at: i64) -> Result<Vec<String>, RimChainError> {
-        chain::verify(&self.signature.chain, root_der, at)
+        self.verify_chain_with(root_der, at, &crate::gpu::link::Unremembered)
+    }
+
+    /// [`Rim::verify_chain`], with its links' signature verdicts kept in `memo`.
+    pub(crate) fn verify_chain_with(
+        &self,
+        root_der: &[u8],
+        at: i64,
+        memo: &dyn crate::gpu::link::LinkMemo,
+    ) -> Result<Vec<String>, RimChainError> {
+        chain::verify(&self.signature.chain, root_der, at, memo)
     }
 }
 
