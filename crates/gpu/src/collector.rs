@@ -335,16 +335,22 @@ mod tests {
         }
     }
 
+    async fn scripted(hang: &Arc<AtomicBool>, timeout: Duration) -> Collector {
+        let hang = Arc::clone(hang);
+        Collector::open(
+            move || Ok(Box::new(Scripted { hang }) as Box<dyn GpuSource>),
+            timeout,
+        )
+        .await
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn panics_are_named_and_a_hung_call_blocks_every_other_until_it_returns() {
         let hang = Arc::new(AtomicBool::new(true));
-        let source_hang = Arc::clone(&hang);
-        let c = Collector::open(
-            move || Ok(Box::new(Scripted { hang: source_hang }) as Box<dyn GpuSource>),
-            Duration::from_millis(300),
-        )
-        .await
-        .unwrap();
+        // The panic gets a timeout it cannot reach: printing its backtrace (RUST_BACKTRACE in
+        // CI) loads debug info and took over 300 ms on a busy machine, which read as a hang.
+        let c = scripted(&hang, Duration::from_secs(30)).await;
         assert_eq!(c.describe(), "scripted");
         assert_eq!(c.count().await.unwrap(), 3);
         assert_eq!(c.collect(0, [0; 32]).await.unwrap().uuid, "GPU-0");
@@ -358,6 +364,7 @@ mod tests {
         // The thread survives the panic.
         assert_eq!(c.collect(0, [0; 32]).await.unwrap().index, 0);
 
+        let c = scripted(&hang, Duration::from_millis(300)).await;
         let e = c.collect(2, [0; 32]).await.unwrap_err();
         assert!(
             matches!(e, CollectorError::TimedOut { index: Some(2), .. }),
@@ -391,16 +398,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_made_while_one_runs_wait_their_turn_instead_of_failing() {
-        let c = Collector::open(
-            || {
-                Ok(Box::new(Scripted {
-                    hang: Arc::new(AtomicBool::new(false)),
-                }) as Box<dyn GpuSource>)
-            },
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+        let c = scripted(&Arc::new(AtomicBool::new(false)), Duration::from_secs(30)).await;
         // GPU 3 is on the thread for 100 ms while the others are asked for.
         let (slow, a, b, n) = tokio::join!(
             c.collect(3, [0; 32]),
