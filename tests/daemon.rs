@@ -836,6 +836,101 @@ async fn clients_silent_after_the_tls_handshake_are_dropped_after_the_header_tim
     }
 }
 
+/// HTTP/2 has no header timeout of its own and hyper's keep-alive pings start only after its
+/// handshake: a preface that stops half-way, and a client that finishes the handshake, answers
+/// pings and never asks anything, must each be let go after the header timeout too.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_that_ask_nothing_are_let_go_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt as _;
+    let sim = SimTd::new();
+    let mut d = daemon_from_config(&sim);
+    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"h2"]));
+
+    let mut tls = support::ratls_connect(&d.addr, Arc::clone(&config))
+        .await
+        .expect("RA-TLS");
+    tls.write_all(b"PRI * HTTP/2.0\r\n")
+        .await
+        .expect("half a preface");
+    tls.flush().await.expect("flush");
+    let t = closed_within(&mut tls, Duration::from_secs(5)).await;
+    let t = t.expect("a half-sent HTTP/2 preface held its connection for 5 s (timeout 1 s)");
+    println!("half an HTTP/2 preface: dropped after {t:?}");
+
+    // A real HTTP/2 client: its connection task ends when the server says GOAWAY and closes.
+    let tls = support::ratls_connect(&d.addr, config)
+        .await
+        .expect("RA-TLS");
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    let started = Instant::now();
+    let conn = tokio::spawn(conn);
+    // One request first: the time runs again from its end.
+    let req = hyper::Request::get("https://agent/livez")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let answer = send.send_request(req).await.expect("/livez over HTTP/2");
+    assert_eq!(answer.status(), 200);
+    drop(answer);
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    let ended = ended.expect("an idle HTTP/2 connection was still open after 5 s (timeout 1 s)");
+    let t = started.elapsed();
+    assert!(
+        matches!(ended, Ok(Ok(()))),
+        "the server should close with GOAWAY, not an error: {ended:?}"
+    );
+    assert!(
+        t >= Duration::from_millis(900),
+        "closed after {t:?}, before the timeout"
+    );
+    println!("idle HTTP/2 client: GOAWAY after {t:?}");
+    assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
+}
+
+/// The header timer stops while a request is in flight (a model may think for minutes), so
+/// a request body that never comes must be cut on its own: a challenge announcing 64 bytes
+/// and sending none is answered or dropped after the timeout, not held forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_challenge_whose_body_never_comes_is_cut_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let sim = SimTd::new();
+    let d = daemon_from_config(&sim);
+    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"http/1.1"]));
+    let mut tls = support::ratls_connect(&d.addr, config)
+        .await
+        .expect("RA-TLS");
+    let head = format!(
+        "POST {CHALLENGE} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).await.expect("head");
+    tls.flush().await.expect("flush");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
+    let t = started.elapsed();
+    assert!(
+        read.is_ok(),
+        "a challenge without its body held the connection for 5 s (timeout 1 s)"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        got.is_empty() || text.starts_with("HTTP/1.1 4"),
+        "a body that never came was answered with: {text}"
+    );
+    assert!(
+        t >= Duration::from_millis(900),
+        "cut after {t:?}, before the timeout"
+    );
+    println!(
+        "a challenge without its body: cut after {t:?} ({})",
+        text.lines().next().unwrap_or("closed")
+    );
+}
+
 /// A request head that trickles in, a header line at a time and never finished, is cut at the
 /// header timeout like a silent one: bytes arriving do not restart the time.
 #[tokio::test(flavor = "multi_thread")]

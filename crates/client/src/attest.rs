@@ -11,6 +11,7 @@ use crate::{Alpn, Client, ClientError, Session, Target, Timeouts, challenge};
 pub const TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(30),
     handshake: Duration::from_secs(30),
+    answer: Duration::from_secs(120),
 };
 
 /// The report on `target`: its certificate's appraisal, with the fresh challenge's checks

@@ -126,11 +126,16 @@ impl ClientError {
     }
 }
 
-/// How long connection set-up may take; nothing here bounds a request once it runs.
+/// How long connection set-up may take, and the whole answer to one of the session's own
+/// small requests ([`Session::request`]: evidence, challenges). Requests sent through the
+/// session's sender (a model's answer through `connect` may stream for minutes) are not bounded
+/// here.
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
     pub connect: Duration,
     pub handshake: Duration,
+    /// Above the agent's default quote timeout (45 s), which a fresh challenge may wait on.
+    pub answer: Duration,
 }
 
 impl Default for Timeouts {
@@ -138,6 +143,7 @@ impl Default for Timeouts {
         Timeouts {
             connect: Duration::from_secs(10),
             handshake: Duration::from_secs(10),
+            answer: Duration::from_secs(60),
         }
     }
 }

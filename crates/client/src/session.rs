@@ -202,6 +202,8 @@ pub struct Session {
     /// certificate).
     pub report: Arc<Report>,
     pub sender: HttpSender,
+    /// [`Timeouts::answer`], for [`Session::request`].
+    answer_timeout: std::time::Duration,
 }
 
 impl Session {
@@ -391,6 +393,7 @@ impl Session {
             spki_sha256,
             report,
             sender,
+            answer_timeout: timeouts.answer,
         };
         // The GPUs the policy requires are part of the server's appraisal: no request
         // goes out on a session whose GPUs fail.
@@ -417,17 +420,30 @@ impl Session {
             )
             .map_err(|e| ClientError::Setup(format!("{what}: {e}")))?;
         let authority = self.target.authority.clone();
-        let resp = self.sender.send(&authority, req).await?;
-        let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), MAX_JSON_RESPONSE)
-            .collect()
+        let limit = self.answer_timeout;
+        let answer = async {
+            let resp = self.sender.send(&authority, req).await?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_JSON_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| ClientError::Http {
+                    what: what.clone(),
+                    detail: e.to_string(),
+                })?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        // A server that stops sending mid-answer (or never answers) must not hold the
+        // caller forever.
+        tokio::time::timeout(limit, answer)
             .await
-            .map_err(|e| ClientError::Http {
-                what: what.clone(),
-                detail: e.to_string(),
-            })?
-            .to_bytes();
-        Ok((status, bytes))
+            .unwrap_or_else(|_| {
+                Err(ClientError::Http {
+                    what: what.clone(),
+                    detail: format!("no complete answer within {} s", limit.as_secs()),
+                })
+            })
     }
 
     /// A request whose successful answer is JSON of type `T`.

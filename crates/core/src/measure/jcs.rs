@@ -17,14 +17,34 @@ pub enum JcsError {
 /// The canonical bytes of `v`.
 pub fn canonicalize(v: &Value) -> Result<String, JcsError> {
     let mut out = String::new();
-    write(v, "$", &mut out)?;
+    write(v, Path::Root, &mut out)?;
     Ok(out)
+}
+
+/// Where a value sits, for errors: rendered only when one is reported, since building the
+/// text for every element copies each ancestor's key again and again (a hostile event with a
+/// long key over a long array made that quadratic).
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Index(&'a Path<'a>, usize),
+    Key(&'a Path<'a>, &'a str),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => f.write_str("$"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+            Path::Key(parent, k) => write!(f, "{parent}.{k}"),
+        }
+    }
 }
 
 /// 2^53: beyond it an IEEE double (which JCS numbers are) no longer holds every integer.
 const MAX_SAFE: u64 = 9_007_199_254_740_992;
 
-fn write(v: &Value, path: &str, out: &mut String) -> Result<(), JcsError> {
+fn write(v: &Value, path: Path<'_>, out: &mut String) -> Result<(), JcsError> {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -33,7 +53,7 @@ fn write(v: &Value, path: &str, out: &mut String) -> Result<(), JcsError> {
             if let Some(u) = n.as_u64() {
                 if u > MAX_SAFE {
                     return Err(JcsError::Range {
-                        path: path.into(),
+                        path: path.to_string(),
                         value: text,
                     });
                 }
@@ -41,14 +61,14 @@ fn write(v: &Value, path: &str, out: &mut String) -> Result<(), JcsError> {
             } else if let Some(i) = n.as_i64() {
                 if i.unsigned_abs() > MAX_SAFE {
                     return Err(JcsError::Range {
-                        path: path.into(),
+                        path: path.to_string(),
                         value: text,
                     });
                 }
                 out.push_str(&i.to_string());
             } else {
                 return Err(JcsError::Float {
-                    path: path.into(),
+                    path: path.to_string(),
                     value: text,
                 });
             }
@@ -62,7 +82,7 @@ fn write(v: &Value, path: &str, out: &mut String) -> Result<(), JcsError> {
                 if i > 0 {
                     out.push(',');
                 }
-                write(item, &format!("{path}[{i}]"), out)?;
+                write(item, Path::Index(&path, i), out)?;
             }
             out.push(']');
         }
@@ -77,7 +97,7 @@ fn write(v: &Value, path: &str, out: &mut String) -> Result<(), JcsError> {
                 }
                 out.push_str(&Value::String(k.clone()).to_string());
                 out.push(':');
-                write(val, &format!("{path}.{k}"), out)?;
+                write(val, Path::Key(&path, k), out)?;
             }
             out.push('}');
         }

@@ -10,6 +10,9 @@
 /// shallow enough that recursion on hostile input cannot exhaust the stack.
 pub const MAX_DEPTH: usize = 16;
 
+/// Most entries a container reserves room for before it has read them.
+const PREALLOCATE: usize = 64;
+
 /// One CBOR data item of the subset we read and write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Value {
@@ -271,7 +274,9 @@ impl<'a> Decoder<'a> {
             3 => Ok(Value::Text(self.text(arg, offset)?)),
             4 => {
                 let n = self.count(arg, 1, offset)?;
-                let mut items = Vec::with_capacity(n);
+                // `count` bounds `n` by the bytes left, but nested containers would each
+                // reserve that much again: reserve a little and let the vector grow.
+                let mut items = Vec::with_capacity(n.min(PREALLOCATE));
                 for _ in 0..n {
                     items.push(self.item(depth + 1)?);
                 }
@@ -279,7 +284,8 @@ impl<'a> Decoder<'a> {
             }
             5 => {
                 let n = self.count(arg, 2, offset)?;
-                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n);
+                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(PREALLOCATE));
+                let mut keys = std::collections::HashSet::new();
                 for _ in 0..n {
                     let (kmajor, klen, koffset) = self.head()?;
                     if kmajor != 3 {
@@ -289,7 +295,7 @@ impl<'a> Decoder<'a> {
                         });
                     }
                     let key = self.text(klen, koffset)?;
-                    if entries.iter().any(|(k, _)| *k == key) {
+                    if !keys.insert(key.clone()) {
                         return Err(CborError::DuplicateKey {
                             offset: koffset,
                             key,

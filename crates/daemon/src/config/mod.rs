@@ -367,6 +367,14 @@ pub enum ConfigError {
 /// The most an RA-TLS certificate may live (docs/design.md §5).
 pub const MAX_CERT_LIFETIME_SECS: u64 = 86_400;
 
+/// Longest timeout, interval or grace the config accepts: a week. Longer is a typo, and far
+/// longer overflows the clock it is added to.
+const MAX_DURATION_MS: u64 = 7 * 86_400 * 1000;
+
+/// Most `limits.max_connections`: far above what file descriptors allow on any machine we
+/// run on, and far below what tokio's semaphore can count.
+const MAX_CONNECTIONS: usize = 1 << 24;
+
 /// Default `tee.quote_timeout_secs`: above the kernel's own 30 s limit on a configfs-tsm
 /// quote, so a slow but working quoting enclave is never cut short.
 pub const DEFAULT_QUOTE_TIMEOUT_SECS: u64 = 45;
@@ -474,7 +482,54 @@ impl Config {
                 "max_connections and header_read_timeout_secs must be positive".into(),
             );
         }
+        if self.limits.max_connections > MAX_CONNECTIONS {
+            return invalid(
+                "limits.max_connections",
+                format!(
+                    "{} is more than {MAX_CONNECTIONS}",
+                    self.limits.max_connections
+                ),
+            );
+        }
         let u = &self.upstream;
+        let bounded = [
+            (
+                "limits.header_read_timeout_secs",
+                self.limits.header_read_timeout_secs,
+                1000,
+            ),
+            (
+                "limits.shutdown_grace_secs",
+                self.limits.shutdown_grace_secs,
+                1000,
+            ),
+            (
+                "upstream.response_header_timeout_secs",
+                u.response_header_timeout_secs,
+                1000,
+            ),
+            ("upstream.idle_timeout_secs", u.idle_timeout_secs, 1000),
+            ("upstream.health_interval_ms", u.health_interval_ms, 1),
+            ("upstream.connect_timeout_ms", u.connect_timeout_ms, 1),
+            ("upstream.keepalive_idle_ms", u.keepalive_idle_ms, 1),
+            (
+                "tee.sim_quote_delay_ms",
+                self.tee.sim_quote_delay_ms.unwrap_or(0),
+                1,
+            ),
+        ];
+        for (field, value, ms_per_unit) in bounded {
+            if value.saturating_mul(ms_per_unit) > MAX_DURATION_MS {
+                return invalid(
+                    field,
+                    format!(
+                        "{value} is more than a week ({} {})",
+                        MAX_DURATION_MS / ms_per_unit,
+                        if ms_per_unit == 1 { "ms" } else { "s" }
+                    ),
+                );
+            }
+        }
         if !u.health_path.starts_with('/') {
             return invalid("upstream.health_path", "must start with /".into());
         }
@@ -587,6 +642,24 @@ mod tests {
             (
                 "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\nquote_timeout_secs = 601",
                 "quote_timeout_secs",
+            ),
+            // Far past any sensible value, and past what the clock can add: refused, not a
+            // panic on the first request.
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n[upstream]\nidle_timeout_secs = 18446744073709551615",
+                "upstream.idle_timeout_secs",
+            ),
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n[limits]\nheader_read_timeout_secs = 604801",
+                "limits.header_read_timeout_secs",
+            ),
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n[upstream]\nkeepalive_idle_ms = 604800001",
+                "upstream.keepalive_idle_ms",
+            ),
+            (
+                "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n[limits]\nmax_connections = 18446744073709551615",
+                "limits.max_connections",
             ),
         ] {
             let err = Config::from_toml(text, "c.toml").unwrap_err().to_string();

@@ -88,6 +88,9 @@ pub struct HeadTimer {
     activity: Arc<Activity>,
     timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Whether bytes going out with no request in flight keep the connection alive (see
+    /// [`HeadTimer::ignoring_idle_writes`]).
+    idle_writes_count: bool,
 }
 
 impl HeadTimer {
@@ -98,7 +101,16 @@ impl HeadTimer {
             activity,
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
+            idle_writes_count: true,
         }
+    }
+
+    /// For HTTP/2: the connection writes on its own while idle (keep-alive pings, settings),
+    /// so only requests keep it alive; the end of an answer still being flushed is let out
+    /// by the GOAWAY that follows the timeout, not by this timer.
+    pub fn ignoring_idle_writes(mut self) -> Self {
+        self.idle_writes_count = false;
+        self
     }
 
     /// Ready once the connection should be closed; otherwise the task is woken when that
@@ -119,10 +131,10 @@ impl HeadTimer {
         if a.in_flight.load(Ordering::Relaxed) > 0 {
             return Some(now + self.timeout);
         }
-        let last = a
-            .idle_since
-            .load(Ordering::Relaxed)
-            .max(a.idle_write.load(Ordering::Relaxed));
+        let mut last = a.idle_since.load(Ordering::Relaxed);
+        if self.idle_writes_count {
+            last = last.max(a.idle_write.load(Ordering::Relaxed));
+        }
         let deadline = a.base + Duration::from_nanos(last) + self.timeout;
         (deadline > now).then_some(deadline)
     }

@@ -14,7 +14,6 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::AsyncBufReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -252,25 +251,31 @@ async fn connection(
     // HTTP/1.1. Deciding here, rather than sniffing the first bytes for the HTTP/2 preface,
     // keeps a buffering layer off every read of every HTTP/1.1 connection.
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-        // A client that completes the handshake and then says nothing must not hold a slot:
-        // HTTP/2 has no header timeout, so its preface must come within the same limit.
-        let mut io = tokio::io::BufReader::new(tls);
-        match tokio::time::timeout(limits.header_read_timeout, io.fill_buf()).await {
-            Ok(Ok(first)) if !first.is_empty() => {}
-            Ok(Ok(_)) | Ok(Err(_)) => return,
-            Err(_) => {
-                tracing::debug!(%peer, "no HTTP/2 preface within the header timeout");
-                return;
-            }
-        }
+        // HTTP/2 has no header timeout, and hyper's keep-alive pings start only once its
+        // handshake is done and then keep an idle client (whose library answers them) forever:
+        // the same timer ends a connection that has no request in flight for the timeout,
+        // from the TLS handshake on (so a preface that never comes, or never finishes, too),
+        // with a GOAWAY.
+        let timer = HeadTimer::new(Arc::clone(&activity), limits.header_read_timeout)
+            .ignoring_idle_writes();
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .max_header_list_size(64 * 1024)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20))
-            .serve_connection(TokioIo::new(io), service);
-        drive(conn, |c| c.graceful_shutdown(), None, peer, drain, measured).await;
+            .serve_connection(TokioIo::new(tls), Timed::new(service, activity));
+        let idle = Idle::GoAway(limits.header_read_timeout);
+        drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            Some(timer),
+            idle,
+            peer,
+            drain,
+            measured,
+        )
+        .await;
     } else {
         // The header timeout runs from here and again from the end of each response, so a
         // silent, idle or trickling client is let go after it; `head_timer` says why it is
@@ -283,6 +288,7 @@ async fn connection(
             conn,
             |c| c.graceful_shutdown(),
             Some(timer),
+            Idle::Close,
             peer,
             drain,
             measured,
@@ -291,12 +297,22 @@ async fn connection(
     }
 }
 
+/// What the head timer's expiry does to a connection.
+enum Idle {
+    /// HTTP/1.1: nothing is in flight and the client is mid-head or silent: close at once.
+    Close,
+    /// HTTP/2: say GOAWAY (a stream the client opened meanwhile is still answered), then
+    /// allow this long for the last bytes to leave before closing regardless.
+    GoAway(Duration),
+}
+
 /// Serve `conn` to its end, or ask it to finish its in-flight requests and close when the
 /// agent drains or its measurements change.
 async fn drive<C>(
     conn: C,
     graceful: impl FnOnce(Pin<&mut C>),
     mut head_timer: Option<HeadTimer>,
+    idle: Idle,
     peer: SocketAddr,
     drain: &mut watch::Receiver<bool>,
     measured: &mut watch::Receiver<u64>,
@@ -345,14 +361,22 @@ async fn drive<C>(
     })
     .await;
     // `None`: the header timeout ended the connection, before or after it was asked to close.
-    let ended = match event {
-        Event::Ended(result) => Some(result),
-        Event::HeadTimeout => None,
-        Event::Drain => {
+    let ended = match (event, idle) {
+        (Event::Ended(result), _) => Some(result),
+        (Event::HeadTimeout, Idle::Close) => None,
+        (Event::HeadTimeout, Idle::GoAway(grace)) => {
+            tracing::debug!(%peer, "HTTP/2: no request in flight within the header timeout: GOAWAY");
+            graceful(conn.as_mut());
+            tokio::time::timeout(grace, finish(conn, None))
+                .await
+                .ok()
+                .flatten()
+        }
+        (Event::Drain, _) => {
             graceful(conn.as_mut());
             finish(conn, head_timer).await
         }
-        Event::Measured => {
+        (Event::Measured, _) => {
             tracing::debug!(%peer, "measurements changed: closing the connection after its requests");
             graceful(conn.as_mut());
             finish(conn, head_timer).await

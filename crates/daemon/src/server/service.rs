@@ -9,12 +9,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::Response;
 use hyper::body::Incoming;
 use tower::ServiceExt as _;
 
+use super::proxy::body::IdleBody;
 use super::state::AppState;
 
 /// The path prefix of the model routes.
@@ -24,11 +26,21 @@ pub const MODEL_PREFIX: &str = "/v1/";
 pub struct Service {
     state: Arc<AppState>,
     router: axum::Router,
+    /// How long a request body on the router's routes may move no byte. The connection's
+    /// header timer stops while a request is in flight (a model may think for minutes), so
+    /// without this a challenge whose body never comes would hold its connection forever;
+    /// the model routes have the front door's own idle timeout.
+    body_idle: Duration,
 }
 
 impl Service {
     pub fn new(state: Arc<AppState>, router: axum::Router) -> Self {
-        Service { state, router }
+        let body_idle = Duration::from_secs(state.config.limits.header_read_timeout_secs);
+        Service {
+            state,
+            router,
+            body_idle,
+        }
     }
 
     pub fn metrics(&self) -> &super::metrics::Metrics {
@@ -49,7 +61,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
             let state = Arc::clone(&self.state);
             Box::pin(async move { Ok(super::proxy::handler(&state, req).await) })
         } else {
-            Box::pin(self.router.clone().oneshot(req.map(Body::new)))
+            let idle = self.body_idle;
+            let req = req.map(|b| Body::new(IdleBody::new(b, idle)));
+            Box::pin(self.router.clone().oneshot(req))
         }
     }
 }

@@ -17,8 +17,9 @@ use super::xml::{attribute_qname, element_qname};
 const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Namespace declarations already rendered by output ancestors: prefix (`""` for the default)
-/// to URI (`""` for an undeclared default).
-type Rendered = BTreeMap<String, String>;
+/// to URI (`""` for an undeclared default). Borrowed from the document: every element copies
+/// its parent's map, and owned strings made that up to 32 URIs of 4 KiB each per element.
+type Rendered<'a> = BTreeMap<&'a str, &'a str>;
 
 /// The canonical form of the whole document without `exclude` and its descendants, as the
 /// enveloped-signature transform followed by C14N 1.1 produce it for `URI=""`.
@@ -95,10 +96,10 @@ struct Attr<'a> {
     value: &'a str,
 }
 
-fn element(
+fn element<'a>(
     text: &str,
-    node: Node<'_, '_>,
-    rendered: &Rendered,
+    node: Node<'a, '_>,
+    rendered: &Rendered<'a>,
     inherited: &[(String, String)],
     exclude: Option<NodeId>,
     out: &mut Vec<u8>,
@@ -107,21 +108,18 @@ fn element(
 
     let mut in_scope = Rendered::new();
     for ns in node.namespaces() {
-        in_scope.insert(
-            ns.name().unwrap_or_default().to_string(),
-            ns.uri().to_string(),
-        );
+        in_scope.insert(ns.name().unwrap_or_default(), ns.uri());
     }
     // An element with no default namespace (or `xmlns=""`) under an output ancestor that
     // rendered a non-empty one must render `xmlns=""`.
-    in_scope.entry(String::new()).or_default();
+    in_scope.entry("").or_default();
     let mut now = rendered.clone();
-    let mut declarations: Vec<(&String, &String)> = Vec::new();
-    for (prefix, uri) in &in_scope {
-        let before = rendered.get(prefix).map(String::as_str).unwrap_or_default();
-        if before != uri.as_str() {
+    let mut declarations: Vec<(&str, &str)> = Vec::new();
+    for (&prefix, &uri) in &in_scope {
+        let before = rendered.get(prefix).copied().unwrap_or_default();
+        if before != uri {
             declarations.push((prefix, uri));
-            now.insert(prefix.clone(), uri.clone());
+            now.insert(prefix, uri);
         }
     }
 
