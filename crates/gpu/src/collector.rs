@@ -42,6 +42,10 @@ pub enum CollectorError {
     },
     #[error("the GPU collection thread has stopped")]
     Gone,
+    #[error(
+        "the GPU library reports {count} GPUs, more than the {max} a TD's evidence can hold; the driver is broken or lying"
+    )]
+    TooMany { count: u32, max: usize },
 }
 
 impl CollectorError {
@@ -52,7 +56,7 @@ impl CollectorError {
             CollectorError::TimedOut { index, .. }
             | CollectorError::Hung { index, .. }
             | CollectorError::Panicked { index, .. } => *index,
-            CollectorError::Gone => None,
+            CollectorError::Gone | CollectorError::TooMany { .. } => None,
         }
     }
 }
@@ -272,8 +276,17 @@ impl Collector {
         }
     }
 
+    /// How many GPUs the source sees; more than [`tdx_core::gpu::MAX_GPUS`] is refused here,
+    /// before any caller loops over them.
     pub async fn count(&self) -> Result<u32, CollectorError> {
-        self.call(Job::Count).await
+        let count = self.call(Job::Count).await?;
+        if usize::try_from(count).map_or(true, |c| c > tdx_core::gpu::MAX_GPUS) {
+            return Err(CollectorError::TooMany {
+                count,
+                max: tdx_core::gpu::MAX_GPUS,
+            });
+        }
+        Ok(count)
     }
 
     /// GPU `index`'s state and evidence over `nonce`.
@@ -394,6 +407,43 @@ mod tests {
             }
         }
         assert_eq!(resumed.unwrap().index, 0);
+    }
+
+    /// A driver that reports more GPUs than a TD's evidence can hold.
+    struct Broken;
+
+    impl GpuSource for Broken {
+        fn describe(&self) -> String {
+            "broken".into()
+        }
+        fn count(&mut self) -> Result<u32, GpuSourceError> {
+            Ok(u32::MAX)
+        }
+        fn collect(&mut self, _: u32, _: &[u8; 32]) -> Result<CollectedGpu, GpuSourceError> {
+            panic!("no caller may loop over a count that was refused")
+        }
+    }
+
+    #[tokio::test]
+    async fn an_impossible_gpu_count_is_refused_by_name() {
+        let c = Collector::open(
+            || Ok(Box::new(Broken) as Box<dyn GpuSource>),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        let e = c.count().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                CollectorError::TooMany {
+                    count: u32::MAX,
+                    max: 64
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("4294967295 GPUs"), "{e}");
     }
 
     #[tokio::test]

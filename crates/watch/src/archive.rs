@@ -386,12 +386,12 @@ pub fn verify(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, Archive
             at: tdx_core::verify::time::format_unix(at),
             detail,
         };
-        if seq != prev.0 + 1 {
+        if Some(seq) != prev.0.checked_add(1) {
             return Err(bad(format!(
                 "follows record #{}: records #{}..#{} are missing (deleted)",
                 prev.0,
-                prev.0 + 1,
-                seq - 1
+                prev.0.saturating_add(1),
+                seq.saturating_sub(1)
             )));
         }
         let blob_ref = |i: usize| -> Result<Option<Vec<u8>>, ArchiveError> {

@@ -7,6 +7,9 @@ use super::{CcelError, event_type_name};
 use crate::registers::{Rtmr, Sha384};
 
 /// TCG event type that records information without extending any register.
+/// Most digest algorithms a log's Spec ID event may list.
+const MAX_ALGORITHMS: u32 = 64;
+
 pub const EV_NO_ACTION: u32 = 3;
 /// TPM_ALG_SHA384.
 pub const SHA384_ALG_ID: u16 = 0x000C;
@@ -249,6 +252,15 @@ fn parse_spec_id(cur: &mut Cursor<'_>) -> Result<SpecIdEvent, CcelError> {
     let count = d.u32("numberOfAlgorithms").map_err(in_data)?;
     if count == 0 {
         return Err(spec_id_error(count_offset, "numberOfAlgorithms", "is 0"));
+    }
+    // TCG's registry has a few dozen hash algorithms and real logs list one to three; a log
+    // listing thousands would make every event's digest list a quadratic search.
+    if count > MAX_ALGORITHMS {
+        return Err(spec_id_error(
+            count_offset,
+            "numberOfAlgorithms",
+            format!("{count}, more than the {MAX_ALGORITHMS} accepted"),
+        ));
     }
     // Each entry is 4 bytes: a count the data cannot hold is rejected before any allocation.
     let left = d.rest().len() / 4;

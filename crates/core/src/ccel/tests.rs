@@ -448,6 +448,20 @@ fn spec_id_header_rejections() {
             ..
         }
     ));
+    // More algorithms than any registry has: refused before any event's digests are read.
+    let mut many: Vec<(u16, u16)> = (0..64u16).map(|i| (0x1000 + i, 1)).collect();
+    many.push((0x000C, 48));
+    let e = parse_err(&Builder::new(&many).bytes());
+    assert!(
+        matches!(
+            &e,
+            CcelError::SpecId {
+                field: "numberOfAlgorithms",
+                ..
+            }
+        ) && e.to_string().contains("more than the 64"),
+        "{e}"
+    );
     let wrong_size = Builder::new(&[(0x000C, 32)]).bytes();
     assert!(matches!(
         parse_err(&wrong_size),
