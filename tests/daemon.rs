@@ -716,6 +716,20 @@ fn daemon_from_config(sim: &SimTd) -> Daemon {
     daemon_with_limits(sim, "header_read_timeout_secs = 1\n")
 }
 
+type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// [`daemon_from_config`] (header timeout 1 s) and one RA-TLS connection to it speaking
+/// `alpn`, its handshake done.
+async fn agent_and_connection(alpn: &[u8]) -> (SimTd, Daemon, Tls) {
+    let sim = SimTd::new();
+    let d = daemon_from_config(&sim);
+    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[alpn]));
+    let tls = support::ratls_connect(&d.addr, config)
+        .await
+        .expect("RA-TLS");
+    (sim, d, tls)
+}
+
 /// A daemon started from a configuration file only, with these `[limits]` lines.
 fn daemon_with_limits(sim: &SimTd, limits: &str) -> Daemon {
     let config = support::sim_config(sim, sim.tmp.path(), "", &format!("[limits]\n{limits}"));
@@ -897,12 +911,7 @@ async fn http2_clients_that_ask_nothing_are_let_go_after_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_challenge_whose_body_never_comes_is_cut_after_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let sim = SimTd::new();
-    let d = daemon_from_config(&sim);
-    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"http/1.1"]));
-    let mut tls = support::ratls_connect(&d.addr, config)
-        .await
-        .expect("RA-TLS");
+    let (_sim, _d, mut tls) = agent_and_connection(b"http/1.1").await;
     let head = format!(
         "POST {CHALLENGE} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n"
     );
@@ -936,12 +945,7 @@ async fn a_challenge_whose_body_never_comes_is_cut_after_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_head_trickling_in_is_cut_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let sim = SimTd::new();
-    let d = daemon_from_config(&sim);
-    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"http/1.1"]));
-    let mut tls = support::ratls_connect(&d.addr, config)
-        .await
-        .expect("RA-TLS");
+    let (_sim, _d, mut tls) = agent_and_connection(b"http/1.1").await;
     let started = Instant::now();
     let mut line: &[u8] = b"GET /readyz HTTP/1.1\r\n";
     let mut buf = [0u8; 1024];
