@@ -860,7 +860,7 @@ async fn http2_clients_that_ask_nothing_are_let_go_after_the_header_timeout() {
     let mut d = daemon_from_config(&sim);
     let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"h2"]));
 
-    let mut tls = support::ratls_connect(&d.addr, Arc::clone(&config))
+    let mut tls = support::ratls_connect(&d.addr, config)
         .await
         .expect("RA-TLS");
     tls.write_all(b"PRI * HTTP/2.0\r\n")
@@ -872,17 +872,10 @@ async fn http2_clients_that_ask_nothing_are_let_go_after_the_header_timeout() {
     println!("half an HTTP/2 preface: dropped after {t:?}");
 
     // A real HTTP/2 client: its connection task ends when the server says GOAWAY and closes.
-    let tls = support::ratls_connect(&d.addr, config)
-        .await
-        .expect("RA-TLS");
     let (mut send, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .expect("HTTP/2 handshake");
+        support::upstream::http2::<http_body_util::Empty<bytes::Bytes>>(&d.addr, sim.root_der())
+            .await;
     let started = Instant::now();
-    let conn = tokio::spawn(conn);
     // One request first: the time runs again from its end.
     let req = hyper::Request::get("https://agent/livez")
         .body(http_body_util::Empty::new())

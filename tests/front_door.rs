@@ -636,6 +636,67 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
     assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
 }
 
+/// HTTP/2 has the same rule: a connection with no request in flight for the header timeout
+/// (2 s here) gets a GOAWAY, but a request waiting for its answer, or a stream pausing, is never
+/// cut, however long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_the_idle_timeout_never_cuts_a_request_in_flight() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (mut d, _dir) = agent_from_config(
+        &sim,
+        &up,
+        "response_header_timeout_secs = 30\n[limits]\nheader_read_timeout_secs = 2\n",
+    );
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    wait_readyz(&c, 200, Duration::from_secs(30)).await;
+    let get = |path: &str| {
+        hyper::Request::get(format!("https://agent{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let (mut h2, conn) = support::upstream::http2::<Full<Bytes>>(&d.addr, sim.root_der()).await;
+
+    // 3 s before the answer's head, then a stream silent for 3 s between two events, at once
+    // on one connection.
+    let delayed = h2.send_request(get("/v1/delay/3000"));
+    let mut sse = h2.send_request(get("/v1/sse")).await.unwrap();
+    assert_eq!(sse.status(), 200);
+    assert!(
+        read_until(sse.body_mut(), "\"n\":1", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    let r = delayed.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(json_body(r).await["object"], "delayed");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    up.script.release_event2.notify_one();
+    let rest = read_until(sse.body_mut(), "[DONE]", Duration::from_secs(10)).await;
+    assert!(
+        rest.as_deref().is_some_and(|t| t.contains("\"n\":2")),
+        "the stream was cut after a pause: {rest:?}"
+    );
+    while let Some(frame) = sse.body_mut().frame().await {
+        frame.unwrap();
+    }
+    drop(sse);
+
+    // Idle after its last answer, the connection ends with a GOAWAY one timeout later.
+    let ended = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    let after = ended.elapsed();
+    assert!(
+        matches!(closed, Ok(Ok(Ok(())))),
+        "an idle HTTP/2 connection was not closed cleanly within 10 s: {closed:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(1600),
+        "an idle HTTP/2 connection was closed after {after:?}, before the 2 s header timeout"
+    );
+    assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
+}
+
 /// A connection holding part of its first request head when the measurements change is told
 /// to close after its requests, and hyper waits for the rest of a head it has begun: the
 /// header timeout must still end it, or it would hold its slot until the agent restarts.

@@ -339,6 +339,33 @@ where
     sender
 }
 
+/// An HTTP/2 connection to the agent, and its connection task: it ends `Ok` when the agent
+/// closes with a GOAWAY.
+pub async fn http2<B>(
+    addr: &str,
+    root_der: Vec<u8>,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let config = Arc::new(super::ratls_client_config(root_der, &[b"h2"]));
+    let tls = super::ratls_connect(addr, config)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    (sender, tokio::spawn(conn))
+}
+
 /// Open a plain HTTP/1.1 request to `addr` (e.g. `tdx-agent connect`'s local listener) and
 /// return the response with its body unread.
 pub async fn plain_open(addr: &str, method: &str, path: &str) -> Response<Incoming> {

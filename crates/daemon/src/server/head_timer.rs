@@ -113,6 +113,15 @@ impl HeadTimer {
         self
     }
 
+    /// Start the time again from now (the grace a connection gets after its GOAWAY).
+    pub fn restart(&mut self) {
+        let a = &self.activity;
+        a.idle_since.store(a.now(), Ordering::Relaxed);
+        self.sleep
+            .as_mut()
+            .reset((Instant::now() + self.timeout).into());
+    }
+
     /// Ready once the connection should be closed; otherwise the task is woken when that
     /// could next be so.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {

@@ -265,12 +265,11 @@ async fn connection(
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20))
             .serve_connection(TokioIo::new(tls), Timed::new(service, activity));
-        let idle = Idle::GoAway(limits.header_read_timeout);
         drive(
             conn,
             |c| c.graceful_shutdown(),
             Some(timer),
-            idle,
+            Idle::GoAway,
             peer,
             drain,
             measured,
@@ -302,8 +301,8 @@ enum Idle {
     /// HTTP/1.1: nothing is in flight and the client is mid-head or silent: close at once.
     Close,
     /// HTTP/2: say GOAWAY (a stream the client opened meanwhile is still answered), then
-    /// allow this long for the last bytes to leave before closing regardless.
-    GoAway(Duration),
+    /// close once it has had nothing in flight for the timeout again (the last bytes leave).
+    GoAway,
 }
 
 /// Serve `conn` to its end, or ask it to finish its in-flight requests and close when the
@@ -364,13 +363,16 @@ async fn drive<C>(
     let ended = match (event, idle) {
         (Event::Ended(result), _) => Some(result),
         (Event::HeadTimeout, Idle::Close) => None,
-        (Event::HeadTimeout, Idle::GoAway(grace)) => {
+        (Event::HeadTimeout, Idle::GoAway) => {
             tracing::debug!(%peer, "HTTP/2: no request in flight within the header timeout: GOAWAY");
             graceful(conn.as_mut());
-            tokio::time::timeout(grace, finish(conn, None))
-                .await
-                .ok()
-                .flatten()
+            // The grace runs from now and, like the timeout itself, never cuts a request in
+            // flight (one the client opened just before the GOAWAY may stream for minutes).
+            let mut timer = head_timer;
+            if let Some(t) = timer.as_mut() {
+                t.restart();
+            }
+            finish(conn, timer).await
         }
         (Event::Drain, _) => {
             graceful(conn.as_mut());
