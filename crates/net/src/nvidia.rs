@@ -241,11 +241,19 @@ impl NvidiaServices {
                     )
                 })?;
                 let xml = self.rim(&id).await?;
-                let rim = Rim::parse(&xml).map_err(|e| GpuFetchError::Rim {
+                let rim_err = |detail: String| GpuFetchError::Rim {
                     id: id.clone(),
                     url: format!("{}/v1/rim/{id}", self.rim_base),
-                    detail: e.to_string(),
-                })?;
+                    detail,
+                };
+                // Up to 1 MiB of XML, parsed and canonicalized: off the runtime.
+                let (xml, parsed) = tokio::task::spawn_blocking(move || {
+                    let parsed = Rim::parse(&xml);
+                    (xml, parsed)
+                })
+                .await
+                .map_err(|e| rim_err(format!("parsing stopped: {e}")))?;
+                let rim = parsed.map_err(|e| rim_err(e.to_string()))?;
                 let signing = roots.rim_chain(&rim);
                 for i in 0..signing.len().saturating_sub(1) {
                     if let (Some(c), Some(issuer)) = (signing.get(i), signing.get(i + 1)) {
