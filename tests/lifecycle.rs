@@ -408,6 +408,77 @@ fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
     assert_eq!(attest_rtmr3(&agent.addr, &root), rtmr3);
 }
 
+/// While a re-issue waits for its quote (here a hung one, after an extend), the evidence the
+/// agent serves is the served certificate's: its event log is the one the certificate's quote
+/// replays to, not the live log one event ahead, and the request does not wait for the
+/// re-issue (it used to queue on the log's lock for the whole quote).
+#[test]
+fn evidence_during_a_reissue_is_the_served_certificates_and_does_not_wait() {
+    let sim = SimTd::new();
+    let socket = format!("{}/run/admin.sock", sim.dir_str());
+    let log = sim.dir.join("run/rtmr3-events.jsonl");
+    let config = support::sim_config(&sim, &sim.dir, "quote_timeout_secs = 30", "");
+    let agent = support::Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+    let before = evidence(&agent.addr);
+    let served_log = before["event_log"].as_str().unwrap().to_string();
+    assert_eq!(served_log.lines().count(), log_lines(&log).len());
+
+    let switch = sim.dir.join(tdx_sim::QUOTE_HANG);
+    std::fs::write(&switch, b"").unwrap();
+    let extend = std::thread::spawn(move || {
+        tdx_agent(&[
+            "admin",
+            "--socket",
+            &socket,
+            "extend",
+            "--type",
+            "model",
+            "--data",
+            r#"{"digest":"ab12","name":"tiny"}"#,
+        ])
+    });
+    // The event is logged and extended; the re-issue's quote now hangs.
+    let started = Instant::now();
+    while log_lines(&log).len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the extend was not logged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            &format!("https://{}/.well-known/attestation", agent.addr),
+        ])
+        .output()
+        .expect("curl");
+    let during: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no evidence within 10 s while a re-issue waits for its quote ({e}): curl exit {:?}",
+            out.status.code()
+        )
+    });
+    assert_eq!(during["certificate"], before["certificate"]);
+    assert_eq!(
+        during["event_log"].as_str(),
+        Some(served_log.as_str()),
+        "the evidence's log must be the served certificate's, not the live one"
+    );
+
+    std::fs::remove_file(&switch).unwrap();
+    let r = extend.join().unwrap();
+    assert_eq!(r.code, 0, "{r}");
+    let after = evidence(&agent.addr);
+    assert_ne!(after["certificate"], before["certificate"]);
+    let after_log = after["event_log"].as_str().unwrap();
+    assert_eq!(after_log.lines().count(), served_log.lines().count() + 1);
+    assert!(after_log.starts_with(&served_log), "{after_log}");
+}
+
 /// The audit log cannot be written (its next file name is taken, so the size-based rotation
 /// fails): from then on challenges are refused with 503 and no quote leaves the agent
 /// unlogged; once the obstacle is gone challenges work again and the chain over all files

@@ -22,7 +22,7 @@ impl Attestation for AttestationService {
     ) -> Result<Response<proto::Evidence>, Status> {
         let nonce = request.into_inner().nonce;
         let served = self.state.served();
-        let event_log = self.state.rtmr3_log.lock().await.jsonl();
+        let event_log = served.event_log.clone();
         let mut out = proto::Evidence {
             certificate: served.cert.cert_der.to_vec(),
             certificate_quote: served.quote.clone(),

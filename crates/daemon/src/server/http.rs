@@ -30,8 +30,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 pub async fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
-    let event_log = state.rtmr3_log.lock().await.jsonl();
     let served = state.served();
+    let event_log = served.event_log.clone();
     Ok(EvidenceJson {
         version: 1,
         tee: match state.tee.kind() {

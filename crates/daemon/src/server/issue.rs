@@ -216,6 +216,7 @@ impl Issuer<'_> {
             quote,
             collateral: prepared,
             rtmr3,
+            event_log,
             self_check,
             issued_at: now,
             gpu,

@@ -23,6 +23,12 @@ pub struct Served {
     pub collateral_json: String,
     /// RTMR3 when the quote was made; a change means re-issue.
     pub rtmr3: [u8; 48],
+    /// The RTMR3 event log (JSON lines) the certificate's claims carry, which replays to the
+    /// quote's RTMR3. Served as the evidence's log, rather than the live one: an extend
+    /// between two issues would otherwise serve a log that does not match the quote beside
+    /// it, and every evidence request would wait for the log's lock while a re-issue holds it
+    /// across its quote.
+    pub event_log: String,
     /// The agent's appraisal of its own evidence against its own policy.
     pub self_check: Report,
     pub issued_at: i64,
