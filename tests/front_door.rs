@@ -561,6 +561,18 @@ async fn upstream_connections_are_kept_until_idle_past_the_limit() {
     );
 }
 
+/// An agent with a 2 s header timeout (and 30 s for the model's answer to begin), ready.
+async fn agent_with_a_2s_header_timeout(sim: &SimTd, up: &Upstream) -> (Daemon, tempfile::TempDir) {
+    let (d, dir) = agent_from_config(
+        sim,
+        up,
+        "response_header_timeout_secs = 30\n[limits]\nheader_read_timeout_secs = 2\n",
+    );
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    wait_readyz(&c, 200, Duration::from_secs(30)).await;
+    (d, dir)
+}
+
 /// The header timeout (2 s here) lets go of a client that is idle or slow to send its request,
 /// never of one waiting for its answer: a model may think before the first byte, or pause
 /// mid-stream, for longer than the timeout.
@@ -568,13 +580,7 @@ async fn upstream_connections_are_kept_until_idle_past_the_limit() {
 async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight() {
     let sim = SimTd::new();
     let up = Upstream::start().await;
-    let (mut d, _dir) = agent_from_config(
-        &sim,
-        &up,
-        "response_header_timeout_secs = 30\n[limits]\nheader_read_timeout_secs = 2\n",
-    );
-    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
-    wait_readyz(&c, 200, Duration::from_secs(30)).await;
+    let (mut d, _dir) = agent_with_a_2s_header_timeout(&sim, &up).await;
     let get = |path: &str| {
         hyper::Request::get(path)
             .header("host", "agent")
@@ -643,13 +649,7 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
 async fn over_http2_the_idle_timeout_never_cuts_a_request_in_flight() {
     let sim = SimTd::new();
     let up = Upstream::start().await;
-    let (mut d, _dir) = agent_from_config(
-        &sim,
-        &up,
-        "response_header_timeout_secs = 30\n[limits]\nheader_read_timeout_secs = 2\n",
-    );
-    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
-    wait_readyz(&c, 200, Duration::from_secs(30)).await;
+    let (mut d, _dir) = agent_with_a_2s_header_timeout(&sim, &up).await;
     let get = |path: &str| {
         hyper::Request::get(format!("https://agent{path}"))
             .body(Full::new(Bytes::new()))
