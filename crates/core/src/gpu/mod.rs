@@ -12,6 +12,7 @@ mod evidence_set;
 mod fwid;
 mod link;
 pub mod ocsp;
+mod p384_sha384;
 mod policy;
 mod report;
 pub mod rim;

@@ -939,8 +939,11 @@ fn verify_response_signature(
             ))?;
             let sig = p384::ecdsa::Signature::from_slice(&fixed)
                 .map_err(|_| SignatureProblem::Mismatch("r or s out of range"))?;
-            key.verify(&basic.tbs, &sig)
-                .map_err(|_| SignatureProblem::Mismatch("ECDSA verification failed"))
+            if super::p384_sha384::verifies(&key, &basic.tbs, &sig) {
+                Ok(())
+            } else {
+                Err(SignatureProblem::Mismatch("ECDSA verification failed"))
+            }
         }
         OcspSignatureAlgorithm::EcdsaSha256 => {
             let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| {

@@ -1,7 +1,6 @@
 //! The report's signature: ECDSA P-384 with SHA-384 over everything before it (request and
 //! response), by the key of the chain's leaf certificate (docs/design.md §14).
 
-use p384::ecdsa::signature::Verifier as _;
 use p384::ecdsa::{Signature, VerifyingKey};
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
@@ -46,6 +45,9 @@ pub fn verify_report_signature(
     let signed = raw
         .get(..report.signed_len())
         .ok_or_else(|| GpuSignatureError::Malformed("the report is shorter than parsed".into()))?;
-    key.verify(signed, &signature)
-        .map_err(|_| GpuSignatureError::Mismatch)
+    if super::p384_sha384::verifies(&key, signed, &signature) {
+        Ok(())
+    } else {
+        Err(GpuSignatureError::Mismatch)
+    }
 }

@@ -3,7 +3,7 @@
 //! enveloped-signature and C14N 1.1 transforms); its checks, and signing for simulators.
 
 use base64::Engine as _;
-use p384::ecdsa::signature::{Signer as _, Verifier as _};
+use p384::ecdsa::signature::Signer as _;
 use p384::ecdsa::{Signature, SigningKey, VerifyingKey};
 use roxmltree::{Document, Node};
 use sha2::{Digest as _, Sha384};
@@ -195,8 +195,11 @@ pub fn verify(parts: &Parts, leaf_der: &[u8]) -> Result<(), RimSignatureError> {
     )?;
     let signature = Signature::from_slice(&parts.signature_value)
         .map_err(|_| RimSignatureError::BadSignature)?;
-    key.verify(&parts.signed_info_c14n, &signature)
-        .map_err(|_| RimSignatureError::BadSignature)
+    if crate::gpu::p384_sha384::verifies(&key, &parts.signed_info_c14n, &signature) {
+        Ok(())
+    } else {
+        Err(RimSignatureError::BadSignature)
+    }
 }
 
 /// The element children of `node` in the XMLDSig namespace, exactly `names` in that order, with
