@@ -356,6 +356,22 @@ async fn probes_and_metrics_never_make_quotes() {
     assert_eq!(ch.status, 200, "{}", ch.text());
 
     let text = c.get("/metrics").await.text();
+    // Every family docs/operations.md lists is exported (the table and the code agree), but
+    support::assert_families_exported(
+        &text,
+        &support::documented_metrics(
+            "docs/operations.md",
+            "## Metrics (`GET /metrics`)",
+            "tdx_agent_",
+        ),
+        // Those of failed quotes and of GPUs: this agent has none.
+        &[
+            "tdx_agent_quote_failures_total",
+            "tdx_agent_gpu_verifications_total",
+            "tdx_agent_gpu_reports_total",
+            "tdx_agent_gpu_ok",
+        ],
+    );
     for name in [
         "tdx_agent_quote_duration_seconds_bucket",
         "tdx_agent_quote_duration_seconds_count",

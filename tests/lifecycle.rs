@@ -411,7 +411,8 @@ fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
 /// While a re-issue waits for its quote (here a hung one, after an extend), the evidence the
 /// agent serves is the served certificate's: its event log is the one the certificate's quote
 /// replays to, not the live log one event ahead, and the request does not wait for the
-/// re-issue (it used to queue on the log's lock for the whole quote).
+/// re-issue (it used to queue on the log's lock for the whole quote). gRPC GetEventLog, the
+/// live log, does not wait either (it did until the log's text was published apart).
 #[test]
 fn evidence_during_a_reissue_is_the_served_certificates_and_does_not_wait() {
     let sim = SimTd::new();
@@ -468,6 +469,18 @@ fn evidence_during_a_reissue_is_the_served_certificates_and_does_not_wait() {
         Some(served_log.as_str()),
         "the evidence's log must be the served certificate's, not the live one"
     );
+    // gRPC GetEventLog is the live log (the extend's event included), and does not wait for
+    // the re-issue either (a third-party client with a 20 s deadline, against 30 s of hang).
+    let live = support::grpc_client(&agent.addr, "event-log");
+    assert_eq!(live.code, 0, "GetEventLog during a re-issue: {live}");
+    let live: serde_json::Value = serde_json::from_str(live.stdout.trim()).unwrap();
+    let live = live["jsonl"].as_str().unwrap();
+    assert_eq!(
+        live.lines().count(),
+        served_log.lines().count() + 1,
+        "{live}"
+    );
+    assert!(live.starts_with(&served_log), "{live}");
 
     std::fs::remove_file(&switch).unwrap();
     let r = extend.join().unwrap();

@@ -10,29 +10,11 @@ mod support;
 
 use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use support::{Run, bin, python, tdx_agent};
-
-/// One run of tests/python/grpc_client.py.
-fn client(addr: &str, mode: &str) -> Run {
-    let script = support::repo().join("tests/python/grpc_client.py");
-    let proto = support::repo().join("proto");
-    let out = Command::new(python())
-        .arg(&script)
-        .args(["--addr", addr, "--mode", mode, "--proto-dir"])
-        .arg(&proto)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
+use support::{Run, bin, grpc_client as client, tdx_agent};
 
 fn json(r: &Run) -> serde_json::Value {
     serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{r}"))

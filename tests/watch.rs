@@ -189,6 +189,31 @@ interval_secs = 1
         )
         .is_some()
     );
+    // Every family docs/watch.md lists is exported: the alert rules query two of them
+    // (`TdxTargetNotVerified` compares the last success with `tdx_watch_interval_seconds`).
+    support::assert_families_exported(
+        &text,
+        &support::documented_metrics(
+            "docs/watch.md",
+            "## Metrics (`GET /metrics` on `listen`)",
+            "",
+        ),
+        // No target's measurements change in this run.
+        &["tdx_watch_measurement_changes_total"],
+    );
+    assert_eq!(
+        metric(&text, "tdx_watch_interval_seconds{target=\"good\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "tdx_watch_last_appraisal_timestamp_seconds{target=\"drifted\"}"
+        )
+        .is_some_and(|t| t > 0.0),
+        "{text}"
+    );
     // The head watch exposes is one an auditor can pin.
     let ready = http_get(&watch.addr, "/readyz").await;
     assert_eq!(ready.status, 200);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A third-party gRPC client of tdx-agent: the official grpcio stack, not our Rust code.
 
-Usage: grpc_client.py --addr HOST:PORT --mode evidence|health|bad|readyz [--proto-dir DIR]
+Usage: grpc_client.py --addr HOST:PORT --mode evidence|event-log|health|bad|readyz [--proto-dir DIR]
 
 Trust: RA-TLS. The serving certificate is self-signed with SAN "localhost"; the real trust is
 the quote inside it. The client fetches the server's own certificate, trusts exactly that one
@@ -181,6 +181,15 @@ def mode_evidence(args):
     return 0
 
 
+def mode_event_log(args):
+    pb, pb_grpc = gen_stubs(args.proto_dir)
+    with channel(args.addr) as ch:
+        stub = pb_grpc.AttestationStub(ch)
+        log = stub.GetEventLog(pb.GetEventLogRequest(), timeout=TIMEOUT)
+    print(json.dumps({"jsonl": log.jsonl}))
+    return 0
+
+
 def mode_health(args):
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -240,7 +249,7 @@ def mode_readyz(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--addr", required=True, help="HOST:PORT of the agent's TLS listener")
-    p.add_argument("--mode", required=True, choices=["evidence", "health", "bad", "readyz"])
+    p.add_argument("--mode", required=True, choices=["evidence", "event-log", "health", "bad", "readyz"])
     p.add_argument(
         "--proto-dir",
         default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "proto"),
@@ -249,6 +258,7 @@ def main():
     args = p.parse_args()
     modes = {
         "evidence": mode_evidence,
+        "event-log": mode_event_log,
         "health": mode_health,
         "bad": mode_bad,
         "readyz": mode_readyz,

@@ -91,6 +91,23 @@ pub fn python() -> &'static str {
     })
 }
 
+/// One run of tests/python/grpc_client.py (a third-party gRPC client) in `mode` against `addr`.
+pub fn grpc_client(addr: &str, mode: &str) -> Run {
+    let script = repo().join("tests/python/grpc_client.py");
+    let out = Command::new(python())
+        .arg(&script)
+        .args(["--addr", addr, "--mode", mode, "--proto-dir"])
+        .arg(repo().join("proto"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 pub fn vector_path(rel: &str) -> String {
     format!("{}/../tests/vectors/{rel}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -554,6 +571,56 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The metric families the table under the heading `section` of `doc` lists, with `prefix`
+/// put before each name (the agent's table writes them without `tdx_agent_`): the row
+/// `` | `appraisals_total{target}` | `` gives `PREFIXappraisals_total`.
+pub fn documented_metrics(doc: &str, section: &str, prefix: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+    let start = text
+        .find(section)
+        .unwrap_or_else(|| panic!("{doc}: no section {section:?}"));
+    let body = &text[start + section.len()..];
+    let body = &body[..body.find("\n## ").unwrap_or(body.len())];
+    body.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .map(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            format!("{prefix}{name}")
+        })
+        .collect()
+}
+
+/// Every family in `families` shows in the exposition `text`, except those in `no_series_yet`
+/// (families whose series only come with an event this run does not have: prometheus-client
+/// writes nothing for a family without series). A family the docs list and the code never
+/// registers fails here; `no_series_yet` must itself be documented, so the list cannot rot.
+pub fn assert_families_exported(text: &str, families: &[String], no_series_yet: &[&str]) {
+    assert!(!families.is_empty(), "no metrics table found");
+    for f in no_series_yet {
+        assert!(
+            families.iter().any(|d| d == f),
+            "{f} is not documented: {families:?}"
+        );
+    }
+    let missing: Vec<&String> = families
+        .iter()
+        .filter(|f| !no_series_yet.contains(&f.as_str()))
+        .filter(|f| {
+            let base = f.strip_suffix("_total").unwrap_or(f);
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("# TYPE {base} ")))
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "documented but not exported: {missing:?}\n--- the exposition\n{text}"
+    );
 }
 
 /// The sum over every series of a counter family (`tdx_agent_quotes_total`).

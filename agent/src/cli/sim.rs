@@ -56,9 +56,6 @@ pub struct PkiArgs {
     /// Lifetime of generated collateral (CRLs, TCB info, QE identity), in seconds.
     #[arg(long, value_name = "SECS")]
     pub collateral_lifetime: Option<u64>,
-    /// Lifetime of the RA-TLS certificates the agent issues on this TD, in seconds.
-    #[arg(long, value_name = "SECS")]
-    pub cert_lifetime: Option<u64>,
     /// Delay per quote in milliseconds (1000 mimics today's kernels).
     #[arg(long, value_name = "MS")]
     pub quote_delay_ms: Option<u64>,
@@ -147,21 +144,17 @@ async fn pki(a: PkiArgs) -> CliResult {
         .map_err(|e| Failure::Error(format!("--mrtd: {e}")))?;
     let changes = (
         a.collateral_lifetime,
-        a.cert_lifetime,
         a.quote_delay_ms,
         a.quote_version,
         mrtd,
         a.tcb_status.clone(),
     );
     let td = blocking(move || {
-        let (lifetime, cert, delay, version, mrtd, status) = changes;
+        let (lifetime, delay, version, mrtd, status) = changes;
         let existing = SimDir::open(&path).ok().and_then(|d| d.settings().ok());
         let mut settings = existing.clone().unwrap_or_default();
         if let Some(v) = lifetime {
             settings.collateral_lifetime_secs = v;
-        }
-        if let Some(v) = cert {
-            settings.cert_lifetime_secs = v;
         }
         if let Some(v) = delay {
             settings.quote_delay_ms = v;
@@ -218,7 +211,6 @@ async fn pki(a: PkiArgs) -> CliResult {
     println!("  quote version    {}", settings.quote_version);
     println!("  quote delay      {} ms", settings.quote_delay_ms);
     println!("  collateral life  {} s", settings.collateral_lifetime_secs);
-    println!("  certificate life {} s", settings.cert_lifetime_secs);
     println!("  TCB status       {}", settings.tcb_status);
     if let Some(n) = a.gpus {
         let path = dir.clone();

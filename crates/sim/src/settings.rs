@@ -27,8 +27,6 @@ pub const TCB_STATUSES: &[&str] = &[
 pub struct SimSettings {
     /// How long generated collateral (CRLs, TCB info, QE identity) stays valid.
     pub collateral_lifetime_secs: u64,
-    /// Lifetime of the daemon's RA-TLS certificate when it runs on the simulated TD.
-    pub cert_lifetime_secs: u64,
     /// Delay before each quote; 1000 mimics today's kernels (the driver polls once a second).
     pub quote_delay_ms: u64,
     #[serde(with = "hex48")]
@@ -69,7 +67,6 @@ impl Default for SimSettings {
     fn default() -> Self {
         SimSettings {
             collateral_lifetime_secs: 30 * 86400,
-            cert_lifetime_secs: 86400,
             quote_delay_ms: 0,
             mrtd: labelled("MRTD"),
             rtmr0: labelled("RTMR0"),
@@ -125,9 +122,6 @@ impl SimSettings {
                 "collateral_lifetime_secs",
                 "must be at most 100 years".into(),
             );
-        }
-        if self.cert_lifetime_secs == 0 {
-            return bad("cert_lifetime_secs", "must be at least 1".into());
         }
         if self.quote_delay_ms > 600_000 {
             return bad(

@@ -8,6 +8,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use serde::{Deserialize, Serialize};
 use tdx_core::measure::rtmr3_log::{Event, LogLine, Rtmr3LogError, parse_lines, replay_lines};
@@ -30,6 +31,27 @@ pub struct Rtmr3Log {
     /// The event of this run whose extend failed after it was logged (set and cleared by
     /// whoever extends: this file only writes the log).
     pub unextended: Option<u64>,
+    published: Published,
+}
+
+/// The log's text ([`Rtmr3Log::jsonl`]) as of its last append, readable without the log's
+/// lock: whoever extends holds that lock across the extend and the certificate's re-issue
+/// (up to a quote's timeout), and a reader of the live log must not wait for that.
+#[derive(Clone, Default)]
+pub struct Published(Arc<RwLock<Arc<str>>>);
+
+impl Published {
+    pub fn jsonl(&self) -> Arc<str> {
+        // A writer that panicked left the text whole (it only swaps an Arc): read it.
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, text: String) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = text.into();
+    }
 }
 
 /// What the log says about the live RTMR3 when a restart in the same boot opens it.
@@ -102,7 +124,9 @@ impl Rtmr3Log {
             lines: parsed,
             dropped_torn_line,
             unextended: None,
-        })
+            published: Published::default(),
+        }
+        .publish())
     }
 
     fn start(path: &Path, boot_id: &str) -> Result<Self, Rtmr3LogError> {
@@ -121,7 +145,18 @@ impl Rtmr3Log {
             lines: Vec::new(),
             dropped_torn_line: None,
             unextended: None,
+            published: Published::default(),
         })
+    }
+
+    fn publish(self) -> Self {
+        self.published.set(self.jsonl());
+        self
+    }
+
+    /// A handle on the log's text that follows every append (see [`Published`]).
+    pub fn published(&self) -> Published {
+        self.published.clone()
     }
 
     /// What RTMR3 must be if every logged event was extended.
@@ -178,6 +213,7 @@ impl Rtmr3Log {
         crash_point::reached(CrashPoint::BetweenWriteAndFsync, kind);
         f.sync_data().map_err(io)?;
         self.lines.push(line);
+        self.published.set(self.jsonl());
         Ok(digest)
     }
 
@@ -240,6 +276,21 @@ mod tests {
         let fresh = Rtmr3Log::open(&path, "boot-b").unwrap();
         assert!(fresh.lines.is_empty());
         assert!(path.with_extension("previous-boot").exists());
+    }
+
+    #[test]
+    fn the_published_text_follows_every_append_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rtmr3.jsonl");
+        let mut log = Rtmr3Log::open(&path, "boot-a").unwrap();
+        let published = log.published();
+        assert_eq!(&*published.jsonl(), "");
+        log.append(ev(1)).unwrap();
+        log.append(ev(2)).unwrap();
+        assert_eq!(&*published.jsonl(), log.jsonl());
+        assert_eq!(published.jsonl().lines().count(), 2);
+        let again = Rtmr3Log::open(&path, "boot-a").unwrap();
+        assert_eq!(&*again.published().jsonl(), log.jsonl());
     }
 
     #[test]

@@ -87,6 +87,16 @@ impl Metrics {
             m.last_success.clone(),
         );
         registry.register(
+            "last_appraisal_timestamp_seconds",
+            "When the target was last appraised, whatever the verdict",
+            m.last_appraisal.clone(),
+        );
+        registry.register(
+            "interval_seconds",
+            "The target's configured appraisal interval (the alert rules compare with it)",
+            m.interval.clone(),
+        );
+        registry.register(
             "appraisals",
             "Appraisals made, per target",
             m.appraisals.clone(),

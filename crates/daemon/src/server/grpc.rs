@@ -87,8 +87,9 @@ impl Attestation for AttestationService {
         &self,
         _request: Request<proto::GetEventLogRequest>,
     ) -> Result<Response<proto::EventLog>, Status> {
+        // The live log, without its lock: a re-issue holds that across its quote.
         Ok(Response::new(proto::EventLog {
-            jsonl: self.state.rtmr3_log.lock().await.jsonl(),
+            jsonl: self.state.rtmr3_log_text.jsonl().to_string(),
         }))
     }
 

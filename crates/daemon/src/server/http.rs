@@ -29,7 +29,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-pub async fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
+pub fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
     let served = state.served();
     let event_log = served.event_log.clone();
     Ok(EvidenceJson {
@@ -53,7 +53,7 @@ pub async fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
 }
 
 async fn evidence(State(state): State<Arc<AppState>>) -> Result<Json<EvidenceJson>, ApiError> {
-    evidence_json(&state).await.map(Json)
+    evidence_json(&state).map(Json)
 }
 
 /// Run one challenge; shared by HTTPS and gRPC.

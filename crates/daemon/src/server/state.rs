@@ -58,6 +58,8 @@ pub struct AppState {
     pub batcher: Batcher,
     /// The RTMR3 event log; held while extending so log and register move together.
     pub rtmr3_log: tokio::sync::Mutex<Rtmr3Log>,
+    /// The log's text as of its last append, for readers that must not wait on its lock.
+    pub rtmr3_log_text: tdx_tee::rtmr3_log::Published,
     pub rtmr3_log_path: std::path::PathBuf,
     /// The front door to the model server, when one is configured.
     pub proxy: Option<Arc<super::proxy::Proxy>>,
@@ -85,9 +87,10 @@ impl AppState {
         metrics: Arc<Metrics>,
         audit: AuditLog,
         batcher: Batcher,
-        rtmr3_log: tokio::sync::Mutex<Rtmr3Log>,
+        mut rtmr3_log: tokio::sync::Mutex<Rtmr3Log>,
         rtmr3_log_path: std::path::PathBuf,
     ) -> Self {
+        let rtmr3_log_text = rtmr3_log.get_mut().published();
         let resolver = Arc::new(CertResolver::new(first.cert.rustls_certified_key()));
         AppState {
             config,
@@ -102,6 +105,7 @@ impl AppState {
             audit,
             batcher,
             rtmr3_log,
+            rtmr3_log_text,
             rtmr3_log_path,
             proxy: None,
             measured_epoch: tokio::sync::watch::Sender::new(0),
