@@ -799,6 +799,36 @@ async fn bad_requests_get_json_errors_and_the_daemon_stays_up() {
             assert!(msg.contains("nonce"), "{what}: {msg}");
         }
     }
+    // A body over `limits.max_request_body_bytes` is 413, as docs/api.md says.
+    let r = c
+        .post(
+            CHALLENGE,
+            format!("{{\"nonce\":\"{}\"}}", "A".repeat(1 << 20)),
+        )
+        .await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["code"],
+        "request_too_large",
+        "{}",
+        r.text()
+    );
+    // Paths no route serves are OpenAI-shaped 404s too, whatever the method.
+    for (method, path) in [
+        ("GET", "/foo"),
+        ("POST", "/attestation/v2/challenge"),
+        ("GET", "/"),
+    ] {
+        let r = c.request(method, path, "").await.unwrap();
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+        let j: serde_json::Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", r.text()));
+        assert_eq!(j["error"]["type"], "not_found", "{j}");
+        assert!(
+            j["error"]["message"].as_str().unwrap().contains(path),
+            "{j}"
+        );
+    }
     // A 64-byte nonce is the largest accepted.
     let ok = c.post(CHALLENGE, challenge_body(&[7; 64])).await;
     assert_eq!(ok.status, 200, "{}", ok.text());

@@ -155,6 +155,7 @@ fn python_grpc_clients_get_evidence_health_and_errors() {
     let bad = client(&addr, "bad");
     assert_eq!(bad.code, 0, "bad: {bad}\n--- agent log\n{}", agent.log());
     assert_eq!(json(&bad)["code"], "INVALID_ARGUMENT", "{bad}");
+    assert_eq!(json(&bad)["unknown_method"], "UNIMPLEMENTED", "{bad}");
 }
 
 #[test]

@@ -213,17 +213,24 @@ def mode_bad(args):
     pb, pb_grpc = gen_stubs(args.proto_dir)
     with channel(args.addr) as ch:
         stub = pb_grpc.AttestationStub(ch)
+        # A method the agent does not have: gRPC's own UNIMPLEMENTED, not an HTTP error page.
+        nope = ch.unary_unary("/tdx_agent.v1.Attestation/NoSuchMethod")
+        try:
+            nope(b"", timeout=TIMEOUT)
+            raise CheckFailed("an unknown method answered OK")
+        except grpc.RpcError as e:
+            unknown = e.code().name
         try:
             stub.GetEvidence(pb.GetEvidenceRequest(nonce=b"\x01" * 65), timeout=TIMEOUT)
         except grpc.RpcError as e:
-            out = {"code": e.code().name, "details": e.details()}
+            out = {"code": e.code().name, "details": e.details(), "unknown_method": unknown}
             print(json.dumps(out))
             check(
                 e.code() == grpc.StatusCode.INVALID_ARGUMENT,
                 f"a 65-byte nonce gave {e.code().name}, not INVALID_ARGUMENT",
             )
             return 0
-    print(json.dumps({"code": "OK"}))
+    print(json.dumps({"code": "OK", "unknown_method": unknown}))
     raise CheckFailed("GetEvidence accepted a 65-byte nonce")
 
 

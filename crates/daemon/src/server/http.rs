@@ -29,6 +29,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Paths no route serves: an OpenAI-shaped 404 (docs/api.md), or for a gRPC call to a method
+/// or service the agent does not have, gRPC's own "unimplemented".
+pub async fn not_found(request: axum::extract::Request) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        return tonic::Status::unimplemented(format!("{}: no such method", request.uri().path()))
+            .into_http();
+    }
+    ApiError::NotFound(format!(
+        "{} {}: no such route",
+        request.method(),
+        request.uri().path()
+    ))
+    .into_response()
+}
+
 pub fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
     let served = state.served();
     let event_log = served.event_log.clone();
@@ -93,7 +113,16 @@ async fn challenge(
     State(state): State<Arc<AppState>>,
     body: Result<Json<ChallengeRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<ChallengeResponseJson>, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::BadRequest(format!("body: {}", e.body_text())))?;
+    let limit = state.config.limits.max_request_body_bytes;
+    let Json(req) = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge {
+                limit: u64::try_from(limit).unwrap_or(u64::MAX),
+            }
+        } else {
+            ApiError::BadRequest(format!("body: {}", e.body_text()))
+        }
+    })?;
     let nonce = from_b64(req.nonce.trim())
         .map_err(|e| ApiError::BadRequest(format!("nonce: not base64: {e}")))?;
     let (r, spki) = run_challenge(&state, nonce).await?;

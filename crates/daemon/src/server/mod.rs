@@ -297,7 +297,9 @@ pub async fn run(
     )
     .add_service(health_service)
     .into_axum_router();
-    let router = http::router(Arc::clone(&state)).merge(grpc);
+    let router = http::router(Arc::clone(&state))
+        .merge(grpc)
+        .fallback(http::not_found);
 
     let shards = shards::Shards::start(connection_threads, config.limits.yield_before_sleep)
         .map_err(setup)?;
