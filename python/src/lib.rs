@@ -10,20 +10,83 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-use pyo3::exceptions::{PyConnectionError, PyException, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyConnectionError, PyException, PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError,
+    PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use tdx_client::connect::{ConnectOptions, ForwardError, Forwarder};
+use tdx_client::connect::{ConnectOptions, Deadlines, ForwardError, Forwarder};
 use tdx_client::{Client, ClientError, FailedCheck, Target};
 use tdx_core::verify::{self, Collateral, Expectations, Verifier};
 
+// The module named is the one users import them from, so the exceptions pickle (multiprocessing).
 pyo3::create_exception!(
-    _native,
+    tdx_agent,
     VerificationError,
     PyException,
     "The server or the evidence failed a check: `check`, `expected` and `found` name it. \
      Nothing of the request was sent."
 );
+pyo3::create_exception!(
+    tdx_agent,
+    RequestFailedError,
+    PyConnectionError,
+    "The request went out over the verified connection, which failed before the answer \
+     ended: the server may have acted on it, so retry only what is safe to repeat."
+);
+pyo3::create_exception!(
+    tdx_agent,
+    ConnectTimeoutError,
+    PyTimeoutError,
+    "No verified connection (connect, handshake, certificate policy, challenge) within the \
+     connect timeout: nothing of the request was sent."
+);
+pyo3::create_exception!(
+    tdx_agent,
+    ReadTimeoutError,
+    PyTimeoutError,
+    "The answer's head, or the next chunk of its body, did not come within the read timeout \
+     (the request was sent)."
+);
+
+/// How often a blocking call wakes to let Python run its signal handlers (Ctrl-C).
+const SIGNAL_TICK: Duration = Duration::from_millis(100);
+
+/// Run `fut` on the module's runtime with the GIL released, waking every [`SIGNAL_TICK`] to
+/// let Python handle signals: Ctrl-C raises KeyboardInterrupt at once and drops `fut`, which
+/// cancels it (a connection attempt, a request, a read).
+fn wait<F>(py: Python<'_>, fut: F) -> PyResult<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    let rt = runtime()?;
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let done = py.detach(|| {
+            rt.block_on(async { tokio::time::timeout(SIGNAL_TICK, fut.as_mut()).await.ok() })
+        });
+        if let Some(out) = done {
+            return Ok(out);
+        }
+        py.check_signals()?;
+    }
+}
+
+/// A timeout argument in seconds: None waits as long as the connection's own limits allow;
+/// anything else must be a finite number of seconds, zero or more.
+fn seconds(name: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
+    value
+        .map(|v| {
+            Duration::try_from_secs_f64(v).map_err(|_| {
+                PyValueError::new_err(format!(
+                    "{name}: {v} is not a number of seconds (finite, 0 or more)"
+                ))
+            })
+        })
+        .transpose()
+}
 
 /// The module's runtime: two workers are plenty for a client, and a process that never
 /// makes a network call never starts it.
@@ -237,6 +300,13 @@ impl Report {
     fn __repr__(&self) -> String {
         format!("<tdx_agent.Report {}>", self.inner.summary())
     }
+
+    /// A report is neither true nor false: `if report:` would pass a rejected server.
+    fn __bool__(&self) -> PyResult<bool> {
+        Err(PyTypeError::new_err(
+            "a Report has no truth value: test report.accepted",
+        ))
+    }
 }
 
 fn verifier_for(insecure_root: Option<Vec<u8>>) -> Verifier {
@@ -315,9 +385,7 @@ fn attest(
 ) -> PyResult<Report> {
     let target = target_for(url)?;
     let client = client_for(&policy, insecure_root, insecure_gpu_roots)?;
-    let rt = runtime()?;
-    let result = py.detach(|| rt.block_on(tdx_client::attest::attest(&client, &target, nonce)));
-    match result {
+    match wait(py, tdx_client::attest::attest(&client, &target, nonce))? {
         Ok(inner) => Ok(Report { inner }),
         Err(ClientError::Rejected(report)) => Ok(Report { inner: *report }),
         Err(e) => match e.failed_check() {
@@ -336,10 +404,27 @@ pub struct Transport {
     forwarder: Forwarder,
 }
 
-/// A streamed response body; `read()` returns the next chunk, or None at the end.
-#[pyclass(module = "tdx_agent")]
+/// A streamed response body; `read()` returns the next chunk, or None at the end. `close()`
+/// may come from another thread while a `read()` waits: that read returns None.
+#[pyclass(frozen, module = "tdx_agent")]
 pub struct ResponseBody {
-    body: Option<hyper::body::Incoming>,
+    body: tokio::sync::Mutex<Option<hyper::body::Incoming>>,
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+impl ResponseBody {
+    fn new(body: hyper::body::Incoming) -> Self {
+        ResponseBody {
+            body: tokio::sync::Mutex::new(Some(body)),
+            closed: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+/// Why a read got no chunk.
+enum ReadFailure {
+    Broken(String),
+    Timeout(Duration),
 }
 
 #[pymethods]
@@ -384,13 +469,15 @@ impl Transport {
 
     /// Verify the server now (certificate policy and a fresh challenge), as a request would.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
-        let rt = runtime()?;
-        let result = py.detach(|| rt.block_on(self.forwarder.verify()));
-        result.map_err(|e| forward_error(py, e))
+        wait(py, self.forwarder.verify())?.map_err(|e| forward_error(py, e))
     }
 
-    /// Send one request; returns (status, headers, body). Raises VerificationError (nothing
-    /// was sent), ConnectionError or ValueError.
+    /// Send one request; returns (status, headers, body). Raises VerificationError or
+    /// ConnectTimeoutError (nothing was sent), ConnectionError (nothing was sent),
+    /// RequestFailedError or ReadTimeoutError (it was), or ValueError. `connect_timeout`
+    /// bounds getting a verified connection, `read_timeout` the wait for the answer's head.
+    #[pyo3(signature = (method, path, headers, body, *, connect_timeout = None, read_timeout = None))]
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         py: Python<'_>,
@@ -398,7 +485,13 @@ impl Transport {
         path: &str,
         headers: Vec<(Vec<u8>, Vec<u8>)>,
         body: Vec<u8>,
+        connect_timeout: Option<f64>,
+        read_timeout: Option<f64>,
     ) -> PyResult<(u16, RawHeaders, ResponseBody)> {
+        let deadlines = Deadlines {
+            connect: seconds("connect_timeout", connect_timeout)?,
+            answer: seconds("read_timeout", read_timeout)?,
+        };
         let method = hyper::Method::from_bytes(method.as_bytes())
             .map_err(|e| PyValueError::new_err(format!("method {method:?}: {e}")))?;
         let mut map = HeaderMap::new();
@@ -410,10 +503,13 @@ impl Transport {
                 .map_err(|e| PyValueError::new_err(format!("header {name}: {e}")))?;
             map.append(name, value);
         }
-        let rt = runtime()?;
         let body = Bytes::from(body);
-        let result = py.detach(|| rt.block_on(self.forwarder.send(method, path, map, body)));
-        let response = result.map_err(|e| forward_error(py, e))?;
+        let response = wait(
+            py,
+            self.forwarder
+                .send_within(method, path, map, body, deadlines),
+        )?
+        .map_err(|e| forward_error(py, e))?;
         let (parts, body) = response.into_parts();
         let headers = parts
             .headers
@@ -425,20 +521,17 @@ impl Transport {
                 )
             })
             .collect();
-        Ok((
-            parts.status.as_u16(),
-            headers,
-            ResponseBody { body: Some(body) },
-        ))
+        Ok((parts.status.as_u16(), headers, ResponseBody::new(body)))
     }
 }
 
 fn forward_error(py: Python<'_>, e: ForwardError) -> PyErr {
     match &e {
         ForwardError::Attestation { check, .. } => verification_error(py, e.to_string(), check),
-        ForwardError::Unavailable { .. } | ForwardError::Failed { .. } => {
-            PyConnectionError::new_err(e.to_string())
-        }
+        ForwardError::Unavailable { .. } => PyConnectionError::new_err(e.to_string()),
+        ForwardError::Failed { .. } => RequestFailedError::new_err(e.to_string()),
+        ForwardError::ConnectTimeout { .. } => ConnectTimeoutError::new_err(e.to_string()),
+        ForwardError::AnswerTimeout { .. } => ReadTimeoutError::new_err(e.to_string()),
         ForwardError::TooLarge { .. } | ForwardError::Invalid(_) => {
             PyValueError::new_err(e.to_string())
         }
@@ -448,40 +541,69 @@ fn forward_error(py: Python<'_>, e: ForwardError) -> PyErr {
 #[pymethods]
 impl ResponseBody {
     /// The next chunk of the body as it arrives (the GIL is released while waiting), or None
-    /// once it ended. A connection that fails mid-body raises ConnectionError.
-    fn read(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyBytes>>> {
-        let rt = runtime()?;
-        loop {
-            let Some(body) = self.body.as_mut() else {
-                return Ok(None);
-            };
-            let frame = py.detach(|| rt.block_on(body.frame()));
-            match frame {
-                None => {
-                    self.body = None;
+    /// once it ended or was closed. A connection that fails mid-body raises
+    /// RequestFailedError; no chunk within `timeout` seconds raises ReadTimeoutError.
+    #[pyo3(signature = (timeout = None))]
+    fn read(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyBytes>>> {
+        let limit = seconds("timeout", timeout)?;
+        let mut closed = self.closed.subscribe();
+        let next = async {
+            let mut body = self.body.lock().await;
+            loop {
+                let Some(incoming) = body.as_mut() else {
                     return Ok(None);
-                }
-                Some(Err(e)) => {
-                    self.body = None;
-                    return Err(PyConnectionError::new_err(format!(
-                        "the response body failed: {e}"
-                    )));
-                }
-                Some(Ok(frame)) => {
-                    // Trailers carry nothing an OpenAI client reads.
-                    if let Ok(data) = frame.into_data()
-                        && !data.is_empty()
-                    {
-                        return Ok(Some(PyBytes::new(py, &data).unbind()));
+                };
+                let frame = tokio::select! {
+                    frame = incoming.frame() => frame,
+                    _ = closed.wait_for(|c| *c) => None,
+                };
+                match frame {
+                    None => {
+                        *body = None;
+                        return Ok(None);
+                    }
+                    Some(Err(e)) => {
+                        *body = None;
+                        return Err(ReadFailure::Broken(e.to_string()));
+                    }
+                    Some(Ok(frame)) => {
+                        // Trailers carry nothing an OpenAI client reads.
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            return Ok(Some(data));
+                        }
                     }
                 }
             }
+        };
+        let next = async {
+            match limit {
+                None => next.await,
+                Some(d) => tokio::time::timeout(d, next)
+                    .await
+                    .unwrap_or(Err(ReadFailure::Timeout(d))),
+            }
+        };
+        match wait(py, next)? {
+            Ok(chunk) => Ok(chunk.map(|data| PyBytes::new(py, &data).unbind())),
+            Err(ReadFailure::Broken(e)) => Err(RequestFailedError::new_err(format!(
+                "the response body failed: {e}"
+            ))),
+            Err(ReadFailure::Timeout(d)) => Err(ReadTimeoutError::new_err(format!(
+                "no part of the response body within {:.3} s",
+                d.as_secs_f64()
+            ))),
         }
     }
 
     /// Stop reading: the stream is reset, so the server stops generating.
-    fn close(&mut self) {
-        self.body = None;
+    fn close(&self) {
+        self.closed.send_replace(true);
+        // A read in progress holds the body and drops it itself when it sees `closed`.
+        if let Ok(mut body) = self.body.try_lock() {
+            *body = None;
+        }
     }
 }
 
@@ -495,5 +617,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify_quote, m)?)?;
     m.add_function(wrap_pyfunction!(attest, m)?)?;
     m.add("VerificationError", m.py().get_type::<VerificationError>())?;
+    m.add(
+        "RequestFailedError",
+        m.py().get_type::<RequestFailedError>(),
+    )?;
+    m.add(
+        "ConnectTimeoutError",
+        m.py().get_type::<ConnectTimeoutError>(),
+    )?;
+    m.add("ReadTimeoutError", m.py().get_type::<ReadTimeoutError>())?;
     Ok(())
 }

@@ -23,8 +23,11 @@ from typing import Optional, Union
 
 from ._native import (
     Check,
+    ConnectTimeoutError,
     Policy,
+    ReadTimeoutError,
     Report,
+    RequestFailedError,
     VerificationError,
 )
 from ._native import attest as _attest
@@ -33,8 +36,11 @@ from ._transport import _root_bytes, httpx_async_client, httpx_client
 
 __all__ = [
     "Check",
+    "ConnectTimeoutError",
     "Policy",
+    "ReadTimeoutError",
     "Report",
+    "RequestFailedError",
     "VerificationError",
     "attest",
     "httpx_async_client",
@@ -96,8 +102,11 @@ def attest(
     ``tdx-agent attest`` does: its certificate against ``policy`` and, with ``nonce``, a
     fresh challenge proving the TD is live now.
 
-    A server the policy refuses gives a report with ``accepted == False``; one that cannot
-    be reached raises ConnectionError. Blocks, with the GIL released.
+    A server the policy refuses gives a report with ``accepted == False`` (test
+    ``report.accepted``: a report has no truth value). A certificate the RA-TLS verifier
+    refuses before any quote is appraised, or a challenge answer that cannot be checked,
+    raises VerificationError naming the check; a server that cannot be reached raises
+    ConnectionError. Blocks with the GIL released; Ctrl-C interrupts it.
 
     When the policy's ``[gpu] count`` requires GPUs, they are checked too (docs/gpu.md);
     ``insecure_gpu_roots`` (PEM bytes, or a path: a device root then a RIM root) replaces

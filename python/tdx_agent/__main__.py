@@ -38,6 +38,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, ValueError) as e:
         print(f"tdx_agent: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # never 1 (rejected) for something that is not a verdict
+        print(f"tdx_agent: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     print(report.to_json() if args.json else str(report), end="" if not args.json else "\n")
     if not report.accepted:
         print(f"tdx_agent: {report.summary()}", file=sys.stderr)

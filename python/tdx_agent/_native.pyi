@@ -1,6 +1,7 @@
 """Type stubs for tdx_agent._native, the Rust part of the package."""
 
-from typing import Dict, List, Optional, Tuple
+import os
+from typing import Dict, List, Optional, Tuple, Union
 
 class VerificationError(Exception):
     """The server or evidence failed a check; nothing of the request was sent."""
@@ -8,6 +9,15 @@ class VerificationError(Exception):
     check: str
     expected: str
     found: str
+
+class RequestFailedError(ConnectionError):
+    """The request was sent and the connection failed before the answer ended."""
+
+class ConnectTimeoutError(TimeoutError):
+    """No verified connection within the connect timeout; nothing was sent."""
+
+class ReadTimeoutError(TimeoutError):
+    """The answer's head or the next chunk of its body did not come within the read timeout."""
 
 class Policy:
     """An appraisal policy (docs/formats.md). ``Policy()`` pins nothing."""
@@ -17,7 +27,7 @@ class Policy:
     def from_toml(text: str) -> "Policy":
         """Parse TOML; unknown keys and bad values raise ValueError naming them."""
     @staticmethod
-    def from_file(path: str) -> "Policy":
+    def from_file(path: Union[str, "os.PathLike[str]"]) -> "Policy":
         """Read and parse a policy file (OSError if unreadable, ValueError if invalid)."""
     @property
     def pins_anything(self) -> bool: ...
@@ -60,10 +70,12 @@ class Report:
     def to_json(self) -> str:
         """The report as ``tdx-agent verify --json`` prints it."""
     def summary(self) -> str: ...
+    def __bool__(self) -> bool:
+        """Raises TypeError: test ``accepted``."""
 
 class ResponseBody:
-    def read(self) -> Optional[bytes]:
-        """The next chunk as it arrives (GIL released), or None at the end."""
+    def read(self, timeout: Optional[float] = None) -> Optional[bytes]:
+        """The next chunk as it arrives (GIL released), or None at the end or once closed."""
     def close(self) -> None: ...
 
 class Transport:
@@ -85,7 +97,14 @@ class Transport:
     def port(self) -> int: ...
     def verify(self) -> None: ...
     def send(
-        self, method: str, path: str, headers: List[Tuple[bytes, bytes]], body: bytes
+        self,
+        method: str,
+        path: str,
+        headers: List[Tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        connect_timeout: Optional[float] = None,
+        read_timeout: Optional[float] = None,
     ) -> Tuple[int, List[Tuple[bytes, bytes]], ResponseBody]: ...
 
 def verify_quote(

@@ -15,7 +15,14 @@ from typing import Any, AsyncIterator, Iterator, List, Optional, Tuple, Union
 import anyio.to_thread
 import httpx
 
-from ._native import Policy, ResponseBody, Transport
+from ._native import (
+    ConnectTimeoutError,
+    Policy,
+    ReadTimeoutError,
+    RequestFailedError,
+    ResponseBody,
+    Transport,
+)
 
 __all__ = ["httpx_client", "httpx_async_client"]
 
@@ -42,7 +49,9 @@ class _Verified:
 
     def _path(self, request: httpx.Request) -> str:
         u = request.url
-        if u.scheme != "https" or u.host != self._native.host or (u.port or 443) != self._native.port:
+        # Host names compare without case (httpx lowercases them; the URL given may not be).
+        same_host = u.host.lower() == self._native.host.lower()
+        if u.scheme != "https" or not same_host or (u.port or 443) != self._native.port:
             # The verified connection only reaches the attested server.
             raise ValueError(
                 f"{u.scheme}://{u.host}:{u.port or 443}: this client sends only to the verified "
@@ -51,14 +60,42 @@ class _Verified:
         return u.raw_path.decode("ascii")
 
     def _send(self, request: httpx.Request, body: bytes) -> Tuple[int, List[Tuple[bytes, bytes]], ResponseBody]:
+        timeout = _timeouts(request)
         try:
             status, headers, stream = self._native.send(
-                request.method, self._path(request), list(request.headers.raw), body
+                request.method,
+                self._path(request),
+                list(request.headers.raw),
+                body,
+                connect_timeout=timeout.get("connect"),
+                read_timeout=timeout.get("read"),
             )
+        except ConnectTimeoutError as e:
+            raise httpx.ConnectTimeout(str(e), request=request) from e
+        except ReadTimeoutError as e:
+            raise httpx.ReadTimeout(str(e), request=request) from e
+        except RequestFailedError as e:
+            # Sent, and the connection failed: not a connection that was never made.
+            raise httpx.ReadError(str(e), request=request) from e
         except ConnectionError as e:
-            # An httpx error, so SDKs handle it as a connection failure (and retry it).
+            # Nothing was sent: an httpx connection failure, which SDKs may retry.
             raise httpx.ConnectError(str(e), request=request) from e
         return status, headers, stream
+
+
+def _timeouts(request: httpx.Request) -> dict:
+    """The request's httpx timeouts (``{"connect": s, "read": s, ...}``, None = no limit)."""
+    timeout = request.extensions.get("timeout")
+    return timeout if isinstance(timeout, dict) else {}
+
+
+def _read(body: ResponseBody, request: httpx.Request, read_timeout: Optional[float]) -> Optional[bytes]:
+    try:
+        return body.read(read_timeout)
+    except ReadTimeoutError as e:
+        raise httpx.ReadTimeout(str(e), request=request) from e
+    except ConnectionError as e:
+        raise httpx.ReadError(str(e), request=request) from e
 
 
 class _SyncBody(httpx.SyncByteStream):
@@ -67,11 +104,9 @@ class _SyncBody(httpx.SyncByteStream):
         self._request = request
 
     def __iter__(self) -> Iterator[bytes]:
+        read_timeout = _timeouts(self._request).get("read")
         while True:
-            try:
-                chunk = self._body.read()
-            except ConnectionError as e:
-                raise httpx.ReadError(str(e), request=self._request) from e
+            chunk = _read(self._body, self._request, read_timeout)
             if chunk is None:
                 return
             yield chunk
@@ -86,11 +121,13 @@ class _AsyncBody(httpx.AsyncByteStream):
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        read_timeout = _timeouts(self._request).get("read")
         while True:
-            try:
-                chunk = await anyio.to_thread.run_sync(self._body.read)
-            except ConnectionError as e:
-                raise httpx.ReadError(str(e), request=self._request) from e
+            # Cancelling the task (asyncio.wait_for, an SDK's timeout) returns at once; the
+            # abandoned read ends by itself at its timeout or when aclose() closes the body.
+            chunk = await anyio.to_thread.run_sync(
+                _read, self._body, self._request, read_timeout, abandon_on_cancel=True
+            )
             if chunk is None:
                 return
             yield chunk
@@ -121,7 +158,7 @@ class AsyncVerifiedTransport(_Verified, httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
         status, headers, stream = await anyio.to_thread.run_sync(
-            functools.partial(self._send, request, body)
+            functools.partial(self._send, request, body), abandon_on_cancel=True
         )
         return httpx.Response(
             status,
@@ -175,6 +212,9 @@ def httpx_client(
     http_client=tdx_agent.httpx_client(url, policy=policy))``. Other keyword arguments go to
     ``httpx.Client`` (``timeout``, ``headers``, ...), except those that would route around
     the verified connection (``transport``, ``mounts``, ``proxy``, ``verify``, ...).
+    httpx's ``timeout`` applies: ``connect`` bounds getting a verified connection (connect,
+    handshake, policy, challenge), ``read`` the wait for the answer's head and for each chunk
+    of its body (``httpx.ConnectTimeout`` / ``httpx.ReadTimeout``).
     """
     transport = _transport(
         VerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs, insecure_gpu_roots

@@ -39,6 +39,8 @@ class StandIn(BaseHTTPRequestHandler):
     """A minimal OpenAI-compatible model server: models, chat (plain and SSE), completions."""
 
     protocol_version = "HTTP/1.1"
+    # Set at the end of the session: the stalling routes wait on it (at most a minute).
+    release = threading.Event()
     # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and
     # the agent's delayed ACK hold each answer ~40 ms.
     disable_nagle_algorithm = True
@@ -89,6 +91,17 @@ class StandIn(BaseHTTPRequestHandler):
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9},
             })
+        elif self.path == "/v1/stall":
+            # Never answers (until the session ends): the client's read timeout must fire.
+            StandIn.release.wait(60)
+        elif self.path == "/v1/stall-body":
+            # The head and one chunk, then nothing: the read timeout applies per chunk.
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            self._chunk(b"data: first\n\n")
+            StandIn.release.wait(60)
         elif self.path == "/v1/completions":
             self._json(200, {
                 "id": "cmpl-3", "object": "text_completion", "created": 0, "model": "stand-in",
@@ -160,6 +173,7 @@ class Agent:
         )
 
     def stop(self) -> None:
+        StandIn.release.set()
         self._probe.close()
         self.proc.terminate()
         try:

@@ -111,6 +111,24 @@ pub enum ForwardError {
     /// The request went out over the verified connection, which failed before an answer.
     #[error("{server}: the verified connection failed: {detail}")]
     Failed { server: String, detail: String },
+    /// No verified connection within [`Deadlines::connect`]: nothing of the request was sent.
+    #[error("{server}: no verified connection within {secs:.3} s, so nothing was sent")]
+    ConnectTimeout { server: String, secs: f64 },
+    /// The request went out and the answer's head did not come within [`Deadlines::answer`]
+    /// (the request is reset, but the server may have acted on it).
+    #[error("{server}: no answer within {secs:.3} s of sending the request")]
+    AnswerTimeout { server: String, secs: f64 },
+}
+
+/// Time limits of one [`Forwarder::send_within`]; `None` waits as long as the connection's
+/// own limits allow (connect and handshake 10 s each, a challenge's answer 60 s).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Deadlines {
+    /// To have a verified connection: connect, handshake, certificate policy, a challenge
+    /// when one is due.
+    pub connect: Option<Duration>,
+    /// From sending the request to the answer's head.
+    pub answer: Option<Duration>,
 }
 
 impl Forwarder {
@@ -157,6 +175,19 @@ impl Forwarder {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+        self.send_within(method, path_and_query, headers, body, Deadlines::default())
+            .await
+    }
+
+    /// [`Forwarder::send`] within `deadlines`.
+    pub async fn send_within(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        deadlines: Deadlines,
+    ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
         let max = self.upstream.max_request_bytes;
         if u64::try_from(body.len()).unwrap_or(u64::MAX) > max {
             return Err(ForwardError::TooLarge { max });
@@ -176,7 +207,8 @@ impl Forwarder {
         let upstream_req = upstream_request(&parts, &self.upstream.target.authority, body)
             .map_err(|e| ForwardError::Invalid(e.to_string()))?;
         let tripped = AtomicBool::new(false);
-        match self.upstream.send(upstream_req, &tripped).await {
+        let server = || self.upstream.target.url.clone();
+        match self.upstream.send(upstream_req, &tripped, deadlines).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -185,8 +217,16 @@ impl Forwarder {
             Err(SendError::Refused(r)) => Err(self.refused(r)),
             Err(SendError::TooLarge) => Err(ForwardError::TooLarge { max }),
             Err(SendError::Failed(detail)) => Err(ForwardError::Failed {
-                server: self.upstream.target.url.clone(),
+                server: server(),
                 detail,
+            }),
+            Err(SendError::ConnectTimeout(limit)) => Err(ForwardError::ConnectTimeout {
+                server: server(),
+                secs: limit.as_secs_f64(),
+            }),
+            Err(SendError::AnswerTimeout(limit)) => Err(ForwardError::AnswerTimeout {
+                server: server(),
+                secs: limit.as_secs_f64(),
             }),
         }
     }
@@ -518,12 +558,21 @@ impl Upstream {
                 ));
             }
         };
-        match self.send(upstream_req, &tripped).await {
+        match self
+            .send(upstream_req, &tripped, Deadlines::default())
+            .await
+        {
             Ok(resp) => downstream_response(resp, local_version),
             Err(SendError::TooLarge) => error_response(&too_large(self.max_request_bytes)),
             Err(SendError::Refused(r)) => error_response(&r.to_openai(&self.target.url)),
             Err(SendError::Failed(detail)) => error_response(
                 &Refusal::Unavailable(format!("{what}: {detail}")).to_openai(&self.target.url),
+            ),
+            // The proxy sets no deadlines (its clients' own timeouts apply), so these two
+            // never come; answered like a failed connection all the same.
+            Err(SendError::ConnectTimeout(d) | SendError::AnswerTimeout(d)) => error_response(
+                &Refusal::Unavailable(format!("{what}: timed out after {d:?}"))
+                    .to_openai(&self.target.url),
             ),
         }
     }
@@ -536,12 +585,19 @@ impl Upstream {
         &self,
         mut upstream_req: Request<ClientBody>,
         tripped: &AtomicBool,
+        deadlines: Deadlines,
     ) -> Result<Response<hyper::body::Incoming>, SendError> {
         let mut last_error = String::from("no connection");
         for _ in 0..2 {
-            let verified = self.acquire().await.map_err(SendError::Refused)?;
+            let verified = within(deadlines.connect, self.acquire())
+                .await
+                .map_err(SendError::ConnectTimeout)?
+                .map_err(SendError::Refused)?;
             let mut sender = verified.sender;
-            match sender.try_send_request(upstream_req).await {
+            let answer = within(deadlines.answer, sender.try_send_request(upstream_req))
+                .await
+                .map_err(SendError::AnswerTimeout)?;
+            match answer {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => {
                     if tripped.load(Ordering::Acquire) {
@@ -570,6 +626,21 @@ enum SendError {
     TooLarge,
     /// The request was sent (maybe partly) and the connection failed.
     Failed(String),
+    /// No verified connection within this limit: nothing was sent.
+    ConnectTimeout(Duration),
+    /// Sent, and no answer's head within this limit.
+    AnswerTimeout(Duration),
+}
+
+/// `fut`, or the limit it ran past (dropping `fut`, which cancels it).
+async fn within<F: std::future::Future>(
+    limit: Option<Duration>,
+    fut: F,
+) -> Result<F::Output, Duration> {
+    match limit {
+        None => Ok(fut.await),
+        Some(d) => tokio::time::timeout(d, fut).await.map_err(|_| d),
+    }
 }
 
 fn too_large(max: u64) -> OpenAiError {

@@ -1,0 +1,142 @@
+"""What a hostile or stuck server, and a careless caller, meet: httpx's timeouts apply over the
+verified connection, a stream can be closed from another thread while a read waits, reports
+have no truth value, the exceptions pickle, host names compare without case."""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+import tdx_agent
+from tdx_agent._native import Transport
+
+
+def client(agent, **kw) -> httpx.Client:
+    return tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root, **kw)
+
+
+def test_a_report_has_no_truth_value(agent):
+    r = tdx_agent.attest(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root, nonce=False)
+    assert r.accepted is True
+    # `if report:` would pass a rejected server as readily: refused, pointing at .accepted.
+    with pytest.raises(TypeError, match="accepted"):
+        bool(r)
+
+
+def test_the_exceptions_pickle_under_the_package_name():
+    for cls in (
+        tdx_agent.VerificationError,
+        tdx_agent.RequestFailedError,
+        tdx_agent.ConnectTimeoutError,
+        tdx_agent.ReadTimeoutError,
+    ):
+        assert cls.__module__ == "tdx_agent"
+        again = pickle.loads(pickle.dumps(cls("the reason")))
+        assert type(again) is cls and str(again) == "the reason"
+    assert issubclass(tdx_agent.RequestFailedError, ConnectionError)
+    assert issubclass(tdx_agent.ReadTimeoutError, TimeoutError)
+
+
+def test_a_model_that_never_answers_meets_the_read_timeout(agent):
+    with client(agent, timeout=httpx.Timeout(30.0, read=0.5)) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/v1/stall", json={})
+        # The verified connection is still good for the next request.
+        assert http.get("/v1/models").status_code == 200
+
+
+def test_a_body_that_stops_meets_the_read_timeout_per_chunk(agent):
+    with client(agent, timeout=httpx.Timeout(30.0, read=0.5)) as http:
+        with http.stream("POST", "/v1/stall-body", json={}) as r:
+            assert r.status_code == 200
+            chunks = r.iter_raw()
+            assert next(chunks).startswith(b"data: first")
+            with pytest.raises(httpx.ReadTimeout):
+                next(chunks)
+
+
+def test_a_server_that_never_handshakes_meets_the_connect_timeout(agent):
+    # Accepts TCP and says nothing: the connection's own handshake limit is 10 s, and a
+    # ConnectError after it would say "unavailable"; httpx's connect timeout must decide.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        url = f"https://127.0.0.1:{silent.getsockname()[1]}"
+        http = tdx_agent.httpx_client(
+            url, policy=tdx_agent.Policy(), insecure_root=agent.root, timeout=httpx.Timeout(30.0, connect=0.5)
+        )
+        with pytest.raises(httpx.ConnectTimeout):
+            http.get("/v1/models")
+    finally:
+        silent.close()
+
+
+def test_timeouts_must_be_seconds(agent):
+    with open(agent.root, "rb") as f:
+        t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=f.read())
+    for bad in (float("nan"), -1.0, float("inf"), 1e300):
+        with pytest.raises(ValueError, match="read_timeout"):
+            t.send("GET", "/v1/models", [], b"", read_timeout=bad)
+        with pytest.raises(ValueError, match="connect_timeout"):
+            t.send("GET", "/v1/models", [], b"", connect_timeout=bad)
+
+
+def test_a_stream_closes_from_another_thread_while_a_read_waits(agent):
+    with open(agent.root, "rb") as f:
+        t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=f.read())
+    status, _, body = t.send("POST", "/v1/stall-body", [(b"content-type", b"application/json")], b"{}")
+    assert status == 200
+    assert body.read().startswith(b"data: first")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(body.read()))
+    reader.start()
+    # close() must not fail because a read holds the body; the waiting read then ends.
+    deadline = time.monotonic() + 60
+    while not got and time.monotonic() < deadline:
+        body.close()
+        reader.join(0.05)
+    assert not reader.is_alive(), "the waiting read did not end when the body was closed"
+    assert got == [None]
+    assert body.read() is None
+
+
+def test_host_names_compare_without_case(agent):
+    port = agent.addr.rsplit(":", 1)[1]
+    url = f"https://LocalHost:{port}"
+    with tdx_agent.httpx_client(url, policy=tdx_agent.Policy(), insecure_root=agent.root) as http:
+        assert http.get("/v1/models").status_code == 200
+
+
+CTRL_C = """
+import socket, sys, tdx_agent
+silent = socket.socket(); silent.bind(("127.0.0.1", 0)); silent.listen(8)
+print("waiting", flush=True)
+try:
+    tdx_agent.attest(f"https://127.0.0.1:{silent.getsockname()[1]}", policy=tdx_agent.Policy())
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+except Exception as e:
+    print(type(e).__name__, e, flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_call_that_waits():
+    # attest() waits up to 30 s for a TLS handshake that never comes; Ctrl-C must not wait
+    # for that (the deadline below is for a hung test, not a measurement).
+    p = subprocess.Popen([sys.executable, "-u", "-c", CTRL_C], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "waiting"
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=25)
+    finally:
+        p.kill()
+    assert out.strip() == "KeyboardInterrupt", out
