@@ -93,7 +93,7 @@ class StandIn(BaseHTTPRequestHandler):
             })
         elif self.path == "/v1/stall":
             # Never answers (until the session ends): the client's read timeout must fire.
-            StandIn.release.wait(60)
+            self.release.wait(60)
         elif self.path == "/v1/stall-body":
             # The head and one chunk, then nothing: the read timeout applies per chunk.
             self.send_response(200)
@@ -101,7 +101,7 @@ class StandIn(BaseHTTPRequestHandler):
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
             self._chunk(b"data: first\n\n")
-            StandIn.release.wait(60)
+            self.release.wait(60)
         elif self.path == "/v1/completions":
             self._json(200, {
                 "id": "cmpl-3", "object": "text_completion", "created": 0, "model": "stand-in",
@@ -118,7 +118,7 @@ class StandIn(BaseHTTPRequestHandler):
 class Agent:
     """`serve` on the simulated TD in front of the stand-in, and what tests need of it."""
 
-    def __init__(self, tmp: pathlib.Path) -> None:
+    def __init__(self, tmp: pathlib.Path, *serve_args: str) -> None:
         self.sim_dir = tmp / "sim"
         r = run_agent("sim", "pki", "--sim-dir", str(self.sim_dir))
         assert r.returncode == 0, r.stderr
@@ -130,12 +130,14 @@ class Agent:
         m = run_agent("measure-model", str(model), "--json")
         assert m.returncode == 0, m.stderr
         self.manifest_sha256 = json.loads(m.stdout)["manifest_sha256"]
-        self.upstream = ThreadingHTTPServer(("127.0.0.1", 0), StandIn)
+        # A handler class per agent, so stopping one releases only its own stalled requests.
+        self.handler = type("StandIn", (StandIn,), {"release": threading.Event()})
+        self.upstream = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
         threading.Thread(target=self.upstream.serve_forever, daemon=True).start()
         up = f"http://127.0.0.1:{self.upstream.server_address[1]}"
         self.proc = subprocess.Popen(
             [agent_bin(), "serve", "--tee", "sim", "--sim-dir", str(self.sim_dir), "--listen", "127.0.0.1:0",
-             "--upstream", up, "--model-dir", str(model)],
+             "--upstream", up, "--model-dir", str(model), *serve_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         assert self.proc.stdout is not None
@@ -173,7 +175,7 @@ class Agent:
         )
 
     def stop(self) -> None:
-        StandIn.release.set()
+        self.handler.release.set()
         self._probe.close()
         self.proc.terminate()
         try:

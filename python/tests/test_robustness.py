@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 import tdx_agent
+from conftest import Agent
 from tdx_agent._native import Transport
 
 
@@ -140,3 +141,28 @@ def test_ctrl_c_interrupts_a_call_that_waits():
     finally:
         p.kill()
     assert out.strip() == "KeyboardInterrupt", out
+
+
+def test_a_verification_longer_than_the_connect_timeout_still_completes(tmp_path):
+    # Every challenge takes 1.5 s here (a slow quote), the client's connect timeout is 0.5 s:
+    # the first requests time out, but the verification they started goes on without them
+    # and a later request finds the connection verified. (Cancelled with each request, no
+    # verification would ever complete.)
+    slow = Agent(tmp_path, "--sim-quote-delay-ms", "1500")
+    try:
+        http = tdx_agent.httpx_client(
+            slow.url, policy=tdx_agent.Policy(), insecure_root=slow.root, timeout=httpx.Timeout(30.0, connect=0.5)
+        )
+        timed_out = 0
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = http.get("/v1/models")
+                break
+            except httpx.ConnectTimeout:
+                timed_out += 1
+                assert time.monotonic() < deadline, f"no request got through after {timed_out} connect timeouts"
+        assert r.status_code == 200
+        assert timed_out >= 1, "the verification was quicker than the connect timeout: the test proves nothing"
+    finally:
+        slow.stop()

@@ -87,7 +87,7 @@ pub async fn run(
 /// connection and re-challenge interval as the proxy, but a refusal is an error the caller
 /// sees, never an answer that looks like the server's.
 pub struct Forwarder {
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
 }
 
 /// Why [`Forwarder::send`] has no response.
@@ -134,12 +134,12 @@ pub struct Deadlines {
 impl Forwarder {
     pub fn new(client: Client, target: Target, options: ConnectOptions) -> Self {
         Forwarder {
-            upstream: Upstream::new(
+            upstream: Arc::new(Upstream::new(
                 client,
                 target,
                 options.rechallenge,
                 options.max_request_bytes,
-            ),
+            )),
         }
     }
 
@@ -372,8 +372,22 @@ impl Upstream {
         }
     }
 
-    /// The verified connection, opened and verified or re-challenged first when needed.
-    async fn acquire(&self) -> Result<Verified, Refusal> {
+    /// The verified connection, opened and verified or re-challenged first when needed. The
+    /// verification runs in a task of its own: a caller that gives up (its deadline, a client
+    /// that disconnects) must not cancel it half-way, since other requests wait on it and,
+    /// were every caller's deadline shorter than a verification, none would ever complete.
+    async fn acquire(self: &Arc<Self>) -> Result<Verified, Refusal> {
+        let upstream = Arc::clone(self);
+        tokio::spawn(async move { upstream.acquire_here().await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Refusal::Unavailable(format!(
+                    "the verification task ended: {e}"
+                )))
+            })
+    }
+
+    async fn acquire_here(&self) -> Result<Verified, Refusal> {
         let seen = self.attempts.load(Ordering::Acquire);
         let mut slot = self.slot.lock().await;
         if slot.live.as_ref().is_some_and(|l| l.h2.is_closed()) {
@@ -476,7 +490,7 @@ impl Upstream {
         }
     }
 
-    async fn handle<B>(&self, req: Request<B>) -> Response<ClientBody>
+    async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<ClientBody>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -487,7 +501,7 @@ impl Upstream {
         self.forward(req).await
     }
 
-    async fn healthz(&self, method: &Method) -> Response<ClientBody> {
+    async fn healthz(self: &Arc<Self>, method: &Method) -> Response<ClientBody> {
         if method != Method::GET && method != Method::HEAD {
             return error_response(&OpenAiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -521,7 +535,7 @@ impl Upstream {
         json_response(status, body.to_string())
     }
 
-    async fn forward<B>(&self, req: Request<B>) -> Response<ClientBody>
+    async fn forward<B>(self: &Arc<Self>, req: Request<B>) -> Response<ClientBody>
     where
         B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
         B::Error: Into<BoxError>,
@@ -582,7 +596,7 @@ impl Upstream {
     /// just now) goes out on a fresh, freshly verified connection. `tripped` is set by a body
     /// that went over the size limit.
     async fn send(
-        &self,
+        self: &Arc<Self>,
         mut upstream_req: Request<ClientBody>,
         tripped: &AtomicBool,
         deadlines: Deadlines,
@@ -1039,14 +1053,14 @@ mod tests {
         );
     }
 
-    fn upstream_at(addr: &str, max: u64) -> Upstream {
+    fn upstream_at(addr: &str, max: u64) -> Arc<Upstream> {
         let client = Client::new(Verifier::production(), Policy::default()).unwrap();
-        Upstream::new(
+        Arc::new(Upstream::new(
             client,
             Target::parse(&format!("https://{addr}")).unwrap(),
             Duration::from_secs(300),
             max,
-        )
+        ))
     }
 
     async fn body_json(r: Response<ClientBody>) -> serde_json::Value {
