@@ -335,6 +335,36 @@ interval_secs = 1
         "{r}"
     );
 
+    // A record whose policy blob is gone is not re-appraised under the default policy (which
+    // pins nothing), and an accepted record stripped of its evidence is not passed over.
+    for (name, sql, needle) in [
+        (
+            "no-policy.db",
+            "DELETE FROM blobs WHERE data = ?1",
+            "a blob it names (certificate, evidence or policy) is missing",
+        ),
+        (
+            "no-evidence.db",
+            "UPDATE appraisals SET certificate = NULL, evidence = NULL, challenge = NULL,
+             nonce = NULL WHERE target = 'good' AND length(?1) > 0",
+            "holds no evidence to re-appraise",
+        ),
+    ] {
+        let broken = dir.path().join(name);
+        std::fs::copy(&db, &broken).unwrap();
+        let c = rusqlite::Connection::open(&broken).unwrap();
+        let n = c
+            .execute(sql, rusqlite::params![std::fs::read(&pin).unwrap()])
+            .unwrap();
+        assert!(n >= 1, "{name}");
+        let r = reverify(&broken);
+        assert_eq!(r.code, 1, "{name}: {r}");
+        assert!(
+            r.stdout.contains("(good at ") && r.stdout.contains(needle),
+            "{name}: {r}"
+        );
+    }
+
     // ...or when the collateral a record's challenge quote was appraised with is swapped for
     // another PKI's (the other agent's, as it serves it).
     let foreign = support::Https::connect(&other.addr, other_td.root_der())

@@ -374,6 +374,17 @@ pub fn verify(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, Archive
     let mut rows = stmt.query([]).map_err(db(path))?;
     let mut prev = (anchor_seq, anchor_hash);
     let mut records = 0;
+    // A pinned head equal to an anchor that a prune moved names a record no longer in the
+    // archive: whoever can write it could have deleted every record up to it and set the
+    // anchor there, so nothing before the anchor can be vouched for.
+    if anchor_seq != 0 && pinned == Some(anchor_hash) {
+        return Err(ArchiveError::Chain(format!(
+            "the pinned head {} is the archive's anchor (record #{anchor_seq}), not a record in \
+             it: the records up to it were pruned (or deleted) and cannot be checked; pin the \
+             head again after each prune",
+            hex::encode(anchor_hash)
+        )));
+    }
     let mut pinned_found = pinned.is_none() || pinned == Some(anchor_hash);
     while let Some(row) = rows.next().map_err(db(path))? {
         let get_err = db(path);
@@ -465,7 +476,9 @@ pub fn verify(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, Archive
     }
     if !pinned_found {
         return Err(ArchiveError::Chain(format!(
-            "the pinned head {} is not in the chain (which ends at record #{} with {}): records were deleted",
+            "the pinned head {} is not in the chain (which starts after record #{anchor_seq} and \
+             ends at record #{} with {}): records were deleted from its end, or it was before \
+             the anchor and pruned",
             pinned.map(hex::encode).unwrap_or_default(),
             prev.0,
             hex::encode(prev.1)
@@ -619,6 +632,31 @@ mod tests {
         let (seq, _) = a.append(&record(9)).unwrap();
         assert_eq!(seq, 7);
         verify(&path, None).unwrap();
+    }
+
+    #[test]
+    fn a_pinned_head_cannot_be_satisfied_by_moving_the_anchor_onto_it() {
+        // Someone with write access deletes records 1..=3 and sets the anchor to the head an
+        // auditor pinned at record 3: the chain from the anchor still verifies, the pin not.
+        let (_t, path, heads) = filled(5);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("DELETE FROM appraisals WHERE seq <= 3", [])
+            .unwrap();
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'anchor_seq'", [])
+            .unwrap();
+        conn.execute(
+            "UPDATE meta SET value = ?1 WHERE key = 'anchor_hash'",
+            params![hex::encode(heads[2])],
+        )
+        .unwrap();
+        assert!(verify(&path, None).is_ok(), "a prune looks the same");
+        let e = verify(&path, Some(heads[2])).unwrap_err().to_string();
+        assert!(e.contains("is the archive's anchor"), "{e}");
+        // A head pinned before the anchor is not vouched for either, and says it may be pruned.
+        let e = verify(&path, Some(heads[0])).unwrap_err().to_string();
+        assert!(e.contains("pruned"), "{e}");
+        // Heads after the anchor still verify.
+        assert!(verify(&path, Some(heads[4])).is_ok());
     }
 
     #[test]

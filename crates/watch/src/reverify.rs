@@ -61,7 +61,9 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
     let mut stmt = conn
         .prepare(
             "SELECT a.seq, a.target, a.at, a.verdict, a.failed_check, c.data, e.data,
-             a.challenge, a.nonce, p.data
+             a.challenge, a.nonce, p.data,
+             (a.certificate IS NOT NULL AND c.data IS NULL)
+               OR (a.evidence IS NOT NULL AND e.data IS NULL) OR p.data IS NULL
              FROM appraisals a
              LEFT JOIN blobs c ON c.sha256 = a.certificate
              LEFT JOIN blobs e ON e.sha256 = a.evidence
@@ -88,8 +90,17 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
         let challenge: Option<Vec<u8>> = row.get(7).map_err(&e)?;
         let nonce: Option<Vec<u8>> = row.get(8).map_err(&e)?;
         let policy: Option<Vec<u8>> = row.get(9).map_err(&e)?;
+        // A blob the record names that is gone (`evidence verify` says so too): re-appraising
+        // without it would judge the record on less than it was (no policy is the default
+        // policy, which pins nothing).
+        let blob_missing: bool = row.get(10).map_err(&e)?;
         let recorded = outcome(&verdict, failed.as_deref());
-        let now =
+        let now = if blob_missing {
+            Some(
+                "not appraisable: a blob it names (certificate, evidence or policy) is missing"
+                    .to_string(),
+            )
+        } else {
             match (cert, evidence, challenge, nonce) {
                 (Some(cert), Some(evidence), Some(challenge), Some(nonce)) => Some(match appraise(
                     opts,
@@ -108,8 +119,15 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
                 (Some(cert), ..) => {
                     recheck_refusal(opts, &cert, policy.as_deref(), failed.as_deref(), at)
                 }
+                // Accepted appraisals are archived with everything they were accepted on: one
+                // without it cannot be re-checked, which an auditor must see.
+                _ if verdict == "accepted" => Some(
+                    "not appraisable: the record is accepted but holds no evidence to re-appraise"
+                        .to_string(),
+                ),
                 _ => None,
-            };
+            }
+        };
         let Some(now) = now else {
             out.without_evidence += 1;
             continue;
