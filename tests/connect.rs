@@ -516,6 +516,40 @@ async fn a_rotated_server_key_moves_connect_to_a_new_verified_connection() {
 
 /// A TLS server whose certificate is a plain self-signed one (no RA-TLS evidence), as anyone
 /// could stand up in the agent's place; its address.
+/// The verified server's redirects keep the client on connect: one to the server itself comes
+/// back as a path, one anywhere else is refused with 502 and never reaches the client.
+#[tokio::test(flavor = "multi_thread")]
+async fn redirects_elsewhere_are_refused_and_to_the_server_come_back_as_paths() {
+    let sim = SimTd::new();
+    let up = support::upstream::Upstream::start().await;
+    let d = Daemon::sim(&sim, &["--upstream", &up.url()]);
+    let policy = accepting_policy(&sim);
+    let c = connect(&d, &sim, &policy, &[]);
+    let redirect = |to: &str| format!("/v1/redirect/{}", hex::encode(to));
+
+    let r = http_get(&c.addr, &redirect(&format!("{}/v1/models?x=1", d.url()))).await;
+    assert_eq!(r.status, 307, "{}", r.text());
+    assert_eq!(r.headers["location"], "/v1/models?x=1");
+    let r = http_get(&c.addr, &redirect("/v1/models")).await;
+    assert_eq!(r.status, 307, "{}", r.text());
+    assert_eq!(r.headers["location"], "/v1/models");
+    for elsewhere in [
+        "https://evil.example/v1/chat/completions",
+        "//evil.example/v1",
+    ] {
+        let r = http_get(&c.addr, &redirect(elsewhere)).await;
+        assert_eq!(r.status, 502, "{elsewhere}: {}", r.text());
+        assert!(!r.headers.contains_key("location"), "{elsewhere}");
+        let e = openai_error(&r);
+        assert!(
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("does not verify")),
+            "{e}"
+        );
+    }
+}
+
 async fn plain_tls_server() -> String {
     use std::sync::Arc;
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();

@@ -160,6 +160,15 @@ async fn route(script: Arc<Script>, req: Request<Incoming>) -> Resp {
             });
             streaming("application/octet-stream", rx)
         }
+        p if p.starts_with("/v1/redirect/") => {
+            // `/v1/redirect/HEX`: a 307 to the hex-decoded Location, whatever it names.
+            let to = hex::decode(&p["/v1/redirect/".len()..]).unwrap_or_default();
+            let mut r = full(307, "application/json", "{}");
+            if let Ok(v) = hyper::header::HeaderValue::from_bytes(&to) {
+                r.headers_mut().insert(hyper::header::LOCATION, v);
+            }
+            r
+        }
         p if p.starts_with("/v1/delay/") => {
             // A model that thinks this many milliseconds before its answer's head.
             let ms: u64 = p["/v1/delay/".len()..].parse().unwrap_or(0);

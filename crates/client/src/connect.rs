@@ -20,7 +20,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
@@ -35,8 +35,10 @@ use tdx_net::forward::headers::strip_hop_by_hop;
 use tdx_net::forward::openai_error::OpenAiError;
 
 /// Bound on one challenge exchange (evidence + a fresh quote, which takes ~1 s and may queue
-/// behind other callers' batches). Forwarded requests have no such bound.
-const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// behind other callers' batches): above the agent's own quote timeout (45 s by default), so a
+/// slow but healthy quote is not reported as an unavailable server. Forwarded requests have
+/// no such bound.
+const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time for a local client's request headers (slow clients must not hold connections).
 const LOCAL_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_LOCAL_CONNECTIONS: usize = 1024;
@@ -576,7 +578,28 @@ impl Upstream {
             .send(upstream_req, &tripped, Deadlines::default())
             .await
         {
-            Ok(resp) => downstream_response(resp, local_version),
+            Ok(mut resp) => {
+                if let Some(location) = resp.headers().get(header::LOCATION) {
+                    match checked_location(location, &self.target) {
+                        Ok(None) => {}
+                        Ok(Some(path)) => {
+                            resp.headers_mut().insert(header::LOCATION, path);
+                        }
+                        Err(elsewhere) => {
+                            tracing::warn!(server = %self.target.url, "refused a redirect to {elsewhere}");
+                            return error_response(&OpenAiError::new(
+                                StatusCode::BAD_GATEWAY,
+                                "upstream_unavailable",
+                                format!(
+                                    "{what}: the server redirected to {elsewhere}, which connect \
+                                     does not verify; the redirect was not passed on"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                downstream_response(resp, local_version)
+            }
             Err(SendError::TooLarge) => error_response(&too_large(self.max_request_bytes)),
             Err(SendError::Refused(r)) => error_response(&r.to_openai(&self.target.url)),
             Err(SendError::Failed(detail)) => error_response(
@@ -707,6 +730,48 @@ fn upstream_request(
 }
 
 /// The server's answer as the local client gets it: streamed frame by frame as it arrives.
+/// Where a redirect from the verified server may send the local client: somewhere on that
+/// server, through connect again. A relative reference is passed on; an absolute URL on the
+/// verified server is rewritten to its path (followed as given, it would bypass connect and
+/// its verification); anything else (another origin, a network-path reference `//host`) is
+/// refused, since following it would send the client's next request, prompt included, to a
+/// server nobody verified.
+fn checked_location(value: &HeaderValue, target: &Target) -> Result<Option<HeaderValue>, String> {
+    let text = value
+        .to_str()
+        .map_err(|_| "a Location that is not text".to_string())?
+        .trim();
+    if text.starts_with("//") || text.starts_with("/\\") || text.starts_with('\\') {
+        return Err(format!("{text:?}"));
+    }
+    // A scheme is letters, digits, `+`, `-`, `.` up to the first `:`, before any `/?#`.
+    let scheme_end = text.find(|c: char| matches!(c, ':' | '/' | '?' | '#'));
+    let has_scheme = scheme_end.is_some_and(|i| {
+        i > 0
+            && text[i..].starts_with(':')
+            && text[..i]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    if !has_scheme {
+        return Ok(None);
+    }
+    let uri: Uri = text.parse().map_err(|_| format!("{text:?}"))?;
+    let same_origin = uri.scheme_str() == Some("https")
+        && uri
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .is_some_and(|h| h.eq_ignore_ascii_case(&target.host))
+        && uri.port_u16().unwrap_or(443) == target.port;
+    if !same_origin {
+        return Err(format!("{text:?}"));
+    }
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    HeaderValue::from_str(path)
+        .map(Some)
+        .map_err(|_| format!("{text:?}"))
+}
+
 fn downstream_response(
     resp: Response<hyper::body::Incoming>,
     version: Version,
@@ -1051,6 +1116,37 @@ mod tests {
             matches!(&r, Refusal::Attestation(c) if c.name == crate::CHECK_CERTIFICATE),
             "{r:?}"
         );
+    }
+
+    #[test]
+    fn redirects_stay_on_the_verified_server_or_are_refused() {
+        let target = Target::parse("https://Agent.example:8443").unwrap();
+        let check = |l: &str| checked_location(&HeaderValue::from_str(l).unwrap(), &target);
+        for kept in ["/v1/models", "models", "?page=2", "#top", "v1/a:b"] {
+            assert_eq!(check(kept), Ok(None), "{kept}");
+        }
+        for (same, path) in [
+            ("https://agent.example:8443/v1/models?x=1", "/v1/models?x=1"),
+            ("HTTPS://AGENT.EXAMPLE:8443", "/"),
+        ] {
+            assert_eq!(
+                check(same),
+                Ok(Some(HeaderValue::from_static(path))),
+                "{same}"
+            );
+        }
+        for elsewhere in [
+            "https://evil.example/v1/models",
+            "https://agent.example/v1/models",
+            "http://agent.example:8443/v1/models",
+            "https://agent.example:8443.evil.example/",
+            "//evil.example/v1/models",
+            "/\\evil.example/v1/models",
+            "javascript:alert(1)",
+            "ftp://agent.example:8443/",
+        ] {
+            assert!(check(elsewhere).is_err(), "{elsewhere}");
+        }
     }
 
     fn upstream_at(addr: &str, max: u64) -> Arc<Upstream> {
