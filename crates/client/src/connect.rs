@@ -745,7 +745,7 @@ fn checked_location(value: &HeaderValue, target: &Target) -> Result<Option<Heade
         return Err(format!("{text:?}"));
     }
     // A scheme is letters, digits, `+`, `-`, `.` up to the first `:`, before any `/?#`.
-    let scheme_end = text.find(|c: char| matches!(c, ':' | '/' | '?' | '#'));
+    let scheme_end = text.find([':', '/', '?', '#']);
     let has_scheme = scheme_end.is_some_and(|i| {
         i > 0
             && text[i..].starts_with(':')
