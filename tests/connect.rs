@@ -612,3 +612,52 @@ async fn a_server_without_ratls_evidence_is_a_rejection_naming_the_check() {
         "{e}"
     );
 }
+
+/// A session closed with `abort` (what connect does to a connection whose re-challenge failed
+/// a check) takes no more requests: one sent after it, or queued for it, is refused, never
+/// sent. (A stream already in flight, forwarded while the connection was verified, is left
+/// to finish: hyper drives the HTTP/2 connection in a task of its own.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aborted_session_sends_nothing_more() {
+    use http_body_util::BodyExt as _;
+    let sim = SimTd::new();
+    let up = support::upstream::Upstream::start().await;
+    let d = Daemon::sim(&sim, &["--upstream", &up.url()]);
+    let client = tdx_client::Client::new(
+        tdx_core::verify::Verifier::with_insecure_root(sim.root_der().to_vec()),
+        tdx_core::verify::Policy::default(),
+    )
+    .unwrap();
+    let target = tdx_client::Target::parse(&d.url()).unwrap();
+    let session = tdx_client::Session::open(
+        &client,
+        &target,
+        tdx_client::Alpn::Http2,
+        tdx_client::Timeouts::default(),
+    )
+    .await
+    .unwrap();
+    let mut h2 = session.sender.http2().unwrap();
+    let get = |path: &str| {
+        hyper::Request::get(format!("https://{}{path}", target.authority))
+            .body(
+                http_body_util::Empty::<bytes::Bytes>::new()
+                    .map_err(|e| match e {})
+                    .boxed(),
+            )
+            .unwrap()
+    };
+    let before = h2.send_request(get("/v1/models")).await.unwrap();
+    assert_eq!(before.status(), 200);
+    session.abort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !session.sender.is_closed() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session stayed open after abort"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = h2.send_request(get("/v1/models")).await;
+    assert!(after.is_err(), "a request went out after the abort");
+}

@@ -412,9 +412,13 @@ impl Upstream {
                     // server re-issued its certificate, so challenges commit to a newer key.
                     let rotated = matches!(&refusal, Refusal::Attestation(c) if c.name == challenge::CHECK_KEY);
                     if rotated {
+                        // Benign: streams in flight finish on the old connection.
                         tracing::info!(server = %self.target.url, connection = live.id, "the server's key changed since this connection opened; verifying a new connection");
                     } else {
-                        tracing::warn!(server = %self.target.url, connection = live.id, "re-challenge failed, retiring the connection: {refusal}");
+                        // The server failed a check: no request queued for this connection
+                        // a moment ago may still go out on it.
+                        tracing::warn!(server = %self.target.url, connection = live.id, "re-challenge failed, closing the connection: {refusal}");
+                        live.session.abort();
                     }
                     slot.live = None;
                 }

@@ -204,9 +204,19 @@ pub struct Session {
     pub sender: HttpSender,
     /// [`Timeouts::answer`], for [`Session::request`].
     answer_timeout: std::time::Duration,
+    /// The task dispatching requests onto the connection: aborting it refuses every request
+    /// still queued and every later one.
+    connection: tokio::task::AbortHandle,
 }
 
 impl Session {
+    /// Take no more requests on this connection (for a server that just failed a check):
+    /// requests queued for it or sent after this are refused, never sent. Streams already in
+    /// flight finish (hyper drives the HTTP/2 connection itself in a task of its own).
+    pub fn abort(&self) {
+        self.connection.abort();
+    }
+
     /// Connect to `target`, verify its RA-TLS certificate with `client`'s verifier, and
     /// start HTTP (`alpn`) on the connection. A certificate the policy refuses fails with
     /// [`ClientError::Rejected`] carrying the whole report.
@@ -344,18 +354,18 @@ impl Session {
         let spki_sha256 = spki_sha256(&peer_cert)?;
 
         let io = TokioIo::new(stream);
-        let sender = match alpn {
+        let (sender, connection) = match alpn {
             Alpn::Http1 => {
                 let (sender, conn) = http1::handshake(io).await.map_err(|e| ClientError::Http {
                     what: "HTTP over RA-TLS".into(),
                     detail: e.to_string(),
                 })?;
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "HTTP/1.1 connection ended");
                     }
                 });
-                HttpSender::Http1(sender)
+                (HttpSender::Http1(sender), task.abort_handle())
             }
             Alpn::Http2 => {
                 let mut builder = http2::Builder::new(TokioExecutor::new());
@@ -376,7 +386,7 @@ impl Session {
                             detail: e.to_string(),
                         })?;
                 let addr = addr.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     match conn.await {
                         Ok(()) => tracing::debug!(server = %addr, "HTTP/2 connection closed"),
                         Err(e) => {
@@ -384,7 +394,7 @@ impl Session {
                         }
                     }
                 });
-                HttpSender::Http2(sender)
+                (HttpSender::Http2(sender), task.abort_handle())
             }
         };
         let mut session = Session {
@@ -394,6 +404,7 @@ impl Session {
             report,
             sender,
             answer_timeout: timeouts.answer,
+            connection,
         };
         // The GPUs the policy requires are part of the server's appraisal: no request
         // goes out on a session whose GPUs fail.
