@@ -935,6 +935,27 @@ async fn targets_dir_is_read_again_while_watch_runs() {
     })
     .await;
 
+    // A FIFO where a file should be would block the read forever: refused as not a regular
+    // file, and watch goes on answering (a hung reload kept /readyz saying ready).
+    std::fs::remove_file(targets.join("c.toml")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(targets.join("c.toml"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = wait_not_ready(&watch.addr, Duration::from_secs(60), "FIFO").await;
+        if body.contains("c.toml") && body.contains("not a regular file") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the FIFO c.toml was not refused: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The bad file fixed away and `a` removed: ready again, `a` no longer watched or shown.
     std::fs::remove_file(targets.join("c.toml")).unwrap();
     std::fs::remove_file(targets.join("a.toml")).unwrap();

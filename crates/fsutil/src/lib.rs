@@ -1,7 +1,8 @@
-//! File writes that never leave a half-written file behind.
+//! File writes that never leave a half-written file behind, and reads of configuration files
+//! that cannot hang or exhaust memory.
 #![forbid(unsafe_code)]
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 /// Write `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
@@ -28,4 +29,70 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Read `path` (symlinks followed) if it is a regular file of at most `max` bytes. A FIFO
+/// would block the read forever and a device such as `/dev/zero` would never end: both are
+/// refused before they are opened, and a file that grows past `max` while read is refused too.
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let too_large = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        )
+    };
+    if meta.len() > max {
+        return Err(too_large());
+    }
+    let mut data = Vec::new();
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(too_large());
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_only_regular_files_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok.toml");
+        std::fs::write(&ok, b"x = 1\n").unwrap();
+        assert_eq!(read_regular(&ok, 6).unwrap(), b"x = 1\n");
+        let e = read_regular(&ok, 5).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+        // A symlink to a regular file is followed (ConfigMap volumes are made of them).
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&ok, &link).unwrap();
+        assert_eq!(read_regular(&link, 64).unwrap(), b"x = 1\n");
+        // A FIFO would block, /dev/zero would never end, a directory is no file: refused
+        // before any read (the test would hang on the FIFO otherwise).
+        let fifo = dir.path().join("fifo.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        for p in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+            let e = read_regular(p, 1 << 20).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::InvalidInput,
+                "{}: {e}",
+                p.display()
+            );
+        }
+    }
 }

@@ -215,7 +215,11 @@ impl Archive {
         let evidence = blob(&r.evidence)?;
         let policy = blob(&Some(r.policy.clone()))?.unwrap_or_default();
         let (prev_seq, prev_hash) = last(&tx, &path)?;
-        let seq = prev_seq + 1;
+        let seq = prev_seq.checked_add(1).ok_or_else(|| {
+            ArchiveError::Chain(format!(
+                "the last record's seq {prev_seq} cannot be followed"
+            ))
+        })?;
         let hash = record_hash(
             &prev_hash,
             &Hashed {

@@ -123,8 +123,11 @@ impl WatchConfig {
             detail,
         };
         let c: WatchConfig = toml::from_str(text).map_err(|e| err("toml", e.to_string()))?;
-        if c.concurrency == 0 {
-            return Err(err("concurrency", "must be at least 1".into()));
+        if !(1..=MAX_CONCURRENCY).contains(&c.concurrency) {
+            return Err(err(
+                "concurrency",
+                format!("{} is outside 1..={MAX_CONCURRENCY}", c.concurrency),
+            ));
         }
         if !(1..=600).contains(&c.timeout_secs) {
             return Err(err(
@@ -212,6 +215,13 @@ pub enum TargetsDirError {
     },
 }
 
+/// The most appraisals at once (each holds a connection and a few MiB at most).
+pub const MAX_CONCURRENCY: usize = 4096;
+
+/// The largest file `watch` reads as configuration (a targets file, a policy, a root): far
+/// above any real one, and a FIFO or a device named by mistake is refused before it is read.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
 /// Every `[[target]]` of `dir`'s `*.toml` files (hidden files and others ignored, so an
 /// editor's or a deployment tool's temporary file is not read half-written), checked as the
 /// main file's are and unique together with `fixed` (the main file's targets).
@@ -242,8 +252,10 @@ pub fn load_targets_dir(
             field,
             detail,
         };
+        let bytes = tdx_fsutil::read_regular(file, MAX_CONFIG_FILE_BYTES)
+            .map_err(|e| file_err("read".into(), e.to_string()))?;
         let text =
-            std::fs::read_to_string(file).map_err(|e| file_err("read".into(), e.to_string()))?;
+            String::from_utf8(bytes).map_err(|_| file_err("read".into(), "not UTF-8".into()))?;
         let parsed: TargetsFile =
             toml::from_str(&text).map_err(|e| file_err("toml".into(), e.to_string()))?;
         for (i, mut t) in parsed.target.into_iter().enumerate() {
@@ -336,6 +348,12 @@ mod tests {
                 "targets_reload_secs",
             ),
             (&format!("max_archive_mib = 0\n{ONE}"), "max_archive_mib"),
+            // Above about 2^61 the semaphore that bounds appraisals would panic.
+            (&format!("concurrency = 4097\n{ONE}"), "concurrency"),
+            (
+                &format!("concurrency = 18446744073709551615\n{ONE}"),
+                "concurrency",
+            ),
         ] {
             let e = WatchConfig::from_toml(text, "w.toml")
                 .unwrap_err()

@@ -165,9 +165,13 @@ fn setup(e: impl std::fmt::Display) -> WatchError {
 }
 
 async fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, WatchError> {
-    tokio::fs::read(path)
-        .await
-        .map_err(|e| setup(format!("{what} {}: {e}", path.display())))
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        tdx_fsutil::read_regular(&owned, crate::config::MAX_CONFIG_FILE_BYTES)
+    })
+    .await
+    .map_err(setup)?
+    .map_err(|e| setup(format!("{what} {}: {e}", path.display())))
 }
 
 /// The files a target names, read once: what its appraisal is built from and what its

@@ -247,7 +247,7 @@ impl Policy {
     pub fn from_toml(text: &str, source_name: &str) -> Result<Self, PolicyError> {
         let policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse {
             source_name: source_name.to_string(),
-            detail: e.to_string(),
+            detail: parse_error_without_source(text, &e),
         })?;
         policy.validate(source_name)?;
         Ok(policy)
@@ -316,6 +316,22 @@ impl Policy {
     }
 }
 
+/// A TOML error as "line L, column C: message", without the line of text that toml's own
+/// rendering quotes: the file named as a policy may be something else (a secret, by mistake
+/// or by someone who may only write the path), and these errors reach logs and a watcher's
+/// unauthenticated `/readyz`.
+fn parse_error_without_source(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {}", e.message())
+        }
+        None => e.message().to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +352,23 @@ mod tests {
             p.gpu.ocsp_max_age_secs,
             crate::gpu::DEFAULT_OCSP_MAX_AGE_SECS
         );
+    }
+
+    #[test]
+    fn parse_errors_name_the_place_but_never_quote_the_file() {
+        // A secret named as the policy by mistake must not come back in the error.
+        let e = Policy::from_toml("# a comment\nsupersecret-token-123\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("supersecret"), "{e}");
+        assert!(
+            e.contains("p.toml") && e.contains("line 2, column 22"),
+            "{e}"
+        );
+        let e = Policy::from_toml("[td]\nno_such_key = 1\n", "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("no_such_key"), "{e}");
     }
 
     #[test]
