@@ -166,3 +166,19 @@ def test_a_verification_longer_than_the_connect_timeout_still_completes(tmp_path
         assert timed_out >= 1, "the verification was quicker than the connect timeout: the test proves nothing"
     finally:
         slow.stop()
+
+
+def test_the_body_decides_its_length_not_the_callers_header(agent):
+    # A Content-Length that disagrees with the body was an HTTP/2 protocol error after the
+    # request had gone out; the length is now the body's own.
+    with open(agent.root, "rb") as f:
+        t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=f.read())
+    body = b'{"model": "stand-in", "messages": []}'
+    status, _, stream = t.send(
+        "POST", "/v1/chat/completions", [(b"content-type", b"application/json"), (b"content-length", b"999")], body
+    )
+    assert status == 200
+    chunks = []
+    while (chunk := stream.read()) is not None:
+        chunks.append(chunk)
+    assert b"chat.completion" in b"".join(chunks)

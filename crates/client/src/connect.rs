@@ -197,6 +197,11 @@ impl Forwarder {
         if method == Method::CONNECT {
             return Err(ForwardError::Invalid("CONNECT is not forwarded".into()));
         }
+        let mut headers = headers;
+        // The body is whole here: its length is known, whatever the caller's header said (a
+        // mismatch would be an HTTP/2 protocol error after the request went out).
+        headers.remove(header::TRANSFER_ENCODING);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         let mut builder = Request::builder().method(method).uri(path_and_query);
         if let Some(h) = builder.headers_mut() {
             *h = headers;

@@ -470,7 +470,7 @@ impl Session {
             return Err(ClientError::Status {
                 what,
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&bytes).into_owned(),
+                body: quoted_excerpt(&bytes),
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
@@ -478,6 +478,32 @@ impl Session {
             detail: e.to_string(),
         })
     }
+}
+
+/// The most of a server's error answer that an error message quotes.
+const EXCERPT_CHARS: usize = 512;
+
+/// A server's error answer as an error message may quote it: at most [`EXCERPT_CHARS`]
+/// characters, control characters escaped. It ends up in logs, in 502 answers and in
+/// `/healthz`, and the server chose every byte of it (up to the 4 MiB a small answer may be).
+fn quoted_excerpt(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out: String = text
+        .chars()
+        .take(EXCERPT_CHARS)
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    if text.chars().nth(EXCERPT_CHARS).is_some() {
+        out.push_str("... (cut)");
+    }
+    out
 }
 
 fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], ClientError> {
@@ -580,6 +606,16 @@ impl ServerCertVerifier for ConnectionVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_answers_are_quoted_short_and_without_control_characters() {
+        assert_eq!(quoted_excerpt(b"not ready\n"), "not ready\\n");
+        let long = vec![b'x'; 1 << 20];
+        let q = quoted_excerpt(&long);
+        assert_eq!(q.len(), EXCERPT_CHARS + "... (cut)".len());
+        assert!(q.ends_with("... (cut)"));
+        assert_eq!(quoted_excerpt(b"\x1b[31mred"), "\\u{1b}[31mred");
+    }
 
     #[test]
     fn targets_parse_and_refuse_what_is_not_https() {
