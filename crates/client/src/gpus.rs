@@ -1,10 +1,12 @@
 //! The GPUs a server attests with its certificate (docs/gpu.md): when the policy's `[gpu]`
 //! table requires any, the evidence and its collateral are fetched once per certificate
 //! from /.well-known/attestation, appraised against the certificate's claims, and the
-//! verdict is cached by certificate so later connections cost nothing.
+//! verdict, when it accepts, is cached by certificate for an hour so later connections cost
+//! nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 use tdx_core::gpu::{GpuEvidenceSet, GpuRoots, GpuVerifier, nonce_for_certificate};
@@ -16,13 +18,19 @@ use super::{ClientError, Session};
 
 /// Certificates whose GPU verdicts are kept; a server rotates daily, so this is plenty.
 const CACHE_LIMIT: usize = 256;
+/// How long an accepted verdict is reused: time alone moves it (stapled OCSP answers age,
+/// certificates expire), so it is judged again at least this often.
+const VERDICT_TTL: Duration = Duration::from_secs(3600);
+
+/// An accepted verdict and when it was reached.
+type Kept = (Arc<Report>, Instant);
 
 /// The GPU roots and verifier a client appraises servers' GPUs with, and its verdicts.
 pub struct GpuAppraiser {
     pub(crate) verifier: GpuVerifier,
     pub(crate) roots: GpuRoots,
-    /// Certificate SHA-256 → the report with the GPU checks added.
-    verdicts: Mutex<HashMap<[u8; 32], Arc<Report>>>,
+    /// Certificate SHA-256 → the accepted report with the GPU checks added, and when.
+    verdicts: Mutex<HashMap<[u8; 32], Kept>>,
 }
 
 impl std::fmt::Debug for GpuAppraiser {
@@ -40,20 +48,27 @@ impl GpuAppraiser {
         }
     }
 
-    fn cached(&self, cert: &[u8; 32]) -> Option<Arc<Report>> {
+    fn cached(&self, cert: &[u8; 32], now: Instant) -> Option<Arc<Report>> {
         self.verdicts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(cert)
-            .cloned()
+            .filter(|(_, at)| now.saturating_duration_since(*at) < VERDICT_TTL)
+            .map(|(r, _)| Arc::clone(r))
     }
 
-    fn remember(&self, cert: [u8; 32], report: Arc<Report>) {
+    /// Keep an accepted verdict. A rejection is never kept: it may be passing (evidence
+    /// fetched just as the server rotated its certificate), and a kept one would refuse the
+    /// server until the certificate changed.
+    fn remember(&self, cert: [u8; 32], report: Arc<Report>, now: Instant) {
+        if !report.accepted() {
+            return;
+        }
         let mut v = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
         if v.len() >= CACHE_LIMIT {
             v.clear();
         }
-        v.insert(cert, report);
+        v.insert(cert, (report, now));
     }
 }
 
@@ -69,12 +84,12 @@ pub async fn check_session(
     }
     let appraiser = client.gpus();
     let cert_hash: [u8; 32] = Sha256::digest(&session.peer_cert).into();
-    let report = match appraiser.cached(&cert_hash) {
+    let report = match appraiser.cached(&cert_hash, Instant::now()) {
         Some(r) => r,
         None => {
             let evidence: EvidenceJson = session.request_json("GET", WELL_KNOWN, None).await?;
             let report = Arc::new(appraise(appraiser, session, policy, &evidence));
-            appraiser.remember(cert_hash, Arc::clone(&report));
+            appraiser.remember(cert_hash, Arc::clone(&report), Instant::now());
             report
         }
     };
@@ -146,4 +161,22 @@ pub(crate) fn appraise_into(
         nonce,
         at,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_accepted_verdicts_are_kept_and_only_for_an_hour() {
+        let a = GpuAppraiser::new(GpuRoots::nvidia().unwrap());
+        let now = Instant::now();
+        let rejected = Arc::new(crate::tests::report_with(&[("GPU count", false)]));
+        a.remember([1; 32], rejected, now);
+        assert!(a.cached(&[1; 32], now).is_none());
+        let accepted = Arc::new(crate::tests::report_with(&[("GPU count", true)]));
+        a.remember([2; 32], accepted, now);
+        assert!(a.cached(&[2; 32], now + Duration::from_secs(60)).is_some());
+        assert!(a.cached(&[2; 32], now + VERDICT_TTL).is_none());
+    }
 }
