@@ -572,6 +572,15 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
             root = good_td.root_str(),
         ),
     );
+    // A secret others may read is refused before anything starts, naming the fix.
+    let r = tdx_agent(&["watch", "--config", path_str(&config)]);
+    assert_ne!(r.code, 0, "{r}");
+    assert!(r.stderr.contains("chmod 600"), "{r}");
+    std::fs::set_permissions(
+        &secret_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let watch = support::spawn_watch(&config);
     let prom_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).unwrap();

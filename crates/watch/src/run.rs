@@ -259,6 +259,25 @@ async fn watched(
     })
 }
 
+/// The webhook secret signs what receivers act on: a file others may read is refused, as ssh
+/// refuses a readable private key.
+fn secret_file_is_private(path: &std::path::Path) -> Result<(), WatchError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| setup(format!("webhook.secret_file {}: {e}", path.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(setup(format!(
+            "webhook.secret_file {}: mode {:o} lets other users read or change the secret; \
+             chmod 600 it (owned by the user watch runs as)",
+            path.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
+}
+
 /// Run until `shutdown` completes. Prints `tdx-agent watch listening on ADDR` once serving.
 pub async fn run(
     config: WatchConfig,
@@ -266,6 +285,7 @@ pub async fn run(
 ) -> Result<(), WatchError> {
     let webhook = match &config.webhook {
         Some(w) => {
+            secret_file_is_private(&w.secret_file)?;
             let secret = read(&w.secret_file, "webhook.secret_file").await?;
             let secret = secret.trim_ascii().to_vec();
             Some(Arc::new(
