@@ -368,6 +368,9 @@ pub struct Verified {
 pub fn verify(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, ArchiveError> {
     let conn =
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
+    // One read transaction for the anchor and the records: a prune committing between the
+    // two would otherwise read as records deleted from a live archive.
+    let conn = conn.unchecked_transaction().map_err(db(path))?;
     let (anchor_seq, anchor_hash) = anchor(&conn, path)?;
     let mut stmt = conn
         .prepare(

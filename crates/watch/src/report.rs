@@ -105,7 +105,7 @@ pub fn html_report(
     let _ = write!(
         h,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; img-src data:\">\
+<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
 <title>tdx-agent evidence report</title><style>{STYLE}</style></head><body>\
 <h1>Attestation evidence report</h1><p>Generated {} from {} (archive head <code>{}</code>), {} targets.</p>",
         time(tdx_core::verify::time::now_unix()),

@@ -625,7 +625,9 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
             .to_string();
         }
     }
-    // Archived first: a metric never shows what the archive does not hold.
+    // Archived first, so while the archive takes records no metric runs ahead of it. When it
+    // fails (`archive_ok` 0, its own alert), targets' health is still shown and alerted on:
+    // an unwritable archive must not also blind the operator.
     let archived = {
         let shared = Arc::clone(shared);
         let record = record.clone();
