@@ -117,8 +117,11 @@ def test_host_names_compare_without_case(agent):
         assert http.get("/v1/models").status_code == 200
 
 
+# The child installs Python's own SIGINT handler: started from a shell's background job (as CI
+# may be), it inherits SIGINT ignored and Python would then leave it so.
 CTRL_C = """
-import socket, sys, tdx_agent
+import signal, socket, sys, tdx_agent
+signal.signal(signal.SIGINT, signal.default_int_handler)
 silent = socket.socket(); silent.bind(("127.0.0.1", 0)); silent.listen(8)
 print("waiting", flush=True)
 try:
