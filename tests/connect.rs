@@ -661,3 +661,43 @@ async fn an_aborted_session_sends_nothing_more() {
     let after = h2.send_request(get("/v1/models")).await;
     assert!(after.is_err(), "a request went out after the abort");
 }
+
+/// A request body the local client breaks off (a malformed chunk) is a 400 naming the body,
+/// not a 502 blaming the server, and connect stays verified for the next request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_local_request_body_is_a_400_and_the_server_stays_verified() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let policy = accepting_policy(&sim);
+    let c = connect(&d, &sim, &policy, &[]);
+    let h = http_get(&c.addr, "/healthz").await;
+    assert_eq!(h.status, 200, "{}\n{}", h.text(), c.stderr());
+
+    let mut s = tokio::net::TcpStream::connect(&c.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST {CHALLENGE} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+             transfer-encoding: chunked\r\n\r\n5\r\n{{\"non\r\nzz\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_string(&mut answer))
+        .await
+        .expect("connect answered a broken body and closed")
+        .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400"),
+        "{answer}\n{}",
+        c.stderr()
+    );
+    assert!(answer.contains("invalid_request_error"), "{answer}");
+    assert!(answer.contains("request body"), "{answer}");
+
+    let h = http_get(&c.addr, "/healthz").await;
+    assert_eq!(h.status, 200, "{}\n{}", h.text(), c.stderr());
+    assert_eq!(h.json()["verified"], true);
+}

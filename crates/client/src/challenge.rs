@@ -48,26 +48,43 @@ pub async fn fresh_with_evidence(
     let body = serde_json::json!({"nonce": tdx_core::encoding::b64(&nonce)}).to_string();
     let challenge: ChallengeResponseJson =
         session.request_json("POST", CHALLENGE, Some(body)).await?;
-    let mut report = (*session.report).clone();
-    check_challenge(
-        &mut report,
-        client.verifier(),
-        client.policy(),
-        &evidence,
-        &challenge,
-        &nonce,
-        &session.spki_sha256,
-        tdx_core::verify::time::now_unix(),
+    // Appraising the quote (and any GPUs: a cold chain of P-384 signatures each) is CPU work
+    // of milliseconds to tens of them: kept off the runtime, which serves other connections.
+    let report = (*session.report).clone();
+    let (client, peer_cert, spki) = (
+        client.clone(),
+        session.peer_cert.clone(),
+        session.spki_sha256,
     );
-    check_challenge_gpus(
-        &mut report,
-        client,
-        &evidence,
-        &challenge,
-        &nonce,
-        session,
-        tdx_core::verify::time::now_unix(),
-    );
+    let (report, evidence, challenge) = tokio::task::spawn_blocking(move || {
+        let mut report = report;
+        check_challenge(
+            &mut report,
+            client.verifier(),
+            client.policy(),
+            &evidence,
+            &challenge,
+            &nonce,
+            &spki,
+            tdx_core::verify::time::now_unix(),
+        );
+        let gpus = client.gpus();
+        check_challenge_gpus_with(
+            &mut report,
+            &gpus.verifier,
+            &gpus.roots,
+            &client.policy().gpu,
+            &peer_cert,
+            &spki,
+            &evidence,
+            &challenge,
+            &nonce,
+            tdx_core::verify::time::now_unix(),
+        );
+        (report, evidence, challenge)
+    })
+    .await
+    .map_err(|e| ClientError::Setup(format!("the challenge's appraisal did not finish: {e}")))?;
     Ok(Fresh {
         report,
         evidence,
@@ -90,33 +107,8 @@ fn challenge_gpus(
 
 /// With a policy requiring GPUs: the challenge answer's GPU reports, one per GPU over the
 /// batch's GPU nonce (derived from the Merkle root our nonce is under), pass every GPU check
-/// with the collateral the server serves ([`CHECK_GPUS`]).
-pub fn check_challenge_gpus(
-    report: &mut Report,
-    client: &Client,
-    evidence: &EvidenceJson,
-    challenge: &ChallengeResponseJson,
-    nonce: &[u8],
-    session: &Session,
-    now: i64,
-) {
-    let appraiser = client.gpus();
-    check_challenge_gpus_with(
-        report,
-        &appraiser.verifier,
-        &appraiser.roots,
-        &client.policy().gpu,
-        &session.peer_cert,
-        &session.spki_sha256,
-        evidence,
-        challenge,
-        nonce,
-        now,
-    );
-}
-
-/// [`check_challenge_gpus`] from stored parts, without a connection: what an auditor re-runs
-/// offline at the appraisal's own time.
+/// with the collateral the server serves ([`CHECK_GPUS`]). From stored parts, without a
+/// connection, it is what an auditor re-runs offline at the appraisal's own time.
 #[allow(clippy::too_many_arguments)]
 pub fn check_challenge_gpus_with(
     report: &mut Report,

@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,14 @@ use tdx_net::forward::openai_error::OpenAiError;
 const CHALLENGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time for a local client's request headers (slow clients must not hold connections).
 const LOCAL_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a local connection may have no request in flight before it is closed: a socket
+/// that never says anything (hyper-util's version sniffing has no timeout of its own), a
+/// half-sent HTTP/2 preface, an idle keep-alive or HTTP/2 connection. Without it, 1024 silent
+/// sockets would take every slot and stop the accept loop.
+const LOCAL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a local client's request body may pause between bytes while the server waits
+/// for it: past it the request is reset on the server and the client gets a 400.
+const LOCAL_BODY_PAUSE: Duration = Duration::from_secs(30);
 const MAX_LOCAL_CONNECTIONS: usize = 1024;
 /// How long in-flight requests may finish after SIGTERM/Ctrl-C.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -213,9 +221,9 @@ impl Forwarder {
         let body = Full::new(body).map_err(|e| match e {}).boxed();
         let upstream_req = upstream_request(&parts, &self.upstream.target.authority, body)
             .map_err(|e| ForwardError::Invalid(e.to_string()))?;
-        let tripped = AtomicBool::new(false);
+        let fault = BodyFault::none();
         let server = || self.upstream.target.url.clone();
-        match self.upstream.send(upstream_req, &tripped, deadlines).await {
+        match self.upstream.send(upstream_req, &fault, deadlines).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -223,6 +231,8 @@ impl Forwarder {
             }
             Err(SendError::Refused(r)) => Err(self.refused(r)),
             Err(SendError::TooLarge) => Err(ForwardError::TooLarge { max }),
+            // The body is whole in memory: reading it cannot fail.
+            Err(SendError::LocalBody(detail)) => Err(ForwardError::Invalid(detail)),
             Err(SendError::Failed(detail)) => Err(ForwardError::Failed {
                 server: server(),
                 detail,
@@ -352,12 +362,29 @@ struct Slot {
     last_failure: Option<Refusal>,
 }
 
+/// What local clients may take of the proxy: time without a request, pauses in a body.
+#[derive(Clone, Copy, Debug)]
+struct LocalLimits {
+    idle: Duration,
+    body_pause: Duration,
+}
+
+impl Default for LocalLimits {
+    fn default() -> Self {
+        LocalLimits {
+            idle: LOCAL_IDLE_TIMEOUT,
+            body_pause: LOCAL_BODY_PAUSE,
+        }
+    }
+}
+
 /// The server and the one verified connection to it.
 struct Upstream {
     client: Client,
     target: Target,
     rechallenge: Duration,
     max_request_bytes: u64,
+    local: LocalLimits,
     /// Held while a connection is opened or challenged, so requests wait for that
     /// verification instead of starting their own.
     slot: tokio::sync::Mutex<Slot>,
@@ -373,6 +400,7 @@ impl Upstream {
             target,
             rechallenge,
             max_request_bytes,
+            local: LocalLimits::default(),
             slot: tokio::sync::Mutex::new(Slot::default()),
             attempts: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
@@ -571,8 +599,14 @@ impl Upstream {
                 .unwrap_or("/")
         );
         let (parts, body) = req.into_parts();
-        let tripped = Arc::new(AtomicBool::new(false));
-        let body = LimitedBody::new(body, self.max_request_bytes, Arc::clone(&tripped)).boxed();
+        let fault = BodyFault::none();
+        let body = LimitedBody::new(
+            body,
+            self.max_request_bytes,
+            self.local.body_pause,
+            Arc::clone(&fault),
+        )
+        .boxed();
         let upstream_req = match upstream_request(&parts, &self.target.authority, body) {
             Ok(r) => r,
             Err(e) => {
@@ -583,10 +617,7 @@ impl Upstream {
                 ));
             }
         };
-        match self
-            .send(upstream_req, &tripped, Deadlines::default())
-            .await
-        {
+        match self.send(upstream_req, &fault, Deadlines::default()).await {
             Ok(mut resp) => {
                 if let Some(location) = resp.headers().get(header::LOCATION) {
                     match checked_location(location, &self.target) {
@@ -610,6 +641,15 @@ impl Upstream {
                 downstream_response(resp, local_version)
             }
             Err(SendError::TooLarge) => error_response(&too_large(self.max_request_bytes)),
+            // The local client's fault, not the server's: a 502 would blame the server.
+            Err(SendError::LocalBody(detail)) => error_response(&OpenAiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!(
+                    "{what}: the request body could not be read from this client ({detail}); \
+                     the request was reset on the server"
+                ),
+            )),
             Err(SendError::Refused(r)) => error_response(&r.to_openai(&self.target.url)),
             Err(SendError::Failed(detail)) => error_response(
                 &Refusal::Unavailable(format!("{what}: {detail}")).to_openai(&self.target.url),
@@ -625,12 +665,12 @@ impl Upstream {
 
     /// Send `upstream_req` over the verified connection, opening and verifying one first (or
     /// re-challenging) when needed. Two tries: a request the connection never sent (it closed
-    /// just now) goes out on a fresh, freshly verified connection. `tripped` is set by a body
-    /// that went over the size limit.
+    /// just now) goes out on a fresh, freshly verified connection. `fault` is set by a body
+    /// that went over the size limit or could not be read from the local client.
     async fn send(
         self: &Arc<Self>,
         mut upstream_req: Request<ClientBody>,
-        tripped: &AtomicBool,
+        fault: &BodyFaultCell,
         deadlines: Deadlines,
     ) -> Result<Response<hyper::body::Incoming>, SendError> {
         let mut last_error = String::from("no connection");
@@ -646,8 +686,18 @@ impl Upstream {
             match answer {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => {
-                    if tripped.load(Ordering::Acquire) {
-                        return Err(SendError::TooLarge);
+                    match fault.get() {
+                        Some(BodyFault::TooLarge) => return Err(SendError::TooLarge),
+                        Some(BodyFault::Local(detail)) => {
+                            return Err(SendError::LocalBody(detail.clone()));
+                        }
+                        Some(BodyFault::Paused(limit)) => {
+                            return Err(SendError::LocalBody(format!(
+                                "no byte of it for {} s",
+                                limit.as_secs()
+                            )));
+                        }
+                        None => {}
                     }
                     last_error = e.error().to_string();
                     match e.take_message() {
@@ -670,6 +720,8 @@ enum SendError {
     Refused(Refusal),
     /// The request body went over the limit.
     TooLarge,
+    /// The local client's request body failed or stalled: the request was reset.
+    LocalBody(String),
     /// The request was sent (maybe partly) and the connection failed.
     Failed(String),
     /// No verified connection within this limit: nothing was sent.
@@ -806,29 +858,70 @@ fn error_response(e: &OpenAiError) -> Response<ClientBody> {
     json_response(e.status, e.to_json())
 }
 
+/// Why a local client's request body was cut off, as [`LimitedBody`] saw it (the first
+/// reason wins).
+#[derive(Debug)]
+enum BodyFault {
+    /// More than the limit went through.
+    TooLarge,
+    /// Reading it from the local client failed (a reset, a malformed chunk).
+    Local(String),
+    /// The client sent nothing of it for this long while the server waited.
+    Paused(Duration),
+}
+
+type BodyFaultCell = std::sync::OnceLock<BodyFault>;
+
+impl BodyFault {
+    fn none() -> Arc<BodyFaultCell> {
+        Arc::new(std::sync::OnceLock::new())
+    }
+}
+
 /// The request body, passed on frame by frame (no buffering) and cut off with an error once
-/// more than `max` bytes went through; `tripped` tells the caller that was the reason.
+/// more than `max` bytes went through, once reading it fails, or once the client pauses
+/// longer than `pause` while the server waits for it; `fault` tells the caller why.
 struct LimitedBody<B> {
     inner: B,
     remaining: u64,
     max: u64,
-    tripped: Arc<AtomicBool>,
+    pause: Duration,
+    /// Runs only while the last poll found nothing (time the server is not pulling, under
+    /// flow control or before the connection is verified, is not the client's pause).
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
+    fault: Arc<BodyFaultCell>,
 }
 
 impl<B> LimitedBody<B> {
-    fn new(inner: B, max: u64, tripped: Arc<AtomicBool>) -> Self {
+    fn new(inner: B, max: u64, pause: Duration, fault: Arc<BodyFaultCell>) -> Self {
         LimitedBody {
             inner,
             remaining: max,
             max,
-            tripped,
+            pause,
+            waiting: None,
+            fault,
         }
+    }
+
+    fn cut(
+        &mut self,
+        fault: BodyFault,
+        error: BoxError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let _ = self.fault.set(fault);
+        self.waiting = None;
+        Poll::Ready(Some(Err(error)))
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("the request body exceeds {0} bytes")]
 struct TooLarge(u64);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the local client sent no byte of the request body for {} s", .0.as_secs())]
+struct Paused(Duration);
 
 impl<B> Body for LimitedBody<B>
 where
@@ -843,19 +936,34 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let Poll::Ready(frame) = polled else {
+            let pause = this.pause;
+            let timer = this
+                .waiting
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+            if timer.as_mut().poll(cx).is_ready() {
+                return this.cut(BodyFault::Paused(pause), Box::new(Paused(pause)));
+            }
+            return Poll::Pending;
+        };
+        this.waiting = None;
+        match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
                     if n > this.remaining {
-                        this.tripped.store(true, Ordering::Release);
-                        return Poll::Ready(Some(Err(Box::new(TooLarge(this.max)))));
+                        let max = this.max;
+                        return this.cut(BodyFault::TooLarge, Box::new(TooLarge(max)));
                     }
                     this.remaining -= n;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => {
+                let e: BoxError = e.into();
+                this.cut(BodyFault::Local(e.to_string()), e)
+            }
             None => Poll::Ready(None),
         }
     }
@@ -918,28 +1026,115 @@ async fn local_connection(
     mut drain: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let idle = upstream.local.idle;
+    let in_flight = Arc::new(InFlight::new());
+    let requests = Arc::clone(&in_flight);
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let upstream = Arc::clone(&upstream);
-        async move { Ok::<_, Infallible>(upstream.handle(req).await) }
+        // In flight from the request's head until its response body is done or dropped.
+        let guard = requests.begin();
+        async move {
+            let resp = upstream.handle(req).await;
+            Ok::<_, Infallible>(resp.map(|body| {
+                body.map_frame(move |frame| {
+                    let _in_flight = &guard;
+                    frame
+                })
+                .boxed()
+            }))
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(LOCAL_HEADER_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024);
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
-    tokio::select! {
-        res = conn.as_mut() => {
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "local connection ended with an error");
+    loop {
+        let deadline = in_flight.idle_deadline(idle);
+        let woken = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => in_flight.changed.notified().await,
+            }
+        };
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "local connection ended with an error");
+                }
+                return;
+            }
+            _ = drain.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            () = woken => {
+                if in_flight.idle_deadline(idle).is_some_and(|at| at <= Instant::now()) {
+                    // Nothing in flight: a GOAWAY lets an HTTP/2 client know nothing was
+                    // lost; a client that does not read it does not hold the slot either.
+                    conn.as_mut().graceful_shutdown();
+                    // A request that began just now still finishes.
+                    while tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await.is_err()
+                        && in_flight.idle_deadline(idle).is_none()
+                    {}
+                    return;
+                }
             }
         }
-        _ = drain.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    }
+}
+
+/// The requests of one local connection in flight, and since when there were none.
+struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<Instant>,
+    changed: tokio::sync::Notify,
+}
+
+/// One request in flight; dropped when its response is done.
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    fn new() -> Self {
+        InFlight {
+            count: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(Instant::now()),
+            changed: tokio::sync::Notify::new(),
         }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_one();
+        InFlightGuard(Arc::clone(self))
+    }
+
+    /// When the connection counts as idle for `idle`, if nothing is in flight now.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.count.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        Some(since + idle)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut since = self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *since = Instant::now();
+        }
+        drop(since);
+        self.0.changed.notify_one();
     }
 }
 
@@ -1067,8 +1262,13 @@ mod tests {
     #[tokio::test]
     async fn streamed_bodies_are_counted_and_cut_at_the_limit() {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let tripped = Arc::new(AtomicBool::new(false));
-        let mut body = LimitedBody::new(ChannelBody(rx), 10, Arc::clone(&tripped));
+        let fault = BodyFault::none();
+        let mut body = LimitedBody::new(
+            ChannelBody(rx),
+            10,
+            Duration::from_secs(30),
+            Arc::clone(&fault),
+        );
         tx.send(Bytes::from_static(b"123456")).await.unwrap();
         let f = body.frame().await.unwrap().unwrap();
         assert_eq!(f.into_data().unwrap(), "123456");
@@ -1077,11 +1277,58 @@ mod tests {
             body.frame().await.unwrap().is_ok(),
             "exactly the limit passes"
         );
-        assert!(!tripped.load(Ordering::Acquire));
+        assert!(fault.get().is_none());
         tx.send(Bytes::from_static(b"x")).await.unwrap();
         let e = body.frame().await.unwrap().unwrap_err();
         assert!(e.to_string().contains("10 bytes"), "{e}");
-        assert!(tripped.load(Ordering::Acquire));
+        assert!(matches!(fault.get(), Some(BodyFault::TooLarge)));
+    }
+
+    /// A body that fails as a local client's can: a reset, a malformed chunk.
+    struct FailingBody;
+
+    impl Body for FailingBody {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(Some(Err(std::io::Error::other("invalid chunk size line"))))
+        }
+    }
+
+    // Paused time: the pause limit and the gaps between bytes are deterministic.
+    #[tokio::test(start_paused = true)]
+    async fn a_local_body_that_fails_or_pauses_is_cut_and_says_why() {
+        let fault = BodyFault::none();
+        let mut body =
+            LimitedBody::new(FailingBody, 10, Duration::from_secs(30), Arc::clone(&fault));
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("invalid chunk"), "{e}");
+        assert!(
+            matches!(fault.get(), Some(BodyFault::Local(d)) if d.contains("invalid chunk")),
+            "{fault:?}"
+        );
+
+        // Bytes keep it going; a pause past the limit while the server waits cuts it.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let fault = BodyFault::none();
+        let pause = Duration::from_millis(200);
+        let mut body = LimitedBody::new(ChannelBody(rx), 100, pause, Arc::clone(&fault));
+        for _ in 0..3 {
+            let sender = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                sender.send(Bytes::from_static(b"a")).await.unwrap();
+            });
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        assert!(fault.get().is_none());
+        let e = body.frame().await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("no byte"), "{e}");
+        assert!(matches!(fault.get(), Some(BodyFault::Paused(p)) if *p == pause));
+        drop(tx);
     }
 
     fn failed(name: &str) -> Refusal {
@@ -1213,6 +1460,69 @@ mod tests {
             )
             .await;
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    #[tokio::test]
+    async fn local_connections_with_nothing_in_flight_are_closed_but_requests_in_flight_are_not() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // A server that accepts, says nothing for a second and hangs up: a request through
+        // the proxy is in flight all that time, far past the idle limit below.
+        let tarpit = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tarpit.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = tarpit.accept().await {
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    drop(s);
+                });
+            }
+        });
+        let client = Client::new(Verifier::production(), Policy::default()).unwrap();
+        let mut up = Upstream::new(
+            client,
+            Target::parse(&format!("https://{addr}")).unwrap(),
+            Duration::from_secs(300),
+            100,
+        );
+        up.local.idle = Duration::from_millis(200);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Arc::new(up), std::future::pending()));
+
+        let open = || tokio::net::TcpStream::connect(local);
+        let silent = open().await.unwrap();
+        let mut preface = open().await.unwrap();
+        preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let mut half_head = open().await.unwrap();
+        half_head
+            .write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut asking = open().await.unwrap();
+        asking
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        for (name, mut s) in [
+            ("a silent socket", silent),
+            ("half an HTTP/2 preface", preface),
+            ("half a request head", half_head),
+        ] {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{name} still held its connection after 30 s"));
+            assert!(matches!(read, Ok(0) | Err(_)), "{name}: {read:?}");
+        }
+        // The request outlived the idle limit and was answered; then its connection, idle,
+        // was closed too.
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(30), asking.read_to_string(&mut answer))
+            .await
+            .expect("the answered connection was closed once idle")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("\"verified\":false"), "{answer}");
     }
 
     #[tokio::test]

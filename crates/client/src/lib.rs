@@ -14,6 +14,7 @@ pub mod connect;
 pub mod gpus;
 pub mod session;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tdx_core::verify::{Policy, Report, Verifier};
@@ -149,13 +150,14 @@ impl Default for Timeouts {
 }
 
 /// What a client trusts: one root and one policy, with the RA-TLS verifier (and its verdict
-/// cache, docs/design.md §5) built from them once and shared by every connection.
-#[derive(Debug)]
+/// cache, docs/design.md §5) built from them once and shared by every connection. Cloning
+/// is cheap and shares the caches (a clone carries an appraisal to a blocking thread).
+#[derive(Clone, Debug)]
 pub struct Client {
-    verifier: Verifier,
-    policy: Policy,
-    ratls: std::sync::Arc<tdx_core::ratls::RaTlsVerifier>,
-    gpus: gpus::GpuAppraiser,
+    verifier: Arc<Verifier>,
+    policy: Arc<Policy>,
+    ratls: Arc<tdx_core::ratls::RaTlsVerifier>,
+    gpus: Arc<gpus::GpuAppraiser>,
 }
 
 impl Client {
@@ -170,17 +172,17 @@ impl Client {
         let gpu_roots = tdx_core::gpu::GpuRoots::nvidia()
             .map_err(|e| ClientError::Setup(format!("NVIDIA's GPU roots: {e}")))?;
         Ok(Client {
-            verifier,
-            policy,
-            ratls: std::sync::Arc::new(ratls),
-            gpus: gpus::GpuAppraiser::new(gpu_roots),
+            verifier: Arc::new(verifier),
+            policy: Arc::new(policy),
+            ratls: Arc::new(ratls),
+            gpus: Arc::new(gpus::GpuAppraiser::new(gpu_roots)),
         })
     }
 
     /// Appraise GPUs against these roots instead of NVIDIA's (`--insecure-gpu-roots`: the
     /// simulated GPUs and test PKIs only).
     pub fn with_insecure_gpu_roots(mut self, roots: tdx_core::gpu::GpuRoots) -> Self {
-        self.gpus = gpus::GpuAppraiser::new(roots);
+        self.gpus = Arc::new(gpus::GpuAppraiser::new(roots));
         self
     }
 
@@ -196,7 +198,7 @@ impl Client {
         &self.policy
     }
 
-    pub fn ratls(&self) -> &std::sync::Arc<tdx_core::ratls::RaTlsVerifier> {
+    pub fn ratls(&self) -> &Arc<tdx_core::ratls::RaTlsVerifier> {
         &self.ratls
     }
 }
