@@ -1465,14 +1465,15 @@ mod tests {
     #[tokio::test]
     async fn local_connections_with_nothing_in_flight_are_closed_but_requests_in_flight_are_not() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        // A server that accepts, says nothing for a second and hangs up: a request through
-        // the proxy is in flight all that time, far past the idle limit below.
+        // A server that accepts, says nothing and hangs up: a request through the proxy is
+        // in flight all that time, past the idle limit below and past the grace a graceful
+        // shutdown gives (so only counting the request in flight keeps its connection).
         let tarpit = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tarpit.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             while let Ok((s, _)) = tarpit.accept().await {
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(SHUTDOWN_GRACE + Duration::from_secs(1)).await;
                     drop(s);
                 });
             }
