@@ -474,7 +474,28 @@ async fn every_new_connection_is_challenged_and_old_challenges_are_renewed() {
         "{}",
         c3.stderr()
     );
-    drop((c1, c2));
+    drop((c1, c2, c3));
+
+    // "Before every request": 20 requests at once are each forwarded after a challenge sent
+    // after they arrived, but those that waited while one was made share it (before, each
+    // waited for a challenge of its own: 20).
+    let c4 = connect(&d, &sim, &policy, &["--rechallenge-secs", "0"]);
+    let before = challenges_ok(&direct).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let addr = c4.addr.clone();
+        tasks.spawn(async move { http_get(&addr, "/readyz").await.status });
+    }
+    while let Some(s) = tasks.join_next().await {
+        assert_eq!(s.expect("task"), 200);
+    }
+    let made = challenges_ok(&direct).await - before;
+    assert!(
+        (1.0..20.0).contains(&made),
+        "{made} challenges for 20 requests"
+    );
+    assert_eq!(http_get(&c4.addr, "/readyz").await.status, 200);
+    assert_eq!(challenges_ok(&direct).await - before, made + 1.0);
 }
 
 // (g) ----------------------------------------------------------------------------------------

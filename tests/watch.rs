@@ -234,6 +234,22 @@ interval_secs = 1
     // Each record carries what an auditor needs; collateral and certificates are stored once.
     let r = tdx_agent(&["evidence", "export", path_str(&db)]);
     assert_eq!(r.code, 0, "{r}");
+    // The export alone is checked as the archive is: its chain ends at the same head, and a
+    // record edited in it is found.
+    assert!(r.stderr.contains(&format!("head {head}")), "{r}");
+    let exported = dir.path().join("records.jsonl");
+    std::fs::write(&exported, &r.stdout).unwrap();
+    let v = tdx_agent(&["evidence", "verify", path_str(&exported), "--head", &head]);
+    assert_eq!(v.code, 0, "{v}");
+    assert!(v.stdout.trim().ends_with(&head), "{v}");
+    let forged = r
+        .stdout
+        .replacen(r#""verdict":"rejected""#, r#""verdict":"accepted""#, 1);
+    assert_ne!(forged, r.stdout);
+    std::fs::write(&exported, forged).unwrap();
+    let v = tdx_agent(&["evidence", "verify", path_str(&exported)]);
+    assert_eq!(v.code, 1, "{v}");
+    assert!(v.stderr.contains("was altered"), "{v}");
     let records: Vec<serde_json::Value> = r
         .stdout
         .lines()
@@ -418,10 +434,16 @@ interval_secs = 1
         "{r}"
     );
 
+    // Nor is it exported: the export stops there, with what came before it.
+    let r = tdx_agent(&["evidence", "export", path_str(&db)]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("export stopped") && r.stderr.contains("altered"),
+        "{r}"
+    );
+
     // A truncated tail is found against the pinned head (and only so).
     let copy = dir.path().join("copy.db");
-    let r = tdx_agent(&["evidence", "export", path_str(&db)]);
-    assert_eq!(r.code, 0, "{r}");
     drop(conn);
     std::fs::copy(&db, &copy).unwrap();
     let conn = rusqlite::Connection::open(&copy).unwrap();

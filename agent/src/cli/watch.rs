@@ -17,9 +17,10 @@ pub struct WatchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum EvidenceCommand {
-    /// Check the archive's hash chain: exit 0 intact, 1 naming the first record that is not.
+    /// Check the hash chain of an archive or of its export: exit 0 intact, 1 naming the first
+    /// record that is not.
     Verify {
-        /// The archive (SQLite).
+        /// The archive (SQLite), or an export of it (JSON lines).
         db: PathBuf,
         /// A head (64 hex digits) pinned earlier: it must still be in the chain, so a deleted
         /// tail is found.
@@ -62,7 +63,8 @@ pub enum EvidenceCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Every record as a JSON line (blobs inlined), oldest first.
+    /// Every record as a JSON line (blobs inlined byte for byte, with its chain hashes), oldest
+    /// first, checked as it is written; `evidence verify` checks the export alone.
     Export {
         /// The archive (SQLite).
         db: PathBuf,
@@ -88,9 +90,11 @@ pub async fn evidence(c: EvidenceCommand) -> CliResult {
                 .transpose()
                 .map_err(|e| Failure::Error(format!("--head: {e}")))?;
             let path = db.clone();
-            let verified = tokio::task::spawn_blocking(move || tdx_watch::verify(&path, head))
-                .await
-                .map_err(Failure::error)?;
+            let verified = tokio::task::spawn_blocking(move || {
+                tdx_watch::verify_archive_or_export(&path, head)
+            })
+            .await
+            .map_err(Failure::error)?;
             match verified {
                 Ok(v) => {
                     println!(
@@ -185,18 +189,35 @@ pub async fn evidence(c: EvidenceCommand) -> CliResult {
             Ok(())
         }
         EvidenceCommand::Export { db } => {
-            let n = tokio::task::spawn_blocking(move || {
+            let exported = tokio::task::spawn_blocking(move || {
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::new(stdout.lock());
-                let n = tdx_watch::export(&db, &mut out);
-                let _ = std::io::Write::flush(&mut out);
-                n
+                let exported = tdx_watch::export(&db, &mut out);
+                // What was written before a record that is not intact is intact: flush it.
+                let flushed = std::io::Write::flush(&mut out);
+                exported.and_then(|v| {
+                    flushed
+                        .map(|()| v)
+                        .map_err(|e| ArchiveError::Write(e.to_string()))
+                })
             })
             .await
-            .map_err(Failure::error)?
             .map_err(Failure::error)?;
-            eprintln!("tdx-agent: {n} records exported");
-            Ok(())
+            match exported {
+                Ok(v) => {
+                    eprintln!(
+                        "tdx-agent: {} records exported (after anchor #{}); head {}",
+                        v.records,
+                        v.anchor_seq,
+                        hex::encode(v.head)
+                    );
+                    Ok(())
+                }
+                Err(e @ (ArchiveError::Db { .. } | ArchiveError::Write(_))) => {
+                    Err(Failure::error(e))
+                }
+                Err(e) => Err(Failure::rejected(format!("export stopped: {e}"))),
+            }
         }
     }
 }

@@ -249,10 +249,22 @@ impl Forwarder {
     }
 }
 
-/// The rechallenge rule: challenge again before forwarding once the last passed challenge
-/// is `every` old or older.
-fn challenge_due(last: Instant, now: Instant, every: Duration) -> bool {
-    now.saturating_duration_since(last) >= every
+/// When the last passed challenge was made, as the rechallenge rule reads it.
+#[derive(Clone, Copy, Debug)]
+struct Challenged {
+    /// When it was sent: a request that arrived before then is answered by it.
+    started: Instant,
+    /// When it passed: its age counts from here.
+    passed: Instant,
+}
+
+/// The rechallenge rule: challenge again before forwarding a request that `arrived` once the
+/// last passed challenge is `every` old or older, unless that challenge was sent after the
+/// request arrived. The exception keeps `--rechallenge-secs 0` ("before every request") from
+/// queueing requests behind one challenge each: every request that waited while a challenge
+/// was made is forwarded on it, and it is still proof made after the request came.
+fn challenge_due(last: Challenged, arrived: Instant, now: Instant, every: Duration) -> bool {
+    last.started < arrived && now.saturating_duration_since(last.passed) >= every
 }
 
 /// Why a request was not forwarded.
@@ -322,7 +334,7 @@ struct Live {
     id: u64,
     session: Session,
     h2: http2::SendRequest<ClientBody>,
-    last_challenge: Instant,
+    last_challenge: Challenged,
     last_challenge_unix: i64,
     summary: String,
 }
@@ -348,8 +360,11 @@ impl Live {
         }
     }
 
-    fn challenged(&mut self, report: &Report) {
-        self.last_challenge = Instant::now();
+    fn challenged(&mut self, report: &Report, started: Instant) {
+        self.last_challenge = Challenged {
+            started,
+            passed: Instant::now(),
+        };
         self.last_challenge_unix = tdx_core::verify::time::now_unix();
         self.summary = report.summary();
     }
@@ -412,8 +427,9 @@ impl Upstream {
     /// that disconnects) must not cancel it half-way, since other requests wait on it and,
     /// were every caller's deadline shorter than a verification, none would ever complete.
     async fn acquire(self: &Arc<Self>) -> Result<Verified, Refusal> {
+        let arrived = Instant::now();
         let upstream = Arc::clone(self);
-        tokio::spawn(async move { upstream.acquire_here().await })
+        tokio::spawn(async move { upstream.acquire_here(arrived).await })
             .await
             .unwrap_or_else(|e| {
                 Err(Refusal::Unavailable(format!(
@@ -422,7 +438,7 @@ impl Upstream {
             })
     }
 
-    async fn acquire_here(&self) -> Result<Verified, Refusal> {
+    async fn acquire_here(&self, arrived: Instant) -> Result<Verified, Refusal> {
         let seen = self.attempts.load(Ordering::Acquire);
         let mut slot = self.slot.lock().await;
         if slot.live.as_ref().is_some_and(|l| l.h2.is_closed()) {
@@ -430,12 +446,18 @@ impl Upstream {
             slot.live = None;
         }
         if let Some(live) = slot.live.as_mut() {
-            if !challenge_due(live.last_challenge, Instant::now(), self.rechallenge) {
+            if !challenge_due(
+                live.last_challenge,
+                arrived,
+                Instant::now(),
+                self.rechallenge,
+            ) {
                 return Ok(live.verified());
             }
+            let started = Instant::now();
             match self.challenge(&mut live.session).await {
                 Ok(report) => {
-                    live.challenged(&report);
+                    live.challenged(&report, started);
                     tracing::info!(server = %self.target.url, connection = live.id, "re-challenge passed: {}", live.summary);
                     return Ok(live.verified());
                 }
@@ -489,6 +511,7 @@ impl Upstream {
             .sender
             .http2()
             .ok_or_else(|| Refusal::Unavailable("the connection is not HTTP/2".into()))?;
+        let started = Instant::now();
         let report = self.challenge(&mut session).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
@@ -502,7 +525,10 @@ impl Upstream {
             id,
             session,
             h2,
-            last_challenge: Instant::now(),
+            last_challenge: Challenged {
+                started,
+                passed: Instant::now(),
+            },
             last_challenge_unix: tdx_core::verify::time::now_unix(),
             summary: report.summary(),
         })
@@ -1145,16 +1171,28 @@ mod tests {
 
     #[test]
     fn rechallenge_is_due_once_the_last_challenge_is_old_enough() {
-        let t0 = Instant::now();
-        let every = Duration::from_secs(300);
-        assert!(!challenge_due(t0, t0, every));
-        assert!(!challenge_due(t0, t0 + Duration::from_secs(299), every));
-        assert!(challenge_due(t0, t0 + every, every));
-        assert!(challenge_due(t0, t0 + Duration::from_secs(3600), every));
-        // 0 means before every request.
-        assert!(challenge_due(t0, t0, Duration::ZERO));
+        let s = Duration::from_secs;
+        let t0 = Instant::now() + s(10);
+        let every = s(300);
+        // Sent at t0, passed a second later; requests arriving after it was sent.
+        let last = Challenged {
+            started: t0,
+            passed: t0 + s(1),
+        };
+        let after = t0 + s(2);
+        assert!(!challenge_due(last, after, after, every));
+        assert!(!challenge_due(last, after, t0 + s(300), every));
+        assert!(challenge_due(last, after, t0 + s(301), every));
+        assert!(challenge_due(last, after, t0 + s(3600), every));
+        // 0 means before every request...
+        assert!(challenge_due(last, after, after, Duration::ZERO));
+        assert!(challenge_due(last, t0 + s(1), t0 + s(1), Duration::ZERO));
+        // ...made after it arrived: one that waited while the challenge was sent is answered
+        // by it, however old it is by then.
+        assert!(!challenge_due(last, t0, after, Duration::ZERO));
+        assert!(!challenge_due(last, t0 - s(1), t0 + s(3600), every));
         // A clock that seems to go backwards never skips a due challenge forever.
-        assert!(!challenge_due(t0 + Duration::from_secs(5), t0, every));
+        assert!(!challenge_due(last, after, t0, every));
     }
 
     fn parts(req: Request<()>) -> hyper::http::request::Parts {

@@ -7,7 +7,9 @@
 use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
-use sha2::{Digest as _, Sha256};
+
+pub use super::chain::Verified;
+use super::chain::{Hashed, Stored, Walk, record_hash, sha256};
 
 pub const ARCHIVE_FORMAT: &str = "tdx-agent/evidence-archive/v1";
 
@@ -71,6 +73,9 @@ pub enum ArchiveError {
     },
     #[error("archive: {0}")]
     Chain(String),
+    /// The export's output could not be written (an I/O error, not a finding).
+    #[error("writing the export: {0}")]
+    Write(String),
 }
 
 fn db(path: &Path) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
@@ -78,61 +83,6 @@ fn db(path: &Path) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
         path: path.display().to_string(),
         detail: e.to_string(),
     }
-}
-
-fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
-
-/// The fields a record's hash covers, with blobs by digest.
-struct Hashed<'a> {
-    seq: i64,
-    target: &'a str,
-    url: &'a str,
-    at: i64,
-    verdict: &'a str,
-    failed_check: Option<&'a str>,
-    certificate: Option<&'a [u8]>,
-    evidence: Option<&'a [u8]>,
-    challenge: Option<&'a [u8]>,
-    nonce: Option<&'a [u8]>,
-    policy: &'a [u8],
-    report: &'a str,
-    verifier_version: &'a str,
-}
-
-/// SHA-256 over the format name, the previous hash, and every field length-prefixed (an
-/// absent optional field is one 0 byte, a present one a 1 byte and the field).
-fn record_hash(prev: &[u8], r: &Hashed<'_>) -> [u8; 32] {
-    let mut h = Sha256::new();
-    let field = |h: &mut Sha256, b: &[u8]| {
-        h.update((b.len() as u64).to_be_bytes());
-        h.update(b);
-    };
-    let opt = |h: &mut Sha256, b: Option<&[u8]>| match b {
-        None => h.update([0]),
-        Some(b) => {
-            h.update([1]);
-            h.update((b.len() as u64).to_be_bytes());
-            h.update(b);
-        }
-    };
-    field(&mut h, ARCHIVE_FORMAT.as_bytes());
-    field(&mut h, prev);
-    h.update(r.seq.to_be_bytes());
-    field(&mut h, r.target.as_bytes());
-    field(&mut h, r.url.as_bytes());
-    h.update(r.at.to_be_bytes());
-    field(&mut h, r.verdict.as_bytes());
-    opt(&mut h, r.failed_check.map(str::as_bytes));
-    opt(&mut h, r.certificate);
-    opt(&mut h, r.evidence);
-    opt(&mut h, r.challenge);
-    opt(&mut h, r.nonce);
-    field(&mut h, r.policy);
-    field(&mut h, r.report.as_bytes());
-    field(&mut h, r.verifier_version.as_bytes());
-    h.finalize().into()
 }
 
 pub struct Archive {
@@ -354,24 +304,25 @@ fn last(conn: &Connection, path: &Path) -> Result<(i64, [u8; 32]), ArchiveError>
     }
 }
 
-/// What [`verify`] found intact.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Verified {
-    pub records: usize,
-    pub head: [u8; 32],
-    pub anchor_seq: i64,
+/// Walk the chain from its anchor (see [`Walk`]), also checking every blob a record names is
+/// there and hashes to its name; with `pinned`, that head must be in the chain.
+pub fn verify(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, ArchiveError> {
+    walk(path, pinned, |_| Ok(()))
 }
 
-/// Walk the chain from its anchor: every record follows the one before (no gap), its hash
-/// is what its fields give, every blob it names is there and hashes to its name; with
-/// `pinned`, that head must be in the chain (a deleted tail removes it).
-pub fn verify(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, ArchiveError> {
+/// [`verify`], handing each intact record, oldest first, to `each` before the next is read.
+/// The anchor and the records are read in one transaction: a prune committing between the
+/// two would otherwise read as records deleted from a live archive.
+pub(crate) fn walk(
+    path: &Path,
+    pinned: Option<[u8; 32]>,
+    mut each: impl FnMut(&Stored) -> Result<(), ArchiveError>,
+) -> Result<Verified, ArchiveError> {
     let conn =
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
-    // One read transaction for the anchor and the records: a prune committing between the
-    // two would otherwise read as records deleted from a live archive.
     let conn = conn.unchecked_transaction().map_err(db(path))?;
     let (anchor_seq, anchor_hash) = anchor(&conn, path)?;
+    let mut walk = Walk::from_anchor(anchor_seq, anchor_hash, pinned)?;
     let mut stmt = conn
         .prepare(
             "SELECT seq, target, url, at, verdict, failed_check, certificate, evidence, challenge,
@@ -379,49 +330,27 @@ pub fn verify(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, Archive
         )
         .map_err(db(path))?;
     let mut rows = stmt.query([]).map_err(db(path))?;
-    let mut prev = (anchor_seq, anchor_hash);
-    let mut records = 0;
-    // A pinned head equal to an anchor that a prune moved names a record no longer in the
-    // archive: whoever can write it could have deleted every record up to it and set the
-    // anchor there, so nothing before the anchor can be vouched for.
-    if anchor_seq != 0 && pinned == Some(anchor_hash) {
-        return Err(ArchiveError::Chain(format!(
-            "the pinned head {} is the archive's anchor (record #{anchor_seq}), not a record in \
-             it: the records up to it were pruned (or deleted) and cannot be checked; pin the \
-             head again after each prune",
-            hex::encode(anchor_hash)
-        )));
-    }
-    let mut pinned_found = pinned.is_none() || pinned == Some(anchor_hash);
     while let Some(row) = rows.next().map_err(db(path))? {
-        let get_err = db(path);
-        let seq: i64 = row.get(0).map_err(&get_err)?;
-        let target: String = row.get(1).map_err(&get_err)?;
-        let at: i64 = row.get(3).map_err(&get_err)?;
-        let bad = |detail: String| ArchiveError::Record {
-            seq,
-            target: target.clone(),
-            at: tdx_core::verify::time::format_unix(at),
-            detail,
+        let e = db(path);
+        let mut r = Stored {
+            seq: row.get(0).map_err(&e)?,
+            target: row.get(1).map_err(&e)?,
+            url: row.get(2).map_err(&e)?,
+            at: row.get(3).map_err(&e)?,
+            verdict: row.get(4).map_err(&e)?,
+            failed_check: row.get(5).map_err(&e)?,
+            certificate: None,
+            evidence: None,
+            challenge: row.get(8).map_err(&e)?,
+            nonce: row.get(9).map_err(&e)?,
+            policy: Vec::new(),
+            report: row.get(11).map_err(&e)?,
+            verifier_version: row.get(12).map_err(&e)?,
+            prev_hash: row.get(13).map_err(&e)?,
+            hash: row.get(14).map_err(&e)?,
         };
-        if Some(seq) != prev.0.checked_add(1) {
-            return Err(bad(format!(
-                "follows record #{}: records #{}..#{} are missing (deleted)",
-                prev.0,
-                prev.0.saturating_add(1),
-                seq.saturating_sub(1)
-            )));
-        }
-        let blob_ref = |i: usize| -> Result<Option<Vec<u8>>, ArchiveError> {
-            row.get::<_, Option<Vec<u8>>>(i).map_err(db(path))
-        };
-        let (certificate, evidence, policy) = (blob_ref(6)?, blob_ref(7)?, blob_ref(10)?);
-        for (what, key) in [
-            ("certificate", &certificate),
-            ("evidence", &evidence),
-            ("policy", &policy),
-        ] {
-            let Some(key) = key else { continue };
+        let blob = |what: &str, key: Option<Vec<u8>>| -> Result<Option<Vec<u8>>, ArchiveError> {
+            let Some(key) = key else { return Ok(None) };
             let data: Option<Vec<u8>> = conn
                 .query_row(
                     "SELECT data FROM blobs WHERE sha256 = ?1",
@@ -431,121 +360,21 @@ pub fn verify(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, Archive
                 .optional()
                 .map_err(db(path))?;
             match data {
-                None => return Err(bad(format!("its {what} is missing from the blobs"))),
-                Some(d) if sha256(&d).as_slice() != key.as_slice() => {
-                    return Err(bad(format!(
-                        "its {what} was altered (SHA-256 no longer matches)"
-                    )));
-                }
-                Some(_) => {}
+                None => Err(r.error(format!("its {what} is missing from the blobs"))),
+                Some(d) if sha256(&d).as_slice() != key.as_slice() => Err(r.error(format!(
+                    "its {what} was altered (SHA-256 no longer matches)"
+                ))),
+                Some(d) => Ok(Some(d)),
             }
-        }
-        let prev_hash: Vec<u8> = row.get(13).map_err(&get_err)?;
-        if prev_hash != prev.1 {
-            return Err(bad(
-                "does not follow the record before it (prev_hash differs)".into(),
-            ));
-        }
-        let url: String = row.get(2).map_err(&get_err)?;
-        let verdict: String = row.get(4).map_err(&get_err)?;
-        let failed_check: Option<String> = row.get(5).map_err(&get_err)?;
-        let challenge: Option<Vec<u8>> = row.get(8).map_err(&get_err)?;
-        let nonce: Option<Vec<u8>> = row.get(9).map_err(&get_err)?;
-        let report: String = row.get(11).map_err(&get_err)?;
-        let verifier_version: String = row.get(12).map_err(&get_err)?;
-        let stored: Vec<u8> = row.get(14).map_err(&get_err)?;
-        let computed = record_hash(
-            &prev_hash,
-            &Hashed {
-                seq,
-                target: &target,
-                url: &url,
-                at,
-                verdict: &verdict,
-                failed_check: failed_check.as_deref(),
-                certificate: certificate.as_deref(),
-                evidence: evidence.as_deref(),
-                challenge: challenge.as_deref(),
-                nonce: nonce.as_deref(),
-                policy: policy.as_deref().unwrap_or_default(),
-                report: &report,
-                verifier_version: &verifier_version,
-            },
-        );
-        if stored != computed {
-            return Err(bad("was altered: its fields no longer give its hash".into()));
-        }
-        if pinned == Some(computed) {
-            pinned_found = true;
-        }
-        prev = (seq, computed);
-        records += 1;
+        };
+        let certificate = blob("certificate", row.get(6).map_err(&e)?)?;
+        let evidence = blob("evidence", row.get(7).map_err(&e)?)?;
+        let policy = blob("policy", row.get(10).map_err(&e)?)?.unwrap_or_default();
+        (r.certificate, r.evidence, r.policy) = (certificate, evidence, policy);
+        walk.step(&r)?;
+        each(&r)?;
     }
-    if !pinned_found {
-        return Err(ArchiveError::Chain(format!(
-            "the pinned head {} is not in the chain (which starts after record #{anchor_seq} and \
-             ends at record #{} with {}): records were deleted from its end, or it was before \
-             the anchor and pruned",
-            pinned.map(hex::encode).unwrap_or_default(),
-            prev.0,
-            hex::encode(prev.1)
-        )));
-    }
-    Ok(Verified {
-        records,
-        head: prev.1,
-        anchor_seq,
-    })
-}
-
-/// Every record as one JSON object per line (blobs inlined: certificate base64, evidence and
-/// challenge as JSON, policy as text), oldest first.
-pub fn export(path: &Path, out: &mut dyn std::io::Write) -> Result<usize, ArchiveError> {
-    use base64::Engine as _;
-    let conn =
-        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT a.seq, a.target, a.url, a.at, a.verdict, a.failed_check, c.data, e.data,
-             a.challenge, a.nonce, p.data, a.report, a.verifier_version, a.hash
-             FROM appraisals a
-             LEFT JOIN blobs c ON c.sha256 = a.certificate
-             LEFT JOIN blobs e ON e.sha256 = a.evidence
-             LEFT JOIN blobs p ON p.sha256 = a.policy
-             ORDER BY a.seq",
-        )
-        .map_err(db(path))?;
-    let mut rows = stmt.query([]).map_err(db(path))?;
-    let mut n = 0;
-    let json = |b: Option<Vec<u8>>| {
-        b.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .unwrap_or(serde_json::Value::Null)
-    };
-    while let Some(row) = rows.next().map_err(db(path))? {
-        let e = db(path);
-        let at: i64 = row.get(3).map_err(&e)?;
-        let line = serde_json::json!({
-            "seq": row.get::<_, i64>(0).map_err(&e)?,
-            "target": row.get::<_, String>(1).map_err(&e)?,
-            "url": row.get::<_, String>(2).map_err(&e)?,
-            "at": tdx_core::verify::time::format_unix(at),
-            "verdict": row.get::<_, String>(4).map_err(&e)?,
-            "failed_check": row.get::<_, Option<String>>(5).map_err(&e)?,
-            "certificate": row.get::<_, Option<Vec<u8>>>(6).map_err(&e)?
-                .map(|c| base64::engine::general_purpose::STANDARD.encode(c)),
-            "evidence": json(row.get(7).map_err(&e)?),
-            "challenge": json(row.get(8).map_err(&e)?),
-            "nonce": row.get::<_, Option<Vec<u8>>>(9).map_err(&e)?.map(hex::encode),
-            "policy": row.get::<_, Option<Vec<u8>>>(10).map_err(&e)?
-                .map(|p| String::from_utf8_lossy(&p).into_owned()),
-            "report": json(row.get::<_, Option<String>>(11).map_err(&e)?.map(String::into_bytes)),
-            "verifier_version": row.get::<_, String>(12).map_err(&e)?,
-            "hash": hex::encode(row.get::<_, Vec<u8>>(13).map_err(&e)?),
-        });
-        writeln!(out, "{line}").map_err(|err| ArchiveError::Chain(format!("writing: {err}")))?;
-        n += 1;
-    }
-    Ok(n)
+    walk.finish()
 }
 
 #[cfg(test)]
@@ -588,11 +417,6 @@ mod tests {
             .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))
             .unwrap();
         assert_eq!(blobs, 3, "certificate, evidence and policy once each");
-        let mut out = Vec::new();
-        assert_eq!(export(&path, &mut out).unwrap(), 5);
-        let first: serde_json::Value =
-            serde_json::from_str(String::from_utf8(out).unwrap().lines().next().unwrap()).unwrap();
-        assert_eq!(first["evidence"]["quote"], "x");
     }
 
     #[test]

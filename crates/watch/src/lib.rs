@@ -3,13 +3,16 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+mod chain;
 pub mod config;
+pub mod export;
 pub mod report;
 pub mod reverify;
 pub mod run;
 
-pub use archive::{Archive, ArchiveError, NewRecord, Verified, export, verify};
+pub use archive::{Archive, ArchiveError, NewRecord, Verified, verify};
 pub use config::{TargetConfig, WatchConfig, WatchConfigError};
+pub use export::{export, verify_archive_or_export, verify_export};
 pub use report::html_report;
 pub use reverify::{Disagreement, Reverified, ReverifyOptions, reverify};
 pub use run::{WatchError, run};

@@ -1,0 +1,208 @@
+//! The archive's hash chain (docs/formats.md §14): a record's hash, and the walk that checks
+//! record after record, shared by the SQLite archive and its JSON-lines export so both are
+//! checked by the same rules.
+
+use sha2::{Digest as _, Sha256};
+
+use super::archive::{ARCHIVE_FORMAT, ArchiveError};
+
+/// One record with its blobs' bytes, as read back from the archive or from an export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub seq: i64,
+    pub target: String,
+    pub url: String,
+    pub at: i64,
+    pub verdict: String,
+    pub failed_check: Option<String>,
+    pub certificate: Option<Vec<u8>>,
+    pub evidence: Option<Vec<u8>>,
+    pub challenge: Option<Vec<u8>>,
+    pub nonce: Option<Vec<u8>>,
+    pub policy: Vec<u8>,
+    pub report: String,
+    pub verifier_version: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+impl Stored {
+    /// The hash its fields give after `prev` (blobs by their SHA-256, as appended).
+    pub fn computed_hash(&self, prev: &[u8]) -> [u8; 32] {
+        let digest = |b: &Option<Vec<u8>>| b.as_deref().map(sha256);
+        let (certificate, evidence) = (digest(&self.certificate), digest(&self.evidence));
+        record_hash(
+            prev,
+            &Hashed {
+                seq: self.seq,
+                target: &self.target,
+                url: &self.url,
+                at: self.at,
+                verdict: &self.verdict,
+                failed_check: self.failed_check.as_deref(),
+                certificate: certificate.as_ref().map(|d| d.as_slice()),
+                evidence: evidence.as_ref().map(|d| d.as_slice()),
+                challenge: self.challenge.as_deref(),
+                nonce: self.nonce.as_deref(),
+                policy: &sha256(&self.policy),
+                report: &self.report,
+                verifier_version: &self.verifier_version,
+            },
+        )
+    }
+
+    /// An error about this record, named as auditors see it.
+    pub fn error(&self, detail: String) -> ArchiveError {
+        ArchiveError::Record {
+            seq: self.seq,
+            target: self.target.clone(),
+            at: tdx_core::verify::time::format_unix(self.at),
+            detail,
+        }
+    }
+}
+
+pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// The fields a record's hash covers, with blobs by digest.
+pub(crate) struct Hashed<'a> {
+    pub seq: i64,
+    pub target: &'a str,
+    pub url: &'a str,
+    pub at: i64,
+    pub verdict: &'a str,
+    pub failed_check: Option<&'a str>,
+    pub certificate: Option<&'a [u8]>,
+    pub evidence: Option<&'a [u8]>,
+    pub challenge: Option<&'a [u8]>,
+    pub nonce: Option<&'a [u8]>,
+    pub policy: &'a [u8],
+    pub report: &'a str,
+    pub verifier_version: &'a str,
+}
+
+/// SHA-256 over the format name, the previous hash, and every field length-prefixed (an
+/// absent optional field is one 0 byte, a present one a 1 byte and the field).
+pub(crate) fn record_hash(prev: &[u8], r: &Hashed<'_>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let field = |h: &mut Sha256, b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    let opt = |h: &mut Sha256, b: Option<&[u8]>| match b {
+        None => h.update([0]),
+        Some(b) => {
+            h.update([1]);
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        }
+    };
+    field(&mut h, ARCHIVE_FORMAT.as_bytes());
+    field(&mut h, prev);
+    h.update(r.seq.to_be_bytes());
+    field(&mut h, r.target.as_bytes());
+    field(&mut h, r.url.as_bytes());
+    h.update(r.at.to_be_bytes());
+    field(&mut h, r.verdict.as_bytes());
+    opt(&mut h, r.failed_check.map(str::as_bytes));
+    opt(&mut h, r.certificate);
+    opt(&mut h, r.evidence);
+    opt(&mut h, r.challenge);
+    opt(&mut h, r.nonce);
+    field(&mut h, r.policy);
+    field(&mut h, r.report.as_bytes());
+    field(&mut h, r.verifier_version.as_bytes());
+    h.finalize().into()
+}
+
+/// What a walk found intact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub records: usize,
+    pub head: [u8; 32],
+    pub anchor_seq: i64,
+}
+
+/// The walk from an anchor: every record follows the one before (no gap, its `prev_hash` is
+/// that record's hash), its hash is what its fields give; with a pinned head, that head must
+/// be passed (a deleted tail removes it).
+pub(crate) struct Walk {
+    anchor_seq: i64,
+    prev: (i64, [u8; 32]),
+    pinned: Option<[u8; 32]>,
+    pinned_found: bool,
+    records: usize,
+}
+
+impl Walk {
+    pub fn from_anchor(
+        anchor_seq: i64,
+        anchor_hash: [u8; 32],
+        pinned: Option<[u8; 32]>,
+    ) -> Result<Self, ArchiveError> {
+        // A pinned head equal to an anchor that a prune moved names a record no longer in the
+        // archive: whoever can write it could have deleted every record up to it and set the
+        // anchor there, so nothing before the anchor can be vouched for.
+        if anchor_seq != 0 && pinned == Some(anchor_hash) {
+            return Err(ArchiveError::Chain(format!(
+                "the pinned head {} is the archive's anchor (record #{anchor_seq}), not a record \
+                 in it: the records up to it were pruned (or deleted) and cannot be checked; pin \
+                 the head again after each prune",
+                hex::encode(anchor_hash)
+            )));
+        }
+        Ok(Self {
+            anchor_seq,
+            prev: (anchor_seq, anchor_hash),
+            pinned,
+            pinned_found: pinned.is_none() || pinned == Some(anchor_hash),
+            records: 0,
+        })
+    }
+
+    pub fn step(&mut self, r: &Stored) -> Result<(), ArchiveError> {
+        let prev = self.prev;
+        if Some(r.seq) != prev.0.checked_add(1) {
+            return Err(r.error(format!(
+                "follows record #{}: records #{}..#{} are missing (deleted)",
+                prev.0,
+                prev.0.saturating_add(1),
+                r.seq.saturating_sub(1)
+            )));
+        }
+        if r.prev_hash != prev.1 {
+            return Err(r.error("does not follow the record before it (prev_hash differs)".into()));
+        }
+        let computed = r.computed_hash(&prev.1);
+        if r.hash != computed {
+            return Err(r.error("was altered: its fields no longer give its hash".into()));
+        }
+        if self.pinned == Some(computed) {
+            self.pinned_found = true;
+        }
+        self.prev = (r.seq, computed);
+        self.records += 1;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<Verified, ArchiveError> {
+        if !self.pinned_found {
+            return Err(ArchiveError::Chain(format!(
+                "the pinned head {} is not in the chain (which starts after record #{} and ends \
+                 at record #{} with {}): records were deleted from its end, or it was before \
+                 the anchor and pruned",
+                self.pinned.map(hex::encode).unwrap_or_default(),
+                self.anchor_seq,
+                self.prev.0,
+                hex::encode(self.prev.1)
+            )));
+        }
+        Ok(Verified {
+            records: self.records,
+            head: self.prev.1,
+            anchor_seq: self.anchor_seq,
+        })
+    }
+}
