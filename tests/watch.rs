@@ -657,6 +657,19 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
     assert_eq!(event["state"], "failing");
     assert_eq!(event["failed_check"], "MRTD");
     assert_eq!(event["report_sha256"].as_str().map(str::len), Some(64));
+    // It names its archive record: the same appraisal, by sequence number and hash.
+    let seq = event["record"]["seq"].as_i64().expect("record.seq");
+    let (target, failed, hash): (String, String, Vec<u8>) =
+        rusqlite::Connection::open(dir.path().join("a.db"))
+            .unwrap()
+            .query_row(
+                "SELECT target, failed_check, hash FROM appraisals WHERE seq = ?1",
+                [seq],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+    assert_eq!((target.as_str(), failed.as_str()), ("drifted", "MRTD"));
+    assert_eq!(event["record"]["hash"], hex::encode(hash));
 }
 
 #[tokio::test(flavor = "multi_thread")]

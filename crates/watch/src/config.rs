@@ -155,12 +155,42 @@ impl WatchConfig {
         {
             return Err(err("max_archive_mib", "must be 1..=1048576 (1 TiB)".into()));
         }
+        if let Some(w) = &c.webhook {
+            check_webhook_url(&w.url).map_err(|d| err("webhook.url", d))?;
+        }
         let has_webhook = c.webhook.is_some();
         for (i, t) in c.target.iter().enumerate() {
             check_target(t, has_webhook).map_err(|(k, d)| err(&format!("target[{i}].{k}"), d))?;
         }
         unique_names(c.target.iter()).map_err(|(i, d)| err(&format!("target[{i}].name"), d))?;
         Ok(c)
+    }
+}
+
+/// `https://`, or plain `http://` only to this machine: each event names a target and the
+/// check it fails, which the HMAC keeps from being forged but not from being read.
+fn check_webhook_url(url: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    let Some(host) = uri.host() else {
+        return Err(format!("{url:?} has no host"));
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        Some("http") => Err(format!(
+            "{url:?}: plain http:// to another machine would send every event (which target \
+             fails which check) unencrypted; use https:// (http:// is accepted only to \
+             127.0.0.1, [::1] or localhost, e.g. a local relay)"
+        )),
+        _ => Err(format!("{url:?}: expected https://HOST[:PORT][/PATH]")),
     }
 }
 
@@ -319,11 +349,43 @@ mod tests {
             (&format!("timeout_secs = 0\n{ONE}"), "timeout_secs"),
             (&format!("{ONE}on_failure = [\"webhook\"]\n"), "[webhook]"),
             (&format!("{ONE}on_failure = [\"page\"]\n"), "page"),
+            (
+                &format!("{ONE}[webhook]\nurl = \"http://10.0.0.9/hook\"\nsecret_file = \"/s\"\n"),
+                "webhook.url",
+            ),
+            (
+                &format!("{ONE}[webhook]\nurl = \"ftp://10.0.0.9/hook\"\nsecret_file = \"/s\"\n"),
+                "webhook.url",
+            ),
         ] {
             let e = WatchConfig::from_toml(text, "w.toml")
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn webhooks_are_https_or_plain_http_to_this_machine_only() {
+        for (url, ok) in [
+            ("https://hooks.example.com/tdx", true),
+            ("https://10.0.0.9:8443/hook", true),
+            ("http://127.0.0.1:9000/hook", true),
+            ("http://127.8.0.1/hook", true),
+            ("http://[::1]:9000/hook", true),
+            ("http://LocalHost:9000/hook", true),
+            ("http://hooks.example.com/tdx", false),
+            ("http://10.0.0.9/hook", false),
+            ("http://[2001:db8::1]/hook", false),
+            ("http://localhost.evil.example/hook", false),
+            ("hooks.example.com/tdx", false),
+        ] {
+            assert_eq!(
+                check_webhook_url(url).is_ok(),
+                ok,
+                "{url}: {:?}",
+                check_webhook_url(url)
+            );
         }
     }
 

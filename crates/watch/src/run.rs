@@ -640,7 +640,7 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
         })
         .await
     };
-    match archived {
+    let archived_as = match archived {
         Ok(Ok((seq, hash))) => {
             *shared.last_head.lock().unwrap_or_else(|p| p.into_inner()) = (seq, hash);
             shared.metrics.archive_head_seq.set(seq);
@@ -648,10 +648,17 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
             if !shared.archive_ok.swap(true, Ordering::Relaxed) {
                 tracing::info!("the archive takes records again");
             }
+            Some((seq, hash))
         }
-        Ok(Err(e)) => archive_failed(shared, e.to_string()),
-        Err(e) => archive_failed(shared, e.to_string()),
-    }
+        Ok(Err(e)) => {
+            archive_failed(shared, e.to_string());
+            None
+        }
+        Err(e) => {
+            archive_failed(shared, e.to_string());
+            None
+        }
+    };
     let m = &shared.metrics;
     let label = TargetLabel {
         target: w.config.name.clone(),
@@ -689,6 +696,13 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
                 "failed_check": record.failed_check,
                 "report_sha256": hex::encode(Sha256::digest(record.report.as_bytes())),
                 "at": tdx_core::verify::time::format_unix(at),
+                // The archive record it comes from: a unique, increasing id (a receiver
+                // refuses one it has seen, so a replay within the time window is caught too)
+                // that auditors find in the archive and its export.
+                "record": archived_as.map(|(seq, hash)| serde_json::json!({
+                    "seq": seq,
+                    "hash": hex::encode(hash),
+                })),
             });
             let hook = Arc::clone(hook);
             tokio::spawn(async move {
