@@ -33,6 +33,7 @@ use crate::{
 use tdx_core::verify::Report;
 use tdx_net::forward::headers::strip_hop_by_hop;
 use tdx_net::forward::openai_error::OpenAiError;
+use tdx_net::head_timer::{Activity, HeadTimer, Timed, finish};
 
 /// Bound on one challenge exchange (evidence + a fresh quote, which takes ~1 s and may queue
 /// behind other callers' batches): above the agent's own quote timeout (45 s by default), so a
@@ -1046,6 +1047,10 @@ async fn serve(
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, permits.acquire_many(all)).await;
 }
 
+/// What a local request's service call returns (boxed: `Timed` needs an `Unpin` future).
+type LocalAnswer =
+    Pin<Box<dyn std::future::Future<Output = Result<Response<ClientBody>, Infallible>> + Send>>;
+
 async fn local_connection(
     tcp: tokio::net::TcpStream,
     upstream: Arc<Upstream>,
@@ -1053,23 +1058,17 @@ async fn local_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let idle = upstream.local.idle;
-    let in_flight = Arc::new(InFlight::new());
-    let requests = Arc::clone(&in_flight);
+    // In flight from a request's head until its response body is done or dropped (`Timed`).
+    let activity = Activity::new();
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let upstream = Arc::clone(&upstream);
-        // In flight from the request's head until its response body is done or dropped.
-        let guard = requests.begin();
-        async move {
-            let resp = upstream.handle(req).await;
-            Ok::<_, Infallible>(resp.map(|body| {
-                body.map_frame(move |frame| {
-                    let _in_flight = &guard;
-                    frame
-                })
-                .boxed()
-            }))
-        }
+        let answer: LocalAnswer = Box::pin(async move { Ok(upstream.handle(req).await) });
+        answer
     });
+    let service = Timed::new(service, Arc::clone(&activity));
+    // Only requests keep a local connection: bytes it writes with nothing in flight (HTTP/2
+    // settings and ping answers a client can ask for at will) do not.
+    let mut timer = HeadTimer::new(activity, idle).ignoring_idle_writes();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -1082,85 +1081,37 @@ async fn local_connection(
         .max_header_list_size(64 * 1024);
     let conn = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(conn);
-    loop {
-        let deadline = in_flight.idle_deadline(idle);
-        let woken = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => in_flight.changed.notified().await,
-            }
-        };
-        tokio::select! {
-            res = conn.as_mut() => {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "local connection ended with an error");
-                }
-                return;
-            }
-            _ = drain.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-                return;
-            }
-            () = woken => {
-                if in_flight.idle_deadline(idle).is_some_and(|at| at <= Instant::now()) {
-                    // Nothing in flight: a GOAWAY lets an HTTP/2 client know nothing was
-                    // lost; a client that does not read it does not hold the slot either.
-                    conn.as_mut().graceful_shutdown();
-                    // A request that began just now still finishes.
-                    while tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await.is_err()
-                        && in_flight.idle_deadline(idle).is_none()
-                    {}
-                    return;
-                }
+    enum Event<T> {
+        Ended(T),
+        Drain,
+        Idle,
+    }
+    let event = tokio::select! {
+        res = conn.as_mut() => Event::Ended(res),
+        _ = drain.changed() => Event::Drain,
+        () = std::future::poll_fn(|cx| timer.poll_expired(cx)) => Event::Idle,
+    };
+    let ended = match event {
+        Event::Ended(res) => res,
+        Event::Drain => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        Event::Idle => {
+            // Nothing in flight for `idle` (which covers hyper-util's version sniff, half a
+            // preface or head, idle keep-alive): a GOAWAY lets an HTTP/2 client know nothing
+            // was lost; a client that does not read it does not hold the slot either. A
+            // request that began just now still finishes, however long it runs.
+            conn.as_mut().graceful_shutdown();
+            timer.restart();
+            match finish(conn.as_mut(), Some(timer)).await {
+                Some(res) => res,
+                None => return,
             }
         }
-    }
-}
-
-/// The requests of one local connection in flight, and since when there were none.
-struct InFlight {
-    count: std::sync::atomic::AtomicUsize,
-    idle_since: std::sync::Mutex<Instant>,
-    changed: tokio::sync::Notify,
-}
-
-/// One request in flight; dropped when its response is done.
-struct InFlightGuard(Arc<InFlight>);
-
-impl InFlight {
-    fn new() -> Self {
-        InFlight {
-            count: std::sync::atomic::AtomicUsize::new(0),
-            idle_since: std::sync::Mutex::new(Instant::now()),
-            changed: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn begin(self: &Arc<Self>) -> InFlightGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_one();
-        InFlightGuard(Arc::clone(self))
-    }
-
-    /// When the connection counts as idle for `idle`, if nothing is in flight now.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        if self.count.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let since = *self.idle_since.lock().unwrap_or_else(|p| p.into_inner());
-        Some(since + idle)
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        let mut since = self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner());
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            *since = Instant::now();
-        }
-        drop(since);
-        self.0.changed.notify_one();
+    };
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "local connection ended with an error");
     }
 }
 

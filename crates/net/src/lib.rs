@@ -1,9 +1,10 @@
 //! tdx-net: the HTTP pieces both sides of tdx-agent share: the PCCS client with its collateral
-//! cache, and what the front door and `connect` both do to forwarded requests (hop-by-hop
-//! headers, OpenAI-shaped errors).
+//! cache, what the front door and `connect` both do to forwarded requests (hop-by-hop
+//! headers, OpenAI-shaped errors), and the idle timer of the connections both serve.
 #![forbid(unsafe_code)]
 
 pub mod forward;
+pub mod head_timer;
 mod http;
 pub mod nvidia;
 pub mod pccs;

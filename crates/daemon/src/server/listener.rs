@@ -18,9 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use super::head_timer::{Activity, HeadTimer, Timed, Watched};
 use super::service::Service;
 use super::shards::{Shards, Threads};
+use tdx_net::head_timer::{Activity, HeadTimer, Timed, Watched, finish};
 
 /// Knobs of the listener.
 #[derive(Clone, Debug)]
@@ -391,29 +391,6 @@ async fn drive<C>(
         Some(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
         Some(Ok(())) => {}
     }
-}
-
-/// Let a connection told to close finish its requests; `None` if the header timeout ends it
-/// first. hyper closes at once only a connection that has received nothing since its last
-/// answer: one holding part of a request head keeps waiting for the rest, so the timer must
-/// go on running.
-async fn finish<C>(
-    mut conn: Pin<&mut C>,
-    mut head_timer: Option<HeadTimer>,
-) -> Option<Result<(), hyper::Error>>
-where
-    C: Future<Output = Result<(), hyper::Error>>,
-{
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
-            return Poll::Ready(Some(result));
-        }
-        match head_timer.as_mut().map(|t| t.poll_expired(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(None),
-            _ => Poll::Pending,
-        }
-    })
-    .await
 }
 
 /// The waker the drain and measurement watches get: it notes that one of them fired, then

@@ -9,7 +9,6 @@ pub mod collateral;
 pub mod error;
 pub mod gpus;
 pub mod grpc;
-pub mod head_timer;
 pub mod http;
 pub mod issue;
 pub mod listener;

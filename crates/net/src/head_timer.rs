@@ -1,4 +1,5 @@
-//! The HTTP/1.1 header timeout, kept with one timer per connection instead of one per request.
+//! The HTTP/1.1 header timeout, kept with one timer per connection instead of one per request;
+//! also the idle timeout of HTTP/2 connections (the agent's, and `connect`'s local ones).
 //!
 //! hyper's own `header_read_timeout` arms a fresh boxed timer every time it starts reading a
 //! request head. On a busy keep-alive connection that is a timer-wheel insert and removal per
@@ -291,6 +292,36 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Let a connection told to close finish its requests; `None` if the header timeout ends it
+/// first. hyper closes at once only a connection that has received nothing since its last
+/// answer: one holding part of a request head keeps waiting for the rest, so the timer must
+/// go on running.
+pub fn finish<C: Future>(conn: Pin<&mut C>, head_timer: Option<HeadTimer>) -> Finish<'_, C> {
+    Finish { conn, head_timer }
+}
+
+/// The future of [`finish`]: a named type, not an `async fn`, whose `Send` rustc can prove for
+/// hyper-util's auto connection (an `async fn` here is a higher-ranked lifetime error there).
+pub struct Finish<'a, C> {
+    conn: Pin<&'a mut C>,
+    head_timer: Option<HeadTimer>,
+}
+
+impl<C: Future> Future for Finish<'_, C> {
+    type Output = Option<C::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(result) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        match this.head_timer.as_mut().map(|t| t.poll_expired(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
+        }
     }
 }
 
