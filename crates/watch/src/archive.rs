@@ -9,7 +9,7 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
 pub use super::chain::Verified;
-use super::chain::{Hashed, Stored, Walk, record_hash, sha256};
+use super::chain::{Stored, Walk, record_hash, sha256};
 
 pub const ARCHIVE_FORMAT: &str = "tdx-agent/evidence-archive/v1";
 
@@ -170,24 +170,7 @@ impl Archive {
                 "the last record's seq {prev_seq} cannot be followed"
             ))
         })?;
-        let hash = record_hash(
-            &prev_hash,
-            &Hashed {
-                seq,
-                target: &r.target,
-                url: &r.url,
-                at: r.at,
-                verdict: &r.verdict,
-                failed_check: r.failed_check.as_deref(),
-                certificate: certificate.as_ref().map(|k| k.as_slice()),
-                evidence: evidence.as_ref().map(|k| k.as_slice()),
-                challenge: r.challenge.as_deref(),
-                nonce: r.nonce.as_deref(),
-                policy: &policy,
-                report: &r.report,
-                verifier_version: &r.verifier_version,
-            },
-        );
+        let hash = record_hash(&prev_hash, seq, r);
         tx.execute(
             "INSERT INTO appraisals (seq, target, url, at, verdict, failed_check, certificate,
              evidence, challenge, nonce, policy, report, verifier_version, prev_hash, hash)
@@ -334,18 +317,20 @@ pub(crate) fn walk(
         let e = db(path);
         let mut r = Stored {
             seq: row.get(0).map_err(&e)?,
-            target: row.get(1).map_err(&e)?,
-            url: row.get(2).map_err(&e)?,
-            at: row.get(3).map_err(&e)?,
-            verdict: row.get(4).map_err(&e)?,
-            failed_check: row.get(5).map_err(&e)?,
-            certificate: None,
-            evidence: None,
-            challenge: row.get(8).map_err(&e)?,
-            nonce: row.get(9).map_err(&e)?,
-            policy: Vec::new(),
-            report: row.get(11).map_err(&e)?,
-            verifier_version: row.get(12).map_err(&e)?,
+            record: NewRecord {
+                target: row.get(1).map_err(&e)?,
+                url: row.get(2).map_err(&e)?,
+                at: row.get(3).map_err(&e)?,
+                verdict: row.get(4).map_err(&e)?,
+                failed_check: row.get(5).map_err(&e)?,
+                certificate: None,
+                evidence: None,
+                challenge: row.get(8).map_err(&e)?,
+                nonce: row.get(9).map_err(&e)?,
+                policy: Vec::new(),
+                report: row.get(11).map_err(&e)?,
+                verifier_version: row.get(12).map_err(&e)?,
+            },
             prev_hash: row.get(13).map_err(&e)?,
             hash: row.get(14).map_err(&e)?,
         };
@@ -370,7 +355,8 @@ pub(crate) fn walk(
         let certificate = blob("certificate", row.get(6).map_err(&e)?)?;
         let evidence = blob("evidence", row.get(7).map_err(&e)?)?;
         let policy = blob("policy", row.get(10).map_err(&e)?)?.unwrap_or_default();
-        (r.certificate, r.evidence, r.policy) = (certificate, evidence, policy);
+        (r.record.certificate, r.record.evidence, r.record.policy) =
+            (certificate, evidence, policy);
         walk.step(&r)?;
         each(&r)?;
     }
@@ -378,11 +364,11 @@ pub(crate) fn walk(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn record(i: i64) -> NewRecord {
+    pub(crate) fn record(i: i64) -> NewRecord {
         NewRecord {
             target: "a".into(),
             url: "https://127.0.0.1:1".into(),
@@ -390,11 +376,11 @@ mod tests {
             verdict: "accepted".into(),
             failed_check: None,
             certificate: Some(b"cert".to_vec()),
-            evidence: Some(br#"{"quote":"x"}"#.to_vec()),
+            evidence: Some(br#"{"quote":"x", "b":1.50,"a":[]}"#.to_vec()),
             challenge: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
             nonce: Some(vec![i as u8; 32]),
             policy: b"[measurements]\n".to_vec(),
-            report: "{}".into(),
+            report: r#"{"verdict":"accepted","checks":[]}"#.into(),
             verifier_version: "0.1.0".into(),
         }
     }

@@ -4,59 +4,25 @@
 
 use sha2::{Digest as _, Sha256};
 
-use super::archive::{ARCHIVE_FORMAT, ArchiveError};
+use super::archive::{ARCHIVE_FORMAT, ArchiveError, NewRecord};
 
-/// One record with its blobs' bytes, as read back from the archive or from an export.
+/// One record with its blobs' bytes and its place in the chain, as read back from the archive
+/// or from an export.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Stored {
     pub seq: i64,
-    pub target: String,
-    pub url: String,
-    pub at: i64,
-    pub verdict: String,
-    pub failed_check: Option<String>,
-    pub certificate: Option<Vec<u8>>,
-    pub evidence: Option<Vec<u8>>,
-    pub challenge: Option<Vec<u8>>,
-    pub nonce: Option<Vec<u8>>,
-    pub policy: Vec<u8>,
-    pub report: String,
-    pub verifier_version: String,
+    pub record: NewRecord,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
 }
 
 impl Stored {
-    /// The hash its fields give after `prev` (blobs by their SHA-256, as appended).
-    pub fn computed_hash(&self, prev: &[u8]) -> [u8; 32] {
-        let digest = |b: &Option<Vec<u8>>| b.as_deref().map(sha256);
-        let (certificate, evidence) = (digest(&self.certificate), digest(&self.evidence));
-        record_hash(
-            prev,
-            &Hashed {
-                seq: self.seq,
-                target: &self.target,
-                url: &self.url,
-                at: self.at,
-                verdict: &self.verdict,
-                failed_check: self.failed_check.as_deref(),
-                certificate: certificate.as_ref().map(|d| d.as_slice()),
-                evidence: evidence.as_ref().map(|d| d.as_slice()),
-                challenge: self.challenge.as_deref(),
-                nonce: self.nonce.as_deref(),
-                policy: &sha256(&self.policy),
-                report: &self.report,
-                verifier_version: &self.verifier_version,
-            },
-        )
-    }
-
     /// An error about this record, named as auditors see it.
     pub fn error(&self, detail: String) -> ArchiveError {
         ArchiveError::Record {
             seq: self.seq,
-            target: self.target.clone(),
-            at: tdx_core::verify::time::format_unix(self.at),
+            target: self.record.target.clone(),
+            at: tdx_core::verify::time::format_unix(self.record.at),
             detail,
         }
     }
@@ -66,26 +32,10 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-/// The fields a record's hash covers, with blobs by digest.
-pub(crate) struct Hashed<'a> {
-    pub seq: i64,
-    pub target: &'a str,
-    pub url: &'a str,
-    pub at: i64,
-    pub verdict: &'a str,
-    pub failed_check: Option<&'a str>,
-    pub certificate: Option<&'a [u8]>,
-    pub evidence: Option<&'a [u8]>,
-    pub challenge: Option<&'a [u8]>,
-    pub nonce: Option<&'a [u8]>,
-    pub policy: &'a [u8],
-    pub report: &'a str,
-    pub verifier_version: &'a str,
-}
-
-/// SHA-256 over the format name, the previous hash, and every field length-prefixed (an
-/// absent optional field is one 0 byte, a present one a 1 byte and the field).
-pub(crate) fn record_hash(prev: &[u8], r: &Hashed<'_>) -> [u8; 32] {
+/// The hash of record `seq` after `prev`: SHA-256 over the format name, `prev`, and every
+/// field length-prefixed (an absent optional field is one 0 byte, a present one a 1 byte and
+/// the field); the certificate, evidence and policy by their SHA-256, as they are stored.
+pub(crate) fn record_hash(prev: &[u8], seq: i64, r: &NewRecord) -> [u8; 32] {
     let mut h = Sha256::new();
     let field = |h: &mut Sha256, b: &[u8]| {
         h.update((b.len() as u64).to_be_bytes());
@@ -99,19 +49,23 @@ pub(crate) fn record_hash(prev: &[u8], r: &Hashed<'_>) -> [u8; 32] {
             h.update(b);
         }
     };
+    let digest = |b: &Option<Vec<u8>>| b.as_deref().map(sha256);
     field(&mut h, ARCHIVE_FORMAT.as_bytes());
     field(&mut h, prev);
-    h.update(r.seq.to_be_bytes());
+    h.update(seq.to_be_bytes());
     field(&mut h, r.target.as_bytes());
     field(&mut h, r.url.as_bytes());
     h.update(r.at.to_be_bytes());
     field(&mut h, r.verdict.as_bytes());
-    opt(&mut h, r.failed_check.map(str::as_bytes));
-    opt(&mut h, r.certificate);
-    opt(&mut h, r.evidence);
-    opt(&mut h, r.challenge);
-    opt(&mut h, r.nonce);
-    field(&mut h, r.policy);
+    opt(&mut h, r.failed_check.as_deref().map(str::as_bytes));
+    opt(
+        &mut h,
+        digest(&r.certificate).as_ref().map(|d| d.as_slice()),
+    );
+    opt(&mut h, digest(&r.evidence).as_ref().map(|d| d.as_slice()));
+    opt(&mut h, r.challenge.as_deref());
+    opt(&mut h, r.nonce.as_deref());
+    field(&mut h, &sha256(&r.policy));
     field(&mut h, r.report.as_bytes());
     field(&mut h, r.verifier_version.as_bytes());
     h.finalize().into()
@@ -175,7 +129,7 @@ impl Walk {
         if r.prev_hash != prev.1 {
             return Err(r.error("does not follow the record before it (prev_hash differs)".into()));
         }
-        let computed = r.computed_hash(&prev.1);
+        let computed = record_hash(&prev.1, r.seq, &r.record);
         if r.hash != computed {
             return Err(r.error("was altered: its fields no longer give its hash".into()));
         }

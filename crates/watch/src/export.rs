@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::archive::{ArchiveError, walk};
+use super::archive::{ArchiveError, NewRecord, walk};
 use super::chain::{Stored, Verified, Walk};
 use tdx_core::verify::time::{format_unix, parse_instant};
 
@@ -79,7 +79,8 @@ fn blob_fields(bytes: Option<&[u8]>) -> (Option<Box<RawValue>>, Option<String>) 
 }
 
 impl Line {
-    fn of(r: &Stored) -> Self {
+    fn of(stored: &Stored) -> Self {
+        let r = &stored.record;
         let (evidence, evidence_base64) = blob_fields(r.evidence.as_deref());
         let (challenge, challenge_base64) = blob_fields(r.challenge.as_deref());
         let (policy, policy_base64) = match std::str::from_utf8(&r.policy) {
@@ -91,7 +92,7 @@ impl Line {
             None => (None, Some(r.report.clone())),
         };
         Self {
-            seq: r.seq,
+            seq: stored.seq,
             target: r.target.clone(),
             url: r.url.clone(),
             at: format_unix(r.at),
@@ -108,8 +109,8 @@ impl Line {
             report,
             report_text,
             verifier_version: r.verifier_version.clone(),
-            prev_hash: hex::encode(&r.prev_hash),
-            hash: hex::encode(&r.hash),
+            prev_hash: hex::encode(&stored.prev_hash),
+            hash: hex::encode(&stored.hash),
         }
     }
 
@@ -154,21 +155,23 @@ impl Line {
         };
         Ok(Stored {
             seq: self.seq,
-            target: self.target,
-            url: self.url,
-            at,
-            verdict: self.verdict,
-            failed_check: self.failed_check,
-            certificate: self
-                .certificate
-                .map(|c| base64("certificate", &c))
-                .transpose()?,
-            evidence: json_blob("evidence", self.evidence, self.evidence_base64)?,
-            challenge: json_blob("challenge", self.challenge, self.challenge_base64)?,
-            nonce: self.nonce.map(|n| hex("nonce", &n)).transpose()?,
-            policy,
-            report,
-            verifier_version: self.verifier_version,
+            record: NewRecord {
+                target: self.target,
+                url: self.url,
+                at,
+                verdict: self.verdict,
+                failed_check: self.failed_check,
+                certificate: self
+                    .certificate
+                    .map(|c| base64("certificate", &c))
+                    .transpose()?,
+                evidence: json_blob("evidence", self.evidence, self.evidence_base64)?,
+                challenge: json_blob("challenge", self.challenge, self.challenge_base64)?,
+                nonce: self.nonce.map(|n| hex("nonce", &n)).transpose()?,
+                policy,
+                report,
+                verifier_version: self.verifier_version,
+            },
             prev_hash: hex("prev_hash", &self.prev_hash)?,
             hash: hex("hash", &self.hash)?,
         })
@@ -262,24 +265,8 @@ pub fn verify_archive_or_export(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::archive::tests::record;
     use crate::archive::{Archive, NewRecord, verify};
-
-    fn record(i: i64) -> NewRecord {
-        NewRecord {
-            target: "a".into(),
-            url: "https://127.0.0.1:1".into(),
-            at: 1_800_000_000 + i * 60,
-            verdict: "accepted".into(),
-            failed_check: None,
-            certificate: Some(b"cert".to_vec()),
-            evidence: Some(br#"{"quote":"x", "b":1.50,"a":[]}"#.to_vec()),
-            challenge: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
-            nonce: Some(vec![i as u8; 32]),
-            policy: b"[measurements]\n".to_vec(),
-            report: r#"{"verdict":"accepted","checks":[]}"#.into(),
-            verifier_version: "0.1.0".into(),
-        }
-    }
 
     fn exported(records: &[NewRecord]) -> (tempfile::TempDir, std::path::PathBuf, Verified) {
         let tmp = tempfile::tempdir().unwrap();
