@@ -447,10 +447,8 @@ impl Transport {
             )));
         }
         let client = client_for(&policy, insecure_root, insecure_gpu_roots)?;
-        let options = ConnectOptions {
-            rechallenge: Duration::from_secs(rechallenge_secs),
-            max_request_bytes,
-        };
+        let options = ConnectOptions::new(rechallenge_secs, max_request_bytes)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
         Ok(Transport {
             forwarder: Forwarder::new(client, target, options),
         })

@@ -91,6 +91,20 @@ def test_timeouts_must_be_seconds(agent):
             t.send("GET", "/v1/models", [], b"", connect_timeout=bad)
 
 
+def test_options_out_of_range_are_refused_naming_them(agent):
+    with open(agent.root, "rb") as f:
+        root = f.read()
+    with pytest.raises(ValueError, match="rechallenge_secs 86401 is over 86400"):
+        Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=root, rechallenge_secs=86401)
+    with pytest.raises(ValueError, match="max_request_bytes"):
+        Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=root, max_request_bytes=0)
+    with pytest.raises(ValueError, match="rechallenge_secs"):
+        tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root, rechallenge_secs=10**9)
+    # The bounds themselves are accepted.
+    Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=root, rechallenge_secs=86400)
+    Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=root, rechallenge_secs=0, max_request_bytes=1)
+
+
 def test_a_stream_closes_from_another_thread_while_a_read_waits(agent):
     with open(agent.root, "rb") as f:
         t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=f.read())

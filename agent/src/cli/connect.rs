@@ -3,18 +3,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use tdx_client::Target;
-use tdx_client::connect::ConnectOptions;
+use tdx_client::connect::{
+    ConnectOptions, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_RECHALLENGE_SECS, MAX_RECHALLENGE_SECS,
+};
 use tdx_core::verify::{Policy, Verifier};
 use tokio::net::TcpListener;
 
 use super::{CliResult, Failure, read_file};
-
-pub const DEFAULT_RECHALLENGE_SECS: u64 = 300;
-pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 32 << 20;
 
 pub const NO_POLICY_ERROR: &str = "no --policy given: connect forwards only to a server that \
 passes an appraisal policy. Give --policy FILE (see docs/connect.md), or --insecure-no-policy \
@@ -44,8 +42,9 @@ pub struct ConnectArgs {
     #[arg(long, conflicts_with = "policy")]
     pub insecure_no_policy: bool,
     /// Challenge the server again before forwarding once the last challenge is this old
-    /// (0: before every request).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_RECHALLENGE_SECS)]
+    /// (0: before every request; at most 86400).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_RECHALLENGE_SECS,
+          value_parser = clap::value_parser!(u64).range(..=MAX_RECHALLENGE_SECS))]
     pub rechallenge_secs: u64,
     /// Largest request body forwarded; larger ones get 413.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES,
@@ -75,6 +74,8 @@ pub async fn run(a: ConnectArgs) -> CliResult {
         None => Verifier::production(),
     };
     let client = super::client(verifier, policy, a.insecure_gpu_roots.as_ref()).await?;
+    let options =
+        ConnectOptions::new(a.rechallenge_secs, a.max_request_bytes).map_err(Failure::error)?;
     if !a.listen.ip().is_loopback() {
         eprintln!(
             "tdx-agent: WARNING: --listen {} is not a loopback address. connect serves plain \
@@ -96,10 +97,6 @@ pub async fn run(a: ConnectArgs) -> CliResult {
         let _ = writeln!(out, "tdx-agent connect listening on {local}");
         let _ = out.flush();
     }
-    let options = ConnectOptions {
-        rechallenge: Duration::from_secs(a.rechallenge_secs),
-        max_request_bytes: a.max_request_bytes,
-    };
     tdx_client::connect::run(listener, client, target, options, super::shutdown_signal()).await;
     Ok(())
 }

@@ -59,14 +59,54 @@ pub const HEALTHZ: &str = "/healthz";
 pub const ATTESTATION_FAILED: &str = "attestation_failed";
 pub const UPSTREAM_UNAVAILABLE: &str = "upstream_unavailable";
 
-/// How `connect` forwards, beyond which server and policy.
+pub const DEFAULT_RECHALLENGE_SECS: u64 = 300;
+/// A day: a challenge older than that no longer says much about whether the TD is live.
+pub const MAX_RECHALLENGE_SECS: u64 = 86_400;
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 32 << 20;
+
+/// How `connect` forwards, beyond which server and policy; only valid values are built.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectOptions {
-    /// Challenge the server again before forwarding once the last challenge is this old
-    /// (zero: before every request).
-    pub rechallenge: Duration,
-    /// Largest request body forwarded; larger ones get 413.
-    pub max_request_bytes: u64,
+    rechallenge: Duration,
+    max_request_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConnectOptionsError {
+    #[error(
+        "rechallenge_secs {0} is over {MAX_RECHALLENGE_SECS} (a day): a challenge that old no \
+         longer shows the server is live; use 0 (before every request) to {MAX_RECHALLENGE_SECS}"
+    )]
+    Rechallenge(u64),
+    #[error("max_request_bytes must be at least 1")]
+    MaxRequestBytes,
+}
+
+impl ConnectOptions {
+    /// Challenge the server again before forwarding once the last challenge is
+    /// `rechallenge_secs` old (0: before every request, at most [`MAX_RECHALLENGE_SECS`]);
+    /// forward request bodies of at most `max_request_bytes` (larger ones get 413).
+    pub fn new(rechallenge_secs: u64, max_request_bytes: u64) -> Result<Self, ConnectOptionsError> {
+        if rechallenge_secs > MAX_RECHALLENGE_SECS {
+            return Err(ConnectOptionsError::Rechallenge(rechallenge_secs));
+        }
+        if max_request_bytes == 0 {
+            return Err(ConnectOptionsError::MaxRequestBytes);
+        }
+        Ok(ConnectOptions {
+            rechallenge: Duration::from_secs(rechallenge_secs),
+            max_request_bytes,
+        })
+    }
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            rechallenge: Duration::from_secs(DEFAULT_RECHALLENGE_SECS),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+        }
+    }
 }
 
 /// Forward every request accepted on `listener` to `target` over one verified HTTP/2 RA-TLS
