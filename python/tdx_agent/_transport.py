@@ -12,6 +12,7 @@ import functools
 import os
 from typing import Any, AsyncIterator, Iterator, List, Optional, Tuple, Union
 
+import anyio
 import anyio.to_thread
 import httpx
 
@@ -25,6 +26,12 @@ from ._native import (
 )
 
 __all__ = ["httpx_client", "httpx_async_client"]
+
+# Worker threads the async transport may hold at once: as many as the agent lets one
+# connection carry streams (256), so every request the connection can carry has its thread.
+# anyio's shared default (40) would cap an application streaming many answers at once at 40,
+# with the rest waiting for a thread rather than for the server.
+_ASYNC_THREADS = 256
 
 # Options that would send requests somewhere other than the verified connection, or that
 # mean nothing over it (its TLS is verified by attestation, not by a CA bundle).
@@ -116,9 +123,10 @@ class _SyncBody(httpx.SyncByteStream):
 
 
 class _AsyncBody(httpx.AsyncByteStream):
-    def __init__(self, body: ResponseBody, request: httpx.Request) -> None:
+    def __init__(self, body: ResponseBody, request: httpx.Request, limiter: anyio.CapacityLimiter) -> None:
         self._body = body
         self._request = request
+        self._limiter = limiter
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         read_timeout = _timeouts(self._request).get("read")
@@ -126,7 +134,7 @@ class _AsyncBody(httpx.AsyncByteStream):
             # Cancelling the task (asyncio.wait_for, an SDK's timeout) returns at once; the
             # abandoned read ends by itself at its timeout or when aclose() closes the body.
             chunk = await anyio.to_thread.run_sync(
-                _read, self._body, self._request, read_timeout, abandon_on_cancel=True
+                _read, self._body, self._request, read_timeout, abandon_on_cancel=True, limiter=self._limiter
             )
             if chunk is None:
                 return
@@ -153,17 +161,22 @@ class VerifiedTransport(_Verified, httpx.BaseTransport):
 
 class AsyncVerifiedTransport(_Verified, httpx.AsyncBaseTransport):
     """An asyncio/trio httpx transport over the verified connection; the blocking native
-    calls run in worker threads, with the GIL released while they wait."""
+    calls run in worker threads (up to 256 of its own), with the GIL released while they wait."""
+
+    _limiter: Optional[anyio.CapacityLimiter] = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
+        if self._limiter is None:
+            # Made here, in the event loop that uses it.
+            self._limiter = anyio.CapacityLimiter(_ASYNC_THREADS)
         status, headers, stream = await anyio.to_thread.run_sync(
-            functools.partial(self._send, request, body), abandon_on_cancel=True
+            functools.partial(self._send, request, body), abandon_on_cancel=True, limiter=self._limiter
         )
         return httpx.Response(
             status,
             headers=headers,
-            stream=_AsyncBody(stream, request),
+            stream=_AsyncBody(stream, request, self._limiter),
             request=request,
             extensions={"http_version": b"HTTP/2"},
         )

@@ -57,9 +57,23 @@ class StandIn(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    # `/v1/barrier/N`: answered once N such requests are in flight at once (504 if they never
+    # are within 20 s), to show a client carries that many concurrently.
+    barriers: dict = {}
+    barriers_lock = threading.Lock()
+
     def do_GET(self) -> None:
         if self.path == "/health":
             self._json(200, {"ok": True})
+        elif self.path.startswith("/v1/barrier/"):
+            n = int(self.path.rsplit("/", 1)[1])
+            with StandIn.barriers_lock:
+                barrier = StandIn.barriers.setdefault(n, threading.Barrier(n, timeout=20))
+            try:
+                barrier.wait()
+                self._json(200, {"released": n})
+            except threading.BrokenBarrierError:
+                self._json(504, {"error": {"message": f"{n} requests were never in flight at once"}})
         elif self.path == "/v1/models":
             StandIn.requests_seen += 1
             self._json(200, {"object": "list", "data": [{"id": "stand-in", "object": "model", "created": 0, "owned_by": "tests"}]})

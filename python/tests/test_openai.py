@@ -38,6 +38,24 @@ def test_models_chat_stream_and_completion(agent):
     assert done.choices[0].text == "The model answers in pieces."
 
 
+def test_the_async_client_carries_more_requests_at_once_than_anyios_default_threads(agent):
+    # 60 requests the server answers only once all 60 are in flight: with anyio's shared
+    # 40 worker threads, 20 would wait for a thread and the server would never see them.
+    n = 60
+
+    async def main():
+        http = tdx_agent.httpx_async_client(
+            agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root, timeout=60
+        )
+        try:
+            return await asyncio.gather(*(http.get(f"/v1/barrier/{n}") for _ in range(n)))
+        finally:
+            await http.aclose()
+
+    answers = asyncio.run(main())
+    assert [r.status_code for r in answers] == [200] * n, answers[0].text
+
+
 def test_async_client_works_the_same(agent):
     async def main():
         http = tdx_agent.httpx_async_client(
