@@ -219,10 +219,13 @@ pub fn verify_export(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, 
             None => {
                 // The first record starts where the archive's chain started when exported: at
                 // its beginning (32 zero bytes) or at the anchor a prune left.
-                let anchor_seq = record
-                    .seq
-                    .checked_sub(1)
-                    .ok_or_else(|| bad(format!("seq {} cannot follow a record", record.seq)))?;
+                if record.seq < 1 {
+                    return Err(bad(format!(
+                        "seq {} is not a record's (they start at 1)",
+                        record.seq
+                    )));
+                }
+                let anchor_seq = record.seq - 1;
                 let anchor_hash = if anchor_seq == 0 {
                     [0; 32]
                 } else {
@@ -407,6 +410,13 @@ mod tests {
         edit(&file, 0, |l| l.prev_hash = hex::encode([1; 32]));
         let e = verify_export(&file, None).unwrap_err().to_string();
         assert!(e.contains("prev_hash differs"), "{e}");
+        std::fs::write(&file, &pristine).unwrap();
+        edit(&file, 0, |l| l.seq = i64::MIN);
+        let e = verify_export(&file, None).unwrap_err().to_string();
+        assert!(
+            e.contains("export line 1") && e.contains("start at 1"),
+            "{e}"
+        );
     }
 
     #[test]
