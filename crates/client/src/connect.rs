@@ -759,10 +759,7 @@ impl Upstream {
                             return Err(SendError::LocalBody(detail.clone()));
                         }
                         Some(BodyFault::Paused(limit)) => {
-                            return Err(SendError::LocalBody(format!(
-                                "no byte of it for {} s",
-                                limit.as_secs()
-                            )));
+                            return Err(SendError::LocalBody(Paused(*limit).to_string()));
                         }
                         None => {}
                     }
@@ -987,7 +984,7 @@ impl<B> LimitedBody<B> {
 struct TooLarge(u64);
 
 #[derive(Debug, thiserror::Error)]
-#[error("the local client sent no byte of the request body for {} s", .0.as_secs())]
+#[error("no byte of the request body came for {} s", .0.as_secs())]
 struct Paused(Duration);
 
 impl<B> Body for LimitedBody<B>
