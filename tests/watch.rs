@@ -670,6 +670,14 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
             .unwrap();
     assert_eq!((target.as_str(), failed.as_str()), ("drifted", "MRTD"));
     assert_eq!(event["record"]["hash"], hex::encode(hash));
+    // And the archive, by the random id `/readyz` shows too.
+    let ready = http_get(&watch.addr, "/readyz").await.json();
+    assert_eq!(event["record"]["archive"], ready["archive_id"]);
+    assert_eq!(
+        ready["archive_id"].as_str().map(str::len),
+        Some(32),
+        "{ready}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Iterator, List, Optional, Tuple, Union
 
 import anyio
 import anyio.to_thread
+from anyio.lowlevel import RunVar
 import httpx
 
 from ._native import (
@@ -27,11 +28,22 @@ from ._native import (
 
 __all__ = ["httpx_client", "httpx_async_client"]
 
-# Worker threads the async transport may hold at once: as many as the agent lets one
-# connection carry streams (256), so every request the connection can carry has its thread.
-# anyio's shared default (40) would cap an application streaming many answers at once at 40,
-# with the rest waiting for a thread rather than for the server.
+# Worker threads the async transports of one event loop may hold at once: as many as the
+# agent lets one connection carry streams (256), so every request the connection can carry has
+# its thread. anyio's shared default (40) would cap an application streaming many answers at
+# once at 40, with the rest waiting for a thread rather than for the server. One limiter per
+# event loop run (a RunVar): a limiter is bound to the loop it was made in.
 _ASYNC_THREADS = 256
+_THREADS: "RunVar[anyio.CapacityLimiter]" = RunVar("tdx_agent_threads")
+
+
+def _threads() -> anyio.CapacityLimiter:
+    try:
+        return _THREADS.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(_ASYNC_THREADS)
+        _THREADS.set(limiter)
+        return limiter
 
 # Options that would send requests somewhere other than the verified connection, or that
 # mean nothing over it (its TLS is verified by attestation, not by a CA bundle).
@@ -161,22 +173,19 @@ class VerifiedTransport(_Verified, httpx.BaseTransport):
 
 class AsyncVerifiedTransport(_Verified, httpx.AsyncBaseTransport):
     """An asyncio/trio httpx transport over the verified connection; the blocking native
-    calls run in worker threads (up to 256 of its own), with the GIL released while they wait."""
-
-    _limiter: Optional[anyio.CapacityLimiter] = None
+    calls run in worker threads (up to 256 per event loop), with the GIL released while they
+    wait."""
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
-        if self._limiter is None:
-            # Made here, in the event loop that uses it.
-            self._limiter = anyio.CapacityLimiter(_ASYNC_THREADS)
+        limiter = _threads()
         status, headers, stream = await anyio.to_thread.run_sync(
-            functools.partial(self._send, request, body), abandon_on_cancel=True, limiter=self._limiter
+            functools.partial(self._send, request, body), abandon_on_cancel=True, limiter=limiter
         )
         return httpx.Response(
             status,
             headers=headers,
-            stream=_AsyncBody(stream, request, self._limiter),
+            stream=_AsyncBody(stream, request, limiter),
             request=request,
             extensions={"http_version": b"HTTP/2"},
         )

@@ -1105,7 +1105,7 @@ async fn local_connection(
     let service = Timed::new(service, Arc::clone(&activity));
     // Only requests keep a local connection: bytes it writes with nothing in flight (HTTP/2
     // settings and ping answers a client can ask for at will) do not.
-    let mut timer = HeadTimer::new(activity, idle).ignoring_idle_writes();
+    let mut timer = HeadTimer::new(Arc::clone(&activity), idle).ignoring_idle_writes();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -1138,10 +1138,11 @@ async fn local_connection(
             // Nothing in flight for `idle` (which covers hyper-util's version sniff, half a
             // preface or head, idle keep-alive): a GOAWAY lets an HTTP/2 client know nothing
             // was lost; a client that does not read it does not hold the slot either. A
-            // request that began just now still finishes, however long it runs.
+            // request that began just now still finishes, however long it runs; with nothing
+            // in flight the connection gets the shutdown grace, not another idle period.
             conn.as_mut().graceful_shutdown();
-            timer.restart();
-            match finish(conn.as_mut(), Some(timer)).await {
+            let grace = HeadTimer::new(activity, SHUTDOWN_GRACE).ignoring_idle_writes();
+            match finish(conn.as_mut(), Some(grace)).await {
                 Some(res) => res,
                 None => return,
             }

@@ -88,6 +88,7 @@ fn db(path: &Path) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
 pub struct Archive {
     conn: Connection,
     path: std::path::PathBuf,
+    id: String,
 }
 
 impl Archive {
@@ -122,10 +123,31 @@ impl Archive {
                 });
             }
         }
+        // Which archive a record number belongs to (webhook receivers key the last number they
+        // acted on by it: a replaced file starts again at 1). Archives made before it get one.
+        let fresh_id =
+            hex::encode(rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_be_bytes())
+                + &hex::encode(rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_be_bytes());
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('archive_id', ?1)",
+            params![fresh_id],
+        )
+        .map_err(db(path))?;
+        let id = conn
+            .query_row("SELECT value FROM meta WHERE key = 'archive_id'", [], |r| {
+                r.get(0)
+            })
+            .map_err(db(path))?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),
+            id,
         })
+    }
+
+    /// A random id given to the archive when it was created (32 hex digits).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Cap the database at about `bytes` (SQLite's `max_page_count` in its page size): at the
@@ -438,6 +460,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn an_archive_keeps_the_random_id_it_was_created_with() {
+        let (_t, path, _) = filled(1);
+        let id = Archive::open(&path).unwrap().id().to_string();
+        assert_eq!(id.len(), 32, "{id}");
+        assert_eq!(Archive::open(&path).unwrap().id(), id);
+        let (_u, other, _) = filled(1);
+        assert_ne!(Archive::open(&other).unwrap().id(), id);
+    }
+
+    #[test]
     fn pruning_moves_the_anchor_and_the_rest_still_verifies() {
         let (_t, path, heads) = filled(6);
         let mut a = Archive::open(&path).unwrap();
@@ -469,6 +501,13 @@ pub(crate) mod tests {
         assert!(verify(&path, None).is_ok(), "a prune looks the same");
         let e = verify(&path, Some(heads[2])).unwrap_err().to_string();
         assert!(e.contains("is the archive's anchor"), "{e}");
+        // Nor by starting a "new" chain from the pinned head at seq 0, as if nothing was pruned.
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'anchor_seq'", [])
+            .unwrap();
+        let e = verify(&path, Some(heads[2])).unwrap_err().to_string();
+        assert!(e.contains("not one a prune leaves"), "{e}");
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'anchor_seq'", [])
+            .unwrap();
         // A head pinned before the anchor is not vouched for either, and says it may be pruned.
         let e = verify(&path, Some(heads[0])).unwrap_err().to_string();
         assert!(e.contains("pruned"), "{e}");

@@ -96,6 +96,16 @@ impl Walk {
         anchor_hash: [u8; 32],
         pinned: Option<[u8; 32]>,
     ) -> Result<Self, ArchiveError> {
+        // Seq 0 is the chain's start, whose hash is fixed: an anchor claiming it with another
+        // hash would let whoever can write the file start a new chain from any hash (a pinned
+        // head's, say) and pass it off as unpruned.
+        if anchor_seq < 0 || (anchor_seq == 0 && anchor_hash != [0; 32]) {
+            return Err(ArchiveError::Chain(format!(
+                "the chain's anchor (record #{anchor_seq}, {}) is not one a prune leaves: \
+                 record #0 is the chain's start, 32 zero bytes",
+                hex::encode(anchor_hash)
+            )));
+        }
         // A pinned head equal to an anchor that a prune moved names a record no longer in the
         // archive: whoever can write it could have deleted every record up to it and set the
         // anchor there, so nothing before the anchor can be vouched for.

@@ -144,6 +144,8 @@ struct Shared {
     /// The last record's sequence number and hash: what an auditor pins (`evidence verify
     /// --head`).
     last_head: Mutex<(i64, [u8; 32])>,
+    /// The archive's random id: webhook events and `/readyz` name it with record numbers.
+    archive_id: String,
     /// Why `targets_dir` was last refused (the previous targets are still watched).
     targets_error: Mutex<Option<String>>,
 }
@@ -325,8 +327,10 @@ pub async fn run(
     .map_err(setup)?
     .map_err(setup)?;
     let (head_seq, head) = archive.head().map_err(setup)?;
-    tracing::info!(head_seq, head = %hex::encode(head), "archive opened; pin this head to detect deletions");
+    let archive_id = archive.id().to_string();
+    tracing::info!(head_seq, head = %hex::encode(head), archive_id = %archive_id, "archive opened; pin this head to detect deletions");
     let shared = Arc::new(Shared {
+        archive_id,
         archive: Mutex::new(archive),
         metrics: Metrics::new(),
         archive_ok: AtomicBool::new(true),
@@ -696,10 +700,11 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
                 "failed_check": record.failed_check,
                 "report_sha256": hex::encode(Sha256::digest(record.report.as_bytes())),
                 "at": tdx_core::verify::time::format_unix(at),
-                // The archive record it comes from: a unique, increasing id (a receiver
-                // refuses one it has seen, so a replay within the time window is caught too)
-                // that auditors find in the archive and its export.
+                // The archive record it comes from: with the archive's id, a unique id that
+                // increases (a receiver refuses one it has seen, so a replay within the time
+                // window is caught too), which auditors find in the archive and its export.
                 "record": archived_as.map(|(seq, hash)| serde_json::json!({
+                    "archive": shared.archive_id,
                     "seq": seq,
                     "hash": hex::encode(hash),
                 })),
@@ -794,6 +799,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
             StatusCode::OK,
             axum::Json(serde_json::json!({
                 "ready": true,
+                "archive_id": shared.archive_id,
                 "archive_head_seq": seq,
                 "archive_head": hex::encode(head),
             })),
