@@ -238,7 +238,15 @@ interval_secs = 1
     // record edited in it is found.
     assert!(r.stderr.contains(&format!("head {head}")), "{r}");
     let exported = dir.path().join("records.jsonl");
-    std::fs::write(&exported, &r.stdout).unwrap();
+    let w = tdx_agent(&[
+        "evidence",
+        "export",
+        path_str(&db),
+        "--out",
+        path_str(&exported),
+    ]);
+    assert_eq!(w.code, 0, "{w}");
+    assert_eq!(std::fs::read_to_string(&exported).unwrap(), r.stdout);
     let v = tdx_agent(&["evidence", "verify", path_str(&exported), "--head", &head]);
     assert_eq!(v.code, 0, "{v}");
     assert!(v.stdout.trim().ends_with(&head), "{v}");
@@ -434,12 +442,36 @@ interval_secs = 1
         "{r}"
     );
 
-    // Nor is it exported: the export stops there, with what came before it.
+    // Nor is it exported: the export stops there, with what came before it; into a file,
+    // nothing is written (the earlier export stays as it was).
     let r = tdx_agent(&["evidence", "export", path_str(&db)]);
     assert_eq!(r.code, 1, "{r}");
     assert!(
         r.stderr.contains("export stopped") && r.stderr.contains("altered"),
         "{r}"
+    );
+    let kept = dir.path().join("kept.jsonl");
+    std::fs::write(&kept, "an earlier export\n").unwrap();
+    let r = tdx_agent(&[
+        "evidence",
+        "export",
+        path_str(&db),
+        "--out",
+        path_str(&kept),
+    ]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("altered"), "{r}");
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        "an earlier export\n"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp-")),
+        "a temporary file was left"
     );
 
     // A truncated tail is found against the pinned head (and only so).

@@ -68,6 +68,10 @@ pub enum EvidenceCommand {
     Export {
         /// The archive (SQLite).
         db: PathBuf,
+        /// Write the export here instead of stdout, only if every record is intact (nothing
+        /// is written otherwise, and an existing file is replaced whole or not at all).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -188,18 +192,44 @@ pub async fn evidence(c: EvidenceCommand) -> CliResult {
             println!("wrote {}", out.display());
             Ok(())
         }
-        EvidenceCommand::Export { db } => {
-            let exported = tokio::task::spawn_blocking(move || {
-                let stdout = std::io::stdout();
-                let mut out = std::io::BufWriter::new(stdout.lock());
-                let exported = tdx_watch::export(&db, &mut out);
-                // What was written before a record that is not intact is intact: flush it.
-                let flushed = std::io::Write::flush(&mut out);
-                exported.and_then(|v| {
-                    flushed
-                        .map(|()| v)
-                        .map_err(|e| ArchiveError::Write(e.to_string()))
-                })
+        EvidenceCommand::Export { db, out } => {
+            let exported = tokio::task::spawn_blocking(move || match out {
+                None => {
+                    let stdout = std::io::stdout();
+                    let mut w = std::io::BufWriter::new(stdout.lock());
+                    let exported = tdx_watch::export(&db, &mut w);
+                    // What was written before a record that is not intact is intact: flush it.
+                    let flushed = std::io::Write::flush(&mut w);
+                    exported.and_then(|v| {
+                        flushed
+                            .map(|()| v)
+                            .map_err(|e| ArchiveError::Write(e.to_string()))
+                    })
+                }
+                Some(path) => {
+                    // A chain that breaks stops the fill, so the file is never renamed in.
+                    let mut exported = None;
+                    tdx_fsutil::write_atomic_with(&path, |w| {
+                        let r = tdx_watch::export(&db, w);
+                        let failed = r.is_err();
+                        exported = Some(r);
+                        if failed {
+                            Err(std::io::Error::other("the export stopped"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .or_else(|e| match &exported {
+                        Some(Err(_)) => Ok(()),
+                        _ => Err(ArchiveError::Write(format!("{}: {e}", path.display()))),
+                    })?;
+                    exported.unwrap_or_else(|| {
+                        Err(ArchiveError::Write(format!(
+                            "{}: nothing written",
+                            path.display()
+                        )))
+                    })
+                }
             })
             .await
             .map_err(Failure::error)?;

@@ -8,6 +8,15 @@ use std::path::Path;
 /// Write `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
 /// then fsync the directory so the rename survives a crash.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(data))
+}
+
+/// [`write_atomic`] with the content streamed by `fill` (for what is too large to hold in
+/// memory): when `fill` fails nothing is renamed into place and `path` is untouched.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -19,8 +28,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .unwrap_or_else(|| "file".into());
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        fill(&mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -64,6 +74,27 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streamed_write_that_fails_leaves_the_old_file_and_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, b"old\n").unwrap();
+        let e = write_atomic_with(&path, |f| {
+            f.write_all(b"half of it")?;
+            Err(std::io::Error::other("the source broke"))
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("the source broke"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"old\n");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "a temporary was left"
+        );
+        write_atomic_with(&path, |f| f.write_all(b"new\n")).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new\n");
+    }
 
     #[test]
     fn reads_only_regular_files_up_to_the_limit() {
