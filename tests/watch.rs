@@ -893,6 +893,54 @@ async fn collateral_that_expires_is_recorded_with_its_check() {
         .expect("no record of the expired collateral");
     assert_eq!(expired["verdict"], "rejected", "{expired}");
     assert!(expired["certificate"].is_string(), "{expired}");
+
+    // The record's time is taken as the appraisal begins, its checks run a moment later (the
+    // report's `verified_at`). Moved up to 12 s earlier, inside the collateral's 8 s life,
+    // the record would re-appraise as accepted at its time alone; `reverify` also tries the
+    // report's time, where the collateral had expired, and agrees. Without that time to try
+    // (the report emptied), some of the same records disagree.
+    let seq = expired["seq"].as_i64().unwrap();
+    let verified_at =
+        tdx_core::verify::time::parse_instant(expired["report"]["verified_at"].as_str().unwrap())
+            .unwrap();
+    let moved = tmp.path().join("moved.db");
+    let reverify_with = |at: i64, report: Option<&str>| {
+        std::fs::copy(&db, &moved).unwrap();
+        let conn = rusqlite::Connection::open(&moved).unwrap();
+        conn.execute(
+            "UPDATE appraisals SET at = ?1 WHERE seq = ?2",
+            rusqlite::params![at, seq],
+        )
+        .unwrap();
+        if let Some(r) = report {
+            conn.execute(
+                "UPDATE appraisals SET report = ?1 WHERE seq = ?2",
+                rusqlite::params![r, seq],
+            )
+            .unwrap();
+        }
+        drop(conn);
+        let _ = std::fs::remove_file(tmp.path().join("moved.db-wal"));
+        tdx_agent(&[
+            "evidence",
+            "reverify",
+            path_str(&moved),
+            "--insecure-root",
+            path_str(&sim.join("root.der")),
+        ])
+    };
+    let mut disagreed_alone = 0;
+    for d in 1..=12 {
+        let r = reverify_with(verified_at - d, None);
+        assert_eq!(r.code, 0, "moved {d} s earlier: {r}");
+        if reverify_with(verified_at - d, Some("{}")).code == 1 {
+            disagreed_alone += 1;
+        }
+    }
+    assert!(
+        disagreed_alone > 0,
+        "no moved record disagreed at its own time alone"
+    );
 }
 
 /// The archive at its cap (`max_archive_mib`, SQLite's `max_page_count`, as on a full disk):

@@ -55,7 +55,7 @@ pub struct NewRecord {
     pub nonce: Option<Vec<u8>>,
     /// The policy file's text the appraisal applied.
     pub policy: Vec<u8>,
-    /// The report (JSON, as `attest --json` prints it), or the error.
+    /// The report (JSON on one line, the shape `attest --json` prints), or the error.
     pub report: String,
     pub verifier_version: String,
 }

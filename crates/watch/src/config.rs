@@ -129,10 +129,10 @@ impl WatchConfig {
                 format!("{} is outside 1..={MAX_CONCURRENCY}", c.concurrency),
             ));
         }
-        if !(1..=600).contains(&c.timeout_secs) {
+        if !(1..=MAX_TIMEOUT_SECS).contains(&c.timeout_secs) {
             return Err(err(
                 "timeout_secs",
-                format!("{} is outside 1..=600", c.timeout_secs),
+                format!("{} is outside 1..={MAX_TIMEOUT_SECS}", c.timeout_secs),
             ));
         }
         if c.retain_days == 0 {
@@ -247,6 +247,9 @@ pub enum TargetsDirError {
 
 /// The most appraisals at once (each holds a connection and a few MiB at most).
 pub const MAX_CONCURRENCY: usize = 4096;
+/// The longest one appraisal may take (`timeout_secs`): all of its checks ran within this of
+/// the record's time, which `reverify` relies on.
+pub const MAX_TIMEOUT_SECS: u64 = 600;
 
 /// The largest file `watch` reads as configuration (a targets file, a policy, a root): far
 /// above any real one, and a FIFO or a device named by mistake is refused before it is read.

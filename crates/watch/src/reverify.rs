@@ -63,7 +63,8 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
             "SELECT a.seq, a.target, a.at, a.verdict, a.failed_check, c.data, e.data,
              a.challenge, a.nonce, p.data,
              (a.certificate IS NOT NULL AND c.data IS NULL)
-               OR (a.evidence IS NOT NULL AND e.data IS NULL) OR p.data IS NULL
+               OR (a.evidence IS NOT NULL AND e.data IS NULL) OR p.data IS NULL,
+             a.report
              FROM appraisals a
              LEFT JOIN blobs c ON c.sha256 = a.certificate
              LEFT JOIN blobs e ON e.sha256 = a.evidence
@@ -94,31 +95,49 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
         // without it would judge the record on less than it was (no policy is the default
         // policy, which pins nothing).
         let blob_missing: bool = row.get(10).map_err(&e)?;
+        let report_text: String = row.get(11).map_err(&e)?;
         let recorded = outcome(&verdict, failed.as_deref());
-        let now = if blob_missing {
-            Some(
-                "not appraisable: a blob it names (certificate, evidence or policy) is missing"
-                    .to_string(),
-            )
-        } else {
-            match (cert, evidence, challenge, nonce) {
-                (Some(cert), Some(evidence), Some(challenge), Some(nonce)) => Some(match appraise(
-                    opts,
-                    &gpu_verifier,
-                    &cert,
-                    &evidence,
-                    &challenge,
-                    &nonce,
-                    policy.as_deref().unwrap_or_default(),
-                    at,
-                ) {
-                    Ok(report) => report_outcome(&report),
-                    Err(why) => format!("not appraisable: {why}"),
+        // The record's time was taken as the appraisal began; its checks ran a moment later, up
+        // to the report's own time. A validity boundary in between (collateral, a certificate)
+        // makes `at` alone disagree: the outcome at the report's time settles it.
+        let second_time = appraised_at(&report_text, at);
+        let agrees_at = |f: &dyn Fn(i64) -> Option<String>| -> Option<String> {
+            let first = f(at)?;
+            if first == recorded {
+                return Some(first);
+            }
+            match second_time.and_then(f) {
+                Some(second) if second == recorded => Some(second),
+                _ => Some(first),
+            }
+        };
+        let now =
+            if blob_missing {
+                Some(
+                    "not appraisable: a blob it names (certificate, evidence or policy) is missing"
+                        .to_string(),
+                )
+            } else {
+                match (cert, evidence, challenge, nonce) {
+                (Some(cert), Some(evidence), Some(challenge), Some(nonce)) => agrees_at(&|t| {
+                    Some(match appraise(
+                        opts,
+                        &gpu_verifier,
+                        &cert,
+                        &evidence,
+                        &challenge,
+                        &nonce,
+                        policy.as_deref().unwrap_or_default(),
+                        t,
+                    ) {
+                        Ok(report) => report_outcome(&report),
+                        Err(why) => format!("not appraisable: {why}"),
+                    })
                 }),
                 // A server refused at the handshake left only its certificate.
-                (Some(cert), ..) => {
-                    recheck_refusal(opts, &cert, policy.as_deref(), failed.as_deref(), at)
-                }
+                (Some(cert), ..) => agrees_at(&|t| {
+                    recheck_refusal(opts, &cert, policy.as_deref(), failed.as_deref(), t)
+                }),
                 // Accepted appraisals are archived with everything they were accepted on: one
                 // without it cannot be re-checked, which an auditor must see.
                 _ if verdict == "accepted" => Some(
@@ -127,7 +146,7 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
                 ),
                 _ => None,
             }
-        };
+            };
         let Some(now) = now else {
             out.without_evidence += 1;
             continue;
@@ -144,6 +163,23 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
         }
     }
     Ok(out)
+}
+
+/// The time the recorded report says its appraisal was made (`verified_at`), or a refusal
+/// ended (`ended_at`), when that is a second instant worth trying: after `at` and within the
+/// longest an appraisal may take. Validity windows are intervals, so a check that ran between
+/// the two gives its recorded outcome at one of them. Anything else (no such time, a time
+/// outside that window: `reverify` does not check the chain, so the text is not trusted to
+/// choose any other instant) is not used.
+fn appraised_at(report: &str, at: i64) -> Option<i64> {
+    let value: serde_json::Value = serde_json::from_str(report).ok()?;
+    let text = value
+        .get("verified_at")
+        .or_else(|| value.get("ended_at"))?
+        .as_str()?;
+    let t = tdx_core::verify::time::parse_instant(text).ok()?;
+    let latest = at.checked_add(i64::try_from(super::config::MAX_TIMEOUT_SECS).ok()?)?;
+    (t > at && t <= latest).then_some(t)
 }
 
 /// `verdict (first failed check)` of a report, as the watcher records it.
@@ -282,4 +318,32 @@ fn appraise(
         at,
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_second_instant_is_the_reports_own_within_the_appraisal_window() {
+        let at = 1_800_000_000;
+        let report = |t: &str| format!(r#"{{"verdict":"rejected","verified_at":"{t}"}}"#);
+        let ts = tdx_core::verify::time::format_unix;
+        assert_eq!(appraised_at(&report(&ts(at + 3)), at), Some(at + 3));
+        assert_eq!(appraised_at(&report(&ts(at + 600)), at), Some(at + 600));
+        // Not before, not the same instant, not after the longest appraisal.
+        assert_eq!(appraised_at(&report(&ts(at - 1)), at), None);
+        assert_eq!(appraised_at(&report(&ts(at)), at), None);
+        assert_eq!(appraised_at(&report(&ts(at + 601)), at), None);
+        // A refusal's end, and errors and reports without a time, which have none.
+        let refused = format!(
+            r#"{{"error":"RA-TLS certificate: ...","ended_at":"{}"}}"#,
+            ts(at + 2)
+        );
+        assert_eq!(appraised_at(&refused, at), Some(at + 2));
+        assert_eq!(appraised_at(r#"{"error":"connection refused"}"#, at), None);
+        assert_eq!(appraised_at("not json", at), None);
+        assert_eq!(appraised_at(&report("yesterday"), at), None);
+        assert_eq!(appraised_at(&report(&ts(i64::MAX)), i64::MAX - 1), None);
+    }
 }

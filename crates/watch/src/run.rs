@@ -554,6 +554,12 @@ async fn watch_target(
     }
 }
 
+/// The report as one line of JSON: the export inlines it as it is (docs/formats.md §14).
+fn report_line(report: &tdx_core::verify::Report) -> String {
+    // Only strings, numbers and bools: serialisation cannot fail.
+    serde_json::to_string(report).unwrap_or_default()
+}
+
 async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
     let started = Instant::now();
     let at = tdx_core::verify::time::now_unix();
@@ -588,7 +594,7 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
             }
             .into();
             record.failed_check = report.failures().next().map(|c| c.name.clone());
-            record.report = report.to_json();
+            record.report = report_line(report);
             record.certificate = Some(a.peer_cert);
             record.evidence = serde_json::to_vec(&a.fresh.evidence).ok();
             record.challenge = serde_json::to_vec(&a.fresh.challenge).ok();
@@ -604,7 +610,7 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
         })) => {
             record.verdict = "rejected".into();
             record.failed_check = report.failures().next().map(|c| c.name.clone());
-            record.report = report.to_json();
+            record.report = report_line(&report);
             record.certificate = peer_cert;
         }
         Ok(Err(Unattested {
@@ -619,7 +625,12 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
             if e.failed_check().is_some() {
                 record.verdict = "rejected".into();
             }
-            record.report = serde_json::json!({ "error": e.to_string() }).to_string();
+            // When it ended: with `at`, the window its checks ran in (`reverify` tries both).
+            record.report = serde_json::json!({
+                "error": e.to_string(),
+                "ended_at": tdx_core::verify::time::format_unix(tdx_core::verify::time::now_unix()),
+            })
+            .to_string();
         }
         Err(_) => {
             record.failed_check = Some("timeout".into());
