@@ -358,6 +358,39 @@ interval_secs = 1
             && r.stdout.contains("recorded accepted, now rejected (MRTD)"),
         "{r}"
     );
+    // An auditor holding only the export re-appraises the same records with the same result,
+    // and finds the same swap made in the export.
+    let export = dir.path().join("for-reverify.jsonl");
+    let w = tdx_agent(&[
+        "evidence",
+        "export",
+        path_str(&db),
+        "--out",
+        path_str(&export),
+    ]);
+    assert_eq!(w.code, 0, "{w}");
+    let from_db = reverify(&db);
+    let from_export = reverify(&export);
+    assert_eq!(from_export.code, 0, "{from_export}");
+    let summary = |out: &str| out.split_once(": ").map(|(_, s)| s.trim().to_string());
+    assert_eq!(
+        summary(&from_export.stdout),
+        summary(&from_db.stdout),
+        "{from_export}"
+    );
+    let pinned = std::fs::read_to_string(&pin).unwrap();
+    let text = std::fs::read_to_string(&export).unwrap();
+    let needle = serde_json::to_string(&pinned).unwrap();
+    assert!(text.contains(&needle), "the export lacks the policy text");
+    let swapped_text = serde_json::to_string(&std::fs::read_to_string(&wrong).unwrap()).unwrap();
+    std::fs::write(&export, text.replace(&needle, &swapped_text)).unwrap();
+    let r = reverify(&export);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains("(good at ")
+            && r.stdout.contains("recorded accepted, now rejected (MRTD)"),
+        "{r}"
+    );
 
     // A record whose policy blob is gone is not re-appraised under the default policy (which
     // pins nothing), and an accepted record stripped of its evidence is not passed over.

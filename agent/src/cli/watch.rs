@@ -30,7 +30,7 @@ pub enum EvidenceCommand {
     /// Re-appraise the records offline, each at its own time with its stored evidence and
     /// policy: exit 0 when every verdict agrees, 1 naming each record that does not.
     Reverify {
-        /// The archive (SQLite).
+        /// The archive (SQLite), or an export of it (JSON lines).
         db: PathBuf,
         /// Only this target's records.
         #[arg(long)]

@@ -193,27 +193,9 @@ pub fn export(path: &Path, out: &mut dyn Write) -> Result<Verified, ArchiveError
 /// the first one's `prev_hash` (the archive's anchor when it was exported), each line gives its
 /// hash; with `pinned`, that head is in it.
 pub fn verify_export(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, ArchiveError> {
-    let io = |e: std::io::Error| ArchiveError::Db {
-        path: path.display().to_string(),
-        detail: e.to_string(),
-    };
-    let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
     let mut walk: Option<Walk> = None;
-    let mut buf = Vec::new();
-    for number in 1.. {
-        buf.clear();
-        let n = Read::take(&mut reader, MAX_LINE + 1)
-            .read_until(b'\n', &mut buf)
-            .map_err(io)?;
-        if n == 0 {
-            break;
-        }
+    read_export(path, |number, record| {
         let bad = |detail: String| ArchiveError::Chain(format!("export line {number}: {detail}"));
-        if n as u64 > MAX_LINE {
-            return Err(bad(format!("longer than {} MiB", MAX_LINE >> 20)));
-        }
-        let line: Line = serde_json::from_slice(&buf).map_err(|e| bad(e.to_string()))?;
-        let record = line.into_stored().map_err(bad)?;
         let walk = match &mut walk {
             Some(w) => w,
             None => {
@@ -235,20 +217,48 @@ pub fn verify_export(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, 
                 walk.insert(Walk::from_anchor(anchor_seq, anchor_hash, pinned)?)
             }
         };
-        walk.step(&record)?;
-    }
+        walk.step(&record)
+    })?;
     match walk {
         Some(w) => w.finish(),
         None => Walk::from_anchor(0, [0; 32], pinned)?.finish(),
     }
 }
 
-/// [`crate::verify`] when `path` is an archive (an SQLite file, which starts with SQLite's
-/// magic string), else [`verify_export`].
-pub fn verify_archive_or_export(
+/// Every record of the export at `path`, in order, with its line number, unchecked: what
+/// [`verify_export`] walks and `reverify` re-appraises. A line that is not one [`Line::of`]
+/// writes is an error naming it.
+pub(crate) fn read_export(
     path: &Path,
-    pinned: Option<[u8; 32]>,
-) -> Result<Verified, ArchiveError> {
+    mut each: impl FnMut(usize, Stored) -> Result<(), ArchiveError>,
+) -> Result<(), ArchiveError> {
+    let io = |e: std::io::Error| ArchiveError::Db {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    };
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let mut buf = Vec::new();
+    for number in 1.. {
+        buf.clear();
+        let n = Read::take(&mut reader, MAX_LINE + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        let bad = |detail: String| ArchiveError::Chain(format!("export line {number}: {detail}"));
+        if n as u64 > MAX_LINE {
+            return Err(bad(format!("longer than {} MiB", MAX_LINE >> 20)));
+        }
+        let line: Line = serde_json::from_slice(&buf).map_err(|e| bad(e.to_string()))?;
+        each(number, line.into_stored().map_err(bad)?)?;
+    }
+    Ok(())
+}
+
+/// Whether `path` is an archive (an SQLite file, which starts with SQLite's magic string)
+/// rather than an export.
+pub(crate) fn is_archive(path: &Path) -> Result<bool, ArchiveError> {
     const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
     let mut head = Vec::with_capacity(16);
     std::fs::File::open(path)
@@ -257,7 +267,15 @@ pub fn verify_archive_or_export(
             path: path.display().to_string(),
             detail: e.to_string(),
         })?;
-    if head == SQLITE_MAGIC {
+    Ok(head == SQLITE_MAGIC)
+}
+
+/// [`crate::verify`] when `path` is an archive, else [`verify_export`].
+pub fn verify_archive_or_export(
+    path: &Path,
+    pinned: Option<[u8; 32]>,
+) -> Result<Verified, ArchiveError> {
+    if is_archive(path)? {
         crate::verify(path, pinned)
     } else {
         verify_export(path, pinned)

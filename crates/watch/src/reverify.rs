@@ -10,7 +10,8 @@ use tdx_core::ratls::{CollateralSource, RaTlsError, RaTlsVerifier};
 use tdx_core::verify::{Policy, Report, Verifier};
 use tdx_core::wire::{ChallengeResponseJson, EvidenceJson};
 
-use super::archive::ArchiveError;
+use super::archive::{ArchiveError, NewRecord};
+use super::export::{is_archive, read_export};
 
 /// Which records to re-appraise, and the roots they were appraised against.
 pub struct ReverifyOptions {
@@ -55,7 +56,37 @@ fn outcome(verdict: &str, check: Option<&str>) -> String {
     }
 }
 
+/// Re-appraise the records of the archive, or of its export, at `path` (see the module).
 pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, ArchiveError> {
+    let mut out = Reverified::default();
+    let gpu_verifier = GpuVerifier::new();
+    if is_archive(path)? {
+        archived(path, opts, |seq, r, blob_missing| {
+            reverify_one(opts, &gpu_verifier, &mut out, seq, r, blob_missing);
+        })?;
+    } else {
+        // An export holds every blob inline; its chain is `evidence verify`'s business.
+        read_export(path, |_, stored| {
+            let r = &stored.record;
+            let selected = opts.target.as_ref().is_none_or(|t| *t == r.target)
+                && opts.from.is_none_or(|f| r.at >= f)
+                && opts.to.is_none_or(|t| r.at <= t);
+            if selected {
+                reverify_one(opts, &gpu_verifier, &mut out, stored.seq, r, false);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
+/// The archive's records `opts` selects, oldest first, each with whether a blob it names is
+/// gone from the database (its chain is not checked: a swapped blob is what `reverify` finds).
+fn archived(
+    path: &Path,
+    opts: &ReverifyOptions,
+    mut each: impl FnMut(i64, &NewRecord, bool),
+) -> Result<(), ArchiveError> {
     let conn =
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
     let mut stmt = conn
@@ -64,7 +95,7 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
              a.challenge, a.nonce, p.data,
              (a.certificate IS NOT NULL AND c.data IS NULL)
                OR (a.evidence IS NOT NULL AND e.data IS NULL) OR p.data IS NULL,
-             a.report
+             a.report, a.url, a.verifier_version
              FROM appraisals a
              LEFT JOIN blobs c ON c.sha256 = a.certificate
              LEFT JOIN blobs e ON e.sha256 = a.evidence
@@ -77,92 +108,108 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
     let mut rows = stmt
         .query(params![opts.target, opts.from, opts.to])
         .map_err(db(path))?;
-    let mut out = Reverified::default();
-    let gpu_verifier = GpuVerifier::new();
     while let Some(row) = rows.next().map_err(db(path))? {
         let e = db(path);
-        let seq: i64 = row.get(0).map_err(&e)?;
-        let target: String = row.get(1).map_err(&e)?;
-        let at: i64 = row.get(2).map_err(&e)?;
-        let verdict: String = row.get(3).map_err(&e)?;
-        let failed: Option<String> = row.get(4).map_err(&e)?;
-        let cert: Option<Vec<u8>> = row.get(5).map_err(&e)?;
-        let evidence: Option<Vec<u8>> = row.get(6).map_err(&e)?;
-        let challenge: Option<Vec<u8>> = row.get(7).map_err(&e)?;
-        let nonce: Option<Vec<u8>> = row.get(8).map_err(&e)?;
-        let policy: Option<Vec<u8>> = row.get(9).map_err(&e)?;
-        // A blob the record names that is gone (`evidence verify` says so too): re-appraising
-        // without it would judge the record on less than it was (no policy is the default
-        // policy, which pins nothing).
-        let blob_missing: bool = row.get(10).map_err(&e)?;
-        let report_text: String = row.get(11).map_err(&e)?;
-        let recorded = outcome(&verdict, failed.as_deref());
-        // The record's time was taken as the appraisal began; its checks ran a moment later, up
-        // to the report's own time. A validity boundary in between (collateral, a certificate)
-        // makes `at` alone disagree: the outcome at the report's time settles it.
-        let second_time = appraised_at(&report_text, at);
-        let agrees_at = |f: &dyn Fn(i64) -> Option<String>| -> Option<String> {
-            let first = f(at)?;
-            if first == recorded {
-                return Some(first);
-            }
-            match second_time.and_then(f) {
-                Some(second) if second == recorded => Some(second),
-                _ => Some(first),
-            }
+        let record = NewRecord {
+            target: row.get(1).map_err(&e)?,
+            url: row.get(12).map_err(&e)?,
+            at: row.get(2).map_err(&e)?,
+            verdict: row.get(3).map_err(&e)?,
+            failed_check: row.get(4).map_err(&e)?,
+            certificate: row.get(5).map_err(&e)?,
+            evidence: row.get(6).map_err(&e)?,
+            challenge: row.get(7).map_err(&e)?,
+            nonce: row.get(8).map_err(&e)?,
+            policy: row
+                .get::<_, Option<Vec<u8>>>(9)
+                .map_err(&e)?
+                .unwrap_or_default(),
+            report: row.get(11).map_err(&e)?,
+            verifier_version: row.get(13).map_err(&e)?,
         };
-        let now =
-            if blob_missing {
+        each(row.get(0).map_err(&e)?, &record, row.get(10).map_err(&e)?);
+    }
+    Ok(())
+}
+
+/// Re-appraise record `seq` and count it in `out`. `blob_missing`: a blob it names is gone
+/// (`evidence verify` says so too); re-appraising without it would judge the record on less
+/// than it was (no policy is the default policy, which pins nothing).
+fn reverify_one(
+    opts: &ReverifyOptions,
+    gpu_verifier: &GpuVerifier,
+    out: &mut Reverified,
+    seq: i64,
+    r: &NewRecord,
+    blob_missing: bool,
+) {
+    let at = r.at;
+    let recorded = outcome(&r.verdict, r.failed_check.as_deref());
+    // The record's time was taken as the appraisal began; its checks ran a moment later, up
+    // to the report's own time. A validity boundary in between (collateral, a certificate)
+    // makes `at` alone disagree: the outcome at the report's time settles it.
+    let second_time = appraised_at(&r.report, at);
+    let agrees_at = |f: &dyn Fn(i64) -> Option<String>| -> Option<String> {
+        let first = f(at)?;
+        if first == recorded {
+            return Some(first);
+        }
+        match second_time.and_then(f) {
+            Some(second) if second == recorded => Some(second),
+            _ => Some(first),
+        }
+    };
+    let now = if blob_missing {
+        Some(
+            "not appraisable: a blob it names (certificate, evidence or policy) is missing"
+                .to_string(),
+        )
+    } else {
+        match (&r.certificate, &r.evidence, &r.challenge, &r.nonce) {
+            (Some(cert), Some(evidence), Some(challenge), Some(nonce)) => agrees_at(&|t| {
                 Some(
-                    "not appraisable: a blob it names (certificate, evidence or policy) is missing"
-                        .to_string(),
-                )
-            } else {
-                match (cert, evidence, challenge, nonce) {
-                (Some(cert), Some(evidence), Some(challenge), Some(nonce)) => agrees_at(&|t| {
-                    Some(match appraise(
+                    match appraise(
                         opts,
-                        &gpu_verifier,
-                        &cert,
-                        &evidence,
-                        &challenge,
-                        &nonce,
-                        policy.as_deref().unwrap_or_default(),
+                        gpu_verifier,
+                        cert,
+                        evidence,
+                        challenge,
+                        nonce,
+                        &r.policy,
                         t,
                     ) {
                         Ok(report) => report_outcome(&report),
                         Err(why) => format!("not appraisable: {why}"),
-                    })
-                }),
-                // A server refused at the handshake left only its certificate.
-                (Some(cert), ..) => agrees_at(&|t| {
-                    recheck_refusal(opts, &cert, policy.as_deref(), failed.as_deref(), t)
-                }),
-                // Accepted appraisals are archived with everything they were accepted on: one
-                // without it cannot be re-checked, which an auditor must see.
-                _ if verdict == "accepted" => Some(
-                    "not appraisable: the record is accepted but holds no evidence to re-appraise"
-                        .to_string(),
-                ),
-                _ => None,
-            }
-            };
-        let Some(now) = now else {
-            out.without_evidence += 1;
-            continue;
-        };
-        out.checked += 1;
-        if now != recorded {
-            out.disagreements.push(Disagreement {
-                seq,
-                target,
-                at,
-                recorded,
-                now,
-            });
+                    },
+                )
+            }),
+            // A server refused at the handshake left only its certificate.
+            (Some(cert), ..) => agrees_at(&|t| {
+                recheck_refusal(opts, cert, Some(&r.policy), r.failed_check.as_deref(), t)
+            }),
+            // Accepted appraisals are archived with everything they were accepted on: one
+            // without it cannot be re-checked, which an auditor must see.
+            _ if r.verdict == "accepted" => Some(
+                "not appraisable: the record is accepted but holds no evidence to re-appraise"
+                    .to_string(),
+            ),
+            _ => None,
         }
+    };
+    let Some(now) = now else {
+        out.without_evidence += 1;
+        return;
+    };
+    out.checked += 1;
+    if now != recorded {
+        out.disagreements.push(Disagreement {
+            seq,
+            target: r.target.clone(),
+            at,
+            recorded,
+            now,
+        });
     }
-    Ok(out)
 }
 
 /// The time the recorded report says its appraisal was made (`verified_at`), or a refusal
