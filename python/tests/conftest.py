@@ -35,6 +35,12 @@ def run_agent(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([agent_bin(), *args], capture_output=True, text=True, timeout=120)
 
 
+class _Upstream(ThreadingHTTPServer):
+    # The barrier route holds many requests open at once: socketserver's default listen
+    # backlog (5) would leave the agent's extra connections waiting on SYN retries.
+    request_queue_size = 128
+
+
 class StandIn(BaseHTTPRequestHandler):
     """A minimal OpenAI-compatible model server: models, chat (plain and SSE), completions."""
 
@@ -146,7 +152,7 @@ class Agent:
         self.manifest_sha256 = json.loads(m.stdout)["manifest_sha256"]
         # A handler class per agent, so stopping one releases only its own stalled requests.
         self.handler = type("StandIn", (StandIn,), {"release": threading.Event()})
-        self.upstream = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
+        self.upstream = _Upstream(("127.0.0.1", 0), self.handler)
         threading.Thread(target=self.upstream.serve_forever, daemon=True).start()
         up = f"http://127.0.0.1:{self.upstream.server_address[1]}"
         self.proc = subprocess.Popen(
