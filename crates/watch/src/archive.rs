@@ -9,7 +9,7 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
 pub use super::chain::Verified;
-use super::chain::{Stored, Walk, record_hash, sha256};
+use super::chain::{BlobDigests, Stored, Walk, record_hash, sha256};
 
 pub const ARCHIVE_FORMAT: &str = "tdx-agent/evidence-archive/v1";
 
@@ -125,12 +125,11 @@ impl Archive {
         }
         // Which archive a record number belongs to (webhook receivers key the last number they
         // acted on by it: a replaced file starts again at 1). Archives made before it get one.
-        let fresh_id =
-            hex::encode(rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_be_bytes())
-                + &hex::encode(rand_core::RngCore::next_u64(&mut rand_core::OsRng).to_be_bytes());
+        let mut fresh_id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut fresh_id);
         conn.execute(
             "INSERT OR IGNORE INTO meta (key, value) VALUES ('archive_id', ?1)",
-            params![fresh_id],
+            params![hex::encode(fresh_id)],
         )
         .map_err(db(path))?;
         let id = conn
@@ -173,26 +172,27 @@ impl Archive {
     pub fn append(&mut self, r: &NewRecord) -> Result<(i64, [u8; 32]), ArchiveError> {
         let path = self.path.clone();
         let tx = self.conn.transaction().map_err(db(&path))?;
-        let blob = |data: &Option<Vec<u8>>| -> Result<Option<[u8; 32]>, ArchiveError> {
-            let Some(d) = data else { return Ok(None) };
-            let key = sha256(d);
-            tx.execute(
-                "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?1, ?2)",
-                params![key.as_slice(), d],
-            )
-            .map_err(db(&path))?;
-            Ok(Some(key))
-        };
-        let certificate = blob(&r.certificate)?;
-        let evidence = blob(&r.evidence)?;
-        let policy = blob(&Some(r.policy.clone()))?.unwrap_or_default();
+        let blobs = BlobDigests::of(r);
+        for (key, data) in [
+            (blobs.certificate, r.certificate.as_deref()),
+            (blobs.evidence, r.evidence.as_deref()),
+            (Some(blobs.policy), Some(r.policy.as_slice())),
+        ] {
+            if let (Some(key), Some(data)) = (key, data) {
+                tx.execute(
+                    "INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?1, ?2)",
+                    params![key.as_slice(), data],
+                )
+                .map_err(db(&path))?;
+            }
+        }
         let (prev_seq, prev_hash) = last(&tx, &path)?;
         let seq = prev_seq.checked_add(1).ok_or_else(|| {
             ArchiveError::Chain(format!(
                 "the last record's seq {prev_seq} cannot be followed"
             ))
         })?;
-        let hash = record_hash(&prev_hash, seq, r);
+        let hash = record_hash(&prev_hash, seq, r, &blobs);
         tx.execute(
             "INSERT INTO appraisals (seq, target, url, at, verdict, failed_check, certificate,
              evidence, challenge, nonce, policy, report, verifier_version, prev_hash, hash)
@@ -204,11 +204,11 @@ impl Archive {
                 r.at,
                 r.verdict,
                 r.failed_check,
-                certificate.as_ref().map(|k| k.to_vec()),
-                evidence.as_ref().map(|k| k.to_vec()),
+                blobs.certificate.map(|k| k.to_vec()),
+                blobs.evidence.map(|k| k.to_vec()),
                 r.challenge,
                 r.nonce,
-                policy.to_vec(),
+                blobs.policy.to_vec(),
                 r.report,
                 r.verifier_version,
                 prev_hash.to_vec(),
@@ -356,7 +356,9 @@ pub(crate) fn walk(
             prev_hash: row.get(13).map_err(&e)?,
             hash: row.get(14).map_err(&e)?,
         };
-        let blob = |what: &str, key: Option<Vec<u8>>| -> Result<Option<Vec<u8>>, ArchiveError> {
+        // A blob's bytes and their SHA-256, which must be the name the record gives it.
+        type Blob = Option<([u8; 32], Vec<u8>)>;
+        let blob = |what: &str, key: Option<Vec<u8>>| -> Result<Blob, ArchiveError> {
             let Some(key) = key else { return Ok(None) };
             let data: Option<Vec<u8>> = conn
                 .query_row(
@@ -366,20 +368,32 @@ pub(crate) fn walk(
                 )
                 .optional()
                 .map_err(db(path))?;
-            match data {
-                None => Err(r.error(format!("its {what} is missing from the blobs"))),
-                Some(d) if sha256(&d).as_slice() != key.as_slice() => Err(r.error(format!(
+            let Some(d) = data else {
+                return Err(r.error(format!("its {what} is missing from the blobs")));
+            };
+            let digest = sha256(&d);
+            if digest.as_slice() != key.as_slice() {
+                return Err(r.error(format!(
                     "its {what} was altered (SHA-256 no longer matches)"
-                ))),
-                Some(d) => Ok(Some(d)),
+                )));
             }
+            Ok(Some((digest, d)))
         };
         let certificate = blob("certificate", row.get(6).map_err(&e)?)?;
         let evidence = blob("evidence", row.get(7).map_err(&e)?)?;
-        let policy = blob("policy", row.get(10).map_err(&e)?)?.unwrap_or_default();
-        (r.record.certificate, r.record.evidence, r.record.policy) =
-            (certificate, evidence, policy);
-        walk.step(&r)?;
+        let (policy_digest, policy) = blob("policy", row.get(10).map_err(&e)?)?
+            .ok_or_else(|| r.error("its policy is missing (NULL)".into()))?;
+        let blobs = BlobDigests {
+            certificate: certificate.as_ref().map(|(d, _)| *d),
+            evidence: evidence.as_ref().map(|(d, _)| *d),
+            policy: policy_digest,
+        };
+        (r.record.certificate, r.record.evidence, r.record.policy) = (
+            certificate.map(|(_, b)| b),
+            evidence.map(|(_, b)| b),
+            policy,
+        );
+        walk.step(&r, &blobs)?;
         each(&r)?;
     }
     walk.finish()

@@ -32,10 +32,30 @@ pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
+/// The SHA-256 of a record's stored blobs: what its hash covers of them, and the names the
+/// database stores them under. Worked out once per record (they can be large).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BlobDigests {
+    pub certificate: Option<[u8; 32]>,
+    pub evidence: Option<[u8; 32]>,
+    pub policy: [u8; 32],
+}
+
+impl BlobDigests {
+    pub fn of(r: &NewRecord) -> Self {
+        BlobDigests {
+            certificate: r.certificate.as_deref().map(sha256),
+            evidence: r.evidence.as_deref().map(sha256),
+            policy: sha256(&r.policy),
+        }
+    }
+}
+
 /// The hash of record `seq` after `prev`: SHA-256 over the format name, `prev`, and every
 /// field length-prefixed (an absent optional field is one 0 byte, a present one a 1 byte and
-/// the field); the certificate, evidence and policy by their SHA-256, as they are stored.
-pub(crate) fn record_hash(prev: &[u8], seq: i64, r: &NewRecord) -> [u8; 32] {
+/// the field); the certificate, evidence and policy by their SHA-256 (`blobs`), as they are
+/// stored.
+pub(crate) fn record_hash(prev: &[u8], seq: i64, r: &NewRecord, blobs: &BlobDigests) -> [u8; 32] {
     let mut h = Sha256::new();
     let field = |h: &mut Sha256, b: &[u8]| {
         h.update((b.len() as u64).to_be_bytes());
@@ -49,7 +69,6 @@ pub(crate) fn record_hash(prev: &[u8], seq: i64, r: &NewRecord) -> [u8; 32] {
             h.update(b);
         }
     };
-    let digest = |b: &Option<Vec<u8>>| b.as_deref().map(sha256);
     field(&mut h, ARCHIVE_FORMAT.as_bytes());
     field(&mut h, prev);
     h.update(seq.to_be_bytes());
@@ -58,14 +77,11 @@ pub(crate) fn record_hash(prev: &[u8], seq: i64, r: &NewRecord) -> [u8; 32] {
     h.update(r.at.to_be_bytes());
     field(&mut h, r.verdict.as_bytes());
     opt(&mut h, r.failed_check.as_deref().map(str::as_bytes));
-    opt(
-        &mut h,
-        digest(&r.certificate).as_ref().map(|d| d.as_slice()),
-    );
-    opt(&mut h, digest(&r.evidence).as_ref().map(|d| d.as_slice()));
+    opt(&mut h, blobs.certificate.as_ref().map(|d| d.as_slice()));
+    opt(&mut h, blobs.evidence.as_ref().map(|d| d.as_slice()));
     opt(&mut h, r.challenge.as_deref());
     opt(&mut h, r.nonce.as_deref());
-    field(&mut h, &sha256(&r.policy));
+    field(&mut h, &blobs.policy);
     field(&mut h, r.report.as_bytes());
     field(&mut h, r.verifier_version.as_bytes());
     h.finalize().into()
@@ -126,7 +142,8 @@ impl Walk {
         })
     }
 
-    pub fn step(&mut self, r: &Stored) -> Result<(), ArchiveError> {
+    /// Take record `r`, whose blobs have the SHA-256 `blobs`.
+    pub fn step(&mut self, r: &Stored, blobs: &BlobDigests) -> Result<(), ArchiveError> {
         let prev = self.prev;
         if Some(r.seq) != prev.0.checked_add(1) {
             return Err(r.error(format!(
@@ -139,7 +156,7 @@ impl Walk {
         if r.prev_hash != prev.1 {
             return Err(r.error("does not follow the record before it (prev_hash differs)".into()));
         }
-        let computed = record_hash(&prev.1, r.seq, &r.record);
+        let computed = record_hash(&prev.1, r.seq, &r.record, blobs);
         if r.hash != computed {
             return Err(r.error("was altered: its fields no longer give its hash".into()));
         }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::archive::{ArchiveError, NewRecord, walk};
-use super::chain::{Stored, Verified, Walk};
+use super::chain::{BlobDigests, Stored, Verified, Walk};
 use tdx_core::verify::time::{format_unix, parse_instant};
 
 /// One record per line. A JSON blob (evidence, challenge, report) is inlined as the JSON it is,
@@ -217,7 +217,7 @@ pub fn verify_export(path: &Path, pinned: Option<[u8; 32]>) -> Result<Verified, 
                 walk.insert(Walk::from_anchor(anchor_seq, anchor_hash, pinned)?)
             }
         };
-        walk.step(&record)
+        walk.step(&record, &BlobDigests::of(&record.record))
     })?;
     match walk {
         Some(w) => w.finish(),
