@@ -135,10 +135,9 @@ class _SyncBody(httpx.SyncByteStream):
 
 
 class _AsyncBody(httpx.AsyncByteStream):
-    def __init__(self, body: ResponseBody, request: httpx.Request, limiter: anyio.CapacityLimiter) -> None:
+    def __init__(self, body: ResponseBody, request: httpx.Request) -> None:
         self._body = body
         self._request = request
-        self._limiter = limiter
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         read_timeout = _timeouts(self._request).get("read")
@@ -146,7 +145,7 @@ class _AsyncBody(httpx.AsyncByteStream):
             # Cancelling the task (asyncio.wait_for, an SDK's timeout) returns at once; the
             # abandoned read ends by itself at its timeout or when aclose() closes the body.
             chunk = await anyio.to_thread.run_sync(
-                _read, self._body, self._request, read_timeout, abandon_on_cancel=True, limiter=self._limiter
+                _read, self._body, self._request, read_timeout, abandon_on_cancel=True, limiter=_threads()
             )
             if chunk is None:
                 return
@@ -178,14 +177,13 @@ class AsyncVerifiedTransport(_Verified, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
-        limiter = _threads()
         status, headers, stream = await anyio.to_thread.run_sync(
-            functools.partial(self._send, request, body), abandon_on_cancel=True, limiter=limiter
+            functools.partial(self._send, request, body), abandon_on_cancel=True, limiter=_threads()
         )
         return httpx.Response(
             status,
             headers=headers,
-            stream=_AsyncBody(stream, request, limiter),
+            stream=_AsyncBody(stream, request),
             request=request,
             extensions={"http_version": b"HTTP/2"},
         )

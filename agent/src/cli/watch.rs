@@ -209,26 +209,21 @@ pub async fn evidence(c: EvidenceCommand) -> CliResult {
                 Some(path) => {
                     // A chain that breaks stops the fill, so the file is never renamed in.
                     let mut exported = None;
-                    tdx_fsutil::write_atomic_with(&path, |w| {
-                        let r = tdx_watch::export(&db, w);
-                        let failed = r.is_err();
-                        exported = Some(r);
-                        if failed {
-                            Err(std::io::Error::other("the export stopped"))
-                        } else {
-                            Ok(())
-                        }
-                    })
-                    .or_else(|e| match &exported {
-                        Some(Err(_)) => Ok(()),
-                        _ => Err(ArchiveError::Write(format!("{}: {e}", path.display()))),
-                    })?;
-                    exported.unwrap_or_else(|| {
-                        Err(ArchiveError::Write(format!(
+                    let written = tdx_fsutil::write_atomic_with(&path, |w| {
+                        let r = exported.insert(tdx_watch::export(&db, w));
+                        r.as_ref()
+                            .map(|_| ())
+                            .map_err(|_| std::io::Error::other("the export stopped"))
+                    });
+                    match (exported, written) {
+                        (Some(Err(e)), _) => Err(e),
+                        (Some(Ok(v)), Ok(())) => Ok(v),
+                        (_, Err(e)) => Err(ArchiveError::Write(format!("{}: {e}", path.display()))),
+                        (None, Ok(())) => Err(ArchiveError::Write(format!(
                             "{}: nothing written",
                             path.display()
-                        )))
-                    })
+                        ))),
+                    }
                 }
             })
             .await

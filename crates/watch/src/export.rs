@@ -5,12 +5,12 @@
 use std::io::{BufRead, Read, Write};
 use std::path::Path;
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::archive::{ArchiveError, NewRecord, walk};
 use super::chain::{BlobDigests, Stored, Verified, Walk};
+use tdx_core::encoding::{b64, from_b64};
 use tdx_core::verify::time::{format_unix, parse_instant};
 
 /// One record per line. A JSON blob (evidence, challenge, report) is inlined as the JSON it is,
@@ -52,10 +52,6 @@ struct Line {
 /// The longest line [`verify_export`] reads: far over any evidence document the watcher keeps.
 const MAX_LINE: u64 = 64 << 20;
 
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::STANDARD
-}
-
 /// `bytes` as one JSON object on one line, if that is what they are, byte for byte.
 fn inline_json(bytes: &[u8]) -> Option<Box<RawValue>> {
     let text = std::str::from_utf8(bytes).ok()?;
@@ -73,7 +69,7 @@ fn blob_fields(bytes: Option<&[u8]>) -> (Option<Box<RawValue>>, Option<String>) 
         None => (None, None),
         Some(b) => match inline_json(b) {
             Some(raw) => (Some(raw), None),
-            None => (None, Some(b64().encode(b))),
+            None => (None, Some(b64(b))),
         },
     }
 }
@@ -85,7 +81,7 @@ impl Line {
         let (challenge, challenge_base64) = blob_fields(r.challenge.as_deref());
         let (policy, policy_base64) = match std::str::from_utf8(&r.policy) {
             Ok(text) => (Some(text.to_owned()), None),
-            Err(_) => (None, Some(b64().encode(&r.policy))),
+            Err(_) => (None, Some(b64(&r.policy))),
         };
         let (report, report_text) = match inline_json(r.report.as_bytes()) {
             Some(raw) => (Some(raw), None),
@@ -98,7 +94,7 @@ impl Line {
             at: format_unix(r.at),
             verdict: r.verdict.clone(),
             failed_check: r.failed_check.clone(),
-            certificate: r.certificate.as_ref().map(|c| b64().encode(c)),
+            certificate: r.certificate.as_deref().map(b64),
             evidence,
             evidence_base64,
             challenge,
@@ -117,9 +113,7 @@ impl Line {
     /// The record this line holds; `Err` names the field that is not what [`Line::of`] writes.
     fn into_stored(self) -> Result<Stored, String> {
         let base64 = |field: &str, text: &str| {
-            b64()
-                .decode(text)
-                .map_err(|e| format!("{field} is not base64: {e}"))
+            from_b64(text).map_err(|e| format!("{field} is not base64: {e}"))
         };
         let json_blob = |field: &str,
                          raw: Option<Box<RawValue>>,
