@@ -375,9 +375,28 @@ struct Live {
     id: u64,
     session: Session,
     h2: http2::SendRequest<ClientBody>,
-    last_challenge: Challenged,
-    last_challenge_unix: i64,
+    last: Passed,
+}
+
+/// The last challenge that passed on a connection: when, and what it showed.
+struct Passed {
+    when: Challenged,
+    unix: i64,
     summary: String,
+}
+
+impl Passed {
+    /// A challenge sent at `started` passed just now with `report`.
+    fn now(report: &Report, started: Instant) -> Self {
+        Passed {
+            when: Challenged {
+                started,
+                passed: Instant::now(),
+            },
+            unix: tdx_core::verify::time::now_unix(),
+            summary: report.summary(),
+        }
+    }
 }
 
 /// What a request needs to go out over the verified connection, and what /healthz shows.
@@ -395,19 +414,10 @@ impl Live {
         Verified {
             id: self.id,
             sender: self.h2.clone(),
-            last_challenge_unix: self.last_challenge_unix,
-            summary: self.summary.clone(),
+            last_challenge_unix: self.last.unix,
+            summary: self.last.summary.clone(),
             spki_sha256: tdx_core::encoding::hex(&self.session.spki_sha256),
         }
-    }
-
-    fn challenged(&mut self, report: &Report, started: Instant) {
-        self.last_challenge = Challenged {
-            started,
-            passed: Instant::now(),
-        };
-        self.last_challenge_unix = tdx_core::verify::time::now_unix();
-        self.summary = report.summary();
     }
 }
 
@@ -487,19 +497,14 @@ impl Upstream {
             slot.live = None;
         }
         if let Some(live) = slot.live.as_mut() {
-            if !challenge_due(
-                live.last_challenge,
-                arrived,
-                Instant::now(),
-                self.rechallenge,
-            ) {
+            if !challenge_due(live.last.when, arrived, Instant::now(), self.rechallenge) {
                 return Ok(live.verified());
             }
             let started = Instant::now();
             match self.challenge(&mut live.session).await {
                 Ok(report) => {
-                    live.challenged(&report, started);
-                    tracing::info!(server = %self.target.url, connection = live.id, "re-challenge passed: {}", live.summary);
+                    live.last = Passed::now(&report, started);
+                    tracing::info!(server = %self.target.url, connection = live.id, "re-challenge passed: {}", live.last.summary);
                     return Ok(live.verified());
                 }
                 Err(refusal) => {
@@ -566,12 +571,7 @@ impl Upstream {
             id,
             session,
             h2,
-            last_challenge: Challenged {
-                started,
-                passed: Instant::now(),
-            },
-            last_challenge_unix: tdx_core::verify::time::now_unix(),
-            summary: report.summary(),
+            last: Passed::now(&report, started),
         })
     }
 
