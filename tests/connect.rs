@@ -280,6 +280,45 @@ async fn connect_needs_a_policy_or_an_explicit_insecure_flag() {
         limit,
     );
     assert_eq!(r.code, 2, "both flags: {r}");
+    assert!(r.stderr.contains("which pins measurements"), "{r}");
+
+    // A policy that pins nothing (here GPU settings only) is refused like no policy...
+    let unpinned = sim.dir.join("unpinned-policy.toml");
+    std::fs::write(&unpinned, "[gpu]\ncount = 0\n").unwrap();
+    let r = tdx_agent_within(
+        &[
+            "connect",
+            &url,
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-root",
+            sim.root_str(),
+            "--policy",
+            path_str(&unpinned),
+        ],
+        limit,
+    );
+    assert_eq!(r.code, 2, "unpinned policy: {r}");
+    assert!(r.stderr.contains("pins no measurement"), "{r}");
+    assert!(r.stderr.contains("--insecure-no-policy"), "{r}");
+    assert!(!r.stdout.contains("listening"), "{r}");
+    // ...and runs, with the warning, once the flag says so.
+    let c = ConnectProc::start(
+        &url,
+        &[
+            "--insecure-root",
+            sim.root_str(),
+            "--policy",
+            path_str(&unpinned),
+            "--insecure-no-policy",
+        ],
+    );
+    assert!(
+        c.stderr().contains("WARNING: --insecure-no-policy"),
+        "{}",
+        c.stderr()
+    );
+    drop(c);
 
     let r = tdx_agent_within(
         &[

@@ -75,7 +75,7 @@ def main() -> int:
             assert connect.stdout is not None and "listening" in connect.stdout.readline()
             clients = {
                 "plain": httpx.Client(base_url=agent.url, verify=False),
-                "inproc": tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root),
+                "inproc": tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root),
                 "connect": httpx.Client(base_url=f"http://127.0.0.1:{port}"),
             }
             samples = {k: [] for k in clients}

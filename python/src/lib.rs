@@ -430,7 +430,7 @@ enum ReadFailure {
 #[pymethods]
 impl Transport {
     #[new]
-    #[pyo3(signature = (url, *, policy, insecure_root = None, insecure_gpu_roots = None, rechallenge_secs = 300, max_request_bytes = 32 << 20))]
+    #[pyo3(signature = (url, *, policy, insecure_root = None, insecure_gpu_roots = None, rechallenge_secs = 300, max_request_bytes = 32 << 20, insecure_no_policy = false))]
     fn new(
         url: &str,
         policy: PyRef<'_, Policy>,
@@ -438,7 +438,28 @@ impl Transport {
         insecure_gpu_roots: Option<Vec<u8>>,
         rechallenge_secs: u64,
         max_request_bytes: u64,
+        insecure_no_policy: bool,
     ) -> PyResult<Self> {
+        // As for `tdx-agent connect`: requests go only where a measurement pin says, unless
+        // the caller says in so many words that any genuine TD will do.
+        match (policy.inner.pins_anything(), insecure_no_policy) {
+            (true, false) | (false, true) => {}
+            (false, false) => {
+                return Err(PyValueError::new_err(format!(
+                    "policy ({}) pins no measurement (no [measurements] value, no \
+                     [[rtmr3_events.pin]]), so requests would go to any genuine TD whatever it \
+                     runs. Pin what the server runs, or pass insecure_no_policy=True to accept that",
+                    policy.source
+                )));
+            }
+            (true, true) => {
+                return Err(PyValueError::new_err(format!(
+                    "insecure_no_policy=True with a policy ({}) that pins measurements: the \
+                     flag is for a policy that pins none; drop it",
+                    policy.source
+                )));
+            }
+        }
         let target = target_for(url)?;
         if target.path != "/" {
             return Err(PyValueError::new_err(format!(

@@ -90,6 +90,7 @@ class Transport:
         insecure_gpu_roots: Optional[bytes] = None,
         rechallenge_secs: int = 300,
         max_request_bytes: int = 33554432,
+        insecure_no_policy: bool = False,
     ) -> None: ...
     @property
     def host(self) -> str: ...

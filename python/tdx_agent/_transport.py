@@ -197,6 +197,7 @@ def _transport(
     rechallenge_secs: int,
     kwargs: dict,
     insecure_gpu_roots: Any = None,
+    insecure_no_policy: bool = False,
 ) -> Any:
     for k in _REFUSED_KWARGS:
         if k in kwargs:
@@ -212,6 +213,7 @@ def _transport(
         insecure_root=_root_bytes(insecure_root),
         insecure_gpu_roots=_root_bytes(insecure_gpu_roots),
         rechallenge_secs=rechallenge_secs,
+        insecure_no_policy=insecure_no_policy,
     )
     return kind(native, url)
 
@@ -223,6 +225,7 @@ def httpx_client(
     insecure_root: Union[bytes, str, "os.PathLike[str]", None] = None,
     insecure_gpu_roots: Union[bytes, str, "os.PathLike[str]", None] = None,
     rechallenge_secs: int = 300,
+    insecure_no_policy: bool = False,
     **httpx_kwargs: Any,
 ) -> httpx.Client:
     """An ``httpx.Client`` for the agent at ``url`` (``https://HOST:PORT``) whose requests go
@@ -232,12 +235,15 @@ def httpx_client(
     http_client=tdx_agent.httpx_client(url, policy=policy))``. Other keyword arguments go to
     ``httpx.Client`` (``timeout``, ``headers``, ...), except those that would route around
     the verified connection (``transport``, ``mounts``, ``proxy``, ``verify``, ...).
+    A policy that pins no measurement is refused (``ValueError``) unless
+    ``insecure_no_policy=True`` says that any genuine TD may receive the requests.
     httpx's ``timeout`` applies: ``connect`` bounds getting a verified connection (connect,
     handshake, policy, challenge), ``read`` the wait for the answer's head and for each chunk
     of its body (``httpx.ConnectTimeout`` / ``httpx.ReadTimeout``).
     """
     transport = _transport(
-        VerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs, insecure_gpu_roots
+        VerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs, insecure_gpu_roots,
+        insecure_no_policy,
     )
     return httpx.Client(base_url=url, transport=transport, **httpx_kwargs)
 
@@ -249,11 +255,13 @@ def httpx_async_client(
     insecure_root: Union[bytes, str, "os.PathLike[str]", None] = None,
     insecure_gpu_roots: Union[bytes, str, "os.PathLike[str]", None] = None,
     rechallenge_secs: int = 300,
+    insecure_no_policy: bool = False,
     **httpx_kwargs: Any,
 ) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` counterpart of :func:`httpx_client`, for
     ``openai.AsyncOpenAI(..., http_client=tdx_agent.httpx_async_client(url, policy=...))``."""
     transport = _transport(
-        AsyncVerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs, insecure_gpu_roots
+        AsyncVerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs, insecure_gpu_roots,
+        insecure_no_policy,
     )
     return httpx.AsyncClient(base_url=url, transport=transport, **httpx_kwargs)

@@ -168,7 +168,7 @@ class Agent:
         self.addr = line.split()[-1]
         self.url = f"https://{self.addr}"
         self.tmp = tmp
-        self._probe = tdx_agent.httpx_client(self.url, policy=tdx_agent.Policy(), insecure_root=self.root)
+        self._probe = tdx_agent.httpx_client(self.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=self.root)
         deadline = time.monotonic() + 60
         while self._probe.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, self._probe.get("/readyz").text

@@ -30,7 +30,7 @@ def gpu_agent(tmp_path_factory: pytest.TempPathFactory):
     assert line.startswith("tdx-agent listening on "), proc.stderr.read() if proc.stderr else line
     url = f"https://{line.split()[-1]}"
     root = str(sim / "root.der")
-    probe = tdx_agent.httpx_client(url, policy=tdx_agent.Policy(), insecure_root=root)
+    probe = tdx_agent.httpx_client(url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=root)
     deadline = time.monotonic() + 60
     while probe.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, probe.get("/readyz").text
@@ -65,10 +65,10 @@ def test_attest_checks_every_gpu(gpu_agent):
 
 def test_the_httpx_client_refuses_a_server_without_the_required_gpus(gpu_agent):
     url, root, gpu_roots = gpu_agent
-    ok = tdx_agent.httpx_client(url, policy=gpus(2), insecure_root=root, insecure_gpu_roots=gpu_roots)
+    ok = tdx_agent.httpx_client(url, policy=gpus(2), insecure_no_policy=True, insecure_root=root, insecure_gpu_roots=gpu_roots)
     assert ok.get("/readyz").status_code == 200
     ok.close()
-    refused = tdx_agent.httpx_client(url, policy=gpus(3), insecure_root=root, insecure_gpu_roots=gpu_roots)
+    refused = tdx_agent.httpx_client(url, policy=gpus(3), insecure_no_policy=True, insecure_root=root, insecure_gpu_roots=gpu_roots)
     with pytest.raises(tdx_agent.VerificationError) as e:
         refused.get("/readyz")
     assert e.value.check == "GPU count"

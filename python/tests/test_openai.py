@@ -43,7 +43,7 @@ def test_the_async_client_carries_more_requests_at_once_than_anyios_default_thre
     # 40 worker threads, 20 would wait for a thread and the server would never see them.
     # The same client works again in a second event loop (its threads are per loop).
     n = 60
-    http = tdx_agent.httpx_async_client(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root, timeout=60)
+    http = tdx_agent.httpx_async_client(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root, timeout=60)
 
     async def burst():
         return await asyncio.gather(*(http.get(f"/v1/barrier/{n}") for _ in range(n)))
@@ -108,22 +108,22 @@ def test_an_mrtd_pin_of_zeros_names_mrtd(agent):
 
 
 def test_production_root_refuses_the_simulated_td(agent):
-    http = tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy())
+    http = tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True)
     with pytest.raises(tdx_agent.VerificationError) as e:
         http.get("/v1/models")
     assert e.value.check == "RA-TLS certificate" or "root" in e.value.check
 
 
 def test_requests_elsewhere_are_refused(agent):
-    http = tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root)
+    http = tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root)
     with pytest.raises(ValueError, match="only to the verified server"):
         http.get("https://example.invalid/v1/models")
     with pytest.raises(TypeError, match="transport"):
-        tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), transport=httpx.HTTPTransport())
+        tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, transport=httpx.HTTPTransport())
 
 
 def test_unreachable_server_is_a_connection_error(agent):
-    http = tdx_agent.httpx_client("https://127.0.0.1:9", policy=tdx_agent.Policy(), insecure_root=agent.root)
+    http = tdx_agent.httpx_client("https://127.0.0.1:9", policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root)
     with pytest.raises(httpx.ConnectError):
         http.get("/v1/models")
 

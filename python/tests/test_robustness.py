@@ -21,7 +21,7 @@ from tdx_agent._native import Transport
 
 
 def client(agent, **kw) -> httpx.Client:
-    return tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root, **kw)
+    return tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root, **kw)
 
 
 def test_a_report_has_no_truth_value(agent):
@@ -73,7 +73,7 @@ def test_a_server_that_never_handshakes_meets_the_connect_timeout(agent):
     try:
         url = f"https://127.0.0.1:{silent.getsockname()[1]}"
         http = tdx_agent.httpx_client(
-            url, policy=tdx_agent.Policy(), insecure_root=agent.root, timeout=httpx.Timeout(30.0, connect=0.5)
+            url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root, timeout=httpx.Timeout(30.0, connect=0.5)
         )
         with pytest.raises(httpx.ConnectTimeout):
             http.get("/v1/models")
@@ -83,7 +83,7 @@ def test_a_server_that_never_handshakes_meets_the_connect_timeout(agent):
 
 def test_timeouts_must_be_seconds(agent):
     with open(agent.root, "rb") as f:
-        t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=f.read())
+        t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=f.read())
     for bad in (float("nan"), -1.0, float("inf"), 1e300):
         with pytest.raises(ValueError, match="read_timeout"):
             t.send("GET", "/v1/models", [], b"", read_timeout=bad)
@@ -95,19 +95,19 @@ def test_options_out_of_range_are_refused_naming_them(agent):
     with open(agent.root, "rb") as f:
         root = f.read()
     with pytest.raises(ValueError, match="rechallenge_secs 86401 is over 86400"):
-        Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=root, rechallenge_secs=86401)
+        Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=root, rechallenge_secs=86401)
     with pytest.raises(ValueError, match="max_request_bytes"):
-        Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=root, max_request_bytes=0)
+        Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=root, max_request_bytes=0)
     with pytest.raises(ValueError, match="rechallenge_secs"):
-        tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root, rechallenge_secs=10**9)
+        tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root, rechallenge_secs=10**9)
     # The bounds themselves are accepted.
-    Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=root, rechallenge_secs=86400)
-    Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=root, rechallenge_secs=0, max_request_bytes=1)
+    Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=root, rechallenge_secs=86400)
+    Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=root, rechallenge_secs=0, max_request_bytes=1)
 
 
 def test_a_stream_closes_from_another_thread_while_a_read_waits(agent):
     with open(agent.root, "rb") as f:
-        t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=f.read())
+        t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=f.read())
     status, _, body = t.send("POST", "/v1/stall-body", [(b"content-type", b"application/json")], b"{}")
     assert status == 200
     assert body.read().startswith(b"data: first")
@@ -127,7 +127,7 @@ def test_a_stream_closes_from_another_thread_while_a_read_waits(agent):
 def test_host_names_compare_without_case(agent):
     port = agent.addr.rsplit(":", 1)[1]
     url = f"https://LocalHost:{port}"
-    with tdx_agent.httpx_client(url, policy=tdx_agent.Policy(), insecure_root=agent.root) as http:
+    with tdx_agent.httpx_client(url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root) as http:
         assert http.get("/v1/models").status_code == 200
 
 
@@ -168,7 +168,7 @@ def test_a_verification_longer_than_the_connect_timeout_still_completes(tmp_path
     slow = Agent(tmp_path, "--sim-quote-delay-ms", "1500")
     try:
         http = tdx_agent.httpx_client(
-            slow.url, policy=tdx_agent.Policy(), insecure_root=slow.root, timeout=httpx.Timeout(30.0, connect=0.5)
+            slow.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=slow.root, timeout=httpx.Timeout(30.0, connect=0.5)
         )
         timed_out = 0
         deadline = time.monotonic() + 60
@@ -189,7 +189,7 @@ def test_the_body_decides_its_length_not_the_callers_header(agent):
     # A Content-Length that disagrees with the body was an HTTP/2 protocol error after the
     # request had gone out; the length is now the body's own.
     with open(agent.root, "rb") as f:
-        t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_root=f.read())
+        t = Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=f.read())
     body = b'{"model": "stand-in", "messages": []}'
     status, _, stream = t.send(
         "POST", "/v1/chat/completions", [(b"content-type", b"application/json"), (b"content-length", b"999")], body
@@ -199,3 +199,22 @@ def test_the_body_decides_its_length_not_the_callers_header(agent):
     while (chunk := stream.read()) is not None:
         chunks.append(chunk)
     assert b"chat.completion" in b"".join(chunks)
+
+
+def test_a_policy_that_pins_nothing_is_refused_unless_said_so(agent):
+    # As `tdx-agent connect`: requests go to any genuine TD only when the caller says so.
+    with pytest.raises(ValueError, match="pins no measurement"):
+        tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root)
+    gpu_only = tdx_agent.Policy.from_toml("[gpu]\ncount = 0\n")
+    assert not gpu_only.pins_anything
+    with pytest.raises(ValueError, match="pins no measurement"):
+        tdx_agent.httpx_async_client(agent.url, policy=gpu_only, insecure_root=agent.root)
+    pinned = agent.model_policy(agent.manifest_sha256)
+    with open(agent.root, "rb") as f:
+        root = f.read()
+    with pytest.raises(ValueError, match="pins measurements"):
+        Transport(agent.url, policy=pinned, insecure_no_policy=True, insecure_root=root)
+    with tdx_agent.httpx_client(
+        agent.url, policy=gpu_only, insecure_no_policy=True, insecure_root=agent.root
+    ) as http:
+        assert http.get("/readyz").status_code == 200

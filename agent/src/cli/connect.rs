@@ -19,6 +19,10 @@ passes an appraisal policy. Give --policy FILE (see docs/connect.md), or --insec
 to accept any genuine TD with no measurement pinned";
 pub const NO_POLICY_WARNING: &str = "--insecure-no-policy: no measurement is pinned, so \
 requests (prompts, API keys) go to any genuine TD on an accepted platform, whatever it runs";
+/// A policy that pins nothing is no policy as far as where prompts go: it needs the same flag.
+pub const UNPINNED_POLICY_ERROR: &str = "pins no measurement (no [measurements] value, no \
+[[rtmr3_events.pin]]), so connect would forward requests to any genuine TD whatever it runs. \
+Pin what the server runs (docs/connect.md), or add --insecure-no-policy to accept that";
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
@@ -38,8 +42,9 @@ pub struct ConnectArgs {
     /// requires GPUs.
     #[arg(long, value_name = "PEM")]
     pub insecure_gpu_roots: Option<PathBuf>,
-    /// Run without a policy: any genuine TD passes. Never the default.
-    #[arg(long, conflicts_with = "policy")]
+    /// Accept a server whose measurements nothing pins: without --policy, or with a policy
+    /// that pins none (only [tcb] or [gpu] settings). Any genuine TD passes. Never the default.
+    #[arg(long)]
     pub insecure_no_policy: bool,
     /// Challenge the server again before forwarding once the last challenge is this old
     /// (0: before every request; at most 86400).
@@ -53,14 +58,27 @@ pub struct ConnectArgs {
 }
 
 pub async fn run(a: ConnectArgs) -> CliResult {
-    let policy = match (&a.policy, a.insecure_no_policy) {
-        (Some(p), _) => super::verify::load_policy(Some(p)).await?,
-        (None, true) => {
-            eprintln!("tdx-agent: WARNING: {NO_POLICY_WARNING}");
-            Policy::default()
-        }
-        (None, false) => return Err(Failure::Error(NO_POLICY_ERROR.into())),
+    let policy = match &a.policy {
+        Some(p) => super::verify::load_policy(Some(p)).await?,
+        None if a.insecure_no_policy => Policy::default(),
+        None => return Err(Failure::Error(NO_POLICY_ERROR.into())),
     };
+    let source = a.policy.as_ref().map(|p| p.display());
+    match (policy.pins_anything(), a.insecure_no_policy, source) {
+        (true, false, _) => {}
+        (false, true, _) => eprintln!("tdx-agent: WARNING: {NO_POLICY_WARNING}"),
+        (false, false, Some(source)) => {
+            return Err(Failure::Error(format!("{source} {UNPINNED_POLICY_ERROR}")));
+        }
+        (true, true, Some(source)) => {
+            return Err(Failure::Error(format!(
+                "--insecure-no-policy with {source}, which pins measurements: the flag is for \
+                 a policy that pins none; drop it"
+            )));
+        }
+        // Without --policy the policy is the empty default and the flag was given.
+        (_, _, None) => {}
+    }
     let target = Target::parse(&a.url).map_err(Failure::error)?;
     if target.path != "/" {
         return Err(Failure::Error(format!(
