@@ -300,6 +300,48 @@ pub fn check_challenge(
     );
 }
 
+/// Whether a failed challenge shows only that the server now serves another key, as it does
+/// after re-issuing its certificate (an open connection keeps the old key): the answer's
+/// quote passed and came from the same TD, our nonce is under its REPORTDATA bound to the
+/// key the answer names, and nothing else failed. The key check alone proves nothing: the
+/// server writes the key it names, so a server naming another key without the quote and
+/// proof to go with it has failed the challenge, not rotated its key. (The proof check
+/// fails too on a real rotation, since it binds our nonce to this connection's key.)
+pub fn answered_for_another_key(
+    report: &Report,
+    challenge: &ChallengeResponseJson,
+    nonce: &[u8],
+) -> bool {
+    let checked =
+        |name: &str, ok: bool| report.checks().iter().any(|c| c.name == name && c.ok == ok);
+    let only_key_and_proof = report
+        .failures()
+        .all(|c| c.name == CHECK_KEY || c.name == CHECK_PROOF);
+    if !(checked(CHECK_KEY, false)
+        && only_key_and_proof
+        && checked(CHECK_QUOTE, true)
+        && checked(CHECK_SAME_TD, true))
+    {
+        return false;
+    }
+    let (Ok(answered_key), Ok(report_data), Ok(proof), Ok(gpus)) = (
+        tdx_core::encoding::hex_array::<32>(&challenge.spki_sha256),
+        tdx_core::encoding::hex_array::<64>(&challenge.report_data),
+        tdx_core::challenge::merkle::Proof::try_from(challenge.proof.clone()),
+        challenge_gpus(challenge),
+    ) else {
+        return false;
+    };
+    tdx_core::challenge::verify_challenge_bound(
+        nonce,
+        &answered_key,
+        &report_data,
+        &proof,
+        gpus.map(|s| s.digest()).as_ref(),
+    )
+    .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +387,76 @@ mod tests {
 
     fn failed(report: &Report) -> Vec<&str> {
         report.failures().map(|c| c.name.as_str()).collect()
+    }
+
+    /// An answer that binds `nonce` to `key` (a tree of one leaf) and names `named`.
+    fn bound_answer(nonce: &[u8], key: &[u8; 32], named: &[u8; 32]) -> ChallengeResponseJson {
+        let leaf = tdx_core::challenge::merkle::leaf_hash(nonce, key).unwrap();
+        let mut r = response("AAAA", named);
+        r.report_data = format!("{}{}", tdx_core::encoding::hex(&leaf), "00".repeat(32));
+        r
+    }
+
+    #[test]
+    fn only_a_proven_answer_for_another_key_of_the_same_td_is_a_key_change() {
+        let (ours, new, nonce) = ([7u8; 32], [8u8; 32], [1u8; 32]);
+        let rotated = bound_answer(&nonce, &new, &new);
+        let report = |checks: &[(&str, bool)]| crate::tests::report_with(checks);
+        // A real rotation: the key differs and so our proof fails; everything else passed.
+        let genuine = report(&[
+            (CHECK_KEY, false),
+            (CHECK_PROOF, false),
+            (CHECK_QUOTE, true),
+            (CHECK_SAME_TD, true),
+        ]);
+        assert!(answered_for_another_key(&genuine, &rotated, &nonce));
+        // The same answer to another nonce (a replayed answer) proves nothing now.
+        assert!(!answered_for_another_key(&genuine, &rotated, &[2u8; 32]));
+        // Naming another key than the one the proof holds for.
+        let misnamed = bound_answer(&nonce, &new, &[9u8; 32]);
+        assert!(!answered_for_another_key(&genuine, &misnamed, &nonce));
+        // The proof holds for our key while the answer names another: not what a rotated
+        // server sends.
+        let ours_named_new = bound_answer(&nonce, &ours, &new);
+        let key_only = report(&[
+            (CHECK_KEY, false),
+            (CHECK_PROOF, true),
+            (CHECK_QUOTE, true),
+            (CHECK_SAME_TD, true),
+        ]);
+        assert!(!answered_for_another_key(
+            &key_only,
+            &ours_named_new,
+            &nonce
+        ));
+        // A server that names another key and fails anything else failed the challenge,
+        // whichever check comes first in the report.
+        for others in [
+            vec![(CHECK_QUOTE, false), (CHECK_SAME_TD, true)],
+            vec![(CHECK_QUOTE, true), (CHECK_SAME_TD, false)],
+            vec![
+                (CHECK_QUOTE, true),
+                (CHECK_SAME_TD, true),
+                (CHECK_GPUS, false),
+            ],
+            vec![(CHECK_QUOTE, true)],
+            vec![],
+        ] {
+            let mut checks = vec![(CHECK_KEY, false), (CHECK_PROOF, false)];
+            checks.extend(others.iter().copied());
+            assert!(
+                !answered_for_another_key(&report(&checks), &rotated, &nonce),
+                "{checks:?}"
+            );
+        }
+        // The key matched: whatever failed, it is not a key change.
+        let same_key = report(&[
+            (CHECK_KEY, true),
+            (CHECK_PROOF, false),
+            (CHECK_QUOTE, true),
+            (CHECK_SAME_TD, true),
+        ]);
+        assert!(!answered_for_another_key(&same_key, &rotated, &nonce));
     }
 
     #[test]

@@ -357,6 +357,14 @@ impl Refusal {
     }
 }
 
+/// A challenge that did not pass: why, and whether all it showed is that the server now
+/// serves another key ([`challenge::answered_for_another_key`]): the refusal names only the
+/// first failed check, which cannot tell a rotated key from a server failing more.
+struct ChallengeFailed {
+    refusal: Refusal,
+    key_changed: bool,
+}
+
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -507,12 +515,14 @@ impl Upstream {
                     tracing::info!(server = %self.target.url, connection = live.id, "re-challenge passed: {}", live.last.summary);
                     return Ok(live.verified());
                 }
-                Err(refusal) => {
+                Err(ChallengeFailed {
+                    refusal,
+                    key_changed,
+                }) => {
                     // Retire the connection and judge a new one, which alone decides whether
                     // the request is forwarded. Often the connection is merely stale: the
                     // server re-issued its certificate, so challenges commit to a newer key.
-                    let rotated = matches!(&refusal, Refusal::Attestation(c) if c.name == challenge::CHECK_KEY);
-                    if rotated {
+                    if key_changed {
                         // Benign: streams in flight finish on the old connection.
                         tracing::info!(server = %self.target.url, connection = live.id, "the server's key changed since this connection opened; verifying a new connection");
                     } else {
@@ -558,7 +568,7 @@ impl Upstream {
             .http2()
             .ok_or_else(|| Refusal::Unavailable("the connection is not HTTP/2".into()))?;
         let started = Instant::now();
-        let report = self.challenge(&mut session).await?;
+        let report = self.challenge(&mut session).await.map_err(|f| f.refusal)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             server = %self.target.url,
@@ -575,16 +585,31 @@ impl Upstream {
         })
     }
 
-    async fn challenge(&self, session: &mut Session) -> Result<Report, Refusal> {
-        match tokio::time::timeout(CHALLENGE_TIMEOUT, challenge::fresh(&self.client, session)).await
+    async fn challenge(&self, session: &mut Session) -> Result<Report, ChallengeFailed> {
+        let failed = |refusal| ChallengeFailed {
+            refusal,
+            key_changed: false,
+        };
+        match tokio::time::timeout(
+            CHALLENGE_TIMEOUT,
+            challenge::fresh_with_evidence(&self.client, session),
+        )
+        .await
         {
-            Err(_) => Err(Refusal::Unavailable(format!(
+            Err(_) => Err(failed(Refusal::Unavailable(format!(
                 "no answer to the fresh challenge within {} s",
                 CHALLENGE_TIMEOUT.as_secs()
-            ))),
-            Ok(Err(e)) => Err(Refusal::from_client(&e)),
-            Ok(Ok(report)) if report.accepted() => Ok(report),
-            Ok(Ok(report)) => Err(Refusal::from_report(&report)),
+            )))),
+            Ok(Err(e)) => Err(failed(Refusal::from_client(&e))),
+            Ok(Ok(fresh)) if fresh.report.accepted() => Ok(fresh.report),
+            Ok(Ok(fresh)) => Err(ChallengeFailed {
+                refusal: Refusal::from_report(&fresh.report),
+                key_changed: challenge::answered_for_another_key(
+                    &fresh.report,
+                    &fresh.challenge,
+                    &fresh.nonce,
+                ),
+            }),
         }
     }
 
@@ -686,24 +711,16 @@ impl Upstream {
         };
         match self.send(upstream_req, &fault, Deadlines::default()).await {
             Ok(mut resp) => {
-                if let Some(location) = resp.headers().get(header::LOCATION) {
-                    match checked_location(location, &self.target) {
-                        Ok(None) => {}
-                        Ok(Some(path)) => {
-                            resp.headers_mut().insert(header::LOCATION, path);
-                        }
-                        Err(elsewhere) => {
-                            tracing::warn!(server = %self.target.url, "refused a redirect to {elsewhere}");
-                            return error_response(&OpenAiError::new(
-                                StatusCode::BAD_GATEWAY,
-                                "upstream_unavailable",
-                                format!(
-                                    "{what}: the server redirected to {elsewhere}, which connect \
-                                     does not verify; the redirect was not passed on"
-                                ),
-                            ));
-                        }
-                    }
+                if let Err(elsewhere) = check_redirect(resp.headers_mut(), &self.target) {
+                    tracing::warn!(server = %self.target.url, "refused a redirect to {elsewhere}");
+                    return error_response(&OpenAiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_unavailable",
+                        format!(
+                            "{what}: the server redirected to {elsewhere}, which connect \
+                             does not verify; the redirect was not passed on"
+                        ),
+                    ));
                 }
                 downstream_response(resp, local_version)
             }
@@ -763,7 +780,7 @@ impl Upstream {
                         }
                         None => {}
                     }
-                    last_error = e.error().to_string();
+                    last_error = tdx_net::error_chain(e.error());
                     match e.take_message() {
                         Some(unsent) => {
                             self.retire(verified.id).await;
@@ -854,7 +871,25 @@ fn upstream_request(
     Ok(req)
 }
 
-/// The server's answer as the local client gets it: streamed frame by frame as it arrives.
+/// The answer's redirect, if any, made safe to pass on ([`checked_location`]), or what it
+/// pointed to when it may not be. More than one `Location` is refused: clients differ on
+/// which they follow (OkHttp the last, most the first), so checking one would let another
+/// through.
+fn check_redirect(headers: &mut HeaderMap, target: &Target) -> Result<(), String> {
+    let mut locations = headers.get_all(header::LOCATION).iter();
+    let Some(first) = locations.next() else {
+        return Ok(());
+    };
+    let count = 1 + locations.count();
+    if count > 1 {
+        return Err(format!("{count} places at once ({count} Location headers)"));
+    }
+    if let Some(path) = checked_location(first, target)? {
+        headers.insert(header::LOCATION, path);
+    }
+    Ok(())
+}
+
 /// Where a redirect from the verified server may send the local client: somewhere on that
 /// server, through connect again. A relative reference is passed on; an absolute URL on the
 /// verified server is rewritten to its path (followed as given, it would bypass connect and
@@ -865,7 +900,15 @@ fn checked_location(value: &HeaderValue, target: &Target) -> Result<Option<Heade
     let text = value
         .to_str()
         .map_err(|_| "a Location that is not text".to_string())?
-        .trim();
+        .trim_matches(' ');
+    // Visible ASCII only: WHATWG URL parsers (browsers, the OpenAI Node SDK) delete tabs and
+    // newlines anywhere in a URL before parsing, so `/\t/evil` would be followed as
+    // `//evil` and `ht\ttps://evil` as `https://evil`: only without any is what they follow
+    // what was checked here. (A redirect's target has no use for whitespace.)
+    if !text.bytes().all(|b| matches!(b, 0x21..=0x7e)) {
+        return Err(format!("{text:?}"));
+    }
+    // WHATWG also reads `\` as `/` in http(s) URLs: `/\host` is `//host`.
     if text.starts_with("//") || text.starts_with("/\\") || text.starts_with('\\') {
         return Err(format!("{text:?}"));
     }
@@ -897,6 +940,7 @@ fn checked_location(value: &HeaderValue, target: &Target) -> Result<Option<Heade
         .map_err(|_| format!("{text:?}"))
 }
 
+/// The server's answer as the local client gets it: streamed frame by frame as it arrives.
 fn downstream_response(
     resp: Response<hyper::body::Incoming>,
     version: Version,
@@ -1026,7 +1070,7 @@ where
             }
             Some(Err(e)) => {
                 let e: BoxError = e.into();
-                this.cut(BodyFault::Local(e.to_string()), e)
+                this.cut(BodyFault::Local(tdx_net::error_chain(&*e)), e)
             }
             None => Poll::Ready(None),
         }
@@ -1427,9 +1471,42 @@ mod tests {
             "/\\evil.example/v1/models",
             "javascript:alert(1)",
             "ftp://agent.example:8443/",
+            // WHATWG parsers delete tabs anywhere: `//evil.example/x`, `https://evil...`.
+            "/\t/evil.example/x",
+            "\t//evil.example/x",
+            "ht\ttps://evil.example/x",
+            "https:\t//evil.example/x",
+            "/v1/models\tx",
         ] {
-            assert!(check(elsewhere).is_err(), "{elsewhere}");
+            assert!(check(elsewhere).is_err(), "{elsewhere:?}");
         }
+        // Surrounding spaces are no part of the reference.
+        assert_eq!(check(" /v1/models "), Ok(None));
+    }
+
+    #[test]
+    fn an_answer_redirecting_to_more_than_one_location_is_refused() {
+        let target = Target::parse("https://agent.example:8443").unwrap();
+        let mut two = HeaderMap::new();
+        two.append(header::LOCATION, HeaderValue::from_static("/v1/models"));
+        two.append(
+            header::LOCATION,
+            HeaderValue::from_static("https://evil.example/x"),
+        );
+        let e = check_redirect(&mut two, &target).unwrap_err();
+        assert!(e.contains("2 Location"), "{e}");
+
+        let mut one = HeaderMap::new();
+        one.insert(
+            header::LOCATION,
+            HeaderValue::from_static("https://agent.example:8443/v1/models"),
+        );
+        assert_eq!(check_redirect(&mut one, &target), Ok(()));
+        assert_eq!(one.get_all(header::LOCATION).iter().count(), 1);
+        assert_eq!(one[header::LOCATION], "/v1/models");
+        let mut none = HeaderMap::new();
+        assert_eq!(check_redirect(&mut none, &target), Ok(()));
+        assert!(none.is_empty());
     }
 
     fn upstream_at(addr: &str, max: u64) -> Arc<Upstream> {

@@ -25,8 +25,9 @@ pub use session::{Alpn, ClientBody, HttpSender, Session, Target};
 /// The name clients see for a certificate the RA-TLS verifier refused before any quote was
 /// appraised (no evidence extension, a broken key binding, an expired certificate).
 pub const CHECK_CERTIFICATE: &str = "RA-TLS certificate";
-/// The name for a challenge exchange that produced nothing to check (an error status, a
-/// response that is not the challenge JSON).
+/// The name for a challenge exchange that produced nothing to check (an error status other
+/// than 5xx and 429, which say the agent is unavailable; a response that is not the challenge
+/// JSON).
 pub const CHECK_CHALLENGE: &str = "challenge";
 
 /// Why talking to an agent failed.
@@ -106,6 +107,9 @@ impl ClientError {
                 expected: "a certificate carrying verifiable RA-TLS evidence for its key".into(),
                 found: detail.clone(),
             }),
+            // An agent that is overloaded, cannot produce evidence right now (503) or asks
+            // us to slow down (429) said nothing about what it is: it is unavailable.
+            ClientError::Status { status, .. } if *status >= 500 || *status == 429 => None,
             ClientError::Status {
                 what, status, body, ..
             } => Some(FailedCheck {
@@ -249,6 +253,30 @@ pub(crate) mod tests {
                 found: "MRTD found".into()
             })
         );
+    }
+
+    #[test]
+    fn an_agent_too_busy_to_answer_is_unavailable_but_other_statuses_fail_the_challenge() {
+        let status = |status| ClientError::Status {
+            what: "POST /attestation/v1/challenge".into(),
+            status,
+            body: "overloaded".into(),
+        };
+        for unavailable in [500, 502, 503, 504, 429] {
+            assert_eq!(status(unavailable).failed_check(), None, "{unavailable}");
+        }
+        for failed in [400, 401, 404, 405, 422, 200, 302] {
+            let c = status(failed).failed_check();
+            assert_eq!(
+                c.as_ref().map(|c| c.name.as_str()),
+                Some(CHECK_CHALLENGE),
+                "{failed}"
+            );
+            assert!(
+                c.is_some_and(|c| c.found.contains(&format!("HTTP {failed}"))),
+                "{failed}"
+            );
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use super::{Client, ClientError, Timeouts};
 use tdx_core::ratls::{RaTlsError, RaTlsVerifier, ring_provider};
 use tdx_core::verify::Report;
+use tdx_net::error_chain;
 
 /// Errors a body may carry through the proxy; hyper wants them boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,10 +73,23 @@ impl Target {
         if host.is_empty() {
             return Err(bad("no host"));
         }
+        let port = match authority_port(authority.as_str()) {
+            None => 443,
+            // `port_u16` reads an empty or out-of-range port as no port at all: connecting
+            // to 443 instead would reach a server the user did not name.
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n != 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => {
+                    return Err(bad(&format!(
+                        "port {p:?} is not a port number (1 to 65535)"
+                    )));
+                }
+            },
+        };
         Ok(Target {
             url: url.to_string(),
             host,
-            port: authority.port_u16().unwrap_or(443),
+            port,
             authority: authority.as_str().to_string(),
             path: uri
                 .path_and_query()
@@ -93,6 +107,15 @@ impl Target {
             format!("{}:{}", self.host, self.port)
         }
     }
+}
+
+/// The text after the port's colon in `authority` (`host:port`, `[v6]:port`), if it has one.
+fn authority_port(authority: &str) -> Option<&str> {
+    let after_host = match authority.rfind(']') {
+        Some(i) => &authority[i + 1..],
+        None => authority,
+    };
+    after_host.find(':').map(|i| &after_host[i + 1..])
 }
 
 /// `https://AUTHORITY/PATH?QUERY`: HTTP/2 takes the server's name from the URI (`:authority`).
@@ -162,7 +185,7 @@ impl HttpSender {
         let what = format!("{} {}", req.method(), req.uri());
         let http = |e: hyper::Error| ClientError::Http {
             what: what.clone(),
-            detail: e.to_string(),
+            detail: error_chain(&e),
         };
         match self {
             HttpSender::Http1(s) => {
@@ -315,7 +338,7 @@ impl Session {
                     Some(Appraisal::Refused(detail)) => ClientError::Refused { addr, detail },
                     _ => ClientError::Handshake {
                         addr,
-                        detail: e.to_string(),
+                        detail: error_chain(&e),
                     },
                 });
             }
@@ -358,11 +381,11 @@ impl Session {
             Alpn::Http1 => {
                 let (sender, conn) = http1::handshake(io).await.map_err(|e| ClientError::Http {
                     what: "HTTP over RA-TLS".into(),
-                    detail: e.to_string(),
+                    detail: error_chain(&e),
                 })?;
                 let task = tokio::spawn(async move {
                     if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "HTTP/1.1 connection ended");
+                        tracing::debug!(error = %error_chain(&e), "HTTP/1.1 connection ended");
                     }
                 });
                 (HttpSender::Http1(sender), task.abort_handle())
@@ -383,14 +406,14 @@ impl Session {
                         })?
                         .map_err(|e| ClientError::Http {
                             what: "HTTP/2 over RA-TLS".into(),
-                            detail: e.to_string(),
+                            detail: error_chain(&e),
                         })?;
                 let addr = addr.clone();
                 let task = tokio::spawn(async move {
                     match conn.await {
                         Ok(()) => tracing::debug!(server = %addr, "HTTP/2 connection closed"),
                         Err(e) => {
-                            tracing::debug!(server = %addr, error = %e, "HTTP/2 connection failed")
+                            tracing::debug!(server = %addr, error = %error_chain(&e), "HTTP/2 connection failed")
                         }
                     }
                 });
@@ -440,7 +463,7 @@ impl Session {
                 .await
                 .map_err(|e| ClientError::Http {
                     what: what.clone(),
-                    detail: e.to_string(),
+                    detail: error_chain(&*e),
                 })?
                 .to_bytes();
             Ok((status, bytes))
@@ -646,6 +669,78 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+        // A port that is there but not a port is refused, never read as the default 443.
+        for (bad, port) in [
+            ("https://agent:84430", "84430"),
+            ("https://agent:", ""),
+            ("https://agent:0", "0"),
+            ("https://agent:+443", "+443"),
+            ("https://[::1]:70000/v1", "70000"),
+            ("https://[::1]:", ""),
+        ] {
+            match Target::parse(bad) {
+                Err(ClientError::Url { url, detail }) => {
+                    assert_eq!(url, bad);
+                    assert!(
+                        detail.contains(&format!("port {port:?}")),
+                        "{bad}: {detail}"
+                    );
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert_eq!(Target::parse("https://[::1]").unwrap().port, 443);
+        assert_eq!(Target::parse("https://agent:65535").unwrap().port, 65535);
+    }
+
+    #[tokio::test]
+    async fn transport_errors_name_their_cause() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // A "server" that takes the request and answers with a frame no HTTP/2 peer sends: a
+        // SETTINGS frame of 5 bytes (a multiple of 6 is required). hyper's own message is
+        // "http2 error"; that it was the peer's protocol error is in its source.
+        let (client_io, mut server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut preface = [0u8; 24];
+            server_io.read_exact(&mut preface).await?;
+            loop {
+                let mut head = [0u8; 9];
+                server_io.read_exact(&mut head).await?;
+                let len =
+                    usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+                let mut payload = vec![0u8; len];
+                server_io.read_exact(&mut payload).await?;
+                // HEADERS: the request is on its way.
+                if head[3] == 1 {
+                    break;
+                }
+            }
+            server_io
+                .write_all(&[0, 0, 5, 4, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5])
+                .await?;
+            // Held open: the client, not a hang-up, ends the connection.
+            let mut rest = Vec::new();
+            server_io.read_to_end(&mut rest).await.map(|_| ())
+        });
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, ClientBody>(TokioIo::new(client_io))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/v1/models")
+            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+            .unwrap();
+        let e = HttpSender::Http2(sender)
+            .send("h:1", req)
+            .await
+            .expect_err("the connection failed");
+        let ClientError::Http { detail, .. } = &e else {
+            panic!("{e:?}");
+        };
+        assert!(
+            detail.starts_with("http2 error: ") && detail.contains("protocol error"),
+            "{detail}"
+        );
     }
 
     #[test]

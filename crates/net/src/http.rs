@@ -53,7 +53,7 @@ pub(crate) async fn send(
     let response = tokio::time::timeout(REQUEST_TIMEOUT, http.request(request))
         .await
         .map_err(|_| format!("no response within {}s", REQUEST_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("{e}: {}", source_chain(&e)))?;
+        .map_err(|e| error_chain(&e))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     let body = tokio::time::timeout(
@@ -71,12 +71,55 @@ pub(crate) async fn send(
     })
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
+/// `e` and every error under it, `outer: inner: ...`: hyper's own message names only the
+/// layer (`http2 error`, `client error (Connect)`); the cause is in its sources. A source
+/// whose text the message already shows is left out rather than repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
-        parts.push(s.to_string());
+        let text = s.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cur = s.source();
     }
-    parts.join(": ")
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_names_the_error_and_every_cause_once() {
+        let e = Layer(
+            "http2 error",
+            Some(Box::new(Layer(
+                "connection error: frame with invalid size",
+                Some(Box::new(Layer("frame with invalid size", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "http2 error: connection error: frame with invalid size"
+        );
+        assert_eq!(error_chain(&Layer("closed", None)), "closed");
+    }
 }

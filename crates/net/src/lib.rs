@@ -6,6 +6,7 @@
 pub mod forward;
 pub mod head_timer;
 mod http;
+pub use http::error_chain;
 pub mod nvidia;
 pub mod pccs;
 pub mod webhook;
