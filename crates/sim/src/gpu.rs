@@ -172,6 +172,48 @@ impl SimGpuPki {
     /// A fresh PKI with random keys. `rim_leaf_not_after` bounds the RIM signer's validity
     /// (real ones last two years; tests move it to make a RIM expire).
     pub fn generate(arch: Architecture, rim_leaf_not_after: i64) -> Result<Self, SimError> {
+        Self::generate_inner(arch, rim_leaf_not_after, None)
+    }
+
+    /// [`SimGpuPki::generate`], except that device-chain certificate `index` (1 BROM, 2
+    /// provisioner ICA, 3 identity) is an end-entity certificate that still issues the one
+    /// below it, with basicConstraints CA:FALSE or, with `omit_basic_constraints`, none: the
+    /// chain an NVIDIA end-entity key could make, which verifiers must refuse (NVIDIA's
+    /// issuers are all CA:TRUE). A test knob.
+    pub fn generate_with_non_ca_issuer(
+        arch: Architecture,
+        rim_leaf_not_after: i64,
+        index: usize,
+        omit_basic_constraints: bool,
+    ) -> Result<Self, SimError> {
+        if !(1..=3).contains(&index) {
+            return Err(SimError::Other(format!(
+                "device chain certificate {index} is not an intermediate (1..=3)"
+            )));
+        }
+        Self::generate_inner(
+            arch,
+            rim_leaf_not_after,
+            Some((index, omit_basic_constraints)),
+        )
+    }
+
+    fn generate_inner(
+        arch: Architecture,
+        rim_leaf_not_after: i64,
+        non_ca: Option<(usize, bool)>,
+    ) -> Result<Self, SimError> {
+        // Device chain index `i`'s parameters, made an end-entity's where the knob says so.
+        let device_ca = |cn: &str, i: usize, serial: u64| -> Result<CertificateParams, SimError> {
+            let mut p = ca_params(cn, DEVICE_NOT_BEFORE, DEVICE_NOT_AFTER, serial)?;
+            if let Some((index, omit)) = non_ca
+                && index == i
+            {
+                p.is_ca = if omit { IsCa::NoCa } else { IsCa::ExplicitNoCa };
+                p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            }
+            Ok(p)
+        };
         let chip = match arch {
             Architecture::Hopper => "GH100",
             Architecture::Blackwell => "GB100",
@@ -179,16 +221,13 @@ impl SimGpuPki {
         let fwid: [u8; 48] = Sha384::digest(rand_bytes()?).into();
         let (d0, d1) = (DEVICE_NOT_BEFORE, DEVICE_NOT_AFTER);
         let root = SimCert::self_signed(ca_params("NVIDIA Device Identity CA", d0, d1, 1)?)?;
-        let identity = SimCert::issued_by(
-            ca_params(&format!("NVIDIA {chip} Identity"), d0, d1, 2)?,
-            &root,
-        )?;
+        let identity =
+            SimCert::issued_by(device_ca(&format!("NVIDIA {chip} Identity"), 3, 2)?, &root)?;
         let ica = SimCert::issued_by(
-            ca_params(&format!("NVIDIA {chip} Provisioner ICA 1"), d0, d1, 3)?,
+            device_ca(&format!("NVIDIA {chip} Provisioner ICA 1"), 2, 3)?,
             &identity,
         )?;
-        let brom =
-            SimCert::issued_by(ca_params(&format!("{chip} A01 GSP BROM"), d0, d1, 4)?, &ica)?;
+        let brom = SimCert::issued_by(device_ca(&format!("{chip} A01 GSP BROM"), 1, 4)?, &ica)?;
         let mut leaf = leaf_params(&format!("{chip} A01 GSP FMC LF"), d0, d1, 5)?;
         let oid = match arch {
             Architecture::Hopper => HOPPER_TCB_INFO,

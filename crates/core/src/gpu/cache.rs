@@ -3,7 +3,7 @@
 //! cached "valid" is never used outside it), the signature of each link of those chains (so
 //! chains sharing intermediates verify them once), and parsed RIMs with their signature
 //! verdict. What stays per attestation is the report's signature, the comparison and
-//! revocation.
+//! revocation. Each kind is bounded by entries, and the RIMs by bytes as well.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,12 @@ use super::rim::{Rim, RimChainError, RimError, RimSignatureError};
 /// Bounds the memory a stream of distinct hostile chains or RIMs can take: the cache is
 /// emptied when it reaches this many entries of a kind.
 const MAX_ENTRIES: usize = 4096;
+/// Bounds the parsed RIMs by their size too: a RIM may be up to 1 MiB
+/// ([`super::rim::MAX_DOCUMENT_LEN`]), so 4096 of them would be GiBs, and any well-formed RIM
+/// is kept, whatever its signature and chain. A RIM counts as its input's length (its parsed
+/// form is of the same order: every field is read from that text); the RIMs are emptied
+/// when the next one would go over. Real RIMs are about 20 KiB, so this holds thousands.
+pub(crate) const MAX_RIM_BYTES: usize = 64 << 20;
 
 /// A RIM parsed once, with its signature verdict (which depends on nothing else).
 #[derive(Debug)]
@@ -40,12 +46,20 @@ struct Inner {
     chains: HashMap<[u8; 32], Valid>,
     links: HashMap<[u8; 32], bool>,
     rims: HashMap<[u8; 32], Arc<ParsedRim>>,
+    /// The input bytes of the RIMs in `rims`.
+    rim_bytes: usize,
     ocsp: HashMap<[u8; 32], Result<Authenticated, OcspError>>,
 }
 
-#[derive(Default)]
 pub struct VerdictCache {
     inner: Mutex<Inner>,
+    rim_budget: usize,
+}
+
+impl Default for VerdictCache {
+    fn default() -> Self {
+        Self::with_rim_budget(MAX_RIM_BYTES)
+    }
 }
 
 fn digest(parts: &[&[u8]]) -> [u8; 32] {
@@ -98,6 +112,14 @@ impl LinkMemo for VerdictCache {
 type Map<V> = HashMap<[u8; 32], V>;
 
 impl VerdictCache {
+    /// A cache whose parsed RIMs take at most `rim_budget` bytes of input.
+    pub(crate) fn with_rim_budget(rim_budget: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            rim_budget,
+        }
+    }
+
     fn recall<V: Clone>(&self, map: fn(&mut Inner) -> &mut Map<V>, key: &[u8; 32]) -> Option<V> {
         let mut inner = self.inner.lock().ok()?;
         map(&mut inner).get(key).cloned()
@@ -116,6 +138,32 @@ impl VerdictCache {
     #[cfg(test)]
     pub fn links_remembered(&self) -> usize {
         self.inner.lock().map_or(0, |i| i.links.len())
+    }
+
+    /// The RIMs remembered and the input bytes they account for.
+    #[cfg(test)]
+    pub fn rims_remembered(&self) -> (usize, usize) {
+        self.inner
+            .lock()
+            .map_or((0, 0), |i| (i.rims.len(), i.rim_bytes))
+    }
+
+    fn remember_rim(&self, key: [u8; 32], len: usize, rim: Arc<ParsedRim>) {
+        if len > self.rim_budget {
+            return;
+        }
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.rims.len() >= MAX_ENTRIES
+                || inner.rim_bytes.saturating_add(len) > self.rim_budget
+            {
+                inner.rims.clear();
+                inner.rim_bytes = 0;
+            }
+            // Another thread may have parsed the same bytes meanwhile: count them once.
+            if inner.rims.insert(key, rim).is_none() {
+                inner.rim_bytes = inner.rim_bytes.saturating_add(len);
+            }
+        }
     }
 
     fn lookup_chain(&self, key: &[u8; 32], at: i64) -> Option<Vec<String>> {
@@ -173,7 +221,8 @@ impl VerdictCache {
         })
     }
 
-    /// A parsed RIM and its signature verdict, by the digest of its bytes.
+    /// A parsed RIM and its signature verdict, by the digest of its bytes; at most
+    /// [`MAX_ENTRIES`] and `rim_budget` bytes of them are kept.
     pub fn rim(&self, xml: &[u8]) -> Result<Arc<ParsedRim>, RimError> {
         let key = digest(&[b"rim", xml]);
         if let Some(r) = self.recall(|i| &mut i.rims, &key) {
@@ -182,7 +231,7 @@ impl VerdictCache {
         let rim = Rim::parse(xml)?;
         let signature = rim.verify_signature();
         let parsed = Arc::new(ParsedRim { rim, signature });
-        self.remember(|i| &mut i.rims, key, parsed.clone());
+        self.remember_rim(key, xml.len(), parsed.clone());
         Ok(parsed)
     }
 

@@ -1,7 +1,7 @@
 //! The GPU's certificate chain up to NVIDIA's pinned device root (docs/design.md §14): five
 //! certificates, leaf first; as NVIDIA's verifier does, the chain's own last certificate is
-//! replaced by the pinned root, and each certificate must be issued and signed by the next
-//! and valid at the verification time.
+//! replaced by the pinned root, and each certificate must be issued and signed by the next,
+//! every issuer must be a CA, and every certificate valid at the verification time.
 
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
@@ -33,6 +33,10 @@ pub enum GpuChainError {
         "GPU certificate chain: certificate {index} ({subject}): signature does not verify with the next certificate's key"
     )]
     Signature { index: usize, subject: String },
+    #[error(
+        "GPU certificate chain: certificate {index} ({subject}) issues certificates but is not a CA (basicConstraints CA:TRUE)"
+    )]
+    NotCa { index: usize, subject: String },
     #[error(
         "GPU certificate chain: certificate {index} ({subject}) is not valid at {at} (valid {not_before} .. {not_after})"
     )]
@@ -114,6 +118,15 @@ pub(crate) fn verify_device_chain_with(
         }
         if next.is_some() && !signed_by(ders[index], cert, issuer, memo) {
             return Err(GpuChainError::Signature { index, subject });
+        }
+        // Every certificate above the leaf issues the one below: without this an NVIDIA
+        // end-entity key (an FMC leaf's, say) could certify a chain of its own. OpenSSL,
+        // under NVIDIA's verifier, refuses a CA:FALSE issuer too (though not one with
+        // keyCertSign and no basicConstraints); NVIDIA's all say CA:TRUE, as rim/chain.rs
+        // requires of RIM chains.
+        let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+        if index > 0 && !is_ca {
+            return Err(GpuChainError::NotCa { index, subject });
         }
     }
     Ok(certs.iter().map(|c| c.subject().to_string()).collect())

@@ -81,6 +81,78 @@ fn a_broken_chain_fails_naming_the_certificate() {
     ));
 }
 
+/// A simulated Hopper PKI; the simulator links the library build of this crate, so its
+/// `Architecture` is another type here and crosses over by name.
+fn sim_pki(non_ca: Option<(usize, bool)>) -> tdx_sim::gpu::SimGpuPki {
+    use tdx_sim::gpu::{SIM_RIM_NOT_AFTER, SimGpuPki};
+    let hopper = serde_json::from_value(serde_json::json!("hopper")).unwrap();
+    match non_ca {
+        None => SimGpuPki::generate(hopper, SIM_RIM_NOT_AFTER),
+        Some((index, omit)) => {
+            SimGpuPki::generate_with_non_ca_issuer(hopper, SIM_RIM_NOT_AFTER, index, omit)
+        }
+    }
+    .unwrap()
+}
+
+#[test]
+fn an_issuer_that_is_not_a_ca_breaks_the_chain() {
+    let good = sim_pki(None).chain_der();
+    assert!(verify_device_chain(&good, &root_of(&good), AT).is_ok());
+    for (index, cn) in [(1, "GSP BROM"), (2, "Provisioner ICA"), (3, "Identity")] {
+        // CA:FALSE, and no basicConstraints at all: either way an end-entity certificate.
+        for omit in [false, true] {
+            let chain = sim_pki(Some((index, omit))).chain_der();
+            match verify_device_chain(&chain, &root_of(&chain), AT) {
+                Err(GpuChainError::NotCa { index: i, subject }) => {
+                    assert_eq!(i, index);
+                    assert!(subject.contains(cn), "{subject}");
+                }
+                other => panic!("certificate {index} (omit {omit}): {other:?}"),
+            }
+        }
+    }
+}
+
+fn root_of(chain: &[Vec<u8>]) -> Vec<u8> {
+    chain[DEVICE_CHAIN_LEN - 1].clone()
+}
+
+#[test]
+fn a_non_ca_issuer_fails_the_device_chain_check_naming_it() {
+    let pki = sim_pki(Some((2, false)));
+    let hopper = serde_json::from_value(serde_json::json!("hopper")).unwrap();
+    let gpu = tdx_sim::gpu::SimGpu::typical(hopper, "0");
+    let nonce = [7; 32];
+    let report = pki.report(&gpu, &nonce).unwrap();
+    let roots = GpuRoots::insecure_from_pem(pki.roots_pem().as_bytes()).unwrap();
+    let policy = GpuPolicy {
+        insecure_skip_rims: true,
+        insecure_skip_ocsp: true,
+        ..GpuPolicy::default()
+    };
+    let r = verify_gpu(
+        GpuEvidenceRef {
+            report: &report,
+            chain_pem: pki.chain_pem().as_bytes(),
+        },
+        &nonce,
+        &GpuCollateral::default(),
+        &policy,
+        &roots,
+        AT,
+    );
+    let c = r.check_named(check::DEVICE_CHAIN).unwrap();
+    assert!(!c.ok, "{}", r.render_text());
+    assert!(
+        c.found.contains("certificate 2") && c.found.contains("Provisioner ICA"),
+        "{}",
+        c.found
+    );
+    assert!(c.found.contains("not a CA"), "{}", c.found);
+    assert!(!r.accepted());
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
 

@@ -48,6 +48,8 @@ pub use verify::{
 };
 
 #[cfg(test)]
+mod cache_tests;
+#[cfg(test)]
 mod chain_tests;
 #[cfg(test)]
 mod compare_tests;

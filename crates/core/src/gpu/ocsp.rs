@@ -47,6 +47,13 @@ const CTX_PRIM_2: u8 = 0x82;
 /// RFC 5280 CRLReason certificateHold: a suspension, never accepted as "not revoked".
 pub const CRL_REASON_CERTIFICATE_HOLD: u8 = 6;
 
+/// NVIDIA's answers are under 8 KiB (one SingleResponse, the responder's certificate); a
+/// larger answer is refused before it is read, which bounds the work any one answer costs.
+pub const MAX_OCSP_RESPONSE_LEN: usize = 64 * 1024;
+/// Extensions in one Extensions list: NVIDIA's answers have none, a nonce is the one an
+/// answer may need.
+pub const MAX_OCSP_EXTENSIONS: usize = 16;
+
 /// The hash of a CertID. Only SHA-256 and SHA-384 can be computed here: SHA-1 is not in our
 /// dependency tree and NVIDIA's responder answers SHA-384 CertIDs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -526,9 +533,15 @@ fn extensions(tlv: Tlv<'_>, field: &'static str) -> Result<Option<Vec<u8>>, Ocsp
     if list.is_empty() {
         return Err(perr(field, "empty Extensions (SIZE 1..MAX)"));
     }
-    let mut seen: Vec<&[u8]> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     let mut nonce = None;
     while !list.is_empty() {
+        if seen.len() >= MAX_OCSP_EXTENSIONS {
+            return Err(perr(
+                field,
+                format!("more than {MAX_OCSP_EXTENSIONS} extensions"),
+            ));
+        }
         let mut ext = list.sequence(field)?;
         let oid = ext.expect(OID, field)?.value;
         // DER omits the DEFAULT FALSE; an explicit FALSE is tolerated (no security meaning).
@@ -542,13 +555,12 @@ fn extensions(tlv: Tlv<'_>, field: &'static str) -> Result<Option<Vec<u8>>, Ocsp
         };
         let value = ext.expect(OCTET_STRING, field)?.value;
         ext.end(field)?;
-        if seen.contains(&oid) {
+        if !seen.insert(oid) {
             return Err(perr(
                 field,
                 format!("extension {} repeated", oid_string(oid)),
             ));
         }
-        seen.push(oid);
         if oid == OID_PKIX_OCSP_NONCE {
             nonce = Some(value.to_vec());
         } else if critical {
@@ -613,8 +625,18 @@ fn single_response(der: &mut Der<'_>) -> Result<SingleResponse, OcspParseError> 
     })
 }
 
-/// Parse a DER OCSPResponse. Strict: every length, tag and trailing byte is checked.
+/// Parse a DER OCSPResponse of at most [`MAX_OCSP_RESPONSE_LEN`] bytes. Strict: every
+/// length, tag and trailing byte is checked.
 pub fn parse_ocsp_response(der: &[u8]) -> Result<OcspResponse, OcspParseError> {
+    if der.len() > MAX_OCSP_RESPONSE_LEN {
+        return Err(perr(
+            "OCSPResponse",
+            format!(
+                "{} bytes, more than the {MAX_OCSP_RESPONSE_LEN} an answer may have",
+                der.len()
+            ),
+        ));
+    }
     let mut top = Der(der);
     let mut resp = top.sequence("OCSPResponse")?;
     top.end("OCSPResponse")?;
@@ -883,19 +905,6 @@ fn subject_key_id<'a>(cert: &X509Certificate<'a>) -> Option<&'a [u8]> {
         })
 }
 
-/// Does `id` name `cert` as issued by `issuer`? None when its hash cannot be computed here.
-fn names(id: &CertId, cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Option<bool> {
-    let name_hash = id.hash.digest(issuer.subject().as_raw())?;
-    let key_hash = id
-        .hash
-        .digest(&issuer.public_key().subject_public_key.data)?;
-    Some(
-        id.serial == cert.raw_serial()
-            && id.issuer_name_hash == name_hash
-            && id.issuer_key_hash == key_hash,
-    )
-}
-
 /// The DER ECDSA-Sig-Value as fixed-width `r‖s`, refusing non-minimal or oversized integers.
 fn ecdsa_fixed(sig: &[u8], width: usize) -> Option<Vec<u8>> {
     let mut top = Der(sig);
@@ -1141,26 +1150,150 @@ pub fn check_ocsp_memo(
 ) -> Result<OcspGood, OcspError> {
     let cert = parse_cert(cert_der, "checked")?;
     let issuer = parse_cert(issuer_der, "issuer")?;
-    let name = describe(&cert);
+    let subject = Subject::new(cert_der, &cert, issuer_der, &issuer);
+    judge(
+        &Stapled::parse(response_der),
+        &subject,
+        at,
+        max_age_secs,
+        memo,
+    )
+}
+
+/// A stapled answer and what parsing it gave, so that an appraisal reads each answer once
+/// however many certificates it is tried for.
+pub struct Stapled<'a> {
+    der: &'a [u8],
+    parsed: Result<OcspResponse, OcspParseError>,
+}
+
+impl<'a> Stapled<'a> {
+    pub fn parse(der: &'a [u8]) -> Self {
+        Self {
+            der,
+            parsed: parse_ocsp_response(der),
+        }
+    }
+
+    /// Every answer of `responses`, parsed.
+    pub fn parse_all(responses: &'a [Vec<u8>]) -> Vec<Self> {
+        responses.iter().map(|r| Self::parse(r)).collect()
+    }
+}
+
+/// The certificate an answer is judged for, with its issuer, and the CertID hashes that name
+/// it, computed once rather than for every SingleResponse of every answer.
+struct Subject<'c, 'd> {
+    cert_der: &'d [u8],
+    cert: &'c X509Certificate<'d>,
+    issuer_der: &'d [u8],
+    issuer: &'c X509Certificate<'d>,
+    name: String,
+    /// (hash, issuerNameHash, issuerKeyHash) for each hash we can compute.
+    hashes: Vec<(OcspHash, Vec<u8>, Vec<u8>)>,
+}
+
+impl<'c, 'd> Subject<'c, 'd> {
+    fn new(
+        cert_der: &'d [u8],
+        cert: &'c X509Certificate<'d>,
+        issuer_der: &'d [u8],
+        issuer: &'c X509Certificate<'d>,
+    ) -> Self {
+        let hashes = [OcspHash::Sha256, OcspHash::Sha384]
+            .into_iter()
+            .filter_map(|h| {
+                let name = h.digest(issuer.subject().as_raw())?;
+                let key = h.digest(&issuer.public_key().subject_public_key.data)?;
+                Some((h, name, key))
+            })
+            .collect();
+        Self {
+            cert_der,
+            cert,
+            issuer_der,
+            issuer,
+            name: describe(cert),
+            hashes,
+        }
+    }
+
+    /// Does `id` name this certificate? None when its hash cannot be computed here.
+    fn named_by(&self, id: &CertId) -> Option<bool> {
+        let (_, name_hash, key_hash) = self.hashes.iter().find(|(h, ..)| *h == id.hash)?;
+        Some(
+            id.serial == self.cert.raw_serial()
+                && id.issuer_name_hash == *name_hash
+                && id.issuer_key_hash == *key_hash,
+        )
+    }
+
+    /// Why `answer` says nothing about this certificate: it is unreadable, unsuccessful, or
+    /// names certificates only by a hash we cannot compute. None for a readable answer
+    /// about other certificates.
+    fn unusable(&self, answer: &Stapled<'_>) -> Option<OcspError> {
+        match &answer.parsed {
+            Err(e) => Some(OcspError::Malformed {
+                cert: self.name.clone(),
+                field: e.field,
+                detail: e.detail.clone(),
+            }),
+            Ok(OcspResponse::Unsuccessful(s)) => Some(OcspError::Unsuccessful {
+                cert: self.name.clone(),
+                status: response_status_name(*s),
+            }),
+            Ok(OcspResponse::Successful(basic)) => basic
+                .responses
+                .iter()
+                .find(|s| self.named_by(&s.cert_id).is_none())
+                .map(|s| OcspError::UnsupportedHash {
+                    cert: self.name.clone(),
+                    algorithm: s.cert_id.hash.name(),
+                }),
+        }
+    }
+
+    /// Whether `answer` is readable and has a SingleResponse for this certificate.
+    fn answered_by(&self, answer: &Stapled<'_>) -> bool {
+        match &answer.parsed {
+            Ok(OcspResponse::Successful(basic)) => basic
+                .responses
+                .iter()
+                .any(|s| self.named_by(&s.cert_id) == Some(true)),
+            _ => false,
+        }
+    }
+}
+
+/// The judgement of [`check_ocsp`] on an answer already parsed.
+fn judge(
+    answer: &Stapled<'_>,
+    subject: &Subject<'_, '_>,
+    at: i64,
+    max_age_secs: u64,
+    memo: &dyn OcspMemo,
+) -> Result<OcspGood, OcspError> {
+    let (cert, issuer) = (subject.cert, subject.issuer);
+    let name = subject.name.clone();
     if cert.issuer().as_raw() != issuer.subject().as_raw() {
         return Err(OcspError::NotIssuedBy {
             cert: name,
             issuer: issuer.subject().to_string(),
         });
     }
-    let basic = match parse_ocsp_response(response_der) {
+    let basic = match &answer.parsed {
         Ok(OcspResponse::Successful(b)) => b,
         Ok(OcspResponse::Unsuccessful(s)) => {
             return Err(OcspError::Unsuccessful {
                 cert: name,
-                status: response_status_name(s),
+                status: response_status_name(*s),
             });
         }
         Err(e) => {
             return Err(OcspError::Malformed {
                 cert: name,
                 field: e.field,
-                detail: e.detail,
+                detail: e.detail.clone(),
             });
         }
     };
@@ -1168,7 +1301,7 @@ pub fn check_ocsp_memo(
     let mut unsupported = None;
     let mut matching = Vec::new();
     for single in &basic.responses {
-        match names(&single.cert_id, &cert, &issuer) {
+        match subject.named_by(&single.cert_id) {
             Some(true) => matching.push(single),
             Some(false) => {}
             None => unsupported = Some(single.cert_id.hash.name()),
@@ -1197,15 +1330,14 @@ pub fn check_ocsp_memo(
     };
 
     let key = {
-        use sha2::{Digest as _, Sha256};
         let mut h = Sha256::new();
-        for part in [response_der, cert_der, issuer_der] {
+        for part in [answer.der, subject.cert_der, subject.issuer_der] {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
         }
         h.finalize().into()
     };
-    let authenticated = memo.authenticated(key, &mut || authenticate(&basic, &issuer, &name))?;
+    let authenticated = memo.authenticated(key, &mut || authenticate(basic, issuer, &name))?;
     let responder = signer_valid_at(&authenticated, &name, at)?;
 
     match single.status {
@@ -1263,27 +1395,15 @@ pub fn check_ocsp_memo(
     })
 }
 
-/// Does the response (if readable) carry a SingleResponse for `cert` issued by `issuer`?
-fn response_names(
-    response_der: &[u8],
-    cert: &X509Certificate<'_>,
-    issuer: &X509Certificate<'_>,
-) -> bool {
-    match parse_ocsp_response(response_der) {
-        Ok(OcspResponse::Successful(basic)) => basic
-            .responses
-            .iter()
-            .any(|s| names(&s.cert_id, cert, issuer) == Some(true)),
-        _ => false,
-    }
-}
-
 /// Check the certificates `which` of `chain_der` (DER, leaf first, each issued by the next;
 /// the last is the pinned root) against the stapled `responses`, as NVIDIA's verifier does
 /// (device chain 1..4 leaving out leaf and root, RIM chains 0..3). For each certificate the
 /// responses that name it are tried in order: the first good one wins, otherwise the first
-/// failure is reported; a certificate no response names gets [`OcspError::MissingResponse`].
-/// Results are in `which`'s order, each with the certificate's subject.
+/// failure is reported. Where no readable answer names a certificate, the first answer that
+/// could not say anything (malformed, unsuccessful, or naming certificates by a hash we cannot
+/// compute) is reported for it, since it may have been this certificate's; failing that,
+/// [`OcspError::MissingResponse`]. Results are in `which`'s order, each with the
+/// certificate's subject.
 pub fn check_chain_ocsp(
     chain_der: &[Vec<u8>],
     which: Range<usize>,
@@ -1303,6 +1423,19 @@ pub fn check_chain_ocsp_memo(
     max_age_secs: u64,
     memo: &dyn OcspMemo,
 ) -> Vec<(String, Result<OcspGood, OcspError>)> {
+    let stapled = Stapled::parse_all(responses);
+    check_chain_stapled(chain_der, which, &stapled, at, max_age_secs, memo)
+}
+
+/// [`check_chain_ocsp_memo`] on answers parsed once with [`Stapled::parse_all`].
+pub fn check_chain_stapled(
+    chain_der: &[Vec<u8>],
+    which: Range<usize>,
+    stapled: &[Stapled<'_>],
+    at: i64,
+    max_age_secs: u64,
+    memo: &dyn OcspMemo,
+) -> Vec<(String, Result<OcspGood, OcspError>)> {
     which
         .map(|index| {
             let Some(cert_der) = chain_der.get(index) else {
@@ -1318,10 +1451,10 @@ pub fn check_chain_ocsp_memo(
                 Ok(c) => c,
                 Err(e) => return (format!("certificate {index}"), Err(e)),
             };
-            let subject = cert.subject().to_string();
+            let subject_name = cert.subject().to_string();
             let Some(issuer_der) = index.checked_add(1).and_then(|i| chain_der.get(i)) else {
                 return (
-                    subject,
+                    subject_name,
                     Err(OcspError::NoIssuer {
                         cert: describe(&cert),
                     }),
@@ -1329,24 +1462,32 @@ pub fn check_chain_ocsp_memo(
             };
             let issuer = match parse_cert(issuer_der, "issuer") {
                 Ok(c) => c,
-                Err(e) => return (subject, Err(e)),
+                Err(e) => return (subject_name, Err(e)),
             };
+            let subject = Subject::new(cert_der, &cert, issuer_der, &issuer);
             let mut first_error = None;
-            for response in responses {
-                if !response_names(response, &cert, &issuer) {
+            let mut first_unusable = None;
+            for answer in stapled {
+                if !subject.answered_by(answer) {
+                    if first_unusable.is_none() {
+                        first_unusable = subject.unusable(answer);
+                    }
                     continue;
                 }
-                match check_ocsp_memo(response, cert_der, issuer_der, at, max_age_secs, memo) {
-                    Ok(good) => return (subject, Ok(good)),
+                match judge(answer, &subject, at, max_age_secs, memo) {
+                    Ok(good) => return (subject_name, Ok(good)),
                     Err(e) => {
                         first_error.get_or_insert(e);
                     }
                 }
             }
-            let error = first_error.unwrap_or_else(|| OcspError::MissingResponse {
-                cert: describe(&cert),
-            });
-            (subject, Err(error))
+            let error =
+                first_error
+                    .or(first_unusable)
+                    .unwrap_or_else(|| OcspError::MissingResponse {
+                        cert: subject.name.clone(),
+                    });
+            (subject_name, Err(error))
         })
         .collect()
 }

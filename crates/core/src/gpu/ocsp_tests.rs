@@ -390,6 +390,152 @@ fn unsuccessful_and_malformed_responses_are_named() {
     ));
 }
 
+#[test]
+fn an_unreadable_answer_is_reported_where_no_readable_answer_names_the_certificate() {
+    let device = device_chain();
+    let malformed = vec![0x30, 0x80, 0x00, 0x00];
+    let try_later = vec![0x30, 0x03, 0x0A, 0x01, 0x03];
+    // The only answer stapled for the BROM is unreadable, or says tryLater: that is the
+    // finding, not that nothing was stapled.
+    let results = check_chain_ocsp(
+        &device,
+        1..2,
+        std::slice::from_ref(&malformed),
+        aug21(),
+        WEEK,
+    );
+    assert!(
+        matches!(
+            &results[0].1,
+            Err(OcspError::Malformed { cert, field: "OCSPResponse", .. }) if cert.contains("GSP BROM")
+        ),
+        "{:?}",
+        results[0].1
+    );
+    let results = check_chain_ocsp(
+        &device,
+        1..2,
+        std::slice::from_ref(&try_later),
+        aug21(),
+        WEEK,
+    );
+    assert!(
+        matches!(
+            &results[0].1,
+            Err(OcspError::Unsuccessful {
+                status: "tryLater",
+                ..
+            })
+        ),
+        "{:?}",
+        results[0].1
+    );
+    // Beside the real answers, which name each certificate, an unreadable one changes nothing.
+    let mut stapled = vec![malformed, try_later];
+    stapled.extend(responses());
+    let results = check_chain_ocsp(&device, 1..4, &stapled, aug21(), WEEK);
+    assert!(all_ok(&results), "{results:?}");
+    // Readable answers about other certificates only: nothing was stapled for the leaf.
+    let results = check_chain_ocsp(&device, 0..1, &stapled[2..], aug21(), WEEK);
+    assert!(matches!(
+        results[0].1,
+        Err(OcspError::MissingResponse { .. })
+    ));
+}
+
+/// DER with a definite length in the fewest octets.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let len = content.len();
+    let mut out = vec![tag];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let octets: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | octets.len() as u8);
+        out.extend(octets);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A non-critical extension with OID 1.3.`arc` and an empty value.
+fn extension(arc: u32) -> Vec<u8> {
+    let mut oid = vec![0x2B];
+    let mut groups = vec![(arc & 0x7F) as u8];
+    let mut rest = arc >> 7;
+    while rest > 0 {
+        groups.push(0x80 | (rest & 0x7F) as u8);
+        rest >>= 7;
+    }
+    oid.extend(groups.into_iter().rev());
+    [der(0x06, &oid), der(0x04, &[])].concat()
+}
+
+/// A successful OCSPResponse (unsigned: parsing never gets that far) answering nothing, with
+/// `extensions` as its responseExtensions.
+fn answer_with_extensions(extensions: &[Vec<u8>]) -> Vec<u8> {
+    let list: Vec<u8> = extensions.iter().flat_map(|e| der(0x30, e)).collect();
+    let tbs = der(
+        0x30,
+        &[
+            der(0xA2, &der(0x04, &[0x11; 20])),
+            der(0x18, b"20250821000000Z"),
+            der(0x30, &[]),
+            der(0xA1, &der(0x30, &list)),
+        ]
+        .concat(),
+    );
+    let algorithm = der(
+        0x30,
+        &der(0x06, &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x04, 0x03, 0x03]),
+    );
+    let basic = der(
+        0x30,
+        &[tbs, algorithm, der(0x03, &[0x00, 0x30, 0x00])].concat(),
+    );
+    let bytes = der(
+        0x30,
+        &[
+            der(
+                0x06,
+                &[0x2B, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01],
+            ),
+            der(0x04, &basic),
+        ]
+        .concat(),
+    );
+    der(0x30, &[der(0x0A, &[0x00]), der(0xA0, &bytes)].concat())
+}
+
+#[test]
+fn answers_and_their_extensions_are_bounded() {
+    // 1.5 million distinct extensions (about 15 MB, under a bundle's 16 MiB): checked for
+    // repeats against a list, hours of work. Refused by its size, before any of it is read.
+    let flood: Vec<Vec<u8>> = (0..1_500_000).map(extension).collect();
+    let flood = answer_with_extensions(&flood);
+    assert!(flood.len() > MAX_OCSP_RESPONSE_LEN);
+    let e = parse_ocsp_response(&flood).unwrap_err();
+    assert_eq!(e.field, "OCSPResponse", "{e}");
+    assert!(e.detail.contains("more than"), "{e}");
+    // Under the size limit, the number of extensions is bounded; a repeat is refused.
+    let most: Vec<Vec<u8>> = (0..MAX_OCSP_EXTENSIONS as u32).map(extension).collect();
+    assert!(matches!(
+        parse_ocsp_response(&answer_with_extensions(&most)),
+        Ok(OcspResponse::Successful(_))
+    ));
+    let too_many: Vec<Vec<u8>> = (0..=MAX_OCSP_EXTENSIONS as u32).map(extension).collect();
+    let e = parse_ocsp_response(&answer_with_extensions(&too_many)).unwrap_err();
+    assert_eq!(e.field, "responseExtensions", "{e}");
+    assert!(e.detail.contains("more than"), "{e}");
+    let repeated = [extension(7), extension(9), extension(7)];
+    let e = parse_ocsp_response(&answer_with_extensions(&repeated)).unwrap_err();
+    assert!(e.detail.contains("repeated"), "{e}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The builder, with a P-384 test PKI.
 

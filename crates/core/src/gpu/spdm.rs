@@ -262,7 +262,9 @@ fn parse_blocks(record: &[u8], base: usize) -> Result<Vec<MeasurementBlock>, Spd
     while r.off < record.len() {
         let at = base + r.off;
         let index = r.u8("measurement block Index")?;
-        if index == 0 || blocks.iter().any(|b| b.index == index) {
+        // 0 and 0xFF are request codes (DSP0274: "total number of indices" and "all
+        // measurements"), never the index of a block in a response.
+        if index == 0 || index == 0xFF || blocks.iter().any(|b| b.index == index) {
             return Err(SpdmError::Field {
                 field: "measurement block Index",
                 offset: at,

@@ -201,6 +201,34 @@ fn wrong_values_name_the_field_and_offset() {
 }
 
 #[test]
+fn block_index_0xff_is_refused_as_the_message_says() {
+    let raw = report("nvidia-nvtrust/hopper-550.90.07");
+    let second_block = REQUEST_LEN + 8 + 4 + 3 + BLOCK_DIGEST_LEN;
+    // 0xFF asks for every block in a request; as a block's own index it is not 1..=254.
+    for index in [0x00, 0xFF] {
+        let mut m = raw.clone();
+        m[second_block] = index;
+        match SpdmReport::parse(&m) {
+            Err(SpdmError::Field {
+                field: "measurement block Index",
+                offset,
+                expected,
+                found,
+            }) => {
+                assert_eq!(offset, second_block);
+                assert!(expected.starts_with("1..=254"), "{expected}");
+                assert_eq!(found, index.to_string());
+            }
+            other => panic!("index {index:#04x}: {other:?}"),
+        }
+    }
+    // 254, the highest the message allows, is read (the block is then index 254).
+    let mut m = raw.clone();
+    m[second_block] = 0xFE;
+    assert!(SpdmReport::parse(&m).unwrap().block(0xFE).is_some());
+}
+
+#[test]
 fn every_truncation_is_an_error_naming_a_field() {
     let raw = report("coco-trustee/blackwell-gb202-595.58.03");
     for n in 0..raw.len() {

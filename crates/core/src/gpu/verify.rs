@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::cache::{ParsedRim, VerdictCache};
 use super::compare::{Golden, compare_measurements};
-use super::ocsp::{OcspError, check_chain_ocsp_memo};
+use super::ocsp::{OcspError, Stapled, check_chain_stapled};
 use super::policy::{Architecture, DriverVersion, GpuPolicy, VbiosVersion};
 use super::report::{GpuReport, GpuRootView};
 use super::rim::{NVIDIA_RIM_ROOT_PEM, Rim};
@@ -40,7 +40,17 @@ pub enum RimKind {
     Vbios,
 }
 
+/// The checks of each RIM kind, by what [`RimKind::check_name`] adds to `GPU <kind> RIM`.
+const RIM_CHECKS: [&str; 5] = ["", "version", "signing chain", "signature", "revocation"];
+
 impl RimKind {
+    /// Every check name of this kind, in report order.
+    fn check_names(self) -> impl Iterator<Item = String> {
+        RIM_CHECKS
+            .into_iter()
+            .map(move |what| self.check_name(what))
+    }
+
     fn label(self) -> &'static str {
         match self {
             RimKind::Driver => "driver",
@@ -287,6 +297,8 @@ fn appraise(
     for k in policy.insecure_switches() {
         out.warn(format!("the policy sets {k} = true"));
     }
+    // Each answer is read once here, not once per certificate of the three chains.
+    let stapled = Stapled::parse_all(&collateral.ocsp);
 
     // The chain does not depend on the report: check it even when the report is unreadable.
     let chain = chain_der(evidence.chain_pem);
@@ -383,16 +395,12 @@ fn appraise(
             ] {
                 out.not_evaluated(name);
             }
-            revocation_device(
-                &mut out,
-                full_chain.as_deref(),
-                collateral,
-                policy,
-                at,
-                cache,
-            );
-            for kind in [RimKind::Driver, RimKind::Vbios] {
-                out.not_evaluated(&kind.check_name(""));
+            revocation_device(&mut out, full_chain.as_deref(), &stapled, policy, at, cache);
+            for name in [RimKind::Driver, RimKind::Vbios]
+                .into_iter()
+                .flat_map(RimKind::check_names)
+            {
+                out.not_evaluated(&name);
             }
             out.not_evaluated(check::MEASUREMENTS);
             return out;
@@ -445,18 +453,14 @@ fn appraise(
         },
     }
     versions(&mut out, &report, policy);
-    revocation_device(
-        &mut out,
-        full_chain.as_deref(),
-        collateral,
-        policy,
-        at,
-        cache,
-    );
+    revocation_device(&mut out, full_chain.as_deref(), &stapled, policy, at, cache);
 
     if policy.insecure_skip_rims {
-        for kind in [RimKind::Driver, RimKind::Vbios] {
-            out.skip(&kind.check_name(""), "the policy sets insecure_skip_rims");
+        for name in [RimKind::Driver, RimKind::Vbios]
+            .into_iter()
+            .flat_map(RimKind::check_names)
+        {
+            out.skip(&name, "the policy sets insecure_skip_rims");
         }
         out.skip(check::MEASUREMENTS, "the policy sets insecure_skip_rims");
         return out;
@@ -473,6 +477,7 @@ fn appraise(
         driver_id,
         report.driver_version(),
         collateral,
+        &stapled,
         policy,
         roots,
         at,
@@ -484,6 +489,7 @@ fn appraise(
         vbios_id,
         report.vbios_version(),
         collateral,
+        &stapled,
         policy,
         roots,
         at,
@@ -620,7 +626,7 @@ fn revocation(
     name: &str,
     chain: Option<&[Vec<u8>]>,
     which: std::ops::Range<usize>,
-    collateral: &GpuCollateral,
+    stapled: &[Stapled<'_>],
     policy: &GpuPolicy,
     at: i64,
     cache: &VerdictCache,
@@ -637,14 +643,7 @@ fn revocation(
         "a stapled OCSP answer \"good\" for each certificate, signed for NVIDIA, at most {} s old",
         policy.ocsp_max_age_secs
     );
-    let results = check_chain_ocsp_memo(
-        chain,
-        which,
-        &collateral.ocsp,
-        at,
-        policy.ocsp_max_age_secs,
-        cache,
-    );
+    let results = check_chain_stapled(chain, which, stapled, at, policy.ocsp_max_age_secs, cache);
     let failures: Vec<String> = results
         .iter()
         .filter_map(|(subject, r)| {
@@ -660,7 +659,7 @@ fn revocation(
             expected,
             format!("{} certificates good", results.len()),
         );
-    } else if collateral.ocsp.is_empty() {
+    } else if stapled.is_empty() {
         out.check(
             name,
             false,
@@ -677,7 +676,7 @@ fn revocation(
 fn revocation_device(
     out: &mut GpuReport,
     chain: Option<&[Vec<u8>]>,
-    collateral: &GpuCollateral,
+    stapled: &[Stapled<'_>],
     policy: &GpuPolicy,
     at: i64,
     cache: &VerdictCache,
@@ -689,7 +688,7 @@ fn revocation_device(
         check::DEVICE_REVOCATION,
         chain,
         1..4,
-        collateral,
+        stapled,
         policy,
         at,
         cache,
@@ -705,6 +704,7 @@ fn rim_checks(
     id: Option<String>,
     reported: Option<String>,
     collateral: &GpuCollateral,
+    stapled: &[Stapled<'_>],
     policy: &GpuPolicy,
     roots: &GpuRoots,
     at: i64,
@@ -721,8 +721,8 @@ fn rim_checks(
                 format!("{wanted} in the collateral"),
                 "not supplied".into(),
             );
-            for what in ["version", "signing chain", "signature", "revocation"] {
-                out.not_evaluated(&kind.check_name(what));
+            for name in kind.check_names().skip(1) {
+                out.not_evaluated(&name);
             }
             return None;
         }
@@ -733,8 +733,8 @@ fn rim_checks(
                 format!("{wanted}, a well-formed RIM"),
                 e,
             );
-            for what in ["version", "signing chain", "signature", "revocation"] {
-                out.not_evaluated(&kind.check_name(what));
+            for name in kind.check_names().skip(1) {
+                out.not_evaluated(&name);
             }
             return None;
         }
@@ -805,7 +805,7 @@ fn rim_checks(
         &kind.check_name("revocation"),
         full.as_deref(),
         below_root,
-        collateral,
+        stapled,
         policy,
         at,
         cache,

@@ -295,9 +295,17 @@ fn a_skipped_check_is_reported_as_skipped_never_as_passed() {
         check::DEVICE_REVOCATION,
         check::MEASUREMENTS,
         "GPU driver RIM",
+        "GPU driver RIM version",
+        "GPU driver RIM signing chain",
+        "GPU driver RIM signature",
+        "GPU driver RIM revocation",
         "GPU VBIOS RIM",
+        "GPU VBIOS RIM version",
+        "GPU VBIOS RIM signing chain",
+        "GPU VBIOS RIM signature",
+        "GPU VBIOS RIM revocation",
     ] {
-        assert!(skipped.contains(&name), "{skipped:?}");
+        assert!(skipped.contains(&name), "{name}: {skipped:?}");
         assert!(
             r.check_named(name).is_none(),
             "{name} is both skipped and a check"
@@ -308,6 +316,35 @@ fn a_skipped_check_is_reported_as_skipped_never_as_passed() {
             .iter()
             .any(|w| w.contains("insecure_skip_rims"))
     );
+    // Every check the full appraisal reports is, with the switches, a check or skipped.
+    let full = run(case, &policy_for(case));
+    let names: Vec<&str> = full
+        .checks()
+        .iter()
+        .map(|c| c.name.as_str())
+        .chain(full.skipped().iter().map(|s| s.name.as_str()))
+        .collect();
+    assert!(names.len() >= 20, "{names:?}");
+    for name in &names {
+        assert!(
+            r.check_named(name).is_some() || skipped.contains(name),
+            "{name} is neither a check nor skipped"
+        );
+    }
+    // An unreadable report: every check that reads it, the RIM checks among them, is listed
+    // as not evaluated.
+    let mut bad = case.clone();
+    bad["report"] = "nvidia-nvtrust/hopper-550.90.07/nonce.hex".into();
+    let r = run(&bad, &policy_for(case));
+    assert_eq!(r.check_named(check::STRUCTURE).map(|c| c.ok), Some(false));
+    for name in &names {
+        assert!(
+            r.check_named(name).is_some()
+                || r.not_evaluated_checks().iter().any(|n| n == name)
+                || r.skipped().iter().any(|s| s.name == *name),
+            "{name} is missing from the appraisal of an unreadable report"
+        );
+    }
 }
 
 #[test]

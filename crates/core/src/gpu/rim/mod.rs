@@ -12,7 +12,7 @@ mod xml;
 
 use p384::ecdsa::SigningKey;
 
-pub use xml::{MAX_ATTRIBUTE_LEN, MAX_DEPTH, MAX_DOCUMENT_LEN};
+pub use xml::{MAX_ATTRIBUTE_LEN, MAX_DEPTH, MAX_DOCUMENT_LEN, MAX_NAMESPACE_DECLARATIONS};
 
 /// NVIDIA CoRIM signing Root CA, pinned (SHA-256 of its DER
 /// 12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1), as NVIDIA's local GPU
@@ -151,6 +151,8 @@ pub enum RimError {
     TooManyAttributes { element: String, max: usize },
     #[error("RIM: element {element} has more than {max} namespaces in scope")]
     TooManyNamespaces { element: String, max: usize },
+    #[error("RIM: more than {max} namespace declarations (xmlns) in the document")]
+    TooManyNamespaceDeclarations { max: usize },
     #[error("RIM: attribute {attribute} of {element} is longer than {max} bytes")]
     AttributeTooLong {
         element: String,

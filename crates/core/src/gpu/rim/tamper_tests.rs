@@ -147,7 +147,8 @@ fn oversized_input_is_refused() {
         parse_err(&long_attribute),
         RimError::AttributeTooLong { attribute, .. } if attribute == "edition"
     ));
-    let declarations: String = (0..5000)
+    // Few enough declarations for the document, too many in scope on one element.
+    let declarations: String = (0..40)
         .map(|i| format!(" xmlns:p{i}=\"urn:{i}\""))
         .collect();
     let many_namespaces = edit(
@@ -161,6 +162,46 @@ fn oversized_input_is_refused() {
     assert!(matches!(
         parse_err(&[0xff, 0xfe, b'<']),
         RimError::NotUtf8 { offset: 0 }
+    ));
+}
+
+#[test]
+fn namespace_floods_are_refused_before_the_parser_sees_them() {
+    // 20,000 declarations on the root and 20,000 children declaring one more each, under
+    // MAX_DOCUMENT_LEN: roxmltree would copy the root's scope into every child (about 4e8
+    // entries, each checked against those before it) before any limit on the tree applied.
+    // Only the count in the text gives this error, so the parser never ran.
+    let n = 20_000;
+    let root_declarations: String = (0..n).map(|i| format!(" xmlns:n{i}=\"u\"")).collect();
+    let children: String = (0..n).map(|i| format!("<c xmlns:m{i}=\"u\"/>")).collect();
+    let flood = format!("<SoftwareIdentity{root_declarations}>{children}</SoftwareIdentity>");
+    assert!(flood.len() <= MAX_DOCUMENT_LEN, "{}", flood.len());
+    assert_eq!(
+        parse_err(flood.as_bytes()),
+        RimError::TooManyNamespaceDeclarations {
+            max: MAX_NAMESPACE_DECLARATIONS
+        }
+    );
+    // One past the limit is refused, the limit itself is left to the per-element checks.
+    let at_limit = |count: usize| {
+        let children: String = (0..count)
+            .map(|i| format!("<c xmlns:m{i}=\"u\"/>"))
+            .collect();
+        edit(
+            "</SoftwareIdentity>",
+            &format!("<Extra>{children}</Extra></SoftwareIdentity>"),
+        )
+    };
+    let real_declarations = real().matches("xmlns").count();
+    assert!(matches!(
+        parse_err(&at_limit(
+            MAX_NAMESPACE_DECLARATIONS + 1 - real_declarations
+        )),
+        RimError::TooManyNamespaceDeclarations { .. }
+    ));
+    assert!(!matches!(
+        parse_err(&at_limit(MAX_NAMESPACE_DECLARATIONS - real_declarations)),
+        RimError::TooManyNamespaceDeclarations { .. }
     ));
 }
 

@@ -20,6 +20,11 @@ pub const MAX_ATTRIBUTES: usize = 64;
 /// Real elements have at most 6 namespaces in scope. Canonicalization looks at every one on
 /// every element, so thousands of declarations would make it quadratic.
 pub const MAX_NAMESPACES: usize = 32;
+/// Real RIMs declare 6 namespaces in all. roxmltree copies every namespace in scope into each
+/// element that declares one, so a root with thousands of declarations and thousands of
+/// children each declaring one more costs the product (GBs) before [`MAX_NAMESPACES`] can be
+/// checked on the tree: the declarations are counted in the text before parsing.
+pub const MAX_NAMESPACE_DECLARATIONS: usize = 256;
 
 /// Parse `xml` under the limits: no DTD (so no entity declarations, internal or external),
 /// only the five predefined entities and character references, bounded size, depth and lengths.
@@ -36,6 +41,17 @@ pub fn parse(xml: &[u8]) -> Result<(&str, Document<'_>), RimError> {
     // roxmltree refuses a DTD with `allow_dtd: false` too; this names it before any parsing.
     if text.contains("<!DOCTYPE") {
         return Err(RimError::Doctype);
+    }
+    // Every declaration's attribute name starts with `xmlns` and names cannot be escaped, so
+    // this over-counts (text, comments) but never under-counts.
+    if text
+        .matches("xmlns")
+        .nth(MAX_NAMESPACE_DECLARATIONS)
+        .is_some()
+    {
+        return Err(RimError::TooManyNamespaceDeclarations {
+            max: MAX_NAMESPACE_DECLARATIONS,
+        });
     }
     let options = ParsingOptions {
         allow_dtd: false,
