@@ -189,6 +189,16 @@ interval_secs = 1
         )
         .is_some()
     );
+    // A target failing from its first appraisal has a last success too: when watch started
+    // watching it, so `TdxTargetNotVerified` fires for it.
+    assert!(
+        metric(
+            &text,
+            "tdx_watch_last_success_timestamp_seconds{target=\"drifted\"}"
+        )
+        .is_some_and(|t| t > 0.0),
+        "{text}"
+    );
     // Every family docs/watch.md lists is exported: the alert rules query two of them
     // (`TdxTargetNotVerified` compares the last success with `tdx_watch_interval_seconds`).
     support::assert_families_exported(
@@ -293,7 +303,9 @@ interval_secs = 1
         path_str(&page),
     ]);
     assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.trim().ends_with(&format!("head {head}")), "{r}");
     let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains(&head), "the page does not name the head");
     assert!(html.contains("default-src 'none'"), "no CSP");
     for external in ["src=", "href=", "url(", "@import", "<script", "<link"] {
         assert!(!html.contains(external), "the page references {external:?}");
@@ -474,6 +486,21 @@ interval_secs = 1
         r.stderr.contains("record #") && r.stderr.contains("altered"),
         "{r}"
     );
+    // Nor rendered: no page shows the forged verdict (under a head an auditor pinned, the
+    // last row's being untouched), and the page written before stays as it was.
+    let r = tdx_agent(&[
+        "evidence",
+        "report",
+        path_str(&db),
+        "--out",
+        path_str(&page),
+    ]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stderr.contains("record #") && r.stderr.contains("altered"),
+        "{r}"
+    );
+    assert_eq!(std::fs::read_to_string(&page).unwrap(), html);
 
     // Nor is it exported: the export stops there, with what came before it; into a file,
     // nothing is written (the earlier export stays as it was).
@@ -679,15 +706,19 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
             .into_iter()
             .filter(|a| a["state"] == "firing")
             .collect();
-        if firing
-            .iter()
-            .any(|a| a["labels"]["alertname"] == "TdxAttestationFailing")
-        {
+        // Failing from its first appraisal, the target is also not verified since watch
+        // started watching it.
+        let fired = |name: &str| {
+            firing
+                .iter()
+                .any(|a| a["labels"]["alertname"] == name && a["labels"]["target"] == "drifted")
+        };
+        if fired("TdxAttestationFailing") && fired("TdxTargetNotVerified") {
             break firing;
         }
         assert!(
             Instant::now() < deadline,
-            "no TdxAttestationFailing alert fired; watch metrics:\n{}",
+            "TdxAttestationFailing and TdxTargetNotVerified did not both fire: {firing:?}\nwatch metrics:\n{}",
             http_get(&watch.addr, "/metrics").await.text()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1140,6 +1171,195 @@ async fn targets_dir_is_read_again_while_watch_runs() {
         count(&text, "a"),
         a_after,
         "a removed target was appraised:\n{text}"
+    );
+    watch.stop();
+}
+
+/// A webhook receiver learns every change of a target's state: a change whose delivery failed
+/// is sent again, and a target restarted (its policy changed in `targets_dir`) or a restarted
+/// `watch` takes up the state of its last record, so a recovery after a restart is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_changes_are_delivered_across_restarts_and_failed_deliveries() {
+    let td = SimTd::new();
+    let agent = Daemon::sim(&td, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    // Every POST with the status it was answered with: the first four (every attempt at the
+    // first event) are refused.
+    type Posts = std::sync::Arc<std::sync::Mutex<Vec<(u16, String)>>>;
+    let posts: Posts = Default::default();
+    let hook_addr = {
+        let posts = std::sync::Arc::clone(&posts);
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| {
+                let posts = std::sync::Arc::clone(&posts);
+                async move {
+                    let mut p = posts.lock().unwrap();
+                    let status = if p.len() < 4 { 500 } else { 200 };
+                    p.push((status, body));
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
+    let delivered = |posts: &Posts| -> Vec<String> {
+        posts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| {
+                let event: serde_json::Value = serde_json::from_str(body).unwrap();
+                assert_eq!(event["target"], "t", "{event}");
+                event["state"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let wait_delivered = |n: usize| {
+        let posts = std::sync::Arc::clone(&posts);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let states = delivered(&posts);
+                if states.len() >= n {
+                    return states;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{n} events never delivered: {:?}",
+                    posts.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let secret = write(
+        &dir.path().join("hook.secret"),
+        "a webhook secret of 32 bytes....",
+    );
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let targets = dir.path().join("targets");
+    std::fs::create_dir_all(&targets).unwrap();
+    // The policy is swapped in whole (renamed into place), so no read sees it half written.
+    let policy = |pinned: bool| {
+        let text = if pinned {
+            mrtd_policy(td.measurements()["mrtd"].as_str().unwrap())
+        } else {
+            mrtd_policy(&"00".repeat(48))
+        };
+        let tmp = write(&targets.join(".t.policy.tmp"), &text);
+        std::fs::rename(tmp, targets.join("t.policy")).unwrap();
+    };
+    policy(false);
+    write(
+        &targets.join("t.toml"),
+        &format!(
+            "[[target]]\nname = \"t\"\nurl = \"{}\"\npolicy = \"t.policy\"\ninsecure_root = \"{}\"\ninterval_secs = 1\non_failure = [\"alert\", \"webhook\"]\n",
+            agent.url(),
+            td.root_str()
+        ),
+    );
+    let config = write(
+        &dir.path().join("watch.toml"),
+        &format!(
+            "archive = \"{}\"\nlisten = \"127.0.0.1:0\"\ntargets_dir = \"{}\"\ntargets_reload_secs = 1\n[webhook]\nurl = \"http://{hook_addr}/hook\"\nsecret_file = \"{}\"\n",
+            path_str(&dir.path().join("a.db")),
+            path_str(&targets),
+            path_str(&secret),
+        ),
+    );
+    let mut watch = support::spawn_watch(&config);
+    // Every attempt at "failing" was refused: a later appraisal, still failing, sends it again.
+    assert_eq!(wait_delivered(1).await, ["failing"]);
+    assert!(
+        posts.lock().unwrap().len() >= 5,
+        "{:?}",
+        posts.lock().unwrap()
+    );
+    // The policy fixed: the target restarts with it, and its first pass is a recovery.
+    policy(true);
+    assert_eq!(wait_delivered(2).await, ["failing", "recovered"]);
+    policy(false);
+    assert_eq!(wait_delivered(3).await, ["failing", "recovered", "failing"]);
+    // watch restarted while the target failed, which passes by then: a recovery too.
+    watch.stop();
+    policy(true);
+    let mut watch = support::spawn_watch(&config);
+    assert_eq!(
+        wait_delivered(4).await,
+        ["failing", "recovered", "failing", "recovered"]
+    );
+    watch.stop();
+}
+
+/// Measurements that change while the policy refuses them at the handshake (a model update
+/// the policy does not allow yet) are counted as a change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_measurement_change_refused_at_the_handshake_is_counted() {
+    let td = SimTd::new();
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            td.dir_str(),
+            "--listen",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(&args, &[], &[])
+    };
+    let agent = serve(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = write(
+        &dir.path().join("wrong.toml"),
+        &mrtd_policy(&"00".repeat(48)),
+    );
+    let config = write(
+        &dir.path().join("watch.toml"),
+        &format!(
+            "archive = \"{}\"\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"refused\"\nurl = \"{}\"\npolicy = \"{}\"\ninsecure_root = \"{}\"\ninterval_secs = 1\n",
+            path_str(&dir.path().join("a.db")),
+            agent.url(),
+            path_str(&wrong),
+            td.root_str(),
+        ),
+    );
+    let mut watch = support::spawn_watch(&config);
+    let refused = "tdx_watch_failures_total{target=\"refused\",check=\"MRTD\"}";
+    let changes = "tdx_watch_measurement_changes_total{target=\"refused\"}";
+    let text = wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
+        metric(t, refused).unwrap_or(0.0) >= 2.0
+    })
+    .await;
+    assert_eq!(metric(&text, changes), None, "{text}");
+    // The TD reboots into a model, measured into RTMR3, at the same address.
+    drop(agent);
+    assert_eq!(
+        tdx_agent(&["sim", "reset", "--sim-dir", td.dir_str()]).code,
+        0
+    );
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    write(&model.join("config.json"), "{\"layers\": 2}\n");
+    let _agent = serve(&["--model-dir", path_str(&model)]);
+    let before = metric(&text, refused).unwrap();
+    let text = wait_metrics(&watch.addr, Duration::from_secs(60), |t| {
+        metric(t, changes).unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    // Refused all along: the change was seen in refused appraisals.
+    assert!(metric(&text, refused).unwrap() > before, "{text}");
+    assert_eq!(
+        metric(&text, "tdx_watch_last_result{target=\"refused\"}"),
+        Some(0.0),
+        "{text}"
     );
     watch.stop();
 }

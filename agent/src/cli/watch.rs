@@ -49,7 +49,8 @@ pub enum EvidenceCommand {
         insecure_gpu_roots: Option<PathBuf>,
     },
     /// One self-contained HTML page: per target a timeline of verdicts, its measurement
-    /// states, its TCB status over time and every failure with its failed check.
+    /// states, its TCB status over time and every failure with its failed check. The chain is
+    /// checked as the page is made: exit 1, and no page, naming the first record not intact.
     Report {
         /// The archive (SQLite).
         db: PathBuf,
@@ -184,12 +185,24 @@ pub async fn evidence(c: EvidenceCommand) -> CliResult {
             };
             let (from, to) = (parse(from, "--from")?, parse(to, "--to")?);
             let path = db.clone();
-            let page = tokio::task::spawn_blocking(move || tdx_watch::html_report(&path, from, to))
+            let made = tokio::task::spawn_blocking(move || tdx_watch::html_report(&path, from, to))
                 .await
-                .map_err(Failure::error)?
                 .map_err(Failure::error)?;
+            let (page, v) = match made {
+                Ok(made) => made,
+                // A database that cannot be read is an I/O error; a broken chain a finding,
+                // and no page is written for it (as `evidence export --out` writes none).
+                Err(e @ ArchiveError::Db { .. }) => return Err(Failure::error(e)),
+                Err(e) => return Err(Failure::rejected(format!("no report written: {e}"))),
+            };
             super::write_file(&out, page.into_bytes()).await?;
-            println!("wrote {}", out.display());
+            println!(
+                "wrote {}: {} records intact (after anchor #{}); head {}",
+                out.display(),
+                v.records,
+                v.anchor_seq,
+                hex::encode(v.head)
+            );
             Ok(())
         }
         EvidenceCommand::Export { db, out } => {

@@ -60,6 +60,15 @@ pub struct NewRecord {
     pub verifier_version: String,
 }
 
+/// A target's last record in the archive ([`Archive::last_of`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LastOf {
+    /// The verdict of its last record (none: never appraised, or pruned away).
+    pub verdict: Option<String>,
+    /// When it last passed.
+    pub accepted_at: Option<i64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     #[error("archive {path}: {detail}")]
@@ -223,6 +232,38 @@ impl Archive {
     /// The last record's sequence number and hash (the head to pin), or the anchor.
     pub fn head(&self) -> Result<(i64, [u8; 32]), ArchiveError> {
         last(&self.conn, &self.path)
+    }
+
+    /// What the archive last recorded of `target`: where a target (re)started takes up its
+    /// state, so a change across a restart is still acted on and its time since the last pass
+    /// does not start again.
+    pub fn last_of(&self, target: &str) -> Result<LastOf, ArchiveError> {
+        // By seq, not `at`: the chain's order is the truth; MAX(seq) reads the target's
+        // entries of the (target, at) index, which carry the seq.
+        let verdict: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT verdict FROM appraisals
+                 WHERE seq = (SELECT MAX(seq) FROM appraisals WHERE target = ?1)",
+                params![target],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db(&self.path))?;
+        let accepted_at: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT at FROM appraisals WHERE target = ?1 AND verdict = 'accepted'
+                 ORDER BY at DESC LIMIT 1",
+                params![target],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db(&self.path))?;
+        Ok(LastOf {
+            verdict,
+            accepted_at,
+        })
     }
 
     /// Delete whole records older than `before` (unix seconds) and the blobs only they used;
@@ -471,6 +512,27 @@ pub(crate) mod tests {
         assert!(verify(&path, None).is_ok());
         let e = verify(&path, Some(heads[4])).unwrap_err().to_string();
         assert!(e.contains("pinned head"), "{e}");
+    }
+
+    #[test]
+    fn last_of_gives_a_targets_last_verdict_and_last_pass() {
+        let (_t, path, _) = filled(3);
+        let mut a = Archive::open(&path).unwrap();
+        let mut failed = record(3);
+        failed.verdict = "rejected".into();
+        a.append(&failed).unwrap();
+        let mut other = record(4);
+        other.target = "b".into();
+        a.append(&other).unwrap();
+        assert_eq!(
+            a.last_of("a").unwrap(),
+            LastOf {
+                verdict: Some("rejected".into()),
+                accepted_at: Some(record(2).at),
+            }
+        );
+        assert_eq!(a.last_of("b").unwrap().verdict.as_deref(), Some("accepted"));
+        assert_eq!(a.last_of("c").unwrap(), LastOf::default());
     }
 
     #[test]

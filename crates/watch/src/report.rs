@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags, params};
-
-use super::archive::ArchiveError;
+use super::archive::{ArchiveError, Verified, walk};
 
 /// One archived appraisal, as the report needs it.
 struct Row {
@@ -61,45 +59,30 @@ table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;
 .accepted{background:#2a2}.rejected{background:#d22}.error{background:#999}\
 code{font-size:0.85em;word-break:break-all}h2{border-bottom:2px solid #444;margin-top:2em}";
 
-/// The page for the records of `path` between `from` and `to` (unix seconds, inclusive).
+/// The page for the records of `path` between `from` and `to` (unix seconds, inclusive), built
+/// while the chain is walked as `evidence verify` walks it, and the chain it walked (its head
+/// recomputed, not read). A record that is not intact refuses the whole page: an auditor
+/// reading it under a head they pinned must be able to rely on every row in it.
 pub fn html_report(
     path: &Path,
     from: Option<i64>,
     to: Option<i64>,
-) -> Result<String, ArchiveError> {
-    let err = |e: rusqlite::Error| ArchiveError::Db {
-        path: path.display().to_string(),
-        detail: e.to_string(),
-    };
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
-    let mut stmt = conn
-        .prepare(
-            "SELECT seq, target, at, verdict, failed_check, report FROM appraisals
-             WHERE (?1 IS NULL OR at >= ?1) AND (?2 IS NULL OR at <= ?2) ORDER BY seq",
-        )
-        .map_err(err)?;
-    let mut rows = stmt.query(params![from, to]).map_err(err)?;
+) -> Result<(String, Verified), ArchiveError> {
     let mut targets: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    while let Some(r) = rows.next().map_err(err)? {
-        let report: String = r.get(5).map_err(err)?;
-        targets
-            .entry(r.get(1).map_err(err)?)
-            .or_default()
-            .push(Row {
-                seq: r.get(0).map_err(err)?,
-                at: r.get(2).map_err(err)?,
-                verdict: r.get(3).map_err(err)?,
-                failed_check: r.get(4).map_err(err)?,
-                report: serde_json::from_str(&report).unwrap_or(serde_json::Value::Null),
-            });
-    }
-    let head: Option<Vec<u8>> = conn
-        .query_row(
-            "SELECT hash FROM appraisals ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .ok();
+    let verified = walk(path, None, |s| {
+        let r = &s.record;
+        if from.is_some_and(|f| r.at < f) || to.is_some_and(|t| r.at > t) {
+            return Ok(());
+        }
+        targets.entry(r.target.clone()).or_default().push(Row {
+            seq: s.seq,
+            at: r.at,
+            verdict: r.verdict.clone(),
+            failed_check: r.failed_check.clone(),
+            report: serde_json::from_str(&r.report).unwrap_or(serde_json::Value::Null),
+        });
+        Ok(())
+    })?;
 
     let mut h = String::new();
     let _ = write!(
@@ -107,10 +90,13 @@ pub fn html_report(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
 <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">\
 <title>tdx-agent evidence report</title><style>{STYLE}</style></head><body>\
-<h1>Attestation evidence report</h1><p>Generated {} from {} (archive head <code>{}</code>), {} targets.</p>",
+<h1>Attestation evidence report</h1><p>Generated {} from {}: {} records intact after anchor #{}, \
+chain head <code>{}</code> (recomputed), {} targets.</p>",
         time(tdx_core::verify::time::now_unix()),
         esc(&path.display().to_string()),
-        head.map(hex::encode).unwrap_or_else(|| "empty".into()),
+        verified.records,
+        verified.anchor_seq,
+        hex::encode(verified.head),
         targets.len()
     );
     for (target, rows) in &targets {
@@ -243,5 +229,66 @@ from {first} to {last}.</p><h3>Timeline</h3><div class=\"tl\">",
         h.push_str("</table>");
     }
     h.push_str("</body></html>\n");
-    Ok(h)
+    Ok((h, verified))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::archive::tests::record;
+    use crate::archive::{Archive, verify};
+
+    fn archive(n: i64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.db");
+        let mut a = Archive::open(&path).unwrap();
+        for i in 0..n {
+            let mut r = record(i);
+            if i == 2 {
+                r.verdict = "rejected".into();
+                r.failed_check = Some("MRTD".into());
+            }
+            a.append(&r).unwrap();
+        }
+        (tmp, path)
+    }
+
+    #[test]
+    fn the_page_names_the_head_the_chain_gives() {
+        let (_t, path) = archive(4);
+        let (page, v) = html_report(&path, None, None).unwrap();
+        assert_eq!(v, verify(&path, None).unwrap());
+        assert!(page.contains(&hex::encode(v.head)), "{page}");
+        assert!(
+            page.contains("4 appraisals: 3 accepted, 1 rejected"),
+            "{page}"
+        );
+        // The window picks records; the head is still the whole chain's.
+        let (page, w) = html_report(&path, Some(record(1).at), Some(record(2).at)).unwrap();
+        assert_eq!(w, v);
+        assert!(
+            page.contains("2 appraisals: 1 accepted, 1 rejected"),
+            "{page}"
+        );
+    }
+
+    #[test]
+    fn a_forged_verdict_refuses_the_page_naming_the_record() {
+        let (_t, path) = archive(4);
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE appraisals SET verdict = 'accepted', failed_check = NULL WHERE seq = 3",
+                [],
+            )
+            .unwrap();
+        let e = html_report(&path, None, None).unwrap_err().to_string();
+        assert!(e.contains("record #3") && e.contains("altered"), "{e}");
+        // Also when the forged record is outside the window asked for.
+        let e = html_report(&path, Some(record(3).at), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("record #3"), "{e}");
+    }
 }

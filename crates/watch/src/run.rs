@@ -21,7 +21,7 @@ use tdx_client::attest::Unattested;
 use tdx_client::{Client, ClientError, Target};
 use tdx_core::verify::{Policy, Verifier};
 
-use super::archive::{Archive, NewRecord};
+use super::archive::{Archive, ArchiveError, LastOf, NewRecord};
 use super::config::{OnFailure, TargetConfig, WatchConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -157,9 +157,54 @@ struct Watched {
     client: Client,
     policy_text: Vec<u8>,
     last_measurements: Mutex<Option<String>>,
-    /// Whether the last appraisal passed (none yet: `None`), to act on changes only.
-    last_ok: Mutex<Option<bool>>,
+    /// The state receivers were told, to act on changes only.
+    announced: Mutex<Announced>,
     webhook: Option<Arc<tdx_net::webhook::Webhook>>,
+}
+
+/// A target's state as it was last acted on: each change is acted on once, and a change
+/// whose delivery failed is not lost.
+#[derive(Debug, Default)]
+struct Announced {
+    /// What receivers were last told (a target without a webhook: what was last logged),
+    /// passing `Some(true)`, failing `Some(false)`; taken up from the archive's last record
+    /// of the target when it starts, so a restart neither loses nor repeats a change.
+    told: Option<bool>,
+    /// A state being delivered now: not sent again while it is.
+    sending: Option<bool>,
+}
+
+impl Announced {
+    /// Whether an appraisal that passed (`ok`) or failed is a change to act on. Passing with
+    /// nothing told before is no news; failing is. A change found is under way until
+    /// [`Announced::settle`].
+    fn change(&mut self, ok: bool) -> bool {
+        if self.sending == Some(ok) {
+            return false;
+        }
+        match self.told {
+            Some(told) if told == ok => false,
+            None if ok => {
+                self.told = Some(true);
+                false
+            }
+            _ => {
+                self.sending = Some(ok);
+                true
+            }
+        }
+    }
+
+    /// Acting on the change to `ok` ended. Only a delivered change is told, so when every
+    /// attempt failed the next appraisal in that state sends it again.
+    fn settle(&mut self, ok: bool, delivered: bool) {
+        if self.sending == Some(ok) {
+            self.sending = None;
+        }
+        if delivered {
+            self.told = Some(ok);
+        }
+    }
 }
 
 fn setup(e: impl std::fmt::Display) -> WatchError {
@@ -252,7 +297,7 @@ async fn watched(
         client,
         policy_text: files.policy,
         last_measurements: Mutex::new(None),
-        last_ok: Mutex::new(None),
+        announced: Mutex::new(Announced::default()),
         webhook: t
             .on_failure
             .contains(&OnFailure::Webhook)
@@ -316,17 +361,17 @@ pub async fn run(
     }
     let path = config.archive.clone();
     let max_mib = config.max_archive_mib;
-    let archive = tokio::task::spawn_blocking(move || {
+    let (archive, (head_seq, head)) = tokio::task::spawn_blocking(move || {
         let a = Archive::open(&path)?;
         if let Some(mib) = max_mib {
             a.set_max_bytes(mib << 20)?;
         }
-        Ok::<_, super::archive::ArchiveError>(a)
+        let head = a.head()?;
+        Ok::<_, ArchiveError>((a, head))
     })
     .await
     .map_err(setup)?
     .map_err(setup)?;
-    let (head_seq, head) = archive.head().map_err(setup)?;
     let archive_id = archive.id().to_string();
     tracing::info!(head_seq, head = %hex::encode(head), archive_id = %archive_id, "archive opened; pin this head to detect deletions");
     let shared = Arc::new(Shared {
@@ -541,6 +586,7 @@ async fn watch_target(
     permits: Arc<tokio::sync::Semaphore>,
     timeout: Duration,
 ) {
+    take_up(&w, &shared).await;
     let interval = Duration::from_secs(w.config.interval_secs);
     // The first appraisal soon, spread over a tenth of the interval.
     tokio::time::sleep(jittered(interval) / 10).await;
@@ -554,13 +600,50 @@ async fn watch_target(
     }
 }
 
+/// A target (re)starting takes up where the archive left it: the state its last record gave
+/// (what receivers were told, so a recovery after a restart is still sent), and when it last
+/// passed.
+async fn take_up(w: &Watched, shared: &Arc<Shared>) {
+    let name = w.config.name.clone();
+    let s = Arc::clone(shared);
+    let last = tokio::task::spawn_blocking(move || {
+        s.archive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_of(&name)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()))
+    .unwrap_or_else(|e| {
+        tracing::warn!(target = %w.config.name, error = %e, "the target's last record could not be read; it starts as if new");
+        LastOf::default()
+    });
+    w.announced.lock().unwrap_or_else(|p| p.into_inner()).told =
+        last.verdict.map(|v| v == "accepted");
+    let since = shared.metrics.last_success.get_or_create(&TargetLabel {
+        target: w.config.name.clone(),
+    });
+    match last.accepted_at {
+        Some(at) => {
+            since.set(at);
+        }
+        // Never passed: counted from now, so a target failing from its first appraisal is
+        // alerted on (TdxTargetNotVerified); restarted in this process, it keeps its time.
+        None if since.get() == 0 => {
+            since.set(tdx_core::verify::time::now_unix());
+        }
+        None => {}
+    }
+}
+
 /// The report as one line of JSON: the export inlines it as it is (docs/formats.md §14).
 fn report_line(report: &tdx_core::verify::Report) -> String {
     // Only strings, numbers and bools: serialisation cannot fail.
     serde_json::to_string(report).unwrap_or_default()
 }
 
-async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
+async fn appraise_once(w: &Arc<Watched>, shared: &Arc<Shared>, timeout: Duration) {
     let started = Instant::now();
     let at = tdx_core::verify::time::now_unix();
     let outcome = tokio::time::timeout(
@@ -599,10 +682,7 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
             record.evidence = serde_json::to_vec(&a.fresh.evidence).ok();
             record.challenge = serde_json::to_vec(&a.fresh.challenge).ok();
             record.nonce = Some(a.fresh.nonce.to_vec());
-            measurements = report
-                .measurements()
-                .as_ref()
-                .map(|m| format!("{}{}{}{}{}", m.mrtd, m.rtmr0, m.rtmr1, m.rtmr2, m.rtmr3));
+            measurements = measurements_of(report);
         }
         Ok(Err(Unattested {
             error: ClientError::Rejected(report),
@@ -612,6 +692,9 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
             record.failed_check = report.failures().next().map(|c| c.name.clone());
             record.report = report_line(&report);
             record.certificate = peer_cert;
+            // A change refused at the handshake is a change too (a model update the policy
+            // does not allow yet, say).
+            measurements = measurements_of(&report);
         }
         Ok(Err(Unattested {
             error: e,
@@ -647,18 +730,18 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
         let shared = Arc::clone(shared);
         let record = record.clone();
         tokio::task::spawn_blocking(move || {
-            shared
-                .archive
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .append(&record)
+            let mut archive = shared.archive.lock().unwrap_or_else(|p| p.into_inner());
+            let head = archive.append(&record)?;
+            // Published before the archive is unlocked: appends publish in their order, so
+            // the head shown never goes back to an older record.
+            *shared.last_head.lock().unwrap_or_else(|p| p.into_inner()) = head;
+            shared.metrics.archive_head_seq.set(head.0);
+            Ok::<_, ArchiveError>(head)
         })
         .await
     };
     let archived_as = match archived {
         Ok(Ok((seq, hash))) => {
-            *shared.last_head.lock().unwrap_or_else(|p| p.into_inner()) = (seq, hash);
-            shared.metrics.archive_head_seq.set(seq);
             shared.metrics.archive_ok.set(1);
             if !shared.archive_ok.swap(true, Ordering::Relaxed) {
                 tracing::info!("the archive takes records again");
@@ -693,13 +776,13 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
             })
             .inc();
     }
-    let previous = w
-        .last_ok
+    let changed = w
+        .announced
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .replace(ok);
+        .change(ok);
     // Acted on once per change: starting to fail (also at the first appraisal) or recovering.
-    if previous != Some(ok) && (previous.is_some() || !ok) {
+    if changed {
         let state = if ok { "recovered" } else { "failing" };
         tracing::warn!(target = %w.config.name, state, verdict = %record.verdict, failed_check = ?record.failed_check, "target state changed");
         if let Some(hook) = &w.webhook {
@@ -720,12 +803,22 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
                     "hash": hex::encode(hash),
                 })),
             });
-            let hook = Arc::clone(hook);
+            let (hook, w) = (Arc::clone(hook), Arc::clone(w));
             tokio::spawn(async move {
-                if let Err(e) = hook.send(&event).await {
-                    tracing::error!(error = %e, "webhook not delivered");
+                let sent = hook.send(&event).await;
+                if let Err(e) = &sent {
+                    tracing::error!(target = %w.config.name, state, error = %e, "webhook not delivered; sent again at the next appraisal in this state");
                 }
+                w.announced
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .settle(ok, sent.is_ok());
             });
+        } else {
+            w.announced
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .settle(ok, true);
         }
     }
     if let Some(now) = measurements {
@@ -739,6 +832,14 @@ async fn appraise_once(w: &Watched, shared: &Arc<Shared>, timeout: Duration) {
         }
         *last = Some(now);
     }
+}
+
+/// The measurements a report appraised (MRTD, RTMR0-3), to see them change.
+fn measurements_of(report: &tdx_core::verify::Report) -> Option<String> {
+    report
+        .measurements()
+        .as_ref()
+        .map(|m| format!("{}{}{}{}{}", m.mrtd, m.rtmr0, m.rtmr1, m.rtmr2, m.rtmr3))
 }
 
 fn archive_failed(shared: &Shared, mut detail: String) {
@@ -828,5 +929,36 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                 "archive": format!("the last appraisal could not be archived: {why}"),
             })),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_acted_on_once_and_again_only_when_it_was_not_delivered() {
+        // Taken up failing (a restart, its last record rejected): a pass is a recovery.
+        let mut a = Announced {
+            told: Some(false),
+            sending: None,
+        };
+        assert!(a.change(true));
+        // Not sent again while its delivery is under way, nor a failure sent meanwhile.
+        assert!(!a.change(true));
+        assert!(!a.change(false));
+        // Every attempt failed: the next pass sends it again.
+        a.settle(true, false);
+        assert!(a.change(true));
+        a.settle(true, true);
+        assert!(!a.change(true));
+        assert!(a.change(false));
+        a.settle(false, true);
+        assert!(!a.change(false));
+        // Nothing told before: failing is news, passing is not (and then failing is).
+        assert!(Announced::default().change(false));
+        let mut fresh = Announced::default();
+        assert!(!fresh.change(true));
+        assert!(fresh.change(false));
     }
 }
