@@ -3,7 +3,8 @@
 #![forbid(unsafe_code)]
 
 use std::io::{Read as _, Write as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Write `data` to `path` atomically: a temporary file in the same directory, fsync, rename,
 /// then fsync the directory so the rename survives a crash.
@@ -26,9 +27,9 @@ pub fn write_atomic_with(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let (tmp, file) = create_temporary(dir, &name)?;
     let result = (|| {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut f = std::io::BufWriter::new(file);
         fill(&mut f)?;
         let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
@@ -39,6 +40,37 @@ pub fn write_atomic_with(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Tells apart the temporaries of writers in one process (the pid tells processes apart).
+static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
+
+/// A new, empty temporary beside `name` in `dir`, its name never shared with another writer:
+/// two writers of one path (the collateral cache) on one temporary would rename each other's
+/// half-written bytes into place. `create_new` also refuses to follow a symlink planted
+/// under the name; a name left behind by a crashed writer is skipped.
+fn create_temporary(dir: &Path, name: &str) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let pid = std::process::id();
+    for _ in 0..64 {
+        let n = TEMPORARIES.fetch_add(1, Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}.tmp-{pid}-{n}"));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        format!(
+            "{}: 64 temporary names for {name} were all taken; remove the stale .{name}.tmp-* files",
+            dir.display()
+        ),
+    ))
 }
 
 /// Read `path` (symlinks followed) if it is a regular file of at most `max` bytes. A FIFO
@@ -94,6 +126,62 @@ mod tests {
         );
         write_atomic_with(&path, |f| f.write_all(b"new\n")).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new\n");
+    }
+
+    #[test]
+    fn writers_of_one_path_in_one_process_never_mix_their_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shared.json");
+        // Large enough that a write shared with another writer's temporary is torn, not
+        // merely reordered.
+        let contents: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'a' + i; 256 * 1024]).collect();
+        std::thread::scope(|s| {
+            for c in &contents {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..25 {
+                        write_atomic(path, c).unwrap();
+                    }
+                });
+            }
+            s.spawn(|| {
+                for _ in 0..200 {
+                    if let Ok(now) = std::fs::read(&path) {
+                        assert!(
+                            contents.contains(&now),
+                            "{} bytes that no writer wrote whole",
+                            now.len()
+                        );
+                    }
+                }
+            });
+        });
+        let last = std::fs::read(&path).unwrap();
+        assert!(contents.contains(&last));
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "a temporary was left"
+        );
+    }
+
+    #[test]
+    fn a_symlink_where_a_temporary_would_go_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, b"keep").unwrap();
+        // The name temporaries used to have, and the next ones this process could take.
+        let pid = std::process::id();
+        let next = TEMPORARIES.load(Ordering::Relaxed);
+        let names = std::iter::once(format!(".out.tmp-{pid}"))
+            .chain((next..next + 8).map(|n| format!(".out.tmp-{pid}-{n}")));
+        for name in names {
+            std::os::unix::fs::symlink(&target, dir.path().join(name)).unwrap();
+        }
+        let path = dir.path().join("out");
+        write_atomic(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
 
     #[test]
