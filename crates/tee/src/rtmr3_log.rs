@@ -32,6 +32,24 @@ pub struct Rtmr3Log {
     /// whoever extends: this file only writes the log).
     pub unextended: Option<u64>,
     published: Published,
+    /// Why appending is refused for good: an append failed and cutting the file back to its
+    /// last whole line failed too, so the file may end in part (or all) of an event this run
+    /// never extended. Appending after it would glue the next line onto that, and a restart
+    /// could not parse the log; open() at the next start cuts an unterminated tail off, and
+    /// recovery extends a whole one as it would after a crash between fsync and extend.
+    poisoned: Option<String>,
+    #[cfg(test)]
+    faults: Faults,
+}
+
+/// Failures a test injects into the next append (disk full, a failing device).
+#[cfg(test)]
+#[derive(Default)]
+struct Faults {
+    /// The write stops with an error after this many bytes.
+    write_fails_after: Option<usize>,
+    sync_fails: bool,
+    truncate_fails: bool,
 }
 
 /// The log's text ([`Rtmr3Log::jsonl`]) as of its last append, readable without the log's
@@ -125,6 +143,9 @@ impl Rtmr3Log {
             dropped_torn_line,
             unextended: None,
             published: Published::default(),
+            poisoned: None,
+            #[cfg(test)]
+            faults: Faults::default(),
         }
         .publish())
     }
@@ -146,6 +167,9 @@ impl Rtmr3Log {
             dropped_torn_line: None,
             unextended: None,
             published: Published::default(),
+            poisoned: None,
+            #[cfg(test)]
+            faults: Faults::default(),
         })
     }
 
@@ -185,8 +209,16 @@ impl Rtmr3Log {
     }
 
     /// Record `event` durably (written and fsynced) and return its digest; the caller
-    /// extends RTMR3 only after this returns.
+    /// extends RTMR3 only after this returns. A failed append leaves the file as it was (cut
+    /// back to its last whole line), so the next append and the next start find whole lines.
     pub fn append(&mut self, event: Event) -> Result<[u8; 48], Rtmr3LogError> {
+        let io = |path: &Path, source| Rtmr3LogError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(why) = &self.poisoned {
+            return Err(io(&self.path, std::io::Error::other(why.clone())));
+        }
         let digest = event.digest()?;
         let line = LogLine {
             seq: self.lines.len() as u64 + 1,
@@ -197,24 +229,64 @@ impl Rtmr3Log {
         let text = serde_json::to_string(&line).map_err(|e| Rtmr3LogError::Event(e.to_string()))?;
         let bytes = format!("{text}\n").into_bytes();
         let kind = line.event.kind.as_str();
-        let io = |source| Rtmr3LogError::Io {
-            path: self.path.clone(),
-            source,
-        };
         crash_point::reached(CrashPoint::BeforeLogWrite, kind);
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
-            .map_err(io)?;
+            .map_err(|e| io(&self.path, e))?;
+        let before = f.metadata().map_err(|e| io(&self.path, e))?.len();
         crash_point::reached_after(CrashPoint::TornLogWrite, kind, || {
             let _ = f.write_all(&bytes[..bytes.len() / 2]);
         });
-        f.write_all(&bytes).map_err(io)?;
-        crash_point::reached(CrashPoint::BetweenWriteAndFsync, kind);
-        f.sync_data().map_err(io)?;
+        if let Err(e) = self.write_and_sync(&mut f, &bytes, kind) {
+            // Whatever reached the file is cut off: left there, the next line would be glued
+            // onto it, or (written whole but not synced) its seq would be used twice.
+            if let Err(undo) = self.truncate(&f, before) {
+                let why = format!(
+                    "appending event #{seq} failed ({e}) and cutting the log back to {before} bytes failed too ({undo}); the log may end in part or all of that event, which was not extended, so nothing more is logged or extended until the agent restarts (the restart cuts an unfinished line off, or extends a whole one as after a crash)",
+                    seq = line.seq
+                );
+                tracing::error!("RTMR3 event log {}: {why}", self.path.display());
+                self.poisoned = Some(why.clone());
+                return Err(io(&self.path, std::io::Error::other(why)));
+            }
+            return Err(io(&self.path, e));
+        }
         self.lines.push(line);
         self.published.set(self.jsonl());
         Ok(digest)
+    }
+
+    fn write_and_sync(
+        &mut self,
+        f: &mut std::fs::File,
+        bytes: &[u8],
+        kind: &str,
+    ) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.faults.write_fails_after.take() {
+            f.write_all(&bytes[..n.min(bytes.len())])?;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "injected: no space left on device",
+            ));
+        }
+        f.write_all(bytes)?;
+        crash_point::reached(CrashPoint::BetweenWriteAndFsync, kind);
+        #[cfg(test)]
+        if std::mem::take(&mut self.faults.sync_fails) {
+            return Err(std::io::Error::other("injected: fsync failed"));
+        }
+        f.sync_data()
+    }
+
+    fn truncate(&mut self, f: &std::fs::File, len: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.faults.truncate_fails) {
+            return Err(std::io::Error::other("injected: truncate failed"));
+        }
+        f.set_len(len)?;
+        f.sync_data()
     }
 
     /// The log as served to clients: the event lines, without the header.
@@ -407,6 +479,73 @@ mod tests {
         let log = Rtmr3Log::open(&path, "b").unwrap();
         assert_eq!(log.dropped_torn_line.as_deref(), Some(line.as_str()));
         assert_eq!(log.lines.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_append_leaves_whole_lines_and_the_next_one_follows_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rtmr3.jsonl");
+        let mut log = Rtmr3Log::open(&path, "b").unwrap();
+        let d1 = log.append(ev(1)).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+
+        // The disk fills part-way through the line.
+        log.faults.write_fails_after = Some(20);
+        let err = log.append(ev(2)).unwrap_err().to_string();
+        assert!(err.contains("no space left"), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "the partial line stayed"
+        );
+        assert_eq!(log.lines.len(), 1);
+
+        // The line is written whole but the fsync fails: it is not kept either, or the next
+        // append would log a second event #2.
+        log.faults.sync_fails = true;
+        let err = log.append(ev(2)).unwrap_err().to_string();
+        assert!(err.contains("fsync failed"), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            whole,
+            "the unsynced line stayed"
+        );
+
+        let d2 = log.append(ev(3)).unwrap();
+        assert_eq!(log.lines.last().unwrap().seq, 2);
+        let again = Rtmr3Log::open(&path, "b").unwrap();
+        assert!(again.dropped_torn_line.is_none());
+        assert_eq!(again.lines.len(), 2);
+        assert_eq!(again.expected_rtmr3().unwrap(), replay([&d1, &d2]));
+    }
+
+    #[test]
+    fn a_failed_append_that_cannot_be_undone_stops_further_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rtmr3.jsonl");
+        let mut log = Rtmr3Log::open(&path, "b").unwrap();
+        let d1 = log.append(ev(1)).unwrap();
+        log.faults.write_fails_after = Some(20);
+        log.faults.truncate_fails = true;
+        let err = log.append(ev(2)).unwrap_err().to_string();
+        assert!(
+            err.contains("no space left") && err.contains("truncate failed"),
+            "{err}"
+        );
+        // Nothing is glued onto the partial line: every later append is refused, saying why.
+        let len = std::fs::metadata(&path).unwrap().len();
+        for n in 3..5 {
+            let err = log.append(ev(n)).unwrap_err().to_string();
+            assert!(err.contains("until the agent restarts"), "{err}");
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        assert_eq!(log.lines.len(), 1);
+        // The restart cuts the partial line off and goes on.
+        let mut log = Rtmr3Log::open(&path, "b").unwrap();
+        assert!(log.dropped_torn_line.is_some());
+        let d2 = log.append(ev(2)).unwrap();
+        let again = Rtmr3Log::open(&path, "b").unwrap();
+        assert_eq!(again.expected_rtmr3().unwrap(), replay([&d1, &d2]));
     }
 
     #[test]
