@@ -9,6 +9,9 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use support::upstream::{self, ChanBody, Upstream};
 use support::{
     Daemon, Https, SimTd, metric, metric_sum, open_fds, path_str, proc_kib, raise_nofile_limit,
     tdx_agent,
@@ -1410,4 +1413,162 @@ fn a_second_agent_on_the_same_port_is_refused() {
         r.stderr.contains(first.addr.as_str()) && r.stderr.to_lowercase().contains("in use"),
         "{r}"
     );
+}
+
+/// A second agent given the same state and audit directories (the same configuration, here on
+/// another port) stops before it touches them, naming the lock and the agent that holds it:
+/// the first keeps its admin socket and an unbroken audit chain.
+#[test]
+fn a_second_agent_on_the_same_directories_is_refused_before_touching_them() {
+    let sim = SimTd::new();
+    let mut first = Daemon::sim(&sim, &[]);
+    let r = support::tdx_agent_within(
+        &[
+            "serve",
+            "--tee",
+            "sim",
+            "--sim-dir",
+            sim.dir_str(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_ne!(r.code, 0, "{r}");
+    let lock = sim
+        .dir
+        .join("run")
+        .join(tdx_daemon::server::instance::LOCK_FILE);
+    assert!(
+        r.stderr.contains(path_str(&lock))
+            && r.stderr.contains("another `tdx-agent serve`")
+            && r.stderr.contains(&format!("pid {}", first.pid())),
+        "{r}"
+    );
+    assert!(!r.stdout.contains("listening"), "{r}");
+
+    // The first agent's admin socket is still its own, and what it logs continues its chain.
+    let socket = sim.dir.join("run").join("admin.sock");
+    let r = tdx_agent(&["admin", "--socket", path_str(&socket), "rotate"]);
+    assert_eq!(r.code, 0, "{r}");
+    first.stop();
+    let files = sim.audit_files();
+    let mut args = vec!["audit", "verify"];
+    args.extend(files.iter().map(|p| path_str(p)));
+    let r = tdx_agent(&args);
+    assert_eq!(r.code, 0, "{r}");
+    let text: String = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert_eq!(
+        text.matches("\"agent_started\"").count(),
+        1,
+        "the second agent wrote to the audit log: {text}"
+    );
+}
+
+/// An agent in front of the scripted model server, `upstream` lines added to `[upstream]`
+/// (further sections may follow), ready.
+async fn fronting(sim: &SimTd, up: &Upstream, upstream: &str) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::sim_config(
+        sim,
+        dir.path(),
+        "",
+        &format!("[upstream]\nurl = \"{}\"\n{upstream}", up.url()),
+    );
+    let d = Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.get("/readyz").await.status != 200 {
+        assert!(Instant::now() < deadline, "the agent never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (d, dir)
+}
+
+fn echo_request<B>(body: B, length: Option<usize>) -> hyper::Request<B> {
+    let mut req = hyper::Request::post("/v1/echo").header("host", "agent");
+    if let Some(n) = length {
+        req = req.header("content-length", n);
+    }
+    req.body(body).unwrap()
+}
+
+/// A client that declares a small body and never sends it is answered 408 after the header
+/// timeout, and meanwhile holds none of the `max_concurrent_requests` slots: the only one
+/// here stays free for a client that sends its request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_that_never_comes_gets_408_and_holds_no_model_slot() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (d, _dir) = fronting(
+        &sim,
+        &up,
+        "max_concurrent_requests = 1\n[limits]\nheader_read_timeout_secs = 2\n",
+    )
+    .await;
+
+    let mut slow = upstream::http1::<ChanBody>(&d.addr, sim.root_der()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let slow_answer = tokio::spawn(async move {
+        slow.send_request(echo_request(ChanBody(rx), Some(100)))
+            .await
+    });
+    // Not an assertion on time: gives the agent the slow client's head before the next
+    // request, which is what used to take the only slot.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut quick = upstream::http1::<Full<Bytes>>(&d.addr, sim.root_der()).await;
+    let body = Bytes::from_static(b"{\"prompt\":\"hi\"}");
+    let r = quick
+        .send_request(echo_request(Full::new(body.clone()), Some(body.len())))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the slow client held the only slot");
+
+    let r = tokio::time::timeout(Duration::from_secs(30), slow_answer)
+        .await
+        .expect("an answer to the slow client")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 408);
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    drop(tx);
+}
+
+/// A body uploaded for longer than `response_header_timeout_secs` (1 s here) is not the model
+/// server's delay: the wait for its answer starts once the request is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_does_not_count_against_the_model_servers_answer_time() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (d, _dir) = fronting(&sim, &up, "response_header_timeout_secs = 1\n").await;
+
+    let mut sender = upstream::http1::<ChanBody>(&d.addr, sim.root_der()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    // No length: the body streams to the model server as it comes.
+    let answer =
+        tokio::spawn(async move { sender.send_request(echo_request(ChanBody(rx), None)).await });
+    for _ in 0..6 {
+        // A closed body: the agent has answered already (with 504, it used to).
+        if tx.send(Bytes::from(vec![b'x'; 1024])).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    drop(tx);
+    let r = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .expect("an answer")
+        .unwrap()
+        .unwrap();
+    let status = r.status();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["body_len"], 6 * 1024, "{echo}");
 }

@@ -285,10 +285,13 @@ fn failing_quote_provider_degrades_and_recovers() {
     let (body, code) = text.rsplit_once('\n').unwrap();
     assert_eq!(code, "503", "{text}");
     let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    // What failed, for the client; the TEE's own words (they name its files) stay in the log.
+    let msg = v["error"]["message"].as_str().unwrap();
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("quote"),
+        msg.contains("could not produce a quote") && msg.contains("see the agent's log"),
         "{body}"
     );
+    assert!(!msg.contains("td-state.json"), "{body}");
 
     let r = tdx_agent(&["admin", "--socket", &socket, "rotate"]);
     assert_eq!(r.code, 2, "{r}");
@@ -303,6 +306,56 @@ fn failing_quote_provider_degrades_and_recovers() {
     let r = tdx_agent(&["admin", "--socket", &socket, "rotate"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(readyz(&agent.addr)["ready"], true);
+}
+
+/// RTMR3 cannot be read between re-issues (the simulated TD's register file is gone): after
+/// a few failed reads in a row /readyz withdraws `measured`, saying why, rather than going on
+/// as if RTMR3 had been checked; once it reads again the agent is ready again.
+#[test]
+fn unreadable_rtmr3_withdraws_measured_until_it_reads_again() {
+    let sim = SimTd::new();
+    // Short certificates: the rotation loop, which reads RTMR3, runs every 5 s.
+    let config = support::sim_config(
+        &sim,
+        &sim.dir,
+        "",
+        "\n[tls]\ncert_lifetime_secs = 100\nrenew_before_secs = 1\n",
+    );
+    let agent = support::Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+    let registers = sim.dir.join(tdx_sim::TD_STATE_JSON);
+    let away = sim.dir.join("td-state.away");
+    std::fs::rename(&registers, &away).unwrap();
+
+    let v = readyz_until(&agent.addr, |v| stage_ok(v, "measured") == Some(false));
+    assert_eq!(stage_ok(&v, "measured"), Some(false), "{v}");
+    let detail = stage_detail(&v, "measured");
+    assert!(detail.contains("could not be read"), "{v}");
+    assert!(
+        agent.stderr().contains("cannot read RTMR3"),
+        "{}",
+        agent.stderr()
+    );
+
+    std::fs::rename(&away, &registers).unwrap();
+    let v = readyz_until(&agent.addr, |v| v["ready"] == true);
+    assert_eq!(v["ready"], true, "{v}");
+    assert!(
+        stage_detail(&v, "measured").contains("matches the event log"),
+        "{v}"
+    );
+}
+
+/// /readyz polled until `done` holds, or a minute passes (the last answer either way).
+fn readyz_until(addr: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = readyz(addr);
+        if done(&v) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// POST a challenge with curl: (HTTP status, JSON body, how long it took).
@@ -539,9 +592,11 @@ fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
     assert_eq!(v["error"]["type"], "evidence_unavailable", "{v}");
     let msg = v["error"]["message"].as_str().unwrap_or_default();
     assert!(
-        msg.contains("audit log") && msg.contains(&next_name) && msg.contains("unlogged"),
+        msg.contains("audit log") && msg.contains("unlogged") && !msg.contains(&next_name),
         "{v}"
     );
+    // The file that could not be written is named in the agent's log, not to clients.
+    assert!(agent.stderr().contains(&next_name), "{}", agent.stderr());
     assert!(v.get("quote").is_none(), "{v}");
     // And it stays that way: no quote is handed out while nothing can be logged.
     for _ in 0..3 {

@@ -40,7 +40,52 @@ pub struct BatchGpus {
 /// Makes the quote for a batch: builds REPORTDATA = root || audit chain head, gets the quote
 /// and records it in the audit log. The batcher knows nothing of the log.
 pub trait ChallengeQuoter: Send + Sync {
-    fn quote_for_root(&self, root: Hash) -> BoxFuture<'static, Result<IssuedQuote, String>>;
+    fn quote_for_root(&self, root: Hash) -> BoxFuture<'static, Result<IssuedQuote, QuoteFailure>>;
+}
+
+/// Why a batch's quote failed. Its callers, who need not have authenticated, are told which
+/// part failed ([`QuoteFailure::public`]); the detail (configfs paths, audit file names, a
+/// panic's text) is the agent's business and goes to its log ([`std::fmt::Display`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QuoteFailure {
+    /// The TEE refused or failed to quote.
+    Tee(String),
+    /// The quote was made but the audit log could not record it, so it is withheld.
+    Audit(String),
+    /// No quote within the quote timeout.
+    Timeout(Duration),
+    /// The agent's own fault: the quoter panicked, or quoted something else than the batch.
+    Internal(String),
+}
+
+impl QuoteFailure {
+    /// What a client is told.
+    pub fn public(&self) -> String {
+        match self {
+            QuoteFailure::Tee(_) => "the TD could not produce a quote; see the agent's log".into(),
+            QuoteFailure::Audit(_) => "the audit log could not record the quote, and evidence is never issued unlogged; see the agent's log".into(),
+            QuoteFailure::Timeout(t) => format!(
+                "the TD did not produce a quote within the quote timeout ({}s); see the agent's log",
+                t.as_secs_f64()
+            ),
+            QuoteFailure::Internal(_) => {
+                "the agent failed while making the quote; see the agent's log".into()
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for QuoteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuoteFailure::Tee(d) | QuoteFailure::Audit(d) | QuoteFailure::Internal(d) => {
+                f.write_str(d)
+            }
+            QuoteFailure::Timeout(t) => {
+                write!(f, "quote took longer than the quote timeout ({t:?})")
+            }
+        }
+    }
 }
 
 /// One caller's answer: the shared quote plus its own inclusion proof.
@@ -378,9 +423,10 @@ async fn run_batch(shared: &Shared, batch: Vec<Waiter>) {
                 }
             }
         }
-        Err(msg) => {
+        Err(failure) => {
             c.quotes_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(leaves = leaves.len(), error = %msg, "challenge quote failed");
+            tracing::warn!(leaves = leaves.len(), error = %failure, "challenge quote failed");
+            let msg = failure.public();
             for w in batch {
                 if w.reply
                     .send(Err(ChallengeError::Quote(msg.clone())))
@@ -404,17 +450,18 @@ async fn run_batch(shared: &Shared, batch: Vec<Waiter>) {
 
 /// Runs the quoter in its own task so a panic in it fails one batch rather than the driver,
 /// and bounds how long a batch can wait.
-async fn quote(shared: &Shared, root: Hash) -> Result<IssuedQuote, String> {
+async fn quote(shared: &Shared, root: Hash) -> Result<IssuedQuote, QuoteFailure> {
     let mut task = tokio::spawn(shared.quoter.quote_for_root(root));
     let issued = match tokio::time::timeout(shared.config.quote_timeout, &mut task).await {
         Ok(Ok(result)) => result?,
-        Ok(Err(join)) => return Err(format!("quoter task failed: {join}")),
+        Ok(Err(join)) => {
+            return Err(QuoteFailure::Internal(format!(
+                "quoter task failed: {join}"
+            )));
+        }
         Err(_) => {
             task.abort();
-            return Err(format!(
-                "quote took longer than the quote timeout ({:?})",
-                shared.config.quote_timeout
-            ));
+            return Err(QuoteFailure::Timeout(shared.config.quote_timeout));
         }
     };
     // Handing out a quote that does not commit to this tree would make every proof in the
@@ -424,7 +471,9 @@ async fn quote(shared: &Shared, root: Hash) -> Result<IssuedQuote, String> {
         None => root,
     };
     if issued.report_data[..32] != committed {
-        return Err("quoter returned REPORTDATA that does not start with the batch root".into());
+        return Err(QuoteFailure::Internal(
+            "quoter returned REPORTDATA that does not start with the batch root".into(),
+        ));
     }
     Ok(issued)
 }

@@ -8,12 +8,15 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use crate::batcher::{
-    BatchReport, Batcher, BatcherConfig, BoxFuture, ChallengeQuoter, IssuedQuote,
+    BatchReport, Batcher, BatcherConfig, BoxFuture, ChallengeQuoter, IssuedQuote, QuoteFailure,
 };
 use tdx_core::challenge::merkle::Hash;
 use tdx_core::challenge::{ChallengeError, verify_challenge};
 
 const HEAD: Hash = [0xab; 32];
+
+/// What a failing TEE says: it names the files it used.
+const TEE_SAID_NO: &str = "TEE said no: /sys/kernel/config/tsm/report/r0/outblob: EIO";
 
 fn spki() -> Hash {
     Sha256::digest(b"spki").into()
@@ -38,7 +41,7 @@ struct SlowQuoter {
 }
 
 impl ChallengeQuoter for SlowQuoter {
-    fn quote_for_root(&self, root: Hash) -> BoxFuture<'static, Result<IssuedQuote, String>> {
+    fn quote_for_root(&self, root: Hash) -> BoxFuture<'static, Result<IssuedQuote, QuoteFailure>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let delay = self.delay;
         Box::pin(async move {
@@ -91,7 +94,7 @@ impl GatedQuoter {
 }
 
 impl ChallengeQuoter for GatedQuoter {
-    fn quote_for_root(&self, root: Hash) -> BoxFuture<'static, Result<IssuedQuote, String>> {
+    fn quote_for_root(&self, root: Hash) -> BoxFuture<'static, Result<IssuedQuote, QuoteFailure>> {
         self.roots.lock().unwrap().push(root);
         let act = self.script.lock().unwrap().pop().unwrap_or(Act::Ok);
         let gate = Arc::clone(&self.gate);
@@ -102,7 +105,7 @@ impl ChallengeQuoter for GatedQuoter {
             gate.acquire().await.unwrap().forget();
             match act {
                 Act::Ok | Act::Hang => Ok(issued(root)),
-                Act::Fail => Err("TEE said no".to_string()),
+                Act::Fail => Err(QuoteFailure::Tee(TEE_SAID_NO.into())),
                 Act::Panic => panic!("quoter bug"),
                 Act::WrongRoot => Ok(issued([0; 32])),
             }
@@ -217,10 +220,13 @@ async fn quoter_error_fails_only_its_batch() {
     let next: Vec<Answer> = (1..=3).map(|i| spawn_challenge(&b, i)).collect();
     until("three waiting", || b.stats().waiting == 3).await;
     quoter.release();
+    // The caller learns what failed, not the TEE's words (they name its files).
+    let err = first.await.unwrap().unwrap_err();
     assert_eq!(
-        first.await.unwrap().unwrap_err(),
-        ChallengeError::Quote("TEE said no".into())
+        err,
+        ChallengeError::Quote(QuoteFailure::Tee(TEE_SAID_NO.into()).public())
     );
+    assert!(!err.to_string().contains("/sys/kernel"), "{err}");
     quoter.release();
     for (i, t) in next.into_iter().enumerate() {
         let answer = t.await.unwrap().unwrap();
@@ -245,8 +251,9 @@ async fn a_panicking_quoter_fails_its_batch_and_the_next_one_works() {
     let b = Batcher::new(quoter.clone(), BatcherConfig::default());
     quoter.release();
     let err = b.challenge(&nonce(0), spki()).await.unwrap_err();
+    // A panic's text is the agent's business, not the caller's.
     assert!(
-        matches!(err, ChallengeError::Quote(ref m) if m.contains("panic")),
+        matches!(err, ChallengeError::Quote(ref m) if m.contains("the agent failed") && !m.contains("quoter bug")),
         "{err}"
     );
     quoter.release();
@@ -260,7 +267,7 @@ async fn a_quote_that_does_not_commit_to_the_root_is_refused() {
     quoter.release();
     let err = b.challenge(&nonce(0), spki()).await.unwrap_err();
     assert!(
-        matches!(err, ChallengeError::Quote(ref m) if m.contains("root")),
+        matches!(err, ChallengeError::Quote(ref m) if m.contains("the agent failed")),
         "{err}"
     );
 }
@@ -277,7 +284,7 @@ async fn a_hung_quote_times_out() {
     );
     let err = b.challenge(&nonce(0), spki()).await.unwrap_err();
     assert!(
-        matches!(err, ChallengeError::Quote(ref m) if m.contains("longer")),
+        matches!(err, ChallengeError::Quote(ref m) if m.contains("quote timeout (0.05s)")),
         "{err}"
     );
     quoter.release();

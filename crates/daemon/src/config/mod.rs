@@ -312,7 +312,8 @@ pub struct UpstreamConfig {
     /// goes out on a connection the upstream is closing at that moment. 0: a new connection
     /// for every request.
     pub keepalive_idle_ms: u64,
-    /// Time allowed for the upstream to start its answer (a long prompt's prefill counts).
+    /// Time allowed for the upstream to start its answer once it has the whole request (a
+    /// long prompt's prefill counts, the client's upload does not).
     pub response_header_timeout_secs: u64,
     /// A request or response body that moves no byte for this long is cut. A stream that
     /// keeps sending is never cut, however long it lasts.

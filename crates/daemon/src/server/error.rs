@@ -24,6 +24,12 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("request body over {limit} bytes")]
     TooLarge { limit: u64 },
+    /// A small request body did not arrive in time (it is read whole before the request
+    /// takes a slot).
+    #[error(
+        "the request body did not arrive within {secs}s (limits.header_read_timeout_secs); send it with the headers"
+    )]
+    RequestTimeout { secs: u64 },
     /// The model server could not be reached or broke off: its fault, not the client's.
     #[error("the model server {upstream} is unavailable: {detail}")]
     UpstreamUnavailable { upstream: String, detail: String },
@@ -45,6 +51,7 @@ impl ApiError {
             }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -54,9 +61,10 @@ impl ApiError {
 
     fn kind(&self) -> &'static str {
         match self {
-            ApiError::BadRequest(_) | ApiError::TooLarge { .. } | ApiError::Unauthorized(_) => {
-                "invalid_request_error"
-            }
+            ApiError::BadRequest(_)
+            | ApiError::TooLarge { .. }
+            | ApiError::RequestTimeout { .. }
+            | ApiError::Unauthorized(_) => "invalid_request_error",
             ApiError::NotReady { .. } => "not_ready",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::Unavailable(_) => "evidence_unavailable",
@@ -72,6 +80,7 @@ impl ApiError {
             ApiError::NotReady { stage, .. } => (*stage).to_string(),
             ApiError::Unauthorized(_) => "invalid_api_key".into(),
             ApiError::TooLarge { .. } => "request_too_large".into(),
+            ApiError::RequestTimeout { .. } => "request_timeout".into(),
             other => other.status().as_u16().to_string(),
         }
     }
@@ -105,6 +114,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Overloaded(_) => tonic::Status::resource_exhausted(msg),
             ApiError::Unauthorized(_) => tonic::Status::unauthenticated(msg),
             ApiError::TooLarge { .. } => tonic::Status::out_of_range(msg),
+            ApiError::RequestTimeout { .. } => tonic::Status::deadline_exceeded(msg),
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),
         }

@@ -123,7 +123,11 @@ impl Attestation for AttestationService {
             verifier.appraise(&quote, &collateral, now, &policy, &Expectations::default())
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+        .map_err(|e| {
+            // A panic's text is for the operator, not the (unauthenticated) caller.
+            tracing::error!(error = %e, "appraising a quote for Verify failed");
+            ApiError::Internal("appraising the quote failed; see the agent's log".into())
+        })?;
         self.state.metrics.count(
             &self.state.metrics.verifications,
             if report.accepted() {

@@ -3,6 +3,7 @@
 //! certificate serving until it expires, and says so in /readyz.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::collateral::CollateralProvider;
@@ -14,6 +15,7 @@ use crate::audit::{AuditEvent, AuditLog, QuotePurpose};
 use sha2::{Digest as _, Sha256};
 use tdx_core::encoding::hex;
 use tdx_core::gpu::nonce_for_certificate;
+use tdx_core::measure::rtmr3_log::{parse_lines, replay_lines};
 use tdx_core::ratls::{self, Validity};
 use tdx_core::verify::time::{format_unix, now_unix};
 use tdx_core::verify::{Expectations, Verifier, policy::Policy};
@@ -224,6 +226,62 @@ impl Issuer<'_> {
     }
 }
 
+/// Failed reads of RTMR3 in a row before Measured is withdrawn: one is a blip, several mean
+/// the agent can no longer tell whether RTMR3 moved behind its back.
+pub const RTMR3_READ_FAILURES_NOT_MEASURED: u32 = 3;
+
+/// The drift check's reads of RTMR3 between re-issues, and how many failed in a row.
+#[derive(Default)]
+pub struct Rtmr3Reads {
+    failures: AtomicU32,
+    /// The last failure's text: logged again only when it changes, not every tick.
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Rtmr3Reads {
+    pub fn failed(&self, error: &str, readiness: &Readiness) {
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_deref() != Some(error) {
+            tracing::warn!(
+                error,
+                consecutive = n,
+                "cannot read RTMR3 to compare it with the served certificate"
+            );
+            *last = Some(error.to_string());
+        }
+        drop(last);
+        if n >= RTMR3_READ_FAILURES_NOT_MEASURED {
+            if n == RTMR3_READ_FAILURES_NOT_MEASURED {
+                tracing::error!(
+                    error,
+                    "RTMR3 unreadable {n} times in a row; withdrawing measured"
+                );
+            }
+            readiness.set(
+                Stage::Measured,
+                false,
+                format!(
+                    "RTMR3 could not be read {n} times in a row (last: {error}), so the agent cannot tell whether it changed without the agent; check the TEE's measurement files (tee.measurements_dir)"
+                ),
+            );
+        }
+    }
+
+    /// Record a good read; true when Measured had been withdrawn for want of them.
+    pub fn succeeded(&self) -> bool {
+        let n = self.failures.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            tracing::info!(after = n, "RTMR3 can be read again");
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        n >= RTMR3_READ_FAILURES_NOT_MEASURED
+    }
+}
+
 /// Mark the stages that issuing settles.
 pub fn mark_issued(readiness: &Readiness, served: &Served) {
     if let Some(g) = &served.gpu {
@@ -250,6 +308,9 @@ pub fn mark_issued(readiness: &Readiness, served: &Served) {
 
 /// Why the served certificate must be replaced now, if it must.
 async fn reason_to_reissue(state: &AppState, served: &Served, now: i64) -> Option<&'static str> {
+    // Read first, whatever else is due: a run of failed reads must count even while every
+    // tick re-issues for another reason (and fails, say for the same broken TEE).
+    let rtmr3_moved = rtmr3_moved(state, served).await;
     let renew_at = served
         .cert
         .not_after
@@ -257,12 +318,7 @@ async fn reason_to_reissue(state: &AppState, served: &Served, now: i64) -> Optio
     if now >= renew_at {
         return Some("expiry");
     }
-    // Only where registers can be read without a quote: on kernels without the sysfs files
-    // RTMR3 cannot be extended either, so it cannot change behind our back.
-    if state.registers_readable_without_quote()
-        && let Ok(m) = state.tee.measurements().await
-        && m.rtmr[3] != served.rtmr3
-    {
+    if rtmr3_moved {
         return Some("rtmr3-changed");
     }
     match state.collateral.for_quote(&served.quote, now).await {
@@ -283,6 +339,29 @@ async fn reason_to_reissue(state: &AppState, served: &Served, now: i64) -> Optio
                 tracing::warn!(error = %e, "collateral refresh failed; serving the current collateral until it expires");
             }
             None
+        }
+    }
+}
+
+/// Whether the live RTMR3 differs from the served quote's. Only where registers can be read
+/// without a quote: on kernels without the sysfs files RTMR3 cannot be extended either, so it
+/// cannot change behind our back.
+async fn rtmr3_moved(state: &AppState, served: &Served) -> bool {
+    if !state.registers_readable_without_quote() {
+        return false;
+    }
+    match state.tee.measurements().await {
+        Ok(m) => {
+            let moved = m.rtmr[3] != served.rtmr3;
+            if state.rtmr3_reads.succeeded() && !moved {
+                // Measured was withdrawn for want of reads, not for what they showed.
+                check_measured(state, served).await;
+            }
+            moved
+        }
+        Err(e) => {
+            state.rtmr3_reads.failed(&e.to_string(), &state.readiness);
+            false
         }
     }
 }
@@ -401,39 +480,222 @@ pub async fn reissue(state: &AppState, reason: &str) -> Result<(), String> {
     }
 }
 
-/// The Measured stage: RTMR3 in our newest quote must be what the event log replays to.
-/// Anything else means RTMR3 moved behind the agent's back (or the log was edited).
+/// The Measured stage: RTMR3 in our newest quote must be what the event log it was issued
+/// with replays to. Anything else means RTMR3 moved behind the agent's back (or the log was
+/// edited).
 pub async fn check_measured(state: &AppState, served: &Served) {
-    let expected = state.rtmr3_log.lock().await.expected_rtmr3();
-    match expected {
-        Ok(e) if e == served.rtmr3 => {
-            state.readiness.set(
+    MeasuredCheck {
+        readiness: &state.readiness,
+        audit: &state.audit,
+        rtmr3_log: &state.rtmr3_log,
+        rtmr3_log_path: &state.rtmr3_log_path,
+    }
+    .check(&served.event_log, &served.rtmr3)
+    .await;
+}
+
+/// What [`check_measured`] reads and sets, apart from the served evidence.
+pub struct MeasuredCheck<'a> {
+    pub readiness: &'a Readiness,
+    pub audit: &'a AuditLog,
+    pub rtmr3_log: &'a tokio::sync::Mutex<Rtmr3Log>,
+    pub rtmr3_log_path: &'a std::path::Path,
+}
+
+impl MeasuredCheck<'_> {
+    /// Judge a quote's `rtmr3` against `event_log`, the log snapshot taken with that quote
+    /// under the log's lock. Not the live log: an admin extend may land between the quote
+    /// and this check (while a re-issue waits for collateral), and the live log, one event
+    /// ahead of the quote, would then read as RTMR3 moved without the agent.
+    pub async fn check(&self, event_log: &str, rtmr3: &[u8; 48]) {
+        let expected = parse_lines(event_log.lines(), 1)
+            .map_err(|(line, detail)| format!("line {line}: {detail}"))
+            .and_then(|lines| {
+                Ok((
+                    replay_lines(&lines).map_err(|e| e.to_string())?,
+                    lines.len(),
+                ))
+            });
+        // An extend that failed after its event was logged leaves the live log ahead of
+        // RTMR3 whatever the snapshot says; the admin socket already said so, and a re-issue
+        // whose snapshot predates that event must not report measured over it.
+        let pending = self.rtmr3_log.lock().await.unextended;
+        match (expected, pending) {
+            (Ok(_), Some(seq)) => self.readiness.set(
                 Stage::Measured,
-                true,
+                false,
                 format!(
-                    "RTMR3 matches the event log ({} events)",
-                    state.rtmr3_log.lock().await.lines.len()
+                    "event #{seq} of the RTMR3 event log {} was logged but its extend failed; the log no longer explains RTMR3 until a restart extends it",
+                    self.rtmr3_log_path.display()
                 ),
-            );
-        }
-        Ok(e) => {
-            let why = format!(
-                "RTMR3 is {} but the event log {} replays to {}: RTMR3 changed without the agent, refusing to report ready",
-                hex(&served.rtmr3),
-                state.rtmr3_log_path.display(),
-                hex(&e)
-            );
-            if state.readiness.is_ok(Stage::Measured) {
-                let _ = state
-                    .audit
-                    .append(AuditEvent::notice("rtmr3_mismatch", &why))
-                    .await;
+            ),
+            (Ok((e, events)), None) if &e == rtmr3 => {
+                self.readiness.set(
+                    Stage::Measured,
+                    true,
+                    format!("RTMR3 matches the event log ({events} events)"),
+                );
             }
-            tracing::error!("{why}");
-            state.readiness.set(Stage::Measured, false, why);
+            (Ok((e, _)), None) => {
+                let why = format!(
+                    "RTMR3 is {} but the event log {} replays to {}: RTMR3 changed without the agent, refusing to report ready",
+                    hex(rtmr3),
+                    self.rtmr3_log_path.display(),
+                    hex(&e)
+                );
+                if self.readiness.is_ok(Stage::Measured) {
+                    let _ = self
+                        .audit
+                        .append(AuditEvent::notice("rtmr3_mismatch", &why))
+                        .await;
+                }
+                tracing::error!("{why}");
+                self.readiness.set(Stage::Measured, false, why);
+            }
+            (Err(e), _) => self.readiness.set(
+                Stage::Measured,
+                false,
+                format!(
+                    "RTMR3 event log {} as certified: {e}",
+                    self.rtmr3_log_path.display()
+                ),
+            ),
         }
-        Err(e) => state
-            .readiness
-            .set(Stage::Measured, false, format!("RTMR3 event log: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::AuditOptions;
+    use tdx_core::measure::rtmr3_log::{Event, replay};
+
+    fn ev(n: u64) -> Event {
+        Event {
+            kind: "admin".into(),
+            data: serde_json::json!({ "n": n }),
+        }
+    }
+
+    struct Rig {
+        _dir: tempfile::TempDir,
+        readiness: Readiness,
+        audit: AuditLog,
+        log: tokio::sync::Mutex<Rtmr3Log>,
+        path: std::path::PathBuf,
+    }
+
+    impl Rig {
+        async fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("rtmr3-events.jsonl");
+            let log = Rtmr3Log::open(&path, "boot").unwrap();
+            let audit = AuditLog::open(dir.path().join("audit"), AuditOptions::default())
+                .await
+                .unwrap();
+            Rig {
+                _dir: dir,
+                readiness: Readiness::new(false, false),
+                audit,
+                log: tokio::sync::Mutex::new(log),
+                path,
+            }
+        }
+
+        async fn check(&self, event_log: &str, rtmr3: &[u8; 48]) -> (bool, String) {
+            MeasuredCheck {
+                readiness: &self.readiness,
+                audit: &self.audit,
+                rtmr3_log: &self.log,
+                rtmr3_log_path: &self.path,
+            }
+            .check(event_log, rtmr3)
+            .await;
+            let s = self
+                .readiness
+                .snapshot()
+                .into_iter()
+                .find(|s| s.stage == Stage::Measured)
+                .unwrap();
+            (s.ok, s.detail)
+        }
+    }
+
+    /// A re-issue's quote and log snapshot are taken together; an admin extend may land
+    /// before the re-issue is judged (it waits for collateral in between). The quote is
+    /// judged by its own snapshot, not by the live log one event ahead of it.
+    #[tokio::test]
+    async fn a_quote_is_judged_by_the_log_it_was_made_with() {
+        let rig = Rig::new().await;
+        let d1 = rig.log.lock().await.append(ev(1)).unwrap();
+        let snapshot = rig.log.lock().await.jsonl();
+        let quoted = replay([&d1]);
+        // The admin extend that lands meanwhile (logged and extended).
+        rig.log.lock().await.append(ev(2)).unwrap();
+        let (ok, detail) = rig.check(&snapshot, &quoted).await;
+        assert!(ok, "{detail}");
+        assert!(detail.contains("1 events"), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn a_quote_its_log_does_not_explain_is_not_measured() {
+        let rig = Rig::new().await;
+        let d1 = rig.log.lock().await.append(ev(1)).unwrap();
+        let snapshot = rig.log.lock().await.jsonl();
+        // RTMR3 extended once more by someone else.
+        let (ok, detail) = rig.check(&snapshot, &replay([&d1, &d1])).await;
+        assert!(!ok);
+        assert!(detail.contains("changed without the agent"), "{detail}");
+        // An altered snapshot is refused, not replayed.
+        let edited = snapshot.replace("\"n\":1", "\"n\":7");
+        let (ok, detail) = rig.check(&edited, &replay([&d1])).await;
+        assert!(!ok);
+        assert!(detail.contains("as certified"), "{detail}");
+    }
+
+    /// An extend that failed after its event was logged keeps Measured withdrawn, even for a
+    /// re-issue whose snapshot predates that event.
+    #[tokio::test]
+    async fn a_pending_extend_keeps_measured_withdrawn() {
+        let rig = Rig::new().await;
+        let d1 = rig.log.lock().await.append(ev(1)).unwrap();
+        let snapshot = rig.log.lock().await.jsonl();
+        {
+            let mut log = rig.log.lock().await;
+            log.append(ev(2)).unwrap();
+            log.unextended = Some(2);
+        }
+        let (ok, detail) = rig.check(&snapshot, &replay([&d1])).await;
+        assert!(!ok);
+        assert!(
+            detail.contains("event #2") && detail.contains("restart"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn measured_is_withdrawn_only_after_several_failed_reads_and_comes_back() {
+        let readiness = Readiness::new(false, false);
+        readiness.set(Stage::Measured, true, "ok");
+        let reads = Rtmr3Reads::default();
+        for _ in 1..RTMR3_READ_FAILURES_NOT_MEASURED {
+            reads.failed("measurements: EIO", &readiness);
+            assert!(
+                readiness.is_ok(Stage::Measured),
+                "one failed read is a blip"
+            );
+        }
+        reads.failed("measurements: EIO", &readiness);
+        assert!(!readiness.is_ok(Stage::Measured));
+        let detail = readiness.first_missing().unwrap().detail;
+        assert!(
+            detail.contains("could not be read 3 times") && detail.contains("EIO"),
+            "{detail}"
+        );
+        assert!(reads.succeeded(), "measured must be looked at again");
+        assert!(!reads.succeeded(), "once");
+        // A failure after a success counts from one again.
+        reads.failed("measurements: EIO", &readiness);
+        assert!(!reads.succeeded());
     }
 }

@@ -1,8 +1,9 @@
 //! The daemon: one TLS listener serving HTTPS and gRPC with an RA-TLS certificate.
 //!
-//! Start-up order matters: configuration and policy are validated, the TEE opened, the audit
-//! log opened and the first certificate issued and self-checked, all before the port is
-//! bound; READY=1 follows once measured and certified.
+//! Start-up order matters: configuration is validated, the state and audit directories locked
+//! against a second agent, the policy loaded, the TEE opened, the audit log opened and the
+//! first certificate issued and self-checked, all before the port is bound; READY=1 follows
+//! once measured and certified.
 
 pub mod admin;
 pub mod collateral;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod gpus;
 pub mod grpc;
 pub mod http;
+pub mod instance;
 pub mod issue;
 pub mod listener;
 pub mod measure;
@@ -156,6 +158,15 @@ pub async fn run(
     // must still end in a clean stop, not the default kill.
     let mut terminate = tokio::spawn(shutdown);
     config.validate("configuration").map_err(setup)?;
+    // Before anything in the state or audit directory is read or written: a second agent
+    // sharing them stops here. Held until run() returns.
+    let _instance = {
+        let dirs = [config.state_dir.clone(), config.audit.dir.clone()];
+        tokio::task::spawn_blocking(move || instance::acquire(&[&dirs[0], &dirs[1]]))
+            .await
+            .map_err(setup)?
+            .map_err(setup)?
+    };
     let (policy, policy_bytes) = load_policy(&config).await?;
     if !policy.pins_anything() {
         tracing::warn!("the policy pins no measurement: the self-check accepts any genuine TD");

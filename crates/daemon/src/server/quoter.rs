@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::metrics::Metrics;
 use crate::audit::{AuditEvent, AuditLog, QuotePurpose};
-use crate::batcher::{BatchGpus, BoxFuture, ChallengeQuoter, IssuedQuote};
+use crate::batcher::{BatchGpus, BoxFuture, ChallengeQuoter, IssuedQuote, QuoteFailure};
 use tdx_tee::TeeHandle;
 
 pub struct Quoter {
@@ -19,7 +19,10 @@ pub struct Quoter {
 }
 
 impl ChallengeQuoter for Quoter {
-    fn quote_for_root(&self, root: [u8; 32]) -> BoxFuture<'static, Result<IssuedQuote, String>> {
+    fn quote_for_root(
+        &self,
+        root: [u8; 32],
+    ) -> BoxFuture<'static, Result<IssuedQuote, QuoteFailure>> {
         let tee = self.tee.clone();
         let audit = self.audit.clone();
         let metrics = Arc::clone(&self.metrics);
@@ -53,7 +56,7 @@ impl ChallengeQuoter for Quoter {
                 }
                 Err(e) => {
                     metrics.count_quote("challenge", false, 0.0);
-                    return Err(format!("quote: {e}"));
+                    return Err(QuoteFailure::Tee(format!("quote: {e}")));
                 }
             };
             audit
@@ -63,7 +66,9 @@ impl ChallengeQuoter for Quoter {
                     None,
                 ))
                 .await
-                .map_err(|e| format!("{e}; refusing to issue evidence unlogged"))?;
+                .map_err(|e| {
+                    QuoteFailure::Audit(format!("{e}; refusing to issue evidence unlogged"))
+                })?;
             Ok(IssuedQuote {
                 quote,
                 report_data,

@@ -72,6 +72,8 @@ pub struct AppState {
     pub gpus: Option<Arc<super::gpus::GpuAttester>>,
     /// When the GPUs were last checked between rotations (unix seconds).
     pub gpu_checked_at: std::sync::atomic::AtomicI64,
+    /// The rotation loop's reads of RTMR3, and how many failed in a row.
+    pub rtmr3_reads: super::issue::Rtmr3Reads,
 }
 
 impl AppState {
@@ -112,6 +114,7 @@ impl AppState {
             issuing: tokio::sync::Mutex::new(()),
             gpus: None,
             gpu_checked_at: std::sync::atomic::AtomicI64::new(0),
+            rtmr3_reads: super::issue::Rtmr3Reads::default(),
         }
     }
 

@@ -122,12 +122,6 @@ impl Proxy {
         path::check(req.uri(), req.version()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         auth::check(req.headers(), &self.config.api_key_sha256)
             .map_err(|m| ApiError::Unauthorized(m.to_string()))?;
-        let admitted = self.admission.try_admit().ok_or_else(|| {
-            ApiError::Overloaded(format!(
-                "{} model requests in flight (upstream.max_concurrent_requests)",
-                self.config.max_concurrent_requests
-            ))
-        })?;
         let limit = self.config.max_request_body_bytes;
         let declared = req
             .headers()
@@ -173,31 +167,42 @@ impl Proxy {
             // A small body (a chat request) is read whole before the upstream is asked, as
             // nginx does: it is usually already in the buffer the headers came in, and the
             // upstream connection then writes head and body at once instead of waiting on
-            // this connection for each piece.
-            RequestBody::Full(
-                read_whole(body)
-                    .await
-                    .map_err(|e| self.body_error(e.as_ref()))?,
-            )
+            // this connection for each piece. Read before admission and within the header
+            // timeout: a client slow to send a few kilobytes must not hold one of the
+            // max_concurrent_requests slots meant for requests the model is working on.
+            let secs = state.config.limits.header_read_timeout_secs;
+            match tokio::time::timeout(Duration::from_secs(secs), read_whole(body)).await {
+                Err(_) => return Err(ApiError::RequestTimeout { secs }),
+                Ok(read) => RequestBody::Full(read.map_err(|e| self.body_error(e.as_ref()))?),
+            }
         } else {
             RequestBody::Stream {
                 body: boxed(body),
                 length: declared,
             }
         };
+        let admitted = self.admission.try_admit().ok_or_else(|| {
+            ApiError::Overloaded(format!(
+                "{} model requests in flight (upstream.max_concurrent_requests)",
+                self.config.max_concurrent_requests
+            ))
+        })?;
         let upstream_req = hyper::Request::from_parts(parts, body);
 
         let started = Instant::now();
         let wait = Duration::from_secs(self.config.response_header_timeout_secs);
-        let resp = match tokio::time::timeout(wait, self.pool.send(upstream_req)).await {
-            Err(_) => {
+        // Only the model server's own delays count (taking no byte of the request, or no
+        // head once it has all of it): a large body uploaded slowly is the client's time
+        // (its idle timeout still cuts a stalled one).
+        let resp = match self.pool.send_within(upstream_req, Some(wait)).await {
+            Err(e) if e.upstream_timeout().is_some() => {
                 return Err(ApiError::UpstreamTimeout {
                     upstream: self.upstream.as_str().to_string(),
                     secs: wait.as_secs(),
                 });
             }
-            Ok(Err(e)) => return Err(self.classify(state, &e)),
-            Ok(Ok(r)) => r,
+            Err(e) => return Err(self.classify(state, &e)),
+            Ok(r) => r,
         };
         state
             .metrics

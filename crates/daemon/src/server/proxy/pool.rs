@@ -51,6 +51,18 @@ impl PoolError {
         !matches!(self, PoolError::Exchange { .. })
     }
 
+    /// The upstream stopped taking the request, or took it all and sent no response head,
+    /// for the timeout [`Pool::send_within`] was given.
+    pub fn upstream_timeout(&self) -> Option<Duration> {
+        match self {
+            PoolError::Exchange {
+                source: h1::Error::HeaderTimeout(t) | h1::Error::WriteStalled(t),
+                ..
+            } => Some(*t),
+            _ => None,
+        }
+    }
+
     /// The client's request body failed (too large, stalled, cut): the client's fault.
     pub fn request_body(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -123,6 +135,17 @@ impl Pool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        self.send_within(req, None).await
+    }
+
+    /// [`Pool::send`], failing when the upstream takes none of the request, or sends no
+    /// response head once it has all of it, for `upstream_timeout` (the client's own pace
+    /// of upload does not count).
+    pub async fn send_within(
+        self: &Arc<Self>,
+        req: Request<RequestBody>,
+        upstream_timeout: Option<Duration>,
+    ) -> Result<Response<PooledBody>, PoolError> {
         let stack = self.stack();
         let (parts, mut body) = req.into_parts();
         loop {
@@ -130,7 +153,7 @@ impl Pool {
                 Some(c) => (c, true),
                 None => (self.connect().await?, false),
             };
-            match conn.send(&parts, &mut body).await {
+            match conn.send(&parts, &mut body, upstream_timeout).await {
                 Ok(head) => {
                     let body = PooledBody::new(conn, &head, Arc::clone(stack));
                     let mut resp = Response::new(body);

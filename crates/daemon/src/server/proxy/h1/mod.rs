@@ -20,6 +20,7 @@ use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
@@ -59,6 +60,10 @@ pub enum Error {
     RequestBody(#[source] BoxError),
     #[error("the connection closed before the end of the response body")]
     Truncated,
+    #[error("no response head within {0:?} of the end of the request")]
+    HeaderTimeout(Duration),
+    #[error("the server took none of the request for {0:?}")]
+    WriteStalled(Duration),
     #[error("chunked response body: {0}")]
     Chunked(#[from] ChunkedError),
 }
@@ -110,6 +115,22 @@ pub struct Conn {
     fields: Vec<response::Field>,
 }
 
+/// A write to the server, failing when it takes none of it for `stall`. A single write of
+/// more than the socket buffer holds is bounded as a whole: the head and a small body go in
+/// one write, and a streamed body's frames are each at most what the client sent at once.
+async fn written(
+    stall: Option<Duration>,
+    write: impl std::future::Future<Output = io::Result<()>>,
+) -> Result<(), Error> {
+    match stall {
+        None => write.await.map_err(Error::Write),
+        Some(t) => tokio::time::timeout(t, write)
+            .await
+            .map_err(|_| Error::WriteStalled(t))?
+            .map_err(Error::Write),
+    }
+}
+
 impl Conn {
     pub fn new(io: TcpStream) -> Self {
         Conn {
@@ -146,22 +167,43 @@ impl Conn {
     }
 
     /// Send a request and read the head of its final response (interim 1xx ones are skipped).
-    /// The body stays on the connection, for a [`Reader`].
-    pub async fn send(&mut self, parts: &Parts, body: &mut RequestBody) -> Result<Head, Error> {
-        self.write_request(parts, body).await?;
-        loop {
-            let head = self.read_head(&parts.method).await?;
-            if head.status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(Error::Upgrade);
+    /// The body stays on the connection, for a [`Reader`]. `upstream_timeout` bounds only
+    /// the server: each write it takes no byte of, and the wait for the head once the whole
+    /// request is written. How long the client takes to upload its body is not the server's
+    /// delay (a stalled upload is cut by the body's own idle timeout).
+    pub async fn send(
+        &mut self,
+        parts: &Parts,
+        body: &mut RequestBody,
+        upstream_timeout: Option<Duration>,
+    ) -> Result<Head, Error> {
+        self.write_request(parts, body, upstream_timeout).await?;
+        let head = async {
+            loop {
+                let head = self.read_head(&parts.method).await?;
+                if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                    return Err(Error::Upgrade);
+                }
+                if !head.status.is_informational() {
+                    return Ok(head);
+                }
             }
-            if !head.status.is_informational() {
-                return Ok(head);
-            }
+        };
+        match upstream_timeout {
+            None => head.await,
+            Some(t) => tokio::time::timeout(t, head)
+                .await
+                .map_err(|_| Error::HeaderTimeout(t))?,
         }
     }
 
     /// Write the head (encoded in the connection's own buffer) and the body.
-    async fn write_request(&mut self, parts: &Parts, body: &mut RequestBody) -> Result<(), Error> {
+    async fn write_request(
+        &mut self,
+        parts: &Parts,
+        body: &mut RequestBody,
+        stall: Option<Duration>,
+    ) -> Result<(), Error> {
         self.out.clear();
         match body {
             RequestBody::Full(bytes) => {
@@ -169,16 +211,16 @@ impl Conn {
                 request::encode(parts, request::Framing::Length(length), &mut self.out);
                 // One write for head and body: a chat request is a single segment.
                 self.out.extend_from_slice(bytes);
-                self.io.write_all(&self.out).await.map_err(Error::Write)?;
+                written(stall, self.io.write_all(&self.out)).await?;
             }
             RequestBody::Stream { body, length } => {
                 let framing = length.map_or(request::Framing::Chunked, request::Framing::Length);
                 request::encode(parts, framing, &mut self.out);
-                self.io.write_all(&self.out).await.map_err(Error::Write)?;
+                written(stall, self.io.write_all(&self.out)).await?;
                 // All of the body goes before the response is read. A server that answers
-                // early and stops reading would stall this until the response-header timeout;
-                // vLLM reads the whole request first.
-                self.write_body(body, *length).await?;
+                // early and stops reading stalls this until `stall` passes with no byte
+                // taken; vLLM reads the whole request first.
+                self.write_body(body, *length, stall).await?;
             }
         }
         Ok(())
@@ -191,6 +233,7 @@ impl Conn {
         &mut self,
         body: &mut axum::body::Body,
         length: Option<u64>,
+        stall: Option<Duration>,
     ) -> Result<(), Error> {
         let mut sent: u64 = 0;
         while let Some(frame) = body.frame().await {
@@ -210,14 +253,13 @@ impl Conn {
                         sent,
                     })));
                 }
-                Some(_) => self.io.write_all(&data).await,
+                Some(_) => written(stall, self.io.write_all(&data)).await?,
                 None => {
                     let size = Bytes::from(format!("{:x}\r\n", data.len()));
                     let mut piece = size.chain(data).chain(&b"\r\n"[..]);
-                    self.io.write_all_buf(&mut piece).await
+                    written(stall, self.io.write_all_buf(&mut piece)).await?;
                 }
             }
-            .map_err(Error::Write)?;
         }
         match length {
             Some(declared) if sent != declared => {
@@ -227,7 +269,7 @@ impl Conn {
                 })))
             }
             Some(_) => Ok(()),
-            None => self.io.write_all(b"0\r\n\r\n").await.map_err(Error::Write),
+            None => written(stall, self.io.write_all(b"0\r\n\r\n")).await,
         }
     }
 
@@ -282,7 +324,6 @@ mod tests {
     use axum::http::Request;
     use hyper::body::Frame;
     use std::collections::VecDeque;
-    use std::time::Duration;
     use tokio::io::AsyncReadExt as _;
     use tokio::net::TcpListener;
 
@@ -378,7 +419,7 @@ mod tests {
     async fn get(addr: std::net::SocketAddr) -> (Conn, Result<Head, Error>) {
         let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
         let mut empty = RequestBody::Full(Bytes::new());
-        let head = conn.send(&parts(Method::GET, "/"), &mut empty).await;
+        let head = conn.send(&parts(Method::GET, "/"), &mut empty, None).await;
         (conn, head)
     }
 
@@ -412,7 +453,7 @@ mod tests {
         let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
         let mut full = RequestBody::Full(Bytes::from_static(b"{\"a\":1}"));
         let head = conn
-            .send(&parts(Method::POST, "/v1/x"), &mut full)
+            .send(&parts(Method::POST, "/v1/x"), &mut full, None)
             .await
             .unwrap();
         assert_eq!((head.status, head.keep_alive), (StatusCode::OK, true));
@@ -425,7 +466,7 @@ mod tests {
 
         let mut empty = RequestBody::Full(Bytes::new());
         let head = conn
-            .send(&parts(Method::GET, "/y"), &mut empty)
+            .send(&parts(Method::GET, "/y"), &mut empty, None)
             .await
             .unwrap();
         assert_eq!(head.status, StatusCode::CREATED, "the 100 was skipped");
@@ -447,7 +488,7 @@ mod tests {
             length: None,
         };
         let head = conn
-            .send(&parts(Method::POST, "/s"), &mut body)
+            .send(&parts(Method::POST, "/s"), &mut body, None)
             .await
             .unwrap();
         assert_eq!(head.framing, Framing::Length(0));
@@ -455,6 +496,49 @@ mod tests {
             seen.recv().await.unwrap(),
             b"POST /s HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"
         );
+    }
+
+    /// A client body of `n` frames of 1 MiB, ready at once.
+    struct Megabytes(usize, Bytes);
+
+    impl hyper::body::Body for Megabytes {
+        type Data = Bytes;
+        type Error = io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+            if self.0 == 0 {
+                return Poll::Ready(None);
+            }
+            self.0 -= 1;
+            Poll::Ready(Some(Ok(Frame::data(self.1.clone()))))
+        }
+    }
+
+    /// The old bound on a server that stops reading was the response-header timeout around
+    /// the whole exchange; now that the wait for the head starts after the body, a write the
+    /// server takes nothing of for that long fails on its own.
+    #[tokio::test]
+    async fn a_server_that_stops_reading_the_body_is_let_go() {
+        let addr = one_connection(|s| async move {
+            // Hold the connection open, reading nothing more.
+            let _keep = s;
+            std::future::pending::<()>().await;
+        })
+        .await;
+        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let mut body = RequestBody::Stream {
+            body: axum::body::Body::new(Megabytes(256, Bytes::from(vec![b'x'; 1 << 20]))),
+            length: None,
+        };
+        let post = parts(Method::POST, "/");
+        let sent = conn.send(&post, &mut body, Some(Duration::from_millis(300)));
+        let err = tokio::time::timeout(Duration::from_secs(30), sent)
+            .await
+            .expect("the write never gave up")
+            .unwrap_err();
+        assert!(matches!(err, Error::WriteStalled(_)), "{err}");
     }
 
     #[tokio::test]
@@ -467,7 +551,7 @@ mod tests {
                 length: Some(declared),
             };
             let err = conn
-                .send(&parts(Method::POST, "/"), &mut body)
+                .send(&parts(Method::POST, "/"), &mut body, None)
                 .await
                 .unwrap_err();
             assert!(matches!(err, Error::RequestBody(_)), "{err}");
