@@ -1471,14 +1471,7 @@ fn a_second_agent_on_the_same_directories_is_refused_before_touching_them() {
 /// An agent in front of the scripted model server, `upstream` lines added to `[upstream]`
 /// (further sections may follow), ready.
 async fn fronting(sim: &SimTd, up: &Upstream, upstream: &str) -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::sim_config(
-        sim,
-        dir.path(),
-        "",
-        &format!("[upstream]\nurl = \"{}\"\n{upstream}", up.url()),
-    );
-    let d = Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
+    let (d, dir) = upstream::agent_fronting(sim, up, upstream);
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while c.get("/readyz").await.status != 200 {

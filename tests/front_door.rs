@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use support::upstream::{ChanBody, Upstream, http1, read_until};
-use support::{Daemon, Https, SimTd, path_str};
+use support::upstream::{ChanBody, Upstream, agent_fronting, http1, read_until};
+use support::{Daemon, Https, SimTd};
 
 /// Poll /readyz until it answers `want`, or panic after `within`.
 async fn wait_readyz(c: &Https, want: u16, within: Duration) -> serde_json::Value {
@@ -38,20 +38,6 @@ async fn agent_for(sim: &SimTd, up: &Upstream, extra: &[&str]) -> (Daemon, Https
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     wait_readyz(&c, 200, Duration::from_secs(30)).await;
     (d, c)
-}
-
-/// An agent started from a configuration file only (it and the agent's state live in the
-/// returned directory), fronting `up`, with these extra `[upstream]` lines.
-fn agent_from_config(sim: &SimTd, up: &Upstream, upstream: &str) -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::sim_config(
-        sim,
-        dir.path(),
-        "",
-        &format!("[upstream]\nurl = \"{}\"\n{upstream}", up.url()),
-    );
-    let d = Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
-    (d, dir)
 }
 
 /// A whole response body as JSON.
@@ -267,7 +253,7 @@ async fn refusals_come_in_openai_shape() {
     let key_hash = tdx_core::encoding::hex(&<[u8; 32]>::from(
         <sha2::Sha256 as sha2::Digest>::digest(b"s3cret"),
     ));
-    let (d, _dir) = agent_from_config(
+    let (d, _dir) = agent_fronting(
         &sim,
         &up,
         &format!(
@@ -533,7 +519,7 @@ async fn a_small_request_body_is_read_whole_before_the_model_server_is_asked() {
 async fn upstream_connections_are_kept_until_idle_past_the_limit() {
     let sim = SimTd::new();
     let up = Upstream::start().await;
-    let (d, _dir) = agent_from_config(
+    let (d, _dir) = agent_fronting(
         &sim,
         &up,
         "health_interval_ms = 600000\nkeepalive_idle_ms = 1500\n",
@@ -563,7 +549,7 @@ async fn upstream_connections_are_kept_until_idle_past_the_limit() {
 
 /// An agent with a 2 s header timeout (and 30 s for the model's answer to begin), ready.
 async fn agent_with_a_2s_header_timeout(sim: &SimTd, up: &Upstream) -> (Daemon, tempfile::TempDir) {
-    let (d, dir) = agent_from_config(
+    let (d, dir) = agent_fronting(
         sim,
         up,
         "response_header_timeout_secs = 30\n[limits]\nheader_read_timeout_secs = 2\n",
@@ -706,7 +692,7 @@ async fn a_half_sent_head_is_cut_at_the_header_timeout_after_a_measurement_chang
     const TIMEOUT: Duration = Duration::from_secs(4);
     let sim = SimTd::new();
     let up = Upstream::start().await;
-    let (mut d, dir) = agent_from_config(&sim, &up, "[limits]\nheader_read_timeout_secs = 4\n");
+    let (mut d, dir) = agent_fronting(&sim, &up, "[limits]\nheader_read_timeout_secs = 4\n");
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     wait_readyz(&c, 200, Duration::from_secs(30)).await;
 

@@ -398,3 +398,22 @@ pub async fn plain_open(addr: &str, method: &str, path: &str) -> Response<Incomi
         .await
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
+
+/// An agent started from a configuration file only (it and the agent's state live in the
+/// returned directory), fronting `up`, with these extra `[upstream]` lines (further sections
+/// may follow).
+pub fn agent_fronting(
+    sim: &super::SimTd,
+    up: &Upstream,
+    upstream: &str,
+) -> (super::Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = super::sim_config(
+        sim,
+        dir.path(),
+        "",
+        &format!("[upstream]\nurl = \"{}\"\n{upstream}", up.url()),
+    );
+    let d = super::Daemon::start(&["serve", "--config", super::path_str(&config)], &[], &[]);
+    (d, dir)
+}
