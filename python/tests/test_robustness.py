@@ -137,8 +137,9 @@ CTRL_C = """
 import signal, socket, sys, tdx_agent
 signal.signal(signal.SIGINT, signal.default_int_handler)
 silent = socket.socket(); silent.bind(("127.0.0.1", 0)); silent.listen(8)
-print("waiting", flush=True)
 try:
+    # Inside the try: a SIGINT that lands before attest() starts waiting is caught all the same.
+    print("waiting", flush=True)
     tdx_agent.attest(f"https://127.0.0.1:{silent.getsockname()[1]}", policy=tdx_agent.Policy())
 except KeyboardInterrupt:
     print("KeyboardInterrupt", flush=True)
