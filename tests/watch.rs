@@ -1275,11 +1275,18 @@ async fn webhook_changes_are_delivered_across_restarts_and_failed_deliveries() {
     let mut watch = support::spawn_watch(&config);
     // Every attempt at "failing" was refused: a later appraisal, still failing, sends it again.
     assert_eq!(wait_delivered(1).await, ["failing"]);
-    assert!(
-        posts.lock().unwrap().len() >= 5,
-        "{:?}",
-        posts.lock().unwrap()
-    );
+    {
+        let p = posts.lock().unwrap();
+        assert!(p.len() >= 5, "{p:?}");
+        // Sent again as the same event (the same body, so the same signature): it names the
+        // appraisal that changed the state, so a receiver de-duplicating by record sees one.
+        let seq = |body: &str| {
+            serde_json::from_str::<serde_json::Value>(body).unwrap()["record"]["seq"].clone()
+        };
+        assert!(seq(&p[0].1).is_i64(), "{p:?}");
+        assert_eq!(seq(&p[0].1), seq(&p[4].1), "{p:?}");
+        assert_eq!(p[0].1, p[4].1);
+    }
     // The policy fixed: the target restarts with it, and its first pass is a recovery.
     policy(true);
     assert_eq!(wait_delivered(2).await, ["failing", "recovered"]);

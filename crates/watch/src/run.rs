@@ -168,41 +168,81 @@ struct Watched {
 struct Announced {
     /// What receivers were last told (a target without a webhook: what was last logged),
     /// passing `Some(true)`, failing `Some(false)`; taken up from the archive's last record
-    /// of the target when it starts, so a restart neither loses nor repeats a change.
+    /// of the target when it starts ([`Announced::taken_up`]).
     told: Option<bool>,
-    /// A state being delivered now: not sent again while it is.
+    /// `told` came from the archive, not from a delivery: a failing record may be one whose
+    /// "failing" was never delivered, so the first appraisal after start sends its state
+    /// either way.
+    unsure: bool,
+    /// A state being delivered now: nothing else is sent while it is, so deliveries cannot
+    /// finish out of order and leave `told` at the older state.
     sending: Option<bool>,
+    /// The event announcing a change not yet delivered: sent again as it is (the same body,
+    /// so the same signature, `at` and `record`), so a receiver de-duplicating by record sees
+    /// one event however many times it is tried.
+    pending: Option<(bool, serde_json::Value)>,
 }
 
 impl Announced {
-    /// Whether an appraisal that passed (`ok`) or failed is a change to act on. Passing with
-    /// nothing told before is no news; failing is. A change found is under way until
-    /// [`Announced::settle`].
-    fn change(&mut self, ok: bool) -> bool {
-        if self.sending == Some(ok) {
-            return false;
+    /// The state taken up from the target's last archived verdict. A pass was told (its
+    /// "recovered" or nothing was news); a failure may not have been: its "failing" is only
+    /// in the archive, never in what was delivered, so it is taken up unsure.
+    fn taken_up(verdict: Option<&str>) -> Self {
+        let told = verdict.map(|v| v == "accepted");
+        Self {
+            told,
+            unsure: told == Some(false),
+            ..Self::default()
+        }
+    }
+
+    /// The event to send for an appraisal that passed (`ok`) or failed, if it is a change
+    /// to act on: the one kept from an undelivered attempt at this change, or else a new one
+    /// from `event`. Passing with nothing told before is no news; failing is. A change found
+    /// is under way until [`Announced::settle`].
+    fn change(
+        &mut self,
+        ok: bool,
+        event: impl FnOnce() -> serde_json::Value,
+    ) -> Option<serde_json::Value> {
+        if self.sending.is_some() {
+            return None;
         }
         match self.told {
-            Some(told) if told == ok => false,
+            Some(told) if told == ok && !self.unsure => {
+                // Back in the state receivers know before an undelivered change reached
+                // them: that change is over, and a later one is a change of its own.
+                self.pending = None;
+                None
+            }
             None if ok => {
                 self.told = Some(true);
-                false
+                None
             }
             _ => {
                 self.sending = Some(ok);
-                true
+                let event = match self.pending.take() {
+                    Some((state, kept)) if state == ok => kept,
+                    _ => event(),
+                };
+                self.pending = Some((ok, event.clone()));
+                Some(event)
             }
         }
     }
 
     /// Acting on the change to `ok` ended. Only a delivered change is told, so when every
-    /// attempt failed the next appraisal in that state sends it again.
+    /// attempt failed the next appraisal in that state sends the same event again.
     fn settle(&mut self, ok: bool, delivered: bool) {
         if self.sending == Some(ok) {
             self.sending = None;
         }
         if delivered {
             self.told = Some(ok);
+            self.unsure = false;
+            if self.pending.as_ref().is_some_and(|(state, _)| *state == ok) {
+                self.pending = None;
+            }
         }
     }
 }
@@ -601,8 +641,8 @@ async fn watch_target(
 }
 
 /// A target (re)starting takes up where the archive left it: the state its last record gave
-/// (what receivers were told, so a recovery after a restart is still sent), and when it last
-/// passed.
+/// (a failure taken up unsure of its delivery, so the first appraisal sends "failing" or
+/// "recovered"; see [`Announced::taken_up`]), and when it last passed.
 async fn take_up(w: &Watched, shared: &Arc<Shared>) {
     let name = w.config.name.clone();
     let s = Arc::clone(shared);
@@ -619,8 +659,8 @@ async fn take_up(w: &Watched, shared: &Arc<Shared>) {
         tracing::warn!(target = %w.config.name, error = %e, "the target's last record could not be read; it starts as if new");
         LastOf::default()
     });
-    w.announced.lock().unwrap_or_else(|p| p.into_inner()).told =
-        last.verdict.map(|v| v == "accepted");
+    *w.announced.lock().unwrap_or_else(|p| p.into_inner()) =
+        Announced::taken_up(last.verdict.as_deref());
     let since = shared.metrics.last_success.get_or_create(&TargetLabel {
         target: w.config.name.clone(),
     });
@@ -776,38 +816,40 @@ async fn appraise_once(w: &Arc<Watched>, shared: &Arc<Shared>, timeout: Duration
             })
             .inc();
     }
-    let changed = w
+    let state = if ok { "recovered" } else { "failing" };
+    let event = || {
+        serde_json::json!({
+            "target": w.config.name,
+            "url": w.config.url,
+            "state": state,
+            "verdict": record.verdict,
+            "failed_check": record.failed_check,
+            "report_sha256": hex::encode(Sha256::digest(record.report.as_bytes())),
+            "at": tdx_core::verify::time::format_unix(at),
+            // The archive record it comes from: with the archive's id, a unique id that
+            // increases (a receiver refuses one it has seen, so a replay within the time
+            // window is caught too), which auditors find in the archive and its export.
+            "record": archived_as.map(|(seq, hash)| serde_json::json!({
+                "archive": shared.archive_id,
+                "seq": seq,
+                "hash": hex::encode(hash),
+            })),
+        })
+    };
+    let change = w
         .announced
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .change(ok);
+        .change(ok, event);
     // Acted on once per change: starting to fail (also at the first appraisal) or recovering.
-    if changed {
-        let state = if ok { "recovered" } else { "failing" };
-        tracing::warn!(target = %w.config.name, state, verdict = %record.verdict, failed_check = ?record.failed_check, "target state changed");
+    if let Some(event) = change {
+        tracing::warn!(target = %w.config.name, state, verdict = %record.verdict, failed_check = ?record.failed_check, record = %event["record"]["seq"], "target state changed");
         if let Some(hook) = &w.webhook {
-            let event = serde_json::json!({
-                "target": w.config.name,
-                "url": w.config.url,
-                "state": state,
-                "verdict": record.verdict,
-                "failed_check": record.failed_check,
-                "report_sha256": hex::encode(Sha256::digest(record.report.as_bytes())),
-                "at": tdx_core::verify::time::format_unix(at),
-                // The archive record it comes from: with the archive's id, a unique id that
-                // increases (a receiver refuses one it has seen, so a replay within the time
-                // window is caught too), which auditors find in the archive and its export.
-                "record": archived_as.map(|(seq, hash)| serde_json::json!({
-                    "archive": shared.archive_id,
-                    "seq": seq,
-                    "hash": hex::encode(hash),
-                })),
-            });
             let (hook, w) = (Arc::clone(hook), Arc::clone(w));
             tokio::spawn(async move {
                 let sent = hook.send(&event).await;
                 if let Err(e) = &sent {
-                    tracing::error!(target = %w.config.name, state, error = %e, "webhook not delivered; sent again at the next appraisal in this state");
+                    tracing::error!(target = %w.config.name, state, error = %e, "webhook not delivered; the same event is sent again at the next appraisal in this state");
                 }
                 w.announced
                     .lock()
@@ -936,29 +978,74 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
 mod tests {
     use super::*;
 
+    /// An event standing for the appraisal `seq`, as the record it names.
+    fn ev(seq: i64) -> impl FnOnce() -> serde_json::Value {
+        move || serde_json::json!({ "record": { "seq": seq } })
+    }
+
     #[test]
     fn a_change_is_acted_on_once_and_again_only_when_it_was_not_delivered() {
-        // Taken up failing (a restart, its last record rejected): a pass is a recovery.
-        let mut a = Announced {
-            told: Some(false),
-            sending: None,
-        };
-        assert!(a.change(true));
-        // Not sent again while its delivery is under way, nor a failure sent meanwhile.
-        assert!(!a.change(true));
-        assert!(!a.change(false));
-        // Every attempt failed: the next pass sends it again.
-        a.settle(true, false);
-        assert!(a.change(true));
-        a.settle(true, true);
-        assert!(!a.change(true));
-        assert!(a.change(false));
+        // Taken up from a passing record, then failing: a change.
+        let mut a = Announced::taken_up(Some("accepted"));
+        assert!(a.change(true, ev(1)).is_none());
+        assert!(a.change(false, ev(2)).is_some());
+        // Not sent again while its delivery is under way, nor a pass sent meanwhile.
+        assert!(a.change(false, ev(3)).is_none());
+        assert!(a.change(true, ev(4)).is_none());
+        // Delivered: told, and a recovery is the next change.
         a.settle(false, true);
-        assert!(!a.change(false));
+        assert!(a.change(false, ev(5)).is_none());
+        assert!(a.change(true, ev(6)).is_some());
+        a.settle(true, true);
+        assert!(a.change(true, ev(7)).is_none());
         // Nothing told before: failing is news, passing is not (and then failing is).
-        assert!(Announced::default().change(false));
+        assert!(Announced::default().change(false, ev(1)).is_some());
         let mut fresh = Announced::default();
-        assert!(!fresh.change(true));
-        assert!(fresh.change(false));
+        assert!(fresh.change(true, ev(1)).is_none());
+        assert!(fresh.change(false, ev(2)).is_some());
+    }
+
+    #[test]
+    fn a_change_not_delivered_is_sent_again_as_the_same_event() {
+        let mut a = Announced::taken_up(Some("accepted"));
+        let first = a.change(false, ev(10)).expect("failing is a change");
+        // Every attempt failed: the next failing appraisal (#11) sends the event of #10, the
+        // appraisal that changed the state, not a new one naming #11.
+        a.settle(false, false);
+        let again = a.change(false, ev(11)).expect("sent again");
+        assert_eq!(again, first);
+        assert_eq!(again["record"]["seq"], 10);
+        a.settle(false, true);
+        assert!(a.change(false, ev(12)).is_none());
+        // A change undone before it was delivered is over: the next one is its own event.
+        let mut b = Announced::taken_up(Some("accepted"));
+        assert!(b.change(false, ev(20)).is_some());
+        b.settle(false, false);
+        assert!(b.change(true, ev(21)).is_none());
+        assert_eq!(b.change(false, ev(22)).unwrap()["record"]["seq"], 22);
+    }
+
+    #[test]
+    fn a_target_taken_up_failing_sends_its_state_at_the_first_appraisal() {
+        // The archive's last record failed, but whether its "failing" was delivered is not
+        // known: still failing sends "failing" (until delivered), passing sends "recovered".
+        let mut failing = Announced::taken_up(Some("rejected"));
+        assert!(failing.change(false, ev(1)).is_some());
+        failing.settle(false, false);
+        assert!(failing.change(false, ev(2)).is_some());
+        failing.settle(false, true);
+        assert!(failing.change(false, ev(3)).is_none());
+        let mut error = Announced::taken_up(Some("error"));
+        assert!(error.change(true, ev(1)).is_some());
+        error.settle(true, true);
+        assert!(error.change(true, ev(2)).is_none());
+        // Passing was told; never appraised is as new.
+        assert!(
+            Announced::taken_up(Some("accepted"))
+                .change(true, ev(1))
+                .is_none()
+        );
+        assert!(Announced::taken_up(None).change(true, ev(1)).is_none());
+        assert!(Announced::taken_up(None).change(false, ev(1)).is_some());
     }
 }
