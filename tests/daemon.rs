@@ -1489,9 +1489,10 @@ fn echo_request<B>(body: B, length: Option<usize>) -> hyper::Request<B> {
     req.body(body).unwrap()
 }
 
-/// A client that declares a small body and never sends it is answered 408 after the header
-/// timeout, and meanwhile holds none of the `max_concurrent_requests` slots: the only one
-/// here stays free for a client that sends its request.
+/// A client that declares a small body and never sends it is answered 408 once the body has
+/// moved no byte for `idle_timeout_secs`, and meanwhile holds none of the
+/// `max_concurrent_requests` slots: the only one here stays free for a client that sends its
+/// request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_body_that_never_comes_gets_408_and_holds_no_model_slot() {
     let sim = SimTd::new();
@@ -1499,7 +1500,7 @@ async fn a_small_body_that_never_comes_gets_408_and_holds_no_model_slot() {
     let (d, _dir) = fronting(
         &sim,
         &up,
-        "max_concurrent_requests = 1\n[limits]\nheader_read_timeout_secs = 2\n",
+        "max_concurrent_requests = 1\nidle_timeout_secs = 2\n",
     )
     .await;
 
@@ -1531,6 +1532,101 @@ async fn a_small_body_that_never_comes_gets_408_and_holds_no_model_slot() {
         serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["error"]["code"], "request_timeout", "{v}");
     drop(tx);
+}
+
+/// A small body sent steadily but slowly, taking longer than `limits.header_read_timeout_secs`
+/// (1 s here), gets through: it is read before admission, so it holds no model slot, and only
+/// a stall (`idle_timeout_secs`) or `request_body_timeout_secs` cuts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_body_trickled_steadily_gets_through() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (d, _dir) = fronting(
+        &sim,
+        &up,
+        "idle_timeout_secs = 5\n[limits]\nheader_read_timeout_secs = 1\n",
+    )
+    .await;
+
+    let mut sender = upstream::http1::<ChanBody>(&d.addr, sim.root_der()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let answer = tokio::spawn(async move {
+        sender
+            .send_request(echo_request(ChanBody(rx), Some(6 * 100)))
+            .await
+    });
+    for _ in 0..6 {
+        // A closed body: the agent has answered already (with 408, it used to).
+        if tx.send(Bytes::from(vec![b'x'; 100])).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    drop(tx);
+    let r = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .expect("an answer")
+        .unwrap()
+        .unwrap();
+    let status = r.status();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echo["body_len"], 6 * 100, "{echo}");
+}
+
+/// A large body (streamed, so it holds a `max_concurrent_requests` slot while it uploads)
+/// trickled in, never idle for long, is cut with 408 once `request_body_timeout_secs` has
+/// passed, and the only slot is free again for the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_trickled_past_the_body_timeout_gets_408_and_frees_its_slot() {
+    let sim = SimTd::new();
+    let up = Upstream::start().await;
+    let (d, _dir) = fronting(
+        &sim,
+        &up,
+        "max_concurrent_requests = 1\nidle_timeout_secs = 30\nrequest_body_timeout_secs = 2\n",
+    )
+    .await;
+
+    let mut slow = upstream::http1::<ChanBody>(&d.addr, sim.root_der()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let declared = 1 << 20;
+    let slow_answer = tokio::spawn(async move {
+        slow.send_request(echo_request(ChanBody(rx), Some(declared)))
+            .await
+    });
+    // A KiB every 200 ms, far from the 30 s idle limit, until the agent stops reading; a
+    // MiB at that pace would take minutes.
+    let trickle = tokio::spawn(async move {
+        loop {
+            if tx.send(Bytes::from(vec![b'x'; 1024])).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+
+    let r = tokio::time::timeout(Duration::from_secs(30), slow_answer)
+        .await
+        .expect("the trickled upload was never cut")
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 408);
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("request_body_timeout_secs"), "{v}");
+    trickle.abort();
+
+    let mut quick = upstream::http1::<Full<Bytes>>(&d.addr, sim.root_der()).await;
+    let body = Bytes::from_static(b"{\"prompt\":\"hi\"}");
+    let r = quick
+        .send_request(echo_request(Full::new(body.clone()), Some(body.len())))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the cut upload still holds the only slot");
 }
 
 /// A body uploaded for longer than `response_header_timeout_secs` (1 s here) is not the model

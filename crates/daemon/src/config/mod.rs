@@ -315,9 +315,15 @@ pub struct UpstreamConfig {
     /// Time allowed for the upstream to start its answer once it has the whole request (a
     /// long prompt's prefill counts, the client's upload does not).
     pub response_header_timeout_secs: u64,
-    /// A request or response body that moves no byte for this long is cut. A stream that
-    /// keeps sending is never cut, however long it lasts.
+    /// A request or response body that moves no byte for this long is cut. A response
+    /// stream that keeps sending is never cut, however long it lasts.
     pub idle_timeout_secs: u64,
+    /// Time allowed for the client to send its whole request body (408 beyond), however
+    /// steadily it moves: a large body streams upstream while it holds one of the
+    /// max_concurrent_requests slots, which a trickle must not keep for ever. It only cuts
+    /// while the agent waits on the client, so a model server slow to read is not blamed on
+    /// the client (a write it takes nothing of for response_header_timeout_secs gets 504).
+    pub request_body_timeout_secs: u64,
     /// Largest request body forwarded (413 beyond).
     pub max_request_body_bytes: u64,
     /// Most requests forwarded at once; more get 503.
@@ -337,6 +343,7 @@ impl Default for UpstreamConfig {
             keepalive_idle_ms: 4_000,
             response_header_timeout_secs: 300,
             idle_timeout_secs: 300,
+            request_body_timeout_secs: 300,
             max_request_body_bytes: 32 << 20,
             max_concurrent_requests: 1_024,
             api_key_sha256: Vec::new(),
@@ -510,6 +517,11 @@ impl Config {
                 1000,
             ),
             ("upstream.idle_timeout_secs", u.idle_timeout_secs, 1000),
+            (
+                "upstream.request_body_timeout_secs",
+                u.request_body_timeout_secs,
+                1000,
+            ),
             ("upstream.health_interval_ms", u.health_interval_ms, 1),
             ("upstream.connect_timeout_ms", u.connect_timeout_ms, 1),
             ("upstream.keepalive_idle_ms", u.keepalive_idle_ms, 1),
@@ -538,6 +550,7 @@ impl Config {
             || u.connect_timeout_ms == 0
             || u.response_header_timeout_secs == 0
             || u.idle_timeout_secs == 0
+            || u.request_body_timeout_secs == 0
             || u.max_concurrent_requests == 0
         {
             return invalid(

@@ -24,12 +24,10 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("request body over {limit} bytes")]
     TooLarge { limit: u64 },
-    /// A small request body did not arrive in time (it is read whole before the request
-    /// takes a slot).
-    #[error(
-        "the request body did not arrive within {secs}s (limits.header_read_timeout_secs); send it with the headers"
-    )]
-    RequestTimeout { secs: u64 },
+    /// The request body on a model route stalled, or was not received whole within its
+    /// overall bound: the client's fault. The message says which limit.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// The model server could not be reached or broke off: its fault, not the client's.
     #[error("the model server {upstream} is unavailable: {detail}")]
     UpstreamUnavailable { upstream: String, detail: String },
@@ -51,7 +49,7 @@ impl ApiError {
             }
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -63,7 +61,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_)
             | ApiError::TooLarge { .. }
-            | ApiError::RequestTimeout { .. }
+            | ApiError::RequestTimeout(_)
             | ApiError::Unauthorized(_) => "invalid_request_error",
             ApiError::NotReady { .. } => "not_ready",
             ApiError::Overloaded(_) => "overloaded",
@@ -80,7 +78,7 @@ impl ApiError {
             ApiError::NotReady { stage, .. } => (*stage).to_string(),
             ApiError::Unauthorized(_) => "invalid_api_key".into(),
             ApiError::TooLarge { .. } => "request_too_large".into(),
-            ApiError::RequestTimeout { .. } => "request_timeout".into(),
+            ApiError::RequestTimeout(_) => "request_timeout".into(),
             other => other.status().as_u16().to_string(),
         }
     }
@@ -114,7 +112,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Overloaded(_) => tonic::Status::resource_exhausted(msg),
             ApiError::Unauthorized(_) => tonic::Status::unauthenticated(msg),
             ApiError::TooLarge { .. } => tonic::Status::out_of_range(msg),
-            ApiError::RequestTimeout { .. } => tonic::Status::deadline_exceeded(msg),
+            ApiError::RequestTimeout(_) => tonic::Status::deadline_exceeded(msg),
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),
         }

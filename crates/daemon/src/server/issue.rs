@@ -271,14 +271,26 @@ impl Rtmr3Reads {
         }
     }
 
-    /// Record a good read; true when Measured had been withdrawn for want of them.
-    pub fn succeeded(&self) -> bool {
+    /// Record a good read (`moved`: RTMR3 differs from the served certificate's); true when
+    /// Measured had been withdrawn for want of reads and must be judged again now.
+    pub fn succeeded(&self, moved: bool, readiness: &Readiness) -> bool {
         let n = self.failures.swap(0, Ordering::Relaxed);
         if n > 0 {
-            tracing::info!(after = n, "RTMR3 can be read again");
+            tracing::info!(after = n, moved, "RTMR3 can be read again");
             *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
-        n >= RTMR3_READ_FAILURES_NOT_MEASURED
+        let withdrawn = n >= RTMR3_READ_FAILURES_NOT_MEASURED;
+        if withdrawn && moved {
+            // The served evidence cannot be judged against a register that has moved on, and
+            // the unreadable detail is no longer true: say what holds until a certificate for
+            // the new value is issued (that re-issue judges it; if it fails, this stays).
+            readiness.set(
+                Stage::Measured,
+                false,
+                "RTMR3 can be read again but no longer matches the served certificate's; measured is judged again when a certificate is issued for the new value (see certificate_issued)",
+            );
+        }
+        withdrawn && !moved
     }
 }
 
@@ -353,7 +365,7 @@ async fn rtmr3_moved(state: &AppState, served: &Served) -> bool {
     match state.tee.measurements().await {
         Ok(m) => {
             let moved = m.rtmr[3] != served.rtmr3;
-            if state.rtmr3_reads.succeeded() && !moved {
+            if state.rtmr3_reads.succeeded(moved, &state.readiness) {
                 // Measured was withdrawn for want of reads, not for what they showed.
                 check_measured(state, served).await;
             }
@@ -692,10 +704,36 @@ mod tests {
             detail.contains("could not be read 3 times") && detail.contains("EIO"),
             "{detail}"
         );
-        assert!(reads.succeeded(), "measured must be looked at again");
-        assert!(!reads.succeeded(), "once");
+        assert!(
+            reads.succeeded(false, &readiness),
+            "measured must be looked at again"
+        );
+        assert!(!reads.succeeded(false, &readiness), "once");
         // A failure after a success counts from one again.
         reads.failed("measurements: EIO", &readiness);
-        assert!(!reads.succeeded());
+        assert!(!reads.succeeded(false, &readiness));
+    }
+
+    /// Reads that come back showing RTMR3 moved leave Measured withdrawn (the re-issue for
+    /// the new value judges it), but not with the stale "could not be read" detail, which
+    /// would stay if that re-issue failed.
+    #[test]
+    fn a_read_that_comes_back_moved_replaces_the_unreadable_detail() {
+        let readiness = Readiness::new(false, false);
+        readiness.set(Stage::Measured, true, "ok");
+        let reads = Rtmr3Reads::default();
+        for _ in 0..RTMR3_READ_FAILURES_NOT_MEASURED {
+            reads.failed("measurements: EIO", &readiness);
+        }
+        assert!(
+            !reads.succeeded(true, &readiness),
+            "the served evidence is not judged against a moved register"
+        );
+        assert!(!readiness.is_ok(Stage::Measured));
+        let detail = readiness.first_missing().unwrap().detail;
+        assert!(
+            !detail.contains("could not be read") && detail.contains("no longer matches"),
+            "{detail}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The body wrapper both directions of the front door use: it cuts a body that moves no byte
-//! for the idle timeout (never one that keeps moving, however long), and holds the request's
-//! concurrency permit until the last byte is through.
+//! for the idle timeout (never one that keeps moving, however long, unless it is given an
+//! overall bound with [`IdleBody::within`]), and holds the request's concurrency permit until
+//! the last byte is through.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,6 +18,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("no data for {0:?}: the body was cut")]
 pub struct IdleTimeoutError(pub Duration);
 
+/// The body was not through within the overall time [`IdleBody::within`] gave it.
+#[derive(Debug, thiserror::Error)]
+#[error("the body was not received whole within {0:?}: it was cut")]
+pub struct BodyDeadlineError(pub Duration);
+
 /// `inner` with an idle timeout. The clock only runs while we wait on `inner`: a slow reader
 /// on the other side (backpressure) does not count against the sender.
 pub struct IdleBody<B, H = ()> {
@@ -27,6 +33,8 @@ pub struct IdleBody<B, H = ()> {
     /// of the front door's CPU per request (docs/benchmarks.md).
     deadline: Option<Pin<Box<Sleep>>>,
     waiting: bool,
+    /// The overall bound from [`IdleBody::within`]: when it is and how long it was.
+    by: Option<(Instant, Duration)>,
     _hold: H,
 }
 
@@ -37,8 +45,18 @@ impl<B> IdleBody<B> {
             idle,
             deadline: None,
             waiting: false,
+            by: None,
             _hold: (),
         }
+    }
+
+    /// Also cut the body when it is not through within `total` from now, however steadily
+    /// it moves. Like the idle clock, it only cuts while we wait on `inner`: a body whose
+    /// frames are there when asked for is never cut by it, so a slow reader on the other
+    /// side is not counted as the sender's delay. It shares the idle timer (one per wait).
+    pub fn within(mut self, total: Duration) -> Self {
+        self.by = Some((Instant::now() + total, total));
+        self
     }
 
     /// Keep `guard` alive until this body is dropped (finished or abandoned).
@@ -48,6 +66,7 @@ impl<B> IdleBody<B> {
             idle: self.idle,
             deadline: self.deadline,
             waiting: self.waiting,
+            by: self.by,
             _hold: guard,
         }
     }
@@ -75,8 +94,10 @@ where
                 let deadline = match (this.waiting, &mut this.deadline) {
                     (true, Some(d)) => d,
                     (_, slot) => {
-                        // A wait begins now.
-                        let at = Instant::now() + this.idle;
+                        // A wait begins now; it ends at the idle limit or the overall
+                        // one, whichever comes first.
+                        let idle_at = Instant::now() + this.idle;
+                        let at = this.by.map_or(idle_at, |(by, _)| by.min(idle_at));
                         match slot {
                             Some(d) => d.as_mut().reset(at),
                             None => *slot = Some(Box::pin(tokio::time::sleep_until(at))),
@@ -86,7 +107,12 @@ where
                     }
                 };
                 match deadline.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(IdleTimeoutError(this.idle).into()))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(match this.by {
+                        Some((by, total)) if Instant::now() >= by => {
+                            BodyDeadlineError(total).into()
+                        }
+                        _ => IdleTimeoutError(this.idle).into(),
+                    }))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -166,6 +192,46 @@ mod tests {
         assert_eq!(f.into_data().unwrap(), Bytes::from_static(b"b"));
         drop(tx);
         assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overall_bound_cuts_a_moving_body_but_never_one_that_is_ready() {
+        let (tx, rx) = mpsc::channel(8);
+        let mut body =
+            IdleBody::new(Chan(rx), Duration::from_secs(10)).within(Duration::from_secs(60));
+        let sender = tokio::spawn(async move {
+            // A chunk every 5 s, well inside the idle limit, for ever.
+            for i in 0u8.. {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if tx.send(Bytes::from(vec![i])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let start = Instant::now();
+        let err = loop {
+            match body.frame().await.unwrap() {
+                Ok(_) => continue,
+                Err(e) => break e,
+            }
+        };
+        assert!(err.is::<BodyDeadlineError>(), "{err}");
+        assert!(
+            start.elapsed() >= Duration::from_secs(60),
+            "cut before the bound"
+        );
+        sender.abort();
+
+        // Past the bound, a frame that is already there still goes through: only waiting on
+        // the sender counts.
+        let (tx, rx) = mpsc::channel(4);
+        let mut body =
+            IdleBody::new(Chan(rx), Duration::from_secs(10)).within(Duration::from_secs(1));
+        tx.send(Bytes::from_static(b"a")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(body.frame().await.unwrap().is_ok());
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<BodyDeadlineError>(), "{err}");
     }
 
     #[tokio::test]

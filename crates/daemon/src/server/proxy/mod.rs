@@ -26,7 +26,7 @@ use super::readiness::Stage;
 use super::state::AppState;
 use crate::config::{UpstreamConfig, UpstreamUrl};
 use admission::Admission;
-use body::{IdleBody, boxed};
+use body::{BodyDeadlineError, IdleBody, IdleTimeoutError, boxed};
 use bytes::Bytes;
 use h1::RequestBody;
 use pool::{Pool, PoolError};
@@ -157,7 +157,12 @@ impl Proxy {
         }
         let idle = Duration::from_secs(self.config.idle_timeout_secs);
         let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-        let body = IdleBody::new(Limited::new(body, limit_usize), idle);
+        // Two bounds on the client's upload: no byte for the idle limit (stalled), or not
+        // whole within request_body_timeout_secs however steadily it moves (a trickle). The
+        // second matters to a streamed body, which holds a max_concurrent_requests slot
+        // while it uploads; both answer 408 (`body_error`).
+        let body = IdleBody::new(Limited::new(body, limit_usize), idle)
+            .within(Duration::from_secs(self.config.request_body_timeout_secs));
         let body = if body.is_end_stream() {
             // No body at all (an HTTP/2 GET ends its stream with the headers): none goes
             // upstream either. Sent chunked, its empty end would sit unread on a server that
@@ -167,14 +172,15 @@ impl Proxy {
             // A small body (a chat request) is read whole before the upstream is asked, as
             // nginx does: it is usually already in the buffer the headers came in, and the
             // upstream connection then writes head and body at once instead of waiting on
-            // this connection for each piece. Read before admission and within the header
-            // timeout: a client slow to send a few kilobytes must not hold one of the
-            // max_concurrent_requests slots meant for requests the model is working on.
-            let secs = state.config.limits.header_read_timeout_secs;
-            match tokio::time::timeout(Duration::from_secs(secs), read_whole(body)).await {
-                Err(_) => return Err(ApiError::RequestTimeout { secs }),
-                Ok(read) => RequestBody::Full(read.map_err(|e| self.body_error(e.as_ref()))?),
-            }
+            // this connection for each piece. Read before admission: a client slow to send
+            // a few kilobytes holds none of the max_concurrent_requests slots meant for
+            // requests the model is working on, so it gets the body's own bounds rather than
+            // a tight one (a steady slow upload passes, a stalled one is cut).
+            RequestBody::Full(
+                read_whole(body)
+                    .await
+                    .map_err(|e| self.body_error(e.as_ref()))?,
+            )
         } else {
             RequestBody::Stream {
                 body: boxed(body),
@@ -192,8 +198,8 @@ impl Proxy {
         let started = Instant::now();
         let wait = Duration::from_secs(self.config.response_header_timeout_secs);
         // Only the model server's own delays count (taking no byte of the request, or no
-        // head once it has all of it): a large body uploaded slowly is the client's time
-        // (its idle timeout still cuts a stalled one).
+        // head once it has all of it): a large body uploaded slowly is the client's time,
+        // bounded by the body's own limits above (408).
         let resp = match self.pool.send_within(upstream_req, Some(wait)).await {
             Err(e) if e.upstream_timeout().is_some() => {
                 return Err(ApiError::UpstreamTimeout {
@@ -221,6 +227,19 @@ impl Proxy {
             return ApiError::TooLarge {
                 limit: self.config.max_request_body_bytes,
             };
+        }
+        if let Some(cut) = find_cause::<IdleTimeoutError>(e) {
+            return ApiError::RequestTimeout(format!(
+                "the request body moved no byte for {}s (upstream.idle_timeout_secs)",
+                cut.0.as_secs()
+            ));
+        }
+        if let Some(cut) = find_cause::<BodyDeadlineError>(e) {
+            return ApiError::RequestTimeout(format!(
+                "the request body was not received whole within {}s \
+                 (upstream.request_body_timeout_secs)",
+                cut.0.as_secs()
+            ));
         }
         ApiError::BadRequest(format!("request body: {}", error_chain(e)))
     }
@@ -276,14 +295,21 @@ where
 
 /// Whether `e` or one of its causes is the request body limit.
 fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    find_cause::<LengthLimitError>(e).is_some()
+}
+
+/// `e` or the first of its causes that is a `T`.
+fn find_cause<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
     let mut source = Some(e);
     while let Some(s) = source {
-        if s.is::<LengthLimitError>() {
-            return true;
+        if let Some(t) = s.downcast_ref::<T>() {
+            return Some(t);
         }
         source = s.source();
     }
-    false
+    None
 }
 
 /// `e` and its causes on one line: hyper's outer messages alone ("client error (Connect)")
