@@ -93,6 +93,10 @@ fn run(args: Args) -> Result<(), String> {
         )
     })?;
     let background = session.spawn().map_err(|e| format!("FUSE session: {e}"))?;
+    // The handlers go in before `ready`: a test may signal as soon as it reads it, and a
+    // process started from a background job inherits SIGINT ignored, so a SIGINT arriving
+    // before the handler was lost and the emulator never stopped.
+    let stop = Stop::install().map_err(|e| format!("signal handling: {e}"))?;
     println!("ready");
     let _ = std::io::stdout().flush();
     eprintln!(
@@ -101,7 +105,7 @@ fn run(args: Args) -> Result<(), String> {
         args.sim_dir.display()
     );
 
-    let why = wait_for_stop(&background).map_err(|e| format!("signal handling: {e}"))?;
+    let why = stop.wait(&background);
     eprintln!(
         "tsm-emulator: {why}: unmounting {}",
         args.mountdir.display()
@@ -126,28 +130,50 @@ fn run(args: Args) -> Result<(), String> {
     }
 }
 
-/// Block until SIGTERM or SIGINT arrives, or the session ends by itself.
-fn wait_for_stop(background: &fuser::BackgroundSession) -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()?;
-    rt.block_on(async {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        loop {
-            tokio::select! {
-                _ = term.recv() => return Ok("SIGTERM"),
-                _ = int.recv() => return Ok("SIGINT"),
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if background.guard.is_finished() {
-                        return Ok("the file system was unmounted");
+/// SIGTERM and SIGINT, caught from the moment [`Stop::install`] returns.
+struct Stop {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let (term, int) = rt.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })?;
+        Ok(Stop { rt, term, int })
+    }
+
+    /// Block until SIGTERM or SIGINT arrives, or the session ends by itself.
+    fn wait(self, background: &fuser::BackgroundSession) -> &'static str {
+        let Stop {
+            rt,
+            mut term,
+            mut int,
+        } = self;
+        rt.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return "SIGTERM",
+                    _ = int.recv() => return "SIGINT",
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        if background.guard.is_finished() {
+                            return "the file system was unmounted";
+                        }
                     }
                 }
             }
-        }
-    })
+        })
+    }
 }
 
 fn lazy_unmount(mountdir: &Path) {
