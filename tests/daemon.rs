@@ -1548,31 +1548,8 @@ async fn a_small_body_trickled_steadily_gets_through() {
     )
     .await;
 
-    let mut sender = upstream::http1::<ChanBody>(&d.addr, sim.root_der()).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let answer = tokio::spawn(async move {
-        sender
-            .send_request(echo_request(ChanBody(rx), Some(6 * 100)))
-            .await
-    });
-    for _ in 0..6 {
-        // A closed body: the agent has answered already (with 408, it used to).
-        if tx.send(Bytes::from(vec![b'x'; 100])).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(400)).await;
-    }
-    drop(tx);
-    let r = tokio::time::timeout(Duration::from_secs(30), answer)
-        .await
-        .expect("an answer")
-        .unwrap()
-        .unwrap();
-    let status = r.status();
-    let body = r.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(echo["body_len"], 6 * 100, "{echo}");
+    // Declared small: read before admission, steadily, past the header timeout.
+    trickled_through(&d, &sim, 100, Some(6 * 100)).await;
 }
 
 /// A large body (streamed, so it holds a `max_concurrent_requests` slot while it uploads)
@@ -1637,14 +1614,23 @@ async fn a_slow_upload_does_not_count_against_the_model_servers_answer_time() {
     let up = Upstream::start().await;
     let (d, _dir) = fronting(&sim, &up, "response_header_timeout_secs = 1\n").await;
 
+    // No length: the body streams to the model server as it comes.
+    trickled_through(&d, &sim, 1024, None).await;
+}
+
+/// Six pieces of `piece` bytes, 400 ms apart, to the echo route (declaring `length`, if
+/// given): the whole body must reach the model server and its answer come back with 200.
+async fn trickled_through(d: &Daemon, sim: &SimTd, piece: usize, length: Option<usize>) {
     let mut sender = upstream::http1::<ChanBody>(&d.addr, sim.root_der()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    // No length: the body streams to the model server as it comes.
-    let answer =
-        tokio::spawn(async move { sender.send_request(echo_request(ChanBody(rx), None)).await });
+    let answer = tokio::spawn(async move {
+        sender
+            .send_request(echo_request(ChanBody(rx), length))
+            .await
+    });
     for _ in 0..6 {
-        // A closed body: the agent has answered already (with 504, it used to).
-        if tx.send(Bytes::from(vec![b'x'; 1024])).await.is_err() {
+        // A closed body: the agent has answered already (a cut, as it used to be).
+        if tx.send(Bytes::from(vec![b'x'; piece])).await.is_err() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -1659,5 +1645,5 @@ async fn a_slow_upload_does_not_count_against_the_model_servers_answer_time() {
     let body = r.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(echo["body_len"], 6 * 1024, "{echo}");
+    assert_eq!(echo["body_len"], 6 * piece, "{echo}");
 }
