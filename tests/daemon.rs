@@ -1514,23 +1514,13 @@ async fn a_small_body_that_never_comes_gets_408_and_holds_no_model_slot() {
     // request, which is what used to take the only slot.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let mut quick = upstream::http1::<Full<Bytes>>(&d.addr, sim.root_der()).await;
-    let body = Bytes::from_static(b"{\"prompt\":\"hi\"}");
-    let r = quick
-        .send_request(echo_request(Full::new(body.clone()), Some(body.len())))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "the slow client held the only slot");
+    assert_eq!(
+        quick_echo(&d, &sim).await,
+        200,
+        "the slow client held the only slot"
+    );
 
-    let r = tokio::time::timeout(Duration::from_secs(30), slow_answer)
-        .await
-        .expect("an answer to the slow client")
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.status(), 408);
-    let v: serde_json::Value =
-        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    request_timeout(slow_answer, "an answer to the slow client").await;
     drop(tx);
 }
 
@@ -1584,26 +1574,16 @@ async fn a_large_body_trickled_past_the_body_timeout_gets_408_and_frees_its_slot
         }
     });
 
-    let r = tokio::time::timeout(Duration::from_secs(30), slow_answer)
-        .await
-        .expect("the trickled upload was never cut")
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.status(), 408);
-    let v: serde_json::Value =
-        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
-    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    let v = request_timeout(slow_answer, "the trickled upload was never cut").await;
     let message = v["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("request_body_timeout_secs"), "{v}");
     trickle.abort();
 
-    let mut quick = upstream::http1::<Full<Bytes>>(&d.addr, sim.root_der()).await;
-    let body = Bytes::from_static(b"{\"prompt\":\"hi\"}");
-    let r = quick
-        .send_request(echo_request(Full::new(body.clone()), Some(body.len())))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "the cut upload still holds the only slot");
+    assert_eq!(
+        quick_echo(&d, &sim).await,
+        200,
+        "the cut upload still holds the only slot"
+    );
 }
 
 /// A body uploaded for longer than `response_header_timeout_secs` (1 s here) is not the model
@@ -1616,6 +1596,35 @@ async fn a_slow_upload_does_not_count_against_the_model_servers_answer_time() {
 
     // No length: the body streams to the model server as it comes.
     trickled_through(&d, &sim, 1024, None).await;
+}
+
+/// A small request to the echo route on a connection of its own: its status.
+async fn quick_echo(d: &Daemon, sim: &SimTd) -> hyper::StatusCode {
+    let mut quick = upstream::http1::<Full<Bytes>>(&d.addr, sim.root_der()).await;
+    let body = Bytes::from_static(b"{\"prompt\":\"hi\"}");
+    quick
+        .send_request(echo_request(Full::new(body.clone()), Some(body.len())))
+        .await
+        .unwrap()
+        .status()
+}
+
+/// The slow client's answer, which must come (else `never`) as 408 `request_timeout`: its
+/// error JSON.
+async fn request_timeout(
+    answer: tokio::task::JoinHandle<hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+    never: &str,
+) -> serde_json::Value {
+    let r = tokio::time::timeout(Duration::from_secs(30), answer)
+        .await
+        .expect(never)
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.status(), 408);
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["error"]["code"], "request_timeout", "{v}");
+    v
 }
 
 /// Six pieces of `piece` bytes, 400 ms apart, to the echo route (declaring `length`, if
