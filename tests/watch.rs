@@ -68,6 +68,11 @@ fn chromium_text(page: &Path, shot: &Path) -> String {
 }
 
 /// A policy pinning `mrtd` (hex).
+/// `tdx-agent evidence WHAT DB --out OUT` (`export` or `report`).
+fn evidence_out(what: &str, db: &Path, out: &Path) -> support::Run {
+    tdx_agent(&["evidence", what, path_str(db), "--out", path_str(out)])
+}
+
 fn mrtd_policy(mrtd: &str) -> String {
     format!("[measurements]\nmrtd = [\"{mrtd}\"]\n")
 }
@@ -248,13 +253,7 @@ interval_secs = 1
     // record edited in it is found.
     assert!(r.stderr.contains(&format!("head {head}")), "{r}");
     let exported = dir.path().join("records.jsonl");
-    let w = tdx_agent(&[
-        "evidence",
-        "export",
-        path_str(&db),
-        "--out",
-        path_str(&exported),
-    ]);
+    let w = evidence_out("export", &db, &exported);
     assert_eq!(w.code, 0, "{w}");
     assert_eq!(std::fs::read_to_string(&exported).unwrap(), r.stdout);
     let v = tdx_agent(&["evidence", "verify", path_str(&exported), "--head", &head]);
@@ -295,13 +294,7 @@ interval_secs = 1
 
     // The auditors' page: self-contained, and it names every target and failure.
     let page = dir.path().join("report.html");
-    let r = tdx_agent(&[
-        "evidence",
-        "report",
-        path_str(&db),
-        "--out",
-        path_str(&page),
-    ]);
+    let r = evidence_out("report", &db, &page);
     assert_eq!(r.code, 0, "{r}");
     assert!(r.stdout.trim().ends_with(&format!("head {head}")), "{r}");
     let html = std::fs::read_to_string(&page).unwrap();
@@ -373,13 +366,7 @@ interval_secs = 1
     // An auditor holding only the export re-appraises the same records with the same result,
     // and finds the same swap made in the export.
     let export = dir.path().join("for-reverify.jsonl");
-    let w = tdx_agent(&[
-        "evidence",
-        "export",
-        path_str(&db),
-        "--out",
-        path_str(&export),
-    ]);
+    let w = evidence_out("export", &db, &export);
     assert_eq!(w.code, 0, "{w}");
     let from_db = reverify(&db);
     let from_export = reverify(&export);
@@ -488,13 +475,7 @@ interval_secs = 1
     );
     // Nor rendered: no page shows the forged verdict (under a head an auditor pinned, the
     // last row's being untouched), and the page written before stays as it was.
-    let r = tdx_agent(&[
-        "evidence",
-        "report",
-        path_str(&db),
-        "--out",
-        path_str(&page),
-    ]);
+    let r = evidence_out("report", &db, &page);
     assert_eq!(r.code, 1, "{r}");
     assert!(
         r.stderr.contains("record #") && r.stderr.contains("altered"),
@@ -512,13 +493,7 @@ interval_secs = 1
     );
     let kept = dir.path().join("kept.jsonl");
     std::fs::write(&kept, "an earlier export\n").unwrap();
-    let r = tdx_agent(&[
-        "evidence",
-        "export",
-        path_str(&db),
-        "--out",
-        path_str(&kept),
-    ]);
+    let r = evidence_out("export", &db, &kept);
     assert_eq!(r.code, 1, "{r}");
     assert!(r.stderr.contains("altered"), "{r}");
     assert_eq!(
