@@ -16,7 +16,7 @@ use pyo3::exceptions::{
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use tdx_client::connect::{ConnectOptions, Deadlines, ForwardError, Forwarder};
+use tdx_client::connect::{ConnectOptions, Deadlines, ForwardError, Forwarder, Pinning};
 use tdx_client::{Client, ClientError, FailedCheck, Target};
 use tdx_core::verify::{self, Collateral, Expectations, Verifier};
 
@@ -442,24 +442,13 @@ impl Transport {
     ) -> PyResult<Self> {
         // As for `tdx-agent connect`: requests go only where a measurement pin says, unless
         // the caller says in so many words that any genuine TD will do.
-        match (policy.inner.pins_anything(), insecure_no_policy) {
-            (true, false) | (false, true) => {}
-            (false, false) => {
-                return Err(PyValueError::new_err(format!(
-                    "policy ({}) pins no measurement (no [measurements] value, no \
-                     [[rtmr3_events.pin]]), so requests would go to any genuine TD whatever it \
-                     runs. Pin what the server runs, or pass insecure_no_policy=True to accept that",
-                    policy.source
-                )));
-            }
-            (true, true) => {
-                return Err(PyValueError::new_err(format!(
-                    "insecure_no_policy=True with a policy ({}) that pins measurements: the \
-                     flag is for a policy that pins none; drop it",
-                    policy.source
-                )));
-            }
-        }
+        Pinning::of(
+            &policy.inner,
+            &format!("policy ({})", policy.source),
+            insecure_no_policy,
+            "insecure_no_policy=True",
+        )
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
         let target = target_for(url)?;
         if target.path != "/" {
             return Err(PyValueError::new_err(format!(

@@ -8,6 +8,7 @@ use clap::Args;
 use tdx_client::Target;
 use tdx_client::connect::{
     ConnectOptions, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_RECHALLENGE_SECS, MAX_RECHALLENGE_SECS,
+    Pinning,
 };
 use tdx_core::verify::{Policy, Verifier};
 use tokio::net::TcpListener;
@@ -19,11 +20,6 @@ passes an appraisal policy. Give --policy FILE (see docs/connect.md), or --insec
 to accept any genuine TD with no measurement pinned";
 pub const NO_POLICY_WARNING: &str = "--insecure-no-policy: no measurement is pinned, so \
 requests (prompts, API keys) go to any genuine TD on an accepted platform, whatever it runs";
-/// A policy that pins nothing is no policy as far as where prompts go: it needs the same flag.
-pub const UNPINNED_POLICY_ERROR: &str = "pins no measurement (no [measurements] value, no \
-[[rtmr3_events.pin]]), so connect would forward requests to any genuine TD whatever it runs. \
-Pin what the server runs (docs/connect.md), or add --insecure-no-policy to accept that";
-
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// The agent, e.g. https://10.0.0.5:8443.
@@ -63,21 +59,15 @@ pub async fn run(a: ConnectArgs) -> CliResult {
         None if a.insecure_no_policy => Policy::default(),
         None => return Err(Failure::Error(NO_POLICY_ERROR.into())),
     };
-    let source = a.policy.as_ref().map(|p| p.display());
-    match (policy.pins_anything(), a.insecure_no_policy, source) {
-        (true, false, _) => {}
-        (false, true, _) => eprintln!("tdx-agent: WARNING: {NO_POLICY_WARNING}"),
-        (false, false, Some(source)) => {
-            return Err(Failure::Error(format!("{source} {UNPINNED_POLICY_ERROR}")));
-        }
-        (true, true, Some(source)) => {
-            return Err(Failure::Error(format!(
-                "--insecure-no-policy with {source}, which pins measurements: the flag is for \
-                 a policy that pins none; drop it"
-            )));
-        }
-        // Without --policy the policy is the empty default and the flag was given.
-        (_, _, None) => {}
+    // Without --policy the policy is the empty default and the flag was given.
+    let name = a.policy.as_ref().map_or_else(
+        || "the empty default policy".to_owned(),
+        |p| p.display().to_string(),
+    );
+    match Pinning::of(&policy, &name, a.insecure_no_policy, "--insecure-no-policy") {
+        Ok(Pinning::Pinned) => {}
+        Ok(Pinning::InsecureUnpinned) => eprintln!("tdx-agent: WARNING: {NO_POLICY_WARNING}"),
+        Err(e) => return Err(Failure::Error(e.to_string())),
     }
     let target = Target::parse(&a.url).map_err(Failure::error)?;
     if target.path != "/" {

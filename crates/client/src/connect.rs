@@ -100,6 +100,57 @@ impl ConnectOptions {
     }
 }
 
+/// Whether a policy may guard forwarded requests: prompts and API keys go only where a
+/// measurement pin says, unless the caller said in so many words that any genuine TD will do.
+/// `connect` and the Python transport both decide here, each naming its own spelling of the
+/// flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pinning {
+    /// The policy pins at least one measurement or RTMR3 event.
+    Pinned,
+    /// Nothing is pinned and the caller accepted that: warn before forwarding.
+    InsecureUnpinned,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PinningError {
+    #[error(
+        "{policy} pins no measurement (no [measurements] value, no [[rtmr3_events.pin]]), so \
+         requests would be forwarded to any genuine TD whatever it runs. Pin what the server \
+         runs (docs/connect.md), or add {flag} to accept that"
+    )]
+    Unpinned { policy: String, flag: &'static str },
+    #[error(
+        "{flag} with {policy}, which pins measurements: the flag is for a policy that pins \
+         none; drop it"
+    )]
+    NeedlessFlag { policy: String, flag: &'static str },
+}
+
+impl Pinning {
+    /// `policy_name` names the policy in errors (its file); `flag` is how the caller spells the
+    /// insecure flag (`--insecure-no-policy`, `insecure_no_policy=True`).
+    pub fn of(
+        policy: &tdx_core::verify::Policy,
+        policy_name: &str,
+        insecure_no_policy: bool,
+        flag: &'static str,
+    ) -> Result<Pinning, PinningError> {
+        match (policy.pins_anything(), insecure_no_policy) {
+            (true, false) => Ok(Pinning::Pinned),
+            (false, true) => Ok(Pinning::InsecureUnpinned),
+            (false, false) => Err(PinningError::Unpinned {
+                policy: policy_name.to_owned(),
+                flag,
+            }),
+            (true, true) => Err(PinningError::NeedlessFlag {
+                policy: policy_name.to_owned(),
+                flag,
+            }),
+        }
+    }
+}
+
 impl Default for ConnectOptions {
     fn default() -> Self {
         ConnectOptions {
@@ -1201,6 +1252,41 @@ async fn local_connection(
 mod tests {
     use super::*;
     use tdx_core::verify::{Policy, Verifier};
+
+    #[test]
+    fn forwarding_needs_a_pin_or_the_flag_and_never_both() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let pinned = Policy::from_toml(
+            &format!("[measurements]\nmrtd = [\"{}\"]", "ab".repeat(48)),
+            "p.toml",
+        )?;
+        let gpu_only = Policy::from_toml("[gpu]\ncount = 1", "g.toml")?;
+        assert_eq!(
+            Pinning::of(&pinned, "p.toml", false, "--f")?,
+            Pinning::Pinned
+        );
+        assert_eq!(
+            Pinning::of(&gpu_only, "g.toml", true, "--f")?,
+            Pinning::InsecureUnpinned
+        );
+        let unpinned = Pinning::of(&gpu_only, "g.toml", false, "--f")
+            .err()
+            .ok_or("accepted")?;
+        assert!(matches!(unpinned, PinningError::Unpinned { .. }));
+        let msg = unpinned.to_string();
+        assert!(
+            msg.starts_with("g.toml pins no measurement") && msg.contains("add --f"),
+            "{msg}"
+        );
+        let needless = Pinning::of(&pinned, "p.toml", true, "--f")
+            .err()
+            .ok_or("accepted")?;
+        assert!(
+            matches!(needless, PinningError::NeedlessFlag { .. }),
+            "{needless}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn rechallenge_is_due_once_the_last_challenge_is_old_enough() {
