@@ -213,8 +213,31 @@ interval_secs = 1
             "## Metrics (`GET /metrics` on `listen`)",
             "",
         ),
-        // No target's measurements change in this run.
-        &["tdx_watch_measurement_changes_total"],
+        // Every family is there, measurement changes too though none happen in this run: the
+        // per-target counters exist at 0 from the start.
+        &[],
+    );
+    // Made at 0 when the target starts, so `increase()` (the alert rules) sees a first
+    // failure; the passing target's stay at 0.
+    for (series, want) in [
+        (
+            "tdx_watch_failed_appraisals_total{target=\"good\"}",
+            Some(0.0),
+        ),
+        (
+            "tdx_watch_measurement_changes_total{target=\"good\"}",
+            Some(0.0),
+        ),
+    ] {
+        assert_eq!(metric(&text, series), want, "{series}: {text}");
+    }
+    assert!(
+        metric(
+            &text,
+            "tdx_watch_failed_appraisals_total{target=\"drifted\"}"
+        )
+        .is_some_and(|n| n >= 3.0),
+        "{text}"
     );
     assert_eq!(
         metric(&text, "tdx_watch_interval_seconds{target=\"good\"}"),

@@ -49,6 +49,9 @@ struct Metrics {
     last_appraisal: Family<TargetLabel, Gauge>,
     interval: Family<TargetLabel, Gauge>,
     appraisals: Family<TargetLabel, Counter>,
+    /// Not accepted, per target: made at 0 when the target starts, so `increase()` sees its
+    /// first failure (a series born at 1 shows no increase).
+    failed_appraisals: Family<TargetLabel, Counter>,
     failures: Family<FailureLabel, Counter>,
     measurement_changes: Family<TargetLabel, Counter>,
     seconds: Histogram,
@@ -69,6 +72,7 @@ impl Metrics {
             last_appraisal: Family::default(),
             interval: Family::default(),
             appraisals: Family::default(),
+            failed_appraisals: Family::default(),
             failures: Family::default(),
             measurement_changes: Family::default(),
             seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
@@ -100,6 +104,11 @@ impl Metrics {
             "appraisals",
             "Appraisals made, per target",
             m.appraisals.clone(),
+        );
+        registry.register(
+            "failed_appraisals",
+            "Appraisals not accepted, per target (from 0 when the target starts)",
+            m.failed_appraisals.clone(),
         );
         registry.register(
             "failures",
@@ -661,9 +670,16 @@ async fn take_up(w: &Watched, shared: &Arc<Shared>) {
     });
     *w.announced.lock().unwrap_or_else(|p| p.into_inner()) =
         Announced::taken_up(last.verdict.as_deref());
-    let since = shared.metrics.last_success.get_or_create(&TargetLabel {
+    let label = TargetLabel {
         target: w.config.name.clone(),
-    });
+    };
+    // The counters exist at 0 before the first appraisal, so `increase()` in the alert rules
+    // and dashboards sees the first failure or change.
+    let m = &shared.metrics;
+    let _ = m.appraisals.get_or_create(&label);
+    let _ = m.failed_appraisals.get_or_create(&label);
+    let _ = m.measurement_changes.get_or_create(&label);
+    let since = m.last_success.get_or_create(&label);
     match last.accepted_at {
         Some(at) => {
             since.set(at);
@@ -809,6 +825,7 @@ async fn appraise_once(w: &Arc<Watched>, shared: &Arc<Shared>, timeout: Duration
     if ok {
         m.last_success.get_or_create(&label).set(at);
     } else {
+        m.failed_appraisals.get_or_create(&label).inc();
         m.failures
             .get_or_create(&FailureLabel {
                 target: w.config.name.clone(),
