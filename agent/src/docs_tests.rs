@@ -90,9 +90,17 @@ fn code_check_names() -> BTreeSet<String> {
         tdx_client::challenge::CHECK_SAME_TD,
         tdx_client::CHECK_CERTIFICATE,
         tdx_client::CHECK_CHALLENGE,
+        tdx_client::challenge::CHECK_GPUS,
+        verify::gpus::CHECK_GPU_BINDING,
+        verify::gpus::CHECK_GPU_COUNT,
     ] {
         names.insert(c.into());
     }
+    // Per GPU: the verifier's checks and the CC state, under the GPU's index.
+    names.insert(verify::gpus::gpu_check_name(0, "<check>").replace("[0]", "[<I>]"));
+    names.insert(
+        verify::gpus::gpu_check_name(0, verify::gpus::CHECK_CC_STATE).replace("[0]", "[<I>]"),
+    );
     names
 }
 

@@ -47,6 +47,9 @@ def _threads() -> anyio.CapacityLimiter:
 
 # Options that would send requests somewhere other than the verified connection, or that
 # mean nothing over it (its TLS is verified by attestation, not by a CA bundle).
+# The default largest request body forwarded, as `tdx-agent connect --max-request-bytes`.
+MAX_REQUEST_BYTES = 32 << 20
+
 _REFUSED_KWARGS = ("transport", "mounts", "proxy", "proxies", "verify", "cert", "http1", "http2", "app")
 
 
@@ -198,6 +201,7 @@ def _transport(
     kwargs: dict,
     insecure_gpu_roots: Any = None,
     insecure_no_policy: bool = False,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
 ) -> Any:
     for k in _REFUSED_KWARGS:
         if k in kwargs:
@@ -213,6 +217,7 @@ def _transport(
         insecure_root=_root_bytes(insecure_root),
         insecure_gpu_roots=_root_bytes(insecure_gpu_roots),
         rechallenge_secs=rechallenge_secs,
+        max_request_bytes=max_request_bytes,
         insecure_no_policy=insecure_no_policy,
     )
     return kind(native, url)
@@ -226,6 +231,7 @@ def httpx_client(
     insecure_gpu_roots: Union[bytes, str, "os.PathLike[str]", None] = None,
     rechallenge_secs: int = 300,
     insecure_no_policy: bool = False,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
     **httpx_kwargs: Any,
 ) -> httpx.Client:
     """An ``httpx.Client`` for the agent at ``url`` (``https://HOST:PORT``) whose requests go
@@ -239,11 +245,13 @@ def httpx_client(
     ``insecure_no_policy=True`` says that any genuine TD may receive the requests.
     httpx's ``timeout`` applies: ``connect`` bounds getting a verified connection (connect,
     handshake, policy, challenge), ``read`` the wait for the answer's head and for each chunk
-    of its body (``httpx.ConnectTimeout`` / ``httpx.ReadTimeout``).
+    of its body (``httpx.ConnectTimeout`` / ``httpx.ReadTimeout``). A request body over
+    ``max_request_bytes`` (default 32 MiB, at least 1) raises ``ValueError`` before anything
+    is sent.
     """
     transport = _transport(
         VerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs, insecure_gpu_roots,
-        insecure_no_policy,
+        insecure_no_policy, max_request_bytes,
     )
     return httpx.Client(base_url=url, transport=transport, **httpx_kwargs)
 
@@ -256,12 +264,13 @@ def httpx_async_client(
     insecure_gpu_roots: Union[bytes, str, "os.PathLike[str]", None] = None,
     rechallenge_secs: int = 300,
     insecure_no_policy: bool = False,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
     **httpx_kwargs: Any,
 ) -> httpx.AsyncClient:
     """The ``httpx.AsyncClient`` counterpart of :func:`httpx_client`, for
     ``openai.AsyncOpenAI(..., http_client=tdx_agent.httpx_async_client(url, policy=...))``."""
     transport = _transport(
         AsyncVerifiedTransport, url, policy, insecure_root, rechallenge_secs, httpx_kwargs, insecure_gpu_roots,
-        insecure_no_policy,
+        insecure_no_policy, max_request_bytes,
     )
     return httpx.AsyncClient(base_url=url, transport=transport, **httpx_kwargs)

@@ -100,6 +100,9 @@ def test_options_out_of_range_are_refused_naming_them(agent):
         Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=root, max_request_bytes=0)
     with pytest.raises(ValueError, match="rechallenge_secs"):
         tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root, rechallenge_secs=10**9)
+    for make in (tdx_agent.httpx_client, tdx_agent.httpx_async_client):
+        with pytest.raises(ValueError, match="max_request_bytes"):
+            make(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=agent.root, max_request_bytes=0)
     # The bounds themselves are accepted.
     Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=root, rechallenge_secs=86400)
     Transport(agent.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=root, rechallenge_secs=0, max_request_bytes=1)
@@ -219,3 +222,11 @@ def test_a_policy_that_pins_nothing_is_refused_unless_said_so(agent):
         agent.url, policy=gpu_only, insecure_no_policy=True, insecure_root=agent.root
     ) as http:
         assert http.get("/readyz").status_code == 200
+
+
+def test_the_httpx_client_takes_its_request_size_limit(agent):
+    # Refused before anything is sent: the same client still carries a request within it.
+    with client(agent, max_request_bytes=64) as http:
+        with pytest.raises(ValueError, match="exceeds 64 bytes"):
+            http.post("/attestation/v1/challenge", content=b"x" * 65)
+        assert http.get("/livez").status_code == 200

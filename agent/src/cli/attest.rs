@@ -53,25 +53,23 @@ pub async fn run(a: AttestArgs) -> CliResult {
     }
 }
 
-/// Exit statuses: an appraised and refused server, or evidence that cannot be read as
-/// evidence, is a rejection (1); everything else is an error (2).
+/// Exit statuses: a verdict about the server is a rejection (1): an appraised and refused
+/// server, a certificate without verifiable evidence, a challenge refused with a 4xx or
+/// answered outside the protocol. Not reaching it (network, 5xx, 429: it said nothing about
+/// what it is) is an error (2). `ClientError::failed_check` draws that line, for `connect`
+/// and the Python package alike.
 fn failure(e: ClientError, a: &AttestArgs) -> Failure {
-    match e {
-        ClientError::Rejected(report) => {
-            finish(&report, a);
-            Failure::Rejected(report.summary())
-        }
-        e @ ClientError::Malformed { .. } => Failure::Rejected(e.to_string()),
-        // A certificate without readable RA-TLS evidence, or whose claims do not bind its
-        // key, is evidence that fails, not a network error: name the check.
-        e @ ClientError::Refused { .. } => match e.failed_check() {
-            Some(c) => Failure::Rejected(format!(
-                "{}: {} check failed: expected {}, found {}",
-                e, c.name, c.expected, c.found
-            )),
-            None => Failure::Rejected(e.to_string()),
-        },
-        e => Failure::Error(e.to_string()),
+    if let ClientError::Rejected(report) = &e {
+        finish(report, a);
+        return Failure::Rejected(report.summary());
+    }
+    match e.failed_check() {
+        Some(_) if matches!(e, ClientError::Malformed { .. }) => Failure::Rejected(e.to_string()),
+        Some(c) => Failure::Rejected(format!(
+            "{}: {} check failed: expected {}, found {}",
+            e, c.name, c.expected, c.found
+        )),
+        None => Failure::Error(e.to_string()),
     }
 }
 
@@ -81,4 +79,44 @@ fn finish(report: &Report, a: &AttestArgs) {
         eprintln!("tdx-agent: warning: {NO_POLICY_WARNING}");
     }
     super::verify::print_report(report, a.json);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_challenge_is_a_rejection_and_an_unavailable_server_an_error() {
+        let a = AttestArgs {
+            url: "https://127.0.0.1:1".into(),
+            policy: None,
+            insecure_root: None,
+            insecure_gpu_roots: None,
+            nonce: true,
+            json: false,
+        };
+        let status = |status| ClientError::Status {
+            what: "challenge".into(),
+            status,
+            body: "no".into(),
+        };
+        for code in [400, 404, 413] {
+            let f = failure(status(code), &a);
+            assert!(
+                matches!(&f, Failure::Rejected(m) if m.contains("challenge check failed")),
+                "{code}: {f:?}"
+            );
+        }
+        for code in [429, 500, 503] {
+            assert!(
+                matches!(failure(status(code), &a), Failure::Error(_)),
+                "{code}"
+            );
+        }
+        let network = ClientError::Connect {
+            addr: "127.0.0.1:1".into(),
+            detail: "refused".into(),
+        };
+        assert!(matches!(failure(network, &a), Failure::Error(_)));
+    }
 }

@@ -4,7 +4,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
+use tdx_daemon::audit::AuditVerifyError;
+
 use super::{CliResult, Failure};
+
+/// A file that cannot be read is an I/O error (exit 2: fix the path and run it again), not a
+/// log that failed verification (exit 1: never retried).
+fn failure(e: AuditVerifyError) -> Failure {
+    match e {
+        AuditVerifyError::Io { .. } => Failure::error(e),
+        _ => Failure::rejected(e),
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -35,13 +46,13 @@ pub async fn run(c: AuditCommand) -> CliResult {
     let summary = tokio::task::spawn_blocking(move || tdx_daemon::audit::verify_files(&files))
         .await
         .map_err(Failure::error)?
-        .map_err(Failure::rejected)?;
+        .map_err(failure)?;
     if let Some(head) = head {
         let files = a.files.clone();
         tokio::task::spawn_blocking(move || tdx_daemon::audit::verify_against_head(&files, head))
             .await
             .map_err(Failure::error)?
-            .map_err(Failure::rejected)?;
+            .map_err(failure)?;
     }
     println!(
         "{} records, seq {}..={}, chain head {}{}",
@@ -56,4 +67,31 @@ pub async fn run(c: AuditCommand) -> CliResult {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verify(files: Vec<PathBuf>) -> VerifyArgs {
+        VerifyArgs { files, head: None }
+    }
+
+    #[tokio::test]
+    async fn a_missing_file_is_an_io_error_and_a_bad_line_a_rejection() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.jsonl");
+        let r = run(AuditCommand::Verify(verify(vec![missing]))).await;
+        assert!(
+            matches!(&r, Err(Failure::Error(m)) if m.contains("nope.jsonl") && m.contains("cannot read")),
+            "{r:?}"
+        );
+        let bad = dir.path().join("audit.jsonl");
+        std::fs::write(&bad, "not a record\n").unwrap();
+        let r = run(AuditCommand::Verify(verify(vec![bad]))).await;
+        assert!(
+            matches!(&r, Err(Failure::Rejected(m)) if m.contains("line 1")),
+            "{r:?}"
+        );
+    }
 }

@@ -36,6 +36,10 @@ pub enum ApiError {
     UpstreamTimeout { upstream: String, secs: u64 },
     #[error("{0}")]
     NotFound(String),
+    /// A route the agent serves, asked with a method it does not take (the `Allow` header,
+    /// which the router adds, lists those it does).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -53,6 +57,7 @@ impl ApiError {
             ApiError::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -62,6 +67,7 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::TooLarge { .. }
             | ApiError::RequestTimeout(_)
+            | ApiError::MethodNotAllowed(_)
             | ApiError::Unauthorized(_) => "invalid_request_error",
             ApiError::NotReady { .. } => "not_ready",
             ApiError::Overloaded(_) => "overloaded",
@@ -79,6 +85,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "invalid_api_key".into(),
             ApiError::TooLarge { .. } => "request_too_large".into(),
             ApiError::RequestTimeout(_) => "request_timeout".into(),
+            ApiError::MethodNotAllowed(_) => "method_not_allowed".into(),
             other => other.status().as_u16().to_string(),
         }
     }
@@ -114,6 +121,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::TooLarge { .. } => tonic::Status::out_of_range(msg),
             ApiError::RequestTimeout(_) => tonic::Status::deadline_exceeded(msg),
             ApiError::NotFound(_) => tonic::Status::not_found(msg),
+            ApiError::MethodNotAllowed(_) => tonic::Status::unimplemented(msg),
             ApiError::Internal(_) => tonic::Status::internal(msg),
         }
     }
@@ -144,6 +152,13 @@ mod tests {
         assert_eq!(
             tonic::Status::from(ApiError::BadRequest("nonce".into())).code(),
             tonic::Code::InvalidArgument
+        );
+        let wrong_method = ApiError::MethodNotAllowed("GET /x".into());
+        assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(wrong_method.code(), "method_not_allowed");
+        assert_eq!(
+            tonic::Status::from(wrong_method).code(),
+            tonic::Code::Unimplemented
         );
     }
 }

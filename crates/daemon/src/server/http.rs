@@ -49,6 +49,17 @@ pub async fn not_found(request: axum::extract::Request) -> Response {
     .into_response()
 }
 
+/// A route the agent serves, with a method it does not take: an OpenAI-shaped 405 (the
+/// router adds the `Allow` header) rather than axum's empty one.
+pub async fn method_not_allowed(request: axum::extract::Request) -> Response {
+    ApiError::MethodNotAllowed(format!(
+        "{} {}: method not allowed on this route",
+        request.method(),
+        request.uri().path()
+    ))
+    .into_response()
+}
+
 pub fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
     let served = state.served();
     let event_log = served.event_log.clone();

@@ -309,7 +309,9 @@ pub async fn run(
     .into_axum_router();
     let router = http::router(Arc::clone(&state))
         .merge(grpc)
-        .fallback(http::not_found);
+        .fallback(http::not_found)
+        // After every route is in: it applies to the routes registered before it.
+        .method_not_allowed_fallback(http::method_not_allowed);
 
     let shards = shards::Shards::start(connection_threads, config.limits.yield_before_sleep)
         .map_err(setup)?;
