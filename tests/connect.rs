@@ -574,6 +574,92 @@ async fn a_rotated_server_key_moves_connect_to_a_new_verified_connection() {
     );
 }
 
+/// Under a policy requiring GPUs a re-issued certificate is recognised too: the agent's GPUs
+/// answer over the nonce derived from the root under its new key, and connect checks them
+/// under that key. A stream in flight on the old connection finishes whole while new requests
+/// go over a new verified connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_a_gpu_policy_a_rotated_key_lets_a_stream_in_flight_finish() {
+    let sim = SimTd::new();
+    let r = tdx_agent(&["sim", "pki", "--sim-dir", sim.dir_str(), "--gpus", "2"]);
+    assert_eq!(r.code, 0, "{r}");
+    let up = support::upstream::Upstream::start().await;
+    let d = Daemon::sim(&sim, &["--gpus", "2", "--upstream", &up.url()]);
+    // Ready once both GPUs are attested and measured (a new connection each time: the agent
+    // closes older ones when a GPU event changes RTMR3).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let direct = Https::connect(&d.addr, sim.root_der())
+            .await
+            .expect("direct RA-TLS connection");
+        let r = direct.get("/readyz").await;
+        if r.json()["ready"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready: {}",
+            r.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let accept = std::fs::read_to_string(accepting_policy(&sim)).expect("the policy");
+    let policy = write_policy(&sim, "gpus.toml", &format!("{accept}\n[gpu]\ncount = 2\n"));
+    let roots = sim.dir.join("gpu-roots.pem");
+    let c = connect(
+        &d,
+        &sim,
+        &policy,
+        &[
+            "--insecure-gpu-roots",
+            path_str(&roots),
+            "--rechallenge-secs",
+            "1",
+        ],
+    );
+    let before = http_get(&c.addr, "/healthz").await;
+    assert_eq!(before.status, 200, "{}\n{}", before.text(), c.stderr());
+    let before = before.json()["spki_sha256"].clone();
+
+    // 40 events 100 ms apart: in flight across the re-issue and the re-challenge after it.
+    let resp = support::upstream::plain_open(&c.addr, "GET", "/v1/count/40/100").await;
+    assert_eq!(resp.status(), 200, "{}", c.stderr());
+    let mut body = resp.into_body();
+    assert!(
+        support::upstream::read_until(&mut body, "\"seq\":1}", Duration::from_secs(15))
+            .await
+            .is_some(),
+        "{}",
+        c.stderr()
+    );
+    let socket = sim.dir.join("run").join("admin.sock");
+    let r = tdx_agent(&["admin", "--socket", path_str(&socket), "rotate"]);
+    assert_eq!(r.code, 0, "{r}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    // The next request re-challenges the old connection, which the agent now answers for its
+    // new key: a rotation, so it goes out on a new verified connection.
+    let r = http_get(&c.addr, "/readyz").await;
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), c.stderr());
+    let after = http_get(&c.addr, "/healthz").await;
+    assert_eq!(after.status, 200, "{}", after.text());
+    assert_ne!(
+        after.json()["spki_sha256"],
+        before,
+        "still on the old connection"
+    );
+    // The stream on the old connection was left to finish: every event, then [DONE].
+    let rest = support::upstream::read_until(&mut body, "[DONE]", Duration::from_secs(20)).await;
+    let rest = rest.unwrap_or_else(|| panic!("the stream was cut\n{}", c.stderr()));
+    assert!(rest.contains("\"seq\":39}"), "{rest}");
+    let stderr = c.stderr();
+    assert!(
+        stderr.contains("key changed since this connection opened"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("re-challenge failed"), "{stderr}");
+}
+
 /// A TLS server whose certificate is a plain self-signed one (no RA-TLS evidence), as anyone
 /// could stand up in the agent's place; its address.
 /// The verified server's redirects keep the client on connect: one to the server itself comes

@@ -655,13 +655,38 @@ impl Upstream {
             Ok(Ok(fresh)) if fresh.report.accepted() => Ok(fresh.report),
             Ok(Ok(fresh)) => Err(ChallengeFailed {
                 refusal: Refusal::from_report(&fresh.report),
-                key_changed: challenge::answered_for_another_key(
-                    &fresh.report,
-                    &fresh.challenge,
-                    &fresh.nonce,
-                ),
+                key_changed: self
+                    .answered_for_another_key(session.peer_cert.clone(), fresh)
+                    .await,
             }),
         }
+    }
+
+    /// [`challenge::answered_for_another_key`] for a failed challenge on the connection whose
+    /// certificate is `peer_cert`, with the GPU roots and policy the challenge was appraised
+    /// with. Under a GPU policy it appraises the answer's GPUs again (CPU work, as the
+    /// challenge's own appraisal), so it runs on the blocking pool too; should that task not
+    /// finish, the failure is taken as the server's, never as a rotation.
+    async fn answered_for_another_key(&self, peer_cert: Vec<u8>, fresh: challenge::Fresh) -> bool {
+        let client = self.client.clone();
+        tokio::task::spawn_blocking(move || {
+            let gpus = client.gpus();
+            challenge::answered_for_another_key(
+                &fresh.report,
+                &fresh.challenge,
+                &fresh.nonce,
+                &challenge::ChallengeGpus {
+                    verifier: &gpus.verifier,
+                    roots: &gpus.roots,
+                    policy: &client.policy().gpu,
+                    peer_cert: &peer_cert,
+                    evidence: &fresh.evidence,
+                    now: tdx_core::verify::time::now_unix(),
+                },
+            )
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Forget connection `id` (a request found it closed), unless already replaced.
