@@ -816,12 +816,33 @@ pub async fn http_get(addr: &str, path: &str) -> Resp {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A free loopback port (bound and released).
+/// A free loopback port for a process to bind later (a server restarted on its port, a
+/// child that takes `--listen HOST:PORT`). Taken below the kernel's ephemeral range, which
+/// `bind(…:0)` and outgoing connections draw from: a port released here cannot be handed to
+/// another test's listener or client before its owner binds it. Within this process each call
+/// starts further on, so parallel tests do not pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    // 8192 ports below the range, at least 1024 above the privileged ones.
+    let base = ephemeral_low.saturating_sub(8192).max(2048);
+    let span = ephemeral_low.saturating_sub(base).max(1);
+    // Another test binary may run beside this one: start somewhere its pid makes different.
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+    for _ in 0..span {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(base + offset) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 127.0.0.1:{base}..{ephemeral_low}")
 }
 
 /// This process's open-file limits (soft, hard), from /proc/self/limits.

@@ -1635,17 +1635,19 @@ mod tests {
         serde_json::from_slice(&b).unwrap()
     }
 
-    /// A port nothing listens on.
-    async fn dead_addr() -> String {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = l.local_addr().unwrap().to_string();
-        drop(l);
-        a
+    /// A port nothing listens on, held for the test: bound but never listening, so a
+    /// connection is refused and no parallel test's listener can take the port meanwhile.
+    fn dead_addr() -> (tokio::net::TcpSocket, String) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap().to_string();
+        (socket, addr)
     }
 
     #[tokio::test]
     async fn an_unreachable_server_gets_502_and_healthz_503() {
-        let up = upstream_at(&dead_addr().await, 100);
+        let (_held, dead) = dead_addr();
+        let up = upstream_at(&dead, 100);
         let r = up
             .handle(
                 Request::get("/v1/models")
@@ -1744,7 +1746,8 @@ mod tests {
     #[tokio::test]
     async fn oversized_requests_get_413_before_any_connection() {
         // The server address is unreachable: a 413 proves no connection was tried.
-        let up = upstream_at(&dead_addr().await, 4);
+        let (_held, dead) = dead_addr();
+        let up = upstream_at(&dead, 4);
         let r = up
             .handle(
                 Request::post("/v1/completions")
