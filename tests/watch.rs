@@ -561,6 +561,7 @@ interval_secs = 1
 struct Prometheus {
     child: std::process::Child,
     url: String,
+    log: PathBuf,
 }
 
 impl Prometheus {
@@ -583,6 +584,7 @@ impl Prometheus {
             ),
         );
         let port = support::free_port();
+        let log = dir.join("prometheus.log");
         let child = std::process::Command::new("prometheus")
             .arg(format!("--config.file={}", path_str(&config)))
             .arg(format!(
@@ -591,18 +593,25 @@ impl Prometheus {
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("prometheus not found: apt-get install prometheus (.ci/run does)");
         Prometheus {
             child,
             url: format!("127.0.0.1:{port}"),
+            log,
         }
     }
 
-    /// The alerts Prometheus's HTTP API reports (none while it is still starting).
-    async fn alerts(&self) -> Vec<serde_json::Value> {
+    /// The alerts Prometheus's HTTP API reports (none while it is still starting). A
+    /// Prometheus that exited (its port taken, a rule it refuses) fails the test here, with
+    /// its log, rather than as "no alert yet" at the poll's deadline.
+    async fn alerts(&mut self) -> Vec<serde_json::Value> {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            panic!("prometheus exited ({status}):\n{log}");
+        }
         let Ok(mut tcp) = tokio::net::TcpStream::connect(&self.url).await else {
             return Vec::new();
         };
@@ -696,7 +705,7 @@ async fn a_failing_target_fires_its_alert_in_a_real_prometheus_and_the_other_sta
     let watch = support::spawn_watch(&config);
     let prom_dir = dir.path().join("prometheus");
     std::fs::create_dir_all(&prom_dir).unwrap();
-    let prom = Prometheus::start(&prom_dir, &watch.addr);
+    let mut prom = Prometheus::start(&prom_dir, &watch.addr);
     let deadline = Instant::now() + Duration::from_secs(120);
     let firing = loop {
         let alerts = prom.alerts().await;
