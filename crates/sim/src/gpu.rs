@@ -49,6 +49,7 @@ impl SimKey {
         Ok(Self { rcgen, p384 })
     }
 
+    /// The key for raw P-384 signatures (reports, RIMs, OCSP answers).
     pub fn signing_key(&self) -> &SigningKey {
         &self.p384
     }
@@ -648,6 +649,102 @@ pub enum SimOcspStatus {
     Hold,
 }
 
+/// What a [`SimOcspSpec`] answer says about its certificate, in full: a test picks the
+/// revocation time and reason, or an unknown status, that [`SimOcspStatus`] fixes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimCertStatus {
+    /// Not revoked: the only status a verifier accepts.
+    Good,
+    /// Revoked at `time` (Unix seconds) for the RFC 5280 CRLReason `reason`, if given;
+    /// reason 6 is certificateHold.
+    Revoked { time: i64, reason: Option<u8> },
+    /// The responder does not know the certificate.
+    Unknown,
+}
+
+/// The hash naming the certificate in a [`SimOcspSpec`] answer's CertID.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimOcspHash {
+    /// Which verifiers must accept too (RFC 6960 allows any).
+    Sha256,
+    /// As NVIDIA's responder writes it.
+    Sha384,
+}
+
+/// Who signs a [`SimOcspSpec`] answer.
+#[derive(Clone, Copy)]
+pub enum SimOcspResponder<'a> {
+    /// The certificate's issuer itself (RFC 6960 §4.2.2.2, first case), as
+    /// [`SimGpuPki::ocsp_answer`] signs.
+    Issuer,
+    /// A fresh end-entity responder certificate, stapled in the answer, issued by `by` (the
+    /// certificate's issuer when `None`; another PKI's certificate makes a foreign responder),
+    /// with id-kp-OCSPSigning only when `ocsp_signing`, valid until `not_after`.
+    Delegated {
+        by: Option<&'a SimCert>,
+        ocsp_signing: bool,
+        not_after: i64,
+    },
+    /// `cert_der` stapled as the responder but `key` signing: a pair that need not match.
+    Signer { cert_der: &'a [u8], key: &'a SimKey },
+}
+
+/// Every field of a simulated OCSP answer, for [`SimGpuPki::ocsp_answer_with`]; start from
+/// [`SimOcspSpec::good`] and change what the test is about.
+#[derive(Clone, Copy)]
+pub struct SimOcspSpec<'a> {
+    /// The certificate answered for: device chain 1..=3 or RIM chain 0..=2 of the PKI.
+    pub cert_der: &'a [u8],
+    /// The issuer whose name and key the CertID hashes; the certificate's own when `None`
+    /// (another makes an answer about a different certificate with the same serial).
+    pub cert_id_issuer_der: Option<&'a [u8]>,
+    /// The CertID's hash.
+    pub hash: SimOcspHash,
+    /// The certStatus.
+    pub status: SimCertStatus,
+    /// producedAt, Unix seconds.
+    pub produced_at: i64,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds; `None` leaves it out.
+    pub next_update: Option<i64>,
+    /// Who signs.
+    pub responder: SimOcspResponder<'a>,
+}
+
+impl<'a> SimOcspSpec<'a> {
+    /// What [`SimGpuPki::ocsp_answer`] writes for a good certificate: SHA-384 CertID, produced
+    /// and updated `at`, next update a day later, signed by the issuer.
+    pub fn good(cert_der: &'a [u8], at: i64) -> Self {
+        Self {
+            cert_der,
+            cert_id_issuer_der: None,
+            hash: SimOcspHash::Sha384,
+            status: SimCertStatus::Good,
+            produced_at: at,
+            this_update: at,
+            next_update: Some(at.saturating_add(86_400)),
+            responder: SimOcspResponder::Issuer,
+        }
+    }
+}
+
+/// A delegated OCSP responder's certificate, issued by `issuer`.
+fn ocsp_responder(
+    issuer: &SimCert,
+    ocsp_signing: bool,
+    not_after: i64,
+) -> Result<SimCert, SimError> {
+    // A day of validity at least, so that a responder made to have expired long ago still
+    // has a well-formed validity.
+    let not_before = SIM_RIM_NOT_BEFORE.min(not_after.saturating_sub(86_400));
+    let mut p = leaf_params("NVIDIA OCSP Responder", not_before, not_after, 21)?;
+    if ocsp_signing {
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
+    }
+    SimCert::issued_by(p, issuer)
+}
+
 impl SimGpuPki {
     /// Every (certificate, issuer) pair NVIDIA's verifier asks about: device chain 1..3 and
     /// RIM chain 0..2.
@@ -681,33 +778,66 @@ impl SimGpuPki {
         at: i64,
         next_update: Option<i64>,
     ) -> Result<Vec<u8>, SimError> {
-        use tdx_core::gpu::ocsp::{CertStatus, OcspHash, OcspResponseSpec, build_ocsp_response};
-        let (cert, issuer) = self
-            .ocsp_pairs()
-            .into_iter()
-            .find(|(c, _)| c.der == cert_der)
-            .ok_or_else(|| SimError::Other("no simulated certificate has that DER".into()))?;
         let status = match status {
-            SimOcspStatus::Good => CertStatus::Good,
-            SimOcspStatus::Revoked => CertStatus::Revoked {
+            SimOcspStatus::Good => SimCertStatus::Good,
+            SimOcspStatus::Revoked => SimCertStatus::Revoked {
                 time: at - 3600,
                 reason: Some(1),
             },
-            SimOcspStatus::Hold => CertStatus::Revoked {
+            SimOcspStatus::Hold => SimCertStatus::Revoked {
                 time: at - 3600,
                 reason: Some(tdx_core::gpu::ocsp::CRL_REASON_CERTIFICATE_HOLD),
             },
         };
+        self.ocsp_answer_with(&SimOcspSpec {
+            status,
+            next_update,
+            ..SimOcspSpec::good(cert_der, at)
+        })
+    }
+
+    /// The answer `spec` describes, about one of this PKI's certificates (device chain 1..=3
+    /// or RIM chain 0..=2): any status, times, CertID and signer, for tests of what a verifier
+    /// must refuse.
+    pub fn ocsp_answer_with(&self, spec: &SimOcspSpec<'_>) -> Result<Vec<u8>, SimError> {
+        use tdx_core::gpu::ocsp::{CertStatus, OcspHash, OcspResponseSpec, build_ocsp_response};
+        let (cert, issuer) = self
+            .ocsp_pairs()
+            .into_iter()
+            .find(|(c, _)| c.der == spec.cert_der)
+            .ok_or_else(|| SimError::Other("no simulated certificate has that DER".into()))?;
+        // Declared out here so that the delegate the match makes outlives the borrows of it.
+        let delegate;
+        let (responder_cert_der, responder_key) = match spec.responder {
+            SimOcspResponder::Issuer => (issuer.der.as_slice(), issuer.key.signing_key()),
+            SimOcspResponder::Signer { cert_der, key } => (cert_der, key.signing_key()),
+            SimOcspResponder::Delegated {
+                by,
+                ocsp_signing,
+                not_after,
+            } => {
+                delegate = ocsp_responder(by.unwrap_or(issuer), ocsp_signing, not_after)?;
+                (delegate.der.as_slice(), delegate.key.signing_key())
+            }
+        };
+        let status = match spec.status {
+            SimCertStatus::Good => CertStatus::Good,
+            SimCertStatus::Revoked { time, reason } => CertStatus::Revoked { time, reason },
+            SimCertStatus::Unknown => CertStatus::Unknown,
+        };
         build_ocsp_response(&OcspResponseSpec {
             cert_der: &cert.der,
-            issuer_der: &issuer.der,
-            hash: OcspHash::Sha384,
+            issuer_der: spec.cert_id_issuer_der.unwrap_or(&issuer.der),
+            hash: match spec.hash {
+                SimOcspHash::Sha256 => OcspHash::Sha256,
+                SimOcspHash::Sha384 => OcspHash::Sha384,
+            },
             status,
-            produced_at: at,
-            this_update: at,
-            next_update,
-            responder_cert_der: &issuer.der,
-            responder_key: issuer.key.signing_key(),
+            produced_at: spec.produced_at,
+            this_update: spec.this_update,
+            next_update: spec.next_update,
+            responder_cert_der,
+            responder_key,
         })
         .map_err(|e| SimError::Crypto(format!("simulated OCSP answer: {e}")))
     }

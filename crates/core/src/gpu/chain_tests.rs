@@ -58,13 +58,11 @@ fn a_broken_chain_fails_naming_the_certificate() {
         verify_device_chain(&swapped, &root, AT),
         Err(GpuChainError::Issuer { index: 0, .. })
     ));
-    // Another root: the identity certificate's issuer is not it.
-    let other = rcgen::CertificateParams::new(Vec::<String>::new())
-        .unwrap()
-        .self_signed(&rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap())
-        .unwrap();
+    // Another root (a simulated NVIDIA device root): the identity certificate's issuer is
+    // not it.
+    let other = root_of(&sim_pki(None).chain_der());
     assert!(matches!(
-        verify_device_chain(&good, other.der(), AT),
+        verify_device_chain(&good, &other, AT),
         Err(GpuChainError::Issuer { index: 3, .. })
     ));
     // Before the chain's certificates were issued.

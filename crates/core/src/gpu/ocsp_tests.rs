@@ -1,9 +1,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! NVIDIA's real stapled OCSP responses judged at the times NVIDIA's verifier accepted them,
-//! the times nothing can accept them all, tampering, and every failure of the builder's PKI.
+//! the times nothing can accept them all, tampering, and every failure of answers the
+//! simulated NVIDIA PKI's responder builds.
 
 use base64::Engine as _;
 use proptest::prelude::*;
+use tdx_sim::gpu::{
+    SIM_RIM_NOT_AFTER, SimCertStatus, SimGpuPki, SimOcspHash, SimOcspResponder, SimOcspSpec,
+};
 use time::macros::datetime;
 
 use super::ocsp::*;
@@ -537,167 +541,107 @@ fn answers_and_their_extensions_are_bounded() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The builder, with a P-384 test PKI.
+// The builder, through the simulated NVIDIA PKI's responder: answers about the simulated
+// BROM certificate (device chain 1), issued by the simulated provisioner ICA (device chain 2).
+
+/// A simulated Hopper PKI; the simulator links the library build of this crate, so its
+/// `Architecture` is another type here and crosses over by name.
+fn sim_pki() -> SimGpuPki {
+    let hopper = serde_json::from_value(serde_json::json!("hopper")).unwrap();
+    SimGpuPki::generate(hopper, SIM_RIM_NOT_AFTER).unwrap()
+}
 
 struct Pki {
-    issuer_params: rcgen::CertificateParams,
-    issuer_key: rcgen::KeyPair,
-    issuer: Vec<u8>,
-    leaf: Vec<u8>,
-    responder: Vec<u8>,
-    responder_key: p384::ecdsa::SigningKey,
+    sim: SimGpuPki,
     at: i64,
-}
-
-/// The raw P-384 scalar of an rcgen (ring) key: ECPrivateKey version 1, then OCTET STRING 48.
-fn signing_key(key: &rcgen::KeyPair) -> p384::ecdsa::SigningKey {
-    let pkcs8 = key.serialize_der();
-    let at = pkcs8
-        .windows(5)
-        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x30])
-        .unwrap();
-    p384::ecdsa::SigningKey::from_slice(&pkcs8[at + 5..at + 5 + 48]).unwrap()
-}
-
-fn params(cn: &str, at: i64, days: i64) -> rcgen::CertificateParams {
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name = rcgen::DistinguishedName::new();
-    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    p.not_before = time::OffsetDateTime::from_unix_timestamp(at - 30 * 86_400).unwrap();
-    p.not_after = time::OffsetDateTime::from_unix_timestamp(at + days * 86_400).unwrap();
-    p
-}
-
-fn p384_key() -> rcgen::KeyPair {
-    rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap()
-}
-
-fn ca(cn: &str, at: i64) -> (rcgen::CertificateParams, rcgen::KeyPair, Vec<u8>) {
-    let mut p = params(cn, at, 365);
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let key = p384_key();
-    let der = p.self_signed(&key).unwrap().der().to_vec();
-    (p, key, der)
-}
-
-fn responder_cert(
-    cn: &str,
-    issuer: (&rcgen::CertificateParams, &rcgen::KeyPair),
-    key: &rcgen::KeyPair,
-    at: i64,
-    days: i64,
-    eku: bool,
-) -> Vec<u8> {
-    let mut p = params(cn, at, days);
-    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    if eku {
-        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::OcspSigning];
-    }
-    let issuer = rcgen::Issuer::from_params(issuer.0, issuer.1);
-    p.signed_by(key, &issuer).unwrap().der().to_vec()
 }
 
 fn pki() -> Pki {
-    let at = aug21();
-    let (issuer_params, issuer_key, issuer) = ca("Test Issuer CA", at);
-    let leaf = {
-        let p = params("Test Leaf", at, 365);
-        let issuer = rcgen::Issuer::from_params(&issuer_params, &issuer_key);
-        p.signed_by(&p384_key(), &issuer).unwrap().der().to_vec()
-    };
-    let key = p384_key();
-    let responder = responder_cert(
-        "Test OCSP Responder",
-        (&issuer_params, &issuer_key),
-        &key,
-        at,
-        365,
-        true,
-    );
     Pki {
-        responder_key: signing_key(&key),
-        issuer_params,
-        issuer_key,
-        issuer,
-        leaf,
-        responder,
-        at,
+        sim: sim_pki(),
+        at: aug21(),
     }
 }
 
 impl Pki {
-    fn spec(&self) -> OcspResponseSpec<'_> {
-        OcspResponseSpec {
-            cert_der: &self.leaf,
-            issuer_der: &self.issuer,
-            hash: OcspHash::Sha384,
-            status: CertStatus::Good,
+    /// The certificate the answers are about.
+    fn cert(&self) -> &[u8] {
+        &self.sim.chain[1].der
+    }
+
+    fn issuer(&self) -> &[u8] {
+        &self.sim.chain[2].der
+    }
+
+    /// A good answer an hour old, signed by a responder the issuer delegated to.
+    fn spec(&self) -> SimOcspSpec<'_> {
+        SimOcspSpec {
             produced_at: self.at - 3_600,
             this_update: self.at - 3_600,
             next_update: Some(self.at + 86_400),
-            responder_cert_der: &self.responder,
-            responder_key: &self.responder_key,
+            responder: SimOcspResponder::Delegated {
+                by: None,
+                ocsp_signing: true,
+                not_after: self.at + 365 * 86_400,
+            },
+            ..SimOcspSpec::good(self.cert(), self.at)
         }
     }
 
-    fn check(&self, spec: &OcspResponseSpec<'_>) -> Result<OcspGood, OcspError> {
-        check_ocsp(
-            &build_ocsp_response(spec).unwrap(),
-            &self.leaf,
-            &self.issuer,
-            self.at,
-            WEEK,
-        )
+    fn build(&self, spec: &SimOcspSpec<'_>) -> Vec<u8> {
+        self.sim.ocsp_answer_with(spec).unwrap()
+    }
+
+    fn check(&self, spec: &SimOcspSpec<'_>) -> Result<OcspGood, OcspError> {
+        check_ocsp(&self.build(spec), self.cert(), self.issuer(), self.at, WEEK)
     }
 }
+
+const SIM_BROM: &str = "CN=GH100 A01 GSP BROM, O=NVIDIA Corporation (simulated)";
+const SIM_ICA: &str = "CN=NVIDIA GH100 Provisioner ICA 1, O=NVIDIA Corporation (simulated)";
+const SIM_RESPONDER: &str = "CN=NVIDIA OCSP Responder, O=NVIDIA Corporation (simulated)";
 
 #[test]
 fn a_built_response_round_trips() {
     let pki = pki();
-    let built = build_ocsp_response(&pki.spec()).unwrap();
+    let built = pki.build(&pki.spec());
     let b = basic(&built);
     assert_eq!(
         b.responses[0].cert_id,
-        ocsp_cert_id(&pki.leaf, &pki.issuer, &OcspHash::Sha384).unwrap()
+        ocsp_cert_id(pki.cert(), pki.issuer(), &OcspHash::Sha384).unwrap()
     );
-    let good = check_ocsp(&built, &pki.leaf, &pki.issuer, pki.at, WEEK).unwrap();
-    assert_eq!(good.subject, "CN=Test Leaf");
-    assert_eq!(good.responder, "CN=Test OCSP Responder");
+    let good = check_ocsp(&built, pki.cert(), pki.issuer(), pki.at, WEEK).unwrap();
+    assert_eq!(good.subject, SIM_BROM);
+    assert_eq!(good.responder, SIM_RESPONDER);
     assert_eq!(good.next_update, Some(pki.at + 86_400));
     // The chain function finds it among others.
-    let chain = vec![pki.leaf.clone(), pki.issuer.clone()];
     let results = check_chain_ocsp(
-        &chain,
-        0..1,
+        &pki.sim.chain_der(),
+        1..2,
         &[response("test_gpu_rim_l2"), built],
         pki.at,
         WEEK,
     );
     assert!(results[0].1.is_ok(), "{results:?}");
     // SHA-256 CertIDs, and the issuer signing its own answers (RFC 6960 §4.2.2.2 first case).
-    let sha256 = OcspResponseSpec {
-        hash: OcspHash::Sha256,
+    let sha256 = SimOcspSpec {
+        hash: SimOcspHash::Sha256,
         ..pki.spec()
     };
     assert!(pki.check(&sha256).is_ok());
-    let issuer_key = signing_key(&pki.issuer_key);
-    let by_issuer = OcspResponseSpec {
-        responder_cert_der: &pki.issuer,
-        responder_key: &issuer_key,
+    let by_issuer = SimOcspSpec {
+        responder: SimOcspResponder::Issuer,
         ..pki.spec()
     };
-    assert_eq!(
-        pki.check(&by_issuer).unwrap().responder,
-        "CN=Test Issuer CA"
-    );
+    assert_eq!(pki.check(&by_issuer).unwrap().responder, SIM_ICA);
 }
 
 #[test]
 fn built_bad_statuses_and_times_each_fail_by_name() {
     let pki = pki();
     let at = pki.at;
-    let revoked = |reason| OcspResponseSpec {
-        status: CertStatus::Revoked {
+    let revoked = |reason| SimOcspSpec {
+        status: SimCertStatus::Revoked {
             time: at - 7_200,
             reason,
         },
@@ -718,15 +662,15 @@ fn built_bad_statuses_and_times_each_fail_by_name() {
         pki.check(&revoked(Some(CRL_REASON_CERTIFICATE_HOLD))),
         Err(OcspError::OnHold { .. })
     ));
-    let unknown = OcspResponseSpec {
-        status: CertStatus::Unknown,
+    let unknown = SimOcspSpec {
+        status: SimCertStatus::Unknown,
         ..pki.spec()
     };
     assert!(matches!(
         pki.check(&unknown),
         Err(OcspError::Unknown { .. })
     ));
-    let stale = OcspResponseSpec {
+    let stale = SimOcspSpec {
         this_update: at - 8 * 86_400,
         next_update: None,
         ..pki.spec()
@@ -738,7 +682,7 @@ fn built_bad_statuses_and_times_each_fail_by_name() {
             ..
         })
     ));
-    let future = OcspResponseSpec {
+    let future = SimOcspSpec {
         this_update: at + 60,
         ..pki.spec()
     };
@@ -746,7 +690,7 @@ fn built_bad_statuses_and_times_each_fail_by_name() {
         pki.check(&future),
         Err(OcspError::NotYetValid { .. })
     ));
-    let expired = OcspResponseSpec {
+    let expired = SimOcspSpec {
         next_update: Some(at - 1),
         ..pki.spec()
     };
@@ -755,12 +699,12 @@ fn built_bad_statuses_and_times_each_fail_by_name() {
         Err(OcspError::Expired { .. })
     ));
     // nextUpdate exactly now, and no nextUpdate at all, are fine.
-    let edge = OcspResponseSpec {
+    let edge = SimOcspSpec {
         next_update: Some(at),
         ..pki.spec()
     };
     assert!(pki.check(&edge).is_ok());
-    let open = OcspResponseSpec {
+    let open = SimOcspSpec {
         next_update: None,
         ..pki.spec()
     };
@@ -771,10 +715,12 @@ fn built_bad_statuses_and_times_each_fail_by_name() {
 fn built_responses_from_the_wrong_signer_fail_by_name() {
     let pki = pki();
     let at = pki.at;
-    // The CertID names another issuer (same leaf serial): not an answer for this certificate.
-    let (other_params, other_key, other_ca) = ca("Other CA", at);
-    let wrong_issuer = OcspResponseSpec {
-        issuer_der: &other_ca,
+    // Another simulated GPU PKI: same names and serials, other keys.
+    let other = sim_pki();
+    // The CertID names the other PKI's ICA (same BROM serial): not an answer for this
+    // certificate.
+    let wrong_issuer = SimOcspSpec {
+        cert_id_issuer_der: Some(&other.chain[2].der),
         ..pki.spec()
     };
     assert!(matches!(
@@ -782,69 +728,67 @@ fn built_responses_from_the_wrong_signer_fail_by_name() {
         Err(OcspError::NotInResponse { .. })
     ));
     // Signed by a key that is not the responder certificate's.
-    let stranger = signing_key(&p384_key());
-    let bad_key = OcspResponseSpec {
-        responder_key: &stranger,
+    let bad_key = SimOcspSpec {
+        responder: SimOcspResponder::Signer {
+            cert_der: pki.issuer(),
+            key: &other.chain[2].key,
+        },
         ..pki.spec()
     };
     assert!(matches!(
         pki.check(&bad_key),
         Err(OcspError::Signature { .. })
     ));
-    // A responder another CA delegated to.
-    let key = p384_key();
-    let foreign = responder_cert(
-        "Foreign Responder",
-        (&other_params, &other_key),
-        &key,
-        at,
-        365,
-        true,
-    );
-    let foreign_key = signing_key(&key);
-    let spec = OcspResponseSpec {
-        responder_cert_der: &foreign,
-        responder_key: &foreign_key,
+    // A responder another CA (the other PKI's RIM CA) delegated to.
+    let foreign = SimOcspSpec {
+        responder: SimOcspResponder::Delegated {
+            by: Some(&other.rim_chain[2]),
+            ocsp_signing: true,
+            not_after: at + 365 * 86_400,
+        },
         ..pki.spec()
     };
     assert!(matches!(
-        pki.check(&spec),
+        pki.check(&foreign),
         Err(OcspError::ResponderNotAuthorized { why, .. }) if why.contains("not issued by")
     ));
-    // Issued by the right CA but without id-kp-OCSPSigning.
-    let plain = responder_cert(
-        "Plain",
-        (&pki.issuer_params, &pki.issuer_key),
-        &key,
-        at,
-        365,
-        false,
-    );
-    let spec = OcspResponseSpec {
-        responder_cert_der: &plain,
-        responder_key: &foreign_key,
+    // One the other PKI's ICA delegated to: the issuer's name, but not its key.
+    let impostor = SimOcspSpec {
+        responder: SimOcspResponder::Delegated {
+            by: Some(&other.chain[2]),
+            ocsp_signing: true,
+            not_after: at + 365 * 86_400,
+        },
         ..pki.spec()
     };
     assert!(matches!(
-        pki.check(&spec),
+        pki.check(&impostor),
+        Err(OcspError::ResponderNotAuthorized { why, .. }) if why.contains("issuing CA's key")
+    ));
+    // Issued by the right CA but without id-kp-OCSPSigning.
+    let plain = SimOcspSpec {
+        responder: SimOcspResponder::Delegated {
+            by: None,
+            ocsp_signing: false,
+            not_after: at + 365 * 86_400,
+        },
+        ..pki.spec()
+    };
+    assert!(matches!(
+        pki.check(&plain),
         Err(OcspError::ResponderNotAuthorized { why, .. }) if why.contains("OCSPSigning")
     ));
     // A delegated responder that expired yesterday.
-    let old = responder_cert(
-        "Old",
-        (&pki.issuer_params, &pki.issuer_key),
-        &key,
-        at,
-        -1,
-        true,
-    );
-    let spec = OcspResponseSpec {
-        responder_cert_der: &old,
-        responder_key: &foreign_key,
+    let old = SimOcspSpec {
+        responder: SimOcspResponder::Delegated {
+            by: None,
+            ocsp_signing: true,
+            not_after: at - 86_400,
+        },
         ..pki.spec()
     };
     assert!(matches!(
-        pki.check(&spec),
+        pki.check(&old),
         Err(OcspError::ResponderValidity { .. })
     ));
 }
@@ -852,23 +796,23 @@ fn built_responses_from_the_wrong_signer_fail_by_name() {
 #[test]
 fn an_unsupported_certid_hash_is_named() {
     let pki = pki();
-    let sha256 = OcspResponseSpec {
-        hash: OcspHash::Sha256,
+    let sha256 = SimOcspSpec {
+        hash: SimOcspHash::Sha256,
         ..pki.spec()
     };
-    let mut built = build_ocsp_response(&sha256).unwrap();
+    let mut built = pki.build(&sha256);
     // SHA-256's OID (…04 02 01) becomes SHA-512's (…04 02 03), same length.
     let oid = [0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
     let at = built.windows(oid.len()).position(|w| w == oid).unwrap();
     built[at + 8] = 0x03;
-    match check_ocsp(&built, &pki.leaf, &pki.issuer, pki.at, WEEK) {
+    match check_ocsp(&built, pki.cert(), pki.issuer(), pki.at, WEEK) {
         Err(OcspError::UnsupportedHash { algorithm, .. }) => {
             assert_eq!(algorithm, "2.16.840.1.101.3.4.2.3");
         }
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        ocsp_cert_id(&pki.leaf, &pki.issuer, &OcspHash::Sha1),
+        ocsp_cert_id(pki.cert(), pki.issuer(), &OcspHash::Sha1),
         Err(OcspError::UnsupportedHash { .. })
     ));
 }

@@ -256,54 +256,17 @@ fn the_550_driver_rim_reads_as_nvidia_wrote_it() {
     );
 }
 
-/// A P-384 public key for rcgen from a p384 signing key, so the test signs with `p384`.
-struct LeafKey(Vec<u8>);
-
-impl rcgen::PublicKeyData for LeafKey {
-    fn der_bytes(&self) -> &[u8] {
-        &self.0
-    }
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        &rcgen::PKCS_ECDSA_P384_SHA384
-    }
+/// A simulated NVIDIA PKI (its RIM chain: signer, L3, CA, CoRIM root); the simulator links
+/// the library build of this crate, so its `Architecture` is another type here and crosses
+/// over by name.
+fn sim_pki() -> tdx_sim::gpu::SimGpuPki {
+    let hopper = serde_json::from_value(serde_json::json!("hopper")).unwrap();
+    tdx_sim::gpu::SimGpuPki::generate(hopper, tdx_sim::gpu::SIM_RIM_NOT_AFTER).unwrap()
 }
 
-/// Root, intermediate and leaf (P-384), valid 2020..2040; the leaf's key is `leaf_key`.
-pub(super) fn simulated_chain(leaf_key: &SigningKey) -> Vec<Vec<u8>> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let params = |cn: &str, ca: bool| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.is_ca = if ca {
-            IsCa::Ca(BasicConstraints::Unconstrained)
-        } else {
-            IsCa::ExplicitNoCa
-        };
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2040, 1, 1);
-        p
-    };
-    let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-    let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-    let root = params("Simulated CoRIM Root", true)
-        .self_signed(&root_key)
-        .unwrap();
-    let root_issuer = Issuer::new(params("Simulated CoRIM Root", true), &root_key);
-    let ca = params("Simulated RIM CA", true)
-        .signed_by(&ca_key, &root_issuer)
-        .unwrap();
-    let ca_issuer = Issuer::new(params("Simulated RIM CA", true), &ca_key);
-    let leaf_public = LeafKey(
-        leaf_key
-            .verifying_key()
-            .to_encoded_point(false)
-            .as_bytes()
-            .to_vec(),
-    );
-    let leaf = params("Simulated RIM Signer", false)
-        .signed_by(&leaf_public, &ca_issuer)
-        .unwrap();
-    vec![leaf.der().to_vec(), ca.der().to_vec(), root.der().to_vec()]
+/// The simulated RIM signer's key.
+fn signer_key(pki: &tdx_sim::gpu::SimGpuPki) -> &SigningKey {
+    pki.rim_chain[0].key.signing_key()
 }
 
 /// The real 550.90.07 driver RIM with its signature cut out.
@@ -316,18 +279,18 @@ pub(super) fn unsigned_rim() -> Vec<u8> {
 
 #[test]
 fn a_signed_rim_verifies_with_its_simulated_chain() {
-    let key = SigningKey::random(&mut rand_core::OsRng);
-    let chain = simulated_chain(&key);
+    let pki = sim_pki();
+    let chain = pki.rim_chain_der();
     let unsigned = unsigned_rim();
-    let signed = sign_rim(&unsigned, &key, &chain).unwrap();
+    let signed = sign_rim(&unsigned, signer_key(&pki), &chain).unwrap();
     let rim = Rim::parse(&signed).unwrap();
     rim.verify_signature().unwrap();
     assert_eq!(rim.signing_chain(), chain.as_slice());
     let subjects = rim
-        .verify_chain(&chain[2], unix("2030-01-01T00:00:00Z"))
+        .verify_chain(&chain[3], unix("2029-01-01T00:00:00Z"))
         .unwrap();
-    assert_eq!(subjects.len(), 3);
-    assert!(subjects[0].contains("Simulated RIM Signer"));
+    assert_eq!(subjects.len(), 4);
+    assert!(subjects[0].contains("HCC RIM L4 Signer"), "{subjects:?}");
     // The same content as NVIDIA's, under another signature.
     assert_eq!(
         canonicalize_for_signing(&signed).unwrap(),
@@ -337,22 +300,22 @@ fn a_signed_rim_verifies_with_its_simulated_chain() {
         rim.measurements(),
         Rim::parse(&rim_bytes(DRIVER_550)).unwrap().measurements()
     );
-    // NVIDIA's root did not issue it; after 2040 it has expired.
+    // NVIDIA's root did not issue it; after 2030 it has expired.
     let err = rim
-        .verify_chain(&root(), unix("2030-01-01T00:00:00Z"))
+        .verify_chain(&root(), unix("2029-01-01T00:00:00Z"))
         .unwrap_err();
     assert!(
-        matches!(err, RimChainError::Issuer { index: 1, .. }),
+        matches!(err, RimChainError::Issuer { index: 2, .. }),
         "{err}"
     );
     assert!(!err.is_expired());
     let err = rim
-        .verify_chain(&chain[2], unix("2041-01-01T00:00:00Z"))
+        .verify_chain(&chain[3], unix("2031-01-01T00:00:00Z"))
         .unwrap_err();
     assert!(err.is_expired(), "{err}");
-    // Another key than the leaf's: the signature fails, the digest still matches.
-    let other = SigningKey::random(&mut rand_core::OsRng);
-    let forged = Rim::parse(&sign_rim(&unsigned, &other, &chain).unwrap()).unwrap();
+    // Another RIM signer's key than the leaf's: the signature fails, the digest still matches.
+    let other = sim_pki();
+    let forged = Rim::parse(&sign_rim(&unsigned, signer_key(&other), &chain).unwrap()).unwrap();
     assert_eq!(
         forged.verify_signature(),
         Err(RimSignatureError::BadSignature)
@@ -361,14 +324,14 @@ fn a_signed_rim_verifies_with_its_simulated_chain() {
 
 #[test]
 fn signing_refuses_a_signed_rim() {
-    let key = SigningKey::random(&mut rand_core::OsRng);
-    let chain = simulated_chain(&key);
+    let pki = sim_pki();
+    let key = signer_key(&pki);
     assert_eq!(
-        sign_rim(&rim_bytes(DRIVER_550), &key, &chain).unwrap_err(),
+        sign_rim(&rim_bytes(DRIVER_550), key, &pki.rim_chain_der()).unwrap_err(),
         RimError::SignatureCount { found: 1 }
     );
     assert!(matches!(
-        sign_rim(&unsigned_rim(), &key, &[]).unwrap_err(),
+        sign_rim(&unsigned_rim(), key, &[]).unwrap_err(),
         RimError::Certificates { found: 0, .. }
     ));
 }
