@@ -232,7 +232,10 @@ fn bad_input_gives_exit_1_or_2_and_never_panics() {
         );
     }
 
-    // Collateral with a field missing or malformed: a clear message naming the field.
+    // Collateral with a field missing or malformed: a bundle that is not valid collateral is
+    // malformed evidence, so exit 1 with no report and a one-line reason naming the field
+    // (docs/formats.md "Exit status", docs/verification.md section 2); 2 would claim nothing
+    // was decided.
     let full: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&coll).unwrap()).unwrap();
     let q = vector_path("phala-dcap-qvl/tdx_quote");
@@ -266,7 +269,9 @@ fn bad_input_gives_exit_1_or_2_and_never_panics() {
                 "--at",
                 PHALA_AT,
             ]);
-            assert!(r.code == 1 || r.code == 2, "{key}: {r}");
+            assert_eq!(r.code, 1, "{key}: {r}");
+            assert!(r.stdout.is_empty(), "{key}: {r}");
+            assert_eq!(r.stderr.lines().count(), 1, "{key}: {r}");
             assert!(r.stderr.contains(key), "{key}: {r}");
             assert!(!r.stderr.contains("panicked"), "{r}");
         }

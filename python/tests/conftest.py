@@ -35,6 +35,22 @@ def run_agent(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([agent_bin(), *args], capture_output=True, text=True, timeout=120)
 
 
+def start_serve(args: list[str], log: pathlib.Path) -> subprocess.Popen:
+    """`tdx-agent ARGS` with stdout piped (for the listening line, its only stdout) and stderr
+    to `log`: a pipe nobody reads fills at 64 KiB of log lines and then blocks the agent."""
+    with open(log, "wb") as stderr:
+        return subprocess.Popen([agent_bin(), *args], stdout=subprocess.PIPE, stderr=stderr, text=True)
+
+
+def log_tail(log: pathlib.Path, lines: int = 40) -> str:
+    """The end of a log written by `start_serve`, for a failure message."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as e:
+        return f"({log}: {e})"
+    return f"--- last {lines} lines of {log}\n" + "\n".join(text.splitlines()[-lines:])
+
+
 class _Upstream(ThreadingHTTPServer):
     # The barrier route holds many requests open at once: socketserver's default listen
     # backlog (5) would leave the agent's extra connections waiting on SYN retries.
@@ -155,23 +171,25 @@ class Agent:
         self.upstream = _Upstream(("127.0.0.1", 0), self.handler)
         threading.Thread(target=self.upstream.serve_forever, daemon=True).start()
         up = f"http://127.0.0.1:{self.upstream.server_address[1]}"
-        self.proc = subprocess.Popen(
-            [agent_bin(), "serve", "--tee", "sim", "--sim-dir", str(self.sim_dir), "--listen", "127.0.0.1:0",
+        self.log = tmp / "serve.log"
+        self.proc = start_serve(
+            ["serve", "--tee", "sim", "--sim-dir", str(self.sim_dir), "--listen", "127.0.0.1:0",
              "--upstream", up, "--model-dir", str(model), *serve_args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            self.log,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line.startswith("tdx-agent listening on "):
             self.proc.kill()
-            raise RuntimeError(f"serve did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+            self.proc.wait(timeout=10)
+            raise RuntimeError(f"serve did not start: {line!r}\n{log_tail(self.log)}")
         self.addr = line.split()[-1]
         self.url = f"https://{self.addr}"
         self.tmp = tmp
         self._probe = tdx_agent.httpx_client(self.url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=self.root)
         deadline = time.monotonic() + 60
         while self._probe.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, self._probe.get("/readyz").text
+            assert time.monotonic() < deadline, self._probe.get("/readyz").text + "\n" + log_tail(self.log)
             time.sleep(0.1)
 
     def policy_file(self, name: str, text: str) -> str:

@@ -5,14 +5,13 @@ it only against the simulated GPU roots, and refuse a policy requiring more GPUs
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import time
 
 import httpx
 import pytest
 
 import tdx_agent
-from conftest import agent_bin, run_agent
+from conftest import log_tail, run_agent, start_serve
 
 
 @pytest.fixture(scope="module")
@@ -21,19 +20,22 @@ def gpu_agent(tmp_path_factory: pytest.TempPathFactory):
     sim = tmp / "sim"
     r = run_agent("sim", "pki", "--sim-dir", str(sim), "--gpus", "2")
     assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen(
-        [agent_bin(), "serve", "--tee", "sim", "--sim-dir", str(sim), "--listen", "127.0.0.1:0", "--gpus", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    log = tmp / "serve.log"
+    proc = start_serve(
+        ["serve", "--tee", "sim", "--sim-dir", str(sim), "--listen", "127.0.0.1:0", "--gpus", "2"], log
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line.startswith("tdx-agent listening on "), proc.stderr.read() if proc.stderr else line
+    if not line.startswith("tdx-agent listening on "):
+        proc.kill()
+        proc.wait(timeout=10)
+        pytest.fail(f"serve did not start: {line!r}\n{log_tail(log)}")
     url = f"https://{line.split()[-1]}"
     root = str(sim / "root.der")
     probe = tdx_agent.httpx_client(url, policy=tdx_agent.Policy(), insecure_no_policy=True, insecure_root=root)
     deadline = time.monotonic() + 60
     while probe.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, probe.get("/readyz").text
+        assert time.monotonic() < deadline, probe.get("/readyz").text + "\n" + log_tail(log)
         time.sleep(0.1)
     probe.close()
     try:

@@ -464,19 +464,31 @@ mod tests {
 
     #[tokio::test]
     async fn a_source_that_cannot_open_says_why() {
+        // The source's own failure comes back as itself: not re-worded, and not mistaken for
+        // the thread having gone (it exits right after reporting the failure).
+        let failure = GpuSourceError::new(None, "opening", "the device node is missing");
+        let sent = failure.clone();
+        let e = Collector::open(move || Err(sent), Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(e, CollectorError::Source(failure), "{e}");
+        assert_eq!(e.index(), None);
+
+        // A panic while opening is caught on the thread and named as the open that failed.
         let e = Collector::open(
-            || {
-                Err(GpuSourceError::new(
-                    None,
-                    "loading NVML",
-                    "libnvidia-ml.so.1: not found",
-                ))
-            },
-            Duration::from_secs(5),
+            || panic!("NVML returned a buffer shorter than it said"),
+            Duration::from_secs(30),
         )
         .await
         .unwrap_err();
-        assert_eq!(e.to_string(), "loading NVML: libnvidia-ml.so.1: not found");
+        assert!(
+            matches!(&e, CollectorError::Panicked { index: None, what, .. } if what == "opening the GPU source"),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "opening the GPU source panicked inside the GPU library: NVML returned a buffer shorter than it said"
+        );
     }
 
     #[tokio::test]
@@ -489,7 +501,18 @@ mod tests {
         )
         .await
         {
-            Err(e) => assert!(e.to_string().contains("loading NVML"), "{e}"),
+            Err(e) => {
+                assert!(
+                    matches!(&e, CollectorError::Source(s) if s.call == "loading NVML"),
+                    "{e:?}"
+                );
+                assert!(
+                    e.to_string().contains(
+                        "install the NVIDIA driver (it provides libnvidia-ml.so.1) in the TD"
+                    ),
+                    "{e}"
+                );
+            }
             Ok(c) => assert_eq!(c.describe(), "NVML"),
         }
     }

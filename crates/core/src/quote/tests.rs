@@ -135,9 +135,21 @@ fn tdreport_and_synthetic_inputs_are_refused_cleanly() {
     let report = vector("google-go-tdx-guest/report.dat");
     assert_eq!(report.len(), 1024);
     assert!(Quote::parse(&report).is_err());
-    // Intel QVL's synthetic sample parses (its trust is refused by the verifier, elsewhere).
+    // Intel QVL's synthetic sample is a well-formed v4 TDX quote whose declared lengths
+    // account for the whole file (its trust is refused by the verifier, elsewhere).
     let sample = vector("intel-qvl-sample-tdx/quote.dat");
-    let _ = Quote::parse(&sample);
+    let q = Quote::parse(&sample).unwrap();
+    assert_eq!(q.header.version, 4);
+    assert_eq!(q.header.tee_type, layout::TEE_TYPE_TDX);
+    assert_eq!(q.body.kind, BodyKind::Td10);
+    assert_eq!(q.raw.len(), sample.len());
+    // Its type-5 certification data carries the chain as raw DER, not the PEM the type
+    // promises, so reading the chain is a clean error rather than garbage certificates.
+    assert!(
+        matches!(q.pck_chain_der(), Err(QuoteError::BadPem { .. })),
+        "{:?}",
+        q.pck_chain_der()
+    );
     // The CCEL quote from the GCE guest is a well-formed v4 quote.
     let q = vector("google-go-tdx-guest/ccel/cos-113-tdx-quote.dat");
     assert_eq!(Quote::parse(&q).unwrap().header.version, 4);
