@@ -199,8 +199,10 @@ fn stage_ok(v: &serde_json::Value, stage: &str) -> Option<bool> {
 fn pccs_outage_degrades_only_after_next_update_and_recovers() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().to_str().unwrap().to_string();
+    // Long enough that the read just after the PCCS goes cannot meet the expiry (it can only
+    // come 20 s after the agent's last fetch), short enough to wait out below.
     assert_eq!(
-        tdx_agent(&["sim", "pki", "--sim-dir", &d, "--collateral-lifetime", "8"]).code,
+        tdx_agent(&["sim", "pki", "--sim-dir", &d, "--collateral-lifetime", "20"]).code,
         0
     );
     // A fixed port so the PCCS can come back at the same address.
@@ -217,17 +219,14 @@ fn pccs_outage_degrades_only_after_next_update_and_recovers() {
         stage_ok(&readyz(&agent.addr), "collateral_fresh"),
         Some(true)
     );
-    let started = Instant::now();
     drop(pccs);
 
-    // Still ready while the cached collateral is valid (issued 60 s back, valid 8 s more).
-    std::thread::sleep(Duration::from_secs(3));
+    // Losing the PCCS alone changes nothing: the cached collateral is still valid.
     let v = readyz(&agent.addr);
-    if started.elapsed() < Duration::from_secs(7) {
-        assert_eq!(stage_ok(&v, "collateral_fresh"), Some(true), "{v}");
-    }
-    // Then not ready, naming the stage.
-    let deadline = Instant::now() + Duration::from_secs(30);
+    assert_eq!(stage_ok(&v, "collateral_fresh"), Some(true), "{v}");
+    assert_eq!(v["ready"], true, "{v}");
+    // Then, once its nextUpdate has passed, not ready, naming the stage.
+    let deadline = Instant::now() + Duration::from_secs(90);
     let v = loop {
         let v = readyz(&agent.addr);
         if stage_ok(&v, "collateral_fresh") == Some(false) || Instant::now() > deadline {
@@ -237,6 +236,17 @@ fn pccs_outage_degrades_only_after_next_update_and_recovers() {
     };
     assert_eq!(v["ready"], false, "{v}");
     assert_eq!(stage_ok(&v, "collateral_fresh"), Some(false), "{v}");
+    // Only after the nextUpdate it names: read from the same clock after the agent said so.
+    let detail = stage_detail(&v, "collateral_fresh");
+    let expired_at = detail
+        .strip_prefix("collateral expired at ")
+        .and_then(|rest| rest.split_once(" and none could be fetched"))
+        .map(|(at, _)| tdx_core::verify::time::parse_rfc3339(at).unwrap())
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert!(
+        tdx_core::verify::time::now_unix() >= expired_at,
+        "declared stale before its nextUpdate: {detail}"
+    );
 
     // The PCCS is back: fresh collateral, a new certificate, ready again.
     let _pccs = support::SimPccs::start(&d, &listen);
@@ -358,9 +368,9 @@ fn readyz_until(addr: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_
     }
 }
 
-/// POST a challenge with curl: (HTTP status, JSON body, how long it took).
-fn curl_challenge(addr: &str) -> (u16, serde_json::Value, Duration) {
-    let started = Instant::now();
+/// POST a challenge with curl: (HTTP status, JSON body). Curl gives up after 60 s (status 0),
+/// so a hung agent fails the test instead of hanging it.
+fn curl_challenge(addr: &str) -> (u16, serde_json::Value) {
     let out = Command::new("curl")
         .args([
             "-sk",
@@ -376,14 +386,12 @@ fn curl_challenge(addr: &str) -> (u16, serde_json::Value, Duration) {
         ])
         .output()
         .expect("curl is needed for this test (apt-get install curl)");
-    let took = started.elapsed();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
     let code = code.trim().parse().unwrap_or(0);
     (
         code,
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-        took,
     )
 }
 
@@ -397,10 +405,10 @@ fn stage_detail(v: &serde_json::Value, stage: &str) -> String {
 }
 
 /// The quote provider hangs (the simulated TD's fault-injection switch, DIR/quote-hang):
-/// challenges get a 503 naming the quote timeout within a few seconds instead of hanging, a
-/// rotation fails and /readyz names the certificate stage and the timeout, the previous
-/// certificate keeps serving, and once the provider answers again everything recovers (the
-/// hung quote did not wedge the agent).
+/// challenges get a 503 naming the quote timeout instead of hanging, a rotation fails and
+/// /readyz names the certificate stage and the timeout, the previous certificate keeps
+/// serving, and once the provider answers again everything recovers (the hung quote did not
+/// wedge the agent).
 #[test]
 fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
     let sim = SimTd::new();
@@ -410,27 +418,23 @@ fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
     let agent = support::Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
     assert_eq!(readyz(&agent.addr)["ready"], true);
     let rtmr3 = attest_rtmr3(&agent.addr, &root);
-    let (code, _, _) = curl_challenge(&agent.addr);
+    let (code, _) = curl_challenge(&agent.addr);
     assert_eq!(code, 200);
 
     let switch = sim.dir.join(tdx_sim::QUOTE_HANG);
     std::fs::write(&switch, b"").unwrap();
 
-    // A challenge: 503 after the 2 s quote timeout, not a hang.
-    let (code, v, took) = curl_challenge(&agent.addr);
-    println!("challenge with a hung quote provider: HTTP {code} after {took:?}");
+    // A challenge: a 503 naming the quote timeout (so the timeout fired), not a hang.
+    let (code, v) = curl_challenge(&agent.addr);
     assert_eq!(code, 503, "{v}");
     assert_eq!(v["error"]["type"], "evidence_unavailable", "{v}");
     let msg = v["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("quote timeout"), "{v}");
-    assert!(
-        took >= Duration::from_millis(1900) && took < Duration::from_secs(10),
-        "answered after {took:?} with a 2 s quote timeout"
-    );
     // Another one while the first quote is still stuck: it queues behind it and times out too.
-    let (code, v, took) = curl_challenge(&agent.addr);
+    let (code, v) = curl_challenge(&agent.addr);
     assert_eq!(code, 503, "{v}");
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("quote timeout"), "{v}");
 
     // A rotation fails and says why; /readyz names the stage and the timeout.
     let r = tdx_agent(&["admin", "--socket", &socket, "rotate"]);
@@ -454,7 +458,7 @@ fn hanging_quote_provider_times_out_keeps_the_old_certificate_and_recovers() {
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(readyz(&agent.addr)["ready"], true);
     for _ in 0..2 {
-        let (code, v, _) = curl_challenge(&agent.addr);
+        let (code, v) = curl_challenge(&agent.addr);
         assert_eq!(code, 200, "{v}");
         assert!(v["quote"].is_string(), "{v}");
     }
@@ -572,7 +576,7 @@ fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
     // Challenges succeed until their record no longer fits the active file.
     let mut logged = Vec::new();
     let refused = loop {
-        let (code, v, _) = curl_challenge(&agent.addr);
+        let (code, v) = curl_challenge(&agent.addr);
         if code != 200 {
             break (code, v);
         }
@@ -600,7 +604,7 @@ fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
     assert!(v.get("quote").is_none(), "{v}");
     // And it stays that way: no quote is handed out while nothing can be logged.
     for _ in 0..3 {
-        let (code, v, _) = curl_challenge(&agent.addr);
+        let (code, v) = curl_challenge(&agent.addr);
         assert_eq!(code, 503, "{v}");
         assert!(v.get("quote").is_none(), "{v}");
     }
@@ -629,7 +633,7 @@ fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
 
     // The log is writable again: challenges succeed (into the next file).
     std::fs::remove_dir(&obstacle).unwrap();
-    let (code, v, _) = curl_challenge(&agent.addr);
+    let (code, v) = curl_challenge(&agent.addr);
     assert_eq!(code, 200, "{v}");
     logged.push(v["report_data"].as_str().unwrap().to_string());
     assert!(audit_dir.join(&next_name).is_file());

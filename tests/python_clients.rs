@@ -26,16 +26,38 @@ struct Agent {
     /// The "tdx-agent listening on ADDR" line, when it comes.
     listening: Receiver<String>,
     log: PathBuf,
+    /// The simulated TD's quote-hang switch (DIR/quote-hang).
+    quote_hang: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
 impl Agent {
     fn start(listen: &str, extra: &[&str]) -> Agent {
+        Agent::start_with(listen, extra, false)
+    }
+
+    /// With `quotes_hang`, the simulated TD's quotes hang from the start (until the test
+    /// removes [`Agent::quote_hang`]), so the agent stays in its startup, before its first
+    /// certificate and its listener, for as long as the test wants.
+    fn start_with(listen: &str, extra: &[&str], quotes_hang: bool) -> Agent {
         let tmp = tempfile::tempdir().unwrap();
-        let sim = tmp.path().join("sim");
-        let sim = sim.to_str().unwrap();
+        let sim_dir = tmp.path().join("sim");
+        let sim = sim_dir.to_str().unwrap();
         let r = tdx_agent(&["sim", "pki", "--sim-dir", sim]);
         assert_eq!(r.code, 0, "sim pki: {r}");
+        let quote_hang = sim_dir.join(tdx_sim::QUOTE_HANG);
+        let config = tmp.path().join("agent.toml");
+        if quotes_hang {
+            std::fs::write(&quote_hang, b"").unwrap();
+            // The longest quote timeout, so a slow test holding the gate cannot make the
+            // startup fail on a timeout instead.
+            std::fs::write(&config, "[tee]\nquote_timeout_secs = 600\n").unwrap();
+        }
+        let config_args: Vec<&std::ffi::OsStr> = if quotes_hang {
+            vec!["--config".as_ref(), config.as_os_str()]
+        } else {
+            Vec::new()
+        };
         let audit = tmp.path().join("audit");
         let state = tmp.path().join("state");
         let log = tmp.path().join("agent.log");
@@ -53,6 +75,7 @@ impl Agent {
             .arg(&audit)
             .arg("--state-dir")
             .arg(&state)
+            .args(config_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -72,6 +95,7 @@ impl Agent {
             child,
             listening: rx,
             log,
+            quote_hang,
             _tmp: tmp,
         }
     }
@@ -160,18 +184,29 @@ fn python_grpc_clients_get_evidence_health_and_errors() {
 
 #[test]
 fn health_is_serving_only_once_ready() {
-    // With a slow simulated quote the first certificate takes 1.5 s, and the port is bound
-    // only after it: a probe before then must find nothing, never SERVING.
+    // The port is bound only after the first certificate, whose quote hangs until the test
+    // lets it go: a probe before then must find nothing, never SERVING. (The address is
+    // fixed in advance so the early probe knows where the agent will listen.)
     let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut agent = Agent::start(&addr, &["--sim-quote-delay-ms", "1500"]);
+    let mut agent = Agent::start_with(&addr, &[], true);
+    // The agent is up and in its startup, waiting for the first quote.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent.log().contains("quote hangs while the switch exists") {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never reached its first quote; agent {:?}\n--- agent log\n{}",
+            agent.child.try_wait(),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let early = client(&addr, "health");
-    // The listening line is printed before the listener serves, so if it has not come by
-    // now, the probe above ran entirely before any TLS handshake could complete.
+    // Holds by construction (the listening line comes after the first certificate, whose
+    // quote still hangs); checked so the probe below is known to be an early one.
     assert!(
         agent.listening.try_recv().is_err(),
-        "the agent was already listening when the early probe ended: the precondition of \
-         this test did not hold (probe: {early})"
+        "the agent was listening while its first quote hung (probe: {early})"
     );
     assert_eq!(
         early.code, 3,
@@ -179,6 +214,7 @@ fn health_is_serving_only_once_ready() {
     );
     assert!(!early.stdout.contains("SERVING"), "{early}");
 
+    std::fs::remove_file(&agent.quote_hang).unwrap();
     assert_eq!(agent.addr(), addr);
     // /readyz (HTTPS on the same listener) turns 200; from then on health says SERVING.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -724,7 +724,9 @@ fn kernel_errors_become_the_providers_clear_errors() {
     emu.stop();
 }
 
-/// Quote requests from several processes queue behind the one kernel lock.
+/// Quote requests from several processes queue behind the one kernel lock: the emulator
+/// counts the quote generations in progress at once, which stays 1 however the three
+/// requests overlap (the 300 ms delay makes them overlap, were nothing serialising them).
 #[test]
 fn concurrent_requests_are_serialised_by_the_kernel_lock() {
     let sim = SimTd::new();
@@ -732,7 +734,6 @@ fn concurrent_requests_are_serialised_by_the_kernel_lock() {
         return;
     };
     let emu_ref = Arc::new((emu.report(), emu.measurements()));
-    let start = Instant::now();
     let threads: Vec<_> = (0..3u32)
         .map(|i| {
             let paths = Arc::clone(&emu_ref);
@@ -751,12 +752,9 @@ fn concurrent_requests_are_serialised_by_the_kernel_lock() {
     for t in threads {
         t.join().unwrap();
     }
-    let elapsed = start.elapsed();
-    assert!(
-        elapsed >= Duration::from_millis(900),
-        "three 300 ms quotes took only {elapsed:?}: not serialised"
-    );
-    assert_eq!(emu.stats()["quotes_ok"], 3);
+    let stats = emu.stats();
+    assert_eq!(stats["quotes_ok"], 3, "{stats:?}");
+    assert_eq!(stats["max_concurrent"], 1, "not serialised: {stats:?}");
     assert!(emu.entries().is_empty());
     emu.stop();
 }

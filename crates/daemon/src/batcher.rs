@@ -6,9 +6,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+// Tokio's clock rather than std's: the same monotonic clock in production, and the one a
+// paused test runtime controls, so the gathering tests run in exact virtual time.
+use tokio::time::Instant;
 
 use tdx_core::challenge::ChallengeError;
 use tdx_core::challenge::merkle::{self, Hash, Proof};

@@ -374,12 +374,11 @@ async fn overload_is_refused_and_batches_are_bounded() {
 }
 
 /// With a gathering window, a burst that arrives over a few milliseconds shares the first
-/// quote; without one, its first caller takes a quote alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// quote; without one, its first caller takes a quote alone. On the paused clock, so the
+/// burst's spacing and the window are exact virtual times, not hopes about the scheduler.
+#[tokio::test(start_paused = true)]
 async fn gathering_window_lets_a_burst_share_the_first_quote() {
-    for (gather, max_quotes, min_quotes) in
-        [(Duration::from_millis(150), 1, 1), (Duration::ZERO, 2, 2)]
-    {
+    for (gather, quotes) in [(Duration::from_millis(150), 1), (Duration::ZERO, 2)] {
         let quoter = Arc::new(SlowQuoter {
             delay: Duration::from_millis(200),
             calls: AtomicUsize::new(0),
@@ -397,29 +396,28 @@ async fn gathering_window_lets_a_burst_share_the_first_quote() {
             tasks.push(tokio::spawn(
                 async move { b.challenge(&[i + 1], spki()).await },
             ));
-            // The burst trickles in over ~40 ms, well inside the 150 ms window.
+            // The burst trickles in over 38 ms, well inside the 150 ms window.
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         for t in tasks {
             t.await.unwrap().unwrap();
         }
         let calls = quoter.calls.load(Ordering::SeqCst);
-        assert!(
-            (min_quotes..=max_quotes).contains(&calls),
-            "gather {gather:?}: {calls} quotes"
-        );
+        assert_eq!(calls, quotes, "gather {gather:?}");
     }
 }
 
 /// A burst that keeps arriving for longer than the gathering window still shares the first
 /// quote (the window extends while challenges come in, up to four times its length), a lone
-/// challenge waits only about the window, and a stream that never pauses is cut at the limit.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// challenge waits only the window, and a stream that never pauses is cut at the limit. On
+/// the paused clock: every time below is exact virtual time.
+#[tokio::test(start_paused = true)]
 async fn gathering_extends_while_a_burst_keeps_arriving() {
     let gather = Duration::from_millis(50);
+    let quote_delay = Duration::from_millis(100);
     let run = |arrivals: usize| async move {
         let quoter = Arc::new(SlowQuoter {
-            delay: Duration::from_millis(100),
+            delay: quote_delay,
             calls: AtomicUsize::new(0),
         });
         let batcher = Batcher::new(
@@ -429,7 +427,7 @@ async fn gathering_extends_while_a_burst_keeps_arriving() {
                 ..BatcherConfig::default()
             },
         );
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut tasks = Vec::new();
         for i in 0..arrivals {
             let b = batcher.clone();
@@ -448,23 +446,28 @@ async fn gathering_extends_while_a_burst_keeps_arriving() {
         (quoter.calls.load(Ordering::SeqCst), answered)
     };
 
-    // One challenge: the window and the 100 ms quote, no more.
+    // One challenge: the window and the quote, no more.
     let (calls, answered) = run(1).await;
     assert_eq!(calls, 1);
-    assert!(
-        answered[0] >= Duration::from_millis(150) && answered[0] < Duration::from_millis(250),
-        "a lone challenge answered after {:?}",
-        answered[0]
-    );
-    // About 25 arrivals over ~60-100 ms, past the 50 ms window: one quote for all.
-    let (calls, _) = run(25).await;
+    assert_eq!(answered, [gather + quote_delay], "a lone challenge");
+    // 60 arrivals over 118 ms, more than twice the 50 ms window: one quote for all, made once
+    // the burst has been quiet for a quiet interval (checks at 125 and 150 ms).
+    let (calls, answered) = run(60).await;
     assert_eq!(calls, 1, "a burst longer than the window was split");
-    // A stream of ~400 ms: gathering stops at 200 ms, so the first quote is not held back.
-    let (calls, answered) = run(200).await;
-    assert!(calls >= 2, "{calls} quotes");
-    let first = answered.iter().min().unwrap();
     assert!(
-        *first < Duration::from_millis(400),
-        "the first answer came after {first:?}: gathering did not stop at its limit"
+        answered
+            .iter()
+            .all(|&t| t == Duration::from_millis(150) + quote_delay),
+        "{answered:?}"
+    );
+    // A stream of 400 ms: gathering stops at its 200 ms limit, so the first quote is not held
+    // back; the rest of the stream rides on the quotes after it.
+    let (calls, answered) = run(200).await;
+    assert_eq!(calls, 3, "{calls} quotes");
+    let first = answered.iter().min().unwrap();
+    assert_eq!(
+        *first,
+        gather * 4 + quote_delay,
+        "gathering did not stop at its limit"
     );
 }
