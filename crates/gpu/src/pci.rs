@@ -7,16 +7,40 @@ pub const DEFAULT_PCI_DEVICES_DIR: &str = "/sys/bus/pci/devices";
 pub const NVIDIA_VENDOR: &str = "0x10de";
 
 /// The PCI addresses of NVIDIA display and 3D controllers (class 0x0300xx, 0x0302xx) under
-/// `devices_dir`, sorted. NVSwitches (bridges) and audio functions are not GPUs. A missing
-/// directory (no PCI bus in the guest) means none.
+/// `devices_dir`, sorted. NVSwitches (bridges) and audio functions are not GPUs.
+///
+/// A missing directory is an error, since "no GPU" here switches off the checks that GPUs
+/// are configured and all seen by NVML. The one exception is the default path on a kernel
+/// without PCI support, where there can be no GPU: sysfs is mounted (`/sys/bus` exists) but
+/// has no `pci` bus. Without sysfs (a container not given `/sys`) it is still an error.
 pub fn nvidia_gpus(devices_dir: &Path) -> Result<Vec<String>, PciError> {
+    scan(devices_dir, Path::new(DEFAULT_PCI_DEVICES_DIR))
+}
+
+fn scan(devices_dir: &Path, default_dir: &Path) -> Result<Vec<String>, PciError> {
     let err = |path: &Path, e: std::io::Error| PciError {
         path: path.to_path_buf(),
         detail: e.to_string(),
     };
     let entries = match std::fs::read_dir(devices_dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // default_dir is BUS/pci/devices: BUS without its pci directory is that kernel.
+            let bus = default_dir.parent().and_then(Path::parent);
+            let bus_pci = default_dir.parent();
+            if devices_dir == default_dir
+                && bus.is_some_and(Path::is_dir)
+                && bus_pci.is_some_and(|p| !p.exists())
+            {
+                return Ok(Vec::new());
+            }
+            return Err(PciError {
+                path: devices_dir.to_path_buf(),
+                detail: format!(
+                    "{e}: without it GPUs the configuration does not name go unnoticed; set gpu.pci_devices_dir to where sysfs lists PCI devices (default {DEFAULT_PCI_DEVICES_DIR})"
+                ),
+            });
+        }
         Err(e) => return Err(err(devices_dir, e)),
     };
     let mut out = Vec::new();
@@ -74,6 +98,26 @@ mod tests {
             nvidia_gpus(tmp.path()).unwrap(),
             ["0000:41:00.0", "0000:c1:00.0"]
         );
-        assert!(nvidia_gpus(&tmp.path().join("absent")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_unless_the_kernel_has_no_pci_bus() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = nvidia_gpus(&tmp.path().join("absent")).unwrap_err();
+        assert_eq!(err.path, tmp.path().join("absent"));
+        assert!(err.to_string().contains("gpu.pci_devices_dir"), "{err}");
+
+        // The default path, with sysfs mounted but no pci bus: no GPU can be there.
+        let default = tmp.path().join("sys/bus/pci/devices");
+        std::fs::create_dir_all(tmp.path().join("sys/bus/platform")).unwrap();
+        assert!(scan(&default, &default).unwrap().is_empty());
+        // Another path missing on that kernel is still a mistake in the configuration.
+        assert!(scan(&tmp.path().join("sys/bus/pcie/devices"), &default).is_err());
+        // A pci bus without its devices directory is not "no PCI".
+        std::fs::create_dir_all(tmp.path().join("sys/bus/pci")).unwrap();
+        assert!(scan(&default, &default).is_err());
+        // Without sysfs at all the GPUs are merely out of sight.
+        let unmounted = tmp.path().join("nosys/bus/pci/devices");
+        assert!(scan(&unmounted, &unmounted).is_err());
     }
 }

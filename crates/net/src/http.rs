@@ -88,6 +88,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Whether a URL's host (as `Uri::host` gives it, IPv6 in brackets) is this machine: a
+/// loopback address or `localhost`. Names that resolve to loopback do not count: resolution
+/// is the host's to answer.
+pub fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

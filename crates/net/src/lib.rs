@@ -6,7 +6,7 @@
 pub mod forward;
 pub mod head_timer;
 mod http;
-pub use http::error_chain;
+pub use http::{error_chain, is_loopback_host};
 pub mod nvidia;
 pub mod pccs;
 pub mod webhook;

@@ -176,12 +176,7 @@ fn check_webhook_url(url: &str) -> Result<(), String> {
     let Some(host) = uri.host() else {
         return Err(format!("{url:?} has no host"));
     };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = tdx_net::is_loopback_host(host);
     match uri.scheme_str() {
         Some("https") => Ok(()),
         Some("http") if loopback => Ok(()),

@@ -27,8 +27,10 @@
 //! chronological order (zero padding), which `audit.log.N` naming would not. Before a record
 //! would push the active file past `max_bytes`, the writer starts the next number; the chain
 //! simply continues (the new file's first `prev` is the hash of the old file's last line).
-//! With `keep = Some(n)` the oldest files beyond `n` are deleted after a rotation; the default
-//! keeps everything, because deleting audit records is the operator's decision.
+//! With `keep = Some(n)` the oldest files beyond `n` (the active file counts) are deleted after
+//! a rotation; `None`, [`AuditOptions`]' default, keeps everything, because deleting audit
+//! records is the operator's decision. `tdx-agent serve` always passes its `audit.keep`, which
+//! defaults to 16 files and refuses 0 (docs/configuration.md).
 //!
 //! # What is never logged
 //!

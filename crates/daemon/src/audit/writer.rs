@@ -20,7 +20,9 @@ use time::{OffsetDateTime, UtcOffset};
 pub struct AuditOptions {
     /// Start a new file before a record would make the active file larger than this.
     pub max_bytes: u64,
-    /// Keep at most this many files (the oldest are deleted after a rotation); `None` keeps all.
+    /// Keep at most this many files, the active one included (the oldest are deleted after a
+    /// rotation); `None` keeps all. `Some(0)` keeps 1: the file being written is never
+    /// deleted (the serve configuration refuses `audit.keep = 0` before it gets here).
     pub keep: Option<usize>,
     /// Rate limit for every event type without an override; `None` = unlimited.
     pub default_rate: Option<RateLimit>,

@@ -153,6 +153,29 @@ impl GpuConfig {
                 ));
             }
         }
+        if self.source == GpuSourceKind::Nvml && self.insecure_sim_dir.is_some() {
+            return Some((
+                "gpu.insecure_sim_dir",
+                "only meaningful with source = \"sim\"".into(),
+            ));
+        }
+        // The parser the agent fetches with, so that `config check` refuses what the start
+        // would, and before the start has written anything.
+        if let Err(e) = tdx_net::nvidia::NvidiaServices::new(
+            &self.rim_service,
+            &self.ocsp_responder,
+            None,
+            None,
+        ) {
+            let field = match &e {
+                tdx_net::nvidia::GpuFetchError::Url {
+                    what: "OCSP responder",
+                    ..
+                } => "gpu.ocsp_responder",
+                _ => "gpu.rim_service",
+            };
+            return Some((field, e.to_string()));
+        }
         if !(1..=600).contains(&self.timeout_secs) {
             return Some((
                 "gpu.timeout_secs",
@@ -210,6 +233,19 @@ mod tests {
             ("required = 1\nrecheck_secs = 0", "gpu.recheck_secs"),
             ("required = 1\nsource = \"cuda\"", "cuda"),
             ("required = 1\nsurprise = true", "surprise"),
+            (
+                "required = 1\nrim_service = \"ftp://rim.example\"",
+                "gpu.rim_service",
+            ),
+            ("required = 1\nrim_service = \"\"", "gpu.rim_service"),
+            (
+                "required = 1\nocsp_responder = \"ocsp.example\"",
+                "gpu.ocsp_responder",
+            ),
+            (
+                "required = 1\ninsecure_sim_dir = \"/sim\"",
+                "gpu.insecure_sim_dir: only meaningful",
+            ),
         ] {
             let err = Config::from_toml(&format!("{SIM}[gpu]\n{table}"), "c.toml")
                 .unwrap_err()

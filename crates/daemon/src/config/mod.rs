@@ -142,7 +142,8 @@ pub struct AuditConfig {
     pub dir: PathBuf,
     /// Rotate the active file past this size.
     pub max_bytes: u64,
-    /// Rotated files kept.
+    /// Files kept, the active one included: after a rotation the oldest beyond this are
+    /// deleted. At least 1 (the active file is never deleted); default 16.
     pub keep: u32,
 }
 
@@ -229,6 +230,7 @@ impl Default for LimitsConfig {
 pub struct UpstreamUrl {
     pub authority: String,
     text: String,
+    loopback: bool,
 }
 
 impl UpstreamUrl {
@@ -243,15 +245,34 @@ impl UpstreamUrl {
             .authority()
             .filter(|a| a.port_u16().is_some())
             .ok_or_else(|| format!("{s:?}: expected http://HOST:PORT with an explicit port"))?;
+        if authority.port_u16() == Some(0) {
+            return Err(format!("{s:?}: port 0 names no server"));
+        }
+        // Credentials in the URL would be sent to the model server with every request, and
+        // `u@h` reads too easily as host `u`.
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "{s:?}: no user information (USER@); give only scheme, host and port"
+            ));
+        }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
             return Err(format!(
                 "{s:?}: give only scheme, host and port; request paths are forwarded as they come"
             ));
         }
+        let host = authority.host();
+        let loopback = tdx_net::is_loopback_host(host);
         Ok(UpstreamUrl {
             authority: authority.to_string(),
             text: format!("http://{authority}"),
+            loopback,
         })
+    }
+
+    /// A loopback IP literal (127.0.0.0/8, ::1) or `localhost`: an address that cannot leave
+    /// the TD. Any other name is resolved through DNS, which the host controls.
+    pub fn is_loopback(&self) -> bool {
+        self.loopback
     }
 
     /// `http://HOST:PORT`, no trailing slash.
@@ -331,6 +352,12 @@ pub struct UpstreamConfig {
     /// SHA-256 (hex) of each accepted API key, sent as `Authorization: Bearer KEY`. Empty:
     /// no key needed (the attestation is the gate). The header is not forwarded when set.
     pub api_key_sha256: Vec<ApiKeyHash>,
+    /// Accept an `url` that is not loopback. The front door forwards decrypted requests to it
+    /// in plaintext, so it must still be inside the TD (a container on a bridge inside it);
+    /// the agent cannot check that. Left out of the measured configuration while false, so
+    /// configurations written before this key measure as they did.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_allow_non_loopback: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -347,6 +374,7 @@ impl Default for UpstreamConfig {
             max_request_body_bytes: 32 << 20,
             max_concurrent_requests: 1_024,
             api_key_sha256: Vec::new(),
+            insecure_allow_non_loopback: false,
         }
     }
 }
@@ -433,6 +461,12 @@ impl Config {
             }
             _ => {}
         }
+        if self.tee.kind != TeeKindConfig::Sim && self.tee.sim_quote_delay_ms.is_some() {
+            return invalid(
+                "tee.sim_quote_delay_ms",
+                "only meaningful with kind = \"sim\"".into(),
+            );
+        }
         if !(1..=MAX_QUOTE_TIMEOUT_SECS).contains(&self.tee.quote_timeout_secs) {
             return invalid(
                 "tee.quote_timeout_secs",
@@ -469,6 +503,13 @@ impl Config {
         if self.tls.subject_alt_names.is_empty() {
             return invalid("tls.subject_alt_names", "list at least one name".into());
         }
+        // Here and not when the certificate is built: by then RTMR3 holds this configuration,
+        // and a corrected one would need a reboot of the TD.
+        for name in &self.tls.subject_alt_names {
+            if let Err(why) = check_subject_alt_name(name) {
+                return invalid("tls.subject_alt_names", format!("{name:?}: {why}"));
+            }
+        }
         if self.challenge.gather_ms > 1000 {
             return invalid(
                 "challenge.gather_ms",
@@ -488,6 +529,12 @@ impl Config {
             return invalid(
                 "limits",
                 "max_connections and header_read_timeout_secs must be positive".into(),
+            );
+        }
+        if self.limits.max_request_body_bytes == 0 {
+            return invalid(
+                "limits.max_request_body_bytes",
+                "0 refuses every challenge and gRPC request; give a size in bytes".into(),
             );
         }
         if self.limits.max_connections > MAX_CONNECTIONS {
@@ -558,6 +605,39 @@ impl Config {
                 "intervals, timeouts and max_concurrent_requests must be positive".into(),
             );
         }
+        if u.max_request_body_bytes == 0 {
+            return invalid(
+                "upstream.max_request_body_bytes",
+                "0 refuses every model request with a body; give a size in bytes".into(),
+            );
+        }
+        match (&u.url, u.insecure_allow_non_loopback) {
+            (Some(url), false) if !url.is_loopback() => {
+                return invalid(
+                    "upstream.url",
+                    format!(
+                        "{}: not loopback (127.0.0.0/8, ::1 or localhost); the front door forwards decrypted requests to it in plaintext, and a name is resolved through DNS, which the host controls. A model server elsewhere inside the TD needs upstream.insecure_allow_non_loopback = true",
+                        url.as_str()
+                    ),
+                );
+            }
+            (None, true) => {
+                return invalid(
+                    "upstream.insecure_allow_non_loopback",
+                    "only meaningful with upstream.url".into(),
+                );
+            }
+            (Some(url), true) if url.is_loopback() => {
+                return invalid(
+                    "upstream.insecure_allow_non_loopback",
+                    format!(
+                        "{} is loopback: nothing to allow; remove the key",
+                        url.as_str()
+                    ),
+                );
+            }
+            _ => {}
+        }
         if u.url.is_none() && !u.api_key_sha256.is_empty() {
             return invalid(
                 "upstream.api_key_sha256",
@@ -570,6 +650,12 @@ impl Config {
         if self.audit.max_bytes < 4096 {
             return invalid("audit.max_bytes", "must be at least 4096".into());
         }
+        if self.audit.keep == 0 {
+            return invalid(
+                "audit.keep",
+                "must be at least 1 (it counts the file being written)".into(),
+            );
+        }
         if let Some((field, detail)) = self
             .gpu
             .as_ref()
@@ -579,6 +665,86 @@ impl Config {
         }
         Ok(())
     }
+
+    /// Every setting in effect that weakens what this agent's attestation or front door
+    /// promises, as `key = value`: `serve` logs them at start, so that an operator reading
+    /// the log sees them.
+    pub fn insecure_settings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.tee.kind == TeeKindConfig::Sim {
+            out.push("tee.kind = \"sim\" (a simulated TD: its evidence proves nothing)".into());
+        }
+        if let Some(p) = &self.collateral.insecure_root {
+            out.push(format!("collateral.insecure_root = {}", p.display()));
+        }
+        if let Some(url) = self
+            .upstream
+            .url
+            .as_ref()
+            .filter(|_| self.upstream.insecure_allow_non_loopback)
+        {
+            out.push(format!(
+                "upstream.insecure_allow_non_loopback = true (plaintext to {})",
+                url.as_str()
+            ));
+        }
+        if let Some(g) = &self.gpu {
+            if g.source == GpuSourceKind::Sim {
+                out.push("gpu.source = \"sim\" (simulated GPUs)".into());
+            }
+            if let Some(p) = &g.insecure_roots {
+                out.push(format!("gpu.insecure_roots = {}", p.display()));
+            }
+            if let Some(p) = &g.insecure_sim_dir {
+                out.push(format!("gpu.insecure_sim_dir = {}", p.display()));
+            }
+            if g.insecure_serve_unattested {
+                out.push("gpu.insecure_serve_unattested = true".into());
+            }
+        }
+        out
+    }
+}
+
+/// Longest DNS name (RFC 1035), and longest label.
+const MAX_DNS_NAME: usize = 253;
+const MAX_DNS_LABEL: usize = 63;
+
+/// A subjectAltName entry: an IP address, or a DNS name of ASCII letters, digits, hyphens and
+/// dots (a leading `*.` allowed), as a certificate's dNSName must be.
+fn check_subject_alt_name(name: &str) -> Result<(), String> {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if name.len() > MAX_DNS_NAME {
+        return Err(format!(
+            "{} characters; a DNS name has at most {MAX_DNS_NAME}",
+            name.len()
+        ));
+    }
+    let labels = name.strip_prefix("*.").unwrap_or(name);
+    for label in labels.split('.') {
+        if label.is_empty() || label.len() > MAX_DNS_LABEL {
+            return Err(format!(
+                "neither an IP address nor a DNS name: each dot-separated label has 1..={MAX_DNS_LABEL} characters"
+            ));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(
+                "neither an IP address nor a DNS name: only ASCII letters, digits, '-' and '.' (a leading \"*.\" allowed; write an internationalised name in its xn-- form)"
+                    .into(),
+            );
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "neither an IP address nor a DNS name: label {label:?} starts or ends with '-'"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -679,5 +845,174 @@ mod tests {
             let err = Config::from_toml(text, "c.toml").unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
+    }
+    const SIM: &str = "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n";
+    const REAL: &str = "[collateral]\npccs_url = \"https://pccs:8081\"\n";
+
+    fn refusal(text: &str) -> String {
+        match Config::from_toml(text, "c.toml") {
+            Ok(_) => panic!("accepted: {text:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn upstream_must_be_loopback_unless_told_otherwise() {
+        for url in [
+            "http://127.0.0.1:8000",
+            "http://127.3.4.5:8000",
+            "http://[::1]:8000",
+            "http://localhost:8000",
+            "http://LOCALHOST:8000/",
+        ] {
+            let c = Config::from_toml(&format!("{SIM}[upstream]\nurl = \"{url}\""), "c.toml")
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert!(c.upstream.url.unwrap().is_loopback(), "{url}");
+        }
+        for url in [
+            "http://10.0.0.7:8000",
+            "http://vllm:8000",
+            "http://localhost.evil.example:8000",
+            "http://[::ffff:10.0.0.7]:8000",
+            "http://0.0.0.0:8000",
+        ] {
+            let err = refusal(&format!("{SIM}[upstream]\nurl = \"{url}\""));
+            assert!(
+                err.contains("upstream.url") && err.contains("insecure_allow_non_loopback"),
+                "{url}: {err}"
+            );
+            let c = Config::from_toml(
+                &format!("{SIM}[upstream]\nurl = \"{url}\"\ninsecure_allow_non_loopback = true"),
+                "c.toml",
+            )
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert!(
+                c.insecure_settings()
+                    .iter()
+                    .any(|s| s.starts_with("upstream.insecure_allow_non_loopback")),
+                "{url}"
+            );
+        }
+        for (text, needle) in [
+            ("url = \"http://127.0.0.1:0\"", "port 0"),
+            ("url = \"http://u@127.0.0.1:8000\"", "user information"),
+            ("url = \"http://u:p@127.0.0.1:8000\"", "user information"),
+            (
+                "insecure_allow_non_loopback = true",
+                "upstream.insecure_allow_non_loopback: only meaningful",
+            ),
+            (
+                "url = \"http://127.0.0.1:8000\"\ninsecure_allow_non_loopback = true",
+                "nothing to allow",
+            ),
+        ] {
+            let err = refusal(&format!("{SIM}[upstream]\n{text}"));
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+        // Left out of the measured configuration unless set.
+        let c = Config::from_toml(SIM, "c.toml").unwrap();
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(
+            json["upstream"]
+                .get("insecure_allow_non_loopback")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn subject_alt_names_are_checked_before_anything_is_measured() {
+        let long_label = "a".repeat(63);
+        let long_name = [long_label.as_str(); 4].join("."); // 255 characters
+        let longest = format!("{}.{}", [long_label.as_str(); 3].join("."), "a".repeat(61));
+        assert_eq!(longest.len(), 253);
+        for good in [
+            "localhost",
+            "agent.example",
+            "*.agent.example",
+            "xn--modle-6ra.example",
+            "a-b.c1",
+            "10.0.0.1",
+            "::1",
+            long_label.as_str(),
+            longest.as_str(),
+        ] {
+            let text = format!("{SIM}[tls]\nsubject_alt_names = [\"{good}\"]");
+            Config::from_toml(&text, "c.toml").unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "modèle.example".to_string(),
+            "a b".into(),
+            String::new(),
+            "a..b".into(),
+            "example.".into(),
+            "-a.example".into(),
+            "a-.example".into(),
+            "*".into(),
+            "a.*.example".into(),
+            "under_score.example".into(),
+            format!("{long_label}a.example"),
+            long_name.clone(),
+        ] {
+            let text = format!("{SIM}[tls]\nsubject_alt_names = [\"localhost\", \"{bad}\"]");
+            let err = refusal(&text);
+            assert!(err.contains("tls.subject_alt_names"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn meaningless_or_refuse_everything_settings_are_refused() {
+        for (text, needle) in [
+            (
+                format!("{REAL}[tee]\nsim_quote_delay_ms = 10"),
+                "tee.sim_quote_delay_ms: only meaningful",
+            ),
+            (
+                format!("{SIM}[limits]\nmax_request_body_bytes = 0"),
+                "limits.max_request_body_bytes",
+            ),
+            (
+                format!("{SIM}[upstream]\nmax_request_body_bytes = 0"),
+                "upstream.max_request_body_bytes",
+            ),
+            (format!("{SIM}[audit]\nkeep = 0"), "audit.keep"),
+        ] {
+            let err = refusal(&text);
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+        let c = Config::from_toml(&format!("{SIM}sim_quote_delay_ms = 10"), "c.toml").unwrap();
+        assert_eq!(c.tee.sim_quote_delay_ms, Some(10));
+        let c = Config::from_toml(&format!("{SIM}[audit]\nkeep = 1"), "c.toml").unwrap();
+        assert_eq!(c.audit.keep, 1);
+        assert_eq!(Config::from_toml(SIM, "c.toml").unwrap().audit.keep, 16);
+    }
+
+    #[test]
+    fn insecure_settings_are_listed() {
+        let c = Config::from_toml(REAL, "c.toml").unwrap();
+        assert!(
+            c.insecure_settings().is_empty(),
+            "{:?}",
+            c.insecure_settings()
+        );
+        let c = Config::from_toml(
+            "[collateral]\npccs_url = \"https://pccs:8081\"\ninsecure_root = \"/r.der\"\n\
+             [gpu]\nsource = \"sim\"\ninsecure_roots = \"/g.pem\"\ninsecure_sim_dir = \"/sim\"\n\
+             insecure_serve_unattested = true",
+            "c.toml",
+        )
+        .unwrap();
+        let list = c.insecure_settings();
+        for key in [
+            "collateral.insecure_root = /r.der",
+            "gpu.source = \"sim\"",
+            "gpu.insecure_roots = /g.pem",
+            "gpu.insecure_sim_dir = /sim",
+            "gpu.insecure_serve_unattested = true",
+        ] {
+            assert!(list.iter().any(|s| s.starts_with(key)), "{key}: {list:?}");
+        }
+        assert!(!list.iter().any(|s| s.starts_with("tee.kind")), "{list:?}");
+        let c = Config::from_toml(SIM, "c.toml").unwrap();
+        assert!(c.insecure_settings()[0].starts_with("tee.kind = \"sim\""));
     }
 }

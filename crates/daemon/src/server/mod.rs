@@ -1,9 +1,10 @@
 //! The daemon: one TLS listener serving HTTPS and gRPC with an RA-TLS certificate.
 //!
-//! Start-up order matters: configuration is validated, the state and audit directories locked
-//! against a second agent, the policy loaded, the TEE opened, the audit log opened and the
-//! first certificate issued and self-checked, all before the port is bound; READY=1 follows
-//! once measured and certified.
+//! Start-up order matters: configuration is validated, the policy loaded and the files and
+//! directories the configuration names checked (so a mistake there changes nothing on disk),
+//! the state and audit directories locked against a second agent, the TEE opened, the audit
+//! log opened and the first certificate issued and self-checked, all before the port is
+//! bound; READY=1 follows once measured and certified.
 
 pub mod admin;
 pub mod collateral;
@@ -149,6 +150,43 @@ async fn load_policy(config: &Config) -> Result<(Policy, Vec<u8>), ServeError> {
     }
 }
 
+/// What can be checked without the TEE and without state: the files and directories the
+/// configuration names. Failing here, before the instance lock, writes no audit record and
+/// leaves a simulation directory's settings as they were.
+async fn preflight(config: &Config) -> Result<(), ServeError> {
+    if let Some(p) = &config.collateral.insecure_root {
+        tokio::fs::File::open(p)
+            .await
+            .map_err(|e| setup(format!("collateral.insecure_root {}: {e}", p.display())))?;
+    }
+    if let Some(p) = config.gpu.as_ref().and_then(|g| g.insecure_roots.as_ref()) {
+        let pem = tokio::fs::read(p)
+            .await
+            .map_err(|e| setup(format!("gpu.insecure_roots {}: {e}", p.display())))?;
+        tdx_core::gpu::GpuRoots::insecure_from_pem(&pem)
+            .map_err(|e| setup(format!("gpu.insecure_roots {}: {e}", p.display())))?;
+    }
+    if let Some(d) = &config.model.dir {
+        let meta = tokio::fs::metadata(d)
+            .await
+            .map_err(|e| setup(format!("model.dir {}: {e}", d.display())))?;
+        if !meta.is_dir() {
+            return Err(setup(format!("model.dir {}: not a directory", d.display())));
+        }
+    }
+    // Read again when the GPUs are opened; here only so that an unreadable directory fails
+    // before the audit log is written.
+    let pci_dir = config.gpu.as_ref().map_or_else(
+        || std::path::PathBuf::from(tdx_gpu::pci::DEFAULT_PCI_DEVICES_DIR),
+        |g| g.pci_devices_dir.clone(),
+    );
+    tokio::task::spawn_blocking(move || tdx_gpu::pci::nvidia_gpus(&pci_dir))
+        .await
+        .map_err(setup)?
+        .map_err(|e| setup(format!("gpu.pci_devices_dir: {e}")))?;
+    Ok(())
+}
+
 /// Run the daemon until `shutdown` completes (the binary passes SIGTERM or Ctrl-C).
 pub async fn run(
     config: Config,
@@ -158,6 +196,15 @@ pub async fn run(
     // must still end in a clean stop, not the default kill.
     let mut terminate = tokio::spawn(shutdown);
     config.validate("configuration").map_err(setup)?;
+    let insecure = config.insecure_settings();
+    if !insecure.is_empty() {
+        tracing::warn!("insecure settings in effect: {}", insecure.join("; "));
+    }
+    let (policy, policy_bytes) = load_policy(&config).await?;
+    if !policy.pins_anything() {
+        tracing::warn!("the policy pins no measurement: the self-check accepts any genuine TD");
+    }
+    preflight(&config).await?;
     // Before anything in the state or audit directory is read or written: a second agent
     // sharing them stops here. Held until run() returns.
     let _instance = {
@@ -167,10 +214,6 @@ pub async fn run(
             .map_err(setup)?
             .map_err(setup)?
     };
-    let (policy, policy_bytes) = load_policy(&config).await?;
-    if !policy.pins_anything() {
-        tracing::warn!("the policy pins no measurement: the self-check accepts any genuine TD");
-    }
     let (tee, collateral, verifier) = open_tee(&config).await?;
     let audit = AuditLog::open(
         config.audit.dir.clone(),
@@ -408,6 +451,65 @@ async fn health_loop(
             _ = shutdown.changed() => {
                 reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// A path named by the configuration that is missing or wrong stops the start before
+    /// the instance lock: nothing is created in the state or audit directory.
+    #[tokio::test]
+    async fn named_paths_are_checked_before_anything_is_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path().display().to_string();
+        std::fs::write(tmp.path().join("file"), b"x").unwrap();
+        std::fs::write(tmp.path().join("roots.pem"), b"not PEM").unwrap();
+        let base = format!(
+            "state_dir = \"{t}/state\"\n[audit]\ndir = \"{t}/audit\"\n[tee]\nkind = \"sim\"\nsim_dir = \"{t}/sim\"\nsim_quote_delay_ms = 5\n"
+        );
+        for (extra, needle) in [
+            (format!("[model]\ndir = \"{t}/absent\""), "model.dir"),
+            (format!("[model]\ndir = \"{t}/file\""), "not a directory"),
+            (
+                format!("[collateral]\ninsecure_root = \"{t}/absent.der\""),
+                "collateral.insecure_root",
+            ),
+            (
+                format!(
+                    "[gpu]\ninsecure_serve_unattested = true\ninsecure_roots = \"{t}/roots.pem\""
+                ),
+                "gpu.insecure_roots",
+            ),
+            (
+                format!(
+                    "[gpu]\ninsecure_serve_unattested = true\npci_devices_dir = \"{t}/no-pci\""
+                ),
+                "gpu.pci_devices_dir",
+            ),
+            (format!("policy = \"{t}/absent.toml\""), "policy"),
+        ] {
+            // `policy` is a top-level key: it goes before the first table.
+            let text = if extra.starts_with("policy") {
+                format!("{extra}\n{base}")
+            } else {
+                format!("{base}{extra}")
+            };
+            let config = Config::from_toml(&text, "c.toml").unwrap();
+            let err = run(config, std::future::pending())
+                .await
+                .expect_err(&text)
+                .to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+            for dir in ["state", "audit"] {
+                assert!(
+                    !tmp.path().join(dir).exists(),
+                    "{text}: {dir} was created before the check"
+                );
             }
         }
     }
