@@ -48,7 +48,9 @@ python3 -m http.server "$MODEL_PORT" --bind 127.0.0.1 --directory "$DIR/upstream
 wait_port "$PCCS_PORT"; wait_port "$MODEL_PORT"
 "$BIN" measure-model "$DIR/model"
 MANIFEST=$("$BIN" measure-model "$DIR/model" 2>&1 >/dev/null | sed -n 's/^manifest sha256: //p')
-cat > "$DIR/policy.toml" <<EOF
+# The TD image (MRTD, RTMR0-2): connect forwards only to a pinned image.
+"$BIN" measurements --tee sim --sim-dir "$DIR" --toml > "$DIR/policy.toml"
+cat >> "$DIR/policy.toml" <<EOF
 # Accept this simulated TD only if it measured exactly this model (and its own config).
 [[rtmr3_events.pin]]
 type = "model"

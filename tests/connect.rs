@@ -24,21 +24,26 @@ fn write_policy(sim: &SimTd, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// The `[measurements]` table pinning the simulated TD's image (MRTD, RTMR0-2), with MRTD
+/// replaced by `mrtd` when given.
+fn image_pins(sim: &SimTd, mrtd: Option<&str>) -> String {
+    let pins = sim.image_pins();
+    match mrtd {
+        None => pins,
+        Some(other) => {
+            let real = sim.measurements()["mrtd"]
+                .as_str()
+                .expect("mrtd")
+                .to_string();
+            assert!(pins.contains(&real), "{pins}");
+            pins.replace(&real, other)
+        }
+    }
+}
+
 /// A policy pinning the simulated TD's MRTD and RTMR0-2.
 fn accepting_policy(sim: &SimTd) -> PathBuf {
-    let m = sim.measurements();
-    let reg = |k: &str| m[k].as_str().expect(k).to_string();
-    write_policy(
-        sim,
-        "accept.toml",
-        &format!(
-            "[measurements]\nmrtd = [\"{}\"]\nrtmr0 = [\"{}\"]\nrtmr1 = [\"{}\"]\nrtmr2 = [\"{}\"]\n",
-            reg("mrtd"),
-            reg("rtmr0"),
-            reg("rtmr1"),
-            reg("rtmr2")
-        ),
-    )
+    write_policy(sim, "accept.toml", &image_pins(sim, None))
 }
 
 /// `connect` in front of `d`, trusting the simulated root, with `policy`.
@@ -186,12 +191,15 @@ async fn a_server_failing_the_policy_gets_nothing_forwarded() {
     let cases = [
         (
             "wrong-mrtd.toml",
-            format!("[measurements]\nmrtd = [\"{other_mrtd}\"]\n"),
+            image_pins(&sim, Some(&other_mrtd)),
             "MRTD",
         ),
         (
             "model-pin.toml",
-            "[[rtmr3_events.pin]]\ntype = \"model\"\n".to_string(),
+            format!(
+                "{}[[rtmr3_events.pin]]\ntype = \"model\"\n",
+                image_pins(&sim, None)
+            ),
             "RTMR3 event \"model\"",
         ),
     ];
@@ -280,28 +288,51 @@ async fn connect_needs_a_policy_or_an_explicit_insecure_flag() {
         limit,
     );
     assert_eq!(r.code, 2, "both flags: {r}");
-    assert!(r.stderr.contains("which pins measurements"), "{r}");
+    assert!(r.stderr.contains("which pins the TD image"), "{r}");
 
-    // A policy that pins nothing (here GPU settings only) is refused like no policy...
-    let unpinned = sim.dir.join("unpinned-policy.toml");
-    std::fs::write(&unpinned, "[gpu]\ncount = 0\n").unwrap();
-    let r = tdx_agent_within(
-        &[
-            "connect",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-root",
-            sim.root_str(),
-            "--policy",
-            path_str(&unpinned),
-        ],
-        limit,
+    // A policy that does not pin the image is refused like no policy: one with GPU settings
+    // only, and one pinning only what any image can reproduce (RTMR3 events and register,
+    // the owner registers; the shape of a model-only policy)...
+    let replayable = format!(
+        "[measurements]\nrtmr3 = [\"{h}\"]\nmrowner = [\"{h}\"]\n[[rtmr3_events.pin]]\ntype = \"model\"\n",
+        h = "ab".repeat(48)
     );
-    assert_eq!(r.code, 2, "unpinned policy: {r}");
-    assert!(r.stderr.contains("pins no measurement"), "{r}");
-    assert!(r.stderr.contains("--insecure-no-policy"), "{r}");
-    assert!(!r.stdout.contains("listening"), "{r}");
+    for (name, text, open) in [
+        (
+            "replayable",
+            replayable.as_str(),
+            "MRTD, RTMR0, RTMR1, RTMR2 have",
+        ),
+        (
+            "unpinned",
+            "[gpu]\ncount = 0\n",
+            "MRTD, RTMR0, RTMR1, RTMR2 have",
+        ),
+    ] {
+        let policy = write_policy(&sim, &format!("{name}-policy.toml"), text);
+        let r = tdx_agent_within(
+            &[
+                "connect",
+                &url,
+                "--listen",
+                "127.0.0.1:0",
+                "--insecure-root",
+                sim.root_str(),
+                "--policy",
+                path_str(&policy),
+            ],
+            limit,
+        );
+        assert_eq!(r.code, 2, "{name}: {r}");
+        assert!(
+            r.stderr
+                .contains(&format!("does not pin the TD image: {open}")),
+            "{name}: {r}"
+        );
+        assert!(r.stderr.contains("--insecure-no-policy"), "{name}: {r}");
+        assert!(!r.stdout.contains("listening"), "{name}: {r}");
+    }
+    let unpinned = sim.tmp.path().join("unpinned-policy.toml");
     // ...and runs, with the warning, once the flag says so.
     let c = ConnectProc::start(
         &url,
@@ -345,12 +376,34 @@ async fn connect_needs_a_policy_or_an_explicit_insecure_flag() {
     let r = http_get(&c.addr, "/readyz").await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    // A non-loopback listener is allowed, with a warning; oversized bodies get 413.
+    // A non-loopback listener is refused unless the flag says so, then runs with a warning;
+    // oversized bodies get 413.
+    let r = tdx_agent_within(
+        &[
+            "connect",
+            &url,
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-root",
+            sim.root_str(),
+            "--policy",
+            path_str(&policy),
+        ],
+        limit,
+    );
+    assert_eq!(r.code, 2, "non-loopback listen: {r}");
+    assert!(
+        r.stderr.contains("not a loopback address")
+            && r.stderr.contains("--insecure-listen-non-loopback"),
+        "{r}"
+    );
+    assert!(!r.stdout.contains("listening"), "{r}");
     let c = ConnectProc::start_args(&[
         "connect",
         &url,
         "--listen",
         "0.0.0.0:0",
+        "--insecure-listen-non-loopback",
         "--insecure-root",
         sim.root_str(),
         "--policy",
@@ -547,15 +600,24 @@ async fn a_rotated_server_key_moves_connect_to_a_new_verified_connection() {
     let c = connect(&d, &sim, &policy, &["--rechallenge-secs", "1"]);
     let before = http_get(&c.addr, "/healthz").await;
     assert_eq!(before.status, 200, "{}", before.text());
-    let before = before.json()["spki_sha256"].clone();
+    rotate_and_see_connect_move(&d, &sim, &c, before.json()["spki_sha256"].clone()).await;
+}
 
-    // The server re-issues its certificate; the old connection stays open with the old key,
-    // so the next challenge on it commits to a key this connection does not have.
+/// The agent re-issues its certificate (`admin rotate`); the old connection stays open with
+/// the old key, so connect's next challenge on it (`--rechallenge-secs 1`) is answered for a
+/// key this connection does not have. Connect must take that for a rotation and move to a new
+/// verified connection on the agent's new key, saying why.
+async fn rotate_and_see_connect_move(
+    d: &Daemon,
+    sim: &SimTd,
+    c: &ConnectProc,
+    before: serde_json::Value,
+) {
     let socket = sim.dir.join("run").join("admin.sock");
     let r = tdx_agent(&["admin", "--socket", path_str(&socket), "rotate"]);
     assert_eq!(r.code, 0, "{r}");
+    // The last challenge must be older than --rechallenge-secs for the next request to send one.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-
     let r = http_get(&c.addr, "/readyz").await;
     assert_eq!(r.status, 200, "{}\n{}", r.text(), c.stderr());
     let after = http_get(&c.addr, "/healthz").await;
@@ -566,12 +628,12 @@ async fn a_rotated_server_key_moves_connect_to_a_new_verified_connection() {
         .await
         .expect("direct RA-TLS connection");
     assert_eq!(after, hex::encode(direct.spki_sha256()));
+    let stderr = c.stderr();
     assert!(
-        c.stderr()
-            .contains("key changed since this connection opened"),
-        "{}",
-        c.stderr()
+        stderr.contains("key changed since this connection opened"),
+        "{stderr}"
     );
+    assert!(!stderr.contains("re-challenge failed"), "{stderr}");
 }
 
 /// Under a policy requiring GPUs a re-issued certificate is recognised too: the agent's GPUs
@@ -632,31 +694,14 @@ async fn under_a_gpu_policy_a_rotated_key_lets_a_stream_in_flight_finish() {
         "{}",
         c.stderr()
     );
-    let socket = sim.dir.join("run").join("admin.sock");
-    let r = tdx_agent(&["admin", "--socket", path_str(&socket), "rotate"]);
-    assert_eq!(r.code, 0, "{r}");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-
     // The next request re-challenges the old connection, which the agent now answers for its
     // new key: a rotation, so it goes out on a new verified connection.
-    let r = http_get(&c.addr, "/readyz").await;
-    assert_eq!(r.status, 200, "{}\n{}", r.text(), c.stderr());
-    let after = http_get(&c.addr, "/healthz").await;
-    assert_eq!(after.status, 200, "{}", after.text());
-    assert_ne!(
-        after.json()["spki_sha256"],
-        before,
-        "still on the old connection"
-    );
+    rotate_and_see_connect_move(&d, &sim, &c, before).await;
     // The stream on the old connection was left to finish: every event, then [DONE].
     let rest = support::upstream::read_until(&mut body, "[DONE]", Duration::from_secs(20)).await;
     let rest = rest.unwrap_or_else(|| panic!("the stream was cut\n{}", c.stderr()));
     assert!(rest.contains("\"seq\":39}"), "{rest}");
     let stderr = c.stderr();
-    assert!(
-        stderr.contains("key changed since this connection opened"),
-        "{stderr}"
-    );
     assert!(!stderr.contains("re-challenge failed"), "{stderr}");
 }
 

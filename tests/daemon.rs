@@ -427,18 +427,27 @@ async fn systemd_ready_after_the_certificate_then_watchdog_and_clean_stop() {
     let sock = UnixDatagram::bind(&sock_path).expect("binding the notify socket");
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .expect("read timeout");
-    // Collect every datagram with its arrival time on a thread.
+    // Collect every datagram with its arrival time on a thread, which also reads the audit
+    // log the moment READY=1 arrives: what the agent had logged by then is what it had done.
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    let (audit_tx, audit_rx) = std::sync::mpsc::channel::<String>();
+    let audit_dir = sim.dir.join("audit");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = Arc::clone(&stop);
     let reader = std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             if let Ok(n) = sock.recv(&mut buf) {
-                let _ = tx.send((
-                    Instant::now(),
-                    String::from_utf8_lossy(&buf[..n]).into_owned(),
-                ));
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if m == "READY=1" {
+                    let files = tdx_daemon::audit::list_files(&audit_dir).unwrap_or_default();
+                    let text = files
+                        .iter()
+                        .filter_map(|p| std::fs::read_to_string(p).ok())
+                        .collect();
+                    let _ = audit_tx.send(text);
+                }
+                let _ = tx.send((Instant::now(), m));
             }
         }
     });
@@ -468,24 +477,40 @@ async fn systemd_ready_after_the_certificate_then_watchdog_and_clean_stop() {
     };
 
     let msgs = recv_until("READY=1", Duration::from_secs(30));
-    let (ready_at, _) = msgs
-        .iter()
-        .find(|(_, m)| m == "READY=1")
-        .unwrap_or_else(|| panic!("no READY=1; got {msgs:?}\n{}", d.stderr()));
-    let waited = ready_at.duration_since(d.spawned);
     assert!(
-        waited >= Duration::from_millis(1400),
-        "READY=1 after {waited:?}, before the 1.5 s certificate quote could be done"
+        msgs.iter().any(|(_, m)| m == "READY=1"),
+        "no READY=1; got {msgs:?}\n{}",
+        d.stderr()
     );
-    // Ready means certified: a verified RA-TLS handshake works right now.
+    let audit_at_ready = audit_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the audit log as READY=1 arrived");
+    // Ready means certified: a verified RA-TLS handshake works right now, and the certificate
+    // it presents had been issued and logged before READY=1 was sent (with the 1.5 s quote, a
+    // READY=1 sent early finds no such record).
     let c = Https::connect(&d.addr, sim.root_der())
         .await
         .expect("RA-TLS connect right after READY=1");
     assert_eq!(c.get("/livez").await.status, 200);
+    let spki = hex::encode(c.spki_sha256());
+    assert!(
+        audit_at_ready
+            .lines()
+            .any(|l| l.contains("\"certificate_rotated\"")
+                && l.contains(&format!("\"spki_sha256\":\"{spki}\""))),
+        "READY=1 came before the served certificate ({spki}) was logged; the audit log then:\n{audit_at_ready}"
+    );
 
-    let later = recv_until("never", Duration::from_millis(700));
-    let pings = later.iter().filter(|(_, m)| m == "WATCHDOG=1").count();
-    assert!(pings >= 2, "{pings} watchdog pings in 700 ms: {later:?}");
+    // The watchdog keeps pinging: two pings, however long a loaded machine takes to send them.
+    let mut later = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while later.iter().filter(|(_, m)| m == "WATCHDOG=1").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than two watchdog pings in 30 s: {later:?}"
+        );
+        later.extend(recv_until("WATCHDOG=1", Duration::from_millis(200)));
+    }
 
     d.sigterm();
     let st = d.wait_exit(Duration::from_secs(12));
@@ -678,10 +703,6 @@ async fn two_thousand_concurrent_challenges_share_a_few_quotes() {
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
-    assert!(
-        elapsed < Duration::from_secs(12),
-        "2000 challenges took {elapsed:?}: batching is not working"
-    );
 
     let mut quotes = std::collections::HashMap::new();
     for (nonce, r) in &answers {
@@ -749,10 +770,72 @@ async fn agent_and_connection(alpn: &[u8]) -> (SimTd, Daemon, Tls) {
     (sim, d, tls)
 }
 
-/// A daemon started from a configuration file only, with these `[limits]` lines.
+/// A daemon started from a configuration file only, with these `[limits]` lines, logging
+/// why its listener closes each connection (`listener_log`).
 fn daemon_with_limits(sim: &SimTd, limits: &str) -> Daemon {
     let config = support::sim_config(sim, sim.tmp.path(), "", &format!("[limits]\n{limits}"));
-    Daemon::start(&["serve", "--config", path_str(&config)], &[], &[])
+    Daemon::start(
+        &["serve", "--config", path_str(&config)],
+        &[
+            (
+                "TDX_AGENT_LOG",
+                "warn,rustls=error,tdx_daemon::server::listener=debug",
+            ),
+            ("NO_COLOR", "1"),
+        ],
+        &[],
+    )
+}
+
+/// Why the listener lets a connection go, as it logs it: a connection that sent no TLS
+/// handshake, one with no complete request head, an HTTP/2 one with no request in flight.
+const TLS_TIMEOUT: &str = "TLS handshake timed out";
+const HEAD_TIMEOUT: &str = "no complete request head within the header timeout: closing";
+const H2_GOAWAY: &str = "HTTP/2: no request in flight within the header timeout: GOAWAY";
+
+/// What the listener logged about each peer (`HOST:PORT`, the client's own address), in order.
+/// A closing connection is told apart by why, not by when: a timer that fires early or late is
+/// `tdx_net::head_timer`'s unit tests' business (they ask its verdict at given instants).
+fn listener_log(stderr: &str) -> std::collections::HashMap<String, Vec<String>> {
+    let mut by_peer = std::collections::HashMap::<String, Vec<String>>::new();
+    for line in stderr.lines() {
+        let Some((_, rest)) = line.split_once("tdx_daemon::server::listener: ") else {
+            continue;
+        };
+        let Some((message, fields)) = rest.split_once(" peer=") else {
+            continue;
+        };
+        let peer = fields.split_whitespace().next().unwrap_or_default();
+        by_peer
+            .entry(peer.to_string())
+            .or_default()
+            .push(message.to_string());
+    }
+    by_peer
+}
+
+/// Wait until the listener has logged `reason` for the connection from `peer` (it logs before
+/// the socket closes, but the file is read from another process).
+async fn assert_closed_for(d: &Daemon, peer: std::net::SocketAddr, reason: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = listener_log(&d.stderr());
+        let said = log.get(&peer.to_string());
+        if said.is_some_and(|m| m.iter().any(|m| m == reason)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never logged {reason:?} for {peer}; for it: {said:?}\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The client's address of an RA-TLS connection, as the agent's log names it.
+fn peer_of(tls: &Tls) -> std::net::SocketAddr {
+    tls.get_ref().0.local_addr().expect("local address")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -816,6 +899,27 @@ async fn bad_requests_get_json_errors_and_the_daemon_stays_up() {
         "{}",
         r.text()
     );
+    // A route asked with a method it does not take: an OpenAI-shaped 405 naming the method
+    // and path, with the methods it takes in Allow (axum's own 405 has an empty body).
+    for (method, path, allow) in [
+        ("GET", CHALLENGE, "POST"),
+        ("POST", "/readyz", "GET,HEAD"),
+        ("DELETE", WELL_KNOWN, "GET,HEAD"),
+    ] {
+        let r = c.request(method, path, "").await.unwrap();
+        assert_eq!(r.status, 405, "{method} {path}: {}", r.text());
+        let j: serde_json::Value = serde_json::from_slice(&r.body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", r.text()));
+        assert_eq!(j["error"]["code"], "method_not_allowed", "{j}");
+        assert!(
+            j["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(method) && m.contains(path)),
+            "{j}"
+        );
+        let allowed = r.headers.get("allow").and_then(|v| v.to_str().ok());
+        assert_eq!(allowed, Some(allow), "{method} {path}");
+    }
     // Paths no route serves are OpenAI-shaped 404s too, whatever the method.
     for (method, path) in [
         ("GET", "/foo"),
@@ -872,12 +976,10 @@ async fn silent_clients_are_dropped_after_the_header_timeout() {
     let mut tcp = tokio::net::TcpStream::connect(&d.addr)
         .await
         .expect("connect");
+    let peer = tcp.local_addr().expect("local address");
     let t = closed_within(&mut tcp, Duration::from_secs(5)).await;
     let t = t.expect("a silent TCP client was not dropped within 5 s (timeout is 1 s)");
-    assert!(
-        t >= Duration::from_millis(900),
-        "dropped after {t:?}, before the timeout"
-    );
+    assert_closed_for(&d, peer, TLS_TIMEOUT).await;
     println!("silent TCP client dropped after {t:?}");
 }
 
@@ -890,11 +992,18 @@ async fn clients_silent_after_the_tls_handshake_are_dropped_after_the_header_tim
         let mut tls = support::ratls_connect(&d.addr, config)
             .await
             .expect("RA-TLS");
+        let peer = peer_of(&tls);
         let t = closed_within(&mut tls, Duration::from_secs(5)).await;
+        let reason = if alpn == b"h2" {
+            H2_GOAWAY
+        } else {
+            HEAD_TIMEOUT
+        };
         let alpn = String::from_utf8_lossy(alpn);
         let t = t.unwrap_or_else(|| {
             panic!("a client silent after the handshake (ALPN {alpn}) was still connected after 5 s (timeout 1 s)")
         });
+        assert_closed_for(&d, peer, reason).await;
         println!("silent TLS client (ALPN {alpn}) dropped after {t:?}");
     }
 }
@@ -909,21 +1018,31 @@ async fn http2_clients_that_ask_nothing_are_let_go_after_the_header_timeout() {
     let mut d = daemon_from_config(&sim);
     let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"h2"]));
 
-    let mut tls = support::ratls_connect(&d.addr, config)
+    let mut tls = support::ratls_connect(&d.addr, Arc::clone(&config))
         .await
         .expect("RA-TLS");
     tls.write_all(b"PRI * HTTP/2.0\r\n")
         .await
         .expect("half a preface");
     tls.flush().await.expect("flush");
+    let peer = peer_of(&tls);
     let t = closed_within(&mut tls, Duration::from_secs(5)).await;
     let t = t.expect("a half-sent HTTP/2 preface held its connection for 5 s (timeout 1 s)");
+    assert_closed_for(&d, peer, H2_GOAWAY).await;
     println!("half an HTTP/2 preface: dropped after {t:?}");
 
     // A real HTTP/2 client: its connection task ends when the server says GOAWAY and closes.
+    let tls = support::ratls_connect(&d.addr, config)
+        .await
+        .expect("RA-TLS");
+    let peer = peer_of(&tls);
     let (mut send, conn) =
-        support::upstream::http2::<http_body_util::Empty<bytes::Bytes>>(&d.addr, sim.root_der())
-            .await;
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake::<_, http_body_util::Empty<Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    let conn = tokio::spawn(conn);
     let started = Instant::now();
     // One request first: the time runs again from its end.
     let req = hyper::Request::get("https://agent/livez")
@@ -939,17 +1058,15 @@ async fn http2_clients_that_ask_nothing_are_let_go_after_the_header_timeout() {
         matches!(ended, Ok(Ok(()))),
         "the server should close with GOAWAY, not an error: {ended:?}"
     );
-    assert!(
-        t >= Duration::from_millis(900),
-        "closed after {t:?}, before the timeout"
-    );
+    assert_closed_for(&d, peer, H2_GOAWAY).await;
     println!("idle HTTP/2 client: GOAWAY after {t:?}");
     assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
 }
 
 /// The header timer stops while a request is in flight (a model may think for minutes), so
 /// a request body that never comes must be cut on its own: a challenge announcing 64 bytes
-/// and sending none is answered or dropped after the timeout, not held forever.
+/// and sending none is answered 400 once its body has moved no byte for the timeout, not held
+/// forever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_challenge_whose_body_never_comes_is_cut_after_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -968,13 +1085,10 @@ async fn a_challenge_whose_body_never_comes_is_cut_after_the_header_timeout() {
         "a challenge without its body held the connection for 5 s (timeout 1 s)"
     );
     let text = String::from_utf8_lossy(&got);
+    // The answer names the cut: the body's own idle limit (the header timeout, 1 s).
     assert!(
-        got.is_empty() || text.starts_with("HTTP/1.1 4"),
+        text.starts_with("HTTP/1.1 400") && text.contains("no data for 1s: the body was cut"),
         "a body that never came was answered with: {text}"
-    );
-    assert!(
-        t >= Duration::from_millis(900),
-        "cut after {t:?}, before the timeout"
     );
     println!(
         "a challenge without its body: cut after {t:?} ({})",
@@ -987,7 +1101,8 @@ async fn a_challenge_whose_body_never_comes_is_cut_after_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_head_trickling_in_is_cut_at_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let (_sim, _d, mut tls) = agent_and_connection(b"http/1.1").await;
+    let (_sim, d, mut tls) = agent_and_connection(b"http/1.1").await;
+    let peer = peer_of(&tls);
     let started = Instant::now();
     let mut line: &[u8] = b"GET /readyz HTTP/1.1\r\n";
     let mut buf = [0u8; 1024];
@@ -1009,10 +1124,7 @@ async fn a_request_head_trickling_in_is_cut_at_the_header_timeout() {
         }
     };
     println!("a head trickling in was cut after {cut:?}");
-    assert!(
-        cut >= Duration::from_millis(900),
-        "cut after {cut:?}, before the timeout"
-    );
+    assert_closed_for(&d, peer, HEAD_TIMEOUT).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1044,6 +1156,24 @@ async fn idle_connections_do_not_lock_out_a_new_client() {
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+/// The agent's open descriptors once the count has stopped moving (the same on ten reads in a
+/// row, 20 ms apart): connections a test closed are then released on the agent's side too.
+async fn settled_fds(pid: u32) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut last, mut same) = (open_fds(pid), 0);
+    while same < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "the agent's descriptor count never settled (last {last})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = open_fds(pid);
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
 }
 
 /// Probe /readyz on a fresh RA-TLS connection every 200 ms until `stop`; each probe's
@@ -1083,12 +1213,19 @@ enum Idle {
     HalfRequest,
 }
 
-/// One idle connection of `kind`; returns it (as a readable stream) and when it was opened.
+/// An idle connection (as a readable stream), when it was opened and its client's address.
+type IdleConn = (
+    Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    Instant,
+    std::net::SocketAddr,
+);
+
+/// One idle connection of `kind`.
 async fn open_idle(
     addr: &str,
     kind: Idle,
     config: Arc<rustls::ClientConfig>,
-) -> Result<(Box<dyn tokio::io::AsyncRead + Send + Unpin>, Instant), String> {
+) -> Result<IdleConn, String> {
     use tokio::io::AsyncWriteExt as _;
     let opened = Instant::now();
     match kind {
@@ -1096,18 +1233,22 @@ async fn open_idle(
             let tcp = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            Ok((Box::new(tcp), opened))
+            let peer = tcp
+                .local_addr()
+                .map_err(|e| format!("local address: {e}"))?;
+            Ok((Box::new(tcp), opened, peer))
         }
         Idle::Tls | Idle::HalfRequest => {
             let mut tls = support::ratls_connect(addr, config).await?;
             let opened = Instant::now();
+            let peer = peer_of(&tls);
             if kind == Idle::HalfRequest {
                 tls.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
                     .await
                     .map_err(|e| format!("half request: {e}"))?;
                 tls.flush().await.map_err(|e| format!("flush: {e}"))?;
             }
-            Ok((Box::new(tls), opened))
+            Ok((Box::new(tls), opened, peer))
         }
     }
 }
@@ -1143,8 +1284,8 @@ async fn thousands_of_idle_connections_use_bounded_memory_and_are_closed() {
         .expect("connect");
     assert_eq!(c.get("/readyz").await.status, 200);
     drop(c);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (rss_before, fds_before) = (proc_kib(pid, "VmRSS"), open_fds(pid));
+    let fds_before = settled_fds(pid).await;
+    let rss_before = proc_kib(pid, "VmRSS");
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let prober = readyz_prober(d.addr.clone(), Arc::clone(&h2), Arc::clone(&stop));
@@ -1166,10 +1307,10 @@ async fn thousands_of_idle_connections_use_bounded_memory_and_are_closed() {
         let (addr, config, gate) = (d.addr.clone(), Arc::clone(&config), Arc::clone(&gate));
         opening.spawn(async move {
             let _slot = gate.acquire_owned().await.expect("semaphore");
-            let (stream, opened) = open_idle(&addr, kind, config)
+            let (stream, opened, peer) = open_idle(&addr, kind, config)
                 .await
                 .unwrap_or_else(|e| panic!("idle connection {i} ({kind:?}): {e}"));
-            (kind, stream, opened)
+            (kind, stream, opened, peer)
         });
     }
     let mut conns = Vec::new();
@@ -1181,7 +1322,7 @@ async fn thousands_of_idle_connections_use_bounded_memory_and_are_closed() {
 
     // Each must be closed by the agent: EOF (or a reset) within a generous bound.
     let mut closing = tokio::task::JoinSet::new();
-    for (kind, mut stream, opened) in conns {
+    for (kind, mut stream, opened, peer) in conns {
         closing.spawn(async move {
             use tokio::io::AsyncReadExt as _;
             let mut buf = [0u8; 4096];
@@ -1194,24 +1335,20 @@ async fn thousands_of_idle_connections_use_bounded_memory_and_are_closed() {
                 }
             })
             .await;
-            (kind, r.ok().map(|_| opened.elapsed()))
+            (kind, r.ok().map(|_| opened.elapsed()), peer)
         });
     }
-    let mut lifetimes: Vec<(Idle, Duration)> = Vec::new();
+    let mut lifetimes: Vec<(Idle, Duration, std::net::SocketAddr)> = Vec::new();
     while let Some(r) = closing.join_next().await {
-        let (kind, t) = r.expect("closing task");
+        let (kind, t, peer) = r.expect("closing task");
         let t = t.unwrap_or_else(|| panic!("a {kind:?} idle connection was open after 30 s"));
-        lifetimes.push((kind, t));
+        lifetimes.push((kind, t, peer));
     }
     let all_closed = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let probes = prober.await.expect("prober");
-    let (rss_after, rss_peak, fds_after) = (
-        proc_kib(pid, "VmRSS"),
-        proc_kib(pid, "VmHWM"),
-        open_fds(pid),
-    );
+    let fds_after = settled_fds(pid).await;
+    let (rss_after, rss_peak) = (proc_kib(pid, "VmRSS"), proc_kib(pid, "VmHWM"));
 
     println!(
         "{total} idle connections ({n_tls} TLS, {n_half} half a request, {} TCP) opened in {opening_took:.2?}; \
@@ -1228,8 +1365,8 @@ async fn thousands_of_idle_connections_use_bounded_memory_and_are_closed() {
     for kind in [Idle::Tcp, Idle::Tls, Idle::HalfRequest] {
         let mut t: Vec<Duration> = lifetimes
             .iter()
-            .filter(|(k, _)| *k == kind)
-            .map(|(_, t)| *t)
+            .filter(|(k, _, _)| *k == kind)
+            .map(|(_, t, _)| *t)
             .collect();
         t.sort();
         println!(
@@ -1238,18 +1375,20 @@ async fn thousands_of_idle_connections_use_bounded_memory_and_are_closed() {
             t[t.len() - 1],
             t[t.len() / 2]
         );
-        // Closed by the 2 s header timeout: not (much) before it, and not long after it.
-        // A TCP-only connection may wait in the accept queue for a moment before its timer
-        // starts, and a busy machine delays timers, hence the upper slack.
+    }
+    // Each was closed by the header timeout, as the agent logs it for that client: during the
+    // TLS handshake for the silent TCP ones, waiting for a request head for the others.
+    let log = listener_log(&d.stderr());
+    for (kind, _, peer) in &lifetimes {
+        let want = if *kind == Idle::Tcp {
+            TLS_TIMEOUT
+        } else {
+            HEAD_TIMEOUT
+        };
+        let said = log.get(&peer.to_string());
         assert!(
-            t[0] >= Duration::from_millis(1500),
-            "{kind:?} closed after {:?}, before the 2 s header timeout",
-            t[0]
-        );
-        assert!(
-            t[t.len() - 1] < Duration::from_secs(15),
-            "{kind:?} still open after {:?}",
-            t[t.len() - 1]
+            said.is_some_and(|m| m.iter().any(|m| m == want)),
+            "the {kind:?} connection from {peer} was not closed by the header timeout: {said:?}"
         );
     }
     let slowest = probes.iter().map(|p| p.1).max().unwrap_or_default();
@@ -1294,7 +1433,8 @@ async fn connections_beyond_max_connections_wait_in_the_backlog_and_are_served()
         .expect("connect");
     assert_eq!(c.get("/readyz").await.status, 200);
     drop(c);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Its slot is free again once the agent has closed its side.
+    settled_fds(d.pid()).await;
 
     // Fill every slot, and queue more behind them; the kernel completes their TCP handshakes.
     let mut idle = Vec::new();
@@ -1302,7 +1442,8 @@ async fn connections_beyond_max_connections_wait_in_the_backlog_and_are_served()
         let tcp = tokio::net::TcpStream::connect(&d.addr)
             .await
             .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
-        idle.push((tcp, Instant::now()));
+        let peer = tcp.local_addr().expect("local address");
+        idle.push((tcp, Instant::now(), peer));
     }
     // A real client behind them all: it waits for a slot, then gets its answer.
     let started = Instant::now();
@@ -1312,37 +1453,40 @@ async fn connections_beyond_max_connections_wait_in_the_backlog_and_are_served()
     })
     .await;
     let waited = started.elapsed();
+    // Every slot was taken, so it can only have been served once the agent let an idle one go
+    // (it logs that before the slot is free).
+    let closed_before = listener_log(&d.stderr())
+        .values()
+        .filter(|m| m.iter().any(|m| m == TLS_TIMEOUT))
+        .count();
     let r = served
         .unwrap_or_else(|_| panic!("a queued client was not served within 30 s"))
         .unwrap_or_else(|e| panic!("queued client: {e}"));
     assert_eq!(r.status, 200, "{}", r.text());
     println!(
-        "a client queued behind {} idle connections ({SLOTS} slots) was served after {waited:.2?}",
+        "a client queued behind {} idle connections ({SLOTS} slots) was served after {waited:.2?}, \
+         {closed_before} of them closed by then",
         SLOTS + EXCESS
     );
     assert!(
-        waited >= Duration::from_millis(1500),
-        "served after {waited:?}: it cannot have waited for a slot"
+        closed_before >= 1,
+        "served while every slot was held: it did not wait for one"
     );
 
     // The queued idle connections got slots too, and were closed by the header timeout.
     let mut closed = Vec::new();
-    for (mut tcp, opened) in idle {
+    for (mut tcp, opened, peer) in idle {
         let t = closed_within(&mut tcp, Duration::from_secs(20))
             .await
             .map(|_| opened.elapsed());
         closed.push(t.expect("an idle connection still open after 20 s"));
+        assert_closed_for(&d, peer, TLS_TIMEOUT).await;
     }
     closed.sort();
     println!(
         "idle connections closed after {:.2?} .. {:.2?}",
         closed[0],
         closed[closed.len() - 1]
-    );
-    // The last ones waited for a slot before their own 2 s started.
-    assert!(
-        closed[closed.len() - 1] >= Duration::from_millis(3500),
-        "{closed:?}"
     );
     assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
     let c = Https::connect_with(&d.addr, h2).await.expect("connect");
@@ -1504,15 +1648,38 @@ async fn a_small_body_that_never_comes_gets_408_and_holds_no_model_slot() {
     )
     .await;
 
+    // Requests the agent has taken in (their heads read), each scrape counting itself too.
+    let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
+    let taken = || async {
+        metric_sum(
+            &c.get("/metrics").await.text(),
+            "tdx_agent_connection_thread_requests_total",
+        )
+    };
+    let before = taken().await;
+
     let mut slow = upstream::http1::<ChanBody>(&d.addr, sim.root_der()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let slow_answer = tokio::spawn(async move {
         slow.send_request(echo_request(ChanBody(rx), Some(100)))
             .await
     });
-    // Not an assertion on time: gives the agent the slow client's head before the next
-    // request, which is what used to take the only slot.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The agent has the slow client's head before the next request comes: that is what used
+    // to take the only slot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut scrapes = 0.0;
+    loop {
+        let now = taken().await;
+        scrapes += 1.0;
+        if now >= before + scrapes + 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never took in the slow client's request head"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     assert_eq!(
         quick_echo(&d, &sim).await,

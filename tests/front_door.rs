@@ -7,7 +7,9 @@
 
 mod support;
 
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,13 +33,231 @@ async fn wait_readyz(c: &Https, want: u16, within: Duration) -> serde_json::Valu
 }
 
 async fn agent_for(sim: &SimTd, up: &Upstream, extra: &[&str]) -> (Daemon, Https) {
-    let url = up.url();
-    let mut args = vec!["--upstream", url.as_str()];
+    agent_for_url(sim, &up.url(), extra).await
+}
+
+async fn agent_for_url(sim: &SimTd, url: &str, extra: &[&str]) -> (Daemon, Https) {
+    let mut args = vec!["--upstream", url];
     args.extend_from_slice(extra);
     let d = Daemon::sim(sim, &args);
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     wait_readyz(&c, 200, Duration::from_secs(30)).await;
     (d, c)
+}
+
+/// [`agent_fronting`] for a model server at `url`, the agent's listener logging why it closes
+/// each connection (`assert_closed_for`).
+fn agent_fronting_url(sim: &SimTd, url: &str, upstream: &str) -> (Daemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::sim_config(
+        sim,
+        dir.path(),
+        "",
+        &format!("[upstream]\nurl = \"{url}\"\n{upstream}"),
+    );
+    let d = Daemon::start(
+        &["serve", "--config", support::path_str(&config)],
+        &[
+            (
+                "TDX_AGENT_LOG",
+                "warn,rustls=error,tdx_daemon::server::listener=debug",
+            ),
+            ("NO_COLOR", "1"),
+        ],
+        &[],
+    );
+    (d, dir)
+}
+
+/// Why the listener lets a connection go, as it logs it.
+const HEAD_TIMEOUT: &str = "no complete request head within the header timeout: closing";
+const H2_GOAWAY: &str = "HTTP/2: no request in flight within the header timeout: GOAWAY";
+const MEASURED: &str = "measurements changed: closing the connection after its requests";
+
+/// What the listener has logged about the connection from `peer` (the client's own address),
+/// in order. A closing connection is told apart by why, not by when: a timer that fires early
+/// or late is `tdx_net::head_timer`'s unit tests' business.
+fn listener_log(d: &Daemon, peer: SocketAddr) -> Vec<String> {
+    let peer = format!(" peer={peer}");
+    d.stderr()
+        .lines()
+        .filter_map(|l| l.split_once("tdx_daemon::server::listener: ").map(|x| x.1))
+        .filter_map(|rest| {
+            let (message, fields) = rest.split_once(" peer=")?;
+            let p = fields.split_whitespace().next()?;
+            (format!(" peer={p}") == peer).then(|| message.to_string())
+        })
+        .collect()
+}
+
+/// Wait until the listener has logged `reasons`, in this order, for the connection from `peer`
+/// (it logs before the socket closes, but the file is read from another process).
+async fn assert_closed_for(d: &Daemon, peer: SocketAddr, reasons: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let said = listener_log(d, peer);
+        let mut left = reasons.iter().peekable();
+        for m in &said {
+            if left.peek().is_some_and(|r| *r == m) {
+                left.next();
+            }
+        }
+        if left.peek().is_none() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never logged {reasons:?} for {peer}; for it: {said:?}\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP/1.1 connection to the agent, like `support::upstream::http1`, and the client's
+/// address the agent's log names it by.
+async fn http1_from<B>(
+    d: &Daemon,
+    sim: &SimTd,
+) -> (hyper::client::conn::http1::SendRequest<B>, SocketAddr)
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"http/1.1"]));
+    let tls = support::ratls_connect(&d.addr, config).await.unwrap();
+    let peer = tls.get_ref().0.local_addr().unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    (sender, peer)
+}
+
+/// An HTTP/2 connection to the agent, like `support::upstream::http2`, and the client's
+/// address.
+async fn http2_from<B>(
+    d: &Daemon,
+    sim: &SimTd,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+    SocketAddr,
+)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"h2"]));
+    let tls = support::ratls_connect(&d.addr, config).await.unwrap();
+    let peer = tls.get_ref().0.local_addr().unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(conn), peer)
+}
+
+/// One request a [`Recorder`] received.
+#[derive(Clone, Debug)]
+struct Seen {
+    /// The connection it came on, numbered from 0 as they were accepted.
+    conn: u64,
+    path: String,
+    /// The test's flag as it was when the request's head arrived.
+    flag: bool,
+    content_length: Option<String>,
+    body_len: usize,
+}
+
+/// A model server of this file's own, for what the shared scripted one does not record: each
+/// `/v1/` request with the connection it came on and the test's `flag` as its head arrived,
+/// and the connections the agent closed. `/health` answers 200, every other path 200 `{}`.
+struct Recorder {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    closed: Arc<Mutex<Vec<u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    async fn start(flag: Arc<AtomicBool>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (seen, closed) = (
+            Arc::<Mutex<Vec<Seen>>>::default(),
+            Arc::<Mutex<Vec<u64>>>::default(),
+        );
+        let (s, c) = (Arc::clone(&seen), Arc::clone(&closed));
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            for conn in 0.. {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s, c, flag) = (Arc::clone(&s), Arc::clone(&c), Arc::clone(&flag));
+                conns.spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (s, flag) = (Arc::clone(&s), Arc::clone(&flag));
+                            async move {
+                                let flag = flag.load(Ordering::SeqCst);
+                                let path = req.uri().path().to_string();
+                                let content_length = req
+                                    .headers()
+                                    .get("content-length")
+                                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                                if path != "/health" {
+                                    s.lock().unwrap().push(Seen {
+                                        conn,
+                                        path,
+                                        flag,
+                                        content_length,
+                                        body_len: body.map(|b| b.len()).unwrap_or(0),
+                                    });
+                                }
+                                Ok::<_, std::convert::Infallible>(
+                                    hyper::Response::builder()
+                                        .header("content-type", "application/json")
+                                        .body(Full::new(Bytes::from_static(b"{}")))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                    c.lock().unwrap().push(conn);
+                });
+            }
+        });
+        Recorder {
+            url,
+            seen,
+            closed,
+            task,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn closed(&self) -> Vec<u64> {
+        self.closed.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A whole response body as JSON.
@@ -433,7 +653,14 @@ async fn through_connect_sse_is_unbuffered_and_leaving_cancels() {
     let (d, _c) = agent_for(&sim, &up, &[]).await;
     // A policy that accepts this simulated TD's agent as it runs here.
     let policy = sim.dir.join("chain-policy.toml");
-    std::fs::write(&policy, "[[rtmr3_events.pin]]\ntype = \"agent-config\"\n").unwrap();
+    std::fs::write(
+        &policy,
+        format!(
+            "{}[[rtmr3_events.pin]]\ntype = \"agent-config\"\n",
+            sim.image_pins()
+        ),
+    )
+    .unwrap();
     let connect = support::ConnectProc::start(
         &d.url(),
         &[
@@ -475,31 +702,68 @@ async fn through_connect_sse_is_unbuffered_and_leaving_cancels() {
 }
 
 /// A small request body (declared by Content-Length) is read whole before the model server is
-/// asked: while half of it is still on its way, the model server has seen no request.
+/// asked: the model server sees the request only after the second half was sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_request_body_is_read_whole_before_the_model_server_is_asked() {
     let sim = SimTd::new();
-    let up = Upstream::start().await;
-    let (d, _c) = agent_for(&sim, &up, &[]).await;
+    let second_half_sent = Arc::new(AtomicBool::new(false));
+    let up = Recorder::start(Arc::clone(&second_half_sent)).await;
+    let (d, c) = agent_for_url(&sim, &up.url, &[]).await;
     let mut sender = http1(&d.addr, sim.root_der()).await;
+    let echo = |body: ChanBody| {
+        hyper::Request::builder()
+            .method("POST")
+            .uri("/v1/echo")
+            .header("host", "agent")
+            .header("content-type", "application/json")
+            .header("content-length", "20")
+            .body(body)
+            .unwrap()
+    };
+    // A first request leaves an idle upstream connection on this connection's thread, so an
+    // agent that did not wait for the body would pass the head on at once.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let req = hyper::Request::builder()
-        .method("POST")
-        .uri("/v1/echo")
-        .header("host", "agent")
-        .header("content-type", "application/json")
-        .header("content-length", "20")
-        .body(ChanBody(rx))
+    tx.send(Bytes::from_static(b"{\"warm\":\"up.......\"}"))
+        .await
         .unwrap();
-    let before = up.script.model_requests.load(Ordering::SeqCst);
-    let answer = tokio::spawn(async move { sender.send_request(req).await });
-    tx.send(Bytes::from_static(b"{\"half\":1")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(tx);
     assert_eq!(
-        up.script.model_requests.load(Ordering::SeqCst),
-        before,
-        "the model server saw the request before its body was complete"
+        sender
+            .send_request(echo(ChanBody(rx)))
+            .await
+            .unwrap()
+            .status(),
+        200
     );
+    sender.ready().await.unwrap();
+
+    // Requests the agent has taken in (their heads read), each scrape counting itself too.
+    let taken = || async {
+        support::metric_sum(
+            &c.get("/metrics").await.text(),
+            "tdx_agent_connection_thread_requests_total",
+        )
+    };
+    let before = taken().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let answer = tokio::spawn(async move { sender.send_request(echo(ChanBody(rx))).await });
+    tx.send(Bytes::from_static(b"{\"half\":1")).await.unwrap();
+    // The agent has the head (and may have the first half) before the rest goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut scrapes = 0.0;
+    loop {
+        let now = taken().await;
+        scrapes += 1.0;
+        if now >= before + scrapes + 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never took in the request head"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    second_half_sent.store(true, Ordering::SeqCst);
     tx.send(Bytes::from_static(b",\"rest\":2}\n"))
         .await
         .unwrap();
@@ -509,49 +773,63 @@ async fn a_small_request_body_is_read_whole_before_the_model_server_is_asked() {
         .unwrap()
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let echo = json_body(resp).await;
-    assert_eq!(echo["body_len"], 20, "{echo}");
-    assert_eq!(echo["headers"]["content-length"], "20", "{echo}");
-    assert_eq!(up.script.model_requests.load(Ordering::SeqCst), before + 1);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen[1].flag,
+        "the model server saw the request before its body was complete: {seen:?}"
+    );
+    assert_eq!(seen[1].path, "/v1/echo", "{seen:?}");
+    assert_eq!(seen[1].body_len, 20, "{seen:?}");
+    assert_eq!(seen[1].content_length.as_deref(), Some("20"), "{seen:?}");
 }
 
+/// Requests one after another share one upstream connection; once it has been idle past
+/// `keepalive_idle_ms` the agent closes it (the sweep after each health probe, every 100 ms
+/// here) and the next request gets a new one.
 #[tokio::test]
 async fn upstream_connections_are_kept_until_idle_past_the_limit() {
     let sim = SimTd::new();
-    let up = Upstream::start().await;
-    let (d, _dir) = agent_fronting(
+    let up = Recorder::start(Arc::default()).await;
+    let (d, _dir) = agent_fronting_url(
         &sim,
-        &up,
-        "health_interval_ms = 600000\nkeepalive_idle_ms = 1500\n",
+        &up.url,
+        "health_interval_ms = 100\nkeepalive_idle_ms = 1500\n",
     );
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     wait_readyz(&c, 200, Duration::from_secs(30)).await;
-    let opened = || up.script.connections.load(Ordering::SeqCst);
     // One client connection: one connection thread, one idle stack.
-    assert_eq!(c.get("/v1/models").await.status, 200);
-    let before = opened();
-    for _ in 0..5 {
+    for _ in 0..6 {
         assert_eq!(c.get("/v1/models").await.status, 200);
     }
-    assert_eq!(
-        opened(),
-        before,
-        "requests one after another share one connection"
+    let seen = up.seen();
+    let first = seen[0].conn;
+    assert!(
+        seen.iter().all(|s| s.conn == first),
+        "requests one after another share one connection: {seen:?}"
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !up.closed().contains(&first) {
+        assert!(
+            Instant::now() < deadline,
+            "an upstream connection idle past the limit was still open after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(c.get("/v1/models").await.status, 200);
-    assert_eq!(
-        opened(),
-        before + 1,
-        "a connection idle past the limit is not reused"
+    let seen = up.seen();
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert_ne!(
+        seen[6].conn, first,
+        "a request went on a connection closed for idling: {seen:?}"
     );
 }
 
 /// An agent with a 2 s header timeout (and 30 s for the model's answer to begin), ready.
 async fn agent_with_a_2s_header_timeout(sim: &SimTd, up: &Upstream) -> (Daemon, tempfile::TempDir) {
-    let (d, dir) = agent_fronting(
+    let (d, dir) = agent_fronting_url(
         sim,
-        up,
+        &up.url(),
         "response_header_timeout_secs = 30\n[limits]\nheader_read_timeout_secs = 2\n",
     );
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
@@ -573,7 +851,7 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
             .body(Full::new(Bytes::new()))
             .unwrap()
     };
-    let mut h1 = http1::<Full<Bytes>>(&d.addr, sim.root_der()).await;
+    let (mut h1, peer) = http1_from::<Full<Bytes>>(&d, &sim).await;
 
     // 3 s before the answer's head: nothing at all goes to the client meanwhile.
     let r = h1.send_request(get("/v1/delay/3000")).await.unwrap();
@@ -606,8 +884,9 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
         frame.unwrap();
     }
 
-    // Idle after its last answer, the connection is closed one timeout later (not two: the
-    // answer's own bytes do not count as activity after it).
+    // Idle after its last answer, the connection is closed by the header timeout. That it
+    // runs once from the answer's end (the answer's own bytes are not activity after it) is
+    // `tdx_net::head_timer`'s unit tests' to show; here, only that it comes, and why.
     let ended = Instant::now();
     while !h1.is_closed() && ended.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -617,14 +896,7 @@ async fn the_header_timeout_ends_idle_connections_but_never_a_request_in_flight(
         h1.is_closed(),
         "an idle connection was still open after {after:?}"
     );
-    assert!(
-        after >= Duration::from_millis(1600),
-        "an idle connection was closed after {after:?}, before the 2 s header timeout"
-    );
-    assert!(
-        after < Duration::from_millis(3600),
-        "an idle connection was closed only after {after:?}: the 2 s header timeout ran twice"
-    );
+    assert_closed_for(&d, peer, &[HEAD_TIMEOUT]).await;
     assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
 }
 
@@ -641,7 +913,7 @@ async fn over_http2_the_idle_timeout_never_cuts_a_request_in_flight() {
             .body(Full::new(Bytes::new()))
             .unwrap()
     };
-    let (mut h2, conn) = support::upstream::http2::<Full<Bytes>>(&d.addr, sim.root_der()).await;
+    let (mut h2, conn, peer) = http2_from::<Full<Bytes>>(&d, &sim).await;
 
     // 3 s before the answer's head, then a stream silent for 3 s between two events, at once
     // on one connection.
@@ -668,18 +940,13 @@ async fn over_http2_the_idle_timeout_never_cuts_a_request_in_flight() {
     }
     drop(sse);
 
-    // Idle after its last answer, the connection ends with a GOAWAY one timeout later.
-    let ended = Instant::now();
+    // Idle after its last answer, the connection ends with the header timeout's GOAWAY.
     let closed = tokio::time::timeout(Duration::from_secs(10), conn).await;
-    let after = ended.elapsed();
     assert!(
         matches!(closed, Ok(Ok(Ok(())))),
         "an idle HTTP/2 connection was not closed cleanly within 10 s: {closed:?}"
     );
-    assert!(
-        after >= Duration::from_millis(1600),
-        "an idle HTTP/2 connection was closed after {after:?}, before the 2 s header timeout"
-    );
+    assert_closed_for(&d, peer, &[H2_GOAWAY]).await;
     assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
 }
 
@@ -689,10 +956,12 @@ async fn over_http2_the_idle_timeout_never_cuts_a_request_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_sent_head_is_cut_at_the_header_timeout_after_a_measurement_change() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    const TIMEOUT: Duration = Duration::from_secs(4);
+    // Long enough for the measurement change (a CLI call) to come first on a loaded machine;
+    // the log below shows it did.
     let sim = SimTd::new();
     let up = Upstream::start().await;
-    let (mut d, dir) = agent_fronting(&sim, &up, "[limits]\nheader_read_timeout_secs = 4\n");
+    let (mut d, dir) =
+        agent_fronting_url(&sim, &up.url(), "[limits]\nheader_read_timeout_secs = 10\n");
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     wait_readyz(&c, 200, Duration::from_secs(30)).await;
 
@@ -700,6 +969,7 @@ async fn a_half_sent_head_is_cut_at_the_header_timeout_after_a_measurement_chang
     let mut tls = support::ratls_connect(&d.addr, config)
         .await
         .expect("RA-TLS");
+    let peer = tls.get_ref().0.local_addr().unwrap();
     let opened = Instant::now();
     tls.write_all(b"GET /v1/models HTTP/1.1\r\nhost: agent\r\n")
         .await
@@ -708,11 +978,6 @@ async fn a_half_sent_head_is_cut_at_the_header_timeout_after_a_measurement_chang
 
     extend_rtmr3(dir.path().join("run").join("admin.sock").to_str().unwrap());
     let changed = opened.elapsed();
-    assert!(
-        changed < TIMEOUT,
-        "the measurement changed only {changed:?} after the connection opened, after its \
-         header timeout: this test needs the change to come first"
-    );
     // The agent rotates its certificate; a new handshake sees it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let old_cert = c.peer_cert.clone();
@@ -730,7 +995,7 @@ async fn a_half_sent_head_is_cut_at_the_header_timeout_after_a_measurement_chang
     }
 
     let mut buf = [0u8; 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
         match tls.read(&mut buf).await {
             Ok(0) | Err(_) => opened.elapsed(),
             Ok(n) => panic!(
@@ -740,12 +1005,11 @@ async fn a_half_sent_head_is_cut_at_the_header_timeout_after_a_measurement_chang
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("a half-sent head held its connection 15 s (timeout 4 s)"));
+    .unwrap_or_else(|_| panic!("a half-sent head held its connection 30 s (timeout 10 s)"));
     println!("measurement change after {changed:?}; connection cut after {closed:?}");
-    assert!(
-        closed >= TIMEOUT - Duration::from_millis(500),
-        "cut after {closed:?}, before the header timeout"
-    );
+    // Told to close by the change first (else this tested only the plain timeout), then cut
+    // by the header timeout while hyper waited for the rest of the head.
+    assert_closed_for(&d, peer, &[MEASURED, HEAD_TIMEOUT]).await;
     assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
 }
 

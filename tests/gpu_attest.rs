@@ -79,16 +79,12 @@ fn start(config: &Path) -> Daemon {
     Daemon::start(&["serve", "--config", path_str(config)], &[], &[])
 }
 
-/// A policy pinning the simulated TD's MRTD and requiring `count` GPUs.
+/// A policy pinning the simulated TD's image (MRTD, RTMR0-2) and requiring `count` GPUs.
 fn policy(sim: &SimTd, count: u32) -> PathBuf {
-    let m = sim.measurements();
     let p = sim.tmp.path().join(format!("gpus-{count}.toml"));
     std::fs::write(
         &p,
-        format!(
-            "[measurements]\nmrtd = [\"{}\"]\n\n[gpu]\ncount = {count}\n",
-            m["mrtd"].as_str().unwrap()
-        ),
+        format!("{}\n[gpu]\ncount = {count}\n", sim.image_pins()),
     )
     .unwrap();
     p

@@ -175,7 +175,14 @@ async fn a_thousand_streams_through_serve_and_250_through_connect_get_every_even
     }
     drop(c);
     let policy = sim.dir.join("streams-policy.toml");
-    std::fs::write(&policy, "[[rtmr3_events.pin]]\ntype = \"agent-config\"\n").unwrap();
+    std::fs::write(
+        &policy,
+        format!(
+            "{}[[rtmr3_events.pin]]\ntype = \"agent-config\"\n",
+            sim.image_pins()
+        ),
+    )
+    .unwrap();
     let connect = ConnectProc::start(
         &d.url(),
         &[

@@ -165,13 +165,16 @@ fn model_requests(agent: &str) -> f64 {
     metric_sum(&text, "tdx_agent_model_requests_total")
 }
 
-fn policy(dir: &Path, name: &str, manifest: &str) -> String {
+/// A policy pinning `sim`'s image (MRTD, RTMR0-2), the agent's configuration and the model
+/// whose manifest digest is `manifest`.
+fn policy(dir: &Path, sim: &SimTd, name: &str, manifest: &str) -> String {
     let path = dir.join(name);
     std::fs::write(
         &path,
         format!(
-            "[[rtmr3_events.pin]]\ntype = \"model\"\nallowed = [{{ manifest_sha256 = \"{manifest}\" }}]\n\
-             [[rtmr3_events.pin]]\ntype = \"agent-config\"\n"
+            "{}[[rtmr3_events.pin]]\ntype = \"model\"\nallowed = [{{ manifest_sha256 = \"{manifest}\" }}]\n\
+             [[rtmr3_events.pin]]\ntype = \"agent-config\"\n",
+            sim.image_pins()
         ),
     )
     .unwrap();
@@ -200,7 +203,7 @@ fn openai_sdk_through_connect_and_serve_to_real_vllm() {
     wait_readyz(&agent.addr, 200, Duration::from_secs(30));
 
     // The happy path: models.list, chat, streamed chat (several chunks), completion.
-    let good = policy(tmp.path(), "good.toml", &manifest);
+    let good = policy(tmp.path(), &sim, "good.toml", &manifest);
     let connect = start_connect(&agent.url(), &good, sim.root_str());
     let (code, v) = openai(&python, &base_url(&connect), &[]);
     assert_eq!(code, 0, "{v}");
@@ -210,7 +213,7 @@ fn openai_sdk_through_connect_and_serve_to_real_vllm() {
 
     // The same SDK in process through the Python package's verified transport (no connect):
     // the happy path, then a policy pinning another model raises before anything is sent.
-    let bad = policy(tmp.path(), "bad.toml", &"00".repeat(32));
+    let bad = policy(tmp.path(), &sim, "bad.toml", &"00".repeat(32));
     let before = model_requests(&agent.addr);
     let r = support::run(
         Command::new(support::python())
@@ -252,7 +255,7 @@ fn openai_sdk_through_connect_and_serve_to_real_vllm() {
 
     // A policy pinning another model: connect refuses, the SDK sees the check, and nothing
     // reached the model server.
-    let bad = policy(tmp.path(), "bad.toml", &"00".repeat(32));
+    let bad = policy(tmp.path(), &sim, "bad.toml", &"00".repeat(32));
     let refusing = start_connect(&agent.url(), &bad, sim.root_str());
     let before = model_requests(&agent.addr);
     let (code, v) = openai(&python, &base_url(&refusing), &[]);

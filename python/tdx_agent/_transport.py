@@ -241,8 +241,8 @@ def httpx_client(
     http_client=tdx_agent.httpx_client(url, policy=policy))``. Other keyword arguments go to
     ``httpx.Client`` (``timeout``, ``headers``, ...), except those that would route around
     the verified connection (``transport``, ``mounts``, ``proxy``, ``verify``, ...).
-    A policy that pins no measurement is refused (``ValueError``) unless
-    ``insecure_no_policy=True`` says that any genuine TD may receive the requests.
+    A policy that does not pin the TD image (MRTD and RTMR0-2) is refused (``ValueError``)
+    unless ``insecure_no_policy=True`` says that any genuine TD may receive the requests.
     httpx's ``timeout`` applies: ``connect`` bounds getting a verified connection (connect,
     handshake, policy, challenge), ``read`` the wait for the answer's head and for each chunk
     of its body (``httpx.ConnectTimeout`` / ``httpx.ReadTimeout``). A request body over

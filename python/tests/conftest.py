@@ -197,9 +197,16 @@ class Agent:
         path.write_text(text)
         return str(path)
 
+    def image_pins(self) -> str:
+        """The `[measurements]` table pinning this TD's image (MRTD, RTMR0-2), which the
+        transport requires before it forwards (`tdx-agent measurements --toml`)."""
+        r = run_agent("measurements", "--tee", "sim", "--sim-dir", str(self.sim_dir), "--toml")
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
     def model_policy(self, manifest_sha256: str) -> tdx_agent.Policy:
         return tdx_agent.Policy.from_toml(
-            f'[[rtmr3_events.pin]]\ntype = "model"\nallowed = [{{ manifest_sha256 = "{manifest_sha256}" }}]\n'
+            self.image_pins() + f'[[rtmr3_events.pin]]\ntype = "model"\nallowed = [{{ manifest_sha256 = "{manifest_sha256}" }}]\n'
             '[[rtmr3_events.pin]]\ntype = "agent-config"\n'
         )
 

@@ -100,7 +100,10 @@ def test_another_model_pinned_raises_before_anything_reaches_the_model(agent):
 
 
 def test_an_mrtd_pin_of_zeros_names_mrtd(agent):
-    zeros = tdx_agent.Policy.from_toml('[measurements]\nmrtd = ["' + "00" * 48 + '"]\n')
+    # The image pinned as it is, but for MRTD.
+    pins = agent.image_pins()
+    mrtd = pins.split('mrtd = ["', 1)[1].split('"', 1)[0]
+    zeros = tdx_agent.Policy.from_toml(pins.replace(mrtd, "00" * 48))
     before = agent.model_requests()
     with pytest.raises(tdx_agent.VerificationError) as e:
         sdk(agent, zeros).models.list()

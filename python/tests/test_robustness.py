@@ -205,18 +205,26 @@ def test_the_body_decides_its_length_not_the_callers_header(agent):
     assert b"chat.completion" in b"".join(chunks)
 
 
-def test_a_policy_that_pins_nothing_is_refused_unless_said_so(agent):
-    # As `tdx-agent connect`: requests go to any genuine TD only when the caller says so.
-    with pytest.raises(ValueError, match="pins no measurement"):
+def test_a_policy_that_does_not_pin_the_image_is_refused_unless_said_so(agent):
+    # As `tdx-agent connect`: requests go to any TD image only when the caller says so.
+    with pytest.raises(ValueError, match="does not pin the TD image"):
         tdx_agent.httpx_client(agent.url, policy=tdx_agent.Policy(), insecure_root=agent.root)
     gpu_only = tdx_agent.Policy.from_toml("[gpu]\ncount = 0\n")
     assert not gpu_only.pins_anything
-    with pytest.raises(ValueError, match="pins no measurement"):
+    with pytest.raises(ValueError, match="does not pin the TD image"):
         tdx_agent.httpx_async_client(agent.url, policy=gpu_only, insecure_root=agent.root)
+    # Pinning the model (RTMR3 events) alone does not pin the image: any image can replay
+    # the same events. The refusal names the registers left open.
+    model_only = tdx_agent.Policy.from_toml(
+        f'[[rtmr3_events.pin]]\ntype = "model"\nallowed = [{{ manifest_sha256 = "{agent.manifest_sha256}" }}]\n'
+    )
+    assert model_only.pins_anything
+    with pytest.raises(ValueError, match="MRTD, RTMR0, RTMR1, RTMR2 have no allowed value"):
+        tdx_agent.httpx_client(agent.url, policy=model_only, insecure_root=agent.root)
     pinned = agent.model_policy(agent.manifest_sha256)
     with open(agent.root, "rb") as f:
         root = f.read()
-    with pytest.raises(ValueError, match="pins measurements"):
+    with pytest.raises(ValueError, match="pins the TD image"):
         Transport(agent.url, policy=pinned, insecure_no_policy=True, insecure_root=root)
     with tdx_agent.httpx_client(
         agent.url, policy=gpu_only, insecure_no_policy=True, insecure_root=agent.root

@@ -154,17 +154,28 @@ impl SimTd {
     }
 
     /// `tdx-agent measurements --json` of this TD.
+    /// A policy's `[measurements]` table pinning this TD's image (MRTD, RTMR0-2), as
+    /// `tdx-agent measurements --toml` prints it: what `connect` requires before it forwards.
+    pub fn image_pins(&self) -> String {
+        self.measurements_as("--toml")
+    }
+
     pub fn measurements(&self) -> serde_json::Value {
+        serde_json::from_str(&self.measurements_as("--json")).expect("measurements JSON")
+    }
+
+    /// `tdx-agent measurements` of this TD, printed as `format` says (`--json`, `--toml`).
+    fn measurements_as(&self, format: &str) -> String {
         let m = tdx_agent(&[
             "measurements",
             "--tee",
             "sim",
             "--sim-dir",
             self.dir_str(),
-            "--json",
+            format,
         ]);
         assert_eq!(m.code, 0, "{m}");
-        serde_json::from_str(&m.stdout).expect("measurements JSON")
+        m.stdout
     }
 
     /// The audit files a sim `serve` without `--config` writes (SIMDIR/audit), oldest first.

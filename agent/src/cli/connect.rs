@@ -17,9 +17,10 @@ use super::{CliResult, Failure, read_file};
 
 pub const NO_POLICY_ERROR: &str = "no --policy given: connect forwards only to a server that \
 passes an appraisal policy. Give --policy FILE (see docs/connect.md), or --insecure-no-policy \
-to accept any genuine TD with no measurement pinned";
-pub const NO_POLICY_WARNING: &str = "--insecure-no-policy: no measurement is pinned, so \
-requests (prompts, API keys) go to any genuine TD on an accepted platform, whatever it runs";
+to accept any genuine TD whatever image it runs";
+pub const NO_POLICY_WARNING: &str = "--insecure-no-policy: the TD image (MRTD, RTMR0-2) is not \
+pinned, so requests (prompts, API keys) go to any genuine TD on an accepted platform, whatever \
+it runs";
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// The agent, e.g. https://10.0.0.5:8443.
@@ -28,8 +29,13 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "FILE")]
     pub policy: Option<PathBuf>,
     /// Local address to serve plain HTTP on, e.g. 127.0.0.1:9000 (port 0: any free port).
+    /// A loopback address unless --insecure-listen-non-loopback.
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// Serve the plain-HTTP endpoint on a non-loopback --listen address: prompts, completions
+    /// and API keys then cross that network unencrypted and unauthenticated.
+    #[arg(long)]
+    pub insecure_listen_non_loopback: bool,
     /// Trust this root CA (DER) instead of Intel's production root (simulated TD, test PKIs).
     #[arg(long, value_name = "DER")]
     pub insecure_root: Option<PathBuf>,
@@ -85,6 +91,15 @@ pub async fn run(a: ConnectArgs) -> CliResult {
     let options =
         ConnectOptions::new(a.rechallenge_secs, a.max_request_bytes).map_err(Failure::error)?;
     if !a.listen.ip().is_loopback() {
+        if !a.insecure_listen_non_loopback {
+            return Err(Failure::Error(format!(
+                "--listen {}: not a loopback address. connect serves plain HTTP, without \
+                 authentication: prompts, completions and API keys would cross that network \
+                 unencrypted, and anyone on it could use the verified session. Bind 127.0.0.1 \
+                 (or ::1), or add --insecure-listen-non-loopback if that network is trusted",
+                a.listen
+            )));
+        }
         eprintln!(
             "tdx-agent: WARNING: --listen {} is not a loopback address. connect serves plain \
              HTTP: prompts, completions and API keys cross the network unencrypted between \

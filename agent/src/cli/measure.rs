@@ -41,8 +41,13 @@ pub struct MeasurementsArgs {
     #[command(flatten)]
     pub tee: TeeArgs,
     /// Print one JSON object.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "toml")]
     pub json: bool,
+    /// Print a policy's `[measurements]` table pinning this TD's image (MRTD, RTMR0-2), as
+    /// `connect` and the Python transport require: run it on a reference TD booted from the
+    /// image, then add the RTMR3 event pins (docs/connect.md).
+    #[arg(long)]
+    pub toml: bool,
 }
 
 #[derive(Serialize)]
@@ -75,7 +80,13 @@ pub async fn measurements(a: MeasurementsArgs) -> CliResult {
         mrowner: hex(&m.mrowner),
         mrownerconfig: hex(&m.mrownerconfig),
     };
-    if a.json {
+    if a.toml {
+        println!(
+            "# The TD image as measured by this TD (`tdx-agent measurements --toml`).\n\
+             [measurements]\nmrtd = [\"{}\"]\nrtmr0 = [\"{}\"]\nrtmr1 = [\"{}\"]\nrtmr2 = [\"{}\"]",
+            out.mrtd, out.rtmr0, out.rtmr1, out.rtmr2
+        );
+    } else if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(Failure::error)?

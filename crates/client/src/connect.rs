@@ -100,29 +100,38 @@ impl ConnectOptions {
     }
 }
 
-/// Whether a policy may guard forwarded requests: prompts and API keys go only where a
-/// measurement pin says, unless the caller said in so many words that any genuine TD will do.
-/// `connect` and the Python transport both decide here, each naming its own spelling of the
-/// flag.
+/// Whether a policy may guard forwarded requests: prompts and API keys go only to a TD whose
+/// image the policy pins (MRTD and RTMR0-2), unless the caller said in so many words that any
+/// genuine TD will do. RTMR3, its events and the owner registers do not count: any image can
+/// reproduce them. `connect` and the Python transport both decide here, each naming its own
+/// spelling of the flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pinning {
-    /// The policy pins at least one measurement or RTMR3 event.
+    /// MRTD and RTMR0-2 each have allowed values.
     Pinned,
-    /// Nothing is pinned and the caller accepted that: warn before forwarding.
+    /// The image is not pinned and the caller accepted that: warn before forwarding.
     InsecureUnpinned,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PinningError {
     #[error(
-        "{policy} pins no measurement (no [measurements] value, no [[rtmr3_events.pin]]), so \
-         requests would be forwarded to any genuine TD whatever it runs. Pin what the server \
-         runs (docs/connect.md), or add {flag} to accept that"
+        "{policy} does not pin the TD image: {} {} no allowed value in [measurements], so \
+         requests would be forwarded to any TD image on a genuine platform (RTMR3, its events \
+         and the owner registers can be reproduced by any image). Pin MRTD and RTMR0-2 \
+         (`tdx-agent measurements --toml` on a reference TD prints them; docs/connect.md), or \
+         add {flag} to accept any image",
+        unpinned.join(", "),
+        if unpinned.len() == 1 { "has" } else { "have" }
     )]
-    Unpinned { policy: String, flag: &'static str },
+    Unpinned {
+        policy: String,
+        unpinned: Vec<&'static str>,
+        flag: &'static str,
+    },
     #[error(
-        "{flag} with {policy}, which pins measurements: the flag is for a policy that pins \
-         none; drop it"
+        "{flag} with {policy}, which pins the TD image: the flag is for a policy that does \
+         not; drop it"
     )]
     NeedlessFlag { policy: String, flag: &'static str },
 }
@@ -136,11 +145,13 @@ impl Pinning {
         insecure_no_policy: bool,
         flag: &'static str,
     ) -> Result<Pinning, PinningError> {
-        match (policy.pins_anything(), insecure_no_policy) {
+        let unpinned = policy.measurements.unpinned_image_registers();
+        match (unpinned.is_empty(), insecure_no_policy) {
             (true, false) => Ok(Pinning::Pinned),
             (false, true) => Ok(Pinning::InsecureUnpinned),
             (false, false) => Err(PinningError::Unpinned {
                 policy: policy_name.to_owned(),
+                unpinned,
                 flag,
             }),
             (true, true) => Err(PinningError::NeedlessFlag {
@@ -1279,29 +1290,16 @@ mod tests {
     use tdx_core::verify::{Policy, Verifier};
 
     #[test]
-    fn forwarding_needs_a_pin_or_the_flag_and_never_both() -> Result<(), Box<dyn std::error::Error>>
-    {
-        let pinned = Policy::from_toml(
-            &format!("[measurements]\nmrtd = [\"{}\"]", "ab".repeat(48)),
-            "p.toml",
-        )?;
-        let gpu_only = Policy::from_toml("[gpu]\ncount = 1", "g.toml")?;
+    fn forwarding_needs_the_image_pinned_or_the_flag_and_never_both()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let h = "ab".repeat(48);
+        let image = format!(
+            "[measurements]\nmrtd = [\"{h}\"]\nrtmr0 = [\"{h}\"]\nrtmr1 = [\"{h}\"]\nrtmr2 = [\"{h}\"]\n"
+        );
+        let pinned = Policy::from_toml(&image, "p.toml")?;
         assert_eq!(
             Pinning::of(&pinned, "p.toml", false, "--f")?,
             Pinning::Pinned
-        );
-        assert_eq!(
-            Pinning::of(&gpu_only, "g.toml", true, "--f")?,
-            Pinning::InsecureUnpinned
-        );
-        let unpinned = Pinning::of(&gpu_only, "g.toml", false, "--f")
-            .err()
-            .ok_or("accepted")?;
-        assert!(matches!(unpinned, PinningError::Unpinned { .. }));
-        let msg = unpinned.to_string();
-        assert!(
-            msg.starts_with("g.toml pins no measurement") && msg.contains("add --f"),
-            "{msg}"
         );
         let needless = Pinning::of(&pinned, "p.toml", true, "--f")
             .err()
@@ -1310,6 +1308,40 @@ mod tests {
             matches!(needless, PinningError::NeedlessFlag { .. }),
             "{needless}"
         );
+        // What any image can reproduce does not pin it: RTMR3, its events, the owner
+        // registers; nor does the firmware alone.
+        let model_event = "[[rtmr3_events.pin]]\ntype = \"model\"\n";
+        for (text, unpinned) in [
+            (
+                "[gpu]\ncount = 1".to_string(),
+                "MRTD, RTMR0, RTMR1, RTMR2 have",
+            ),
+            (model_event.to_string(), "MRTD, RTMR0, RTMR1, RTMR2 have"),
+            (
+                format!("[measurements]\nrtmr3 = [\"{h}\"]\nmrowner = [\"{h}\"]"),
+                "MRTD, RTMR0, RTMR1, RTMR2 have",
+            ),
+            (
+                format!("[measurements]\nmrtd = [\"{h}\"]\nrtmr0 = [\"{h}\"]\nrtmr1 = [\"{h}\"]"),
+                "RTMR2 has",
+            ),
+        ] {
+            let policy = Policy::from_toml(&text, "u.toml")?;
+            assert_eq!(
+                Pinning::of(&policy, "u.toml", true, "--f")?,
+                Pinning::InsecureUnpinned
+            );
+            let e = Pinning::of(&policy, "u.toml", false, "--f")
+                .err()
+                .ok_or("accepted")?;
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("u.toml does not pin the TD image: ")
+                    && msg.contains(unpinned)
+                    && msg.contains("add --f"),
+                "{text}: {msg}"
+            );
+        }
         Ok(())
     }
 

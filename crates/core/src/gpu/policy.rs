@@ -155,6 +155,9 @@ impl Serialize for VbiosVersion {
 /// NVIDIA's responder signs answers valid for about a day; a week tolerates a weekend of
 /// failed refreshes without accepting an answer from before a revocation long ago.
 pub const DEFAULT_OCSP_MAX_AGE_SECS: u64 = 7 * 24 * 3600;
+/// Beyond a month an answer no longer says much about revocation (answers without nextUpdate
+/// would be good for as long as the setting says): that is `insecure_skip_ocsp`, by name.
+pub const MAX_OCSP_MAX_AGE_SECS: u64 = 30 * 24 * 3600;
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -219,6 +222,12 @@ impl GpuPolicy {
             return Some((
                 "gpu.ocsp_max_age_secs",
                 "is 0, so no OCSP answer could ever be fresh; use insecure_skip_ocsp to skip revocation",
+            ));
+        }
+        if self.ocsp_max_age_secs > MAX_OCSP_MAX_AGE_SECS {
+            return Some((
+                "gpu.ocsp_max_age_secs",
+                "is over 30 days (2592000): an answer that old may predate a revocation; use insecure_skip_ocsp to skip revocation by name",
             ));
         }
         None

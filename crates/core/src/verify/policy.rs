@@ -85,7 +85,18 @@ pub struct HexU64(pub u64);
 impl<'de> Deserialize<'de> for HexU64 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let digits = s.trim().trim_start_matches("0x").trim_start_matches("0X");
+        let t = s.trim();
+        // One optional 0x, then hex digits only: `from_str_radix` alone would take a sign,
+        // and stripping the prefix repeatedly would take "0x0x1".
+        let digits = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(serde::de::Error::custom(format!(
+                "{s:?} is not a hex u64: hex digits, with an optional 0x"
+            )));
+        }
         u64::from_str_radix(digits, 16)
             .map(HexU64)
             .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a hex u64: {e}")))
@@ -195,6 +206,24 @@ impl MeasurementPolicy {
 
     pub fn pins_anything(&self) -> bool {
         self.pins().iter().any(|(_, v)| !v.is_empty())
+    }
+
+    /// The registers that identify the TD image (firmware, its configuration and the ACPI
+    /// tables, boot loader and kernel, command line and initrd) which this policy leaves
+    /// unpinned. Only these are fixed before the image's own code runs: RTMR3 and its events
+    /// can be extended to any value by whatever runs in the TD, and the owner registers are
+    /// chosen by the host, so pinning only those accepts any image that replays them.
+    pub fn unpinned_image_registers(&self) -> Vec<&'static str> {
+        [
+            ("MRTD", &self.mrtd),
+            ("RTMR0", &self.rtmr0),
+            ("RTMR1", &self.rtmr1),
+            ("RTMR2", &self.rtmr2),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.is_empty())
+        .map(|(name, _)| name)
+        .collect()
     }
 }
 
@@ -467,6 +496,10 @@ rtmr3 = ["{h}", "{z}"]
             ),
             ("[gpu]\nvbios_versions = []", "gpu.vbios_versions"),
             ("[gpu]\nocsp_max_age_secs = 0", "insecure_skip_ocsp"),
+            ("[gpu]\nocsp_max_age_secs = 2592001", "over 30 days"),
+            ("[td]\nallowed_xfam = [\"0x0x61ae7\"]", "not a hex u64"),
+            ("[td]\nallowed_xfam = [\"+61ae7\"]", "not a hex u64"),
+            ("[td]\nallowed_xfam = [\"0x\"]", "not a hex u64"),
             ("[gpu]\nskip_ocsp = true", "skip_ocsp"),
         ] {
             let err = Policy::from_toml(text, "p.toml").unwrap_err().to_string();
