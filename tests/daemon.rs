@@ -130,6 +130,39 @@ fn attest_accepts_the_simulated_td_and_names_every_check() {
             "check {name:?} missing or failed in {got:?}"
         );
     }
+
+    // The agent measures its insecure switches (a simulated TD here): every report says so,
+    // and a policy pinning none refuses it.
+    assert!(
+        report["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w
+                .as_str()
+                .is_some_and(|w| w.contains("insecure settings: tee.kind=sim")))),
+        "{report}"
+    );
+    let none = sim.tmp.path().join("no-insecure.toml");
+    std::fs::write(
+        &none,
+        "[[rtmr3_events.pin]]\ntype = \"agent-config\"\nallowed = [{ insecure = [] }]\n",
+    )
+    .unwrap();
+    let r = attest(
+        &d,
+        &[
+            "--insecure-root",
+            sim.root_str(),
+            "--policy",
+            none.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 1, "{r}");
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).expect("report JSON");
+    assert!(
+        checks(&report).contains(&("RTMR3 event \"agent-config\"".to_string(), false)),
+        "{report}"
+    );
 }
 
 #[test]

@@ -11,6 +11,10 @@ use crate::measure::rtmr3_log::{self, LogLine};
 /// The check that the log replays to the quote's RTMR3.
 pub const CHECK_EVENT_LOG: &str = "RTMR3 event log";
 
+/// The agent's own first event: its version, configuration and policy digests, and the
+/// insecure switches it runs with (docs/formats.md §11).
+pub const EVENT_AGENT_CONFIG: &str = "agent-config";
+
 /// The check for one event type, e.g. `RTMR3 event "model"`.
 pub fn event_check_name(kind: &str) -> String {
     format!("RTMR3 event {kind:?}")
@@ -74,6 +78,7 @@ pub fn appraise_events(report: &mut Report, log: Option<&str>, policy: &EventPol
         }
         return;
     }
+    warn_insecure_switches(report, &lines);
     for pin in &policy.pin {
         check_pin(report, &lines, pin);
     }
@@ -93,6 +98,40 @@ pub fn appraise_events(report: &mut Report, log: Option<&str>, policy: &EventPol
                 );
             }
         }
+    }
+}
+
+/// The switches an agent measured as weakening its promises (`insecure` in its agent-config
+/// event) are said in every report that replayed the log, whatever the policy: the
+/// configuration hash alone hides them from a client that does not pin it. A policy refuses
+/// such a server with `allowed = [{ insecure = [] }]` on its agent-config pin.
+fn warn_insecure_switches(report: &mut Report, lines: &[LogLine]) {
+    for line in lines.iter().filter(|l| l.event.kind == EVENT_AGENT_CONFIG) {
+        let Some(switches) = line
+            .event
+            .data
+            .get("insecure")
+            .and_then(Value::as_array)
+            .filter(|s| !s.is_empty())
+        else {
+            continue;
+        };
+        // Bounded: the log is the server's to write.
+        let named: Vec<String> = switches
+            .iter()
+            .take(16)
+            .map(|v| {
+                v.as_str()
+                    .map_or_else(|| compact(v), |s| s.chars().take(64).collect())
+            })
+            .collect();
+        report.push_warning(format!(
+            "the agent's configuration (agent-config event #{}) has insecure settings: {}; \
+             pin `allowed = [{{ insecure = [] }}]` on the agent-config event to refuse such a \
+             server",
+            line.seq,
+            named.join(", ")
+        ));
     }
 }
 
@@ -252,6 +291,44 @@ mod tests {
         appraise_events(&mut r, Some(&text), &p);
         assert!(r.accepted(), "{:?}", r.failures().collect::<Vec<_>>());
         assert!(r.check("RTMR3 event \"model\"").unwrap().ok);
+    }
+
+    #[test]
+    fn insecure_switches_are_warned_of_and_a_pin_of_none_refuses_them() {
+        let events = |insecure: Value| {
+            let l = line(
+                1,
+                "agent-config",
+                json!({"config_sha256": "aa", "insecure": insecure}),
+            );
+            let rtmr3 = replay([l.event.digest().unwrap()].iter());
+            (serde_json::to_string(&l).unwrap() + "\n", rtmr3)
+        };
+        let (text, rtmr3) = events(json!(["gpu.insecure_serve_unattested", "tee.kind=sim"]));
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &policy(""));
+        assert!(r.accepted(), "a warning, not a verdict");
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w
+                    .contains("insecure settings: gpu.insecure_serve_unattested, tee.kind=sim")),
+            "{:?}",
+            r.warnings
+        );
+        let none = policy(
+            "[[rtmr3_events.pin]]\ntype = \"agent-config\"\nallowed = [{ insecure = [] }]\n",
+        );
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &none);
+        let failed: Vec<_> = r.failures().map(|c| c.name.clone()).collect();
+        assert_eq!(failed, vec!["RTMR3 event \"agent-config\""]);
+        // An agent with none passes that pin, and nothing is said.
+        let (text, rtmr3) = events(json!([]));
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &none);
+        assert!(r.accepted(), "{:?}", r.failures().collect::<Vec<_>>());
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }
 
     #[test]

@@ -667,15 +667,22 @@ impl Config {
     }
 
     /// Every setting in effect that weakens what this agent's attestation or front door
-    /// promises, as `key = value`: `serve` logs them at start, so that an operator reading
-    /// the log sees them.
-    pub fn insecure_settings(&self) -> Vec<String> {
+    /// promises: (its switch, as the `agent-config` RTMR3 event lists it for clients; `key =
+    /// value` for the log). `serve` logs them at start, so that an operator reading the log
+    /// sees them, and measures the switches, so that a client's policy can refuse them.
+    pub fn insecure_settings(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if self.tee.kind == TeeKindConfig::Sim {
-            out.push("tee.kind = \"sim\" (a simulated TD: its evidence proves nothing)".into());
+            out.push((
+                "tee.kind=sim",
+                "tee.kind = \"sim\" (a simulated TD: its evidence proves nothing)".into(),
+            ));
         }
         if let Some(p) = &self.collateral.insecure_root {
-            out.push(format!("collateral.insecure_root = {}", p.display()));
+            out.push((
+                "collateral.insecure_root",
+                format!("collateral.insecure_root = {}", p.display()),
+            ));
         }
         if let Some(url) = self
             .upstream
@@ -683,23 +690,38 @@ impl Config {
             .as_ref()
             .filter(|_| self.upstream.insecure_allow_non_loopback)
         {
-            out.push(format!(
-                "upstream.insecure_allow_non_loopback = true (plaintext to {})",
-                url.as_str()
+            out.push((
+                "upstream.insecure_allow_non_loopback",
+                format!(
+                    "upstream.insecure_allow_non_loopback = true (plaintext to {})",
+                    url.as_str()
+                ),
             ));
         }
         if let Some(g) = &self.gpu {
             if g.source == GpuSourceKind::Sim {
-                out.push("gpu.source = \"sim\" (simulated GPUs)".into());
+                out.push((
+                    "gpu.source=sim",
+                    "gpu.source = \"sim\" (simulated GPUs)".into(),
+                ));
             }
             if let Some(p) = &g.insecure_roots {
-                out.push(format!("gpu.insecure_roots = {}", p.display()));
+                out.push((
+                    "gpu.insecure_roots",
+                    format!("gpu.insecure_roots = {}", p.display()),
+                ));
             }
             if let Some(p) = &g.insecure_sim_dir {
-                out.push(format!("gpu.insecure_sim_dir = {}", p.display()));
+                out.push((
+                    "gpu.insecure_sim_dir",
+                    format!("gpu.insecure_sim_dir = {}", p.display()),
+                ));
             }
             if g.insecure_serve_unattested {
-                out.push("gpu.insecure_serve_unattested = true".into());
+                out.push((
+                    "gpu.insecure_serve_unattested",
+                    "gpu.insecure_serve_unattested = true".into(),
+                ));
             }
         }
         out
@@ -1001,7 +1023,7 @@ mod tests {
             "c.toml",
         )
         .unwrap();
-        let list = c.insecure_settings();
+        let list: Vec<String> = c.insecure_settings().into_iter().map(|(_, s)| s).collect();
         for key in [
             "collateral.insecure_root = /r.der",
             "gpu.source = \"sim\"",
@@ -1013,6 +1035,7 @@ mod tests {
         }
         assert!(!list.iter().any(|s| s.starts_with("tee.kind")), "{list:?}");
         let c = Config::from_toml(SIM, "c.toml").unwrap();
-        assert!(c.insecure_settings()[0].starts_with("tee.kind = \"sim\""));
+        assert_eq!(c.insecure_settings()[0].0, "tee.kind=sim");
+        assert!(c.insecure_settings()[0].1.starts_with("tee.kind = \"sim\""));
     }
 }

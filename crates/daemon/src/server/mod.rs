@@ -198,7 +198,8 @@ pub async fn run(
     config.validate("configuration").map_err(setup)?;
     let insecure = config.insecure_settings();
     if !insecure.is_empty() {
-        tracing::warn!("insecure settings in effect: {}", insecure.join("; "));
+        let text: Vec<&str> = insecure.iter().map(|(_, t)| t.as_str()).collect();
+        tracing::warn!("insecure settings in effect: {}", text.join("; "));
     }
     let (policy, policy_bytes) = load_policy(&config).await?;
     if !policy.pins_anything() {

@@ -71,6 +71,14 @@ pub async fn plan(config: &Config, policy_bytes: &[u8]) -> Result<Vec<Event>, St
             "version": env!("CARGO_PKG_VERSION"),
             "config_sha256": hex(&Sha256::digest(canonical.as_bytes())),
             "policy_sha256": hex(&Sha256::digest(policy_bytes)),
+            // What the configuration hash hides from a client that does not pin it: the
+            // switches that weaken this agent's promises. Always present, so a policy can pin
+            // `insecure = []`.
+            "insecure": config
+                .insecure_settings()
+                .into_iter()
+                .map(|(switch, _)| switch)
+                .collect::<Vec<_>>(),
         }),
     }];
     if let Some(dir) = &config.model.dir {
