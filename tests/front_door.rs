@@ -562,9 +562,11 @@ async fn without_a_model_server_model_routes_are_not_found_and_unready_ones_say_
     drop(d);
 
     // An upstream that is down from the start: ready never holds, and /v1 says which stage.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound for the rest of the test but never listening: connections are refused, and no
+    // other test's listener can take the port meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
     // Another configuration is another measurement: it needs a fresh (simulated) boot.
     let sim = SimTd::new();
     let d = Daemon::sim(&sim, &["--upstream", &url]);

@@ -206,12 +206,7 @@ fn pccs_outage_degrades_only_after_next_update_and_recovers() {
         0
     );
     // A fixed port so the PCCS can come back at the same address.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", support::free_port());
     let pccs = support::SimPccs::start(&d, &listen);
     let pccs_url = format!("http://{listen}");
     let agent = start(&d, &["--pccs", &pccs_url]).unwrap();

@@ -45,11 +45,11 @@ def _threads() -> anyio.CapacityLimiter:
         _THREADS.set(limiter)
         return limiter
 
-# Options that would send requests somewhere other than the verified connection, or that
-# mean nothing over it (its TLS is verified by attestation, not by a CA bundle).
 # The default largest request body forwarded, as `tdx-agent connect --max-request-bytes`.
 MAX_REQUEST_BYTES = 32 << 20
 
+# Options that would send requests somewhere other than the verified connection, or that
+# mean nothing over it (its TLS is verified by attestation, not by a CA bundle).
 _REFUSED_KWARGS = ("transport", "mounts", "proxy", "proxies", "verify", "cert", "http1", "http2", "app")
 
 

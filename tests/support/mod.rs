@@ -153,13 +153,13 @@ impl SimTd {
         std::fs::read(&self.root).expect("reading root.der")
     }
 
-    /// `tdx-agent measurements --json` of this TD.
     /// A policy's `[measurements]` table pinning this TD's image (MRTD, RTMR0-2), as
     /// `tdx-agent measurements --toml` prints it: what `connect` requires before it forwards.
     pub fn image_pins(&self) -> String {
         self.measurements_as("--toml")
     }
 
+    /// `tdx-agent measurements --json` of this TD.
     pub fn measurements(&self) -> serde_json::Value {
         serde_json::from_str(&self.measurements_as("--json")).expect("measurements JSON")
     }
@@ -828,20 +828,32 @@ pub async fn http_get(addr: &str, path: &str) -> Resp {
 }
 
 /// A free loopback port for a process to bind later (a server restarted on its port, a
-/// child that takes `--listen HOST:PORT`). Taken below the kernel's ephemeral range, which
+/// child that takes `--listen HOST:PORT`). Taken outside the kernel's ephemeral range, which
 /// `bind(…:0)` and outgoing connections draw from: a port released here cannot be handed to
 /// another test's listener or client before its owner binds it. Within this process each call
 /// starts further on, so parallel tests do not pick the same one.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768);
-    // 8192 ports below the range, at least 1024 above the privileged ones.
-    let base = ephemeral_low.saturating_sub(8192).max(2048);
-    let span = ephemeral_low.saturating_sub(base).max(1);
+        .and_then(|r| {
+            let mut it = r.split_whitespace().map(|n| n.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    // Up to 8192 ports below the range, above the privileged ones; if the range starts too
+    // low for that, the ports above it.
+    let (base, end) = if range.0 >= 2048 + 1024 {
+        (range.0.saturating_sub(8192).max(2048), range.0)
+    } else {
+        (range.1 + 1, 65536)
+    };
+    assert!(
+        end.saturating_sub(base) >= 1024,
+        "no room outside the ephemeral port range {range:?} for test ports"
+    );
+    let span = end - base;
     // Another test binary may run beside this one: start somewhere its pid makes different.
     let start = std::process::id().wrapping_mul(2_654_435_761) % span;
     for _ in 0..span {
@@ -853,7 +865,7 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-    panic!("no free port in 127.0.0.1:{base}..{ephemeral_low}")
+    panic!("no free port in 127.0.0.1:{base}..{end}")
 }
 
 /// This process's open-file limits (soft, hard), from /proc/self/limits.

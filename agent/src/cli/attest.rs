@@ -107,7 +107,7 @@ mod tests {
                 "{code}: {f:?}"
             );
         }
-        for code in [429, 500, 503] {
+        for code in [408, 429, 500, 503] {
             assert!(
                 matches!(failure(status(code), &a), Failure::Error(_)),
                 "{code}"

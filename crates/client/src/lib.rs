@@ -107,9 +107,14 @@ impl ClientError {
                 expected: "a certificate carrying verifiable RA-TLS evidence for its key".into(),
                 found: detail.clone(),
             }),
-            // An agent that is overloaded, cannot produce evidence right now (503) or asks
-            // us to slow down (429) said nothing about what it is: it is unavailable.
-            ClientError::Status { status, .. } if *status >= 500 || *status == 429 => None,
+            // An agent that is overloaded, cannot produce evidence right now (503), asks us
+            // to slow down (429) or timed out waiting for our request body (408, a slow
+            // link) said nothing about what it is: it is unavailable.
+            ClientError::Status { status, .. }
+                if *status >= 500 || *status == 429 || *status == 408 =>
+            {
+                None
+            }
             ClientError::Status {
                 what, status, body, ..
             } => Some(FailedCheck {

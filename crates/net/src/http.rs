@@ -89,8 +89,9 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Whether a URL's host (as `Uri::host` gives it, IPv6 in brackets) is this machine: a
-/// loopback address or `localhost`. Names that resolve to loopback do not count: resolution
-/// is the host's to answer.
+/// loopback address or `localhost`. Other names that resolve to loopback do not count:
+/// resolution is the host's to answer. A caller that connects must not resolve `localhost`
+/// either (connect to 127.0.0.1), for the same reason.
 pub fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host

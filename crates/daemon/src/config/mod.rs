@@ -262,8 +262,15 @@ impl UpstreamUrl {
         }
         let host = authority.host();
         let loopback = tdx_net::is_loopback_host(host);
+        // `localhost` is connected to as 127.0.0.1: asking the resolver would let DNS, which
+        // the host answers where /etc/hosts has no line for it, send prompts off the TD.
+        let connect_to = if host.eq_ignore_ascii_case("localhost") {
+            format!("127.0.0.1:{}", authority.port_u16().unwrap_or_default())
+        } else {
+            authority.to_string()
+        };
         Ok(UpstreamUrl {
-            authority: authority.to_string(),
+            authority: connect_to,
             text: format!("http://{authority}"),
             loopback,
         })
@@ -891,6 +898,13 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{url}: {e}"));
             assert!(c.upstream.url.unwrap().is_loopback(), "{url}");
         }
+        // The name is never resolved: DNS is the host's.
+        let c = Config::from_toml(
+            &format!("{SIM}[upstream]\nurl = \"http://LocalHost:8000\""),
+            "c.toml",
+        )
+        .unwrap();
+        assert_eq!(c.upstream.url.unwrap().authority, "127.0.0.1:8000");
         for url in [
             "http://10.0.0.7:8000",
             "http://vllm:8000",
@@ -911,7 +925,8 @@ mod tests {
             assert!(
                 c.insecure_settings()
                     .iter()
-                    .any(|s| s.starts_with("upstream.insecure_allow_non_loopback")),
+                    .any(|(k, s)| *k == "upstream.insecure_allow_non_loopback"
+                        && s.starts_with("upstream.insecure_allow_non_loopback = true")),
                 "{url}"
             );
         }

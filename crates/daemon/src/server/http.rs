@@ -130,6 +130,10 @@ async fn challenge(
             ApiError::TooLarge {
                 limit: u64::try_from(limit).unwrap_or(u64::MAX),
             }
+        } else if stalled(&e) {
+            // The client's body stopped coming: a timeout on its side (408, which clients
+            // take for "try again"), not a malformed request (400, a verdict).
+            ApiError::RequestTimeout(format!("body: {}", e.body_text()))
         } else {
             ApiError::BadRequest(format!("body: {}", e.body_text()))
         }
@@ -147,6 +151,19 @@ async fn challenge(
         spki_sha256: hex(&spki),
         gpu_evidence: r.gpu_evidence.as_deref().cloned(),
     }))
+}
+
+/// Whether reading the body failed because it stopped coming (the connection's idle timeout
+/// on request bodies), somewhere down the rejection's causes.
+fn stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<super::proxy::body::IdleTimeoutError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 async fn livez() -> impl IntoResponse {
