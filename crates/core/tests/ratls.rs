@@ -131,6 +131,40 @@ fn sim_certificate_verifies() {
     assert!(v.report_for(&c.cert_der, e.now).is_some());
 }
 
+#[test]
+fn gpus_a_policy_does_not_check_are_said_to_be_unchecked() {
+    use tdx_core::verify::gpus::{WARNING_GPU_SETTINGS_UNUSED, WARNING_GPUS_NOT_CHECKED};
+    let e = env();
+    let key = generate_key().unwrap();
+    // A certificate committing to GPU evidence (its digest), under the default policy.
+    let (claims, rd) = tdx_core::ratls::claims_with_gpu_evidence(&key, b"", Some([7; 32]));
+    let c = e.issue_raw(&key, claims, rd);
+    let v = e.verifier();
+    e.verify(&v, &c).unwrap();
+    let warnings = accepted(&v).warnings().to_vec();
+    assert!(
+        warnings.iter().any(|w| w == WARNING_GPUS_NOT_CHECKED),
+        "{warnings:?}"
+    );
+    assert!(
+        !warnings.iter().any(|w| w == WARNING_GPU_SETTINGS_UNUSED),
+        "{warnings:?}"
+    );
+    // [gpu] keys without gpu.count: said too, for a server attesting no GPU.
+    let policy = Policy::from_toml("[gpu]\nmin_driver_version = \"550.90.07\"", "p.toml").unwrap();
+    let v = e.verifier_with(policy, CollateralSource::Stapled);
+    e.verify(&v, &e.issue(&key)).unwrap();
+    let warnings = accepted(&v).warnings().to_vec();
+    assert!(
+        warnings.iter().any(|w| w == WARNING_GPU_SETTINGS_UNUSED),
+        "{warnings:?}"
+    );
+    assert!(
+        !warnings.iter().any(|w| w == WARNING_GPUS_NOT_CHECKED),
+        "{warnings:?}"
+    );
+}
+
 #[tokio::test]
 async fn real_handshake_over_a_duplex_pipe() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

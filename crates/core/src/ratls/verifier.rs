@@ -294,6 +294,11 @@ impl RaTlsVerifier {
                 format!("the {CLAIM_EVENT_LOG:?} claim is not UTF-8: {e}"),
             ),
         }
+        crate::verify::gpus::warn_unchecked_gpus(
+            &mut report,
+            &self.policy.gpu,
+            claims.gpu_evidence_sha256.is_some(),
+        );
         self.remember(&report);
         if !report.accepted() {
             return Err(RaTlsError::QuoteRejected(Box::new(report)));

@@ -18,6 +18,27 @@ pub const CHECK_GPU_BINDING: &str = "GPU evidence binding";
 pub const CHECK_GPU_COUNT: &str = "GPU count";
 /// Per GPU, beside the verifier's own checks: the RTMR3 `gpu` event's CC state.
 pub const CHECK_CC_STATE: &str = "CC state";
+/// A server whose certificate commits to GPU evidence, under a policy that requires no GPU.
+pub const WARNING_GPUS_NOT_CHECKED: &str =
+    "the server attests GPUs, but the policy's gpu.count is 0, so they were not checked";
+/// A policy whose `[gpu]` settings are set while `gpu.count` is 0, outside `verify-gpu`.
+pub const WARNING_GPU_SETTINGS_UNUSED: &str = "the policy sets [gpu] keys, but gpu.count is 0, \
+    so no GPU is required or checked (the keys apply to verify-gpu, or with gpu.count >= 1)";
+
+/// The warnings for GPUs this appraisal of a server does not check: GPUs the server attests
+/// (`claimed`) and `[gpu]` settings, under `gpu.count = 0`. Without them a policy author who
+/// set `min_driver_version` but not `count` would believe the GPUs checked.
+pub fn warn_unchecked_gpus(report: &mut Report, policy: &GpuPolicy, claimed: bool) {
+    if policy.count != 0 {
+        return;
+    }
+    if claimed {
+        report.push_warning(WARNING_GPUS_NOT_CHECKED.into());
+    }
+    if *policy != GpuPolicy::default() {
+        report.push_warning(WARNING_GPU_SETTINGS_UNUSED.into());
+    }
+}
 
 /// `gpu[1] measurements` for the verifier's `GPU measurements` on GPU 1.
 pub fn gpu_check_name(index: u32, check: &str) -> String {
@@ -50,12 +71,7 @@ pub fn appraise_gpus(
     inputs: GpuInputs<'_>,
 ) {
     if policy.count == 0 {
-        if inputs.claimed_digest.is_some() {
-            report.push_warning(
-                "the server attests GPUs, but the policy's gpu.count is 0, so they were not checked"
-                    .into(),
-            );
-        }
+        warn_unchecked_gpus(report, policy, inputs.claimed_digest.is_some());
         return;
     }
     let expected_binding = "GPU evidence whose SHA-256 the certificate's claims commit to";

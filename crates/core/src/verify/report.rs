@@ -226,7 +226,10 @@ impl Report {
 
     /// Note something the verdict does not depend on (a policy that pins nothing).
     pub fn push_warning(&mut self, warning: String) {
-        self.warnings.push(warning);
+        // Said once: two steps of one appraisal may notice the same thing.
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
     }
 
     /// Add a check made outside the quote appraisal (event log, challenge); a failing one
