@@ -646,7 +646,16 @@ async fn under_a_gpu_policy_a_rotated_key_lets_a_stream_in_flight_finish() {
     let r = tdx_agent(&["sim", "pki", "--sim-dir", sim.dir_str(), "--gpus", "2"]);
     assert_eq!(r.code, 0, "{r}");
     let up = support::upstream::Upstream::start().await;
-    let d = Daemon::sim(&sim, &["--gpus", "2", "--upstream", &up.url()]);
+    let d = Daemon::sim(
+        &sim,
+        &[
+            "--gpus",
+            "2",
+            "--upstream",
+            &up.url(),
+            "--insecure-unmeasured-model",
+        ],
+    );
     // Ready once both GPUs are attested and measured (a new connection each time: the agent
     // closes older ones when a GPU event changes RTMR3).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -713,7 +722,10 @@ async fn under_a_gpu_policy_a_rotated_key_lets_a_stream_in_flight_finish() {
 async fn redirects_elsewhere_are_refused_and_to_the_server_come_back_as_paths() {
     let sim = SimTd::new();
     let up = support::upstream::Upstream::start().await;
-    let d = Daemon::sim(&sim, &["--upstream", &up.url()]);
+    let d = Daemon::sim(
+        &sim,
+        &["--upstream", &up.url(), "--insecure-unmeasured-model"],
+    );
     let policy = accepting_policy(&sim);
     let c = connect(&d, &sim, &policy, &[]);
     let redirect = |to: &str| format!("/v1/redirect/{}", hex::encode(to));
@@ -813,7 +825,10 @@ async fn an_aborted_session_sends_nothing_more() {
     use http_body_util::BodyExt as _;
     let sim = SimTd::new();
     let up = support::upstream::Upstream::start().await;
-    let d = Daemon::sim(&sim, &["--upstream", &up.url()]);
+    let d = Daemon::sim(
+        &sim,
+        &["--upstream", &up.url(), "--insecure-unmeasured-model"],
+    );
     let client = tdx_client::Client::new(
         tdx_core::verify::Verifier::with_insecure_root(sim.root_der().to_vec()),
         tdx_core::verify::Policy::default(),

@@ -37,7 +37,7 @@ async fn agent_for(sim: &SimTd, up: &Upstream, extra: &[&str]) -> (Daemon, Https
 }
 
 async fn agent_for_url(sim: &SimTd, url: &str, extra: &[&str]) -> (Daemon, Https) {
-    let mut args = vec!["--upstream", url];
+    let mut args = vec!["--upstream", url, "--insecure-unmeasured-model"];
     args.extend_from_slice(extra);
     let d = Daemon::sim(sim, &args);
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
@@ -53,7 +53,7 @@ fn agent_fronting_url(sim: &SimTd, url: &str, upstream: &str) -> (Daemon, tempfi
         sim,
         dir.path(),
         "",
-        &format!("[upstream]\nurl = \"{url}\"\n{upstream}"),
+        &format!("[model]\ninsecure_unmeasured = true\n[upstream]\nurl = \"{url}\"\n{upstream}"),
     );
     let d = Daemon::start(
         &["serve", "--config", support::path_str(&config)],
@@ -569,7 +569,7 @@ async fn without_a_model_server_model_routes_are_not_found_and_unready_ones_say_
     let url = format!("http://{}", closed.local_addr().unwrap());
     // Another configuration is another measurement: it needs a fresh (simulated) boot.
     let sim = SimTd::new();
-    let d = Daemon::sim(&sim, &["--upstream", &url]);
+    let d = Daemon::sim(&sim, &["--upstream", &url, "--insecure-unmeasured-model"]);
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
     // The first health probe may still be on its way: give it a moment to name the address.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -62,7 +62,11 @@ fn gpu_roots(sim: &SimTd) -> String {
 fn gpu_config(sim: &SimTd, dir: &Path, required: u32, upstream: Option<&str>) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let upstream = upstream
-        .map(|u| format!("[upstream]\nurl = \"{u}\"\nhealth_interval_ms = 100\n"))
+        .map(|u| {
+            format!(
+                "[model]\ninsecure_unmeasured = true\n[upstream]\nurl = \"{u}\"\nhealth_interval_ms = 100\n"
+            )
+        })
         .unwrap_or_default();
     sim_config(
         sim,

@@ -161,7 +161,7 @@ async fn a_thousand_streams_through_serve_and_250_through_connect_get_every_even
         dir.path(),
         "",
         &format!(
-            "[upstream]\nurl = \"{}\"\nmax_concurrent_requests = {}\n",
+            "[model]\ninsecure_unmeasured = true\n[upstream]\nurl = \"{}\"\nmax_concurrent_requests = {}\n",
             up.url(),
             serve_streams + connect_streams + 64
         ),

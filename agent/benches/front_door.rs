@@ -949,6 +949,8 @@ async fn run() -> Setup<()> {
                 "127.0.0.1:0",
                 "--upstream",
                 &up,
+                // nginx stands in for the model server: nothing to measure.
+                "--insecure-unmeasured-model",
             ],
             &dir.join(format!("{name}.log")),
         )

@@ -412,7 +412,11 @@ pub fn agent_fronting(
         sim,
         dir.path(),
         "",
-        &format!("[upstream]\nurl = \"{}\"\n{upstream}", up.url()),
+        // A stand-in model server: nothing to measure.
+        &format!(
+            "[model]\ninsecure_unmeasured = true\n[upstream]\nurl = \"{}\"\n{upstream}",
+            up.url()
+        ),
     );
     let d = super::Daemon::start(&["serve", "--config", super::path_str(&config)], &[], &[]);
     (d, dir)

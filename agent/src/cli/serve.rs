@@ -47,9 +47,14 @@ pub struct ServeArgs {
     /// The model server to front, e.g. http://127.0.0.1:8000: `/v1/` is forwarded to it.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
-    /// The model directory to measure into RTMR3 before reporting ready.
+    /// The model directory to measure into RTMR3 before reporting ready (required with
+    /// --upstream unless --insecure-unmeasured-model).
     #[arg(long, value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
+    /// Front the model server without measuring the model (sets model.insecure_unmeasured):
+    /// clients cannot tell which model answers unless something else pins it.
+    #[arg(long, conflicts_with = "model_dir")]
+    pub insecure_unmeasured_model: bool,
     /// GPUs that must be attested with the TD: a number or `all` (sets [gpu] required;
     /// with --tee sim and no config file the simulated GPUs are the source).
     #[arg(long, value_name = "N|all", value_parser = parse_gpus)]
@@ -130,6 +135,9 @@ pub async fn effective_config(a: &ServeArgs) -> Result<Config, Failure> {
     }
     if let Some(d) = &a.model_dir {
         c.model.dir = Some(d.clone());
+    }
+    if a.insecure_unmeasured_model {
+        c.model.insecure_unmeasured = true;
     }
     if let Some(n) = a.gpus {
         let gpu = c.gpu.get_or_insert_with(|| GpuConfig {

@@ -393,6 +393,12 @@ pub struct ModelConfig {
     pub dir: Option<PathBuf>,
     /// The model server's command line as its unit runs it; extended into RTMR3 as given.
     pub vllm_cmdline: Vec<String>,
+    /// Front a model server (`upstream.url`) without `dir`: no model event is measured, so a
+    /// client that pins the image but not the model cannot tell which model answers. Left out
+    /// of the measured configuration while false (configurations before it measure as they
+    /// did).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_unmeasured: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -618,6 +624,33 @@ impl Config {
                 "0 refuses every model request with a body; give a size in bytes".into(),
             );
         }
+        match (&u.url, &self.model.dir, self.model.insecure_unmeasured) {
+            (Some(url), None, false) => {
+                return invalid(
+                    "model.dir",
+                    format!(
+                        "the front door would serve the model at {} unmeasured: give the model's \
+                         directory (model.dir, --model-dir) so its manifest is extended into \
+                         RTMR3 and clients can pin it, or set model.insecure_unmeasured = true \
+                         (--insecure-unmeasured-model)",
+                        url.as_str()
+                    ),
+                );
+            }
+            (_, Some(_), true) => {
+                return invalid(
+                    "model.insecure_unmeasured",
+                    "model.dir is set, so the model is measured: remove the key".into(),
+                );
+            }
+            (None, None, true) => {
+                return invalid(
+                    "model.insecure_unmeasured",
+                    "only meaningful with upstream.url".into(),
+                );
+            }
+            _ => {}
+        }
         match (&u.url, u.insecure_allow_non_loopback) {
             (Some(url), false) if !url.is_loopback() => {
                 return invalid(
@@ -703,6 +736,12 @@ impl Config {
                     "upstream.insecure_allow_non_loopback = true (plaintext to {})",
                     url.as_str()
                 ),
+            ));
+        }
+        if self.model.insecure_unmeasured {
+            out.push((
+                "model.insecure_unmeasured",
+                "model.insecure_unmeasured = true (the model served is not measured)".into(),
             ));
         }
         if let Some(g) = &self.gpu {
@@ -877,6 +916,45 @@ mod tests {
     }
     const SIM: &str = "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n";
     const REAL: &str = "[collateral]\npccs_url = \"https://pccs:8081\"\n";
+    /// The simulated TD fronting a model it does not measure.
+    const SIM_FRONT: &str =
+        "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n[model]\ninsecure_unmeasured = true\n";
+
+    #[test]
+    fn a_model_server_is_fronted_only_with_its_model_measured_or_said_not_to_be() {
+        let up = "[upstream]\nurl = \"http://127.0.0.1:8000\"\n";
+        let err = refusal(&format!("{SIM}{up}"));
+        assert!(
+            err.contains("model.dir") && err.contains("--insecure-unmeasured-model"),
+            "{err}"
+        );
+        let measured = Config::from_toml(&format!("{SIM}[model]\ndir = \"/m\"\n{up}"), "c.toml");
+        assert!(measured.is_ok(), "{measured:?}");
+        let c = Config::from_toml(&format!("{SIM_FRONT}{up}"), "c.toml").unwrap();
+        assert!(
+            c.insecure_settings()
+                .iter()
+                .any(|(k, _)| *k == "model.insecure_unmeasured"),
+            "{:?}",
+            c.insecure_settings()
+        );
+        for (text, needle) in [
+            (
+                format!("{SIM}[model]\ndir = \"/m\"\ninsecure_unmeasured = true\n{up}"),
+                "remove the key",
+            ),
+            (SIM_FRONT.to_string(), "only meaningful with upstream.url"),
+        ] {
+            let err = refusal(&text);
+            assert!(
+                err.contains("model.insecure_unmeasured") && err.contains(needle),
+                "{err}"
+            );
+        }
+        // Left out of the measured configuration unless set.
+        let json = serde_json::to_value(Config::from_toml(SIM, "c.toml").unwrap()).unwrap();
+        assert!(json["model"].get("insecure_unmeasured").is_none(), "{json}");
+    }
 
     fn refusal(text: &str) -> String {
         match Config::from_toml(text, "c.toml") {
@@ -894,13 +972,13 @@ mod tests {
             "http://localhost:8000",
             "http://LOCALHOST:8000/",
         ] {
-            let c = Config::from_toml(&format!("{SIM}[upstream]\nurl = \"{url}\""), "c.toml")
+            let c = Config::from_toml(&format!("{SIM_FRONT}[upstream]\nurl = \"{url}\""), "c.toml")
                 .unwrap_or_else(|e| panic!("{url}: {e}"));
             assert!(c.upstream.url.unwrap().is_loopback(), "{url}");
         }
         // The name is never resolved: DNS is the host's.
         let c = Config::from_toml(
-            &format!("{SIM}[upstream]\nurl = \"http://LocalHost:8000\""),
+            &format!("{SIM_FRONT}[upstream]\nurl = \"http://LocalHost:8000\""),
             "c.toml",
         )
         .unwrap();
@@ -912,13 +990,15 @@ mod tests {
             "http://[::ffff:10.0.0.7]:8000",
             "http://0.0.0.0:8000",
         ] {
-            let err = refusal(&format!("{SIM}[upstream]\nurl = \"{url}\""));
+            let err = refusal(&format!("{SIM_FRONT}[upstream]\nurl = \"{url}\""));
             assert!(
                 err.contains("upstream.url") && err.contains("insecure_allow_non_loopback"),
                 "{url}: {err}"
             );
             let c = Config::from_toml(
-                &format!("{SIM}[upstream]\nurl = \"{url}\"\ninsecure_allow_non_loopback = true"),
+                &format!(
+                    "{SIM_FRONT}[upstream]\nurl = \"{url}\"\ninsecure_allow_non_loopback = true"
+                ),
                 "c.toml",
             )
             .unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -943,7 +1023,8 @@ mod tests {
                 "nothing to allow",
             ),
         ] {
-            let err = refusal(&format!("{SIM}[upstream]\n{text}"));
+            let base = if text.contains("url") { SIM_FRONT } else { SIM };
+            let err = refusal(&format!("{base}[upstream]\n{text}"));
             assert!(err.contains(needle), "{text:?}: {err}");
         }
         // Left out of the measured configuration unless set.
