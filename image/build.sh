@@ -525,6 +525,8 @@ health_path = "/health"
 health_interval_ms = 1000
 
 [model]
+# The stand-in's files are the "model": measured into RTMR3 like a real one.
+dir = "/srv/vllm-standin"
 vllm_cmdline = [${cmdline_toml%, }]
 EOF
 
