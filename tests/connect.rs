@@ -257,37 +257,22 @@ async fn connect_needs_a_policy_or_an_explicit_insecure_flag() {
     let d = Daemon::sim(&sim, &[]);
     let url = d.url();
     let limit = Duration::from_secs(30);
+    // `connect URL --listen 127.0.0.1:0 EXTRA...` refused at start (exit 2, never listening).
+    let refused = |extra: &[&str]| {
+        let mut args = vec!["connect", url.as_str(), "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let r = tdx_agent_within(&args, limit);
+        assert_eq!(r.code, 2, "{extra:?}: {r}");
+        assert!(!r.stdout.contains("listening"), "{extra:?}: {r}");
+        r
+    };
 
-    let r = tdx_agent_within(
-        &[
-            "connect",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-root",
-            sim.root_str(),
-        ],
-        limit,
-    );
-    assert_eq!(r.code, 2, "{r}");
+    let r = refused(&["--insecure-root", sim.root_str()]);
     assert!(r.stderr.contains("--policy"), "{r}");
     assert!(r.stderr.contains("--insecure-no-policy"), "{r}");
-    assert!(!r.stdout.contains("listening"), "{r}");
 
     let policy = accepting_policy(&sim);
-    let r = tdx_agent_within(
-        &[
-            "connect",
-            &url,
-            "--listen",
-            "127.0.0.1:0",
-            "--policy",
-            path_str(&policy),
-            "--insecure-no-policy",
-        ],
-        limit,
-    );
-    assert_eq!(r.code, 2, "both flags: {r}");
+    let r = refused(&["--policy", path_str(&policy), "--insecure-no-policy"]);
     assert!(r.stderr.contains("which pins the TD image"), "{r}");
 
     // A policy that does not pin the image is refused like no policy: one with GPU settings
@@ -310,27 +295,18 @@ async fn connect_needs_a_policy_or_an_explicit_insecure_flag() {
         ),
     ] {
         let policy = write_policy(&sim, &format!("{name}-policy.toml"), text);
-        let r = tdx_agent_within(
-            &[
-                "connect",
-                &url,
-                "--listen",
-                "127.0.0.1:0",
-                "--insecure-root",
-                sim.root_str(),
-                "--policy",
-                path_str(&policy),
-            ],
-            limit,
-        );
-        assert_eq!(r.code, 2, "{name}: {r}");
+        let r = refused(&[
+            "--insecure-root",
+            sim.root_str(),
+            "--policy",
+            path_str(&policy),
+        ]);
         assert!(
             r.stderr
                 .contains(&format!("does not pin the TD image: {open}")),
             "{name}: {r}"
         );
         assert!(r.stderr.contains("--insecure-no-policy"), "{name}: {r}");
-        assert!(!r.stdout.contains("listening"), "{name}: {r}");
     }
     let unpinned = sim.tmp.path().join("unpinned-policy.toml");
     // ...and runs, with the warning, once the flag says so.

@@ -1683,15 +1683,8 @@ async fn a_small_body_that_never_comes_gets_408_and_holds_no_model_slot() {
     )
     .await;
 
-    // Requests the agent has taken in (their heads read), each scrape counting itself too.
     let c = Https::connect(&d.addr, sim.root_der()).await.unwrap();
-    let taken = || async {
-        metric_sum(
-            &c.get("/metrics").await.text(),
-            "tdx_agent_connection_thread_requests_total",
-        )
-    };
-    let before = taken().await;
+    let before = support::heads_taken(&c).await;
 
     let mut slow = upstream::http1::<ChanBody>(&d.addr, sim.root_der()).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -1701,20 +1694,7 @@ async fn a_small_body_that_never_comes_gets_408_and_holds_no_model_slot() {
     });
     // The agent has the slow client's head before the next request comes: that is what used
     // to take the only slot.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut scrapes = 0.0;
-    loop {
-        let now = taken().await;
-        scrapes += 1.0;
-        if now >= before + scrapes + 1.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never took in the slow client's request head"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_one_more_head(&c, before, "the slow client's request head").await;
 
     assert_eq!(
         quick_echo(&d, &sim).await,

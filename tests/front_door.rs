@@ -654,15 +654,7 @@ async fn through_connect_sse_is_unbuffered_and_leaving_cancels() {
     let up = Upstream::start().await;
     let (d, _c) = agent_for(&sim, &up, &[]).await;
     // A policy that accepts this simulated TD's agent as it runs here.
-    let policy = sim.dir.join("chain-policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "{}[[rtmr3_events.pin]]\ntype = \"agent-config\"\n",
-            sim.image_pins()
-        ),
-    )
-    .unwrap();
+    let policy = sim.image_policy("chain-policy.toml");
     let connect = support::ConnectProc::start(
         &d.url(),
         &[
@@ -739,32 +731,12 @@ async fn a_small_request_body_is_read_whole_before_the_model_server_is_asked() {
     );
     sender.ready().await.unwrap();
 
-    // Requests the agent has taken in (their heads read), each scrape counting itself too.
-    let taken = || async {
-        support::metric_sum(
-            &c.get("/metrics").await.text(),
-            "tdx_agent_connection_thread_requests_total",
-        )
-    };
-    let before = taken().await;
+    let before = support::heads_taken(&c).await;
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let answer = tokio::spawn(async move { sender.send_request(echo(ChanBody(rx))).await });
     tx.send(Bytes::from_static(b"{\"half\":1")).await.unwrap();
     // The agent has the head (and may have the first half) before the rest goes.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut scrapes = 0.0;
-    loop {
-        let now = taken().await;
-        scrapes += 1.0;
-        if now >= before + scrapes + 1.0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never took in the request head"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_one_more_head(&c, before, "the request head").await;
     second_half_sent.store(true, Ordering::SeqCst);
     tx.send(Bytes::from_static(b",\"rest\":2}\n"))
         .await

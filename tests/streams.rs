@@ -174,15 +174,7 @@ async fn a_thousand_streams_through_serve_and_250_through_connect_get_every_even
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     drop(c);
-    let policy = sim.dir.join("streams-policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "{}[[rtmr3_events.pin]]\ntype = \"agent-config\"\n",
-            sim.image_pins()
-        ),
-    )
-    .unwrap();
+    let policy = sim.image_policy("streams-policy.toml");
     let connect = ConnectProc::start(
         &d.url(),
         &[

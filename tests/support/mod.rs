@@ -159,6 +159,21 @@ impl SimTd {
         self.measurements_as("--toml")
     }
 
+    /// A policy file (`name` in this TD's directory) accepting this TD's agent as it runs
+    /// here: its image pinned, and its agent-config event present.
+    pub fn image_policy(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "{}[[rtmr3_events.pin]]\ntype = \"agent-config\"\n",
+                self.image_pins()
+            ),
+        )
+        .expect("writing a policy");
+        path
+    }
+
     /// `tdx-agent measurements --json` of this TD.
     pub fn measurements(&self) -> serde_json::Value {
         serde_json::from_str(&self.measurements_as("--json")).expect("measurements JSON")
@@ -635,6 +650,34 @@ pub fn assert_families_exported(text: &str, families: &[String], no_series_yet: 
 }
 
 /// The sum over every series of a counter family (`tdx_agent_quotes_total`).
+/// Request heads the agent behind `c` has taken in so far (its connection threads' request
+/// counter). Each call is a scrape, which counts itself too.
+pub async fn heads_taken(c: &Https) -> f64 {
+    metric_sum(
+        &c.get("/metrics").await.text(),
+        "tdx_agent_connection_thread_requests_total",
+    )
+}
+
+/// Poll until the agent behind `c` has taken in one request head more than `before` (from
+/// [`heads_taken`]) besides the scrapes themselves: a request sent elsewhere has reached it.
+pub async fn wait_one_more_head(c: &Https, before: f64, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut scrapes = 0.0;
+    loop {
+        let now = heads_taken(c).await;
+        scrapes += 1.0;
+        if now >= before + scrapes + 1.0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never took in {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub fn metric_sum(text: &str, family: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
