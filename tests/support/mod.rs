@@ -649,7 +649,6 @@ pub fn assert_families_exported(text: &str, families: &[String], no_series_yet: 
     );
 }
 
-/// The sum over every series of a counter family (`tdx_agent_quotes_total`).
 /// Request heads the agent behind `c` has taken in so far (its connection threads' request
 /// counter). Each call is a scrape, which counts itself too.
 pub async fn heads_taken(c: &Https) -> f64 {
@@ -678,6 +677,7 @@ pub async fn wait_one_more_head(c: &Https, before: f64, what: &str) {
     }
 }
 
+/// The sum over every series of a counter family (`tdx_agent_quotes_total`).
 pub fn metric_sum(text: &str, family: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -54,9 +54,10 @@ pub async fn run(a: AttestArgs) -> CliResult {
 }
 
 /// Exit statuses: a verdict about the server is a rejection (1): an appraised and refused
-/// server, a certificate without verifiable evidence, a challenge refused with a 4xx or
-/// answered outside the protocol. Not reaching it (network, 5xx, 429: it said nothing about
-/// what it is) is an error (2). `ClientError::failed_check` draws that line, for `connect`
+/// server, a certificate without verifiable evidence, a challenge refused with a 4xx (not
+/// 408 or 429) or
+/// answered outside the protocol. Not reaching it (network, 5xx, 429, 408: it said nothing
+/// about what it is) is an error (2). `ClientError::failed_check` draws that line, for `connect`
 /// and the Python package alike.
 fn failure(e: ClientError, a: &AttestArgs) -> Failure {
     if let ClientError::Rejected(report) = &e {

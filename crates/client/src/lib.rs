@@ -267,7 +267,7 @@ pub(crate) mod tests {
             status,
             body: "overloaded".into(),
         };
-        for unavailable in [500, 502, 503, 504, 429] {
+        for unavailable in [500, 502, 503, 504, 429, 408] {
             assert_eq!(status(unavailable).failed_check(), None, "{unavailable}");
         }
         for failed in [400, 401, 404, 405, 422, 200, 302] {

@@ -102,37 +102,57 @@ pub fn appraise_events(report: &mut Report, log: Option<&str>, policy: &EventPol
 }
 
 /// The switches an agent measured as weakening its promises (`insecure` in its agent-config
-/// event) are said in every report that replayed the log, whatever the policy: the
+/// events) are said in every report that replayed the log, whatever the policy: the
 /// configuration hash alone hides them from a client that does not pin it. A policy refuses
-/// such a server with `allowed = [{ insecure = [] }]` on its agent-config pin.
+/// such a server with `insecure = []` in every table of its agent-config pin's `allowed`.
 fn warn_insecure_switches(report: &mut Report, lines: &[LogLine]) {
-    for line in lines.iter().filter(|l| l.event.kind == EVENT_AGENT_CONFIG) {
-        let Some(switches) = line
-            .event
-            .data
-            .get("insecure")
-            .and_then(Value::as_array)
-            .filter(|s| !s.is_empty())
-        else {
-            continue;
+    // Bounded and printable: the log is the server's to write, and reports go to terminals.
+    const MAX_NAMED: usize = 16;
+    let mut named: Vec<String> = Vec::new();
+    let mut more = 0usize;
+    let listed = lines
+        .iter()
+        .filter(|l| l.event.kind == EVENT_AGENT_CONFIG)
+        .filter_map(|l| l.event.data.get("insecure").and_then(Value::as_array))
+        .flatten();
+    for v in listed {
+        let name: String = match v.as_str() {
+            Some(s) => s
+                .chars()
+                .take(64)
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect(),
+            None => compact(v),
         };
-        // Bounded: the log is the server's to write.
-        let named: Vec<String> = switches
-            .iter()
-            .take(16)
-            .map(|v| {
-                v.as_str()
-                    .map_or_else(|| compact(v), |s| s.chars().take(64).collect())
-            })
-            .collect();
-        report.push_warning(format!(
-            "the agent's configuration (agent-config event #{}) has insecure settings: {}; \
-             pin `allowed = [{{ insecure = [] }}]` on the agent-config event to refuse such a \
-             server",
-            line.seq,
-            named.join(", ")
-        ));
+        if named.contains(&name) {
+            continue;
+        }
+        if named.len() < MAX_NAMED {
+            named.push(name);
+        } else {
+            more += 1;
+        }
     }
+    if named.is_empty() {
+        return;
+    }
+    let more = if more > 0 {
+        format!(" (and {more} more)")
+    } else {
+        String::new()
+    };
+    report.push_warning(format!(
+        "the agent's configuration (its agent-config event) has insecure settings: {}{more}; \
+         add `insecure = []` to every table of the agent-config pin's `allowed` (or pin \
+         `allowed = [{{ insecure = [] }}]`) to refuse such a server",
+        named.join(", ")
+    ));
 }
 
 fn check_pin(report: &mut Report, lines: &[LogLine], pin: &EventPin) {
@@ -323,6 +343,23 @@ mod tests {
         appraise_events(&mut r, Some(&text), &none);
         let failed: Vec<_> = r.failures().map(|c| c.name.clone()).collect();
         assert_eq!(failed, vec!["RTMR3 event \"agent-config\""]);
+        // What the server writes is bounded and printable in the warning.
+        let mut hostile: Vec<Value> = (0..40).map(|i| json!(format!("x{i}"))).collect();
+        hostile.push(json!("evil\u{1b}[2J\nline"));
+        let (text, rtmr3) = events(Value::Array(hostile));
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &policy(""));
+        let w = r.warnings.join("\n");
+        assert!(w.contains("x15 (and 25 more)"), "{w}");
+        assert!(!w.contains('\u{1b}') && !w.contains("x16"), "{w}");
+        let (text, rtmr3) = events(json!(["evil\u{1b}[2J\nline"]));
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &policy(""));
+        assert!(
+            r.warnings.iter().any(|w| w.contains("evil?[2J?line")),
+            "{:?}",
+            r.warnings
+        );
         // An agent with none passes that pin, and nothing is said.
         let (text, rtmr3) = events(json!([]));
         let mut r = report(rtmr3);

@@ -286,6 +286,12 @@ impl UpstreamUrl {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// `HOST:PORT` as the URL names it, for the `Host` header (`authority` is where the
+    /// agent connects, which for `localhost` is 127.0.0.1).
+    pub fn host_header(&self) -> &str {
+        self.text.strip_prefix("http://").unwrap_or(&self.text)
+    }
 }
 
 impl<'de> Deserialize<'de> for UpstreamUrl {
@@ -640,7 +646,9 @@ impl Config {
             (_, Some(_), true) => {
                 return invalid(
                     "model.insecure_unmeasured",
-                    "model.dir is set, so the model is measured: remove the key".into(),
+                    "model.dir (or --model-dir) is set, so the model is measured: remove \
+                     model.insecure_unmeasured (or --insecure-unmeasured-model)"
+                        .into(),
                 );
             }
             (None, None, true) => {
@@ -941,7 +949,7 @@ mod tests {
         for (text, needle) in [
             (
                 format!("{SIM}[model]\ndir = \"/m\"\ninsecure_unmeasured = true\n{up}"),
-                "remove the key",
+                "remove model.insecure_unmeasured",
             ),
             (SIM_FRONT.to_string(), "only meaningful with upstream.url"),
         ] {
@@ -982,7 +990,9 @@ mod tests {
             "c.toml",
         )
         .unwrap();
-        assert_eq!(c.upstream.url.unwrap().authority, "127.0.0.1:8000");
+        let url = c.upstream.url.unwrap();
+        assert_eq!(url.authority, "127.0.0.1:8000");
+        assert_eq!(url.host_header(), "LocalHost:8000");
         for url in [
             "http://10.0.0.7:8000",
             "http://vllm:8000",

@@ -63,7 +63,7 @@ impl Proxy {
             connection_threads,
         );
         Proxy {
-            host: HeaderValue::from_str(&upstream.authority).ok(),
+            host: HeaderValue::from_str(upstream.host_header()).ok(),
             upstream,
             admission: Admission::new(config.max_concurrent_requests, metrics),
             config,
