@@ -163,6 +163,13 @@ impl Policy {
         self.inner.pins_anything()
     }
 
+    /// The image registers (of MRTD, RTMR0-2) the policy leaves unpinned: the transport
+    /// forwards only under a policy where this is empty, unless `insecure_no_policy=True`.
+    #[getter]
+    fn unpinned_image_registers(&self) -> Vec<&'static str> {
+        self.inner.measurements.unpinned_image_registers()
+    }
+
     fn __repr__(&self) -> String {
         format!("<tdx_agent.Policy from {}>", self.source)
     }

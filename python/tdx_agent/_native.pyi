@@ -31,6 +31,9 @@ class Policy:
         """Read and parse a policy file (OSError if unreadable, ValueError if invalid)."""
     @property
     def pins_anything(self) -> bool: ...
+    @property
+    def unpinned_image_registers(self) -> list[str]:
+        """Which of MRTD, RTMR0-2 the policy leaves open; the transport needs none open."""
 
 class Check:
     """One check of a report."""

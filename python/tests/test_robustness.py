@@ -219,6 +219,8 @@ def test_a_policy_that_does_not_pin_the_image_is_refused_unless_said_so(agent):
         f'[[rtmr3_events.pin]]\ntype = "model"\nallowed = [{{ manifest_sha256 = "{agent.manifest_sha256}" }}]\n'
     )
     assert model_only.pins_anything
+    assert model_only.unpinned_image_registers == ["MRTD", "RTMR0", "RTMR1", "RTMR2"]
+    assert agent.model_policy(agent.manifest_sha256).unpinned_image_registers == []
     with pytest.raises(ValueError, match="MRTD, RTMR0, RTMR1, RTMR2 have no allowed value"):
         tdx_agent.httpx_client(agent.url, policy=model_only, insecure_root=agent.root)
     pinned = agent.model_policy(agent.manifest_sha256)
