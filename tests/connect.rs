@@ -435,10 +435,7 @@ async fn connect_survives_the_server_going_away_and_verifies_it_again_when_back(
     let sim = SimTd::new();
     // The restart must use the same configuration (the listen address is part of it, and
     // this boot already measured it into RTMR3), so bind a fixed port both times.
-    let addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        probe.local_addr().expect("its address").to_string()
-    };
+    let addr = format!("127.0.0.1:{}", support::free_port());
     let serve_args = [
         "serve",
         "--tee",

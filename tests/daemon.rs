@@ -13,8 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use support::upstream::{self, ChanBody, Upstream};
 use support::{
-    Daemon, Https, SimTd, metric, metric_sum, open_fds, path_str, proc_kib, raise_nofile_limit,
-    tdx_agent,
+    Daemon, H2_GOAWAY, HEAD_TIMEOUT, Https, SimTd, TLS_TIMEOUT, assert_closed_for, listener_log,
+    metric, metric_sum, open_fds, path_str, proc_kib, raise_nofile_limit, tdx_agent,
 };
 use tdx_core::challenge::{Proof, ProofJson, verify_challenge};
 use tdx_core::encoding::{b64, from_b64, hex_array};
@@ -809,61 +809,9 @@ fn daemon_with_limits(sim: &SimTd, limits: &str) -> Daemon {
     let config = support::sim_config(sim, sim.tmp.path(), "", &format!("[limits]\n{limits}"));
     Daemon::start(
         &["serve", "--config", path_str(&config)],
-        &[
-            (
-                "TDX_AGENT_LOG",
-                "warn,rustls=error,tdx_daemon::server::listener=debug",
-            ),
-            ("NO_COLOR", "1"),
-        ],
+        &support::LISTENER_DEBUG_ENV,
         &[],
     )
-}
-
-/// Why the listener lets a connection go, as it logs it: a connection that sent no TLS
-/// handshake, one with no complete request head, an HTTP/2 one with no request in flight.
-const TLS_TIMEOUT: &str = "TLS handshake timed out";
-const HEAD_TIMEOUT: &str = "no complete request head within the header timeout: closing";
-const H2_GOAWAY: &str = "HTTP/2: no request in flight within the header timeout: GOAWAY";
-
-/// What the listener logged about each peer (`HOST:PORT`, the client's own address), in order.
-/// A closing connection is told apart by why, not by when: a timer that fires early or late is
-/// `tdx_net::head_timer`'s unit tests' business (they ask its verdict at given instants).
-fn listener_log(stderr: &str) -> std::collections::HashMap<String, Vec<String>> {
-    let mut by_peer = std::collections::HashMap::<String, Vec<String>>::new();
-    for line in stderr.lines() {
-        let Some((_, rest)) = line.split_once("tdx_daemon::server::listener: ") else {
-            continue;
-        };
-        let Some((message, fields)) = rest.split_once(" peer=") else {
-            continue;
-        };
-        let peer = fields.split_whitespace().next().unwrap_or_default();
-        by_peer
-            .entry(peer.to_string())
-            .or_default()
-            .push(message.to_string());
-    }
-    by_peer
-}
-
-/// Wait until the listener has logged `reason` for the connection from `peer` (it logs before
-/// the socket closes, but the file is read from another process).
-async fn assert_closed_for(d: &Daemon, peer: std::net::SocketAddr, reason: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = listener_log(&d.stderr());
-        let said = log.get(&peer.to_string());
-        if said.is_some_and(|m| m.iter().any(|m| m == reason)) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never logged {reason:?} for {peer}; for it: {said:?}\n{}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The client's address of an RA-TLS connection, as the agent's log names it.
@@ -1012,7 +960,7 @@ async fn silent_clients_are_dropped_after_the_header_timeout() {
     let peer = tcp.local_addr().expect("local address");
     let t = closed_within(&mut tcp, Duration::from_secs(5)).await;
     let t = t.expect("a silent TCP client was not dropped within 5 s (timeout is 1 s)");
-    assert_closed_for(&d, peer, TLS_TIMEOUT).await;
+    assert_closed_for(&d, peer, &[TLS_TIMEOUT]).await;
     println!("silent TCP client dropped after {t:?}");
 }
 
@@ -1036,7 +984,7 @@ async fn clients_silent_after_the_tls_handshake_are_dropped_after_the_header_tim
         let t = t.unwrap_or_else(|| {
             panic!("a client silent after the handshake (ALPN {alpn}) was still connected after 5 s (timeout 1 s)")
         });
-        assert_closed_for(&d, peer, reason).await;
+        assert_closed_for(&d, peer, &[reason]).await;
         println!("silent TLS client (ALPN {alpn}) dropped after {t:?}");
     }
 }
@@ -1061,7 +1009,7 @@ async fn http2_clients_that_ask_nothing_are_let_go_after_the_header_timeout() {
     let peer = peer_of(&tls);
     let t = closed_within(&mut tls, Duration::from_secs(5)).await;
     let t = t.expect("a half-sent HTTP/2 preface held its connection for 5 s (timeout 1 s)");
-    assert_closed_for(&d, peer, H2_GOAWAY).await;
+    assert_closed_for(&d, peer, &[H2_GOAWAY]).await;
     println!("half an HTTP/2 preface: dropped after {t:?}");
 
     // A real HTTP/2 client: its connection task ends when the server says GOAWAY and closes.
@@ -1091,7 +1039,7 @@ async fn http2_clients_that_ask_nothing_are_let_go_after_the_header_timeout() {
         matches!(ended, Ok(Ok(()))),
         "the server should close with GOAWAY, not an error: {ended:?}"
     );
-    assert_closed_for(&d, peer, H2_GOAWAY).await;
+    assert_closed_for(&d, peer, &[H2_GOAWAY]).await;
     println!("idle HTTP/2 client: GOAWAY after {t:?}");
     assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
 }
@@ -1159,7 +1107,7 @@ async fn a_request_head_trickling_in_is_cut_at_the_header_timeout() {
         }
     };
     println!("a head trickling in was cut after {cut:?}");
-    assert_closed_for(&d, peer, HEAD_TIMEOUT).await;
+    assert_closed_for(&d, peer, &[HEAD_TIMEOUT]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1515,7 +1463,7 @@ async fn connections_beyond_max_connections_wait_in_the_backlog_and_are_served()
             .await
             .map(|_| opened.elapsed());
         closed.push(t.expect("an idle connection still open after 20 s"));
-        assert_closed_for(&d, peer, TLS_TIMEOUT).await;
+        assert_closed_for(&d, peer, &[TLS_TIMEOUT]).await;
     }
     closed.sort();
     println!(

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use support::upstream::{ChanBody, Upstream, agent_fronting, http1, read_until};
-use support::{Daemon, Https, SimTd};
+use support::{Daemon, H2_GOAWAY, HEAD_TIMEOUT, Https, MEASURED, SimTd, assert_closed_for};
 
 /// Poll /readyz until it answers `want`, or panic after `within`.
 async fn wait_readyz(c: &Https, want: u16, within: Duration) -> serde_json::Value {
@@ -48,70 +48,7 @@ async fn agent_for_url(sim: &SimTd, url: &str, extra: &[&str]) -> (Daemon, Https
 /// [`agent_fronting`] for a model server at `url`, the agent's listener logging why it closes
 /// each connection (`assert_closed_for`).
 fn agent_fronting_url(sim: &SimTd, url: &str, upstream: &str) -> (Daemon, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::sim_config(
-        sim,
-        dir.path(),
-        "",
-        &format!("[model]\ninsecure_unmeasured = true\n[upstream]\nurl = \"{url}\"\n{upstream}"),
-    );
-    let d = Daemon::start(
-        &["serve", "--config", support::path_str(&config)],
-        &[
-            (
-                "TDX_AGENT_LOG",
-                "warn,rustls=error,tdx_daemon::server::listener=debug",
-            ),
-            ("NO_COLOR", "1"),
-        ],
-        &[],
-    );
-    (d, dir)
-}
-
-/// Why the listener lets a connection go, as it logs it.
-const HEAD_TIMEOUT: &str = "no complete request head within the header timeout: closing";
-const H2_GOAWAY: &str = "HTTP/2: no request in flight within the header timeout: GOAWAY";
-const MEASURED: &str = "measurements changed: closing the connection after its requests";
-
-/// What the listener has logged about the connection from `peer` (the client's own address),
-/// in order. A closing connection is told apart by why, not by when: a timer that fires early
-/// or late is `tdx_net::head_timer`'s unit tests' business.
-fn listener_log(d: &Daemon, peer: SocketAddr) -> Vec<String> {
-    let peer = format!(" peer={peer}");
-    d.stderr()
-        .lines()
-        .filter_map(|l| l.split_once("tdx_daemon::server::listener: ").map(|x| x.1))
-        .filter_map(|rest| {
-            let (message, fields) = rest.split_once(" peer=")?;
-            let p = fields.split_whitespace().next()?;
-            (format!(" peer={p}") == peer).then(|| message.to_string())
-        })
-        .collect()
-}
-
-/// Wait until the listener has logged `reasons`, in this order, for the connection from `peer`
-/// (it logs before the socket closes, but the file is read from another process).
-async fn assert_closed_for(d: &Daemon, peer: SocketAddr, reasons: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let said = listener_log(d, peer);
-        let mut left = reasons.iter().peekable();
-        for m in &said {
-            if left.peek().is_some_and(|r| *r == m) {
-                left.next();
-            }
-        }
-        if left.peek().is_none() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never logged {reasons:?} for {peer}; for it: {said:?}\n{}",
-            d.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::upstream::agent_fronting_url(sim, url, upstream, &support::LISTENER_DEBUG_ENV)
 }
 
 /// An HTTP/1.1 connection to the agent, like `support::upstream::http1`, and the client's

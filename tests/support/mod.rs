@@ -649,6 +649,72 @@ pub fn assert_families_exported(text: &str, families: &[String], no_series_yet: 
     );
 }
 
+/// The environment under which `serve`'s listener logs why it lets each connection go
+/// (debug level, no colour), for [`listener_log`].
+pub const LISTENER_DEBUG_ENV: [(&str, &str); 2] = [
+    (
+        "TDX_AGENT_LOG",
+        "warn,rustls=error,tdx_daemon::server::listener=debug",
+    ),
+    ("NO_COLOR", "1"),
+];
+
+/// Why the listener lets a connection go, as it logs it: a connection that sent no TLS
+/// handshake, one with no complete request head, an HTTP/2 one with no request in flight, one
+/// whose TD's measurements changed.
+pub const TLS_TIMEOUT: &str = "TLS handshake timed out";
+pub const HEAD_TIMEOUT: &str = "no complete request head within the header timeout: closing";
+pub const H2_GOAWAY: &str = "HTTP/2: no request in flight within the header timeout: GOAWAY";
+pub const MEASURED: &str = "measurements changed: closing the connection after its requests";
+
+/// What the listener logged about each peer (`HOST:PORT`, the client's own address), in order,
+/// from an agent's stderr under [`LISTENER_DEBUG_ENV`]. A closing connection is told apart by
+/// why, not by when: a timer that fires early or late is `tdx_net::head_timer`'s unit tests'
+/// business (they ask its verdict at given instants).
+pub fn listener_log(stderr: &str) -> std::collections::HashMap<String, Vec<String>> {
+    let mut by_peer = std::collections::HashMap::<String, Vec<String>>::new();
+    for line in stderr.lines() {
+        let Some((_, rest)) = line.split_once("tdx_daemon::server::listener: ") else {
+            continue;
+        };
+        let Some((message, fields)) = rest.split_once(" peer=") else {
+            continue;
+        };
+        let peer = fields.split_whitespace().next().unwrap_or_default();
+        by_peer
+            .entry(peer.to_string())
+            .or_default()
+            .push(message.to_string());
+    }
+    by_peer
+}
+
+/// Wait until the listener has logged `reasons`, in this order, for the connection from `peer`
+/// (it logs before the socket closes, but the file is read from another process).
+pub async fn assert_closed_for(d: &Daemon, peer: std::net::SocketAddr, reasons: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let said = listener_log(&d.stderr())
+            .remove(&peer.to_string())
+            .unwrap_or_default();
+        let mut left = reasons.iter().peekable();
+        for m in &said {
+            if left.peek().is_some_and(|r| *r == m) {
+                left.next();
+            }
+        }
+        if left.peek().is_none() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never logged {reasons:?} for {peer}; for it: {said:?}\n{}",
+            d.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Request heads the agent behind `c` has taken in so far (its connection threads' request
 /// counter). Each call is a scrape, which counts itself too.
 pub async fn heads_taken(c: &Https) -> f64 {

@@ -407,17 +407,24 @@ pub fn agent_fronting(
     up: &Upstream,
     upstream: &str,
 ) -> (super::Daemon, tempfile::TempDir) {
+    agent_fronting_url(sim, &up.url(), upstream, &[])
+}
+
+/// [`agent_fronting`] for a model server at `url`, the agent run with `env` added.
+pub fn agent_fronting_url(
+    sim: &super::SimTd,
+    url: &str,
+    upstream: &str,
+    env: &[(&str, &str)],
+) -> (super::Daemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = super::sim_config(
         sim,
         dir.path(),
         "",
         // A stand-in model server: nothing to measure.
-        &format!(
-            "[model]\ninsecure_unmeasured = true\n[upstream]\nurl = \"{}\"\n{upstream}",
-            up.url()
-        ),
+        &format!("[model]\ninsecure_unmeasured = true\n[upstream]\nurl = \"{url}\"\n{upstream}"),
     );
-    let d = super::Daemon::start(&["serve", "--config", super::path_str(&config)], &[], &[]);
+    let d = super::Daemon::start(&["serve", "--config", super::path_str(&config)], env, &[]);
     (d, dir)
 }
