@@ -423,8 +423,14 @@ mod tests {
         (conn, head)
     }
 
-    /// A client body that yields one frame per piece.
-    struct Pieces(VecDeque<&'static [u8]>);
+    /// A client body that yields one frame per piece, each ready at once.
+    struct Pieces(VecDeque<Bytes>);
+
+    impl Pieces {
+        fn of(pieces: &[&'static [u8]]) -> Self {
+            Pieces(pieces.iter().map(|p| Bytes::from_static(p)).collect())
+        }
+    }
 
     impl hyper::body::Body for Pieces {
         type Data = Bytes;
@@ -433,11 +439,7 @@ mod tests {
             mut self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-            Poll::Ready(
-                self.0
-                    .pop_front()
-                    .map(|p| Ok(Frame::data(Bytes::from_static(p)))),
-            )
+            Poll::Ready(self.0.pop_front().map(|p| Ok(Frame::data(p))))
         }
     }
 
@@ -482,7 +484,7 @@ mod tests {
         )])
         .await;
         let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-        let pieces = Pieces(VecDeque::from([&b"ab"[..], b"", b"cde"]));
+        let pieces = Pieces::of(&[b"ab", b"", b"cde"]);
         let mut body = RequestBody::Stream {
             body: axum::body::Body::new(pieces),
             length: None,
@@ -498,24 +500,6 @@ mod tests {
         );
     }
 
-    /// A client body of `n` frames of 1 MiB, ready at once.
-    struct Megabytes(usize, Bytes);
-
-    impl hyper::body::Body for Megabytes {
-        type Data = Bytes;
-        type Error = io::Error;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-            if self.0 == 0 {
-                return Poll::Ready(None);
-            }
-            self.0 -= 1;
-            Poll::Ready(Some(Ok(Frame::data(self.1.clone()))))
-        }
-    }
-
     /// The old bound on a server that stops reading was the response-header timeout around
     /// the whole exchange; now that the wait for the head starts after the body, a write the
     /// server takes nothing of for that long fails on its own.
@@ -529,7 +513,10 @@ mod tests {
         .await;
         let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
         let mut body = RequestBody::Stream {
-            body: axum::body::Body::new(Megabytes(256, Bytes::from(vec![b'x'; 1 << 20]))),
+            // 256 frames of 1 MiB (one buffer, shared).
+            body: axum::body::Body::new(Pieces(
+                std::iter::repeat_n(Bytes::from(vec![b'x'; 1 << 20]), 256).collect(),
+            )),
             length: None,
         };
         let post = parts(Method::POST, "/");
@@ -547,7 +534,7 @@ mod tests {
             let (addr, _seen) = scripted(vec![]).await;
             let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
             let mut body = RequestBody::Stream {
-                body: axum::body::Body::new(Pieces(VecDeque::from(pieces))),
+                body: axum::body::Body::new(Pieces::of(&pieces)),
                 length: Some(declared),
             };
             let err = conn
