@@ -214,16 +214,12 @@ impl MeasurementPolicy {
     /// can be extended to any value by whatever runs in the TD, and the owner registers are
     /// chosen by the host, so pinning only those accepts any image that replays them.
     pub fn unpinned_image_registers(&self) -> Vec<&'static str> {
-        [
-            ("MRTD", &self.mrtd),
-            ("RTMR0", &self.rtmr0),
-            ("RTMR1", &self.rtmr1),
-            ("RTMR2", &self.rtmr2),
-        ]
-        .into_iter()
-        .filter(|(_, v)| v.is_empty())
-        .map(|(name, _)| name)
-        .collect()
+        const IMAGE: [&str; 4] = ["MRTD", "RTMR0", "RTMR1", "RTMR2"];
+        self.pins()
+            .into_iter()
+            .filter(|(name, v)| IMAGE.contains(name) && v.is_empty())
+            .map(|(name, _)| name)
+            .collect()
     }
 }
 
