@@ -80,6 +80,7 @@ fn code_check_names() -> BTreeSet<String> {
     names.insert("TCB advisories".into());
     names.insert("DCAP verification".into());
     names.insert(verify::events::CHECK_EVENT_LOG.into());
+    names.insert(verify::events::CHECK_AGENT_SETTINGS.into());
     names.insert(verify::events::event_check_name("<type>"));
     // What the client side adds: the fresh-challenge checks of `attest --nonce` and
     // `connect`, and the names connect gives failures that are not a quote appraisal.

@@ -15,6 +15,41 @@ pub const CHECK_EVENT_LOG: &str = "RTMR3 event log";
 /// insecure switches it runs with (docs/formats.md §11).
 pub const EVENT_AGENT_CONFIG: &str = "agent-config";
 
+/// The check that the agent runs with no insecure setting the client's other checks cannot
+/// judge (docs/formats.md §2).
+pub const CHECK_AGENT_SETTINGS: &str = "agent insecure settings";
+
+/// The agent's insecure settings whose effect a client's other checks already judge, and how.
+/// Any other (`upstream.insecure_allow_non_loopback`, or a name this client does not know)
+/// is refused unless the policy accepts it by name.
+const JUDGED_ELSEWHERE: &[(&str, &str)] = &[
+    (
+        "tee.kind=sim",
+        "a simulated TD's quotes pass only a client that trusts its test root",
+    ),
+    (
+        "collateral.insecure_root",
+        "the agent's own self-check; the client appraises the quote against its own root",
+    ),
+    (
+        "model.insecure_unmeasured",
+        "no model event: a policy pinning the model refuses it",
+    ),
+    ("gpu.source=sim", "the GPUs are the GPU policy's to judge"),
+    (
+        "gpu.insecure_roots",
+        "the GPUs are the GPU policy's to judge",
+    ),
+    (
+        "gpu.insecure_sim_dir",
+        "the GPUs are the GPU policy's to judge",
+    ),
+    (
+        "gpu.insecure_serve_unattested",
+        "the GPUs are the GPU policy's to judge",
+    ),
+];
+
 /// The check for one event type, e.g. `RTMR3 event "model"`.
 pub fn event_check_name(kind: &str) -> String {
     format!("RTMR3 event {kind:?}")
@@ -79,6 +114,7 @@ pub fn appraise_events(report: &mut Report, log: Option<&str>, policy: &EventPol
         return;
     }
     warn_insecure_switches(report, &lines);
+    check_insecure_settings(report, &lines, policy);
     for pin in &policy.pin {
         check_pin(report, &lines, pin);
     }
@@ -101,57 +137,133 @@ pub fn appraise_events(report: &mut Report, log: Option<&str>, policy: &EventPol
     }
 }
 
+/// The `insecure` lists of the agent-config events, if the log has any.
+fn insecure_settings(lines: &[LogLine]) -> Option<Vec<&Value>> {
+    let mut lists = lines
+        .iter()
+        .filter(|l| l.event.kind == EVENT_AGENT_CONFIG)
+        .filter_map(|l| l.event.data.get("insecure").and_then(Value::as_array))
+        .peekable();
+    lists.peek()?;
+    Some(lists.flatten().collect())
+}
+
+/// Refuse an agent whose insecure settings weaken what no other check of this client judges,
+/// unless the policy accepts each by name: the configuration's hash alone hides them, and an
+/// agent whose model server is outside the TD would pass every other check.
+fn check_insecure_settings(report: &mut Report, lines: &[LogLine], policy: &EventPolicy) {
+    let Some(listed) = insecure_settings(lines) else {
+        // An agent older than the list: nothing to judge.
+        return;
+    };
+    let mut judged = Vec::new();
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for v in listed {
+        let name = printable(v);
+        let raw = v.as_str();
+        if JUDGED_ELSEWHERE.iter().any(|(n, _)| Some(*n) == raw) {
+            judged.push(name);
+        } else if raw.is_some_and(|r| policy.insecure_accept_agent_settings.iter().any(|a| a == r))
+        {
+            accepted.push(name);
+        } else {
+            refused.push(name);
+        }
+    }
+    for list in [&mut judged, &mut accepted, &mut refused] {
+        list.sort();
+        list.dedup();
+    }
+    let expected = "no insecure agent setting that the other checks cannot judge, beyond \
+                    rtmr3_events.insecure_accept_agent_settings"
+        .to_string();
+    let mut found = Vec::new();
+    if !refused.is_empty() {
+        found.push(format!(
+            "{} (add to rtmr3_events.insecure_accept_agent_settings to accept{})",
+            bounded(&refused),
+            if refused
+                .iter()
+                .any(|r| r == "upstream.insecure_allow_non_loopback")
+            {
+                "; the agent may send prompts to a model server outside the TD"
+            } else {
+                ""
+            }
+        ));
+    }
+    if !accepted.is_empty() {
+        found.push(format!("accepted by the policy: {}", bounded(&accepted)));
+    }
+    if !judged.is_empty() {
+        found.push(format!("judged by other checks: {}", bounded(&judged)));
+    }
+    let found = if found.is_empty() {
+        "none".to_string()
+    } else {
+        found.join("; ")
+    };
+    report.push_check(CHECK_AGENT_SETTINGS, refused.is_empty(), expected, found);
+}
+
+/// A setting's name as a report may print it: the log is the server's to write, and reports
+/// go to terminals.
+fn printable(v: &Value) -> String {
+    match v.as_str() {
+        Some(s) => s
+            .chars()
+            .take(64)
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .collect(),
+        None => compact(v),
+    }
+}
+
+/// At most 16 names, then how many more.
+fn bounded(names: &[String]) -> String {
+    const MAX_NAMED: usize = 16;
+    let shown = names
+        .iter()
+        .take(MAX_NAMED)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    match names.len().saturating_sub(MAX_NAMED) {
+        0 => shown,
+        more => format!("{shown} (and {more} more)"),
+    }
+}
+
 /// The switches an agent measured as weakening its promises (`insecure` in its agent-config
 /// events) are said in every report that replayed the log, whatever the policy: the
 /// configuration hash alone hides them from a client that does not pin it. A policy refuses
 /// such a server with `insecure = []` in every table of its agent-config pin's `allowed`.
 fn warn_insecure_switches(report: &mut Report, lines: &[LogLine]) {
-    // Bounded and printable: the log is the server's to write, and reports go to terminals.
-    const MAX_NAMED: usize = 16;
-    let mut named: Vec<String> = Vec::new();
-    let mut more = 0usize;
-    let listed = lines
-        .iter()
-        .filter(|l| l.event.kind == EVENT_AGENT_CONFIG)
-        .filter_map(|l| l.event.data.get("insecure").and_then(Value::as_array))
-        .flatten();
-    for v in listed {
-        let name: String = match v.as_str() {
-            Some(s) => s
-                .chars()
-                .take(64)
-                .map(|c| {
-                    if c.is_ascii_graphic() || c == ' ' {
-                        c
-                    } else {
-                        '?'
-                    }
-                })
-                .collect(),
-            None => compact(v),
-        };
-        if named.contains(&name) {
-            continue;
-        }
-        if named.len() < MAX_NAMED {
-            named.push(name);
-        } else {
-            more += 1;
-        }
-    }
+    let Some(listed) = insecure_settings(lines) else {
+        return;
+    };
+    // In the agent's order, each once (a set beside it: the list is the server's, and long).
+    let mut seen = std::collections::HashSet::new();
+    let named: Vec<String> = listed
+        .into_iter()
+        .map(printable)
+        .filter(|n| seen.insert(n.clone()))
+        .collect();
     if named.is_empty() {
         return;
     }
-    let more = if more > 0 {
-        format!(" (and {more} more)")
-    } else {
-        String::new()
-    };
     report.push_warning(format!(
-        "the agent's configuration (its agent-config event) has insecure settings: {}{more}; \
+        "the agent's configuration (its agent-config event) has insecure settings: {}; \
          add `insecure = []` to every table of the agent-config pin's `allowed` (or pin \
          `allowed = [{{ insecure = [] }}]`) to refuse such a server",
-        named.join(", ")
+        bounded(&named)
     ));
 }
 
@@ -366,6 +478,76 @@ mod tests {
         appraise_events(&mut r, Some(&text), &none);
         assert!(r.accepted(), "{:?}", r.failures().collect::<Vec<_>>());
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn insecure_settings_no_other_check_judges_are_refused_unless_the_policy_names_them() {
+        let events = |data: Value| {
+            let l = line(1, "agent-config", data);
+            let rtmr3 = replay([l.event.digest().unwrap()].iter());
+            (serde_json::to_string(&l).unwrap() + "\n", rtmr3)
+        };
+        let verdict = |insecure: Value, policy_text: &str| {
+            let (text, rtmr3) = events(json!({"config_sha256": "aa", "insecure": insecure}));
+            let mut r = report(rtmr3);
+            appraise_events(&mut r, Some(&text), &policy(policy_text));
+            r
+        };
+        // None at all: the check passes and says so.
+        let r = verdict(json!([]), "");
+        let c = r.check(CHECK_AGENT_SETTINGS).unwrap();
+        assert!(c.ok && c.found == "none", "{c:?}");
+        // Settings whose effect other checks judge (a test root, the GPU policy, a model pin).
+        let r = verdict(json!(["tee.kind=sim", "gpu.insecure_serve_unattested"]), "");
+        let c = r.check(CHECK_AGENT_SETTINGS).unwrap();
+        assert!(c.ok, "{c:?}");
+        assert!(
+            c.found
+                .contains("judged by other checks: gpu.insecure_serve_unattested, tee.kind=sim"),
+            "{c:?}"
+        );
+        // A model server outside the TD: no other check sees it, so refused by default...
+        let r = verdict(
+            json!(["tee.kind=sim", "upstream.insecure_allow_non_loopback"]),
+            "",
+        );
+        let failed: Vec<_> = r.failures().map(|c| c.name.clone()).collect();
+        assert_eq!(failed, vec![CHECK_AGENT_SETTINGS]);
+        let c = r.check(CHECK_AGENT_SETTINGS).unwrap();
+        assert!(
+            c.found.contains("upstream.insecure_allow_non_loopback")
+                && c.found.contains("outside the TD")
+                && c.found.contains("insecure_accept_agent_settings"),
+            "{c:?}"
+        );
+        // ...and accepted when the policy names it.
+        let accept = "[rtmr3_events]\ninsecure_accept_agent_settings = [\"upstream.insecure_allow_non_loopback\"]\n";
+        let r = verdict(json!(["upstream.insecure_allow_non_loopback"]), accept);
+        assert!(r.accepted(), "{:?}", r.failures().collect::<Vec<_>>());
+        assert!(
+            r.check(CHECK_AGENT_SETTINGS)
+                .unwrap()
+                .found
+                .contains("accepted by the policy")
+        );
+        // A name this client does not know (a newer agent's) is refused too, printably.
+        let r = verdict(json!(["future.insecure_x\u{1b}[2J", 7]), accept);
+        let c = r.check(CHECK_AGENT_SETTINGS).unwrap();
+        assert!(!c.ok, "{c:?}");
+        assert!(
+            c.found.contains("7, future.insecure_x?[2J") && !c.found.contains('\u{1b}'),
+            "{c:?}"
+        );
+        // A long hostile list is said in bounded form.
+        let many: Vec<Value> = (0..1000).map(|i| json!(format!("n{i:04}"))).collect();
+        let r = verdict(Value::Array(many), "");
+        let c = r.check(CHECK_AGENT_SETTINGS).unwrap();
+        assert!(!c.ok && c.found.contains("(and 984 more)"), "{c:?}");
+        // An agent older than the list: nothing to judge, no check.
+        let (text, rtmr3) = events(json!({"config_sha256": "aa"}));
+        let mut r = report(rtmr3);
+        appraise_events(&mut r, Some(&text), &policy(""));
+        assert!(r.check(CHECK_AGENT_SETTINGS).is_none() && r.accepted());
     }
 
     #[test]

@@ -232,6 +232,12 @@ pub struct EventPolicy {
     /// With pins: also accept event types no pin names. Default false: an event nobody
     /// anticipated means the TD runs something the policy author did not review.
     pub insecure_allow_unlisted: bool,
+    /// Insecure settings of the agent (the `insecure` list of its agent-config event) to
+    /// accept although no other check judges what they weaken, e.g.
+    /// `upstream.insecure_allow_non_loopback` (the model server may be outside the TD). By
+    /// default an agent running with such a setting is refused (check `agent insecure
+    /// settings`).
+    pub insecure_accept_agent_settings: Vec<String>,
 }
 
 impl EventPolicy {
