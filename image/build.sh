@@ -44,6 +44,9 @@ usage: image/build.sh --out DIR [options]
                        one unified kernel image (kernel, initrd and command line, booted by
                        UEFI firmware such as TDVF with no bootloader) for clouds that boot
                        disks, not kernels (docs/openstack.md)
+  --nvidia-gpus        install systemd/tdx-agent-nvidia-gpus.conf as a drop-in of the agent's
+                       unit, so NVML can reach /dev/nvidia* ([gpu] source = "nvml"; the
+                       NVIDIA driver itself is not installed by this script)
   --enable-vllm        enable the example vllm.service (production images; vLLM itself is not
                        installed by this script)
   --agent-port N       the agent's TLS port the firewall accepts (default 8443; must match the
@@ -72,6 +75,7 @@ TEST_IMAGE=0
 EMULATOR=""
 SSH=0
 ENABLE_VLLM=0
+NVIDIA_GPUS=0
 AGENT_PORT=8443
 VLLM_PORT=8000
 FORMAT=qcow2
@@ -126,6 +130,7 @@ while [ $# -gt 0 ]; do
     --tsm-emulator) EMULATOR="${2:?--tsm-emulator needs a path}"; shift 2 ;;
     --ssh) SSH=1; shift ;;
     --enable-vllm) ENABLE_VLLM=1; shift ;;
+    --nvidia-gpus) NVIDIA_GPUS=1; shift ;;
     --uefi) UEFI=1; shift ;;
     --agent-port) AGENT_PORT="${2:?}"; shift 2 ;;
     --vllm-port) VLLM_PORT="${2:?}"; shift 2 ;;
@@ -233,7 +238,7 @@ if [ -n "$CONFIG" ]; then
   grep -Eq "^[[:space:]]*listen[[:space:]]*=[[:space:]]*\"[^\"]*:$AGENT_PORT\"" "$CONFIG" \
     || die "$CONFIG does not listen on port $AGENT_PORT (the firewall's --agent-port): set listen = \"0.0.0.0:$AGENT_PORT\" or pass --agent-port"
 fi
-for unit in tdx-agent.service vllm.service; do
+for unit in tdx-agent.service vllm.service tdx-agent-nvidia-gpus.conf; do
   [ -f "$REPO/systemd/$unit" ] || die "missing $REPO/systemd/$unit"
 done
 
@@ -324,6 +329,11 @@ else
 fi
 put_file 0644 "$REPO/systemd/tdx-agent.service" /etc/systemd/system/tdx-agent.service
 enable_unit multi-user.target tdx-agent.service
+if [ "$NVIDIA_GPUS" = 1 ]; then
+  put_file 0644 "$REPO/systemd/tdx-agent-nvidia-gpus.conf" /etc/systemd/system/tdx-agent.service.d/nvidia-gpus.conf
+else
+  rm -f "$R/etc/systemd/system/tdx-agent.service.d/nvidia-gpus.conf"
+fi
 
 # The firewall (docs/image.md): inbound only the agent's port (and SSH if asked), plus what
 # DHCP, IPv6 neighbour discovery and path-MTU discovery need; vLLM's port is dropped and

@@ -1,6 +1,6 @@
 //! The shipped systemd units: `systemd-analyze verify` accepts them, the agent's unit passes
 //! `systemd-analyze security --offline=true --threshold=20` (exposure 2.0 or less), and the
-//! example configuration is one the agent accepts.
+//! example configuration is one the agent accepts; with the GPU drop-in too.
 //!
 //! `verify` insists that every ExecStart binary exists, so the units are checked from a copy
 //! whose ExecStart paths point at this build's binary (the agent) and at /bin/true (vLLM,
@@ -61,11 +61,11 @@ fn units_verify() {
     );
 }
 
-#[test]
-fn agent_unit_exposure_is_at_most_2() {
-    let dir = units_with_local_binaries();
+/// `systemd-analyze security --offline` of the agent's unit in `dir` (with any drop-ins beside
+/// it): its exit status, its exposure figure and its text.
+fn agent_exposure(dir: &Path) -> (i32, f64, String) {
     let (code, text) = systemd_analyze(
-        dir.path(),
+        dir,
         &[
             "security",
             "--offline=true",
@@ -79,9 +79,67 @@ fn agent_unit_exposure_is_at_most_2() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no exposure figure in:\n{text}"));
+    (code, figure, text)
+}
+
+#[test]
+fn agent_unit_exposure_is_at_most_2() {
+    let dir = units_with_local_binaries();
+    let (code, figure, text) = agent_exposure(dir.path());
     eprintln!("tdx-agent.service exposure: {figure}");
     assert_eq!(code, 0, "over the threshold:\n{text}");
     assert!(figure <= 2.0, "exposure {figure}:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("PrivateDevices=") && l.contains("no access to hardware")),
+        "{text}"
+    );
+}
+
+/// The GPU drop-in (image/build.sh --nvidia-gpus) opens NVIDIA's character devices to NVML,
+/// which the unit's private /dev hides, and nothing else: the device policy stays closed.
+#[test]
+fn nvidia_gpus_drop_in_opens_only_nvidia_devices() {
+    let dir = units_with_local_binaries();
+    let drop_ins = dir.path().join("tdx-agent.service.d");
+    std::fs::create_dir(&drop_ins).unwrap();
+    std::fs::copy(
+        repo().join("systemd/tdx-agent-nvidia-gpus.conf"),
+        drop_ins.join("nvidia-gpus.conf"),
+    )
+    .unwrap();
+    let (code, text) = systemd_analyze(dir.path(), &["verify", "tdx-agent.service"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("tdx-agent.service"), "{text}");
+    assert!(!text.contains("nvidia-gpus.conf"), "{text}");
+
+    let (code, figure, text) = agent_exposure(dir.path());
+    eprintln!("tdx-agent.service exposure with the GPU drop-in: {figure}");
+    assert_eq!(code, 0, "over the threshold:\n{text}");
+    assert!(figure <= 2.0, "exposure {figure}:\n{text}");
+    let acl = text
+        .lines()
+        .find(|l| l.contains("DeviceAllow="))
+        .unwrap_or_else(|| panic!("no DeviceAllow line:\n{text}"));
+    let allowed: Vec<&str> = acl
+        .split("special devices: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no device list in {acl:?}"))
+        .split_whitespace()
+        .take_while(|w| w.contains(':'))
+        .collect();
+    let mut allowed = allowed.clone();
+    allowed.sort_unstable();
+    assert_eq!(
+        allowed,
+        [
+            "/dev/nvidiactl:rw",
+            "char-nvidia-frontend:rw",
+            "char-nvidia:rw",
+            "char-rtc:r"
+        ],
+        "{acl}"
+    );
 }
 
 #[test]

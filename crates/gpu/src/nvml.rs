@@ -15,16 +15,27 @@ impl NvmlSource {
     /// Load and initialise NVML. Blocking: call it on the collector's thread
     /// ([`super::Collector::open`]).
     pub fn open() -> Result<Self, GpuSourceError> {
-        Nvml::init().map(|nvml| Self { nvml }).map_err(|e| {
-            GpuSourceError::new(
-                None,
-                "loading NVML",
-                format!(
-                    "{}; install the NVIDIA driver (it provides libnvidia-ml.so.1) in the TD, or set gpu.source differently",
-                    describe(&e)
-                ),
-            )
-        })
+        Nvml::init()
+            .map(|nvml| Self { nvml })
+            .map_err(|e| GpuSourceError::new(None, "loading NVML", open_hint(&e)))
+    }
+}
+
+/// Why NVML would not start, and what to do: a missing library wants the driver installed,
+/// while a driver NVML cannot reach is most often the agent's own sandbox (its unit's private
+/// /dev has no /dev/nvidia*).
+fn open_hint(e: &NvmlError) -> String {
+    let what = describe(e);
+    match e {
+        NvmlError::LibloadingError(_) | NvmlError::FailedToLoadSymbol(_) => format!(
+            "{what}; install the NVIDIA driver (it provides libnvidia-ml.so.1) in the TD, or set gpu.source differently"
+        ),
+        _ => format!(
+            "{what}; NVML needs /dev/nvidiactl and /dev/nvidiaN: under systemd install \
+             systemd/tdx-agent-nvidia-gpus.conf as a drop-in of tdx-agent.service \
+             (image/build.sh --nvidia-gpus), and check that the driver is loaded \
+             (nvidia-persistenced running, nvidia-smi works as root)"
+        ),
     }
 }
 
@@ -107,5 +118,23 @@ impl GpuSource for NvmlSource {
             protected_pcie,
             evidence,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_driver_nvml_cannot_reach_points_at_the_sandbox_not_the_install() {
+        // A private /dev (the unit without its GPU drop-in) shows as a driver NVML cannot
+        // open: telling the operator to install a driver that is installed sends them astray.
+        for e in [NvmlError::DriverNotLoaded, NvmlError::NoPermission] {
+            let hint = open_hint(&e);
+            assert!(hint.contains("tdx-agent-nvidia-gpus.conf"), "{hint}");
+            assert!(!hint.contains("install the NVIDIA driver"), "{hint}");
+        }
+        let hint = open_hint(&NvmlError::FailedToLoadSymbol("nvmlInit_v2".into()));
+        assert!(hint.contains("install the NVIDIA driver"), "{hint}");
     }
 }
