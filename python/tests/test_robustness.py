@@ -240,3 +240,19 @@ def test_the_httpx_client_takes_its_request_size_limit(agent):
         with pytest.raises(ValueError, match="exceeds 64 bytes"):
             http.post("/attestation/v1/challenge", content=b"x" * 65)
         assert http.get("/livez").status_code == 200
+
+
+def test_the_package_declares_the_anyio_its_async_transport_needs():
+    # `to_thread.run_sync(abandon_on_cancel=)` appeared in anyio 4.1; httpx alone would let
+    # an older anyio in, and every async request would then raise TypeError.
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+
+    required = {
+        r.name: r.specifier
+        for r in map(Requirement, importlib.metadata.requires("tdx-agent") or [])
+    }
+    assert "anyio" in required, required
+    assert not required["anyio"].contains("4.0.0")
+    assert required["anyio"].contains("4.1.0")
