@@ -1050,22 +1050,7 @@ async fn http2_clients_that_ask_nothing_are_let_go_after_the_header_timeout() {
 /// not a malformed request) once its body has moved no byte for the timeout, not held forever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_challenge_whose_body_never_comes_is_cut_after_the_header_timeout() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let (_sim, _d, mut tls) = agent_and_connection(b"http/1.1").await;
-    let head = format!(
-        "POST {CHALLENGE} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n"
-    );
-    tls.write_all(head.as_bytes()).await.expect("head");
-    tls.flush().await.expect("flush");
-    let started = Instant::now();
-    let mut got = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut got)).await;
-    let t = started.elapsed();
-    assert!(
-        read.is_ok(),
-        "a challenge without its body held the connection for 5 s (timeout 1 s)"
-    );
-    let text = String::from_utf8_lossy(&got);
+    let (t, text) = challenge_body_cut(None).await;
     // The answer names the cut: the body's own idle limit (the header timeout, 1 s).
     assert!(
         text.starts_with("HTTP/1.1 408")
@@ -1077,6 +1062,116 @@ async fn a_challenge_whose_body_never_comes_is_cut_after_the_header_timeout() {
         "a challenge without its body: cut after {t:?} ({})",
         text.lines().next().unwrap_or("closed")
     );
+}
+
+/// A challenge body that trickles in, a byte just inside the idle timeout each time, must still
+/// be whole within twice the header timeout (the router's bodies are 64 KiB at most):
+/// otherwise one client holds a connection slot for days per 64 KiB announced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_challenge_body_trickling_in_is_cut_at_the_header_timeout() {
+    // A byte every 400 ms: never idle for the 1 s timeout, and 64 bytes would take 25 s.
+    let (t, text) = challenge_body_cut(Some(Duration::from_millis(400))).await;
+    assert!(
+        text.starts_with("HTTP/1.1 408")
+            && text.contains("not received whole within 2s")
+            && text.contains("request_timeout"),
+        "a trickling body was answered with: {text}"
+    );
+    println!(
+        "a trickling challenge body: cut after {t:?} ({})",
+        text.lines().next().unwrap_or("closed")
+    );
+}
+
+/// A challenge announcing a 64-byte body, sent a byte every `trickle` (or never), to an agent
+/// with a 1 s header timeout: how long until the agent ended the connection, and what it said.
+async fn challenge_body_cut(trickle: Option<Duration>) -> (Duration, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (_sim, _d, tls) = agent_and_connection(b"http/1.1").await;
+    let (mut rx, mut tx) = tokio::io::split(tls);
+    let head = format!(
+        "POST {CHALLENGE} HTTP/1.1\r\nhost: agent\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n"
+    );
+    tx.write_all(head.as_bytes()).await.expect("head");
+    tx.flush().await.expect("flush");
+    let started = Instant::now();
+    let sender = tokio::spawn(async move {
+        let Some(every) = trickle else {
+            // Keep the writing half open, sending nothing.
+            return std::future::pending::<()>().await;
+        };
+        for _ in 0..64 {
+            if tx.write_all(b" ").await.is_err() || tx.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), rx.read_to_end(&mut got)).await;
+    let t = started.elapsed();
+    sender.abort();
+    assert!(
+        read.is_ok(),
+        "a challenge body sent every {trickle:?} held the connection for 15 s (timeout 1 s)"
+    );
+    (t, String::from_utf8_lossy(&got).into_owned())
+}
+
+/// The agent's own answers are whole in memory, and a gRPC health `Watch` never ends: an
+/// HTTP/2 client that opens such streams and never takes their bodies (a flow-control window
+/// of 0) must not keep its connection, and the bodies, past the header timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_streams_whose_bodies_are_never_taken_do_not_hold_the_connection() {
+    let sim = SimTd::new();
+    let mut d = daemon_from_config(&sim);
+    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"h2"]));
+    let tls = support::ratls_connect(&d.addr, config)
+        .await
+        .expect("RA-TLS");
+    let peer = peer_of(&tls);
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .initial_stream_window_size(0)
+            .handshake::<_, http_body_util::Full<Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let req = hyper::Request::get(format!("https://agent{WELL_KNOWN}"))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .expect("request");
+        let answer = send.send_request(req).await.expect("evidence head");
+        assert_eq!(answer.status(), 200);
+        answers.push(answer);
+    }
+    // gRPC health Watch of the whole server: an empty HealthCheckRequest, length-prefixed.
+    let watch = hyper::Request::post("https://agent/grpc.health.v1.Health/Watch")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(Bytes::from_static(&[
+            0, 0, 0, 0, 0,
+        ])))
+        .expect("request");
+    let watch = send.send_request(watch).await.expect("Watch head");
+    assert_eq!(watch.status(), 200);
+    answers.push(watch);
+    let started = Instant::now();
+    // The answers are held, unread: only the server can end this connection.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        ended.is_ok(),
+        "streams whose bodies were never taken held the connection for 10 s (timeout 1 s)"
+    );
+    println!(
+        "HTTP/2 streams never read: connection closed after {:?}",
+        started.elapsed()
+    );
+    assert_closed_for(&d, peer, &[H2_GOAWAY]).await;
+    drop(answers);
+    assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
 }
 
 /// A request head that trickles in, a header line at a time and never finished, is cut at the
@@ -1593,6 +1688,45 @@ fn a_second_agent_on_the_same_directories_is_refused_before_touching_them() {
         1,
         "the second agent wrote to the audit log: {text}"
     );
+}
+
+/// The evidence document is made once per certificate and shared: after a rotation the next
+/// request gets the new certificate's document, never the old one's.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_evidence_document_follows_a_rotated_certificate() {
+    let sim = SimTd::new();
+    let d = Daemon::sim(&sim, &[]);
+    let served = |c: &Https| {
+        let c = c.clone();
+        async move {
+            let ev = c.get(WELL_KNOWN).await;
+            assert_eq!(ev.status, 200, "{}", ev.text());
+            assert_eq!(
+                ev.headers.get("content-type").and_then(|v| v.to_str().ok()),
+                Some("application/json")
+            );
+            let ev = ev.json();
+            from_b64(ev["certificate"].as_str().expect("certificate")).expect("base64")
+        }
+    };
+    let before = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("connect");
+    let first = served(&before).await;
+    assert_eq!(first, before.peer_cert);
+    // Asked twice, the same document.
+    assert_eq!(served(&before).await, first);
+    let socket = sim.dir.join("run").join("admin.sock");
+    let r = tdx_agent(&["admin", "--socket", path_str(&socket), "rotate"]);
+    assert_eq!(r.code, 0, "{r}");
+    let after = Https::connect(&d.addr, sim.root_der())
+        .await
+        .expect("connect");
+    assert_ne!(
+        after.peer_cert, before.peer_cert,
+        "rotate issued no new certificate"
+    );
+    assert_eq!(served(&after).await, after.peer_cert);
 }
 
 /// An agent in front of the scripted model server, `upstream` lines added to `[upstream]`

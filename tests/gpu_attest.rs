@@ -204,15 +204,16 @@ async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
     drop(c);
     assert_eq!(up.script.model_requests.load(Ordering::SeqCst), 1);
 
+    // /readyz names the GPU and the check that failed; why, in the agent's log.
     for (state, readyz, client_check) in [
-        ("devtools", "devtools", "[FAIL] gpu[1] CC state"),
-        ("cc-off", "CC is off", "[FAIL] GPU count"),
+        ("devtools", "CC mode", "[FAIL] gpu[1] CC state"),
+        ("cc-off", "CC mode", "[FAIL] GPU count"),
         (
             "bad-measurement",
             "measurements",
             "[FAIL] gpu[1] measurements",
         ),
-        ("hang", "not return", "[FAIL] GPU evidence binding"),
+        ("hang", "collection", "[FAIL] GPU evidence binding"),
     ] {
         set_gpu_state(&sim, 1, state);
         let detail = wait_gpu_ready(&d, &sim, false, Duration::from_secs(60)).await;

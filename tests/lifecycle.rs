@@ -1,14 +1,19 @@
-//! The daemon's life through real processes: the admin socket and the RTMR3 event log, and
-//! PCCS and quote-provider faults. (systemd, probes, challenges and the audit chain are in
-//! tests/daemon.rs.)
+//! The daemon's life through real processes: the admin socket and the RTMR3 event log, PCCS,
+//! quote-provider, GPU and model-server faults, what /readyz and the model routes tell
+//! callers about them (the stage and what to check, never the internal error), and systemd's
+//! READY=1 when start-up ends with a stage missing. (systemd's protocol itself, probes,
+//! challenges and the audit chain are in tests/daemon.rs.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test may fail loudly
 
 mod support;
 
 use std::io::{BufRead as _, BufReader};
+use std::os::unix::net::UnixDatagram;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::upstream::{Upstream, agent_fronting_url};
 use support::{SimTd, path_str, tdx_agent};
 use tdx_core::measure::rtmr3_log::{Event, LogLine, replay};
 
@@ -242,6 +247,11 @@ fn pccs_outage_degrades_only_after_next_update_and_recovers() {
         tdx_core::verify::time::now_unix() >= expired_at,
         "declared stale before its nextUpdate: {detail}"
     );
+    // What to check, not the fetch's error: the PCCS's address stays in the agent's log.
+    assert!(
+        detail.contains("collateral.pccs_url") && !detail.contains(&listen),
+        "{detail}"
+    );
 
     // The PCCS is back: fresh collateral, a new certificate, ready again.
     let _pccs = support::SimPccs::start(&d, &listen);
@@ -300,9 +310,25 @@ fn failing_quote_provider_degrades_and_recovers() {
 
     let r = tdx_agent(&["admin", "--socket", &socket, "rotate"]);
     assert_eq!(r.code, 2, "{r}");
+    // The admin socket (root only) gets the whole error, naming the file...
+    assert!(r.stderr.contains("td-state.json"), "{r}");
     let v = readyz(&agent.addr);
     assert_eq!(v["ready"], false, "{v}");
     assert_eq!(stage_ok(&v, "certificate_issued"), Some(false), "{v}");
+    // ...and /readyz, like the challenge above, what failed and where to look.
+    let detail = stage_detail(&v, "certificate_issued");
+    assert!(
+        detail.contains("re-issue (admin-rotate) failed")
+            && detail.contains("did not produce a quote")
+            && detail.contains("see the agent's log")
+            && detail.contains("previous certificate serves until"),
+        "{v}"
+    );
+    let body = v.to_string();
+    assert!(
+        !body.contains("td-state.json") && !body.contains(&d),
+        "/readyz carries the TEE's error: {v}"
+    );
     // The previous certificate still serves and still verifies.
     assert_eq!(attest_rtmr3(&agent.addr, &root), rtmr3);
 
@@ -336,10 +362,14 @@ fn unreadable_rtmr3_withdraws_measured_until_it_reads_again() {
     assert_eq!(stage_ok(&v, "measured"), Some(false), "{v}");
     let detail = stage_detail(&v, "measured");
     assert!(detail.contains("could not be read"), "{v}");
+    // The read's error names the simulated TD's files: the log has it, /readyz does not.
+    assert!(!v.to_string().contains(sim.dir_str()), "{v}");
+    let log = agent.stderr();
+    assert!(log.contains("cannot read RTMR3"), "{log}");
     assert!(
-        agent.stderr().contains("cannot read RTMR3"),
-        "{}",
-        agent.stderr()
+        log.lines()
+            .any(|l| l.contains("readiness stage does not hold") && l.contains(sim.dir_str())),
+        "the withdrawn stage's reason is not in the log:\n{log}"
     );
 
     std::fs::rename(&away, &registers).unwrap();
@@ -349,6 +379,230 @@ fn unreadable_rtmr3_withdraws_measured_until_it_reads_again() {
         stage_detail(&v, "measured").contains("matches the event log"),
         "{v}"
     );
+}
+
+/// `sim pki --gpus N` then `sim gpu --index 0 --state STATE`: a simulated TD whose one GPU
+/// starts in `state`.
+fn sim_with_one_gpu(state: &str) -> SimTd {
+    let sim = SimTd::new();
+    let d = sim.dir_str();
+    let r = tdx_agent(&["sim", "pki", "--sim-dir", d, "--gpus", "1"]);
+    assert_eq!(r.code, 0, "{r}");
+    set_gpu_state(&sim, state);
+    sim
+}
+
+fn set_gpu_state(sim: &SimTd, state: &str) {
+    let r = tdx_agent(&[
+        "sim",
+        "gpu",
+        "--sim-dir",
+        sim.dir_str(),
+        "--index",
+        "0",
+        "--state",
+        state,
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+}
+
+/// What the agent sends to $NOTIFY_SOCKET, as it arrives.
+struct NotifySocket {
+    _dir: tempfile::TempDir,
+    path: String,
+    rx: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl NotifySocket {
+    fn bind() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Ends when the test drops the receiver and the next datagram finds it gone.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                if tx
+                    .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        NotifySocket {
+            path: path.to_str().unwrap().to_string(),
+            _dir: dir,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Wait until a message equal to `want` has arrived (true), or `within` passes (false).
+    fn wait_for(&mut self, want: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.seen.iter().any(|m| m == want) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            if let Ok(m) = self.rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                self.seen.push(m);
+            }
+        }
+    }
+
+    fn count(&mut self, want: &str) -> usize {
+        while let Ok(m) = self.rx.try_recv() {
+            self.seen.push(m);
+        }
+        self.seen.iter().filter(|m| *m == want).count()
+    }
+}
+
+/// A GPU failing at start-up (here CC off; on hardware the CC ready state not set yet, an
+/// OCSP outage, a hung NVML call) does not keep READY=1 back: start-up is done, so systemd is
+/// told, and under `Type=notify` with `TimeoutStartSec` the agent is not killed and restarted
+/// in a loop. /readyz says what is missing; when the GPU recovers the agent is ready, and
+/// READY=1 is not sent again.
+#[test]
+fn ready_is_sent_when_start_up_ends_even_while_a_gpu_fails() {
+    let sim = sim_with_one_gpu("cc-off");
+    let config = support::sim_config(
+        &sim,
+        &sim.dir,
+        "",
+        &format!(
+            "\n[gpu]\nrequired = 1\nsource = \"sim\"\nrecheck_secs = 1\ntimeout_secs = 2\ncache_dir = \"{}/gpu-cache\"\n",
+            sim.dir_str()
+        ),
+    );
+    let mut notify = NotifySocket::bind();
+    let agent = support::Daemon::start(
+        &["serve", "--config", path_str(&config)],
+        &[("NOTIFY_SOCKET", notify.path.as_str())],
+        &["WATCHDOG_USEC", "WATCHDOG_PID"],
+    );
+    assert!(
+        notify.wait_for("READY=1", Duration::from_secs(60)),
+        "no READY=1 while a GPU fails; got {:?}\n{}",
+        notify.seen,
+        agent.stderr()
+    );
+    // Started, not ready: the GPU stage says which GPU and check, and the model routes (none
+    // here) would be refused.
+    let v = readyz(&agent.addr);
+    assert_eq!(v["ready"], false, "{v}");
+    assert_eq!(stage_ok(&v, "gpu_attested"), Some(false), "{v}");
+    let detail = stage_detail(&v, "gpu_attested");
+    assert!(
+        detail.starts_with("gpu[0]") && detail.contains("CC mode"),
+        "{v}"
+    );
+
+    // The GPU recovers: the next re-check re-issues the certificate and the agent is ready.
+    set_gpu_state(&sim, "ok");
+    let v = readyz_until(&agent.addr, |v| v["ready"] == true);
+    assert_eq!(v["ready"], true, "{v}");
+    assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.seen);
+}
+
+/// What /readyz and the model routes' 503 tell a caller about a stage that does not hold is
+/// the stage and what to check; the internal error (the model server's address and the
+/// connection's error, the TEE's file) goes to the agent's log.
+#[test]
+fn readyz_and_model_routes_keep_internal_errors_in_the_log() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut up = rt.block_on(Upstream::start());
+    let up_addr = up.addr.to_string();
+    let sim = SimTd::new();
+    let (agent, dir) = agent_fronting_url(&sim, &up.url(), "health_interval_ms = 100\n", &[]);
+    let v = readyz_until(&agent.addr, |v| v["ready"] == true);
+    assert_eq!(v["ready"], true, "{v}");
+    assert_eq!(curl_get(&agent.addr, "/v1/models").0, 200);
+
+    // The model server goes away.
+    rt.block_on(up.kill());
+    let v = readyz_until(&agent.addr, |v| {
+        stage_ok(v, "upstream_healthy") == Some(false)
+    });
+    assert_eq!(stage_ok(&v, "upstream_healthy"), Some(false), "{v}");
+    let detail = stage_detail(&v, "upstream_healthy");
+    assert!(detail.contains("model server"), "{v}");
+    assert!(
+        !v.to_string().contains(&up_addr),
+        "/readyz names the model server: {v}"
+    );
+    let (code, e) = curl_get(&agent.addr, "/v1/models");
+    assert_eq!(code, 503, "{e}");
+    assert_eq!(e["error"]["type"], "not_ready", "{e}");
+    assert_eq!(e["error"]["code"], "upstream_healthy", "{e}");
+    assert!(!e.to_string().contains(&up_addr), "{e}");
+    assert!(
+        agent
+            .stderr()
+            .lines()
+            .any(|l| l.contains("readiness stage does not hold")
+                && l.contains("upstream_healthy")
+                && l.contains(&up_addr)),
+        "the model server's error is not in the log:\n{}",
+        agent.stderr()
+    );
+
+    // The TEE fails too: a rotation fails, and certificate_issued (before upstream_healthy)
+    // is what the model routes name, without the TEE's file.
+    let state = sim.dir.join(tdx_sim::TD_STATE_JSON);
+    std::fs::write(&state, b"{ not json").unwrap();
+    let socket = dir.path().join("run/admin.sock");
+    let r = tdx_agent(&["admin", "--socket", path_str(&socket), "rotate"]);
+    assert_eq!(r.code, 2, "{r}");
+    let (code, e) = curl_get(&agent.addr, "/v1/models");
+    assert_eq!(code, 503, "{e}");
+    assert_eq!(e["error"]["code"], "certificate_issued", "{e}");
+    let msg = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("did not produce a quote") && msg.contains("see the agent's log"),
+        "{e}"
+    );
+    let v = readyz(&agent.addr);
+    for body in [e.to_string(), v.to_string()] {
+        assert!(
+            !body.contains(tdx_sim::TD_STATE_JSON) && !body.contains(sim.dir_str()),
+            "{body}"
+        );
+    }
+    let log = agent.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("certificate_issued") && l.contains(tdx_sim::TD_STATE_JSON)),
+        "the TEE's error is not in the log:\n{log}"
+    );
+}
+
+/// GET `path` with curl: (HTTP status, JSON body or Null).
+fn curl_get(addr: &str, path: &str) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-m",
+            "60",
+            "-w",
+            "\n%{http_code}",
+            &format!("https://{addr}{path}"),
+        ])
+        .output()
+        .expect("curl is needed for this test (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 /// /readyz polled until `done` holds, or a minute passes (the last answer either way).

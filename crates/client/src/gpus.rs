@@ -88,7 +88,27 @@ pub async fn check_session(
         Some(r) => r,
         None => {
             let evidence: EvidenceJson = session.request_json("GET", WELL_KNOWN, None).await?;
-            let report = Arc::new(appraise(appraiser, session, policy, &evidence));
+            // A cold appraisal verifies a chain of P-384 signatures per GPU, milliseconds
+            // each: kept off the runtime, which serves other connections (as the challenge's).
+            let (owner, report, peer_cert, spki) = (
+                client.clone(),
+                (*session.report).clone(),
+                session.peer_cert.clone(),
+                session.spki_sha256,
+            );
+            let report = tokio::task::spawn_blocking(move || {
+                appraise(
+                    owner.gpus(),
+                    report,
+                    &peer_cert,
+                    &spki,
+                    &owner.policy().gpu,
+                    &evidence,
+                )
+            })
+            .await
+            .map_err(|e| ClientError::Setup(format!("the GPUs' appraisal did not finish: {e}")))?;
+            let report = Arc::new(report);
             appraiser.remember(cert_hash, Arc::clone(&report), Instant::now());
             report
         }
@@ -100,17 +120,20 @@ pub async fn check_session(
     Ok(())
 }
 
+/// `report` (the session's) with the GPU checks of the certificate `peer_cert` (key digest
+/// `spki`) added.
 fn appraise(
     appraiser: &GpuAppraiser,
-    session: &Session,
+    mut report: Report,
+    peer_cert: &[u8],
+    spki: &[u8; 32],
     policy: &tdx_core::gpu::GpuPolicy,
     evidence: &EvidenceJson,
 ) -> Report {
-    let mut report = (*session.report).clone();
-    let claimed = tdx_core::ratls::certificate_claims(&session.peer_cert)
+    let claimed = tdx_core::ratls::certificate_claims(peer_cert)
         .ok()
         .and_then(|c| c.gpu_evidence_sha256);
-    let served = if tdx_core::encoding::hex(&session.spki_sha256) != evidence.spki_sha256 {
+    let served = if tdx_core::encoding::hex(spki) != evidence.spki_sha256 {
         Err(
             "the served evidence belongs to another certificate (the server rotated it); reconnect"
                 .to_string(),
@@ -125,11 +148,11 @@ fn appraise(
         &mut report,
         appraiser,
         policy,
-        session,
+        peer_cert,
         evidence,
         served.as_ref().map_err(Clone::clone),
         claimed,
-        nonce_for_certificate(&session.spki_sha256),
+        nonce_for_certificate(spki),
         tdx_core::verify::time::now_unix(),
     );
     report
@@ -142,7 +165,7 @@ pub(crate) fn appraise_into(
     report: &mut Report,
     appraiser: &GpuAppraiser,
     policy: &tdx_core::gpu::GpuPolicy,
-    session: &Session,
+    peer_cert: &[u8],
     evidence: &EvidenceJson,
     set: Result<&GpuEvidenceSet, String>,
     claimed: Option<[u8; 32]>,
@@ -154,7 +177,7 @@ pub(crate) fn appraise_into(
         &appraiser.verifier,
         &appraiser.roots,
         policy,
-        &session.peer_cert,
+        peer_cert,
         evidence.gpu_collateral.as_ref(),
         set,
         claimed,

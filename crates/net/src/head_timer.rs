@@ -150,7 +150,19 @@ impl HeadTimer {
     }
 }
 
-/// `S`, with each request in flight from its head until hyper drops its response's body.
+/// A response extension: the request stops counting as in flight once this response's head
+/// is ready, rather than when hyper drops its body. For answers the service made whole in
+/// memory (evidence, challenge answers, probes) and for streams of its own that never end
+/// (gRPC health `Watch`): a client that opens many streams and never takes their bodies (an
+/// HTTP/2 window of 0) would otherwise keep the connection, and each body, for ever. Without
+/// a request in flight the connection's timer lets it go (HTTP/1.1: once no byte has gone out
+/// for the timeout; HTTP/2: a GOAWAY, then the close after the grace). Model answers, which
+/// may think for minutes between bytes, do not carry it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DoneAtHead;
+
+/// `S`, with each request in flight from its head until hyper drops its response's body (or
+/// until the head, for a response marked [`DoneAtHead`]).
 #[derive(Clone)]
 pub struct Timed<S> {
     inner: S,
@@ -197,6 +209,7 @@ where
         let answer = ready!(Pin::new(&mut self.answer).poll(cx));
         let in_flight = self.in_flight.take();
         Poll::Ready(answer.map(|r| {
+            let in_flight = in_flight.filter(|_| r.extensions().get::<DoneAtHead>().is_none());
             r.map(|body| Tracked {
                 body,
                 _in_flight: in_flight,
@@ -419,6 +432,32 @@ mod tests {
         drop(response);
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
         assert!(activity.idle_since.load(Ordering::Relaxed) > idle_before);
+    }
+
+    #[tokio::test]
+    async fn an_answer_done_at_its_head_is_not_in_flight_while_its_body_waits() {
+        let activity = Activity::new();
+        let inner = hyper::service::service_fn(
+            |_req: hyper::Request<http_body_util::Empty<bytes::Bytes>>| {
+                let mut r = hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                r.extensions_mut().insert(DoneAtHead);
+                std::future::ready(Ok::<_, std::convert::Infallible>(r))
+            },
+        );
+        let service = Timed::new(inner, Arc::clone(&activity));
+        let answer = hyper::service::Service::call(
+            &service,
+            hyper::Request::new(http_body_util::Empty::new()),
+        );
+        // While the service works on it, the request is in flight...
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 1);
+        let response = ready_now(answer).expect("infallible");
+        // ...and no longer once the head is ready, though hyper still holds the body.
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+        let timer = HeadTimer::new(Arc::clone(&activity), T);
+        assert_eq!(timer.verdict(Instant::now() + 2 * T), None);
+        drop(response);
+        assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
     }
 
     /// Poll a future that is ready at once.

@@ -5,6 +5,7 @@
 //! collected, good or bad: a client decides by its policy, and the agent is ready only when
 //! every GPU it found passes and at least `gpu.required` did.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +14,10 @@ use serde::Serialize;
 use tdx_core::encoding::hex;
 use tdx_core::gpu::{
     CcMode, GPU_EVENT, GpuCollateral, GpuEventData, GpuEvidence, GpuEvidenceRef, GpuEvidenceSet,
-    GpuPolicy, GpuRoots, GpuVerifier, MultiGpuMode,
+    GpuPolicy, GpuReport, GpuRoots, GpuVerifier, MultiGpuMode,
 };
 use tdx_core::measure::rtmr3_log::Event;
-use tdx_gpu::{CollectedGpu, Collector, GpuSource};
+use tdx_gpu::{CollectedGpu, Collector, GpuSource, RawEvidence};
 use tdx_tee::TeeHandle;
 use tdx_tee::rtmr3_log::Rtmr3Log;
 
@@ -72,6 +73,8 @@ pub struct GpuRound {
     pub gpus: Vec<GpuStatus>,
     /// Why the agent may not be ready (a missing GPU, a failed one), if it may not.
     pub failure: Option<String>,
+    /// How many GPUs must pass (`gpu.required`; with "all", those found, at least one).
+    pub required: usize,
 }
 
 impl GpuRound {
@@ -102,6 +105,7 @@ pub const CHECK_READY_STATE: &str = "ready state";
 pub const CHECK_MULTI_GPU: &str = "multi-GPU mode";
 pub const CHECK_COLLECTION: &str = "collection";
 pub const CHECK_COLLATERAL: &str = "GPU collateral";
+pub const CHECK_VERIFIER: &str = "GPU verifier";
 
 impl GpuAttester {
     /// Check what the configuration says about GPUs against what the machine shows, and
@@ -242,6 +246,9 @@ impl GpuAttester {
     }
 
     /// Collect every GPU's state and report over `nonce`, fetch their collateral, verify.
+    /// `now` is when the round began: the cache's OCSP answers are judged young enough at
+    /// it. The GPUs are verified at the clock's time once the collateral is in, since the
+    /// answers fetched in between are dated when NVIDIA's responder signed them.
     pub async fn attest(
         &self,
         nonce: [u8; 32],
@@ -255,14 +262,18 @@ impl GpuAttester {
             Err(e) => {
                 // A call still hanging on one GPU blocks the count: name that GPU.
                 let failure = match e.index() {
-                    Some(index) => GpuStatus {
-                        index,
-                        uuid: None,
-                        ok: false,
-                        check: CHECK_COLLECTION.into(),
-                        detail: e.to_string(),
+                    Some(index) => {
+                        let hung = GpuStatus {
+                            index,
+                            uuid: None,
+                            ok: false,
+                            check: CHECK_COLLECTION.into(),
+                            detail: e.to_string(),
+                        };
+                        let failure = hung.describe();
+                        gpus.push(hung);
+                        failure
                     }
-                    .describe(),
                     None => format!("{}: {e}", self.collector.describe()),
                 };
                 return GpuRound {
@@ -271,6 +282,7 @@ impl GpuAttester {
                     events: Vec::new(),
                     gpus,
                     failure: Some(failure),
+                    required: self.required_of(0),
                 };
             }
         };
@@ -314,57 +326,43 @@ impl GpuAttester {
                     events: Vec::new(),
                     gpus,
                     failure: Some(format!("GPU evidence: {e}")),
+                    required: self.required_of(count),
                 };
             }
         };
-        let collateral = self.collateral_for(&evidence, now).await;
-        let (collateral, collateral_error) = match collateral {
-            Ok(c) => (c, None),
-            Err(e) => (GpuCollateral::default(), Some(e)),
-        };
-        let verified = {
+        let Gathered {
+            collateral,
+            failed: collateral_failed,
+        } = self.collateral_for(&evidence, now).await;
+        // NVIDIA's responder dates an answer when it signs it, during the round just run:
+        // judged at `now`, before the round, a fresh answer is "from the future". The nonce,
+        // not the time, is what binds the evidence to this round.
+        let verify_at = tdx_core::verify::time::now_unix();
+        let verify: Arc<VerifyFn> = {
             let (verifier, roots, policy) = (
                 Arc::clone(&self.verifier),
                 Arc::clone(&self.roots),
                 Arc::clone(&self.policy),
             );
             let collateral = collateral.clone();
-            let collected = collected.clone();
-            // About 17 ms of P-384 per GPU when cold: CPU work, off the async workers.
-            tokio::task::spawn_blocking(move || {
-                collected
-                    .into_iter()
-                    .map(|g| {
-                        let report = g.evidence.as_ref().map(|e| {
-                            verifier.verify(
-                                GpuEvidenceRef {
-                                    report: &e.report,
-                                    chain_pem: &e.chain_pem,
-                                },
-                                &nonce,
-                                &collateral,
-                                &policy,
-                                &roots,
-                                now,
-                            )
-                        });
-                        (g, report)
-                    })
-                    .collect::<Vec<_>>()
+            Arc::new(move |e: &RawEvidence| {
+                verifier.verify(
+                    GpuEvidenceRef {
+                        report: &e.report,
+                        chain_pem: &e.chain_pem,
+                    },
+                    &nonce,
+                    &collateral,
+                    &policy,
+                    &roots,
+                    verify_at,
+                )
             })
-            .await
-            .unwrap_or_default()
         };
+        let verified = verify_all(&collected, verify).await;
         let mut events = Vec::new();
         for (g, report) in verified {
-            let status = |ok: bool, check: &str, detail: String| GpuStatus {
-                index: g.index,
-                uuid: Some(g.uuid.clone()),
-                ok,
-                check: check.into(),
-                detail,
-            };
-            if let Some(r) = &report
+            if let Some(Ok(r)) = &report
                 && let Some(m) = r.gpu().measurements_sha384.clone()
             {
                 events.push(GpuEventData {
@@ -378,55 +376,11 @@ impl GpuAttester {
                     measurements_sha384: m,
                 });
             }
-            gpus.push(match (&g, &report, &collateral_error) {
-                (g, _, _) if g.cc_mode == CcMode::Off => status(
-                    false,
-                    CHECK_CC_MODE,
-                    "CC is off (enable it on the host: nvidia-smi conf-compute -scc on, then reset the GPU)".into(),
-                ),
-                (g, _, _) if g.cc_mode == CcMode::Devtools => status(
-                    false,
-                    CHECK_CC_MODE,
-                    "CC is in devtools mode: the host can read GPU memory (set it to on: nvidia-smi conf-compute -scc on)".into(),
-                ),
-                (g, _, _) if g.protected_pcie => status(
-                    false,
-                    CHECK_MULTI_GPU,
-                    "protected PCIe mode is not supported yet".into(),
-                ),
-                (_, _, Some(e)) => status(false, CHECK_COLLATERAL, e.clone()),
-                (_, None, _) => status(false, CHECK_COLLECTION, "no attestation report".into()),
-                (_, Some(r), _) if !r.accepted() => {
-                    let (check, detail) = r.failures().next().map_or_else(
-                        || ("GPU verification".to_string(), r.summary()),
-                        |c| (c.name.clone(), format!("expected {}, found {}", c.expected, c.found)),
-                    );
-                    status(false, &check, detail)
-                }
-                (g, Some(_), _) if !g.ready => status(
-                    false,
-                    CHECK_READY_STATE,
-                    "the GPUs' CC ready state is not set (nvidia-smi conf-compute -srs 1 once attested)".into(),
-                ),
-                (g, Some(r), _) => status(
-                    true,
-                    "attested",
-                    format!(
-                        "{} {}, driver {}, VBIOS {}",
-                        r.gpu().architecture.as_deref().unwrap_or("GPU"),
-                        g.uuid,
-                        g.driver_version,
-                        g.vbios_version
-                    ),
-                ),
-            });
+            gpus.push(judge(&g, report, collateral_failed.get(&g.index)));
         }
         gpus.sort_by_key(|g| g.index);
         let passed = gpus.iter().filter(|g| g.ok).count();
-        let needed = match self.required {
-            GpuRequired::Count(n) => n as usize,
-            GpuRequired::All => (count as usize).max(1),
-        };
+        let needed = self.required_of(count);
         let failure = gpus
             .iter()
             .find(|g| !g.ok)
@@ -444,16 +398,28 @@ impl GpuAttester {
             events,
             gpus,
             failure,
+            required: needed,
         }
     }
 
-    async fn collateral_for(
-        &self,
-        evidence: &GpuEvidenceSet,
-        now: i64,
-    ) -> Result<GpuCollateral, String> {
+    /// How many GPUs must pass when `found` were found (`gpu.required`).
+    fn required_of(&self, found: u32) -> usize {
+        match self.required {
+            GpuRequired::Count(n) => n as usize,
+            GpuRequired::All => (found as usize).max(1),
+        }
+    }
+
+    /// The collateral of every GPU with evidence, each failure kept with its own GPU so that
+    /// one GPU's bad evidence or missing RIM does not fail the others. Cached answers are
+    /// judged young enough at `now`.
+    async fn collateral_for(&self, evidence: &GpuEvidenceSet, now: i64) -> Gathered {
+        let mut out = Gathered {
+            collateral: GpuCollateral::default(),
+            failed: HashMap::new(),
+        };
         if evidence.is_empty() {
-            return Ok(GpuCollateral::default());
+            return out;
         }
         match &self.collateral {
             CollateralSource::Nvidia(services) => {
@@ -462,20 +428,165 @@ impl GpuAttester {
                     .iter()
                     .map(|g| (g.report.clone(), g.chain_pem.clone()))
                     .collect();
-                services
-                    .collateral_for(&pairs, &self.roots, now, self.policy.ocsp_max_age_secs)
-                    .await
-                    .map_err(|e| e.to_string())
+                let per_gpu = services
+                    .collateral_per_gpu(&pairs, &self.roots, now, self.policy.ocsp_max_age_secs)
+                    .await;
+                for (g, gathered) in evidence.gpus().iter().zip(per_gpu) {
+                    match gathered {
+                        Ok(c) => out.collateral.merge(c),
+                        Err(e) => {
+                            tracing::warn!(gpu = g.index, uuid = %g.uuid, error = %e, "GPU collateral");
+                            out.failed.insert(g.index, e.to_string());
+                        }
+                    }
+                }
             }
             #[cfg(feature = "sim")]
             CollateralSource::Sim(gpus) => {
                 let gpus = Arc::clone(gpus);
-                tokio::task::spawn_blocking(move || gpus.collateral(now))
+                // The simulation's collateral is one piece for all its GPUs.
+                let all = tokio::task::spawn_blocking(move || gpus.collateral(now))
                     .await
-                    .map_err(|e| e.to_string())?
                     .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match all {
+                    Ok(c) => out.collateral = c,
+                    Err(e) => {
+                        for g in evidence.gpus() {
+                            out.failed.insert(g.index, e.clone());
+                        }
+                    }
+                }
             }
         }
+        out
+    }
+}
+
+/// What a round's collateral fetch gave: everything gathered, and why it could not be for
+/// each GPU (by index) it could not.
+struct Gathered {
+    collateral: GpuCollateral,
+    failed: HashMap<u32, String>,
+}
+
+/// How one GPU's evidence is verified (the verifier with the round's collateral and time).
+type VerifyFn = dyn Fn(&RawEvidence) -> GpuReport + Send + Sync;
+
+/// Each GPU with its verification: `None` without evidence, an error when the verifier did
+/// not give a report.
+async fn verify_all(
+    collected: &[CollectedGpu],
+    verify: Arc<VerifyFn>,
+) -> Vec<(CollectedGpu, Option<Result<GpuReport, String>>)> {
+    let to_verify = collected.to_vec();
+    // About 17 ms of P-384 per GPU when cold: CPU work, off the async workers.
+    let verified = tokio::task::spawn_blocking(move || {
+        to_verify
+            .into_iter()
+            .map(|g| {
+                let report = g
+                    .evidence
+                    .as_ref()
+                    .map(|e| verify_guarded(g.index, || verify(e)));
+                (g, report)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    verified.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the GPU verifier did not run");
+        collected
+            .iter()
+            .map(|g| {
+                let report = g
+                    .evidence
+                    .as_ref()
+                    .map(|_| Err(format!("the GPU verifier did not run: {e}")));
+                (g.clone(), report)
+            })
+            .collect()
+    })
+}
+
+/// A GPU's verification, or why there is none: a panic in the verifier is a bug in it, so it
+/// fails this GPU naming the verifier (and is logged), while the other GPUs are still judged.
+fn verify_guarded(index: u32, verify: impl FnOnce() -> GpuReport) -> Result<GpuReport, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(verify)).map_err(|p| {
+        let detail = p
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        tracing::error!(gpu = index, panic = %detail, "the GPU verifier panicked");
+        format!(
+            "the GPU verifier failed (it panicked: {detail}); this is a bug in tdx-agent: report it with the agent's log"
+        )
+    })
+}
+
+/// One GPU's outcome: the agent's own checks first, then its collateral, then the verifier's.
+fn judge(
+    g: &CollectedGpu,
+    report: Option<Result<GpuReport, String>>,
+    collateral_error: Option<&String>,
+) -> GpuStatus {
+    let status = |ok: bool, check: &str, detail: String| GpuStatus {
+        index: g.index,
+        uuid: Some(g.uuid.clone()),
+        ok,
+        check: check.into(),
+        detail,
+    };
+    match (report, collateral_error) {
+        _ if g.cc_mode == CcMode::Off => status(
+            false,
+            CHECK_CC_MODE,
+            "CC is off (enable it on the host: nvidia-smi conf-compute -scc on, then reset the GPU)"
+                .into(),
+        ),
+        _ if g.cc_mode == CcMode::Devtools => status(
+            false,
+            CHECK_CC_MODE,
+            "CC is in devtools mode: the host can read GPU memory (set it to on: nvidia-smi conf-compute -scc on)".into(),
+        ),
+        _ if g.protected_pcie => status(
+            false,
+            CHECK_MULTI_GPU,
+            "protected PCIe mode is not supported yet".into(),
+        ),
+        (_, Some(e)) => status(false, CHECK_COLLATERAL, e.clone()),
+        (None, _) => status(false, CHECK_COLLECTION, "no attestation report".into()),
+        (Some(Err(e)), _) => status(false, CHECK_VERIFIER, e),
+        (Some(Ok(r)), _) if !r.accepted() => {
+            let (check, detail) = r.failures().next().map_or_else(
+                || ("GPU verification".to_string(), r.summary()),
+                |c| {
+                    (
+                        c.name.clone(),
+                        format!("expected {}, found {}", c.expected, c.found),
+                    )
+                },
+            );
+            status(false, &check, detail)
+        }
+        (Some(Ok(_)), _) if !g.ready => status(
+            false,
+            CHECK_READY_STATE,
+            "the GPUs' CC ready state is not set (nvidia-smi conf-compute -srs 1 once attested)"
+                .into(),
+        ),
+        (Some(Ok(r)), _) => status(
+            true,
+            "attested",
+            format!(
+                "{} {}, driver {}, VBIOS {}",
+                r.gpu().architecture.as_deref().unwrap_or("GPU"),
+                g.uuid,
+                g.driver_version,
+                g.vbios_version
+            ),
+        ),
     }
 }
 
@@ -646,6 +757,10 @@ pub async fn measure_events(
     }
     Ok(())
 }
+
+#[cfg(all(test, feature = "sim"))]
+#[path = "gpus_tests.rs"]
+mod gpus_tests;
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use super::error::ApiError;
-use super::state::AppState;
+use super::state::{AppState, Served};
 use tdx_core::challenge::merkle::ProofJson;
 use tdx_core::encoding::{b64, from_b64, hex};
 use tdx_core::verify::time::format_unix;
@@ -60,8 +60,7 @@ pub async fn method_not_allowed(request: axum::extract::Request) -> Response {
     .into_response()
 }
 
-pub fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
-    let served = state.served();
+pub fn evidence_json(state: &AppState, served: &Served) -> Result<EvidenceJson, ApiError> {
     let event_log = served.event_log.clone();
     Ok(EvidenceJson {
         version: 1,
@@ -83,8 +82,22 @@ pub fn evidence_json(state: &AppState) -> Result<EvidenceJson, ApiError> {
     })
 }
 
-async fn evidence(State(state): State<Arc<AppState>>) -> Result<Json<EvidenceJson>, ApiError> {
-    evidence_json(&state).map(Json)
+/// The document is made once per certificate (`AppState::evidence_document`).
+async fn evidence(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let document = state.evidence_document(|served| {
+        let json = evidence_json(&state, served)?;
+        serde_json::to_vec(&json)
+            .map(bytes::Bytes::from)
+            .map_err(|e| ApiError::Internal(format!("evidence document: {e}")))
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        document,
+    )
+        .into_response())
 }
 
 /// Run one challenge; shared by HTTPS and gRPC.
@@ -153,12 +166,14 @@ async fn challenge(
     }))
 }
 
-/// Whether reading the body failed because it stopped coming (the connection's idle timeout
-/// on request bodies), somewhere down the rejection's causes.
+/// Whether reading the body failed because it stopped coming, or was not whole within its
+/// time (the limits `Service` puts on request bodies), somewhere down the rejection's causes.
 fn stalled(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(c) = cause {
-        if c.is::<super::proxy::body::IdleTimeoutError>() {
+        if c.is::<super::proxy::body::IdleTimeoutError>()
+            || c.is::<super::proxy::body::BodyDeadlineError>()
+        {
             return true;
         }
         cause = c.source();

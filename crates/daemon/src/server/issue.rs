@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::collateral::CollateralProvider;
 use super::gpus::{GpuAttester, measure_events};
 use super::metrics::{Metrics, ReasonLabel};
-use super::readiness::{Readiness, Stage};
+use super::readiness::{Public, Readiness, Stage};
 use super::state::{AppState, Served, ServedGpus};
 use crate::audit::{AuditEvent, AuditLog, QuotePurpose};
 use sha2::{Digest as _, Sha256};
@@ -36,6 +36,63 @@ pub fn quote_timeout_error(timeout: Duration) -> String {
     )
 }
 
+/// Why a certificate could not be issued. [`IssueError::public`] says which part failed, in
+/// words a caller of /readyz may read; the text (`Display`) is the whole error, with the
+/// TEE's configfs path, the PCCS's address or an audit file's name, for the agent's log, its
+/// start-up error and the admin socket.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error("key generation: {0}")]
+    Key(String),
+    /// The GPUs' `gpu` events could not be logged or extended into RTMR3.
+    #[error("{0}")]
+    GpuEvents(String),
+    #[error("quote: {0}")]
+    Quote(String),
+    #[error("{}", quote_timeout_error(*.0))]
+    QuoteTimeout(Duration),
+    /// The audit log could not record the quote or the certificate.
+    #[error("{0}; refusing to serve unlogged evidence")]
+    Audit(String),
+    #[error("{0}")]
+    Collateral(String),
+    /// The agent's own evidence fails its own policy.
+    #[error("self-check: our own evidence fails our policy: {0}")]
+    SelfCheck(String),
+    /// Building the certificate or reading back our own quote failed.
+    #[error("{0}")]
+    Certificate(String),
+}
+
+impl IssueError {
+    /// Which part failed, and where to look.
+    pub fn public(&self) -> Public {
+        match self {
+            IssueError::Key(_) => Public::fixed("a new key could not be generated"),
+            IssueError::GpuEvents(_) => {
+                Public::fixed("the GPUs' state could not be measured into RTMR3")
+            }
+            IssueError::Quote(_) => Public::fixed("the TEE did not produce a quote"),
+            IssueError::QuoteTimeout(t) => Public::composed(format!(
+                "the TEE did not produce a quote within the quote timeout ({}s, tee.quote_timeout_secs)",
+                t.as_secs()
+            )),
+            IssueError::Audit(_) => Public::fixed(
+                "the audit log could not record it, and evidence is never served unlogged",
+            ),
+            IssueError::Collateral(_) => Public::fixed(
+                "no collateral could be had for the quote (check collateral.pccs_url and the PCCS)",
+            ),
+            IssueError::SelfCheck(_) => {
+                Public::fixed("the agent's own evidence fails its own policy")
+            }
+            IssueError::Certificate(_) => {
+                Public::fixed("the agent failed while building the certificate")
+            }
+        }
+    }
+}
+
 /// What issuing needs, without the state that exists only once something is served.
 pub struct Issuer<'a> {
     pub tee: &'a TeeHandle,
@@ -57,8 +114,8 @@ pub struct Issuer<'a> {
 impl Issuer<'_> {
     /// A new key, a quote binding it, collateral, the certificate, and the agent's appraisal
     /// of its own evidence. Refuses (never serves) evidence its own policy rejects.
-    pub async fn issue(&self, reason: &str) -> Result<Served, String> {
-        let key = ratls::generate_key().map_err(|e| format!("key generation: {e}"))?;
+    pub async fn issue(&self, reason: &str) -> Result<Served, IssueError> {
+        let key = ratls::generate_key().map_err(|e| IssueError::Key(e.to_string()))?;
         // The GPUs' reports are made over a nonce only this key's certificate can claim.
         let gpu_round = match self.gpus {
             Some(g) => {
@@ -76,7 +133,9 @@ impl Issuer<'_> {
         // the RTMR3 the quote shows. RTMR3 is read from the quote itself below.
         let mut log_guard = self.rtmr3_log.lock().await;
         if let Some(round) = &gpu_round {
-            measure_events(&round.events, &mut log_guard, self.tee, self.audit).await?;
+            measure_events(&round.events, &mut log_guard, self.tee, self.audit)
+                .await
+                .map_err(IssueError::GpuEvents)?;
         }
         let event_log = log_guard.jsonl();
         let gpu_digest = gpu_round
@@ -92,11 +151,11 @@ impl Issuer<'_> {
                 Ok(Ok(q)) => q,
                 Ok(Err(e)) => {
                     self.metrics.count_quote("certificate", false, 0.0);
-                    return Err(format!("quote: {e}"));
+                    return Err(IssueError::Quote(e.to_string()));
                 }
                 Err(_) => {
                     self.metrics.count_quote("certificate", false, 0.0);
-                    return Err(quote_timeout_error(self.quote_timeout));
+                    return Err(IssueError::QuoteTimeout(self.quote_timeout));
                 }
             };
         drop(log_guard);
@@ -110,14 +169,18 @@ impl Issuer<'_> {
                 None,
             ))
             .await
-            .map_err(|e| format!("{e}; refusing to serve unlogged evidence"))?;
+            .map_err(|e| IssueError::Audit(e.to_string()))?;
 
         let now = now_unix();
-        let (collateral, provenance) = self.collateral.for_quote(&quote, now).await?;
+        let (collateral, provenance) = self
+            .collateral
+            .for_quote(&quote, now)
+            .await
+            .map_err(IssueError::Collateral)?;
         let prepared = collateral
             .clone()
             .prepare()
-            .map_err(|e| format!("collateral: {e}"))?;
+            .map_err(|e| IssueError::Collateral(format!("collateral: {e}")))?;
         let next_update = prepared.window().next_update();
         let lifetime = i64::try_from(self.lifetime_secs).unwrap_or(86_400);
         let cert = ratls::build_certificate(
@@ -128,7 +191,7 @@ impl Issuer<'_> {
             Validity::starting_at(now - 60, lifetime),
             self.sans,
         )
-        .map_err(|e| format!("certificate: {e}"))?;
+        .map_err(|e| IssueError::Certificate(format!("certificate: {e}")))?;
 
         let mut self_check = self.verifier.appraise(
             &quote,
@@ -161,13 +224,10 @@ impl Issuer<'_> {
                     self_check.failures().next().map(|c| c.name.as_str()),
                 ))
                 .await;
-            return Err(format!(
-                "self-check: our own evidence fails our policy: {}",
-                self_check.summary()
-            ));
+            return Err(IssueError::SelfCheck(self_check.summary()));
         }
         let not_after = time::OffsetDateTime::from_unix_timestamp(cert.not_after)
-            .map_err(|e| format!("certificate notAfter: {e}"))?;
+            .map_err(|e| IssueError::Certificate(format!("certificate notAfter: {e}")))?;
         self.audit
             .append(AuditEvent::certificate_rotated(
                 reason,
@@ -175,7 +235,7 @@ impl Issuer<'_> {
                 not_after,
             ))
             .await
-            .map_err(|e| format!("{e}; refusing to serve unlogged evidence"))?;
+            .map_err(|e| IssueError::Audit(e.to_string()))?;
         self.metrics
             .cert_rotations
             .get_or_create(&ReasonLabel {
@@ -196,14 +256,14 @@ impl Issuer<'_> {
         );
         let rtmr3 = tdx_core::quote::parse_head_only(&quote)
             .map(|(_, b)| b.rtmr[3])
-            .map_err(|e| format!("our own quote: {e}"))?;
+            .map_err(|e| IssueError::Certificate(format!("our own quote: {e}")))?;
         let gpu = match gpu_round {
             Some(round) => {
                 if let Some(f) = &round.failure {
                     tracing::error!(failure = %f, "GPU attestation failed; not ready");
                 }
                 let collateral_json = serde_json::from_str(&round.collateral.to_bundle_json())
-                    .map_err(|e| format!("GPU collateral bundle: {e}"))?;
+                    .map_err(|e| IssueError::Certificate(format!("GPU collateral bundle: {e}")))?;
                 Some(ServedGpus {
                     evidence_json: round.evidence.to_json_value(),
                     collateral_json,
@@ -261,11 +321,16 @@ impl Rtmr3Reads {
                     "RTMR3 unreadable {n} times in a row; withdrawing measured"
                 );
             }
-            readiness.set(
+            // Without the running count: the log detail is logged whenever it changes, and
+            // the count changes on every tick.
+            readiness.set_public(
                 Stage::Measured,
                 false,
+                Public::composed(format!(
+                    "RTMR3 could not be read {RTMR3_READ_FAILURES_NOT_MEASURED} times in a row, so the agent cannot tell whether it changed without the agent; check the TEE's measurement files (tee.measurements_dir); see the agent's log"
+                )),
                 format!(
-                    "RTMR3 could not be read {n} times in a row (last: {error}), so the agent cannot tell whether it changed without the agent; check the TEE's measurement files (tee.measurements_dir)"
+                    "RTMR3 could not be read {RTMR3_READ_FAILURES_NOT_MEASURED} or more times in a row (last: {error}), so the agent cannot tell whether it changed without the agent; check the TEE's measurement files (tee.measurements_dir)"
                 ),
             );
         }
@@ -284,11 +349,8 @@ impl Rtmr3Reads {
             // The served evidence cannot be judged against a register that has moved on, and
             // the unreadable detail is no longer true: say what holds until a certificate for
             // the new value is issued (that re-issue judges it; if it fails, this stays).
-            readiness.set(
-                Stage::Measured,
-                false,
-                "RTMR3 can be read again but no longer matches the served certificate's; measured is judged again when a certificate is issued for the new value (see certificate_issued)",
-            );
+            const MOVED: &str = "RTMR3 can be read again but no longer matches the served certificate's; measured is judged again when a certificate is issued for the new value (see certificate_issued)";
+            readiness.set_public(Stage::Measured, false, Public::fixed(MOVED), MOVED);
         }
         withdrawn && !moved
     }
@@ -297,25 +359,59 @@ impl Rtmr3Reads {
 /// Mark the stages that issuing settles.
 pub fn mark_issued(readiness: &Readiness, served: &Served) {
     if let Some(g) = &served.gpu {
-        readiness.set(
+        readiness.set_public(
             Stage::GpuAttested,
             g.round.failure.is_none(),
+            gpu_public(&g.round),
             g.round.ready_detail(),
         );
     }
-    readiness.set(
+    let cert = format!("valid until {}", format_unix(served.cert.not_after));
+    readiness.set_public(
         Stage::CertificateIssued,
         true,
-        format!("valid until {}", format_unix(served.cert.not_after)),
+        Public::composed(cert.clone()),
+        cert,
     );
-    readiness.set(
+    let collateral = format!(
+        "valid until {}",
+        format_unix(served.collateral.window().next_update())
+    );
+    readiness.set_public(
         Stage::CollateralFresh,
         true,
-        format!(
-            "valid until {}",
-            format_unix(served.collateral.window().next_update())
-        ),
+        Public::composed(collateral.clone()),
+        collateral,
     );
+}
+
+/// The GPU stage's public detail: the failing GPU's index and the name of the check it failed
+/// (the agent's own vocabulary; `gpu_ok{index}` in /metrics shows the index too), not the
+/// failure's text, which carries NVML's, the RIM service's or the OCSP responder's words and
+/// the GPU's UUID.
+fn gpu_public(round: &super::gpus::GpuRound) -> Public {
+    if round.failure.is_none() {
+        return Public::composed(format!("{} GPUs attested", round.gpus.len()));
+    }
+    if let Some(g) = round.gpus.iter().find(|g| !g.ok) {
+        return Public::composed(format!(
+            "gpu[{}]: the {} check failed; see the agent's log",
+            g.index, g.check
+        ));
+    }
+    // Every GPU listed passed, yet the round failed: fewer passed than gpu.required.
+    if !round.gpus.is_empty() {
+        return Public::composed(format!(
+            "a required GPU is missing: {} found, {} required (gpu.required); see the agent's log",
+            round.gpus.len(),
+            round.required
+        ));
+    }
+    // None listed: none found, or the round stopped before any GPU was looked at (the count
+    // failed, a hung call blocks it, or the evidence was refused).
+    Public::fixed(
+        "no GPU was attested: none was found, or they could not be collected (gpu.required); see the agent's log",
+    )
 }
 
 /// Why the served certificate must be replaced now, if it must.
@@ -339,9 +435,13 @@ async fn reason_to_reissue(state: &AppState, served: &Served, now: i64) -> Optio
         Err(e) => {
             let next = served.collateral.window().next_update();
             if now >= next {
-                state.readiness.set(
+                state.readiness.set_public(
                     Stage::CollateralFresh,
                     false,
+                    Public::composed(format!(
+                        "collateral expired at {} and none could be fetched; check the PCCS (collateral.pccs_url); see the agent's log",
+                        format_unix(next)
+                    )),
                     format!(
                         "collateral expired at {} and none could be fetched: {e}",
                         format_unix(next)
@@ -433,13 +533,15 @@ pub async fn maintain(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Re
         let now = now_unix();
         let served = state.served();
         if now >= served.cert.not_after {
-            state.readiness.set(
+            let expired = format!(
+                "the certificate expired at {}",
+                format_unix(served.cert.not_after)
+            );
+            state.readiness.set_public(
                 Stage::CertificateIssued,
                 false,
-                format!(
-                    "the certificate expired at {}",
-                    format_unix(served.cert.not_after)
-                ),
+                Public::composed(expired.clone()),
+                expired,
             );
         }
         let mut reason = reason_to_reissue(&state, &served, now).await;
@@ -454,7 +556,9 @@ pub async fn maintain(state: Arc<AppState>, mut shutdown: tokio::sync::watch::Re
 }
 
 /// Issue a new certificate and serve it; on failure keep the old one and say so in /readyz.
-pub async fn reissue(state: &AppState, reason: &str) -> Result<(), String> {
+/// `reason` is one of the agent's own words (`expiry`, `admin-rotate`, ...): /readyz shows it.
+/// The error is the whole text, for the admin socket.
+pub async fn reissue(state: &AppState, reason: &'static str) -> Result<(), String> {
     let _one_at_a_time = state.issuing.lock().await;
     let served = state.served();
     let issuer = Issuer {
@@ -479,15 +583,19 @@ pub async fn reissue(state: &AppState, reason: &str) -> Result<(), String> {
         }
         Err(e) => {
             tracing::error!(reason, error = %e, "certificate re-issue failed");
-            state.readiness.set(
+            let until = format_unix(served.cert.not_after);
+            state.readiness.set_public(
                 Stage::CertificateIssued,
                 false,
+                Public::composed(format!(
+                    "re-issue ({reason}) failed: {}; see the agent's log; the previous certificate serves until {until}",
+                    e.public()
+                )),
                 format!(
-                    "re-issue ({reason}) failed: {e}; the previous certificate serves until {}",
-                    format_unix(served.cert.not_after)
+                    "re-issue ({reason}) failed: {e}; the previous certificate serves until {until}"
                 ),
             );
-            Err(e)
+            Err(e.to_string())
         }
     }
 }
@@ -533,19 +641,24 @@ impl MeasuredCheck<'_> {
         // whose snapshot predates that event must not report measured over it.
         let pending = self.rtmr3_log.lock().await.unextended;
         match (expected, pending) {
-            (Ok(_), Some(seq)) => self.readiness.set(
+            (Ok(_), Some(seq)) => self.readiness.set_public(
                 Stage::Measured,
                 false,
+                Public::composed(format!(
+                    "event #{seq} of the RTMR3 event log was logged but its extend failed; the log no longer explains RTMR3 until a restart of the agent extends it; see the agent's log"
+                )),
                 format!(
                     "event #{seq} of the RTMR3 event log {} was logged but its extend failed; the log no longer explains RTMR3 until a restart extends it",
                     self.rtmr3_log_path.display()
                 ),
             ),
             (Ok((e, events)), None) if &e == rtmr3 => {
-                self.readiness.set(
+                let matches = format!("RTMR3 matches the event log ({events} events)");
+                self.readiness.set_public(
                     Stage::Measured,
                     true,
-                    format!("RTMR3 matches the event log ({events} events)"),
+                    Public::composed(matches.clone()),
+                    matches,
                 );
             }
             (Ok((e, _)), None) => {
@@ -562,11 +675,21 @@ impl MeasuredCheck<'_> {
                         .await;
                 }
                 tracing::error!("{why}");
-                self.readiness.set(Stage::Measured, false, why);
+                self.readiness.set_public(
+                    Stage::Measured,
+                    false,
+                    Public::fixed(
+                        "RTMR3 changed without the agent: it is not what the event log replays to; see the agent's log",
+                    ),
+                    why,
+                );
             }
-            (Err(e), _) => self.readiness.set(
+            (Err(e), _) => self.readiness.set_public(
                 Stage::Measured,
                 false,
+                Public::fixed(
+                    "the RTMR3 event log the certificate was issued with does not replay; see the agent's log",
+                ),
                 format!(
                     "RTMR3 event log {} as certified: {e}",
                     self.rtmr3_log_path.display()
@@ -614,6 +737,8 @@ mod tests {
             }
         }
 
+        /// Whether Measured holds, and its log detail. Its public detail never names the
+        /// log's path, whatever the outcome.
         async fn check(&self, event_log: &str, rtmr3: &[u8; 48]) -> (bool, String) {
             MeasuredCheck {
                 readiness: &self.readiness,
@@ -629,7 +754,13 @@ mod tests {
                 .into_iter()
                 .find(|s| s.stage == Stage::Measured)
                 .unwrap();
-            (s.ok, s.detail)
+            let dir = self._dir.path().to_str().unwrap();
+            assert!(
+                !s.detail.as_str().contains(dir) && !s.detail.as_str().contains("rtmr3-events"),
+                "the public detail names the log: {}",
+                s.detail
+            );
+            (s.ok, s.log_detail)
         }
     }
 
@@ -685,6 +816,104 @@ mod tests {
         );
     }
 
+    /// What /readyz says of a failed issue names the part that failed, never the error's own
+    /// words (the configfs path, the PCCS's address, an audit file's name).
+    #[test]
+    fn a_failed_issue_tells_callers_which_part_failed_and_the_log_the_rest() {
+        let secret = "/sys/kernel/config/tsm/report/x/outblob at http://10.0.0.9:8081: EIO";
+        for e in [
+            IssueError::Key(secret.into()),
+            IssueError::GpuEvents(secret.into()),
+            IssueError::Quote(secret.into()),
+            IssueError::QuoteTimeout(Duration::from_secs(30)),
+            IssueError::Audit(secret.into()),
+            IssueError::Collateral(secret.into()),
+            IssueError::SelfCheck(secret.into()),
+            IssueError::Certificate(secret.into()),
+        ] {
+            let public = e.public();
+            for part in ["/sys/kernel", "10.0.0.9", "EIO"] {
+                assert!(!public.as_str().contains(part), "{e:?}: {public}");
+            }
+            if !matches!(e, IssueError::QuoteTimeout(_)) {
+                assert!(e.to_string().contains(secret), "{e}");
+            }
+        }
+        let t = IssueError::QuoteTimeout(Duration::from_secs(30));
+        assert!(
+            t.public().as_str().contains("quote timeout (30s"),
+            "{}",
+            t.public()
+        );
+        assert_eq!(t.to_string(), quote_timeout_error(Duration::from_secs(30)));
+    }
+
+    /// The GPU stage's public detail names the failing GPU and its check, not the failure's
+    /// text (NVML's or the OCSP responder's words, the GPU's UUID).
+    #[test]
+    fn the_gpu_stage_names_the_gpu_and_check_not_the_failure() {
+        use super::super::gpus::{GpuRound, GpuStatus};
+        let status = |index, ok, check: &str| GpuStatus {
+            index,
+            uuid: Some("GPU-1234".into()),
+            ok,
+            check: check.into(),
+            detail: "OCSP http://ocsp.example:80: connection refused".into(),
+        };
+        let round = |gpus: Vec<GpuStatus>, failure: Option<&str>| GpuRound {
+            evidence: tdx_core::gpu::GpuEvidenceSet::default(),
+            collateral: tdx_core::gpu::GpuCollateral::default(),
+            events: Vec::new(),
+            gpus,
+            failure: failure.map(str::to_string),
+            required: 2,
+        };
+        let ok = round(
+            vec![status(0, true, "attested"), status(1, true, "attested")],
+            None,
+        );
+        assert_eq!(gpu_public(&ok).as_str(), "2 GPUs attested");
+        let failed = round(
+            vec![
+                status(0, true, "attested"),
+                status(1, false, "GPU collateral"),
+            ],
+            Some(
+                "gpu[1] (GPU-1234): GPU collateral: OCSP http://ocsp.example:80: connection refused",
+            ),
+        );
+        let public = gpu_public(&failed);
+        assert!(
+            public
+                .as_str()
+                .starts_with("gpu[1]: the GPU collateral check failed"),
+            "{public}"
+        );
+        for part in ["GPU-1234", "ocsp.example", "refused"] {
+            assert!(!public.as_str().contains(part), "{public}");
+        }
+        let missing = round(
+            vec![status(0, true, "attested")],
+            Some("a required GPU is missing: 1 found, 2 required (gpu.required)"),
+        );
+        assert!(
+            gpu_public(&missing)
+                .as_str()
+                .starts_with("a required GPU is missing: 1 found, 2 required"),
+            "{}",
+            gpu_public(&missing)
+        );
+        let uncounted = round(
+            Vec::new(),
+            Some("nvml: nvmlDeviceGetCount did not return within 2 s"),
+        );
+        let public = gpu_public(&uncounted);
+        assert!(
+            public.as_str().contains("gpu.required") && !public.as_str().contains("nvml"),
+            "{public}"
+        );
+    }
+
     #[test]
     fn measured_is_withdrawn_only_after_several_failed_reads_and_comes_back() {
         let readiness = Readiness::new(false, false);
@@ -699,10 +928,17 @@ mod tests {
         }
         reads.failed("measurements: EIO", &readiness);
         assert!(!readiness.is_ok(Stage::Measured));
-        let detail = readiness.first_missing().unwrap().detail;
+        let missing = readiness.first_missing().unwrap();
+        let detail = missing.log_detail;
         assert!(
-            detail.contains("could not be read 3 times") && detail.contains("EIO"),
+            detail.contains("could not be read 3 or more times") && detail.contains("EIO"),
             "{detail}"
+        );
+        // The TEE's words are for the log; callers are told what to check.
+        let public = missing.detail.as_str();
+        assert!(
+            public.contains("could not be read 3 times") && !public.contains("EIO"),
+            "{public}"
         );
         assert!(
             reads.succeeded(false, &readiness),
@@ -730,10 +966,12 @@ mod tests {
             "the served evidence is not judged against a moved register"
         );
         assert!(!readiness.is_ok(Stage::Measured));
-        let detail = readiness.first_missing().unwrap().detail;
-        assert!(
-            !detail.contains("could not be read") && detail.contains("no longer matches"),
-            "{detail}"
-        );
+        let missing = readiness.first_missing().unwrap();
+        for detail in [missing.detail.as_str(), missing.log_detail.as_str()] {
+            assert!(
+                !detail.contains("could not be read") && detail.contains("no longer matches"),
+                "{detail}"
+            );
+        }
     }
 }

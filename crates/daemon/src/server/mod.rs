@@ -3,8 +3,15 @@
 //! Start-up order matters: configuration is validated, the policy loaded and the files and
 //! directories the configuration names checked (so a mistake there changes nothing on disk),
 //! the state and audit directories locked against a second agent, the TEE opened, the audit
-//! log opened and the first certificate issued and self-checked, all before the port is
-//! bound; READY=1 follows once measured and certified.
+//! log opened, the runtime measurements extended and the first certificate issued and
+//! self-checked, all before the port is bound; READY=1 follows once the listener serves.
+//!
+//! READY=1 says start-up finished, not that the agent is ready: /readyz and the gRPC health
+//! service say that, and may say "not ready" long after (a GPU whose CC ready state is not set
+//! yet, an OCSP outage, vLLM still loading). Were READY=1 held back until every stage holds,
+//! systemd would kill the agent at `TimeoutStartSec` and restart it, re-hashing the model, for
+//! as long as the GPU or the model server (which starts after READY=1) takes: a restart loop
+//! that cannot fix either (docs/operations.md, "Start-up, in order").
 
 pub mod admin;
 pub mod collateral;
@@ -35,7 +42,7 @@ use crate::audit::{AuditEvent, AuditLog, AuditOptions};
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::config::{Config, TeeKindConfig};
 use collateral::CollateralProvider;
-use readiness::{Readiness, Stage};
+use readiness::Readiness;
 use tdx_core::verify::{Policy, Verifier};
 use tdx_net::pccs::{CollateralSource, PccsClient};
 #[cfg(feature = "sim")]
@@ -391,18 +398,6 @@ pub async fn run(
         health_reporter,
         shutdown_rx.clone(),
     ));
-    // READY=1 means measured and certified; the upstream is not waited for (docs/design.md §8).
-    if terminate.is_finished() {
-        tracing::info!("asked to stop during start-up");
-    } else if readiness.is_ok(Stage::Measured)
-        && readiness.is_ok(Stage::CertificateIssued)
-        && (state.gpus.is_none() || readiness.is_ok(Stage::GpuAttested))
-    {
-        systemd::notify("READY=1");
-    } else if let Some(missing) = readiness.first_missing() {
-        tracing::error!(stage = ?missing.stage, detail = %missing.detail, "not ready: READY=1 withheld");
-    }
-
     let limits = listener::ListenerLimits {
         header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_secs),
         max_connections: config.limits.max_connections,
@@ -417,6 +412,20 @@ pub async fn run(
         shutdown_rx,
         state.measured_epoch.subscribe(),
     ));
+    // Start-up is done whatever the stages say (see the module's comment): READY=1 now, once.
+    if terminate.is_finished() {
+        tracing::info!("asked to stop during start-up");
+    } else {
+        systemd::notify("READY=1");
+        match readiness.first_missing() {
+            None => tracing::info!("started and ready"),
+            Some(missing) => tracing::warn!(
+                stage = missing.stage.name(),
+                detail = %missing.log_detail,
+                "started, not ready yet: /readyz says which stage is missing; the agent keeps checking"
+            ),
+        }
+    }
     let _ = (&mut terminate).await;
     tracing::info!("shutting down");
     systemd::notify("STOPPING=1");

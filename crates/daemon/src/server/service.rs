@@ -14,6 +14,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use hyper::body::Incoming;
+use tdx_net::head_timer::DoneAtHead;
 use tower::ServiceExt as _;
 
 use super::proxy::body::IdleBody;
@@ -61,9 +62,21 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
             let state = Arc::clone(&self.state);
             Box::pin(async move { Ok(super::proxy::handler(&state, req).await) })
         } else {
+            // The router's bodies are small (64 KiB at most: a nonce, a gRPC request), so one
+            // must also arrive whole within twice the header timeout: a trickle of a byte just
+            // inside the idle timeout would otherwise hold the connection for days. (Twice, so
+            // that a body that never comes is named by the idle limit it broke first.)
             let idle = self.body_idle;
-            let req = req.map(|b| Body::new(IdleBody::new(b, idle)));
-            Box::pin(self.router.clone().oneshot(req))
+            let total = idle.saturating_mul(2);
+            let req = req.map(|b| Body::new(IdleBody::new(b, idle).within(total)));
+            let answer = self.router.clone().oneshot(req);
+            Box::pin(async move {
+                let mut response = answer.await?;
+                // Its answers are whole in memory, or streams that never end (gRPC health
+                // `Watch`): neither may keep the connection once the head is out.
+                response.extensions_mut().insert(DoneAtHead);
+                Ok(response)
+            })
         }
     }
 }

@@ -74,6 +74,10 @@ pub struct AppState {
     pub gpu_checked_at: std::sync::atomic::AtomicI64,
     /// The rotation loop's reads of RTMR3, and how many failed in a row.
     pub rtmr3_reads: super::issue::Rtmr3Reads,
+    /// The evidence document of the certificate it was made for, serialised once: every
+    /// request shares its bytes, so many streams that never take their bodies cost a
+    /// reference each rather than a copy of the document each.
+    evidence_document: std::sync::Mutex<Option<(Arc<Served>, bytes::Bytes)>>,
 }
 
 impl AppState {
@@ -115,7 +119,29 @@ impl AppState {
             gpus: None,
             gpu_checked_at: std::sync::atomic::AtomicI64::new(0),
             rtmr3_reads: super::issue::Rtmr3Reads::default(),
+            evidence_document: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The served certificate's evidence document, made by `make` the first time it is asked
+    /// for and shared after that until another certificate is served.
+    pub fn evidence_document<E>(
+        &self,
+        make: impl FnOnce(&Served) -> Result<bytes::Bytes, E>,
+    ) -> Result<bytes::Bytes, E> {
+        let served = self.served();
+        let mut cached = self
+            .evidence_document
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((made_for, document)) = cached.as_ref()
+            && Arc::ptr_eq(made_for, &served)
+        {
+            return Ok(document.clone());
+        }
+        let document = make(&served)?;
+        *cached = Some((served, document.clone()));
+        Ok(document)
     }
 
     /// Attest the GPUs with every certificate (before the state is shared).
