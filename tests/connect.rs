@@ -615,9 +615,7 @@ async fn rotate_and_see_connect_move(
 /// go over a new verified connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn under_a_gpu_policy_a_rotated_key_lets_a_stream_in_flight_finish() {
-    let sim = SimTd::new();
-    let r = tdx_agent(&["sim", "pki", "--sim-dir", sim.dir_str(), "--gpus", "2"]);
-    assert_eq!(r.code, 0, "{r}");
+    let sim = SimTd::with_gpus(2);
     let up = support::upstream::Upstream::start().await;
     let d = Daemon::sim(
         &sim,

@@ -21,38 +21,6 @@ use tdx_core::verify::gpus::{CHECK_GPU_BINDING, GpuInputs, appraise_gpus};
 
 const WELL_KNOWN: &str = "/.well-known/attestation";
 
-/// A simulated TD with `n` simulated GPUs.
-fn sim_with_gpus(n: u32) -> SimTd {
-    let sim = SimTd::new();
-    let r = tdx_agent(&[
-        "sim",
-        "pki",
-        "--sim-dir",
-        sim.dir_str(),
-        "--gpus",
-        &n.to_string(),
-    ]);
-    assert_eq!(r.code, 0, "{r}");
-    assert!(r.stdout.contains("gpu[1]") || n == 1, "{r}");
-    sim
-}
-
-/// `sim gpu --index I --state S`.
-fn set_gpu_state(sim: &SimTd, index: u32, state: &str) {
-    let i = index.to_string();
-    let r = tdx_agent(&[
-        "sim",
-        "gpu",
-        "--sim-dir",
-        sim.dir_str(),
-        "--index",
-        &i,
-        "--state",
-        state,
-    ]);
-    assert_eq!(r.code, 0, "{r}");
-}
-
 fn gpu_roots(sim: &SimTd) -> String {
     path_str(&sim.dir.join("gpu-roots.pem")).to_string()
 }
@@ -154,7 +122,7 @@ fn gpu_events(log: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
-    let sim = sim_with_gpus(2);
+    let sim = SimTd::with_gpus(2);
     let up = Upstream::start().await;
     let config = gpu_config(&sim, &sim.tmp.path().join("agent"), 2, Some(&up.url()));
     let d = start(&config);
@@ -215,7 +183,7 @@ async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
         ),
         ("hang", "collection", "[FAIL] GPU evidence binding"),
     ] {
-        set_gpu_state(&sim, 1, state);
+        sim.set_gpu_state(1, state);
         let detail = wait_gpu_ready(&d, &sim, false, Duration::from_secs(60)).await;
         assert!(detail.starts_with("gpu[1]"), "{state}: {detail}");
         assert!(detail.contains(readyz), "{state}: {detail}");
@@ -247,14 +215,14 @@ async fn two_gpus_are_attested_and_any_failing_one_keeps_the_model_unreached() {
             "{state}: a request reached the model"
         );
 
-        set_gpu_state(&sim, 1, "ok");
+        sim.set_gpu_state(1, "ok");
         wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
     }
 }
 
 #[test]
 fn gpus_the_config_says_nothing_about_stop_the_agent() {
-    let sim = sim_with_gpus(1);
+    let sim = SimTd::with_gpus(1);
     let serve = |extra: &[&str]| {
         let mut args = vec!["serve", "--tee", "sim", "--sim-dir", sim.dir_str()];
         args.extend(["--listen", "127.0.0.1:0"]);
@@ -272,7 +240,7 @@ fn gpus_the_config_says_nothing_about_stop_the_agent() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_required_gpu_missing_is_named_and_all_means_every_gpu_found() {
-    let sim = sim_with_gpus(1);
+    let sim = SimTd::with_gpus(1);
     let d = Daemon::sim(&sim, &["--gpus", "2"]);
     let detail = wait_gpu_ready(&d, &sim, false, Duration::from_secs(60)).await;
     assert!(
@@ -292,7 +260,7 @@ async fn a_required_gpu_missing_is_named_and_all_means_every_gpu_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gpu_events_replay_and_a_restart_in_the_same_boot_does_not_extend_them_again() {
-    let sim = sim_with_gpus(2);
+    let sim = SimTd::with_gpus(2);
     let config = gpu_config(&sim, &sim.tmp.path().join("agent"), 2, None);
     let mut d = start(&config);
     wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
@@ -390,7 +358,7 @@ fn failed(report: &Report) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn gpu_evidence_is_bound_to_one_certificate_of_one_td() {
-    let sim = sim_with_gpus(2);
+    let sim = SimTd::with_gpus(2);
     let config = gpu_config(&sim, &sim.tmp.path().join("agent"), 2, None);
     let d = start(&config);
     wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
@@ -447,7 +415,7 @@ async fn gpu_evidence_is_bound_to_one_certificate_of_one_td() {
     );
 
     // Another TD's GPU evidence, served beside this TD's certificate.
-    let other = sim_with_gpus(2);
+    let other = SimTd::with_gpus(2);
     let config = gpu_config(&other, &other.tmp.path().join("agent"), 2, None);
     let d2 = start(&config);
     wait_gpu_ready(&d2, &other, true, Duration::from_secs(60)).await;
@@ -459,7 +427,7 @@ async fn gpu_evidence_is_bound_to_one_certificate_of_one_td() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_challenge_batch_gets_one_report_per_gpu_bound_to_its_root() {
-    let sim = sim_with_gpus(2);
+    let sim = SimTd::with_gpus(2);
     let config = gpu_config(&sim, &sim.tmp.path().join("agent"), 2, None);
     let d = start(&config);
     wait_gpu_ready(&d, &sim, true, Duration::from_secs(60)).await;
@@ -565,7 +533,7 @@ async fn each_challenge_batch_gets_one_report_per_gpu_bound_to_its_root() {
 /// under NVIDIA's.
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_archives_gpu_evidence_and_reverify_rechecks_it() {
-    let sim = sim_with_gpus(2);
+    let sim = SimTd::with_gpus(2);
     let dir = sim.tmp.path().join("agent");
     let config = gpu_config(&sim, &dir, 2, None);
     let agent = start(&config);
@@ -600,7 +568,7 @@ async fn watch_archives_gpu_evidence_and_reverify_rechecks_it() {
         }
     };
     wait(&|t| metric(t, "tdx_watch_last_result{target=\"gpus\"}") == Some(1.0)).await;
-    set_gpu_state(&sim, 1, "devtools");
+    sim.set_gpu_state(1, "devtools");
     // Recorded as a GPU failure (before that, RTMR3 moving with the new `gpu` event may
     // fail an appraisal on `challenge from the same TD` until the certificate follows).
     wait(&|t| {
@@ -658,7 +626,7 @@ async fn watch_archives_gpu_evidence_and_reverify_rechecks_it() {
 /// `sim pccs` serves them, cached on disk; the client accepts both GPUs.
 #[tokio::test(flavor = "multi_thread")]
 async fn simulated_gpus_collateral_can_come_from_the_services_sim_pccs_serves() {
-    let sim = sim_with_gpus(2);
+    let sim = SimTd::with_gpus(2);
     let pccs = support::SimPccs::start(sim.dir_str(), "127.0.0.1:0");
     let dir = sim.tmp.path().join("agent");
     std::fs::create_dir_all(&dir).unwrap();
@@ -697,7 +665,7 @@ async fn simulated_gpus_collateral_can_come_from_the_services_sim_pccs_serves() 
 /// the evidence offline; without it the same evidence has no reference values to pass.
 #[tokio::test(flavor = "multi_thread")]
 async fn gpu_collateral_gathers_a_bundle_verify_gpu_accepts() {
-    let sim = sim_with_gpus(1);
+    let sim = SimTd::with_gpus(1);
     let pccs = support::SimPccs::start(sim.dir_str(), "127.0.0.1:0");
     let agent = start(&gpu_config(&sim, &sim.tmp.path().join("agent"), 1, None));
     wait_gpu_ready(&agent, &sim, true, Duration::from_secs(60)).await;

@@ -384,26 +384,9 @@ fn unreadable_rtmr3_withdraws_measured_until_it_reads_again() {
 /// `sim pki --gpus N` then `sim gpu --index 0 --state STATE`: a simulated TD whose one GPU
 /// starts in `state`.
 fn sim_with_one_gpu(state: &str) -> SimTd {
-    let sim = SimTd::new();
-    let d = sim.dir_str();
-    let r = tdx_agent(&["sim", "pki", "--sim-dir", d, "--gpus", "1"]);
-    assert_eq!(r.code, 0, "{r}");
-    set_gpu_state(&sim, state);
+    let sim = SimTd::with_gpus(1);
+    sim.set_gpu_state(0, state);
     sim
-}
-
-fn set_gpu_state(sim: &SimTd, state: &str) {
-    let r = tdx_agent(&[
-        "sim",
-        "gpu",
-        "--sim-dir",
-        sim.dir_str(),
-        "--index",
-        "0",
-        "--state",
-        state,
-    ]);
-    assert_eq!(r.code, 0, "{r}");
 }
 
 /// What the agent sends to $NOTIFY_SOCKET, as it arrives.
@@ -506,7 +489,7 @@ fn ready_is_sent_when_start_up_ends_even_while_a_gpu_fails() {
     );
 
     // The GPU recovers: the next re-check re-issues the certificate and the agent is ready.
-    set_gpu_state(&sim, "ok");
+    sim.set_gpu_state(0, "ok");
     let v = readyz_until(&agent.addr, |v| v["ready"] == true);
     assert_eq!(v["ready"], true, "{v}");
     assert_eq!(notify.count("READY=1"), 1, "{:?}", notify.seen);

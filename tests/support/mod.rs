@@ -141,6 +141,38 @@ impl SimTd {
         SimTd { tmp, dir, root }
     }
 
+    /// A simulated TD with `n` simulated GPUs (their PKI and services beside the TD's).
+    pub fn with_gpus(n: u32) -> Self {
+        let sim = SimTd::new();
+        let r = tdx_agent(&[
+            "sim",
+            "pki",
+            "--sim-dir",
+            sim.dir_str(),
+            "--gpus",
+            &n.to_string(),
+        ]);
+        assert_eq!(r.code, 0, "{r}");
+        assert!(r.stdout.contains("gpu[1]") || n == 1, "{r}");
+        sim
+    }
+
+    /// `sim gpu --index I --state S`: what the simulated GPU `index` answers from now on.
+    pub fn set_gpu_state(&self, index: u32, state: &str) {
+        let i = index.to_string();
+        let r = tdx_agent(&[
+            "sim",
+            "gpu",
+            "--sim-dir",
+            self.dir_str(),
+            "--index",
+            &i,
+            "--state",
+            state,
+        ]);
+        assert_eq!(r.code, 0, "{r}");
+    }
+
     pub fn dir_str(&self) -> &str {
         self.dir.to_str().expect("UTF-8 path")
     }
