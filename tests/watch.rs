@@ -257,6 +257,22 @@ interval_secs = 1
     assert_eq!(ready.status, 200);
     let exposed = ready.json()["archive_head"].as_str().unwrap().to_string();
     assert_eq!(exposed.len(), 64, "{}", ready.text());
+    // One watch appends to an archive: a second is refused before it starts, naming it; an
+    // auditor reads it meanwhile without any lock. (The deadline only stops a second watch
+    // that did start, which would otherwise run on.)
+    let second = support::tdx_agent_within(
+        &["watch", "--config", path_str(&config)],
+        Duration::from_secs(60),
+    );
+    assert_eq!(second.code, 2, "{second}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("another watch holds {}", path_str(&db))),
+        "{second}"
+    );
+    let r = tdx_agent(&["evidence", "verify", path_str(&db)]);
+    assert_eq!(r.code, 0, "{r}");
     watch.stop();
     let r = tdx_agent(&["evidence", "verify", path_str(&db), "--head", &exposed]);
     assert_eq!(r.code, 0, "{r}");
@@ -428,6 +444,13 @@ interval_secs = 1
              nonce = NULL WHERE target = 'good' AND length(?1) > 0",
             "holds no evidence to re-appraise",
         ),
+        // The certificate kept, which passes alone: still not re-checked on it alone.
+        (
+            "certificate-only.db",
+            "UPDATE appraisals SET evidence = NULL, challenge = NULL, nonce = NULL
+             WHERE target = 'good' AND length(?1) > 0",
+            "holds no evidence to re-appraise",
+        ),
     ] {
         let broken = dir.path().join(name);
         std::fs::copy(&db, &broken).unwrap();
@@ -441,6 +464,90 @@ interval_secs = 1
         assert!(
             r.stdout.contains("(good at ") && r.stdout.contains(needle),
             "{name}: {r}"
+        );
+    }
+
+    // A file altered so that reading it would run code (a view recursing without end where
+    // the records were) is refused by every auditor command before it is read, naming the
+    // file: exit 1, as for any tampering. Bounded here, so a regression fails, not hangs.
+    let crafted = dir.path().join("crafted.db");
+    std::fs::copy(&db, &crafted).unwrap();
+    rusqlite::Connection::open(&crafted)
+        .unwrap()
+        .execute_batch(
+            "DROP TABLE appraisals;
+             CREATE VIEW appraisals AS WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL
+             SELECT n + 1 FROM c WHERE n < 100000) SELECT n AS seq, 'good' AS target,
+             'u' AS url, 0 AS at, 'accepted' AS verdict, NULL AS failed_check,
+             NULL AS certificate, NULL AS evidence, NULL AS challenge, NULL AS nonce,
+             X'00' AS policy, '' AS report, '' AS verifier_version, X'' AS prev_hash,
+             X'' AS hash FROM c;",
+        )
+        .unwrap();
+    let out = dir.path().join("crafted.out");
+    for r in [
+        tdx_agent(&["evidence", "verify", path_str(&crafted)]),
+        reverify(&crafted),
+        evidence_out("report", &crafted, &out),
+        evidence_out("export", &crafted, &out),
+    ] {
+        assert_eq!(r.code, 1, "{r}");
+        assert!(
+            r.stderr.contains(&format!(
+                "archive {}: not an intact archive",
+                path_str(&crafted)
+            )) && r.stderr.contains("view"),
+            "{r}"
+        );
+    }
+    assert!(!out.exists());
+    // A value of another type than its column's is the record altered (exit 1, named), and
+    // text from the archive reaches the terminal escaped: an altered target cannot clear the
+    // auditor's screen.
+    let retyped = dir.path().join("retyped.db");
+    std::fs::copy(&db, &retyped).unwrap();
+    rusqlite::Connection::open(&retyped)
+        .unwrap()
+        .execute(
+            "UPDATE appraisals SET at = 'yesterday'
+             WHERE seq = (SELECT MIN(seq) FROM appraisals WHERE target = 'good')",
+            [],
+        )
+        .unwrap();
+    for r in [
+        tdx_agent(&["evidence", "verify", path_str(&retyped)]),
+        reverify(&retyped),
+    ] {
+        assert_eq!(r.code, 1, "{r}");
+        assert!(
+            r.stderr
+                .contains("(good at (time unreadable)): its at was altered"),
+            "{r}"
+        );
+    }
+    let escaped = dir.path().join("escaped.db");
+    std::fs::copy(&db, &escaped).unwrap();
+    rusqlite::Connection::open(&escaped)
+        .unwrap()
+        .execute(
+            "UPDATE appraisals SET target = char(27) || '[2J' || char(27) || '[H',
+             evidence = NULL WHERE seq = (SELECT MIN(seq) FROM appraisals WHERE target = 'good')",
+            [],
+        )
+        .unwrap();
+    let r = tdx_agent(&["evidence", "verify", path_str(&escaped)]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stderr.contains("(\\u{1b}[2J\\u{1b}[H at "), "{r}");
+    let r = reverify_target(&escaped, "\x1b[2J\x1b[H", good_td.root_str());
+    assert_eq!(r.code, 1, "{r}");
+    assert!(
+        r.stdout.contains("(\\u{1b}[2J\\u{1b}[H at ") && r.stdout.contains("holds no evidence"),
+        "{r}"
+    );
+    for text in [&r.stdout, &r.stderr] {
+        assert!(
+            !text.contains('\x1b'),
+            "an escape reached the terminal: {r}"
         );
     }
 

@@ -144,18 +144,29 @@ pub async fn evidence(c: EvidenceCommand) -> CliResult {
                 to: instant(to, "--to")?,
             };
             let path = db.clone();
-            let r = tokio::task::spawn_blocking(move || tdx_watch::reverify(&path, &opts))
+            let r = match tokio::task::spawn_blocking(move || tdx_watch::reverify(&path, &opts))
                 .await
                 .map_err(Failure::error)?
-                .map_err(Failure::error)?;
+            {
+                Ok(r) => r,
+                // A file that cannot be read is an I/O error; one altered so that it is not an
+                // archive any more (a view, a value of the wrong type) a finding, as for verify.
+                Err(e @ (ArchiveError::Db { .. } | ArchiveError::Write(_))) => {
+                    return Err(Failure::error(e));
+                }
+                Err(e) => return Err(Failure::rejected(e)),
+            };
+            // Every text here but the time and counts is the archive's: escaped, so an altered
+            // record cannot write escape sequences to the auditor's terminal.
+            let text = tdx_watch::printable;
             for d in &r.disagreements {
                 println!(
                     "record #{} ({} at {}): recorded {}, now {}",
                     d.seq,
-                    d.target,
+                    text(&d.target),
                     tdx_core::verify::time::format_unix(d.at),
-                    d.recorded,
-                    d.now
+                    text(&d.recorded),
+                    text(&d.now)
                 );
             }
             println!(

@@ -36,7 +36,13 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 }
 
 pub struct Webhook {
+    /// The URL as configured: what errors and logs name.
     url: String,
+    /// Where requests go: `url`, but plain `http://localhost` as `http://127.0.0.1`
+    /// ([`Webhook::new`]).
+    request_url: String,
+    /// The `Host` header `url` gives, sent where `request_url` names another host.
+    host: Option<String>,
     secret: Vec<u8>,
     http: crate::http::Https,
     /// Attempts in all (the first and the retries), and the first backoff (doubled each time).
@@ -61,12 +67,15 @@ impl Webhook {
         if secret.len() < 16 {
             return Err(err("the secret must be at least 16 bytes".into()));
         }
+        let (request_url, host) = connect_to(&url).map_err(err)?;
         Ok(Self {
             http: crate::http::client().map_err(|e| WebhookError {
                 url: url.clone(),
                 detail: e,
             })?,
             url,
+            request_url,
+            host,
             secret,
             attempts: 4,
             backoff: Duration::from_millis(500),
@@ -81,7 +90,11 @@ impl Webhook {
         let mut wait = self.backoff;
         let mut last = String::new();
         for attempt in 1..=self.attempts {
-            let request = hyper::Request::post(self.url.as_str())
+            let mut request = hyper::Request::post(self.request_url.as_str());
+            if let Some(host) = &self.host {
+                request = request.header(hyper::header::HOST, host.as_str());
+            }
+            let request = request
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .header(SIGNATURE_HEADER, sig.as_str())
                 .body(Full::new(Bytes::from(body.clone())))
@@ -107,9 +120,89 @@ impl Webhook {
     }
 }
 
+/// The URL to request for `url`, and the `Host` header to send with it when that is not
+/// `url`'s own. Plain `http://` is allowed to this machine only (the watch config's rule)
+/// because the events then never leave it; `localhost` is connected to as 127.0.0.1 rather
+/// than asking the resolver, which DNS answers where /etc/hosts has no line for it and could
+/// send the unencrypted events anywhere (`crate::http::is_loopback_host`). Over `https://` the
+/// certificate names the receiver, so the name is resolved as usual.
+fn connect_to(url: &str) -> Result<(String, Option<String>), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let host = uri.host().unwrap_or_default();
+    if uri.scheme_str() != Some("http") || !host.eq_ignore_ascii_case("localhost") {
+        return Ok((url.to_string(), None));
+    }
+    let port = uri.port_u16();
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    let header = match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    Ok((
+        format!("http://127.0.0.1:{}{path}", port.unwrap_or(80)),
+        Some(header),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn plain_http_to_localhost_goes_to_127_0_0_1_under_its_own_host_name() {
+        let hook = |url: &str| Webhook::new(url, vec![7; 16]).unwrap();
+        let w = hook("http://localhost:8080/hook?x=1");
+        assert_eq!(w.request_url, "http://127.0.0.1:8080/hook?x=1");
+        assert_eq!(w.host.as_deref(), Some("localhost:8080"));
+        assert_eq!(
+            w.url, "http://localhost:8080/hook?x=1",
+            "errors name the URL given"
+        );
+        let w = hook("http://LocalHost/");
+        assert_eq!(w.request_url, "http://127.0.0.1:80/");
+        assert_eq!(w.host.as_deref(), Some("LocalHost"));
+        // Addresses, other names, and https (whose certificate names the receiver) as given.
+        for url in [
+            "http://127.0.0.1:9/hook",
+            "http://[::1]:9/hook",
+            "https://localhost:9/hook",
+            "https://alerts.example/tdx",
+        ] {
+            let w = hook(url);
+            assert_eq!((w.request_url.as_str(), w.host.as_deref()), (url, None));
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_to_localhost_arrives_at_127_0_0_1_with_its_host_header() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed before the request's head");
+                head.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8(head).unwrap()
+        });
+        let w = Webhook::new(&format!("http://localhost:{port}/hook"), vec![7; 16]).unwrap();
+        assert_eq!(w.send(&serde_json::json!({"x": 1})).await.unwrap(), 204);
+        let head = server.await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("post /hook http/1.1\r\n"), "{head}");
+        assert!(
+            head.contains(&format!("\r\nhost: localhost:{port}\r\n")),
+            "{head}"
+        );
+        assert_eq!(head.matches("\r\nhost:").count(), 1, "{head}");
+    }
 
     #[test]
     fn hmac_matches_rfc_4231() {

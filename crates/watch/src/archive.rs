@@ -4,8 +4,10 @@
 //! chain is found by [`verify`], and a deleted tail against a pinned head. Certificates,
 //! evidence documents and policies are stored once, by SHA-256, and referenced.
 
-use std::path::Path;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 
 pub use super::chain::Verified;
@@ -69,22 +71,61 @@ pub struct LastOf {
     pub accepted_at: Option<i64>,
 }
 
+/// Every text is shown through [`printable`]: records, blob names and SQLite's own messages
+/// come from a file whoever altered it wrote, and reach an auditor's terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("archive {path}: {detail}")]
+    /// The file could not be read or written (I/O, not a finding).
+    #[error("archive {}: {}", printable(.path), printable(.detail))]
     Db { path: String, detail: String },
-    #[error("archive record #{seq} ({target} at {at}): {detail}")]
+    #[error("archive record #{seq} ({} at {}): {}", printable(.target), printable(.at), printable(.detail))]
     Record {
         seq: i64,
         target: String,
         at: String,
         detail: String,
     },
-    #[error("archive: {0}")]
+    #[error("archive: {}", printable(.0))]
     Chain(String),
+    /// The file is not laid out as an archive is (a view or a trigger, a table that is not
+    /// ours): altered, and refused before anything in it runs.
+    #[error("archive {}: not an intact archive: {}", printable(.path), printable(.detail))]
+    Schema { path: String, detail: String },
+    /// Another process (a second `watch`) has the archive open for appending.
+    #[error(
+        "another watch holds {} (its lock {} is taken): one watch appends to an archive; stop \
+         the other, or give this one its own archive",
+        printable(.path),
+        printable(.lock)
+    )]
+    Locked { path: String, lock: String },
     /// The export's output could not be written (an I/O error, not a finding).
-    #[error("writing the export: {0}")]
+    #[error("writing the export: {}", printable(.0))]
     Write(String),
+}
+
+/// `s` safe to print on a terminal: control characters (ANSI escapes among them) and the
+/// invisible characters that reorder or hide text are written as `\u{..}` escapes, so text
+/// from an altered archive cannot redraw the screen or disguise what an error says.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}')
+    };
+    if !s.chars().any(hidden) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        if hidden(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn db(path: &Path) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
@@ -94,21 +135,250 @@ fn db(path: &Path) -> impl Fn(rusqlite::Error) -> ArchiveError + '_ {
     }
 }
 
+fn not_intact(path: &Path, detail: String) -> ArchiveError {
+    ArchiveError::Schema {
+        path: path.display().to_string(),
+        detail,
+    }
+}
+
+/// Whether `e` says a value is not of the type its column holds (as only an edit makes it),
+/// rather than that the file could not be read.
+fn is_type_error(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..)
+            | rusqlite::Error::Utf8Error(..)
+    )
+}
+
+/// Column `idx` of a record's row; a value not of the column's type is the record altered
+/// (`bad` names it), not an I/O error.
+pub(crate) fn column<T: rusqlite::types::FromSql>(
+    row: &rusqlite::Row<'_>,
+    idx: usize,
+    name: &str,
+    bad: &dyn Fn(String) -> ArchiveError,
+) -> Result<T, ArchiveError> {
+    row.get(idx).map_err(|e| {
+        bad(format!(
+            "its {name} was altered: it is not what the archive stores there ({e})"
+        ))
+    })
+}
+
+/// The connection settings every archive is opened with, before any statement reads it:
+/// SQL stored in the file (views, triggers, defaults) is not trusted to call functions with
+/// side effects, views and triggers do not run at all, and the file's own structures cannot
+/// be written through SQL ([`check_schema`] then refuses a file that has them).
+fn harden(conn: &Connection, path: &Path) -> Result<(), ArchiveError> {
+    for (config, on) in [
+        (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
+        (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false),
+        (DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false),
+    ] {
+        let now = conn.set_db_config(config, on).map_err(db(path))?;
+        if now != on {
+            return Err(ArchiveError::Db {
+                path: path.display().to_string(),
+                detail: format!("SQLite did not take {config:?} = {on}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The archive's tables, each as [`SCHEMA`] makes it: (column, declared type, NOT NULL,
+/// position in the primary key, hidden) in order.
+type Columns = Vec<(String, String, bool, i64, i64)>;
+
+fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Columns> {
+    conn.prepare(
+        "SELECT name, type, \"notnull\", pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid",
+    )?
+    .query_map(params![table], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })?
+    .collect()
+}
+
+const TABLES: [&str; 3] = ["meta", "blobs", "appraisals"];
+
+/// Refuse a file whose layout is not the archive's: any view or trigger (code that runs when
+/// the archive is read: a view named `appraisals` recursing forever, say), or `meta`, `blobs`
+/// or `appraisals` that is not an ordinary table with [`SCHEMA`]'s columns. With
+/// `fresh_ok`, a file with none of the three yet is allowed (the watcher is about to create
+/// them); one with some but not all is not (re-creating `meta` would move the anchor).
+fn check_schema(conn: &Connection, path: &Path, fresh_ok: bool) -> Result<(), ArchiveError> {
+    let code: Option<(String, String)> = conn
+        .query_row(
+            "SELECT type, name FROM sqlite_schema WHERE type NOT IN ('table', 'index')
+             ORDER BY rowid LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(db(path))?;
+    if let Some((kind, name)) = code {
+        return Err(not_intact(
+            path,
+            format!(
+                "it holds a {kind:?} named {name:?}; an archive holds only tables and indexes, \
+                 and a view or trigger would run code as the archive is read"
+            ),
+        ));
+    }
+    // What SCHEMA makes, read back from a database made with it, so the two cannot drift.
+    let made = Connection::open_in_memory()
+        .and_then(|m| m.execute_batch(SCHEMA).map(|()| m))
+        .map_err(db(path))?;
+    let mut found = Vec::new();
+    for table in TABLES {
+        let sql: Option<Option<String>> = conn
+            .query_row(
+                "SELECT sql FROM sqlite_schema WHERE name = ?1 COLLATE NOCASE AND type = 'table'",
+                params![table],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db(path))?;
+        found.push((table, sql));
+    }
+    if fresh_ok && found.iter().all(|(_, sql)| sql.is_none()) {
+        return Ok(());
+    }
+    for (table, sql) in found {
+        let Some(sql) = sql else {
+            return Err(not_intact(path, format!("it has no table {table:?}")));
+        };
+        if !sql
+            .as_deref()
+            .is_some_and(|s| s.starts_with("CREATE TABLE"))
+        {
+            return Err(not_intact(
+                path,
+                format!(
+                    "{table:?} is not an ordinary table ({:?})",
+                    sql.unwrap_or_default()
+                ),
+            ));
+        }
+        let want = columns(&made, table).map_err(db(path))?;
+        let have = columns(conn, table).map_err(db(path))?;
+        if have != want {
+            let names = |c: &Columns| {
+                c.iter()
+                    .map(|(name, ty, ..)| format!("{name} {ty}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(not_intact(
+                path,
+                format!(
+                    "table {table:?} has the columns ({}), not the archive's ({})",
+                    names(&have),
+                    names(&want)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The archive at `path` opened for reading only ([`harden`]ed and its layout checked), as
+/// auditors' commands read it. Takes no lock: a running watch may hold it.
+pub(crate) fn open_for_reading(path: &Path) -> Result<Connection, ArchiveError> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
+    harden(&conn, path)?;
+    check_schema(&conn, path, false)?;
+    Ok(conn)
+}
+
+/// `ARCHIVE.lock` beside the archive's real path (a second name for the same file, through a
+/// symbolic link, finds the same lock).
+fn lock_path(path: &Path) -> Result<PathBuf, ArchiveError> {
+    let io = |e: std::io::Error| ArchiveError::Db {
+        path: path.display().to_string(),
+        detail: format!("finding where its lock goes: {e}"),
+    };
+    let real = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = path.file_name().ok_or_else(|| ArchiveError::Db {
+                path: path.display().to_string(),
+                detail: "names no file".into(),
+            })?;
+            std::fs::canonicalize(dir).map_err(io)?.join(name)
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let mut name = real.clone().into_os_string();
+    name.push(".lock");
+    Ok(PathBuf::from(name))
+}
+
+/// Take the archive's lock, held as long as the file returned is open: two watchers
+/// appending to one archive would interleave their records, prune under each other and both
+/// send every webhook.
+fn lock(path: &Path) -> Result<std::fs::File, ArchiveError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let lock = lock_path(path)?;
+    // Only the owner may open it: anyone who can open the lock file can hold its lock.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock)
+        .map_err(|e| ArchiveError::Db {
+            path: path.display().to_string(),
+            detail: format!("its lock {}: {e}", lock.display()),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ArchiveError::Locked {
+            path: path.display().to_string(),
+            lock: lock.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(ArchiveError::Db {
+            path: path.display().to_string(),
+            detail: format!("locking {}: {e}", lock.display()),
+        }),
+    }
+}
+
 pub struct Archive {
     conn: Connection,
-    path: std::path::PathBuf,
+    path: PathBuf,
     id: String,
+    /// `ARCHIVE.lock`, locked while this is open ([`lock`]); declared after `conn` so the
+    /// database is closed before the lock is let go.
+    _lock: std::fs::File,
 }
 
 impl Archive {
-    /// Open (or create) the archive at `path`. Every append is one transaction, synced.
+    /// Open (or create) the archive at `path` for appending, taking its lock (refused while
+    /// another process holds it). Every append is one transaction, synced.
     pub fn open(path: &Path) -> Result<Self, ArchiveError> {
+        let lock = lock(path)?;
         let conn = Connection::open(path).map_err(db(path))?;
+        harden(&conn, path)?;
+        check_schema(&conn, path, true)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )
         .map_err(db(path))?;
         conn.execute_batch(SCHEMA).map_err(db(path))?;
+        check_schema(&conn, path, false)?;
         let format: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'format'", [], |r| {
                 r.get(0)
@@ -150,6 +420,7 @@ impl Archive {
             conn,
             path: path.to_path_buf(),
             id,
+            _lock: lock,
         })
     }
 
@@ -321,7 +592,13 @@ fn anchor(conn: &Connection, path: &Path) -> Result<(i64, [u8; 32]), ArchiveErro
         conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
             r.get(0)
         })
-        .map_err(db(path))
+        .map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => {
+                ArchiveError::Chain(format!("meta {key} is missing: the chain has no anchor"))
+            }
+            e if is_type_error(&e) => ArchiveError::Chain(format!("meta {key} was altered: {e}")),
+            e => db(path)(e),
+        })
     };
     let seq = get("anchor_seq")?
         .parse::<i64>()
@@ -364,8 +641,7 @@ pub(crate) fn walk(
     pinned: Option<[u8; 32]>,
     mut each: impl FnMut(&Stored) -> Result<(), ArchiveError>,
 ) -> Result<Verified, ArchiveError> {
-    let conn =
-        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
+    let conn = open_for_reading(path)?;
     let conn = conn.unchecked_transaction().map_err(db(path))?;
     let (anchor_seq, anchor_hash) = anchor(&conn, path)?;
     let mut walk = Walk::from_anchor(anchor_seq, anchor_hash, pinned)?;
@@ -376,26 +652,46 @@ pub(crate) fn walk(
         )
         .map_err(db(path))?;
     let mut rows = stmt.query([]).map_err(db(path))?;
+    let mut last_seq = anchor_seq;
     while let Some(row) = rows.next().map_err(db(path))? {
-        let e = db(path);
+        // A value not of its column's type was put there by an edit: the record is not
+        // intact, and is named (its seq is an INTEGER PRIMARY KEY, which holds integers only).
+        let seq: i64 = row.get(0).map_err(|e| {
+            ArchiveError::Chain(format!(
+                "the record after #{last_seq} was altered: its seq is not an integer ({e})"
+            ))
+        })?;
+        last_seq = seq;
+        let (target, at) = (row.get::<_, String>(1), row.get::<_, i64>(3));
+        let bad = |detail: String| ArchiveError::Record {
+            seq,
+            target: target
+                .as_ref()
+                .map_or_else(|_| "(target unreadable)".into(), Clone::clone),
+            at: at.as_ref().map_or_else(
+                |_| "(time unreadable)".into(),
+                |t| tdx_core::verify::time::format_unix(*t),
+            ),
+            detail,
+        };
         let mut r = Stored {
-            seq: row.get(0).map_err(&e)?,
+            seq,
             record: NewRecord {
-                target: row.get(1).map_err(&e)?,
-                url: row.get(2).map_err(&e)?,
-                at: row.get(3).map_err(&e)?,
-                verdict: row.get(4).map_err(&e)?,
-                failed_check: row.get(5).map_err(&e)?,
+                target: column(row, 1, "target", &bad)?,
+                url: column(row, 2, "url", &bad)?,
+                at: column(row, 3, "at", &bad)?,
+                verdict: column(row, 4, "verdict", &bad)?,
+                failed_check: column(row, 5, "failed_check", &bad)?,
                 certificate: None,
                 evidence: None,
-                challenge: row.get(8).map_err(&e)?,
-                nonce: row.get(9).map_err(&e)?,
+                challenge: column(row, 8, "challenge", &bad)?,
+                nonce: column(row, 9, "nonce", &bad)?,
                 policy: Vec::new(),
-                report: row.get(11).map_err(&e)?,
-                verifier_version: row.get(12).map_err(&e)?,
+                report: column(row, 11, "report", &bad)?,
+                verifier_version: column(row, 12, "verifier_version", &bad)?,
             },
-            prev_hash: row.get(13).map_err(&e)?,
-            hash: row.get(14).map_err(&e)?,
+            prev_hash: column(row, 13, "prev_hash", &bad)?,
+            hash: column(row, 14, "hash", &bad)?,
         };
         // A blob's bytes and their SHA-256, which must be the name the record gives it.
         type Blob = Option<([u8; 32], Vec<u8>)>;
@@ -408,7 +704,15 @@ pub(crate) fn walk(
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(db(path))?;
+                .map_err(|e| {
+                    if is_type_error(&e) {
+                        r.error(format!(
+                            "its {what} was altered: the blob is not bytes ({e})"
+                        ))
+                    } else {
+                        db(path)(e)
+                    }
+                })?;
             let Some(d) = data else {
                 return Err(r.error(format!("its {what} is missing from the blobs")));
             };
@@ -420,9 +724,9 @@ pub(crate) fn walk(
             }
             Ok(Some((digest, d)))
         };
-        let certificate = blob("certificate", row.get(6).map_err(&e)?)?;
-        let evidence = blob("evidence", row.get(7).map_err(&e)?)?;
-        let (policy_digest, policy) = blob("policy", row.get(10).map_err(&e)?)?
+        let certificate = blob("certificate", column(row, 6, "certificate", &bad)?)?;
+        let evidence = blob("evidence", column(row, 7, "evidence", &bad)?)?;
+        let (policy_digest, policy) = blob("policy", column(row, 10, "policy", &bad)?)?
             .ok_or_else(|| r.error("its policy is missing (NULL)".into()))?;
         let blobs = BlobDigests {
             certificate: certificate.as_ref().map(|(d, _)| *d),
@@ -589,6 +893,155 @@ pub(crate) mod tests {
         assert!(e.contains("pruned"), "{e}");
         // Heads after the anchor still verify.
         assert!(verify(&path, Some(heads[4])).is_ok());
+    }
+
+    /// A view over `c`, a recursion that would run on for as long as it is read if it were
+    /// read (bounded here, so a regression fails rather than hangs), with `columns`.
+    fn recursing_view(name: &str, columns: &str) -> String {
+        format!(
+            "CREATE VIEW {name} AS WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c \
+             WHERE n < 100000) SELECT {columns} FROM c;"
+        )
+    }
+
+    #[test]
+    fn a_file_not_laid_out_as_an_archive_is_refused_before_it_is_read() {
+        let appraisals_view = format!(
+            "DROP TABLE appraisals; {}",
+            recursing_view(
+                "appraisals",
+                "n AS seq, 'a' AS target, 'u' AS url, 0 AS at, 'accepted' AS verdict, NULL AS \
+                 failed_check, NULL AS certificate, NULL AS evidence, NULL AS challenge, NULL \
+                 AS nonce, X'00' AS policy, '' AS report, '' AS verifier_version, X'' AS \
+                 prev_hash, X'' AS hash"
+            )
+        );
+        let meta_view = format!(
+            "DROP TABLE meta; {}",
+            recursing_view("meta", "'anchor_seq' AS key, n AS value")
+        );
+        for (sql, needle) in [
+            (appraisals_view.as_str(), "\"view\" named \"appraisals\""),
+            (meta_view.as_str(), "\"view\" named \"meta\""),
+            (
+                "CREATE TRIGGER t AFTER INSERT ON blobs BEGIN DELETE FROM blobs; END;",
+                "\"trigger\" named \"t\"",
+            ),
+            (
+                "ALTER TABLE appraisals ADD COLUMN x INTEGER GENERATED ALWAYS AS (1) VIRTUAL",
+                "table \"appraisals\" has the columns",
+            ),
+            (
+                "CREATE TABLE b2 (sha256 BLOB PRIMARY KEY NOT NULL, data TEXT NOT NULL);
+                 INSERT INTO b2 SELECT * FROM blobs; DROP TABLE blobs;
+                 ALTER TABLE b2 RENAME TO blobs;",
+                "table \"blobs\" has the columns (sha256 BLOB, data TEXT)",
+            ),
+            ("DROP TABLE meta", "it has no table \"meta\""),
+        ] {
+            let (_t, path, _) = filled(2);
+            Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+            for (who, e) in [
+                ("verify", verify(&path, None).unwrap_err()),
+                ("open", Archive::open(&path).err().unwrap()),
+            ] {
+                assert!(matches!(e, ArchiveError::Schema { .. }), "{who} {sql}: {e}");
+                let e = e.to_string();
+                assert!(
+                    e.contains(&format!(
+                        "archive {}: not an intact archive",
+                        path.display()
+                    )) && e.contains(needle),
+                    "{who} {sql}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_not_of_its_columns_type_names_its_record() {
+        for (sql, needle) in [
+            (
+                "UPDATE appraisals SET at = 'yesterday' WHERE seq = 2",
+                "record #2 (a at (time unreadable)): its at was altered",
+            ),
+            (
+                "UPDATE appraisals SET target = X'07' WHERE seq = 2",
+                "record #2 ((target unreadable) at 2027-01-15T08:01:00Z): its target was altered",
+            ),
+            (
+                "UPDATE appraisals SET hash = 'x' WHERE seq = 2",
+                "its hash was altered",
+            ),
+            (
+                "UPDATE blobs SET data = CAST(data AS TEXT) WHERE data = CAST('cert' AS BLOB)",
+                "record #1 (a at 2027-01-15T08:00:00Z): its certificate was altered",
+            ),
+        ] {
+            let (_t, path, _) = filled(3);
+            Connection::open(&path).unwrap().execute(sql, []).unwrap();
+            let e = verify(&path, None).unwrap_err();
+            assert!(matches!(e, ArchiveError::Record { .. }), "{sql}: {e}");
+            assert!(e.to_string().contains(needle), "{sql}: {e}");
+        }
+        let (_t, path, _) = filled(1);
+        Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE meta SET value = X'30' WHERE key = 'anchor_seq'", [])
+            .unwrap();
+        let e = verify(&path, None).unwrap_err();
+        assert!(
+            matches!(&e, ArchiveError::Chain(d) if d.contains("meta anchor_seq was altered")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn text_from_the_archive_is_printed_escaped() {
+        assert_eq!(printable("llama-eu-1"), "llama-eu-1");
+        assert_eq!(
+            printable("a\x1b[2J\u{9b}b\u{202e}c\n"),
+            "a\\u{1b}[2J\\u{9b}b\\u{202e}c\\u{a}"
+        );
+        let (_t, path, _) = filled(3);
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "UPDATE appraisals SET target = char(27) || '[2J' || char(27) || '[H' WHERE seq = 2",
+                [],
+            )
+            .unwrap();
+        let e = verify(&path, None).unwrap_err().to_string();
+        assert!(
+            e.contains("record #2 (\\u{1b}[2J\\u{1b}[H at ") && !e.contains('\x1b'),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn one_watch_at_a_time_appends_and_readers_need_no_lock() {
+        let (tmp, path, _) = filled(2);
+        let a = Archive::open(&path).unwrap();
+        let e = Archive::open(&path).err().unwrap();
+        assert!(matches!(e, ArchiveError::Locked { .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("another watch holds {}", path.display())),
+            "{text}"
+        );
+        // Another name for the same file finds the same lock.
+        let link = tmp.path().join("link.db");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(matches!(
+            Archive::open(&link).err().unwrap(),
+            ArchiveError::Locked { .. }
+        ));
+        // Auditors read while the watcher runs.
+        assert_eq!(verify(&path, None).unwrap().records, 2);
+        drop(a);
+        let mut a = Archive::open(&link).unwrap();
+        a.append(&record(2)).unwrap();
+        assert_eq!(verify(&path, None).unwrap().records, 3);
     }
 
     #[test]

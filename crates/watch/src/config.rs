@@ -168,7 +168,8 @@ impl WatchConfig {
 }
 
 /// `https://`, or plain `http://` only to this machine: each event names a target and the
-/// check it fails, which the HMAC keeps from being forged but not from being read.
+/// check it fails, which the HMAC keeps from being forged but not from being read. A plain
+/// `http://localhost` is then connected to at 127.0.0.1, not resolved (`tdx_net::webhook`).
 fn check_webhook_url(url: &str) -> Result<(), String> {
     let uri: axum::http::Uri = url
         .parse()

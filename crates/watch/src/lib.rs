@@ -10,7 +10,7 @@ pub mod report;
 pub mod reverify;
 pub mod run;
 
-pub use archive::{Archive, ArchiveError, NewRecord, Verified, verify};
+pub use archive::{Archive, ArchiveError, NewRecord, Verified, printable, verify};
 pub use config::{TargetConfig, WatchConfig, WatchConfigError};
 pub use export::{export, verify_archive_or_export, verify_export};
 pub use report::html_report;

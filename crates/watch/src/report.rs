@@ -8,15 +8,114 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::archive::{ArchiveError, Verified, walk};
+use super::archive::{ArchiveError, NewRecord, Verified, walk};
 
-/// One archived appraisal, as the report needs it.
-struct Row {
+/// What the page shows of one target, gathered record by record as the chain is walked: a
+/// record's report is parsed, the few values the page shows are taken from it, and it is
+/// dropped before the next record is read, so memory grows by a timeline point per record
+/// (and a row per failure), not by every record's report.
+#[derive(Default)]
+struct TargetPage {
+    timeline: Vec<Point>,
+    /// Measurement states (`MRTD .. RTMR3 ..`) as they followed each other.
+    states: Vec<Span>,
+    tcb: Vec<Span>,
+    failures: Vec<Failure>,
+}
+
+/// One record on the timeline.
+struct Point {
     seq: i64,
     at: i64,
     verdict: String,
     failed_check: Option<String>,
-    report: serde_json::Value,
+}
+
+/// A value seen over consecutive records: when first and last, and in how many.
+struct Span {
+    value: String,
+    first: i64,
+    last: i64,
+    count: usize,
+}
+
+/// A record not accepted, with the failed check's expected and found values.
+struct Failure {
+    seq: i64,
+    at: i64,
+    check: String,
+    expected: String,
+    found: String,
+}
+
+/// Extend `spans` with `value` seen at `at`: the last span if it is the same value.
+fn see(spans: &mut Vec<Span>, at: i64, value: &str) {
+    match spans.last_mut() {
+        Some(last) if last.value == value => {
+            last.last = at;
+            last.count += 1;
+        }
+        _ => spans.push(Span {
+            value: value.to_string(),
+            first: at,
+            last: at,
+            count: 1,
+        }),
+    }
+}
+
+impl TargetPage {
+    fn add(&mut self, seq: i64, r: &NewRecord) {
+        let report: serde_json::Value =
+            serde_json::from_str(&r.report).unwrap_or(serde_json::Value::Null);
+        if let Some(m) = report.get("measurements") {
+            let reg = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("");
+            let state = format!(
+                "MRTD {} RTMR0 {} RTMR1 {} RTMR2 {} RTMR3 {}",
+                reg("mrtd"),
+                reg("rtmr0"),
+                reg("rtmr1"),
+                reg("rtmr2"),
+                reg("rtmr3")
+            );
+            see(&mut self.states, r.at, &state);
+        }
+        if let Some(tcb) = report.get("tcb_status").and_then(|v| v.as_str()) {
+            see(&mut self.tcb, r.at, tcb);
+        }
+        if r.verdict != "accepted" {
+            let check = r.failed_check.clone().unwrap_or_default();
+            let detail = report
+                .get("checks")
+                .and_then(|c| c.as_array())
+                .and_then(|c| c.iter().find(|c| c["name"] == *check && c["ok"] == false));
+            let field = |k: &str| {
+                detail
+                    .and_then(|d| d.get(k))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                    .or_else(|| {
+                        (k == "found")
+                            .then(|| report.get("error")?.as_str().map(str::to_string))
+                            .flatten()
+                    })
+                    .unwrap_or_default()
+            };
+            self.failures.push(Failure {
+                seq,
+                at: r.at,
+                expected: field("expected"),
+                found: field("found"),
+                check,
+            });
+        }
+        self.timeline.push(Point {
+            seq,
+            at: r.at,
+            verdict: r.verdict.clone(),
+            failed_check: r.failed_check.clone(),
+        });
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -38,21 +137,6 @@ fn time(t: i64) -> String {
     tdx_core::verify::time::format_unix(t)
 }
 
-/// First and last time a value was seen, in order of first appearance.
-fn spans<'a>(values: impl Iterator<Item = (i64, &'a str)>) -> Vec<(String, i64, i64, usize)> {
-    let mut out: Vec<(String, i64, i64, usize)> = Vec::new();
-    for (at, v) in values {
-        match out.last_mut() {
-            Some(last) if last.0 == v => {
-                last.2 = at;
-                last.3 += 1;
-            }
-            _ => out.push((v.to_string(), at, at, 1)),
-        }
-    }
-    out
-}
-
 const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}\
 .tl{display:flex;flex-wrap:wrap;gap:1px;margin:0.5em 0}.tl span{width:8px;height:18px;display:inline-block}\
@@ -68,19 +152,13 @@ pub fn html_report(
     from: Option<i64>,
     to: Option<i64>,
 ) -> Result<(String, Verified), ArchiveError> {
-    let mut targets: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    let mut targets: BTreeMap<String, TargetPage> = BTreeMap::new();
     let verified = walk(path, None, |s| {
         let r = &s.record;
         if from.is_some_and(|f| r.at < f) || to.is_some_and(|t| r.at > t) {
             return Ok(());
         }
-        targets.entry(r.target.clone()).or_default().push(Row {
-            seq: s.seq,
-            at: r.at,
-            verdict: r.verdict.clone(),
-            failed_check: r.failed_check.clone(),
-            report: serde_json::from_str(&r.report).unwrap_or(serde_json::Value::Null),
-        });
+        targets.entry(r.target.clone()).or_default().add(s.seq, r);
         Ok(())
     })?;
 
@@ -99,7 +177,8 @@ chain head <code>{}</code> (recomputed), {} targets.</p>",
         hex::encode(verified.head),
         targets.len()
     );
-    for (target, rows) in &targets {
+    for (target, page) in &targets {
+        let rows = &page.timeline;
         let count = |v: &str| rows.iter().filter(|r| r.verdict == v).count();
         let _ = write!(
             h,
@@ -134,96 +213,55 @@ from {first} to {last}.</p><h3>Timeline</h3><div class=\"tl\">",
         }
         h.push_str("</div>");
 
-        let measured: Vec<(i64, String)> = rows
-            .iter()
-            .filter_map(|r| {
-                let m = r.report.get("measurements")?;
-                let reg = |k: &str| m.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
-                Some((
-                    r.at,
-                    format!(
-                        "MRTD {} RTMR0 {} RTMR1 {} RTMR2 {} RTMR3 {}",
-                        reg("mrtd"),
-                        reg("rtmr0"),
-                        reg("rtmr1"),
-                        reg("rtmr2"),
-                        reg("rtmr3")
-                    ),
-                ))
-            })
-            .collect();
-        let states = spans(measured.iter().map(|(at, s)| (*at, s.as_str())));
         let _ = write!(
             h,
             "<h3>Measurement states ({})</h3><table><tr><th>state</th><th>first seen</th><th>last seen</th><th>appraisals</th></tr>",
-            states.len()
+            page.states.len()
         );
-        for (i, (s, first, last, n)) in states.iter().enumerate() {
+        for (i, s) in page.states.iter().enumerate() {
             let _ = write!(
                 h,
-                "<tr><td>{}<br><code>{}</code></td><td>{}</td><td>{}</td><td>{n}</td></tr>",
+                "<tr><td>{}<br><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 if i == 0 {
                     "initial".to_string()
                 } else {
                     format!("change {i}")
                 },
-                esc(s),
-                time(*first),
-                time(*last)
+                esc(&s.value),
+                time(s.first),
+                time(s.last),
+                s.count
             );
         }
         h.push_str("</table>");
 
-        let tcb: Vec<(i64, String)> = rows
-            .iter()
-            .filter_map(|r| Some((r.at, r.report.get("tcb_status")?.as_str()?.to_string())))
-            .collect();
-        let tcb = spans(tcb.iter().map(|(at, s)| (*at, s.as_str())));
         h.push_str("<h3>TCB status</h3><table><tr><th>status</th><th>from</th><th>to</th><th>appraisals</th></tr>");
-        for (s, first, last, n) in &tcb {
+        for s in &page.tcb {
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{n}</td></tr>",
-                esc(s),
-                time(*first),
-                time(*last)
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&s.value),
+                time(s.first),
+                time(s.last),
+                s.count
             );
         }
         h.push_str("</table>");
 
-        let failures: Vec<&Row> = rows.iter().filter(|r| r.verdict != "accepted").collect();
         let _ = write!(
             h,
             "<h3>Failures ({})</h3><table><tr><th>record</th><th>time</th><th>failed check</th><th>expected</th><th>found</th></tr>",
-            failures.len()
+            page.failures.len()
         );
-        for r in failures {
-            let check = r.failed_check.as_deref().unwrap_or("");
-            let detail = r
-                .report
-                .get("checks")
-                .and_then(|c| c.as_array())
-                .and_then(|c| c.iter().find(|c| c["name"] == check && c["ok"] == false));
-            let field = |k: &str| {
-                detail
-                    .and_then(|d| d.get(k))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-                    .or_else(|| {
-                        (k == "found")
-                            .then(|| r.report.get("error")?.as_str().map(str::to_string))
-                            .flatten()
-                    })
-                    .unwrap_or_default()
-            };
+        for f in &page.failures {
             let _ = write!(
                 h,
                 "<tr><td>#{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                r.seq,
-                time(r.at),
-                esc(check),
-                esc(&field("expected")),
-                esc(&field("found"))
+                f.seq,
+                time(f.at),
+                esc(&f.check),
+                esc(&f.expected),
+                esc(&f.found)
             );
         }
         h.push_str("</table>");
@@ -252,6 +290,69 @@ mod tests {
             a.append(&r).unwrap();
         }
         (tmp, path)
+    }
+
+    /// The heap a page holds for what it was given (its strings and vectors).
+    fn retained_bytes(p: &TargetPage) -> usize {
+        let spans =
+            |s: &[Span]| s.iter().map(|s| s.value.capacity()).sum::<usize>() + size_of_val(s);
+        p.timeline
+            .iter()
+            .map(|r| r.verdict.capacity() + r.failed_check.as_ref().map_or(0, String::capacity))
+            .sum::<usize>()
+            + p.timeline.capacity() * size_of::<Point>()
+            + spans(&p.states)
+            + spans(&p.tcb)
+            + p.failures
+                .iter()
+                .map(|f| f.check.capacity() + f.expected.capacity() + f.found.capacity())
+                .sum::<usize>()
+            + p.failures.capacity() * size_of::<Failure>()
+    }
+
+    #[test]
+    fn a_target_page_keeps_what_it_shows_and_not_the_reports() {
+        // Reports as large as real ones (the checks, the GPUs' claims): none of it is kept.
+        let padding = "x".repeat(64 << 10);
+        let report = |verdict: &str, mrtd: &str| {
+            serde_json::json!({
+                "verdict": verdict,
+                "measurements": {"mrtd": mrtd, "rtmr0": "00", "rtmr1": "11", "rtmr2": "22", "rtmr3": "33"},
+                "tcb_status": "UpToDate",
+                "checks": [{"name": "MRTD", "ok": verdict == "accepted", "expected": "aa", "found": mrtd}],
+                "padding": padding,
+            })
+            .to_string()
+        };
+        let mut page = TargetPage::default();
+        for i in 0..200 {
+            let mut r = record(i);
+            let mrtd = if i < 100 { "aa" } else { "bb" };
+            r.report = report(if i == 150 { "rejected" } else { "accepted" }, mrtd);
+            if i == 150 {
+                r.verdict = "rejected".into();
+                r.failed_check = Some("MRTD".into());
+            }
+            page.add(i, &r);
+        }
+        let kept = retained_bytes(&page);
+        assert!(kept < 32 << 10, "{kept} bytes kept for 200 records");
+        assert_eq!(page.timeline.len(), 200);
+        let states: Vec<_> = page.states.iter().map(|s| s.count).collect();
+        assert_eq!(states, [100, 100]);
+        assert!(page.states[1].value.starts_with("MRTD bb RTMR0 00"));
+        assert_eq!(page.tcb.len(), 1);
+        let f = &page.failures[..];
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (
+                f[0].seq,
+                f[0].check.as_str(),
+                f[0].expected.as_str(),
+                f[0].found.as_str()
+            ),
+            (150, "MRTD", "aa", "bb")
+        );
     }
 
     #[test]

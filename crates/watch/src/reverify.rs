@@ -4,13 +4,13 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::params;
 use tdx_core::gpu::{GpuEvidenceSet, GpuRoots, GpuVerifier, nonce_for_certificate};
 use tdx_core::ratls::{CollateralSource, RaTlsError, RaTlsVerifier};
 use tdx_core::verify::{Policy, Report, Verifier};
 use tdx_core::wire::{ChallengeResponseJson, EvidenceJson};
 
-use super::archive::{ArchiveError, NewRecord};
+use super::archive::{ArchiveError, NewRecord, column, open_for_reading};
 use super::export::{is_archive, read_export};
 
 /// Which records to re-appraise, and the roots they were appraised against.
@@ -82,13 +82,14 @@ pub fn reverify(path: &Path, opts: &ReverifyOptions) -> Result<Reverified, Archi
 
 /// The archive's records `opts` selects, oldest first, each with whether a blob it names is
 /// gone from the database (its chain is not checked: a swapped blob is what `reverify` finds).
+/// A file not laid out as an archive, or a record with a value not of its column's type, is
+/// an error naming it (an edit made it so).
 fn archived(
     path: &Path,
     opts: &ReverifyOptions,
     mut each: impl FnMut(i64, &NewRecord, bool),
 ) -> Result<(), ArchiveError> {
-    let conn =
-        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(db(path))?;
+    let conn = open_for_reading(path)?;
     let mut stmt = conn
         .prepare(
             "SELECT a.seq, a.target, a.at, a.verdict, a.failed_check, c.data, e.data,
@@ -109,25 +110,38 @@ fn archived(
         .query(params![opts.target, opts.from, opts.to])
         .map_err(db(path))?;
     while let Some(row) = rows.next().map_err(db(path))? {
-        let e = db(path);
-        let record = NewRecord {
-            target: row.get(1).map_err(&e)?,
-            url: row.get(12).map_err(&e)?,
-            at: row.get(2).map_err(&e)?,
-            verdict: row.get(3).map_err(&e)?,
-            failed_check: row.get(4).map_err(&e)?,
-            certificate: row.get(5).map_err(&e)?,
-            evidence: row.get(6).map_err(&e)?,
-            challenge: row.get(7).map_err(&e)?,
-            nonce: row.get(8).map_err(&e)?,
-            policy: row
-                .get::<_, Option<Vec<u8>>>(9)
-                .map_err(&e)?
-                .unwrap_or_default(),
-            report: row.get(11).map_err(&e)?,
-            verifier_version: row.get(13).map_err(&e)?,
+        let seq: i64 = row.get(0).map_err(|e| {
+            ArchiveError::Chain(format!(
+                "a record was altered: its seq is not an integer ({e})"
+            ))
+        })?;
+        let (target, at) = (row.get::<_, String>(1), row.get::<_, i64>(2));
+        let bad = |detail: String| ArchiveError::Record {
+            seq,
+            target: target
+                .as_ref()
+                .map_or_else(|_| "(target unreadable)".into(), Clone::clone),
+            at: at.as_ref().map_or_else(
+                |_| "(time unreadable)".into(),
+                |t| tdx_core::verify::time::format_unix(*t),
+            ),
+            detail,
         };
-        each(row.get(0).map_err(&e)?, &record, row.get(10).map_err(&e)?);
+        let record = NewRecord {
+            target: column(row, 1, "target", &bad)?,
+            url: column(row, 12, "url", &bad)?,
+            at: column(row, 2, "at", &bad)?,
+            verdict: column(row, 3, "verdict", &bad)?,
+            failed_check: column(row, 4, "failed_check", &bad)?,
+            certificate: column(row, 5, "certificate", &bad)?,
+            evidence: column(row, 6, "evidence", &bad)?,
+            challenge: column(row, 7, "challenge", &bad)?,
+            nonce: column(row, 8, "nonce", &bad)?,
+            policy: column::<Option<Vec<u8>>>(row, 9, "policy", &bad)?.unwrap_or_default(),
+            report: column(row, 11, "report", &bad)?,
+            verifier_version: column(row, 13, "verifier_version", &bad)?,
+        };
+        each(seq, &record, column(row, 10, "blob references", &bad)?);
     }
     Ok(())
 }
@@ -165,8 +179,13 @@ fn reverify_one(
                 .to_string(),
         )
     } else {
-        match (&r.certificate, &r.evidence, &r.challenge, &r.nonce) {
-            (Some(cert), Some(evidence), Some(challenge), Some(nonce)) => agrees_at(&|t| {
+        match kept(r) {
+            Kept::Everything {
+                cert,
+                evidence,
+                challenge,
+                nonce,
+            } => agrees_at(&|t| {
                 Some(
                     match appraise(
                         opts,
@@ -183,17 +202,14 @@ fn reverify_one(
                     },
                 )
             }),
-            // A server refused at the handshake left only its certificate.
-            (Some(cert), ..) => agrees_at(&|t| {
-                recheck_refusal(opts, cert, Some(&r.policy), r.failed_check.as_deref(), t)
-            }),
-            // Accepted appraisals are archived with everything they were accepted on: one
-            // without it cannot be re-checked, which an auditor must see.
-            _ if r.verdict == "accepted" => Some(
+            Kept::AcceptedWithoutEvidence => Some(
                 "not appraisable: the record is accepted but holds no evidence to re-appraise"
                     .to_string(),
             ),
-            _ => None,
+            Kept::Certificate(cert) => agrees_at(&|t| {
+                recheck_refusal(opts, cert, Some(&r.policy), r.failed_check.as_deref(), t)
+            }),
+            Kept::Nothing => None,
         }
     };
     let Some(now) = now else {
@@ -209,6 +225,41 @@ fn reverify_one(
             recorded,
             now,
         });
+    }
+}
+
+/// What a record kept to be re-appraised on.
+#[derive(Debug, PartialEq, Eq)]
+enum Kept<'a> {
+    /// The whole appraisal: certificate, evidence document, challenge answer and nonce.
+    Everything {
+        cert: &'a [u8],
+        evidence: &'a [u8],
+        challenge: &'a [u8],
+        nonce: &'a [u8],
+    },
+    /// An accepted record missing any of those. Accepted appraisals are archived with
+    /// everything they were accepted on, so one without it cannot be re-checked, which an
+    /// auditor must see; its certificate alone would re-check only the handshake, and a
+    /// certificate that passes says nothing of a challenge no longer there.
+    AcceptedWithoutEvidence,
+    /// A server refused at the handshake left only its certificate.
+    Certificate(&'a [u8]),
+    /// Nothing to re-appraise (an error before any certificate).
+    Nothing,
+}
+
+fn kept(r: &NewRecord) -> Kept<'_> {
+    match (&r.certificate, &r.evidence, &r.challenge, &r.nonce) {
+        (Some(cert), Some(evidence), Some(challenge), Some(nonce)) => Kept::Everything {
+            cert,
+            evidence,
+            challenge,
+            nonce,
+        },
+        _ if r.verdict == "accepted" => Kept::AcceptedWithoutEvidence,
+        (Some(cert), ..) => Kept::Certificate(cert),
+        _ => Kept::Nothing,
     }
 }
 
@@ -369,7 +420,103 @@ fn appraise(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
+    use crate::archive::tests::record;
+
+    #[test]
+    fn an_accepted_record_missing_any_evidence_is_not_passed_over() {
+        let full = record(1);
+        assert!(matches!(kept(&full), Kept::Everything { .. }));
+        // Accepted, its certificate kept but any of the rest gone: not re-checked on the
+        // certificate alone (which passes, and would count it as holding nothing to check).
+        for strip in [
+            (|r: &mut NewRecord| r.evidence = None) as fn(&mut NewRecord),
+            |r| r.challenge = None,
+            |r| r.nonce = None,
+            |r| (r.evidence, r.challenge, r.nonce) = (None, None, None),
+            |r| r.certificate = None,
+        ] {
+            let mut r = record(1);
+            strip(&mut r);
+            assert_eq!(kept(&r), Kept::AcceptedWithoutEvidence, "{r:?}");
+        }
+        // Refusals keep only the certificate; errors nothing.
+        let mut refused = record(1);
+        (
+            refused.verdict,
+            refused.evidence,
+            refused.challenge,
+            refused.nonce,
+        ) = ("rejected".into(), None, None, None);
+        assert_eq!(kept(&refused), Kept::Certificate(b"cert"));
+        refused.certificate = None;
+        refused.verdict = "error".into();
+        assert_eq!(kept(&refused), Kept::Nothing);
+    }
+
+    #[test]
+    fn a_crafted_archive_is_refused_before_anything_in_it_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.db");
+        crate::Archive::open(&path).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        // Unbounded, the recursion would run (and spill to temporary files) for as long as it
+        // is read; bounded here, so a regression fails rather than fills the disk.
+        conn.execute_batch(
+            "DROP TABLE appraisals;
+             CREATE VIEW appraisals AS WITH RECURSIVE c(seq) AS (SELECT 1 UNION ALL
+             SELECT seq + 1 FROM c WHERE seq < 1000)
+             SELECT seq, 'a' AS target, 'u' AS url, 0 AS at, 'accepted' AS verdict,
+             NULL AS failed_check, NULL AS certificate, NULL AS evidence, NULL AS challenge,
+             NULL AS nonce, NULL AS policy, '' AS report, '' AS verifier_version,
+             X'' AS prev_hash, X'' AS hash FROM c;",
+        )
+        .unwrap();
+        drop(conn);
+        let opts = ReverifyOptions {
+            verifier: Verifier::production(),
+            gpu_roots: GpuRoots::nvidia().unwrap(),
+            target: None,
+            from: None,
+            to: None,
+        };
+        let e = match reverify(&path, &opts) {
+            Err(e) => e,
+            Ok(r) => panic!("the view was read: {} records", r.checked),
+        };
+        assert!(matches!(e, ArchiveError::Schema { .. }), "{e}");
+        let e = e.to_string();
+        assert!(
+            e.contains("a.db") && e.contains("not an intact archive") && e.contains("view"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("a.db");
+        let mut a = crate::Archive::open(&path).unwrap();
+        for i in 0..3 {
+            a.append(&record(i)).unwrap();
+        }
+        drop(a);
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute("UPDATE appraisals SET nonce = 'text' WHERE seq = 2", [])
+            .unwrap();
+        let opts = ReverifyOptions {
+            verifier: Verifier::production(),
+            gpu_roots: GpuRoots::nvidia().unwrap(),
+            target: None,
+            from: None,
+            to: None,
+        };
+        let e = reverify(&path, &opts).unwrap_err();
+        assert!(matches!(e, ArchiveError::Record { seq: 2, .. }), "{e}");
+        assert!(e.to_string().contains("its nonce was altered"), "{e}");
+    }
 
     #[test]
     fn the_second_instant_is_the_reports_own_within_the_appraisal_window() {
