@@ -264,3 +264,100 @@ fn minimum_evaluation_number_and_pins_apply() {
     p.measurements.rtmr3 = vec![policy::HexBytes([5; 48])];
     assert_eq!(only_failure(&s.appraise_with(&quote, &p, s.now)), "RTMR3");
 }
+
+/// The profiling bits belong to the TD-under-debug group with DEBUG: a host that set one can
+/// observe the TD. dcap-qvl's `allow_debug`, which leaves DEBUG to the policy, stops it
+/// refusing them too, so the policy's DEBUG check must.
+#[test]
+fn profiling_bits_are_refused_like_debug() {
+    for (bit, name) in [(4, "HGS_PLUS_PROF"), (5, "PERF_PROF"), (6, "PMT_PROF")] {
+        let s = sim(SimSettings {
+            td_attributes: TD_ATTR_SEPT_VE_DISABLE | (1 << bit),
+            ..SimSettings::default()
+        });
+        let quote = s.quote();
+        let r = s.appraise(&quote);
+        assert_eq!(only_failure(&r), CHECK_DEBUG, "bit {bit}");
+        let found = &r.check(CHECK_DEBUG).unwrap().found;
+        assert!(found.contains(name) && found.contains("profile"), "{found}");
+        let mut lax = Policy::default();
+        lax.td.insecure_allow_debug = true;
+        assert!(s.appraise_with(&quote, &lax, s.now).accepted(), "bit {bit}");
+    }
+}
+
+/// SERVTD_EXT lets a service TD be bound after creation, which the quoted (zero) MRSERVICETD
+/// does not show: refused unless the policy accepts some bound service TD. (In a TD 1.0 body,
+/// which a TD with service TDs never gets, dcap-qvl refuses it itself.)
+#[test]
+fn servtd_ext_is_refused_unless_a_service_td_is_accepted() {
+    let v4 = sim(SimSettings {
+        td_attributes: TD_ATTR_SEPT_VE_DISABLE | (1 << 17),
+        ..SimSettings::default()
+    });
+    assert_eq!(only_failure(&v4.appraise(&v4.quote())), CHECK_TD_ATTRIBUTES);
+    let s = sim(SimSettings {
+        td_attributes: TD_ATTR_SEPT_VE_DISABLE | (1 << 17),
+        quote_version: 5,
+        ..SimSettings::default()
+    });
+    let quote = s.quote();
+    let r = s.appraise(&quote);
+    assert_eq!(only_failure(&r), CHECK_SERVICETD);
+    assert!(
+        r.check(CHECK_SERVICETD)
+            .unwrap()
+            .found
+            .contains("SERVTD_EXT"),
+        "{}",
+        r.render_text()
+    );
+    let accepting: Policy = toml::from_str(&format!(
+        "[td]\nallowed_mrservicetd = [\"{}\", \"{}\"]\n",
+        "00".repeat(48),
+        "ab".repeat(48)
+    ))
+    .unwrap();
+    assert!(
+        s.appraise_with(&quote, &accepting, s.now).accepted(),
+        "{}",
+        s.appraise_with(&quote, &accepting, s.now).render_text()
+    );
+}
+
+/// A policy pinning only what any image can reproduce (RTMR3, its events, the owner registers)
+/// is warned of, naming the image registers it leaves open; one pinning the image is not.
+#[test]
+fn a_policy_that_does_not_pin_the_image_is_warned_of() {
+    let s = sim(SimSettings::default());
+    let quote = s.quote();
+    let body = tdx_core::quote::Quote::parse(&quote).unwrap().body;
+    let mut p = Policy::default();
+    p.measurements.rtmr3 = vec![policy::HexBytes(body.rtmr[3])];
+    let r = s.appraise_with(&quote, &p, s.now);
+    assert!(r.accepted(), "{}", r.render_text());
+    assert!(
+        r.warnings()
+            .iter()
+            .any(|w| w.contains("MRTD, RTMR0, RTMR1, RTMR2 unpinned")),
+        "{:?}",
+        r.warnings()
+    );
+    p.measurements.mrtd = vec![policy::HexBytes(body.mrtd)];
+    p.measurements.rtmr0 = vec![policy::HexBytes(body.rtmr[0])];
+    p.measurements.rtmr1 = vec![policy::HexBytes(body.rtmr[1])];
+    let r = s.appraise_with(&quote, &p, s.now);
+    assert!(
+        r.warnings().iter().any(|w| w.contains("(RTMR2 unpinned)")),
+        "{:?}",
+        r.warnings()
+    );
+    p.measurements.rtmr2 = vec![policy::HexBytes(body.rtmr[2])];
+    let r = s.appraise_with(&quote, &p, s.now);
+    assert!(r.accepted(), "{}", r.render_text());
+    assert!(
+        !r.warnings().iter().any(|w| w.contains("unpinned")),
+        "{:?}",
+        r.warnings()
+    );
+}

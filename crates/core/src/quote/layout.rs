@@ -34,6 +34,16 @@ pub const OFF_REPORT_DATA: usize = 520;
 pub const OFF_TEE_TCB_SVN2: usize = 584;
 pub const OFF_MRSERVICETD: usize = 600;
 
-// TDATTRIBUTES bits.
+// TDATTRIBUTES bits (Intel TDX Module ABI specification, TD attributes).
 pub const TD_ATTR_DEBUG: u64 = 1 << 0;
+/// The TD-under-debug profiling bits: HGS_PLUS_PROF (4), PERF_PROF (5), PMT_PROF (6). Like
+/// DEBUG, each lets the host observe the TD; the other bits of the group are reserved (and
+/// refused by dcap-qvl whatever its settings).
+pub const TD_ATTR_PROFILING: [(u64, &str); 3] = [
+    (1 << 4, "HGS_PLUS_PROF"),
+    (1 << 5, "PERF_PROF"),
+    (1 << 6, "PMT_PROF"),
+];
+/// SERVTD_EXT: a service TD may be bound to the TD after it was created (TDX 1.5).
+pub const TD_ATTR_SERVTD_EXT: u64 = 1 << 17;
 pub const TD_ATTR_SEPT_VE_DISABLE: u64 = 1 << 28;

@@ -82,6 +82,23 @@ impl TdBody {
         self.td_attributes_u64() & TD_ATTR_DEBUG != 0
     }
 
+    /// The TD-under-debug bits that are set (DEBUG and the profiling bits), by name: each
+    /// lets the host read or observe the TD.
+    pub fn under_debug(&self) -> Vec<&'static str> {
+        let attributes = self.td_attributes_u64();
+        std::iter::once((TD_ATTR_DEBUG, "DEBUG"))
+            .chain(TD_ATTR_PROFILING)
+            .filter(|(bit, _)| attributes & bit != 0)
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// SERVTD_EXT: a service TD may be bound to this TD after its creation, so MRSERVICETD as
+    /// quoted need not stay the TD's only service TD.
+    pub fn servtd_ext(&self) -> bool {
+        self.td_attributes_u64() & TD_ATTR_SERVTD_EXT != 0
+    }
+
     pub fn sept_ve_disabled(&self) -> bool {
         self.td_attributes_u64() & TD_ATTR_SEPT_VE_DISABLE != 0
     }

@@ -42,13 +42,13 @@ const UNCLASSIFIED: &str = "DCAP verification";
 
 /// Message fragments per check, most specific first.
 const PATTERNS: &[(&str, &[&str])] = &[
-    (
-        TCB_STATUS,
-        &["TCB status is invalid", "Unrecognized TCB status"],
-    ),
+    // dcap-qvl's own refusal of a revoked status, after the module identity. (An unknown
+    // status name is refused where the structure carrying it is read: see its step below.)
+    (TCB_STATUS, &["TCB status is invalid"]),
     (
         TCB_LEVEL,
         &[
+            "in TCB Info",
             "Fmspc mismatch",
             "No matching TCB level",
             "non-TDX TCB info",
@@ -81,7 +81,6 @@ const PATTERNS: &[(&str, &[&str])] = &[
             "QE ISVSVN",
             "QE report validation",
             "in QE Identity",
-            "Unsupported QE Identity id/version",
         ],
     ),
     (AK_BINDING, &["QE report hash mismatch", "QE auth data"]),
@@ -89,6 +88,7 @@ const PATTERNS: &[(&str, &[&str])] = &[
     (QUOTE_SIG, &["ISV enclave report signature"]),
     (TCB_INFO, &["TCBInfo", "TCB Info", "tcb_info", "TcbInfo"]),
     (
+        // Also "Unsupported QE Identity id/version", checked right after the signature.
         QE_IDENTITY_SIG,
         &["QE Identity", "qe_identity", "QeIdentity"],
     ),
@@ -107,6 +107,26 @@ const PATTERNS: &[(&str, &[&str])] = &[
     ),
     (CRLS, &["CRL", "Revoked", "revocation", "Revocation"]),
 ];
+
+/// For a dcap-qvl failure under `check`: the steps that ran and passed before it, and those
+/// that never ran. A check outside [`STEPS`] is placed where dcap-qvl raises it: its refusal
+/// of a revoked status after the module identity, the SEPT_VE_DISABLE rule as the last of its
+/// attribute rules (so the other attribute rules passed), and a failure it cannot place
+/// before every step (none is said to have passed).
+pub fn steps_around(check: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    let at = |step: &str| STEPS.iter().position(|s| *s == step).unwrap_or(0);
+    if let Some(pos) = STEPS.iter().position(|s| *s == check) {
+        return (&STEPS[..pos], &STEPS[pos + 1..]);
+    }
+    if check == TCB_STATUS {
+        let pos = at(TD_ATTRIBUTES);
+        return (&STEPS[..pos], &STEPS[pos..]);
+    }
+    if check == super::CHECK_SEPT {
+        return (&STEPS, &[]);
+    }
+    (&[], &STEPS)
+}
 
 /// What dcap-qvl concluded.
 pub enum Outcome {
@@ -144,15 +164,8 @@ pub fn run(raw_quote: &[u8], prepared: &PreparedCollateral, now: i64, root_der: 
 }
 
 fn classify(message: &str, collateral: &Collateral, root_der: &[u8], now: u64) -> &'static str {
-    // dcap-qvl refuses SEPT_VE_DISABLE = 0 itself, as the last of its attribute rules: name
-    // our policy's check so the report reads the same whoever caught it.
-    if message.contains("SEPT_VE_DISABLE is not enabled") {
-        return super::CHECK_SEPT;
-    }
-    for (check, fragments) in PATTERNS {
-        if fragments.iter().any(|f| message.contains(f)) {
-            return check;
-        }
+    if let Some(check) = classify_text(message) {
+        return check;
     }
     if message.contains("Failed to verify certificate chain") {
         // The same text comes from the TCB info, QE identity and PCK chains, checked in that
@@ -166,6 +179,19 @@ fn classify(message: &str, collateral: &Collateral, root_der: &[u8], now: u64) -
         return PCK_CHAIN;
     }
     UNCLASSIFIED
+}
+
+/// The check a dcap-qvl message names by its text alone.
+fn classify_text(message: &str) -> Option<&'static str> {
+    // dcap-qvl refuses SEPT_VE_DISABLE = 0 itself, as the last of its attribute rules: name
+    // our policy's check so the report reads the same whoever caught it.
+    if message.contains("SEPT_VE_DISABLE is not enabled") {
+        return Some(super::CHECK_SEPT);
+    }
+    PATTERNS
+        .iter()
+        .find(|(_, fragments)| fragments.iter().any(|f| message.contains(f)))
+        .map(|(check, _)| *check)
 }
 
 /// Whether a collateral signing chain's leaf is signed by the root and valid at `now`.
@@ -184,4 +210,52 @@ fn issuer_chain_ok(pem: &str, root_der: &[u8], now: u64) -> bool {
         return false;
     };
     leaf.verify_signature(Some(root.public_key())).is_ok() && leaf.validity().is_valid_at(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// dcap-qvl's messages for failures raised outside their structure's own step go to the
+    /// step that raises them: an unknown status name where the structure is matched, an
+    /// unsupported QE identity right after its signature.
+    #[test]
+    fn messages_are_named_by_the_step_that_raises_them() {
+        for (message, check) in [
+            ("TCB status is invalid: Revoked", TCB_STATUS),
+            ("Unrecognized TCB status Foo in TCB Info", TCB_LEVEL),
+            ("Unrecognized TCB status Foo in QE Identity", QE_IDENTITY),
+            (
+                "Unrecognized TCB status Foo in TDX module identity",
+                MODULE_IDENTITY,
+            ),
+            (
+                "Unsupported QE Identity id/version for the quote TEE type: QE version 2 (expected TD_QE version [2, 3])",
+                QE_IDENTITY_SIG,
+            ),
+            ("TD profiling is enabled", TD_ATTRIBUTES),
+            ("SEPT_VE_DISABLE is not enabled", super::super::CHECK_SEPT),
+        ] {
+            assert_eq!(classify_text(message), Some(check), "{message}");
+        }
+        assert_eq!(classify_text("something new"), None);
+    }
+
+    /// No step is said to have passed that did not run.
+    #[test]
+    fn a_failure_passes_only_the_steps_before_it() {
+        let (passed, never) = steps_around(QE_IDENTITY_SIG);
+        assert_eq!(passed, &[CRLS, TCB_INFO]);
+        assert_eq!(never.len(), STEPS.len() - 3);
+        // A revoked status is refused after the module identity, before the attributes.
+        let (passed, never) = steps_around(TCB_STATUS);
+        assert_eq!(passed.last(), Some(&MODULE_IDENTITY));
+        assert_eq!(never, &[TD_ATTRIBUTES]);
+        // SEPT_VE_DISABLE is the last attribute rule: the others passed.
+        let (passed, never) = steps_around(super::super::CHECK_SEPT);
+        assert_eq!((passed.len(), never.len()), (STEPS.len(), 0));
+        // What cannot be placed passes nothing.
+        let (passed, never) = steps_around(UNCLASSIFIED);
+        assert_eq!((passed.len(), never.len()), (0, STEPS.len()));
+    }
 }

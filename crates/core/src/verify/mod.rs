@@ -261,14 +261,12 @@ impl Verifier {
                 tcb_status
             }
             dcap::Outcome::Failed { check, message } => {
-                for step in dcap::STEPS.iter().take_while(|s| **s != check) {
+                let (passed, never_ran) = dcap::steps_around(check);
+                for step in passed {
                     b.pass(step, "valid", "valid");
                 }
                 b.fail(check, "valid", message);
-                if let Some(pos) = dcap::STEPS.iter().position(|s| *s == check) {
-                    b.skipped
-                        .extend(dcap::STEPS[pos + 1..].iter().map(|s| s.to_string()));
-                }
+                b.skipped.extend(never_ran.iter().map(|s| s.to_string()));
                 return b.finish(report, true);
             }
         };
@@ -287,6 +285,18 @@ impl Verifier {
                 "the policy pins no measurement: any genuine TD on an accepted platform passes"
                     .into(),
             );
+        } else {
+            // RTMR3, its events and the owner registers can be reproduced by any image: a
+            // policy pinning only those accepts any image that replays them.
+            let open = policy.measurements.unpinned_image_registers();
+            if !open.is_empty() {
+                report.warnings.push(format!(
+                    "the policy does not pin the TD image ({} unpinned): any image that \
+                     reproduces what it does pin passes; pin them from `tdx-agent measurements \
+                     --toml` on a reference TD",
+                    open.join(", ")
+                ));
+            }
         }
         b.finish(report, false)
     }
@@ -352,18 +362,29 @@ impl Verifier {
                 n.to_string(),
             );
         }
+        // dcap-qvl's `allow_debug`, which hands DEBUG to this check, also stops it refusing
+        // the profiling bits of the same TD-under-debug group: this check judges them all.
+        let under_debug = body.under_debug();
         b.check(
             CHECK_DEBUG,
-            policy.td.insecure_allow_debug || !body.is_debug(),
+            policy.td.insecure_allow_debug || under_debug.is_empty(),
             if policy.td.insecure_allow_debug {
-                "0 or 1 (insecure_allow_debug)"
+                "any (insecure_allow_debug)"
             } else {
-                "0 (not debuggable)"
+                "0: DEBUG and the profiling bits (HGS_PLUS_PROF, PERF_PROF, PMT_PROF) clear"
             },
-            if body.is_debug() {
-                "1 (the host can read and change this TD's memory)"
+            if under_debug.is_empty() {
+                "0".to_string()
             } else {
-                "0"
+                format!(
+                    "{} set (the host can {} this TD)",
+                    under_debug.join(", "),
+                    if body.is_debug() {
+                        "read and change the memory of"
+                    } else {
+                        "profile"
+                    }
+                )
             },
         );
         b.check(
@@ -373,15 +394,32 @@ impl Verifier {
             if body.sept_ve_disabled() { "1" } else { "0" },
         );
         let servicetd = body.mrservicetd_or_zero();
+        // SERVTD_EXT lets a service TD be bound after creation, which the quoted MRSERVICETD
+        // does not show: only a policy that accepts some bound service TD accepts it (dcap-qvl
+        // refuses it unless told `allow_service_td`, which hands service TDs to this check).
+        let binds_later = body.servtd_ext();
+        let accepts_a_service_td = policy.td.allowed_mrservicetd.iter().any(|a| a.0 != [0; 48]);
         b.check(
             CHECK_SERVICETD,
             policy
                 .td
                 .allowed_mrservicetd
                 .iter()
-                .any(|a| a.0 == servicetd),
-            one_of(&policy.td.allowed_mrservicetd),
-            hex(&servicetd),
+                .any(|a| a.0 == servicetd)
+                && (!binds_later || accepts_a_service_td),
+            if accepts_a_service_td {
+                one_of(&policy.td.allowed_mrservicetd)
+            } else {
+                format!(
+                    "{}, and SERVTD_EXT clear (no service TD bound later)",
+                    one_of(&policy.td.allowed_mrservicetd)
+                )
+            },
+            if binds_later {
+                format!("{} with SERVTD_EXT set", hex(&servicetd))
+            } else {
+                hex(&servicetd)
+            },
         );
         if !policy.td.allowed_xfam.is_empty() {
             b.check(
