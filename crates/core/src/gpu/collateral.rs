@@ -12,6 +12,10 @@ use super::verify::{GpuCollateral, RimFile};
 pub const GPU_COLLATERAL_FORMAT: &str = "tdx-agent/gpu-collateral/v1";
 /// No real RIM is above 100 KiB, nor OCSP answer above 8 KiB: a bundle above this is hostile.
 pub const MAX_BUNDLE_BYTES: usize = 16 << 20;
+/// NVIDIA's answers number about nine per host and one more per GPU (its BROM certificate):
+/// 256 covers 64 GPUs with room. Each answer can cost a P-384 verification per certificate
+/// it names, so the count, not only the bytes, is bounded.
+pub const MAX_OCSP_ANSWERS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GpuCollateralError {
@@ -103,6 +107,15 @@ impl GpuCollateral {
                 xml,
             });
         }
+        if b.ocsp.len() > MAX_OCSP_ANSWERS {
+            return Err(field(
+                "ocsp".into(),
+                format!(
+                    "{} answers, at most {MAX_OCSP_ANSWERS} (about nine per host and one per GPU is what NVIDIA's responder gives)",
+                    b.ocsp.len()
+                ),
+            ));
+        }
         let ocsp = b
             .ocsp
             .iter()
@@ -178,4 +191,28 @@ fn decode_text_or(bytes: Vec<u8>, decode: impl Fn(&str) -> Option<Vec<u8>>) -> V
         return bytes;
     }
     decode(&compact).unwrap_or(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_number_of_ocsp_answers_is_bounded_not_only_their_bytes() {
+        let bundle = |n: usize| {
+            serde_json::json!({
+                "format": GPU_COLLATERAL_FORMAT,
+                "ocsp": vec![STANDARD.encode(b"x"); n],
+            })
+            .to_string()
+        };
+        let at_most = GpuCollateral::from_bundle_json(bundle(MAX_OCSP_ANSWERS).as_bytes(), "b")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(at_most.ocsp.len(), MAX_OCSP_ANSWERS);
+        let err = GpuCollateral::from_bundle_json(bundle(MAX_OCSP_ANSWERS + 1).as_bytes(), "b")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("ocsp") && err.contains("at most 256"), "{err}");
+    }
 }

@@ -1427,6 +1427,9 @@ pub fn check_chain_ocsp_memo(
     check_chain_stapled(chain_der, which, &stapled, at, max_age_secs, memo)
 }
 
+/// How many stapled answers naming one certificate are judged before it is refused.
+pub const MAX_JUDGED_PER_CERTIFICATE: usize = 4;
+
 /// [`check_chain_ocsp_memo`] on answers parsed once with [`Stapled::parse_all`].
 pub fn check_chain_stapled(
     chain_der: &[Vec<u8>],
@@ -1467,6 +1470,7 @@ pub fn check_chain_stapled(
             let subject = Subject::new(cert_der, &cert, issuer_der, &issuer);
             let mut first_error = None;
             let mut first_unusable = None;
+            let mut judged = 0usize;
             for answer in stapled {
                 if !subject.answered_by(answer) {
                     if first_unusable.is_none() {
@@ -1474,6 +1478,13 @@ pub fn check_chain_stapled(
                     }
                     continue;
                 }
+                // Judging an answer can cost a signature verification: a certificate gets a
+                // few tries (an old answer stapled beside a fresh one), not one per answer a
+                // hostile bundle names it in.
+                if judged == MAX_JUDGED_PER_CERTIFICATE {
+                    break;
+                }
+                judged += 1;
                 match judge(answer, &subject, at, max_age_secs, memo) {
                     Ok(good) => return (subject_name, Ok(good)),
                     Err(e) => {

@@ -846,3 +846,49 @@ proptest! {
         let _ = check_chain_ocsp(&device_chain(), 0..5, &[resp], oct24(), WEEK);
     }
 }
+
+/// Each answer naming a certificate can cost a signature verification: a certificate gets a
+/// few tries, not one per answer a hostile bundle names it in.
+#[test]
+fn a_certificate_gets_a_few_answers_judged_not_every_one_stapled() {
+    struct Counting(std::cell::Cell<usize>);
+    impl OcspMemo for Counting {
+        fn authenticated(
+            &self,
+            _key: [u8; 32],
+            compute: &mut dyn FnMut() -> Result<Authenticated, OcspError>,
+        ) -> Result<Authenticated, OcspError> {
+            self.0.set(self.0.get() + 1);
+            compute()
+        }
+    }
+    let pki = pki();
+    let chain: Vec<Vec<u8>> = pki.sim.chain.iter().map(|c| c.der.clone()).collect();
+    // Stale answers, each different (so none is remembered for another), then a good one.
+    let stale = |i: i64| {
+        pki.build(&SimOcspSpec {
+            this_update: pki.at - 30 * 86_400 - i,
+            next_update: None,
+            ..pki.spec()
+        })
+    };
+    let judge = |answers: &[Vec<u8>]| {
+        let memo = Counting(std::cell::Cell::new(0));
+        let stapled = Stapled::parse_all(answers);
+        let mut results = check_chain_stapled(&chain, 1..2, &stapled, pki.at, WEEK, &memo);
+        (results.remove(0).1, memo.0.get())
+    };
+    let mut answers: Vec<Vec<u8>> = (0..3).map(stale).collect();
+    answers.push(pki.build(&pki.spec()));
+    let (verdict, verified) = judge(&answers);
+    assert!(verdict.is_ok(), "{verdict:?}");
+    assert_eq!(verified, 4);
+    let mut answers: Vec<Vec<u8>> = (0..40).map(stale).collect();
+    answers.push(pki.build(&pki.spec()));
+    let (verdict, verified) = judge(&answers);
+    assert!(
+        matches!(verdict, Err(OcspError::Stale { .. })),
+        "{verdict:?}"
+    );
+    assert_eq!(verified, MAX_JUDGED_PER_CERTIFICATE);
+}
