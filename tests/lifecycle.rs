@@ -781,6 +781,152 @@ fn evidence_during_a_reissue_is_the_served_certificates_and_does_not_wait() {
     assert!(after_log.starts_with(&served_log), "{after_log}");
 }
 
+/// The certificate's re-issue fails after an admin extend was made (the quote hangs past its
+/// timeout): the extend is reported as made, not as failed, since a retry would extend
+/// twice: exit 0, `ok` with the event's seq and digest, and a warning (in the JSON and on
+/// stderr) not to send it again. RTMR3 and the log agree it was extended once.
+#[test]
+fn an_extend_whose_reissue_fails_is_reported_measured_with_a_warning() {
+    let sim = SimTd::new();
+    let socket = format!("{}/run/admin.sock", sim.dir_str());
+    let log = sim.dir.join("run/rtmr3-events.jsonl");
+    let config = support::sim_config(&sim, &sim.dir, "quote_timeout_secs = 2", "");
+    let agent = support::Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+
+    let switch = sim.dir.join(tdx_sim::QUOTE_HANG);
+    std::fs::write(&switch, b"").unwrap();
+    let r = tdx_agent(&[
+        "admin",
+        "--socket",
+        &socket,
+        "extend",
+        "--type",
+        "model",
+        "--data",
+        r#"{"digest":"ab12","name":"tiny"}"#,
+    ]);
+    std::fs::remove_file(&switch).unwrap();
+    assert_eq!(r.code, 0, "{r}");
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["seq"], 2, "{v}");
+    let warning = v["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("event #2 IS measured")
+            && warning.contains("do not send it again")
+            && warning.contains("quote timeout"),
+        "{v}"
+    );
+    assert!(r.stderr.contains("warning: event #2 IS measured"), "{r}");
+
+    // Extended once: the log holds it once and replays to the register.
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(v["digest"], lines[1].digest);
+    let digests: Vec<[u8; 48]> = lines.iter().map(|l| l.event.digest().unwrap()).collect();
+    let expected = hex::encode(replay(digests.iter()));
+    assert_eq!(sim.measurements()["rtmr3"], expected);
+    // What the warning says to do brings the certificate up to date.
+    let r = tdx_agent(&["admin", "--socket", &socket, "rotate"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(attest_rtmr3(&agent.addr, sim.root_str()), expected);
+}
+
+/// The audit log cannot be written when an admin event comes: the event is logged but RTMR3
+/// is not extended with it (no extend is ever made without its audit record), the caller is
+/// told so, a retry is refused, and the restart after the audit log is writable again records
+/// the event and then extends it, once.
+#[test]
+fn an_extend_the_audit_log_cannot_record_is_not_made_until_a_restart_records_it() {
+    let sim = SimTd::new();
+    let socket = format!("{}/run/admin.sock", sim.dir_str());
+    let log = sim.dir.join("run/rtmr3-events.jsonl");
+    let config = support::sim_config(&sim, &sim.dir, "", "max_bytes = 4096\n");
+    let audit_dir = sim.dir.join("audit");
+    let mut agent = support::Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+
+    // Take the name the next audit file would get (see the test below), then fill the active
+    // file with challenge records until one no longer fits.
+    let files = tdx_daemon::audit::list_files(&audit_dir).unwrap();
+    let active = files.last().unwrap().clone();
+    let index: u64 = active.file_name().unwrap().to_str().unwrap()[6..14]
+        .parse()
+        .unwrap();
+    let obstacle = audit_dir.join(format!("audit-{:08}.log", index + 1));
+    std::fs::create_dir(&obstacle).unwrap();
+    let mut challenges = 0;
+    while curl_challenge(&agent.addr).0 == 200 {
+        challenges += 1;
+        assert!(
+            challenges < 40,
+            "40 challenges fitted into a 4096-byte file"
+        );
+    }
+
+    let before = sim.measurements()["rtmr3"].clone();
+    let extend = || {
+        tdx_agent(&[
+            "admin",
+            "--socket",
+            &socket,
+            "extend",
+            "--type",
+            "model",
+            "--data",
+            r#"{"digest":"ab12","name":"tiny"}"#,
+        ])
+    };
+    let r = extend();
+    assert_eq!(r.code, 2, "{r}");
+    assert!(
+        r.stderr.contains("NOT extended") && r.stderr.contains("do not send it again"),
+        "{r}"
+    );
+    assert_eq!(
+        sim.measurements()["rtmr3"],
+        before,
+        "RTMR3 was extended without an audit record"
+    );
+    assert_eq!(log_lines(&log).len(), 2, "the event is logged, pending");
+    assert_eq!(stage_ok(&readyz(&agent.addr), "measured"), Some(false));
+    // Sent again: refused before anything is logged or extended.
+    let r = extend();
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("event #2"), "{r}");
+    assert_eq!(log_lines(&log).len(), 2);
+    assert_eq!(sim.measurements()["rtmr3"], before);
+
+    // The audit log is writable again; the restart records the event, then extends it.
+    std::fs::remove_dir(&obstacle).unwrap();
+    agent.stop();
+    let mut agent = support::Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 2);
+    let digests: Vec<[u8; 48]> = lines.iter().map(|l| l.event.digest().unwrap()).collect();
+    let expected = hex::encode(replay(digests.iter()));
+    assert_eq!(sim.measurements()["rtmr3"], expected);
+    assert_eq!(attest_rtmr3(&agent.addr, sim.root_str()), expected);
+    assert_eq!(readyz(&agent.addr)["ready"], true);
+    agent.stop();
+    let files = tdx_daemon::audit::list_files(&audit_dir).unwrap();
+    let text: String = files
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    let record = format!(
+        r#""type":"rtmr_extended","rtmr":3,"digest":"{}","event_type":"model","log_seq":2"#,
+        lines[1].digest
+    );
+    assert_eq!(text.matches(&record).count(), 1, "{text}");
+    let mut args = vec!["audit".to_string(), "verify".to_string()];
+    args.extend(files.iter().map(|p| p.to_str().unwrap().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = tdx_agent(&args);
+    assert_eq!(r.code, 0, "{r}");
+}
+
 /// The audit log cannot be written (its next file name is taken, so the size-based rotation
 /// fails): from then on challenges are refused with 503 and no quote leaves the agent
 /// unlogged; once the obstacle is gone challenges work again and the chain over all files

@@ -36,6 +36,11 @@ pub async fn run(a: AdminArgs) -> CliResult {
         AdminOp::Extend { kind, data } => {
             let data: serde_json::Value = serde_json::from_str(data)
                 .map_err(|e| Failure::Error(format!("--data: not JSON: {e}")))?;
+            if !data.is_object() {
+                return Err(Failure::Error(
+                    "--data: must be a JSON object ({...}), as an RTMR3 event's data is (docs/formats.md §11); nothing sent".into(),
+                ));
+            }
             serde_json::json!({"op": "extend", "event": {"type": kind, "data": data}})
         }
         AdminOp::Rotate => serde_json::json!({"op": "rotate"}),
@@ -57,6 +62,12 @@ pub async fn run(a: AdminArgs) -> CliResult {
         .map_err(|e| Failure::Error(format!("admin socket answered {response:?}: {e}")))?;
     println!("{v}");
     if v["ok"] == true {
+        // Exit 0 even so: `ok` means RTMR3 was extended, and a script that took a failure
+        // status for "not extended" and retried would extend a second time, which cannot be
+        // undone before a reboot. What failed afterwards goes to stderr (and is in the JSON).
+        if let Some(warning) = v["warning"].as_str() {
+            eprintln!("warning: {warning}");
+        }
         Ok(())
     } else {
         Err(Failure::Error(

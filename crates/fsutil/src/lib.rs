@@ -75,32 +75,78 @@ fn create_temporary(dir: &Path, name: &str) -> std::io::Result<(PathBuf, std::fs
 
 /// Read `path` (symlinks followed) if it is a regular file of at most `max` bytes. A FIFO
 /// would block the read forever and a device such as `/dev/zero` would never end: both are
-/// refused before they are opened, and a file that grows past `max` while read is refused too.
+/// refused before they are opened, a file that grows past `max` while read is refused too,
+/// and one swapped for a FIFO or device between that check and the open is refused on the
+/// opened handle (the open does not wait for a FIFO's writer).
 pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let meta = std::fs::metadata(path)?;
+    read_regular_with(path, max, || {})
+}
+
+/// [`read_regular`] with `before_open` run between the check by path and the open: the seam
+/// that lets a test swap the file in that window.
+fn read_regular_with(
+    path: &Path,
+    max: u64,
+    before_open: impl FnOnce(),
+) -> std::io::Result<Vec<u8>> {
+    // Checked by path first so that a device is never opened at all (opening some has side
+    // effects); the opened handle is checked again below, as the path may change meanwhile.
+    check_regular(&std::fs::metadata(path)?, max)?;
+    before_open();
+    let file = open_nonblocking(path)?;
+    check_regular(&file.metadata()?, max)?;
+    let mut data = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(too_large(max));
+    }
+    Ok(data)
+}
+
+fn check_regular(meta: &std::fs::Metadata, max: u64) -> std::io::Result<()> {
     if !meta.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    let too_large = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {max} bytes"),
-        )
-    };
     if meta.len() > max {
-        return Err(too_large());
+        return Err(too_large(max));
     }
-    let mut data = Vec::new();
-    std::fs::File::open(path)?
-        .take(max.saturating_add(1))
-        .read_to_end(&mut data)?;
-    if data.len() as u64 > max {
-        return Err(too_large());
+    Ok(())
+}
+
+fn too_large(max: u64) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("larger than {max} bytes"),
+    )
+}
+
+/// Open for reading with O_NONBLOCK, so that a FIFO put in place of the file makes `open`
+/// return at once (to fail the regular-file check on the handle) instead of waiting for a
+/// writer forever. It changes nothing for regular files. The value is spelled out as in
+/// `tdx_core::measure::model` rather than pulling in libc for one constant; it is 0o4000 on
+/// every architecture listed.
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true);
+    #[cfg(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64"
+        )
+    ))]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        const O_NONBLOCK: i32 = 0o4000;
+        o.custom_flags(O_NONBLOCK);
     }
-    Ok(data)
+    o.open(path)
 }
 
 #[cfg(test)]
@@ -213,5 +259,66 @@ mod tests {
                 p.display()
             );
         }
+    }
+
+    /// Make a FIFO at `path` with mkfifo(1).
+    fn mkfifo(path: &Path) {
+        let made = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+
+    #[test]
+    fn a_fifo_swapped_in_after_the_check_is_refused_without_blocking() {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        use std::sync::atomic::AtomicBool;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, b"x = 1\n").unwrap();
+        let returned = AtomicBool::new(false);
+        let hung = AtomicBool::new(false);
+        let result = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let r = read_regular_with(&path, 1 << 20, || {
+                    std::fs::remove_file(&path).unwrap();
+                    mkfifo(&path);
+                });
+                returned.store(true, Ordering::SeqCst);
+                r
+            });
+            // Unblocks a reader stuck in open (a writer opening the FIFO releases it), so that
+            // a regression fails this test instead of hanging it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !returned.load(Ordering::SeqCst) {
+                if std::time::Instant::now() > deadline {
+                    hung.store(true, Ordering::SeqCst);
+                    let _ = std::fs::OpenOptions::new()
+                        .write(true)
+                        .custom_flags(0o4000)
+                        .open(&path);
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            reader.join().unwrap()
+        });
+        assert!(!hung.load(Ordering::SeqCst), "the open blocked on the FIFO");
+        let e = result.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{e}");
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_larger_one_after_the_check_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, b"x = 1\n").unwrap();
+        let e = read_regular_with(&path, 8, || {
+            std::fs::write(dir.path().join("big"), [b'#'; 64]).unwrap();
+            std::fs::rename(dir.path().join("big"), &path).unwrap();
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
     }
 }

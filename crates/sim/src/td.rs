@@ -220,11 +220,17 @@ impl Tee for SimTd {
         Ok(())
     }
 
-    fn boot_id(&self) -> String {
-        match self.state() {
-            Ok(s) if !s.boot_id.is_empty() => s.boot_id,
-            _ => "sim-unknown-boot".into(),
+    /// The boot named in td-state.json; an unreadable state is an error, never a made-up id
+    /// (which would move this boot's RTMR3 log aside as another boot's).
+    fn current_boot_id(&self) -> Result<String, TeeError> {
+        let state = self.state()?;
+        if state.boot_id.is_empty() {
+            return Err(TeeError::BootId {
+                path: self.dir.td_state_path(),
+                detail: "the simulated TD's state names no boot".into(),
+            });
         }
+        Ok(state.boot_id)
     }
 
     fn boot_event_log(&self) -> Result<Vec<u8>, TeeError> {

@@ -408,9 +408,13 @@ fn malformed_td_state_names_the_file() {
     let e = fx.td.measurements().unwrap_err().to_string();
     assert!(e.contains("td-state.json"), "{e}");
     assert!(fx.quote(&rd(11)).is_err());
+    // Nor is a boot made up for it: an invented id would file this boot's log as another's.
+    let e = fx.td.current_boot_id().unwrap_err().to_string();
+    assert!(e.contains("td-state.json"), "{e}");
     // A reboot repairs it.
     fx.td.reset().unwrap();
     fx.td.measurements().unwrap();
+    assert!(!fx.td.current_boot_id().unwrap().is_empty());
 }
 
 /// The fault-injection switch: quotes hang while DIR/quote-hang exists. Through a

@@ -30,6 +30,20 @@ pub const DEFAULT_REPORT_DIR: &str = "/sys/kernel/config/tsm/report";
 /// The raw TCG2 boot event log the firmware publishes through ACPI.
 pub const DEFAULT_CCEL_DATA: &str = "/sys/firmware/acpi/tables/data/CCEL";
 
+/// Longest outblob accepted. The kernel caps what a provider may return at TSM_OUTBLOB_MAX
+/// (32 KiB, include/linux/tsm.h) and TDX quotes are about 5-8 KiB; twice the kernel's cap
+/// leaves room for a kernel that raises it, and bounds what a broken one can make us hold.
+pub const OUTBLOB_MAX: usize = 64 * 1024;
+/// Longest `generation` accepted: a u64 in decimal is at most 20 digits, plus a newline.
+const GENERATION_MAX: usize = 32;
+/// Longest `provider` accepted: provider names are short identifiers (`tdx_guest`).
+const PROVIDER_MAX: usize = 64;
+/// Longest CCEL log area accepted. Its size is the log area the firmware reserved (the CCEL
+/// table's LAML): 64 KiB in TDVF/OVMF, a few MiB at most in any firmware seen so far. 16 MiB
+/// leaves room for any real log while bounding what a broken or hostile file can make the
+/// agent hold (the log is parsed in memory).
+pub const CCEL_MAX: usize = 16 * 1024 * 1024;
+
 /// How many fresh entries one request may use before giving up on a racing writer.
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -125,7 +139,7 @@ impl<F: TsmFs> TsmReport<F> {
         let dir = entry.path.clone();
 
         let provider_path = dir.join("provider");
-        let provider = self.read(&provider_path)?;
+        let provider = self.read(&provider_path, "provider", PROVIDER_MAX)?;
         let provider = String::from_utf8_lossy(&provider);
         let provider = provider.strip_suffix('\n').unwrap_or(&provider);
         if provider != "tdx_guest" {
@@ -160,8 +174,15 @@ impl<F: TsmFs> TsmReport<F> {
         let outblob = dir.join("outblob");
         let quote = self
             .fs
-            .read_file(&outblob)
+            .read_file(&outblob, OUTBLOB_MAX)
             .map_err(|source| outblob_error(outblob.clone(), source))?;
+        if quote.len() > OUTBLOB_MAX {
+            return Err(TeeError::TooLarge {
+                path: outblob,
+                what: "the quote",
+                limit: OUTBLOB_MAX,
+            });
+        }
 
         let after = self.read_generation(&generation_path)?;
         if after != expected {
@@ -218,16 +239,28 @@ impl<F: TsmFs> TsmReport<F> {
         }
     }
 
-    fn read(&self, path: &Path) -> Result<Vec<u8>, TeeError> {
-        self.fs.read_file(path).map_err(|source| TeeError::Io {
-            op: "read",
-            path: path.to_owned(),
-            source,
-        })
+    /// Read a small attribute, refusing one longer than `limit` bytes.
+    fn read(&self, path: &Path, what: &'static str, limit: usize) -> Result<Vec<u8>, TeeError> {
+        let data = self
+            .fs
+            .read_file(path, limit)
+            .map_err(|source| TeeError::Io {
+                op: "read",
+                path: path.to_owned(),
+                source,
+            })?;
+        if data.len() > limit {
+            return Err(TeeError::TooLarge {
+                path: path.to_owned(),
+                what,
+                limit,
+            });
+        }
+        Ok(data)
     }
 
     fn read_generation(&self, path: &Path) -> Result<u64, TeeError> {
-        let raw = self.read(path)?;
+        let raw = self.read(path, "generation", GENERATION_MAX)?;
         let malformed = |detail: String| TeeError::Malformed {
             path: path.to_owned(),
             what: "generation",
@@ -383,7 +416,7 @@ impl<F: TsmFs> Tee for ConfigfsTee<F> {
 
     fn boot_event_log(&self) -> Result<Vec<u8>, TeeError> {
         let path = &self.paths.ccel_data;
-        std::fs::read(path).map_err(|err| {
+        let data = super::fsops::read_limited(path, CCEL_MAX).map_err(|err| {
             if err.kind() == std::io::ErrorKind::NotFound {
                 TeeError::EventLogUnavailable {
                     path: path.clone(),
@@ -396,7 +429,15 @@ impl<F: TsmFs> Tee for ConfigfsTee<F> {
                     source: err,
                 }
             }
-        })
+        })?;
+        if data.len() > CCEL_MAX {
+            return Err(TeeError::TooLarge {
+                path: path.clone(),
+                what: "the CCEL boot event log",
+                limit: CCEL_MAX,
+            });
+        }
+        Ok(data)
     }
 }
 
@@ -560,7 +601,8 @@ mod tests {
             Ok(())
         }
 
-        fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fn read_file(&self, path: &Path, _limit: usize) -> io::Result<Vec<u8>> {
+            // Whole, whatever the limit: the provider must refuse what is too long itself.
             let (dir, file) = Self::split(path);
             let mut st = self.state();
             if !st.live.contains_key(&dir) {
@@ -909,6 +951,68 @@ mod tests {
     }
 
     #[test]
+    fn oversized_attributes_are_refused_naming_the_file() {
+        let expect = |file: &'static str, limit: usize| {
+            move |res: Result<Vec<u8>, TeeError>| match res.unwrap_err() {
+                TeeError::TooLarge { path, limit: l, .. } => {
+                    assert!(path.ends_with(file), "{path:?}");
+                    assert_eq!(l, limit);
+                }
+                other => panic!("expected TooLarge for {file}, got {other:?}"),
+            }
+        };
+        let fake = twice(
+            Script {
+                outblob: Some(vec![0u8; OUTBLOB_MAX + 1]),
+                ..Script::default()
+            },
+            expect("outblob", OUTBLOB_MAX),
+        );
+        fake.assert_clean();
+        twice(
+            Script {
+                generation_text: Some(b"1".repeat(GENERATION_MAX + 1)),
+                ..Script::default()
+            },
+            expect("generation", GENERATION_MAX),
+        );
+        let fake = twice(
+            Script {
+                provider: b"tdx_guest".repeat(8),
+                ..Script::default()
+            },
+            expect("provider", PROVIDER_MAX),
+        );
+        assert!(fake.state().inblobs.is_empty(), "no REPORTDATA sent to it");
+        // The largest accepted outblob still goes through to the quote checks.
+        twice(
+            Script {
+                outblob: Some(vec![0u8; OUTBLOB_MAX]),
+                ..Script::default()
+            },
+            |res| assert!(!matches!(res, Err(TeeError::TooLarge { .. }) | Ok(_))),
+        );
+    }
+
+    #[test]
+    fn an_oversized_ccel_is_refused_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = absent_measurements(&tmp);
+        let tee = ConfigfsTee::with_fs(paths.clone(), FakeFs::default());
+        // Sparse: costs no disk.
+        let f = std::fs::File::create(&paths.ccel_data).unwrap();
+        f.set_len(CCEL_MAX as u64).unwrap();
+        assert_eq!(tee.boot_event_log().unwrap().len(), CCEL_MAX);
+        f.set_len(CCEL_MAX as u64 + 1).unwrap();
+        let err = tee.boot_event_log().unwrap_err();
+        assert!(
+            matches!(&err, TeeError::TooLarge { path, .. } if path == &paths.ccel_data),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("no-ccel"), "{err}");
+    }
+
+    #[test]
     fn entry_is_removed_when_the_request_panics() {
         let fake = FakeFs::with(Script {
             panic_on_outblob: true,
@@ -1016,6 +1120,20 @@ mod tests {
         assert_eq!(tee.boot_event_log().unwrap(), b"\x00\x01\xff");
         assert_eq!(tee.kind(), TeeKind::Configfs);
         fake.assert_clean();
+    }
+
+    #[test]
+    fn the_boot_is_the_kernels() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tee = ConfigfsTee::with_fs(absent_measurements(&tmp), FakeFs::default());
+        // Where this machine has no boot id, the kernel's error, never a made-up id.
+        match crate::boot_id() {
+            Ok(id) => assert_eq!(tee.current_boot_id().unwrap(), id),
+            Err(_) => assert!(matches!(
+                tee.current_boot_id(),
+                Err(TeeError::BootId { .. })
+            )),
+        }
     }
 
     #[test]

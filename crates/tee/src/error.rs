@@ -53,6 +53,18 @@ pub enum TeeError {
         what: &'static str,
         detail: String,
     },
+    #[error(
+        "{path}: the kernel returned more than {limit} bytes for {what}, more than it ever writes there; refusing it"
+    )]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        limit: usize,
+    },
+    #[error(
+        "cannot read this boot's id from {path}: {detail}; the RTMR3 event log is kept per boot, and a made-up id would file this boot's log as another boot's, so the agent refuses to start (is /proc mounted and readable by the agent?)"
+    )]
+    BootId { path: PathBuf, detail: String },
     #[error("RTMR extension is unavailable: {reason}")]
     ExtendUnavailable { reason: String },
     #[error("{path}: the kernel refused to extend (errno {errno}: {detail})")]

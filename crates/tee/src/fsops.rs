@@ -20,8 +20,31 @@ pub trait TsmFs: Send + Sync {
     /// Open an existing file for writing, write all of `data`, and close it.
     fn write_file(&self, path: &Path, data: &[u8]) -> std::io::Result<()>;
 
-    /// Read a whole file.
-    fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+    /// Read a whole file, but never more than `limit + 1` bytes: the caller refuses a file
+    /// longer than `limit`, and one byte over is how it tells.
+    fn read_file(&self, path: &Path, limit: usize) -> std::io::Result<Vec<u8>>;
+}
+
+/// Read `path` to EOF or to `limit + 1` bytes, whichever comes first: a kernel file that
+/// answers more than it ever should (a broken driver, or something else mounted in its place)
+/// costs a bounded read, and the caller sees that it was too long.
+///
+/// Not read_to_end: it retries EINTR, and an interrupted quote request is not worth retrying
+/// (the host still holds the quote buffer, so the retry only sees EBUSY and the real cause is
+/// lost). EINTR goes to the caller, which maps it.
+pub fn read_limited(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path)?;
+    let stop = limit.saturating_add(1);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while buf.len() < stop {
+        let want = chunk.len().min(stop - buf.len());
+        match file.read(&mut chunk[..want])? {
+            0 => break,
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Ok(buf)
 }
 
 /// The real filesystem.
@@ -48,20 +71,9 @@ impl TsmFs for RealFs {
         Ok(())
     }
 
-    fn read_file(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+    fn read_file(&self, path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
         // Attribute files report a size of 4096 or 0, so read to EOF rather than trusting it.
-        // Not read_to_end: it retries EINTR, and an interrupted quote request is not worth
-        // retrying (the host still holds the quote buffer, so the retry only sees EBUSY and
-        // the real cause is lost). EINTR goes to the caller, which maps it.
-        let mut file = std::fs::File::open(path)?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        loop {
-            match file.read(&mut chunk)? {
-                0 => return Ok(buf),
-                n => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
+        read_limited(path, limit)
     }
 }
 
@@ -77,10 +89,19 @@ mod tests {
         let file = dir.join("inblob");
         std::fs::write(&file, b"").unwrap();
         RealFs.write_file(&file, &[7u8; 64]).unwrap();
-        assert_eq!(RealFs.read_file(&file).unwrap(), vec![7u8; 64]);
+        assert_eq!(RealFs.read_file(&file, 64).unwrap(), vec![7u8; 64]);
         std::fs::remove_file(&file).unwrap();
         RealFs.rmdir(&dir).unwrap();
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn real_fs_reads_at_most_one_byte_over_the_limit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("outblob");
+        std::fs::write(&file, vec![1u8; 100_000]).unwrap();
+        assert_eq!(RealFs.read_file(&file, 10).unwrap().len(), 11);
+        assert_eq!(RealFs.read_file(&file, 100_000).unwrap().len(), 100_000);
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl TeeHandle {
     }
 
     pub async fn boot_id(&self) -> Result<String, TeeError> {
-        self.run(|tee| Ok(tee.boot_id())).await
+        self.run(|tee| tee.current_boot_id()).await
     }
 
     pub async fn boot_event_log(&self) -> Result<Vec<u8>, TeeError> {

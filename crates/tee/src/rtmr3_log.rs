@@ -13,6 +13,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use serde::{Deserialize, Serialize};
 use tdx_core::measure::rtmr3_log::{Event, LogLine, Rtmr3LogError, parse_lines, replay_lines};
 
+use crate::TeeError;
 use crate::crash_point::{self, CrashPoint};
 
 #[derive(Serialize, Deserialize)]
@@ -306,11 +307,36 @@ fn truncate_durably(path: &Path, len: u64) -> std::io::Result<()> {
     f.sync_data()
 }
 
-/// This boot's id (Linux), or a fixed id where the kernel has none to give.
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown-boot".into())
+/// Where Linux names the current boot.
+pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// This boot's id, as the kernel gives it in [`BOOT_ID_PATH`]. There is no fallback: the log
+/// is filed under this id, and a made-up one would move this boot's log aside as another
+/// boot's (after which a later start could move that one over `.previous-boot`, destroying
+/// the only record that explains RTMR3).
+pub fn boot_id() -> Result<String, TeeError> {
+    read_boot_id(Path::new(BOOT_ID_PATH))
+}
+
+/// Longest boot id accepted; the kernel's is a 36-character UUID.
+const BOOT_ID_MAX: usize = 64;
+
+/// The boot id in `path`: one line of hex digits and dashes, as the kernel writes it.
+pub fn read_boot_id(path: &Path) -> Result<String, TeeError> {
+    let refuse = |detail: String| TeeError::BootId {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let bytes = crate::fsops::read_limited(path, BOOT_ID_MAX).map_err(|e| refuse(e.to_string()))?;
+    if bytes.len() > BOOT_ID_MAX {
+        return Err(refuse(format!("more than {BOOT_ID_MAX} bytes")));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let id = text.strip_suffix('\n').unwrap_or(&text);
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err(refuse(format!("{id:?} is not a boot id")));
+    }
+    Ok(id.to_string())
 }
 
 #[cfg(test)]
@@ -546,6 +572,36 @@ mod tests {
         let d2 = log.append(ev(2)).unwrap();
         let again = Rtmr3Log::open(&path, "b").unwrap();
         assert_eq!(again.expected_rtmr3().unwrap(), replay([&d1, &d2]));
+    }
+
+    #[test]
+    fn an_unreadable_or_odd_boot_id_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot_id");
+        let err = read_boot_id(&path).unwrap_err();
+        assert!(
+            matches!(&err, TeeError::BootId { path: p, .. } if p == &path),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(path.to_str().unwrap())
+                && err.to_string().contains("refuses to start"),
+            "{err}"
+        );
+        for bad in [&b""[..], b"\n", b"not a uuid\n", &[b'a'; 100]] {
+            std::fs::write(&path, bad).unwrap();
+            let err = read_boot_id(&path).unwrap_err();
+            assert!(matches!(err, TeeError::BootId { .. }), "{bad:?}: {err}");
+        }
+        std::fs::write(&path, "0f5c2ad4-9a8e-4f0e-8b1e-3c2d1e0f9a8b\n").unwrap();
+        assert_eq!(
+            read_boot_id(&path).unwrap(),
+            "0f5c2ad4-9a8e-4f0e-8b1e-3c2d1e0f9a8b"
+        );
+        // This machine's own, where it has one.
+        if Path::new(BOOT_ID_PATH).exists() {
+            assert_eq!(boot_id().unwrap().len(), 36);
+        }
     }
 
     #[test]

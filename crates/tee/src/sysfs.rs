@@ -14,6 +14,9 @@ pub const DEFAULT_MEASUREMENTS_DIR: &str = "/sys/class/misc/tdx_guest/measuremen
 /// Why extension is unavailable, in words an operator can act on.
 const NEEDS_KERNEL: &str = "RTMR extension needs Linux 6.16+ with CONFIG_TSM_MEASUREMENTS (the tdx_guest measurement-register sysfs files)";
 
+/// Bytes in one register file.
+const REGISTER_LEN: usize = 48;
+
 const RTMR_FILES: [&str; 4] = [
     "rtmr0:sha384",
     "rtmr1:sha384",
@@ -83,16 +86,23 @@ impl SysfsRegisters {
 
     fn read_register(&self, name: &'static str) -> Result<Sha384, TeeError> {
         let path = self.dir.join(name);
-        let bytes = std::fs::read(&path).map_err(|source| TeeError::Io {
-            op: "read",
-            path: path.clone(),
-            source,
-        })?;
+        // One byte more than a register is enough to tell a wrong file from a right one; a
+        // file that never ends (a device mounted in its place) costs no more than that.
+        let bytes =
+            super::fsops::read_limited(&path, REGISTER_LEN).map_err(|source| TeeError::Io {
+                op: "read",
+                path: path.clone(),
+                source,
+            })?;
         let len = bytes.len();
         Sha384::try_from(bytes.as_slice()).map_err(|_| TeeError::Malformed {
             path,
             what: name,
-            detail: format!("expected 48 raw bytes, read {len}"),
+            detail: if len > REGISTER_LEN {
+                format!("expected {REGISTER_LEN} raw bytes, read {len} or more")
+            } else {
+                format!("expected {REGISTER_LEN} raw bytes, read {len}")
+            },
         })
     }
 }
@@ -166,6 +176,22 @@ mod tests {
                 }
                 other => panic!("expected Malformed for {name}, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn an_oversized_register_file_is_read_only_one_byte_past_48() {
+        let tmp = populated();
+        std::fs::write(tmp.path().join("rtmr3:sha384"), vec![0u8; 1 << 20]).unwrap();
+        let err = SysfsRegisters::new(tmp.path())
+            .read_rtmr(Rtmr::R3)
+            .unwrap_err();
+        match err {
+            TeeError::Malformed { path, detail, .. } => {
+                assert!(path.ends_with("rtmr3:sha384"), "{path:?}");
+                assert!(detail.contains("read 49 or more"), "{detail}");
+            }
+            other => panic!("expected Malformed, got {other:?}"),
         }
     }
 

@@ -98,7 +98,17 @@ pub fn manifest(dir: &Path) -> Result<Manifest, ModelError> {
 pub(super) type AfterRead<'a> = &'a (dyn Fn(&Path) + Sync);
 
 pub(super) fn manifest_with(dir: &Path, after_read: AfterRead<'_>) -> Result<Manifest, ModelError> {
-    let mut items = walk(dir)?;
+    manifest_limited(dir, after_read, MAX_ENTRIES)
+}
+
+/// [`manifest_with`] with the entry limit as a parameter, so tests need not make a million
+/// files to reach it.
+pub(super) fn manifest_limited(
+    dir: &Path,
+    after_read: AfterRead<'_>,
+    max_entries: usize,
+) -> Result<Manifest, ModelError> {
+    let mut items = walk(dir, max_entries)?;
     if items.is_empty() {
         return Err(ModelError::Empty {
             path: dir.to_path_buf(),
@@ -196,9 +206,36 @@ fn stat(path: &Path) -> Result<Metadata, ModelError> {
     })
 }
 
-fn open_dir(path: PathBuf, rel: String, id: (u64, u64)) -> Result<Frame, ModelError> {
+/// The budget of entries one walk may list: counted as names are read, so a directory with
+/// millions of entries is refused once the limit is passed, before all its names are held.
+struct Entries<'a> {
+    root: &'a Path,
+    seen: usize,
+    limit: usize,
+}
+
+impl Entries<'_> {
+    fn count_one(&mut self) -> Result<(), ModelError> {
+        self.seen += 1;
+        if self.seen > self.limit {
+            return Err(ModelError::TooManyEntries {
+                path: self.root.to_path_buf(),
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn open_dir(
+    path: PathBuf,
+    rel: String,
+    id: (u64, u64),
+    entries: &mut Entries<'_>,
+) -> Result<Frame, ModelError> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(&path).map_err(io_err(&path))? {
+        entries.count_one()?;
         names.push(entry.map_err(io_err(&path))?.file_name());
     }
     // Sorted only so that, of several problems, the same one is reported every run.
@@ -244,20 +281,25 @@ fn kind(ft: std::fs::FileType) -> &'static str {
 /// Every regular file under `root`, links followed. Iterative so that depth costs heap, not
 /// stack; a loop is a directory that is its own ancestor (by device and inode), which catches
 /// links and bind mounts alike while still allowing one directory reached by two paths.
-fn walk(root: &Path) -> Result<Vec<Item>, ModelError> {
+fn walk(root: &Path, limit: usize) -> Result<Vec<Item>, ModelError> {
     let meta = stat(root)?;
     if !meta.is_dir() {
         return Err(ModelError::NotADirectory {
             path: root.to_path_buf(),
         });
     }
+    let mut entries = Entries {
+        root,
+        seen: 0,
+        limit,
+    };
     let mut stack = vec![open_dir(
         root.to_path_buf(),
         String::new(),
         (meta.dev(), meta.ino()),
+        &mut entries,
     )?];
     let mut items = Vec::new();
-    let mut seen = 0usize;
     while let Some(top) = stack.last_mut() {
         let Some(name) = top.names.next() else {
             stack.pop();
@@ -270,13 +312,6 @@ fn walk(root: &Path) -> Result<Vec<Item>, ModelError> {
         } else {
             format!("{}/{name}", top.rel)
         };
-        seen += 1;
-        if seen > MAX_ENTRIES {
-            return Err(ModelError::TooManyEntries {
-                path: root.to_path_buf(),
-                limit: MAX_ENTRIES,
-            });
-        }
         let meta = stat(&path)?;
         let ft = meta.file_type();
         if ft.is_dir() {
@@ -284,7 +319,7 @@ fn walk(root: &Path) -> Result<Vec<Item>, ModelError> {
             if stack.iter().any(|f| f.id == id) {
                 return Err(ModelError::Loop { path });
             }
-            stack.push(open_dir(path, rel, id)?);
+            stack.push(open_dir(path, rel, id, &mut entries)?);
         } else if ft.is_file() {
             if rel == "-" {
                 return Err(ModelError::UnsupportedName {

@@ -8,7 +8,7 @@ use std::process::Command;
 use proptest::prelude::*;
 use sha2::{Digest as _, Sha256};
 
-use super::model::{ModelError, manifest, manifest_with};
+use super::model::{ModelError, manifest, manifest_limited, manifest_with};
 
 /// The one-liner docs/formats.md §10 gives, run by `sh`; returns (manifest text, digest hex).
 fn coreutils(dir: &Path) -> (String, String) {
@@ -142,6 +142,35 @@ fn a_link_that_resolves_to_itself_is_a_loop() {
         matches!(&e, ModelError::Loop { path } if path.ends_with("me")),
         "{e}"
     );
+}
+
+#[test]
+fn the_entry_limit_is_checked_while_a_directory_is_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Listed first, refused as soon as it is looked at: a walk that read every name before
+    // counting would report it, not the limit.
+    symlink("gone.bin", tmp.path().join("a")).unwrap();
+    for n in 0..9 {
+        write(&tmp.path().join(format!("f{n}")), b"x");
+    }
+    let e = manifest_limited(tmp.path(), &|_| {}, 3).unwrap_err();
+    assert!(
+        matches!(&e, ModelError::TooManyEntries { limit: 3, path } if path == tmp.path()),
+        "{e}"
+    );
+    // Entries of every directory count against one budget; exactly the limit is fine.
+    let tmp = tempfile::tempdir().unwrap();
+    write(&tmp.path().join("d/one"), b"1");
+    write(&tmp.path().join("d/two"), b"2");
+    assert_eq!(
+        manifest_limited(tmp.path(), &|_| {}, 3)
+            .unwrap()
+            .files
+            .len(),
+        2
+    );
+    let e = manifest_limited(tmp.path(), &|_| {}, 2).unwrap_err();
+    assert!(matches!(&e, ModelError::TooManyEntries { .. }), "{e}");
 }
 
 #[test]

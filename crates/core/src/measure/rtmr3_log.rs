@@ -30,6 +30,20 @@ pub enum Rtmr3LogError {
     Event(String),
 }
 
+/// Longest event `type`, in bytes.
+pub const MAX_TYPE_BYTES: usize = 64;
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// One measured event: `{"type": ..., "data": {...}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,10 +56,21 @@ pub struct Event {
 impl Event {
     /// The 48 bytes extended into RTMR3: SHA-384 of the event's canonical (JCS) bytes.
     pub fn digest(&self) -> Result<[u8; 48], Rtmr3LogError> {
-        if self.kind.is_empty() || self.kind.len() > 64 {
-            return Err(Rtmr3LogError::Event(
-                "type must be 1..=64 characters".into(),
-            ));
+        // Bytes, not characters: the bound is on what is stored and hashed, and a byte count
+        // cannot be stretched fourfold with wide characters.
+        if self.kind.is_empty() || self.kind.len() > MAX_TYPE_BYTES {
+            return Err(Rtmr3LogError::Event(format!(
+                "type must be 1..={MAX_TYPE_BYTES} bytes of UTF-8, got {} bytes",
+                self.kind.len()
+            )));
+        }
+        // An object is what docs/formats.md §11 promises and what a policy pin matches as a
+        // subset; any other value could never match a pin, so it is refused on both sides.
+        if !self.data.is_object() {
+            return Err(Rtmr3LogError::Event(format!(
+                "data must be a JSON object, got {}",
+                json_kind(&self.data)
+            )));
         }
         let v = serde_json::to_value(self).map_err(|e| Rtmr3LogError::Event(e.to_string()))?;
         let canonical = jcs::canonicalize(&v).map_err(|e| Rtmr3LogError::Event(e.to_string()))?;
@@ -105,4 +130,53 @@ pub fn parse_lines<'a>(
 pub fn replay_lines(lines: &[LogLine]) -> Result<[u8; 48], Rtmr3LogError> {
     let digests: Result<Vec<[u8; 48]>, _> = lines.iter().map(|l| l.event.digest()).collect();
     Ok(replay(digests?.iter()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(kind: &str, data: Value) -> Event {
+        Event {
+            kind: kind.into(),
+            data,
+        }
+    }
+
+    #[test]
+    fn the_type_is_bounded_in_bytes() {
+        assert!(ev(&"a".repeat(64), json!({})).digest().is_ok());
+        let err = ev(&"a".repeat(65), json!({})).digest().unwrap_err();
+        assert!(err.to_string().contains("1..=64 bytes"), "{err}");
+        assert!(ev("", json!({})).digest().is_err());
+        // 22 characters, 66 bytes: over the limit though far under 64 characters.
+        let wide = "模".repeat(22);
+        assert_eq!(wide.chars().count(), 22);
+        let err = ev(&wide, json!({})).digest().unwrap_err();
+        assert!(err.to_string().contains("got 66 bytes"), "{err}");
+    }
+
+    #[test]
+    fn data_must_be_an_object() {
+        assert!(ev("t", json!({"a": [1, "x", null]})).digest().is_ok());
+        for (data, named) in [
+            (json!([1]), "an array"),
+            (json!("x"), "a string"),
+            (json!(1), "a number"),
+            (json!(true), "a boolean"),
+            (Value::Null, "null"),
+        ] {
+            let err = ev("t", data).digest().unwrap_err().to_string();
+            assert!(
+                err.contains("data must be a JSON object") && err.contains(named),
+                "{err}"
+            );
+        }
+        // A client refuses such a line in a served log too.
+        let line = r#"{"seq":1,"rtmr":3,"digest":"00","event":{"type":"t","data":[1]}}"#;
+        let (n, detail) = parse_lines([line], 1).unwrap_err();
+        assert_eq!(n, 1);
+        assert!(detail.contains("JSON object"), "{detail}");
+    }
 }

@@ -60,6 +60,9 @@ pub(crate) enum Kind {
         rtmr: u8,
         digest: String,
         event_type: String,
+        /// The event's line in the RTMR3 event log, where the record names one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        log_seq: Option<u64>,
     },
     VerificationResult {
         subject: String,
@@ -123,6 +126,19 @@ impl AuditEvent {
             rtmr,
             digest: hex::encode(digest),
             event_type: text(event_type),
+            log_seq: None,
+        })
+    }
+
+    /// Line `log_seq` of the RTMR3 event log is committed to RTMR3. Written before the extend
+    /// (docs/formats.md §9): the extend follows in the same run, or the recovery of the next
+    /// start in the same boot makes it (and writes this record again first).
+    pub fn rtmr3_extended(log_seq: u64, digest: &[u8; 48], event_type: &str) -> Self {
+        Self::new(Kind::RtmrExtended {
+            rtmr: 3,
+            digest: hex::encode(digest),
+            event_type: text(event_type),
+            log_seq: Some(log_seq),
         })
     }
 

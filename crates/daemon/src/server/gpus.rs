@@ -21,7 +21,7 @@ use tdx_gpu::{CollectedGpu, Collector, GpuSource, RawEvidence};
 use tdx_tee::TeeHandle;
 use tdx_tee::rtmr3_log::Rtmr3Log;
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditLog;
 use crate::config::{Config, GpuRequired, GpuSourceKind, TeeKindConfig};
 
 /// Where the GPUs' collateral (RIMs, OCSP answers) comes from.
@@ -732,28 +732,29 @@ pub async fn measure_events(
                 && l.event.data.get("index") == data.get("index")
                 && l.event.data.get("uuid_sha256") == data.get("uuid_sha256")
         });
-        if last.is_some_and(|l| l.event.data == data) {
+        // The same event logged but never extended (its audit record or its extend failed)
+        // is not measured: go on to log_then_extend, which refuses while it is pending.
+        if last.is_some_and(|l| l.event.data == data && log.unextended != Some(l.seq)) {
             continue;
         }
         let event = Event {
             kind: GPU_EVENT.into(),
             data,
         };
-        let digest = super::measure::log_then_extend(log, tee, event)
+        let measured = super::measure::log_then_extend(log, tee, audit, event)
             .await
             .map_err(|err| match err {
                 super::measure::MeasureError::Log(err) => format!("RTMR3 event log: {err}"),
                 err @ super::measure::MeasureError::Pending { .. } => err.to_string(),
+                err @ super::measure::MeasureError::Audit { .. } => {
+                    format!("gpu[{}]: {err}; refusing to serve", e.index)
+                }
                 super::measure::MeasureError::Extend(err) => format!(
                     "extending RTMR3 with gpu[{}] failed after it was logged: {err}; refusing to serve",
                     e.index
                 ),
             })?;
-        audit
-            .append(AuditEvent::rtmr_extended(3, &digest, GPU_EVENT))
-            .await
-            .map_err(|err| format!("audit log: {err}"))?;
-        tracing::info!(gpu = e.index, cc_mode = e.cc_mode.as_str(), digest = %hex(&digest), "RTMR3 extended (gpu)");
+        tracing::info!(gpu = e.index, cc_mode = e.cc_mode.as_str(), digest = %hex(&measured.digest), "RTMR3 extended (gpu)");
     }
     Ok(())
 }
@@ -765,6 +766,51 @@ mod gpus_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(index: u32) -> GpuEventData {
+        GpuEventData {
+            index,
+            architecture: "hopper".into(),
+            uuid_sha256: GpuEventData::uuid_digest("GPU-0"),
+            driver_version: "550.0".into(),
+            vbios_version: "96.00".into(),
+            cc_mode: CcMode::On,
+            multi_gpu_mode: tdx_core::gpu::MultiGpuMode::None,
+            measurements_sha384: "ab".repeat(48),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gpu_event_left_unextended_is_not_skipped_as_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Rtmr3Log::open(&dir.path().join("rtmr3.jsonl"), "boot").unwrap();
+        let platform = Arc::new(super::super::measure::fakes::Counting::default());
+        let tee = TeeHandle::new(platform.clone());
+        let audit = AuditLog::open(dir.path().join("audit"), Default::default())
+            .await
+            .unwrap();
+        let events = [event(0)];
+        // The audit log cannot record it: logged, not extended.
+        let closed = AuditLog::open(dir.path().join("audit2"), Default::default())
+            .await
+            .unwrap();
+        closed.close().await.unwrap();
+        let err = measure_events(&events, &mut log, &tee, &closed)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("gpu[0]") && err.contains("not extended"),
+            "{err}"
+        );
+        assert_eq!((log.lines.len(), platform.extends()), (1, 0));
+        // At the next issue the same GPU state is logged already, but not measured: refused,
+        // not skipped as if RTMR3 held it.
+        let err = measure_events(&events, &mut log, &tee, &audit)
+            .await
+            .unwrap_err();
+        assert!(err.contains("event #1"), "{err}");
+        assert_eq!((log.lines.len(), platform.extends()), (1, 0));
+    }
 
     #[test]
     fn presence_rules() {

@@ -199,17 +199,24 @@ async fn apply_inner(
         Recovery::ExtendLast { seq, kind, digest } => {
             // The agent stopped between logging this event and extending it. The log is the
             // record of intent and clients read it: extending now (once: afterwards the log
-            // replays) makes RTMR3 match it again.
+            // replays) makes RTMR3 match it again. Audited first, as every extend is
+            // (server/measure.rs): the record may already be there if the agent stopped
+            // after writing it, and a second one naming the same line is harmless, while an
+            // extend without one could never be recorded later.
+            audit
+                .append(AuditEvent::rtmr3_extended(seq, &digest, &kind))
+                .await
+                .map_err(|e| {
+                    StartupMeasureError::Audit(format!(
+                        "{e}; event #{seq} of the RTMR3 event log stays logged and unextended until a start can record it"
+                    ))
+                })?;
             tee.extend_rtmr(Rtmr::R3, digest)
                 .await
                 .map_err(|e| StartupMeasureError::Extend {
                     kind: kind.clone(),
                     detail: e.to_string(),
                 })?;
-            audit
-                .append(AuditEvent::rtmr_extended(3, &digest, &kind))
-                .await
-                .map_err(|e| StartupMeasureError::Audit(e.to_string()))?;
             tracing::warn!(
                 seq,
                 event = %kind,
@@ -251,21 +258,18 @@ async fn apply_inner(
     }
     for event in planned.into_iter().skip(done) {
         let kind = event.kind.clone();
-        let digest = log_then_extend(&mut log, tee, event)
+        let measured = log_then_extend(&mut log, tee, audit, event)
             .await
             .map_err(|e| match e {
                 MeasureError::Log(e) => log_err(e.to_string()),
                 e @ MeasureError::Pending { .. } => log_err(e.to_string()),
+                e @ MeasureError::Audit { .. } => StartupMeasureError::Audit(e.to_string()),
                 MeasureError::Extend(e) => StartupMeasureError::Extend {
                     kind: kind.clone(),
                     detail: e.to_string(),
                 },
             })?;
-        audit
-            .append(AuditEvent::rtmr_extended(3, &digest, &kind))
-            .await
-            .map_err(|e| StartupMeasureError::Audit(e.to_string()))?;
-        tracing::info!(event = %kind, digest = %hex(&digest), "RTMR3 extended");
+        tracing::info!(event = %kind, digest = %hex(&measured.digest), "RTMR3 extended");
     }
     Ok(())
 }
@@ -424,6 +428,68 @@ mod tests {
         // Once: the next restart only replays.
         rig.start(&planned()).await.unwrap();
         assert_eq!(rig.rtmr3().1, 3);
+    }
+
+    fn audit_text(rig: &Rig) -> String {
+        crate::audit::list_files(&rig.dir.path().join("audit"))
+            .unwrap()
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_pending_event_is_audited_before_it_is_extended() {
+        let rig = Rig::new().await;
+        rig.start(&planned()).await.unwrap();
+        // Killed between an admin event's fsync and its extend; then the audit log cannot
+        // be written at the restart (its writer gone, as on a full disk).
+        let digest = rig.log().append(ev("admin", 3)).unwrap();
+        let before = rig.rtmr3();
+        let full = AuditLog::open(&rig.dir.path().join("audit"), Default::default())
+            .await
+            .unwrap();
+        full.close().await.unwrap();
+        let log = tokio::sync::Mutex::new(rig.log());
+        let err = apply(planned(), &rig.tee, &log, &rig.log_path(), &full)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StartupMeasureError::Audit(_)), "{err}");
+        assert_eq!(rig.rtmr3(), before, "extended without its audit record");
+        // Once the audit log is writable, the restart records the event, then extends it.
+        rig.start(&planned()).await.unwrap();
+        assert_eq!(rig.rtmr3(), (replay_from(before.0, &digest), 3));
+        let text = audit_text(&rig);
+        assert!(
+            text.contains(&format!(
+                r#""digest":"{}","event_type":"admin","log_seq":3"#,
+                hex(&digest)
+            )),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_startup_event_the_audit_log_cannot_record_is_not_extended() {
+        let rig = Rig::new().await;
+        let full = AuditLog::open(&rig.dir.path().join("audit"), Default::default())
+            .await
+            .unwrap();
+        full.close().await.unwrap();
+        let log = tokio::sync::Mutex::new(rig.log());
+        let err = apply(planned(), &rig.tee, &log, &rig.log_path(), &full)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StartupMeasureError::Audit(_)), "{err}");
+        assert_eq!(rig.rtmr3().1, 0, "extended without its audit record");
+        assert_eq!(rig.log().lines.len(), 1, "logged, then stopped");
+        // The next start records and extends that one, then goes on with the rest.
+        rig.start(&planned()).await.unwrap();
+        assert_eq!(rig.rtmr3(), (rig.replayed(), 2));
+        let text = audit_text(&rig);
+        for seq in [1, 2] {
+            assert!(text.contains(&format!(r#""log_seq":{seq}}}"#)), "{text}");
+        }
     }
 
     #[tokio::test]
