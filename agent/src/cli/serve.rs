@@ -177,9 +177,9 @@ pub async fn config(c: ConfigCommand) -> CliResult {
             config
                 .validate(&file.display().to_string())
                 .map_err(Failure::error)?;
-            if let Some(p) = &config.policy {
-                super::verify::load_policy(Some(p)).await?;
-            }
+            let policy = super::verify::load_policy(config.policy.as_ref()).await?;
+            tdx_daemon::server::settings_the_policy_refuses(&config, &policy)
+                .map_err(Failure::Error)?;
             println!("{}: ok", file.display());
             Ok(())
         }

@@ -43,9 +43,10 @@ const MAX_OCSP_FILE: u64 = MAX_OCSP_ANSWER as u64;
 /// How long one round of fetches may take in all. Twice the per-request limit: a round in
 /// which both services time out once (each is then skipped for the rest of the round) still
 /// ends on its own; what this stops is a service that answers every request just inside the
-/// limit, one after another, while the round holds the agent's issuing lock. It also keeps
-/// the first round, at start, inside systemd's TimeoutStartSec (120 s) with room for the
-/// quote. A healthy cold round of 8 GPUs makes about 30 requests of well under a second.
+/// limit, one after another, while the round holds the agent's issuing lock. (At start the
+/// agent extends systemd's start timeout every 10 s while it works, so a round up to this
+/// deadline after a long model hash does not end in a kill.) A healthy cold round of 8 GPUs
+/// makes about 30 requests of well under a second.
 pub const ROUND_DEADLINE: Duration = Duration::from_secs(60);
 /// One request, head and body together.
 const REQUEST_TIMEOUT: Duration = crate::http::REQUEST_TIMEOUT;

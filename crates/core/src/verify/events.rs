@@ -50,6 +50,26 @@ const JUDGED_ELSEWHERE: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether a client's other checks judge what the agent setting `name` weakens.
+fn judged_elsewhere(name: &str) -> bool {
+    JUDGED_ELSEWHERE.iter().any(|(n, _)| *n == name)
+}
+
+/// The agent's insecure settings among `settings` that `policy` refuses (check
+/// [`CHECK_AGENT_SETTINGS`]): those no other check judges, unless it accepts them by name. The
+/// agent asks this of its own policy before it measures anything.
+pub fn refused_agent_settings<'a>(
+    settings: impl IntoIterator<Item = &'a str>,
+    policy: &EventPolicy,
+) -> Vec<&'a str> {
+    settings
+        .into_iter()
+        .filter(|s| {
+            !judged_elsewhere(s) && !policy.insecure_accept_agent_settings.iter().any(|a| a == s)
+        })
+        .collect()
+}
+
 /// The check for one event type, e.g. `RTMR3 event "model"`.
 pub fn event_check_name(kind: &str) -> String {
     format!("RTMR3 event {kind:?}")
@@ -161,14 +181,10 @@ fn check_insecure_settings(report: &mut Report, lines: &[LogLine], policy: &Even
     let mut refused = Vec::new();
     for v in listed {
         let name = printable(v);
-        let raw = v.as_str();
-        if JUDGED_ELSEWHERE.iter().any(|(n, _)| Some(*n) == raw) {
-            judged.push(name);
-        } else if raw.is_some_and(|r| policy.insecure_accept_agent_settings.iter().any(|a| a == r))
-        {
-            accepted.push(name);
-        } else {
-            refused.push(name);
+        match v.as_str() {
+            Some(raw) if judged_elsewhere(raw) => judged.push(name),
+            Some(raw) if refused_agent_settings([raw], policy).is_empty() => accepted.push(name),
+            _ => refused.push(name),
         }
     }
     for list in [&mut judged, &mut accepted, &mut refused] {

@@ -157,6 +157,39 @@ async fn load_policy(config: &Config) -> Result<(Policy, Vec<u8>), ServeError> {
     }
 }
 
+/// An insecure setting the agent's own policy refuses (check `agent insecure settings`, as
+/// every client's does unless it accepts it by name) stops the start before anything is
+/// measured: otherwise the first certificate's self-check would fail after the agent-config
+/// event was extended, and a corrected configuration or policy could only be measured after a
+/// reboot of the TD.
+pub fn settings_the_policy_refuses(config: &Config, policy: &Policy) -> Result<(), String> {
+    let settings = config.insecure_settings();
+    let refused = tdx_core::verify::events::refused_agent_settings(
+        settings.iter().map(|(name, _)| *name),
+        &policy.rtmr3_events,
+    );
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let list = refused
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let policy_file = match &config.policy {
+        Some(p) => format!("the policy file {}", p.display()),
+        None => "a policy file (`policy = PATH`; none is given)".to_string(),
+    };
+    Err(format!(
+        "{}: clients refuse an agent running with {} (check `agent insecure settings`), and so \
+         would this agent's own self-check; to run with it, accept it in {policy_file} with \
+         `[rtmr3_events] insecure_accept_agent_settings = [{list}]`, as every client's policy \
+         must",
+        refused.join(", "),
+        if refused.len() == 1 { "it" } else { "them" },
+    ))
+}
+
 /// What can be checked without the TEE and without state: the files and directories the
 /// configuration names. Failing here, before the instance lock, writes no audit record and
 /// leaves a simulation directory's settings as they were.
@@ -209,6 +242,7 @@ pub async fn run(
         tracing::warn!("insecure settings in effect: {}", text.join("; "));
     }
     let (policy, policy_bytes) = load_policy(&config).await?;
+    settings_the_policy_refuses(&config, &policy).map_err(setup)?;
     if !policy.pins_anything() {
         tracing::warn!("the policy pins no measurement: the self-check accepts any genuine TD");
     }
@@ -268,6 +302,9 @@ pub async fn run(
             .map_err(|e| setup(format!("RTMR3 event log: {e}")))?
     };
     let rtmr3_log = tokio::sync::Mutex::new(rtmr3_log);
+    // Until READY=1 (or an error ends the start): systemd's start timeout is kept from
+    // running out while each bounded step takes its time.
+    let still_starting = systemd::StillStarting::spawn();
     // Runtime measurements come before the first certificate, so its evidence carries them.
     let planned = startup_events::plan(&config, &policy_bytes)
         .await
@@ -413,6 +450,7 @@ pub async fn run(
         state.measured_epoch.subscribe(),
     ));
     // Start-up is done whatever the stages say (see the module's comment): READY=1 now, once.
+    drop(still_starting);
     if terminate.is_finished() {
         tracing::info!("asked to stop during start-up");
     } else {
@@ -470,6 +508,43 @@ async fn health_loop(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    /// A model server outside the TD is refused by every client unless its policy accepts it,
+    /// and by the agent's own self-check likewise: so the start stops before anything is
+    /// measured unless the agent's policy accepts it too (a failed self-check after the
+    /// agent-config event was extended could only be fixed by a reboot).
+    #[test]
+    fn a_setting_the_own_policy_refuses_is_caught_before_measuring() {
+        let config = Config::from_toml(
+            "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n[model]\ninsecure_unmeasured = true\n\
+             [upstream]\nurl = \"http://10.0.0.5:8000\"\ninsecure_allow_non_loopback = true\n",
+            "c.toml",
+        )
+        .unwrap();
+        let err = settings_the_policy_refuses(&config, &Policy::default()).unwrap_err();
+        assert!(
+            err.contains("upstream.insecure_allow_non_loopback")
+                && err.contains(
+                    "insecure_accept_agent_settings = [\"upstream.insecure_allow_non_loopback\"]"
+                )
+                && err.contains("none is given"),
+            "{err}"
+        );
+        let accepting = Policy::from_toml(
+            "[rtmr3_events]\ninsecure_accept_agent_settings = [\"upstream.insecure_allow_non_loopback\"]\n",
+            "p.toml",
+        )
+        .unwrap();
+        settings_the_policy_refuses(&config, &accepting).unwrap();
+        // The settings other checks judge (a simulated TD, an unmeasured model) need nothing.
+        let plain = Config::from_toml(
+            "[tee]\nkind=\"sim\"\nsim_dir=\"/x\"\n[model]\ninsecure_unmeasured = true\n\
+             [upstream]\nurl = \"http://127.0.0.1:8000\"\n",
+            "c.toml",
+        )
+        .unwrap();
+        settings_the_policy_refuses(&plain, &Policy::default()).unwrap();
+    }
 
     /// A path named by the configuration that is missing or wrong stops the start before
     /// the instance lock: nothing is created in the state or audit directory.

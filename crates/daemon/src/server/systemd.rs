@@ -31,6 +31,38 @@ pub fn notify_to(path: &std::ffi::OsStr, msg: &str) -> std::io::Result<()> {
     }
 }
 
+/// While it lives, start-up tells systemd every 10 s that it is still going (30 s more from
+/// then): hashing a large model, a GPU collateral round up to its deadline, a slow first quote
+/// and the PCCS each take their own bounded time, and together they can pass the unit's
+/// `TimeoutStartSec`, after which systemd would kill the agent and start it again, to do it
+/// all again. Every step has its own limit, so a start that hangs still ends, on that limit.
+/// Dropped (the task stops) when start-up ends, with READY=1 or an error.
+pub struct StillStarting(tokio::task::JoinHandle<()>);
+
+impl StillStarting {
+    pub const EVERY: Duration = Duration::from_secs(10);
+    pub const MESSAGE: &'static str = "EXTEND_TIMEOUT_USEC=30000000";
+
+    pub fn spawn() -> Self {
+        Self::spawn_with(notify)
+    }
+
+    fn spawn_with(send: fn(&str)) -> Self {
+        StillStarting(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Self::EVERY).await;
+                send(Self::MESSAGE);
+            }
+        }))
+    }
+}
+
+impl Drop for StillStarting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Half of $WATCHDOG_USEC, if systemd asked for watchdog pings (and they are for us).
 pub fn watchdog_interval() -> Option<Duration> {
     if let Ok(pid) = std::env::var("WATCHDOG_PID")
@@ -69,6 +101,22 @@ mod tests {
         let mut buf = [0u8; 64];
         let n = server.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"READY=1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn start_up_extends_the_start_timeout_until_it_ends() {
+        use std::sync::Mutex;
+        static SENT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        fn record(msg: &str) {
+            SENT.lock().unwrap().push(msg.to_string());
+        }
+        let sent = || SENT.lock().unwrap().clone();
+        let starting = StillStarting::spawn_with(record);
+        tokio::time::sleep(StillStarting::EVERY * 3 + Duration::from_secs(1)).await;
+        assert_eq!(sent(), vec![StillStarting::MESSAGE; 3]);
+        drop(starting);
+        tokio::time::sleep(StillStarting::EVERY * 3).await;
+        assert_eq!(sent().len(), 3, "extended after start-up ended");
     }
 
     #[test]
