@@ -1147,3 +1147,108 @@ fn the_model_is_measured_pinned_and_a_changed_model_needs_a_reboot() {
     ]);
     assert_eq!(r.code, 1, "the old pin must not match the new model: {r}");
 }
+
+/// A stand-in for the agent's admin socket at `path`: for each of `answers`, accept one
+/// connection, read its request line, write the answer (nothing, for "") and close, as an
+/// agent stopped after an extend but before its answer does. Returns the request lines.
+fn fake_admin_socket(
+    path: &std::path::Path,
+    answers: Vec<&'static str>,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        let mut requests = Vec::new();
+        for answer in answers {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            requests.push(line);
+            std::io::Write::write_all(reader.get_mut(), answer.as_bytes()).unwrap();
+        }
+        requests
+    })
+}
+
+/// An extend that was sent and got no answer (or one that says nothing) may have been made:
+/// it must not exit 2, which tells a script "not extended, send it again", but 3, saying how
+/// to find out. Nothing sent (no agent, a stale socket) is exit 2; so is a rotate without an
+/// answer, since a rotate is harmless to repeat.
+#[test]
+fn admin_extend_without_an_answer_is_unknown_and_nothing_sent_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let server = fake_admin_socket(
+        &socket,
+        vec![
+            "",
+            "{\"ok\":tr",
+            "",
+            "{\"ok\":false,\"error\":\"refused by the test\"}",
+        ],
+    );
+    let extend = |socket: &std::path::Path| {
+        tdx_agent(&[
+            "admin",
+            "--socket",
+            path_str(socket),
+            "extend",
+            "--type",
+            "model",
+            "--data",
+            r#"{"name":"tiny"}"#,
+        ])
+    };
+    let unknown = |r: &support::Run| {
+        assert_eq!(r.code, 3, "{r}");
+        assert!(
+            r.stderr.contains("UNKNOWN whether RTMR3 was extended"),
+            "{r}"
+        );
+        assert!(
+            r.stderr.contains("Do not send it again before you know"),
+            "{r}"
+        );
+        let log = format!("{}/rtmr3-events.jsonl", dir.path().display());
+        assert!(
+            r.stderr.contains(&log),
+            "the message names the event log: {r}"
+        );
+        assert!(r.stderr.contains("rtmr_extended"), "{r}");
+        assert!(r.stdout.is_empty(), "{r}");
+    };
+
+    // The connection closes with no answer at all.
+    let r = extend(&socket);
+    unknown(&r);
+    assert!(r.stderr.contains("closed without an answer"), "{r}");
+    // Half an answer (the agent killed while writing it) is no answer either.
+    let r = extend(&socket);
+    unknown(&r);
+    assert!(r.stderr.contains("not JSON"), "{r}");
+    // A rotate without an answer: harmless to repeat, so an ordinary error.
+    let r = tdx_agent(&["admin", "--socket", path_str(&socket), "rotate"]);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("may be sent again"), "{r}");
+    // An answer that says it was not extended stays exit 2.
+    let r = extend(&socket);
+    assert_eq!(r.code, 2, "{r}");
+    assert!(r.stderr.contains("refused by the test"), "{r}");
+
+    // The agent got every request whole.
+    let requests = server.join().unwrap();
+    assert_eq!(requests.len(), 4);
+    for (i, line) in requests.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let want = if i == 2 { "rotate" } else { "extend" };
+        assert_eq!(v["op"], want, "{line}");
+    }
+
+    // Nothing listens: the stale socket an agent leaves when killed, and no socket at all.
+    // Nothing was sent, so exit 2 (a retry is safe).
+    for path in [socket, dir.path().join("absent.sock")] {
+        let r = extend(&path);
+        assert_eq!(r.code, 2, "{r}");
+        assert!(r.stderr.contains("nothing was sent"), "{r}");
+    }
+}

@@ -1,5 +1,7 @@
 //! The `tdx-agent` subcommands, and the exit status every verifying command shares:
 //! 0 accepted, 1 rejected (malformed evidence included), 2 usage, I/O or network error.
+//! `admin extend` adds 3: the request was sent and no answer came, so whether RTMR3 was
+//! extended is unknown (unlike 2, which means it was not, and a retry is safe).
 
 mod admin;
 mod attest;
@@ -97,6 +99,10 @@ pub enum Failure {
     Rejected(String),
     /// The command could not do its work: bad arguments, files, network (exit 2).
     Error(String),
+    /// A request whose effect cannot be undone (an RTMR3 extend) was sent and no answer came,
+    /// so whether it took effect is unknown (exit 3): a script must find out before it
+    /// retries, as it need not after exit 2.
+    Unknown(String),
 }
 
 impl Failure {
@@ -113,6 +119,7 @@ pub type CliResult = Result<(), Failure>;
 
 pub const EXIT_REJECTED: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
+pub const EXIT_UNKNOWN: u8 = 3;
 
 /// Run the parsed command line to completion.
 pub async fn run(cli: Cli) -> ExitCode {
@@ -147,6 +154,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Err(Failure::Error(msg)) => {
             eprintln!("tdx-agent: error: {msg}");
             ExitCode::from(EXIT_ERROR)
+        }
+        Err(Failure::Unknown(msg)) => {
+            eprintln!("tdx-agent: error: {msg}");
+            ExitCode::from(EXIT_UNKNOWN)
         }
     }
 }
