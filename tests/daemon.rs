@@ -1120,7 +1120,8 @@ async fn challenge_body_cut(trickle: Option<Duration>) -> (Duration, String) {
 
 /// The agent's own answers are whole in memory, and a gRPC health `Watch` never ends: an
 /// HTTP/2 client that opens such streams and never takes their bodies (a flow-control window
-/// of 0) must not keep its connection, and the bodies, past the header timeout.
+/// of 0) must not keep its connection, and the bodies, past the header timeout and the limit
+/// on how long an answer may be taken (`tdx_net::head_timer::DRAIN_TIMEOUTS`).
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_streams_whose_bodies_are_never_taken_do_not_hold_the_connection() {
     let sim = SimTd::new();
@@ -1159,11 +1160,12 @@ async fn http2_streams_whose_bodies_are_never_taken_do_not_hold_the_connection()
     assert_eq!(watch.status(), 200);
     answers.push(watch);
     let started = Instant::now();
-    // The answers are held, unread: only the server can end this connection.
-    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    // The answers are held, unread: only the server can end this connection, once they have
+    // drained for as long as one may (six timeouts), the GOAWAY and its grace: some 7 s.
+    let ended = tokio::time::timeout(Duration::from_secs(20), conn).await;
     assert!(
         ended.is_ok(),
-        "streams whose bodies were never taken held the connection for 10 s (timeout 1 s)"
+        "streams whose bodies were never taken held the connection for 20 s (timeout 1 s)"
     );
     println!(
         "HTTP/2 streams never read: connection closed after {:?}",
@@ -1172,6 +1174,86 @@ async fn http2_streams_whose_bodies_are_never_taken_do_not_hold_the_connection()
     assert_closed_for(&d, peer, &[H2_GOAWAY]).await;
     drop(answers);
     assert!(d.exited().is_none(), "serve died:\n{}", d.stderr());
+}
+
+/// An HTTP/2 client taking a large answer of the agent's slowly (a small window, released as
+/// it reads) gets all of it, though that takes several header timeouts: the answer's body
+/// keeps the connection while it is being taken (up to a limit), where the GOAWAY that
+/// follows a timeout with nothing in flight would otherwise cut it mid-body.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_http2_download_of_the_evidence_is_not_cut_mid_body() {
+    let sim = SimTd::new();
+    let d = daemon_from_config(&sim);
+    let config = Arc::new(support::ratls_client_config(sim.root_der(), &[b"h2"]));
+    let tls = support::ratls_connect(&d.addr, config)
+        .await
+        .expect("RA-TLS");
+    let peer = peer_of(&tls);
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .initial_stream_window_size(1024)
+            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    let conn = tokio::spawn(conn);
+    let evidence = || {
+        hyper::Request::get(format!("https://agent{WELL_KNOWN}"))
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    // Taken at once first, for its length and to compare with.
+    let whole = send
+        .send_request(evidence())
+        .await
+        .expect("evidence head")
+        .into_body()
+        .collect()
+        .await
+        .expect("the evidence document")
+        .to_bytes();
+    // The agent hands hyper its answers in 4 KiB pieces; the last is let out by the GOAWAY's
+    // grace, so only a document of several pieces tells the fix from its absence.
+    assert!(
+        whole.len() > 16 * 1024,
+        "the evidence document has {} bytes: too small to tell",
+        whole.len()
+    );
+    let answer = send.send_request(evidence()).await.expect("evidence head");
+    assert_eq!(answer.status(), 200);
+    // Paced by bytes, not by frames (their size is the client library's choice): the whole
+    // document over four header timeouts (1 s), well past the GOAWAY and its grace (two)
+    // and well within the limit on how long one answer may drain (six).
+    let pace = Duration::from_secs(4);
+    let started = Instant::now();
+    let mut body = answer.into_body();
+    let mut got = Vec::with_capacity(whole.len());
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap_or_else(|e| {
+            panic!(
+                "the evidence was cut after {} of {} bytes, {:?} in: {e}; the agent said {:?}",
+                got.len(),
+                whole.len(),
+                started.elapsed(),
+                listener_log(&d.stderr()).remove(&peer.to_string())
+            )
+        });
+        if let Ok(data) = frame.into_data() {
+            got.extend_from_slice(&data);
+        }
+        let due = pace.mul_f64(got.len() as f64 / whole.len() as f64);
+        tokio::time::sleep_until((started + due).into()).await;
+    }
+    println!(
+        "{} bytes of evidence taken over HTTP/2 in {:?} (header timeout 1 s)",
+        got.len(),
+        started.elapsed()
+    );
+    assert!(got == whole, "the slow download differs from the document");
+    drop(send);
+    // The connection still ends once nothing is left: a hang guard, not a timing.
+    let ended = tokio::time::timeout(Duration::from_secs(20), conn).await;
+    assert!(ended.is_ok(), "the connection outlived its answers by 20 s");
 }
 
 /// A request head that trickles in, a header line at a time and never finished, is cut at the

@@ -15,12 +15,18 @@
 //! end of the handshake and again from the end of each answer (its last byte taken by the
 //! kernel, so a slow reader still taking the end of an answer is not idle), and a request in
 //! flight is never cut (a model may think for minutes before its first byte).
+//!
+//! The agent's own answers ([`DoneAtHead`]) stop being in flight at their head. Over HTTP/2,
+//! where bytes going out say nothing (hyper pings on its own), such an answer's body is
+//! instead *draining* while hyper still holds it: that keeps the connection, but only for
+//! [`DRAIN_TIMEOUTS`] timeouts from its head, so a large evidence document taken slowly is not
+//! cut mid-body while one never taken, or trickled a byte of window at a time, still ends.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -41,6 +47,10 @@ pub struct Activity {
     /// hyper has finished with, still being flushed. Writes during a request are not timed,
     /// so the hot path reads no clock.
     idle_write: AtomicU64,
+    /// When each draining answer (a [`DoneAtHead`] answer whose body hyper still holds) had
+    /// its head ready. Only the agent's own answers touch it, never the model routes' hot path;
+    /// there are at most as many as the connection's concurrent streams.
+    draining: Mutex<Vec<u64>>,
 }
 
 impl Activity {
@@ -50,6 +60,7 @@ impl Activity {
             in_flight: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
             idle_write: AtomicU64::new(0),
+            draining: Mutex::new(Vec::new()),
         })
     }
 
@@ -62,6 +73,28 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(Arc::clone(self))
+    }
+
+    /// A [`DoneAtHead`] answer's head is ready: its body is draining until the returned guard
+    /// is dropped (with the body).
+    fn drain(self: &Arc<Self>) -> Draining {
+        let since = self.now();
+        self.draining_heads().push(since);
+        Draining {
+            activity: Arc::clone(self),
+            since,
+        }
+    }
+
+    /// When the latest draining answer had its head ready.
+    fn latest_draining(&self) -> Option<u64> {
+        self.draining_heads().iter().copied().max()
+    }
+
+    fn draining_heads(&self) -> MutexGuard<'_, Vec<u64>> {
+        // The list stays whole whatever panicked while holding it: every change is one push
+        // or one swap_remove.
+        self.draining.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn wrote(&self) {
@@ -83,6 +116,32 @@ impl Drop for InFlight {
     }
 }
 
+/// A draining answer; see [`Activity::drain`].
+#[derive(Debug)]
+struct Draining {
+    activity: Arc<Activity>,
+    since: u64,
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        let a = &self.activity;
+        // Like the end of a request in flight: the idle time runs from here.
+        a.idle_since.store(a.now(), Ordering::Relaxed);
+        let mut heads = a.draining_heads();
+        if let Some(i) = heads.iter().position(|&s| s == self.since) {
+            heads.swap_remove(i);
+        }
+    }
+}
+
+/// How many header timeouts a draining answer may keep an HTTP/2 connection, from its head:
+/// six, 60 s by default. The largest answer, the evidence document of eight GPUs (several
+/// hundred KB, gRPC `GetEvidence` the same), takes that long only below about 50 kbit/s, and
+/// a client that never takes a body, or trickles its window a byte at a time, then holds its
+/// connection for about seven timeouts (the GOAWAY's grace follows) rather than for ever.
+pub const DRAIN_TIMEOUTS: u32 = 6;
+
 /// The one timer of a connection: [`HeadTimer::poll_expired`] is ready when the connection
 /// has been idle, or stuck in a request head, for the whole timeout.
 pub struct HeadTimer {
@@ -90,8 +149,10 @@ pub struct HeadTimer {
     timeout: Duration,
     sleep: Pin<Box<tokio::time::Sleep>>,
     /// Whether bytes going out with no request in flight keep the connection alive (see
-    /// [`HeadTimer::ignoring_idle_writes`]).
+    /// [`HeadTimer::ignoring_idle_writes`]); when they do not, draining answers do instead.
     idle_writes_count: bool,
+    /// How long a draining answer keeps the connection from its head ([`DRAIN_TIMEOUTS`]).
+    drain_limit: Duration,
 }
 
 impl HeadTimer {
@@ -103,12 +164,16 @@ impl HeadTimer {
             timeout,
             sleep: Box::pin(tokio::time::sleep(timeout)),
             idle_writes_count: true,
+            drain_limit: timeout.saturating_mul(DRAIN_TIMEOUTS),
         }
     }
 
     /// For HTTP/2: the connection writes on its own while idle (keep-alive pings, settings),
-    /// so only requests keep it alive; the end of an answer still being flushed is let out
-    /// by the GOAWAY that follows the timeout, not by this timer.
+    /// so only requests keep it alive, and draining answers for at most [`DRAIN_TIMEOUTS`]
+    /// timeouts each; the end of an answer still being flushed once hyper has let go of its
+    /// body is let out by the GOAWAY that follows the timeout, not by this timer. (Over
+    /// HTTP/1.1 the bytes of a draining answer going out are what keeps the connection: a
+    /// client that stops reading is let go after one timeout, not after the drain limit.)
     pub fn ignoring_idle_writes(mut self) -> Self {
         self.idle_writes_count = false;
         self
@@ -141,6 +206,16 @@ impl HeadTimer {
         if a.in_flight.load(Ordering::Relaxed) > 0 {
             return Some(now + self.timeout);
         }
+        if !self.idle_writes_count
+            && let Some(since) = a.latest_draining()
+        {
+            let limit = a.base + Duration::from_nanos(since) + self.drain_limit;
+            if limit > now {
+                // Looked at again within the timeout: an answer that ends sooner lets the
+                // idle time run from its end.
+                return Some(limit.min(now + self.timeout));
+            }
+        }
         let mut last = a.idle_since.load(Ordering::Relaxed);
         if self.idle_writes_count {
             last = last.max(a.idle_write.load(Ordering::Relaxed));
@@ -156,13 +231,17 @@ impl HeadTimer {
 /// (gRPC health `Watch`): a client that opens many streams and never takes their bodies (an
 /// HTTP/2 window of 0) would otherwise keep the connection, and each body, for ever. Without
 /// a request in flight the connection's timer lets it go (HTTP/1.1: once no byte has gone out
-/// for the timeout; HTTP/2: a GOAWAY, then the close after the grace). Model answers, which
-/// may think for minutes between bytes, do not carry it.
+/// for the timeout; HTTP/2: a GOAWAY once nothing has been in flight or draining for the
+/// timeout, an answer draining for [`DRAIN_TIMEOUTS`] timeouts at most, then the close after
+/// the grace). Model answers, which may think for minutes between bytes, do not carry it.
+///
+/// hyper holds a body only until its last frame is handed to the HTTP/2 stream's buffer, so
+/// an answer should come in frames of a few KiB for its draining to last while it is taken.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DoneAtHead;
 
 /// `S`, with each request in flight from its head until hyper drops its response's body (or
-/// until the head, for a response marked [`DoneAtHead`]).
+/// until the head, for a response marked [`DoneAtHead`], whose body is then draining).
 #[derive(Clone)]
 pub struct Timed<S> {
     inner: S,
@@ -209,19 +288,29 @@ where
         let answer = ready!(Pin::new(&mut self.answer).poll(cx));
         let in_flight = self.in_flight.take();
         Poll::Ready(answer.map(|r| {
-            let in_flight = in_flight.filter(|_| r.extensions().get::<DoneAtHead>().is_none());
+            let (in_flight, draining) = match in_flight {
+                // Draining from before the request stops being in flight, so the timer never
+                // sees neither.
+                Some(f) if r.extensions().get::<DoneAtHead>().is_some() => {
+                    (None, Some(f.0.drain()))
+                }
+                f => (f, None),
+            };
             r.map(|body| Tracked {
                 body,
                 _in_flight: in_flight,
+                _draining: draining,
             })
         }))
     }
 }
 
-/// A response body that keeps its request in flight until hyper is done with it.
+/// A response body that keeps its request in flight, or its answer draining, until hyper is
+/// done with it.
 pub struct Tracked<B> {
     body: B,
     _in_flight: Option<InFlight>,
+    _draining: Option<Draining>,
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
@@ -401,6 +490,50 @@ mod tests {
         assert_eq!(timer.verdict(flushed + T + EPS), None);
     }
 
+    #[tokio::test]
+    async fn a_draining_answer_keeps_an_http2_connection_until_its_limit_and_not_after() {
+        let activity = Activity::new();
+        let h2 = HeadTimer::new(Arc::clone(&activity), T).ignoring_idle_writes();
+        let h1 = HeadTimer::new(Arc::clone(&activity), T);
+        let answer = activity.drain();
+        let head = activity.base + Duration::from_nanos(answer.since);
+        let limit = head + DRAIN_TIMEOUTS * T;
+        // Looked at again a timeout later while it drains, at its limit last...
+        assert_eq!(h2.verdict(head + T + EPS), Some(head + 2 * T + EPS));
+        assert_eq!(h2.verdict(limit - EPS), Some(limit));
+        // ...and past it the connection has been idle since the head: let go.
+        assert_eq!(h2.verdict(limit + EPS), None);
+        // Over HTTP/1.1 the answer's bytes going out are what counts, not its draining.
+        assert_eq!(h1.verdict(head + T + EPS), None);
+
+        // Of two, the later one's limit holds while it drains, the earlier one's once the
+        // later one is done.
+        std::thread::sleep(Duration::from_millis(5));
+        let later = activity.drain();
+        let later_limit = activity.base + Duration::from_nanos(later.since) + DRAIN_TIMEOUTS * T;
+        assert!(later_limit > limit);
+        assert_eq!(h2.verdict(limit + EPS), Some(later_limit));
+        assert_eq!(h2.verdict(later_limit + EPS), None);
+        drop(later);
+        assert_eq!(h2.verdict(limit - EPS), Some(limit));
+        assert_eq!(h2.verdict(limit + EPS), None);
+    }
+
+    #[tokio::test]
+    async fn an_answer_done_draining_early_lets_the_idle_time_run_from_its_end() {
+        let activity = Activity::new();
+        let h2 = HeadTimer::new(Arc::clone(&activity), T).ignoring_idle_writes();
+        let answer = activity.drain();
+        let head = activity.base + Duration::from_nanos(answer.since);
+        std::thread::sleep(Duration::from_millis(5));
+        drop(answer);
+        let ended = at(&activity, &activity.idle_since);
+        assert!(ended > head);
+        assert_eq!(h2.verdict(ended + T - EPS), Some(ended + T));
+        assert_eq!(h2.verdict(ended + T + EPS), None);
+        assert!(activity.draining_heads().is_empty());
+    }
+
     #[test]
     fn requests_stay_in_flight_until_their_answers_body_is_dropped() {
         let activity = Activity::new();
@@ -456,8 +589,12 @@ mod tests {
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
         let timer = HeadTimer::new(Arc::clone(&activity), T);
         assert_eq!(timer.verdict(Instant::now() + 2 * T), None);
+        // Over HTTP/2 its body keeps the connection while it drains, until hyper drops it.
+        let h2 = HeadTimer::new(Arc::clone(&activity), T).ignoring_idle_writes();
+        assert!(h2.verdict(Instant::now() + 2 * T).is_some());
         drop(response);
         assert_eq!(activity.in_flight.load(Ordering::Relaxed), 0);
+        assert_eq!(h2.verdict(Instant::now() + 2 * T), None);
     }
 
     /// Poll a future that is ready at once.
