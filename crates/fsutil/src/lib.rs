@@ -125,10 +125,9 @@ fn too_large(max: u64) -> std::io::Error {
 
 /// Open for reading with O_NONBLOCK, so that a FIFO put in place of the file makes `open`
 /// return at once (to fail the regular-file check on the handle) instead of waiting for a
-/// writer forever. It changes nothing for regular files. The value is spelled out as in
-/// `tdx_core::measure::model` rather than pulling in libc for one constant; it is 0o4000 on
-/// every architecture listed.
-fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+/// writer forever. It changes nothing for regular files. The value is spelled out rather than
+/// pulling in libc for one constant; it is 0o4000 on every architecture listed.
+pub fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
     let mut o = std::fs::OpenOptions::new();
     o.read(true);
     #[cfg(all(

@@ -11,7 +11,7 @@
 //! Hashing runs on a small pool of std threads (the async runtime never blocks on it), largest
 //! files first, so that one big shard does not start last and leave the other cores idle.
 
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::{File, Metadata};
 use std::io::{self, Read as _};
 use std::num::NonZeroUsize;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
@@ -345,24 +345,7 @@ fn walk(root: &Path, limit: usize) -> Result<Vec<Item>, ModelError> {
 /// A file swapped for a fifo after the walk would block `open` forever; O_NONBLOCK makes that
 /// open return at once (and then fail the regular-file check). It is a no-op on regular files.
 fn open_read(path: &Path) -> io::Result<File> {
-    let mut o = OpenOptions::new();
-    o.read(true);
-    #[cfg(all(
-        target_os = "linux",
-        any(
-            target_arch = "x86_64",
-            target_arch = "x86",
-            target_arch = "aarch64",
-            target_arch = "arm",
-            target_arch = "riscv64"
-        )
-    ))]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        const O_NONBLOCK: i32 = 0o4000;
-        o.custom_flags(O_NONBLOCK);
-    }
-    o.open(path)
+    tdx_fsutil::open_nonblocking(path)
 }
 
 fn hash_one(
