@@ -849,13 +849,7 @@ fn an_extend_the_audit_log_cannot_record_is_not_made_until_a_restart_records_it(
 
     // Take the name the next audit file would get (see the test below), then fill the active
     // file with challenge records until one no longer fits.
-    let files = tdx_daemon::audit::list_files(&audit_dir).unwrap();
-    let active = files.last().unwrap().clone();
-    let index: u64 = active.file_name().unwrap().to_str().unwrap()[6..14]
-        .parse()
-        .unwrap();
-    let obstacle = audit_dir.join(format!("audit-{:08}.log", index + 1));
-    std::fs::create_dir(&obstacle).unwrap();
+    let (_, obstacle) = block_the_next_audit_file(&audit_dir);
     let mut challenges = 0;
     while curl_challenge(&agent.addr).0 == 200 {
         challenges += 1;
@@ -927,6 +921,22 @@ fn an_extend_the_audit_log_cannot_record_is_not_made_until_a_restart_records_it(
     assert_eq!(r.code, 0, "{r}");
 }
 
+/// Take the name the audit log's next rotation will create (rotation opens with create_new,
+/// so it refuses to append to anything already there) with a directory, which nothing could
+/// write: the active file, and the obstacle.
+fn block_the_next_audit_file(
+    audit_dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let files = tdx_daemon::audit::list_files(audit_dir).unwrap();
+    let active = files.last().unwrap().clone();
+    let index: u64 = active.file_name().unwrap().to_str().unwrap()[6..14]
+        .parse()
+        .unwrap();
+    let obstacle = audit_dir.join(format!("audit-{:08}.log", index + 1));
+    std::fs::create_dir(&obstacle).unwrap();
+    (active, obstacle)
+}
+
 /// The audit log cannot be written (its next file name is taken, so the size-based rotation
 /// fails): from then on challenges are refused with 503 and no quote leaves the agent
 /// unlogged; once the obstacle is gone challenges work again and the chain over all files
@@ -939,16 +949,8 @@ fn audit_log_write_failure_refuses_challenges_until_it_is_writable() {
     let mut agent = support::Daemon::start(&["serve", "--config", path_str(&config)], &[], &[]);
     assert_eq!(readyz(&agent.addr)["ready"], true);
 
-    // Take the name the next rotation will create (rotation opens with create_new, so it
-    // refuses to append to anything already there). A directory: nothing could write it.
-    let files = tdx_daemon::audit::list_files(&audit_dir).unwrap();
-    let active = files.last().unwrap().clone();
-    let index: u64 = active.file_name().unwrap().to_str().unwrap()[6..14]
-        .parse()
-        .unwrap();
-    let next_name = format!("audit-{:08}.log", index + 1);
-    let obstacle = audit_dir.join(&next_name);
-    std::fs::create_dir(&obstacle).unwrap();
+    let (active, obstacle) = block_the_next_audit_file(&audit_dir);
+    let next_name = obstacle.file_name().unwrap().to_str().unwrap().to_string();
     let before = std::fs::metadata(&active).unwrap().len();
 
     // Challenges succeed until their record no longer fits the active file.
