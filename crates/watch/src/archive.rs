@@ -663,17 +663,7 @@ pub(crate) fn walk(
         })?;
         last_seq = seq;
         let (target, at) = (row.get::<_, String>(1), row.get::<_, i64>(3));
-        let bad = |detail: String| ArchiveError::Record {
-            seq,
-            target: target
-                .as_ref()
-                .map_or_else(|_| "(target unreadable)".into(), Clone::clone),
-            at: at.as_ref().map_or_else(
-                |_| "(time unreadable)".into(),
-                |t| tdx_core::verify::time::format_unix(*t),
-            ),
-            detail,
-        };
+        let bad = |detail: String| record_error(seq, &target, &at, detail);
         let mut r = Stored {
             seq,
             record: NewRecord {
@@ -742,6 +732,27 @@ pub(crate) fn walk(
         each(&r)?;
     }
     walk.finish()
+}
+
+/// The error for record `seq` whose `detail` is wrong, naming it by its target and time as
+/// far as those could be read (an edit may have put a value of another type in them).
+pub(crate) fn record_error(
+    seq: i64,
+    target: &rusqlite::Result<String>,
+    at: &rusqlite::Result<i64>,
+    detail: String,
+) -> ArchiveError {
+    ArchiveError::Record {
+        seq,
+        target: target
+            .as_ref()
+            .map_or_else(|_| "(target unreadable)".into(), Clone::clone),
+        at: at.as_ref().map_or_else(
+            |_| "(time unreadable)".into(),
+            |t| tdx_core::verify::time::format_unix(*t),
+        ),
+        detail,
+    }
 }
 
 #[cfg(test)]

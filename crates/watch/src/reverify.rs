@@ -10,7 +10,7 @@ use tdx_core::ratls::{CollateralSource, RaTlsError, RaTlsVerifier};
 use tdx_core::verify::{Policy, Report, Verifier};
 use tdx_core::wire::{ChallengeResponseJson, EvidenceJson};
 
-use super::archive::{ArchiveError, NewRecord, column, open_for_reading};
+use super::archive::{ArchiveError, NewRecord, column, open_for_reading, record_error};
 use super::export::{is_archive, read_export};
 
 /// Which records to re-appraise, and the roots they were appraised against.
@@ -116,17 +116,7 @@ fn archived(
             ))
         })?;
         let (target, at) = (row.get::<_, String>(1), row.get::<_, i64>(2));
-        let bad = |detail: String| ArchiveError::Record {
-            seq,
-            target: target
-                .as_ref()
-                .map_or_else(|_| "(target unreadable)".into(), Clone::clone),
-            at: at.as_ref().map_or_else(
-                |_| "(time unreadable)".into(),
-                |t| tdx_core::verify::time::format_unix(*t),
-            ),
-            detail,
-        };
+        let bad = |detail: String| record_error(seq, &target, &at, detail);
         let record = NewRecord {
             target: column(row, 1, "target", &bad)?,
             url: column(row, 12, "url", &bad)?,

@@ -98,12 +98,24 @@ pub(crate) mod fakes {
     use std::sync::atomic::{AtomicU32, Ordering};
     use tdx_tee::{Measurements, ReportData, Rtmr, Sha384, Tee, TeeError, TeeKind};
 
+    /// Counts the extends asked of it; [`Counting::refusing`] refuses each one.
     #[derive(Default)]
-    pub(crate) struct Counting(AtomicU32);
+    pub(crate) struct Counting {
+        asked: AtomicU32,
+        refuse: bool,
+    }
 
     impl Counting {
+        pub(crate) fn refusing() -> Self {
+            Counting {
+                asked: AtomicU32::new(0),
+                refuse: true,
+            }
+        }
+
+        /// How many extends were asked for (made, unless refusing).
         pub(crate) fn extends(&self) -> u32 {
-            self.0.load(Ordering::Relaxed)
+            self.asked.load(Ordering::Relaxed)
         }
     }
 
@@ -122,7 +134,12 @@ pub(crate) mod fakes {
             })
         }
         fn extend_rtmr(&self, _: Rtmr, _: &Sha384) -> Result<(), TeeError> {
-            self.0.fetch_add(1, Ordering::Relaxed);
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            if self.refuse {
+                return Err(TeeError::ExtendUnavailable {
+                    reason: "refused".into(),
+                });
+            }
             Ok(())
         }
         fn boot_event_log(&self) -> Result<Vec<u8>, TeeError> {
@@ -136,36 +153,6 @@ mod tests {
     use super::fakes::Counting;
     use super::*;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use tdx_tee::{Measurements, ReportData, Sha384, Tee, TeeKind};
-
-    /// A platform whose every extend is refused, counting the attempts.
-    struct Refusing(AtomicU32);
-
-    impl Tee for Refusing {
-        fn kind(&self) -> TeeKind {
-            TeeKind::Simulated
-        }
-        fn quote(&self, _: &ReportData) -> Result<Vec<u8>, TeeError> {
-            Err(TeeError::QuoteFailed {
-                path: "no-quotes".into(),
-            })
-        }
-        fn measurements(&self) -> Result<Measurements, TeeError> {
-            Err(TeeError::QuoteFailed {
-                path: "no-registers".into(),
-            })
-        }
-        fn extend_rtmr(&self, _: Rtmr, _: &Sha384) -> Result<(), TeeError> {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            Err(TeeError::ExtendUnavailable {
-                reason: "refused".into(),
-            })
-        }
-        fn boot_event_log(&self) -> Result<Vec<u8>, TeeError> {
-            Ok(Vec::new())
-        }
-    }
 
     fn ev(n: u64) -> Event {
         Event {
@@ -192,7 +179,7 @@ mod tests {
     async fn after_a_failed_extend_nothing_more_is_logged_or_extended() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = Rtmr3Log::open(&dir.path().join("log"), "boot").unwrap();
-        let platform = Arc::new(Refusing(AtomicU32::new(0)));
+        let platform = Arc::new(Counting::refusing());
         let tee = TeeHandle::new(platform.clone());
         let audit = audit_in(dir.path()).await;
         let err = log_then_extend(&mut log, &tee, &audit, ev(1))
@@ -206,7 +193,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, MeasureError::Pending { seq: 1 }), "{err}");
         assert_eq!(log.lines.len(), 1);
-        assert_eq!(platform.0.load(Ordering::Relaxed), 1);
+        assert_eq!(platform.extends(), 1);
     }
 
     #[tokio::test]
