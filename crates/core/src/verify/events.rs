@@ -19,54 +19,48 @@ pub const EVENT_AGENT_CONFIG: &str = "agent-config";
 /// judge (docs/formats.md §2).
 pub const CHECK_AGENT_SETTINGS: &str = "agent insecure settings";
 
-/// The agent's insecure settings whose effect a client's other checks already judge, and how.
-/// Any other (`upstream.insecure_allow_non_loopback`, or a name this client does not know)
-/// is refused unless the policy accepts it by name.
-const JUDGED_ELSEWHERE: &[(&str, &str)] = &[
-    (
-        "tee.kind=sim",
-        "a simulated TD's quotes pass only a client that trusts its test root",
-    ),
-    (
-        "collateral.insecure_root",
-        "the agent's own self-check; the client appraises the quote against its own root",
-    ),
-    (
-        "model.insecure_unmeasured",
-        "no model event: a policy pinning the model refuses it",
-    ),
-    ("gpu.source=sim", "the GPUs are the GPU policy's to judge"),
-    (
-        "gpu.insecure_roots",
-        "the GPUs are the GPU policy's to judge",
-    ),
-    (
-        "gpu.insecure_sim_dir",
-        "the GPUs are the GPU policy's to judge",
-    ),
-    (
-        "gpu.insecure_serve_unattested",
-        "the GPUs are the GPU policy's to judge",
-    ),
+/// The agent's insecure settings whose effect a client's other checks already judge. Any
+/// other (`upstream.insecure_allow_non_loopback`, or a name this client does not know) is
+/// refused unless the policy accepts it by name.
+const JUDGED_ELSEWHERE: &[&str] = &[
+    // A simulated TD's quotes pass only a client that trusts its test root.
+    "tee.kind=sim",
+    // The agent's own self-check; the client appraises the quote against its own root.
+    "collateral.insecure_root",
+    // No model event: a policy pinning the model refuses it.
+    "model.insecure_unmeasured",
+    // The GPUs are the GPU policy's to judge.
+    "gpu.source=sim",
+    "gpu.insecure_roots",
+    "gpu.insecure_sim_dir",
+    "gpu.insecure_serve_unattested",
 ];
 
 /// Whether a client's other checks judge what the agent setting `name` weakens.
 fn judged_elsewhere(name: &str) -> bool {
-    JUDGED_ELSEWHERE.iter().any(|(n, _)| *n == name)
+    JUDGED_ELSEWHERE.contains(&name)
+}
+
+/// Whether `policy` refuses an agent running with the insecure setting `name`: no other check
+/// judges it, and the policy does not accept it by name.
+fn refuses(name: &str, policy: &EventPolicy) -> bool {
+    !judged_elsewhere(name)
+        && !policy
+            .insecure_accept_agent_settings
+            .iter()
+            .any(|a| a == name)
 }
 
 /// The agent's insecure settings among `settings` that `policy` refuses (check
-/// [`CHECK_AGENT_SETTINGS`]): those no other check judges, unless it accepts them by name. The
-/// agent asks this of its own policy before it measures anything.
+/// [`CHECK_AGENT_SETTINGS`]). The agent asks this of its own policy before it measures
+/// anything.
 pub fn refused_agent_settings<'a>(
     settings: impl IntoIterator<Item = &'a str>,
     policy: &EventPolicy,
 ) -> Vec<&'a str> {
     settings
         .into_iter()
-        .filter(|s| {
-            !judged_elsewhere(s) && !policy.insecure_accept_agent_settings.iter().any(|a| a == s)
-        })
+        .filter(|s| refuses(s, policy))
         .collect()
 }
 
@@ -133,8 +127,7 @@ pub fn appraise_events(report: &mut Report, log: Option<&str>, policy: &EventPol
         }
         return;
     }
-    warn_insecure_switches(report, &lines);
-    check_insecure_settings(report, &lines, policy);
+    appraise_insecure_settings(report, &lines, policy);
     for pin in &policy.pin {
         check_pin(report, &lines, pin);
     }
@@ -168,24 +161,41 @@ fn insecure_settings(lines: &[LogLine]) -> Option<Vec<&Value>> {
     Some(lists.flatten().collect())
 }
 
-/// Refuse an agent whose insecure settings weaken what no other check of this client judges,
-/// unless the policy accepts each by name: the configuration's hash alone hides them, and an
-/// agent whose model server is outside the TD would pass every other check.
-fn check_insecure_settings(report: &mut Report, lines: &[LogLine], policy: &EventPolicy) {
+/// The switches an agent measured as weakening its promises (`insecure` in its agent-config
+/// events) are said in a warning in every report that replayed the log, whatever the policy:
+/// the configuration hash alone hides them from a client that does not pin it (a policy
+/// refuses them all with `insecure = []` in every table of its agent-config pin's `allowed`).
+/// And those no other check of this client judges are refused unless the policy accepts each
+/// by name (check [`CHECK_AGENT_SETTINGS`]): an agent whose model server is outside the TD
+/// would pass every other check.
+fn appraise_insecure_settings(report: &mut Report, lines: &[LogLine], policy: &EventPolicy) {
     let Some(listed) = insecure_settings(lines) else {
-        // An agent older than the list: nothing to judge.
+        // An agent older than the list: nothing to say or judge.
         return;
     };
-    let mut judged = Vec::new();
-    let mut accepted = Vec::new();
-    let mut refused = Vec::new();
+    // The warning names them in the agent's order, each once (a set beside it: the list is
+    // the server's, and long); the check, sorted by what it concluded of each.
+    let mut seen = std::collections::HashSet::new();
+    let mut in_order = Vec::new();
+    let (mut judged, mut accepted, mut refused) = (Vec::new(), Vec::new(), Vec::new());
     for v in listed {
         let name = printable(v);
+        if seen.insert(name.clone()) {
+            in_order.push(name.clone());
+        }
         match v.as_str() {
             Some(raw) if judged_elsewhere(raw) => judged.push(name),
-            Some(raw) if refused_agent_settings([raw], policy).is_empty() => accepted.push(name),
+            Some(raw) if !refuses(raw, policy) => accepted.push(name),
             _ => refused.push(name),
         }
+    }
+    if !in_order.is_empty() {
+        report.push_warning(format!(
+            "the agent's configuration (its agent-config event) has insecure settings: {}; \
+             add `insecure = []` to every table of the agent-config pin's `allowed` (or pin \
+             `allowed = [{{ insecure = [] }}]`) to refuse such a server",
+            bounded(&in_order)
+        ));
     }
     for list in [&mut judged, &mut accepted, &mut refused] {
         list.sort();
@@ -255,32 +265,6 @@ fn bounded(names: &[String]) -> String {
         0 => shown,
         more => format!("{shown} (and {more} more)"),
     }
-}
-
-/// The switches an agent measured as weakening its promises (`insecure` in its agent-config
-/// events) are said in every report that replayed the log, whatever the policy: the
-/// configuration hash alone hides them from a client that does not pin it. A policy refuses
-/// such a server with `insecure = []` in every table of its agent-config pin's `allowed`.
-fn warn_insecure_switches(report: &mut Report, lines: &[LogLine]) {
-    let Some(listed) = insecure_settings(lines) else {
-        return;
-    };
-    // In the agent's order, each once (a set beside it: the list is the server's, and long).
-    let mut seen = std::collections::HashSet::new();
-    let named: Vec<String> = listed
-        .into_iter()
-        .map(printable)
-        .filter(|n| seen.insert(n.clone()))
-        .collect();
-    if named.is_empty() {
-        return;
-    }
-    report.push_warning(format!(
-        "the agent's configuration (its agent-config event) has insecure settings: {}; \
-         add `insecure = []` to every table of the agent-config pin's `allowed` (or pin \
-         `allowed = [{{ insecure = [] }}]`) to refuse such a server",
-        bounded(&named)
-    ));
 }
 
 fn check_pin(report: &mut Report, lines: &[LogLine], pin: &EventPin) {
