@@ -529,16 +529,7 @@ async fn without_a_model_server_model_routes_are_not_found_and_unready_ones_say_
 
 /// Extend RTMR3 through the agent's admin socket at `socket`: its measurements change.
 fn extend_rtmr3(socket: &str) {
-    let r = support::tdx_agent(&[
-        "admin",
-        "--socket",
-        socket,
-        "extend",
-        "--type",
-        "model",
-        "--data",
-        r#"{"v":2}"#,
-    ]);
+    let r = support::admin_extend(socket, "model", r#"{"v":2}"#);
     assert_eq!(r.code, 0, "{r}");
 }
 

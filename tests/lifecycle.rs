@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::upstream::{Upstream, agent_fronting_url};
-use support::{SimTd, path_str, tdx_agent};
+use support::{SimTd, admin_extend, path_str, tdx_agent};
 use tdx_core::measure::rtmr3_log::{Event, LogLine, replay};
 
 struct Agent {
@@ -106,9 +106,7 @@ fn extend_is_logged_applied_and_attested_and_edits_are_refused() {
         ("model", r#"{"digest":"ab12","name":"tiny"}"#),
         ("cmdline", r#"{"argv":["vllm","serve"]}"#),
     ] {
-        let r = tdx_agent(&[
-            "admin", "--socket", &socket, "extend", "--type", kind, "--data", data,
-        ]);
+        let r = admin_extend(&socket, kind, data);
         assert_eq!(r.code, 0, "{r}");
     }
     // The log replays to the live register, and new handshakes carry it.
@@ -717,16 +715,7 @@ fn evidence_during_a_reissue_is_the_served_certificates_and_does_not_wait() {
     let switch = sim.dir.join(tdx_sim::QUOTE_HANG);
     std::fs::write(&switch, b"").unwrap();
     let extend = std::thread::spawn(move || {
-        tdx_agent(&[
-            "admin",
-            "--socket",
-            &socket,
-            "extend",
-            "--type",
-            "model",
-            "--data",
-            r#"{"digest":"ab12","name":"tiny"}"#,
-        ])
+        admin_extend(&socket, "model", r#"{"digest":"ab12","name":"tiny"}"#)
     });
     // The event is logged and extended; the re-issue's quote now hangs.
     let started = Instant::now();
@@ -796,16 +785,7 @@ fn an_extend_whose_reissue_fails_is_reported_measured_with_a_warning() {
 
     let switch = sim.dir.join(tdx_sim::QUOTE_HANG);
     std::fs::write(&switch, b"").unwrap();
-    let r = tdx_agent(&[
-        "admin",
-        "--socket",
-        &socket,
-        "extend",
-        "--type",
-        "model",
-        "--data",
-        r#"{"digest":"ab12","name":"tiny"}"#,
-    ]);
+    let r = admin_extend(&socket, "model", r#"{"digest":"ab12","name":"tiny"}"#);
     std::fs::remove_file(&switch).unwrap();
     assert_eq!(r.code, 0, "{r}");
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).unwrap();
@@ -860,18 +840,7 @@ fn an_extend_the_audit_log_cannot_record_is_not_made_until_a_restart_records_it(
     }
 
     let before = sim.measurements()["rtmr3"].clone();
-    let extend = || {
-        tdx_agent(&[
-            "admin",
-            "--socket",
-            &socket,
-            "extend",
-            "--type",
-            "model",
-            "--data",
-            r#"{"digest":"ab12","name":"tiny"}"#,
-        ])
-    };
+    let extend = || admin_extend(&socket, "model", r#"{"digest":"ab12","name":"tiny"}"#);
     let r = extend();
     assert_eq!(r.code, 2, "{r}");
     assert!(
@@ -1189,18 +1158,8 @@ fn admin_extend_without_an_answer_is_unknown_and_nothing_sent_is_not() {
             "{\"ok\":false,\"error\":\"refused by the test\"}",
         ],
     );
-    let extend = |socket: &std::path::Path| {
-        tdx_agent(&[
-            "admin",
-            "--socket",
-            path_str(socket),
-            "extend",
-            "--type",
-            "model",
-            "--data",
-            r#"{"name":"tiny"}"#,
-        ])
-    };
+    let extend =
+        |socket: &std::path::Path| admin_extend(path_str(socket), "model", r#"{"name":"tiny"}"#);
     let unknown = |r: &support::Run| {
         assert_eq!(r.code, 3, "{r}");
         assert!(

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{Daemon, SimPccs, SimTd, bin, path_str, tdx_agent};
+use support::{Daemon, SimPccs, SimTd, admin_extend, bin, path_str, tdx_agent};
 use tdx_core::measure::rtmr3_log::{LogLine, replay};
 use tdx_tee::configfs::{ConfigfsPaths, ConfigfsTee};
 use tdx_tee::{Rtmr, Tee, TeeError};
@@ -933,16 +933,11 @@ fn serve_on_the_emulator_measures_into_rtmr3_and_attests_end_to_end() {
 
     // A runtime event through the admin socket: extended through sysfs, logged, attested.
     let socket = sim.tmp.path().join("run/admin.sock");
-    let r = tdx_agent(&[
-        "admin",
-        "--socket",
+    let r = admin_extend(
         path_str(&socket),
-        "extend",
-        "--type",
         "model",
-        "--data",
         r#"{"digest":"ab12","name":"tiny"}"#,
-    ]);
+    );
     assert_eq!(r.code, 0, "{r}");
     let (lines, replayed) = rtmr3_log_replay(&log);
     assert_eq!(lines.len(), 2);

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{ConnectProc, Daemon, SimTd, metric_sum, tdx_agent};
+use support::{ConnectProc, Daemon, SimTd, admin_extend, metric_sum, tdx_agent};
 
 fn vllm_sh(arg: &str) -> String {
     let out = Command::new(support::repo().join("scripts/vllm.sh"))
@@ -311,16 +311,7 @@ fn openai_sdk_through_connect_and_serve_to_real_vllm() {
     // RTMR3 changes on the server (another model event) and its certificate is re-issued:
     // the next request through connect fails against the old policy.
     let socket = format!("{}/run/admin.sock", sim.dir_str());
-    let r = tdx_agent(&[
-        "admin",
-        "--socket",
-        &socket,
-        "extend",
-        "--type",
-        "model",
-        "--data",
-        r#"{"manifest_sha256":"ffff"}"#,
-    ]);
+    let r = admin_extend(&socket, "model", r#"{"manifest_sha256":"ffff"}"#);
     assert_eq!(r.code, 0, "{r}");
     let before = model_requests(&agent.addr);
     let (code, v) = openai(&python, &base_url(&connect), &[]);

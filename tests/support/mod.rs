@@ -37,6 +37,14 @@ pub fn command() -> Command {
     cmd
 }
 
+/// `tdx-agent admin --socket SOCKET extend --type KIND --data DATA`: a runtime event through
+/// a running agent's admin socket.
+pub fn admin_extend(socket: &str, kind: &str, data: &str) -> Run {
+    tdx_agent(&[
+        "admin", "--socket", socket, "extend", "--type", kind, "--data", data,
+    ])
+}
+
 pub fn tdx_agent(args: &[&str]) -> Run {
     run(command().args(args))
 }

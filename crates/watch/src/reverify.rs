@@ -414,6 +414,17 @@ mod tests {
     use super::*;
     use crate::archive::tests::record;
 
+    /// Re-appraise every record with the production roots.
+    fn every_record() -> ReverifyOptions {
+        ReverifyOptions {
+            verifier: Verifier::production(),
+            gpu_roots: GpuRoots::nvidia().unwrap(),
+            target: None,
+            from: None,
+            to: None,
+        }
+    }
+
     #[test]
     fn an_accepted_record_missing_any_evidence_is_not_passed_over() {
         let full = record(1);
@@ -464,13 +475,7 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let opts = ReverifyOptions {
-            verifier: Verifier::production(),
-            gpu_roots: GpuRoots::nvidia().unwrap(),
-            target: None,
-            from: None,
-            to: None,
-        };
+        let opts = every_record();
         let e = match reverify(&path, &opts) {
             Err(e) => e,
             Ok(r) => panic!("the view was read: {} records", r.checked),
@@ -496,13 +501,7 @@ mod tests {
             .unwrap()
             .execute("UPDATE appraisals SET nonce = 'text' WHERE seq = 2", [])
             .unwrap();
-        let opts = ReverifyOptions {
-            verifier: Verifier::production(),
-            gpu_roots: GpuRoots::nvidia().unwrap(),
-            target: None,
-            from: None,
-            to: None,
-        };
+        let opts = every_record();
         let e = reverify(&path, &opts).unwrap_err();
         assert!(matches!(e, ArchiveError::Record { seq: 2, .. }), "{e}");
         assert!(e.to_string().contains("its nonce was altered"), "{e}");

@@ -340,6 +340,15 @@ mod tests {
     }
 
     impl Rig {
+        /// This rig's audit log with its writer gone, as on a full disk: every append fails.
+        async fn unwritable_audit(&self) -> AuditLog {
+            let audit = AuditLog::open(&self.dir.path().join("audit"), Default::default())
+                .await
+                .unwrap();
+            audit.close().await.unwrap();
+            audit
+        }
+
         async fn new() -> Rig {
             let dir = tempfile::tempdir().unwrap();
             let regs = Arc::new(Registers {
@@ -446,10 +455,7 @@ mod tests {
         // be written at the restart (its writer gone, as on a full disk).
         let digest = rig.log().append(ev("admin", 3)).unwrap();
         let before = rig.rtmr3();
-        let full = AuditLog::open(&rig.dir.path().join("audit"), Default::default())
-            .await
-            .unwrap();
-        full.close().await.unwrap();
+        let full = rig.unwritable_audit().await;
         let log = tokio::sync::Mutex::new(rig.log());
         let err = apply(planned(), &rig.tee, &log, &rig.log_path(), &full)
             .await
@@ -472,10 +478,7 @@ mod tests {
     #[tokio::test]
     async fn a_startup_event_the_audit_log_cannot_record_is_not_extended() {
         let rig = Rig::new().await;
-        let full = AuditLog::open(&rig.dir.path().join("audit"), Default::default())
-            .await
-            .unwrap();
-        full.close().await.unwrap();
+        let full = rig.unwritable_audit().await;
         let log = tokio::sync::Mutex::new(rig.log());
         let err = apply(planned(), &rig.tee, &log, &rig.log_path(), &full)
             .await
